@@ -1,0 +1,90 @@
+"""Frozen configuration of an analysis.
+
+The Django site builds one :class:`AnalysisConfig` from its settings
+(``analyses.config``); the pure packages never read Django settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_MEMBERS: tuple[str, ...] = ("resnet50", "effnet_b7", "effnet_autoatt_b4")
+
+Aggregation = Literal["mean", "confident"]
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Limits enforced on every input before any heavy work is done."""
+
+    max_bytes: int = 1024 * 1024 * 1024
+    # 8K UHD is 33.2 Mpx; anything larger is refused before decoding.
+    max_pixels: int = 40_000_000
+    max_duration_s: float = 15 * 60.0
+    # Upper bound on the number of frames one analysis may sample.
+    max_frames: int = 256
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """Face detection and tracking settings."""
+
+    # BlazeFace front model defaults (MediaPipe's face_detection_front graph).
+    min_score: float = 0.75
+    nms_iou: float = 0.3
+    # Faces narrower than this (pixels, in the full frame) are too small to judge.
+    min_face_px: int = 24
+    max_faces_per_frame: int = 8
+    # Two detections in different frames belong to the same person when their
+    # boxes overlap at least this much (IoU) ...
+    track_iou: float = 0.25
+    # ... and a track must be seen in at least this share of sampled frames
+    # (stray false positives are dropped). At least one frame always suffices
+    # for a still image.
+    min_track_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How probabilities become a verdict."""
+
+    threshold: float = 0.5
+    # Scores within +/- this of the threshold are reported as "uncertain".
+    uncertain_band: float = 0.1
+    aggregation: Aggregation = "mean"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.uncertain_band < 0.5:
+            raise ValueError(f"uncertain_band must be in [0, 0.5), got {self.uncertain_band}")
+        if self.aggregation not in ("mean", "confident"):
+            raise ValueError(f"aggregation must be 'mean' or 'confident', got {self.aggregation!r}")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Everything an analysis needs to know, in one immutable object."""
+
+    weights_dir: Path = Path("weights")
+    members: tuple[str, ...] = DEFAULT_MEMBERS
+    frames: int = 32
+    device: str = "cpu"
+    batch_size: int = 32
+    # Number of intra-op threads for torch on CPU; 0 leaves torch's default.
+    threads: int = 0
+    # Where converted BlazeFace weights are cached (sha256-keyed file names).
+    cache_dir: Path = Path("var/cache")
+    limits: MediaLimits = field(default_factory=MediaLimits)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("select at least one detector member")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members listed twice: {self.members}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be at least 1, got {self.frames}")

@@ -1,0 +1,86 @@
+"""Face crops, one per detector member, all cut from the same detection.
+
+Each member was designed (and, for published checkpoints, trained) on its own
+crop geometry; feeding it another degrades it. The policies:
+
+- ``square`` (polimi-ispl/icpr2020dfdc's "scale" policy): the box grows by
+  ``margin`` times its width on every side, is clipped to the frame, and then
+  becomes the square of its longer side around its centre; the part of that
+  square outside the frame is black. Resized to the member's input size.
+- ``isotropic`` (selimsef/dfdc_deepfake_challenge): the box grows by
+  ``margin`` times its width and height on each side and is clipped to the
+  frame; the crop's longer side is resized to the input size keeping its aspect
+  ratio, and the result is centred on a black square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ensemble.media import RGBImage
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    kind: Literal["square", "isotropic"]
+    margin: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("square", "isotropic"):
+            raise ValueError(f"unknown crop policy {self.kind!r}")
+        if not 0.0 <= self.margin <= 2.0:
+            raise ValueError(f"margin must be in [0, 2], got {self.margin}")
+
+
+def _resize(image: RGBImage, width: int, height: int, upscale: int) -> RGBImage:
+    shrinking = width * height < image.shape[0] * image.shape[1]
+    interp = cv2.INTER_AREA if shrinking else upscale
+    out: RGBImage = np.asarray(cv2.resize(image, (width, height), interpolation=interp), np.uint8)
+    return out
+
+
+def _grow(box: Box, dx: float, dy: float, h: int, w: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    return (
+        max(round(x0 - dx), 0),
+        max(round(y0 - dy), 0),
+        min(round(x1 + dx), w),
+        min(round(y1 + dy), h),
+    )
+
+
+def crop_face(frame: RGBImage, box: Box, policy: CropPolicy, size: int) -> RGBImage:
+    """Cut one face from ``frame`` as ``policy`` says, as a ``size``x``size`` RGB image."""
+    h, w = frame.shape[:2]
+    bw = box[2] - box[0]
+    bh = box[3] - box[1]
+    if policy.kind == "square":
+        x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bw, h, w)
+        side = max(x1 - x0, y1 - y0, 1)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        sx0, sy0 = round(cx - side / 2), round(cy - side / 2)
+        canvas = np.zeros((side, side, 3), dtype=np.uint8)
+        fx0, fy0 = max(sx0, 0), max(sy0, 0)
+        fx1, fy1 = min(sx0 + side, w), min(sy0 + side, h)
+        if fx1 > fx0 and fy1 > fy0:
+            canvas[fy0 - sy0 : fy1 - sy0, fx0 - sx0 : fx1 - sx0] = frame[fy0:fy1, fx0:fx1]
+        return _resize(canvas, size, size, cv2.INTER_LINEAR)
+
+    x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bh, h, w)
+    region = frame[y0:y1, x0:x1]
+    if region.size == 0:
+        return np.zeros((size, size, 3), dtype=np.uint8)
+    rh, rw = region.shape[:2]
+    scale = size / max(rh, rw)
+    nw, nh = max(round(rw * scale), 1), max(round(rh * scale), 1)
+    resized = _resize(region, nw, nh, cv2.INTER_CUBIC)
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out

@@ -1,0 +1,137 @@
+"""The three detector architectures.
+
+Every detector honours one contract: ``forward(x: [B, 3, H, W]) -> [B, 1]``
+fake-logit, where ``x`` is the member's normalised face crop. Ensembling,
+calibration and Grad-CAM then treat all members alike. Architectures are built
+without pretrained weights; weights are loaded separately (``ensemble.weights``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class ResNet50Detector(nn.Module):
+    """timm ResNet-50 backbone with the head of "A ResNet-based system for
+    real-time detection of deepfake videos" (second variation): global pool,
+    Dense 256 ReLU, BatchNorm, Dropout 0.7, Dense 128 ReLU, BatchNorm,
+    Dropout 0.7, Dense 64 ReLU, Dense 1."""
+
+    DROPOUT = 0.7
+
+    def __init__(self) -> None:
+        super().__init__()
+        import timm
+
+        self.backbone = timm.create_model("resnet50", pretrained=False, num_classes=0)
+        self.head = nn.Sequential(
+            nn.Linear(2048, 256),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(256),
+            nn.Dropout(self.DROPOUT),
+            nn.Linear(256, 128),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(128),
+            nn.Dropout(self.DROPOUT),
+            nn.Linear(128, 64),
+            nn.ReLU(inplace=True),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.backbone(x))
+        return out
+
+
+class EfficientNetB7Detector(nn.Module):
+    """timm ``tf_efficientnet_b7`` encoder, average pool, dropout and one
+    linear unit: the layout of selimsef/dfdc_deepfake_challenge's
+    ``DeepFakeClassifier``, so its published checkpoints load with
+    ``strict=True``. The encoder keeps timm's 1000-class classifier because
+    those checkpoints carry it; it is never run."""
+
+    DROPOUT = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        import timm
+
+        self.encoder: Any = timm.create_model("tf_efficientnet_b7", pretrained=False)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(self.DROPOUT)
+        self.fc = nn.Linear(2560, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.encoder.forward_features(x)
+        out: Tensor = self.fc(self.dropout(self.avg_pool(features).flatten(1)))
+        return out
+
+
+class EfficientNetAutoAttB4Detector(nn.Module):
+    """efficientnet-pytorch EfficientNet-B4 with a learned attention map after
+    block 9 (the last 56-channel block): a 1x1 convolution to one channel and a
+    sigmoid, multiplied into the features; then a linear head. The layout of
+    polimi-ispl/icpr2020dfdc's ``EfficientNetAutoAttB4``."""
+
+    ATTENTION_AFTER_BLOCK = 9
+    ATTENTION_CHANNELS = 56
+
+    def __init__(self) -> None:
+        super().__init__()
+        from efficientnet_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-b4")
+        # Plain swish traces and compiles; the memory-efficient one is a custom autograd op.
+        net.set_swish(memory_efficient=False)
+        del net._fc
+        net.attconv = nn.Conv2d(self.ATTENTION_CHANNELS, 1, kernel_size=1)
+        self.efficientnet = net
+        self.classifier = nn.Linear(1792, 1)
+        self._n_blocks = len(net._blocks)
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        net = self.efficientnet
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        attention = x.new_ones(())
+        rate = net._global_params.drop_connect_rate or 0.0
+        for idx, block in enumerate(net._blocks):
+            x = block(x, drop_connect_rate=rate * idx / self._n_blocks)
+            if idx == self.ATTENTION_AFTER_BLOCK:
+                attention = torch.sigmoid(net.attconv(x))
+                x = x * attention
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x, attention
+
+    def forward(self, x: Tensor) -> Tensor:
+        logit, _ = self.forward_with_attention(x)
+        return logit
+
+    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The logit and the attention map ``[B, 1, h, w]`` in ``[0, 1]``."""
+        features, attention = self._features(x)
+        pooled = self.efficientnet._avg_pooling(features).flatten(1)
+        out: Tensor = self.classifier(self.efficientnet._dropout(pooled))
+        return out, attention
+
+
+class TinyDetector(nn.Module):
+    """A few-thousand-parameter network with the same contract, for tests and
+    smoke runs. Never used for real verdicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc(self.pool(self.features(x)).flatten(1))
+        return out

@@ -1,0 +1,74 @@
+"""Typed errors of the detection core.
+
+Every error carries a message written for the person who uploaded the media:
+it says what was wrong and, where it helps, what to do. Web and CLI layers show
+``str(error)`` as the reason.
+"""
+
+from __future__ import annotations
+
+
+class TrusttraceError(Exception):
+    """Base class of every error raised on purpose by the detection core."""
+
+
+# --- Media -----------------------------------------------------------------
+
+
+class InvalidMediaError(TrusttraceError):
+    """The input cannot be analysed. Final: retrying the same file cannot help."""
+
+    code = "invalid_media"
+
+
+class UnsupportedMediaError(InvalidMediaError):
+    """The bytes are not an image or video format we read."""
+
+    code = "unsupported_format"
+
+
+class UnreadableMediaError(InvalidMediaError):
+    """The format is recognised but the data is corrupt, truncated or empty."""
+
+    code = "unreadable"
+
+
+class MediaLimitError(InvalidMediaError):
+    """The media exceeds a configured limit (pixels, duration, frames, bytes)."""
+
+    code = "too_large"
+
+
+class EmptyMediaError(UnreadableMediaError):
+    """A well-formed container that holds no frame."""
+
+    code = "no_frames"
+
+
+class NoVideoStreamError(UnreadableMediaError):
+    """A container without any video stream (for example audio only)."""
+
+    code = "no_video_stream"
+
+
+# --- Models and weights ----------------------------------------------------
+
+
+class RegistryError(TrusttraceError):
+    """A detector name is unknown or declared twice."""
+
+
+class WeightsError(TrusttraceError):
+    """Weights are missing, damaged or do not fit the architecture."""
+
+
+class MissingWeightsError(WeightsError):
+    """No weights installed for a member."""
+
+
+class WeightsIntegrityError(WeightsError):
+    """A weights file does not match the sha256 recorded in its manifest."""
+
+
+class IncompatibleCheckpointError(WeightsError):
+    """A checkpoint's keys or shapes do not match the member's architecture."""

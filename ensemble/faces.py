@@ -1,0 +1,192 @@
+"""Finding faces in frames with BlazeFace, at every scale a frame needs.
+
+BlazeFace's front model sees a 128x128 picture and finds faces that fill a
+fair part of it. A 1080p frame squeezed to 128 pixels loses small faces, so,
+as polimi-ispl/icpr2020dfdc does, each frame is also cut into overlapping
+square tiles, each detected on its own. Here the tiles form a small pyramid
+(tiles of the frame's short side, then of half that on large frames) and the
+whole (letterboxed) frame is detected too, for faces larger than a tile.
+Detections touching a tile edge inside the frame are dropped (the face is cut;
+a neighbouring tile or the whole frame sees it entire), and weighted NMS merges
+the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ensemble.blazeface import (
+    INPUT_SIZE,
+    BlazeFaceNet,
+    Detection,
+    decode,
+    load_blazeface_net,
+    ssd_anchors,
+    weighted_nms,
+)
+from ensemble.config import FaceConfig
+from ensemble.media import RGBImage
+
+# The finest tiles are half the frame's short side, but never smaller than this.
+MIN_TILE = 400
+# Neighbouring tiles overlap by at least a third of a tile, so any face up to
+# a third of a tile wide lies whole inside some tile; larger faces are found
+# whole at the next coarser level, where tiles are twice as large.
+TILE_STRIDE_FRACTION = 2 / 3
+# A detection closer than this share of the tile to an inner tile edge is cut.
+EDGE_MARGIN_FRACTION = 0.01
+# Frames are fed to the detector in batches of this many views.
+DETECT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class View:
+    """A square region of a frame fed to the detector: ``side`` frame pixels
+    from ``(x0, y0)``; parts beyond the frame are black."""
+
+    x0: int
+    y0: int
+    side: int
+    is_tile: bool
+
+
+def _starts(length: int, side: int) -> list[int]:
+    if length <= side:
+        return [0]
+    n = math.ceil((length - side) / (side * TILE_STRIDE_FRACTION)) + 1
+    return [round(k * (length - side) / (n - 1)) for k in range(n)]
+
+
+def tile_sides(height: int, width: int) -> list[int]:
+    """Tile sizes, coarse to fine: the frame's short side, and its half when
+    that is still at least ``MIN_TILE`` pixels."""
+    short, long = min(height, width), max(height, width)
+    sides = [] if short == long else [short]
+    if short // 2 >= MIN_TILE:
+        sides.append(short // 2)
+    return sides
+
+
+def plan_views(height: int, width: int) -> list[View]:
+    """The whole (letterboxed) frame plus tiles at each level of the pyramid."""
+    views = [View(0, 0, max(height, width), is_tile=False)]
+    for side in tile_sides(height, width):
+        views += [
+            View(x, y, side, True) for y in _starts(height, side) for x in _starts(width, side)
+        ]
+    return views
+
+
+def _render_views(frame: RGBImage, views: Sequence[View]) -> list[RGBImage]:
+    """Each view at 128x128. The frame is resized once per level and the tiles
+    are cut from that, rather than resizing every tile on its own."""
+    h, w = frame.shape[:2]
+    scaled: dict[int, RGBImage] = {}
+    out: list[RGBImage] = []
+    for view in views:
+        scale = INPUT_SIZE / view.side
+        if view.side not in scaled:
+            size = (max(round(w * scale), 1), max(round(h * scale), 1))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            scaled[view.side] = np.asarray(cv2.resize(frame, size, interpolation=interp), np.uint8)
+        level = scaled[view.side]
+        x0, y0 = round(view.x0 * scale), round(view.y0 * scale)
+        tile = level[y0 : y0 + INPUT_SIZE, x0 : x0 + INPUT_SIZE]
+        if tile.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
+            canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+            canvas[: tile.shape[0], : tile.shape[1]] = tile
+            tile = canvas
+        out.append(tile)
+    return out
+
+
+def _is_cut(row: npt.NDArray[np.floating], view: View, h: int, w: int) -> bool:
+    """Does a tile detection (tile-relative coordinates) touch an inner edge?"""
+    if not view.is_tile:
+        return False
+    m = EDGE_MARGIN_FRACTION
+    x0, y0, x1, y1 = row[:4]
+    return bool(
+        (x0 < m and view.x0 > 0)
+        or (y0 < m and view.y0 > 0)
+        or (x1 > 1 - m and view.x0 + view.side < w)
+        or (y1 > 1 - m and view.y0 + view.side < h)
+    )
+
+
+class FaceDetector:
+    """BlazeFace over tiles and the whole frame, batched across frames."""
+
+    def __init__(self, net: BlazeFaceNet, config: FaceConfig, device: str = "cpu") -> None:
+        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+        self.config = config
+        self.device = device
+        self.anchors = torch.from_numpy(ssd_anchors())
+
+    @classmethod
+    def load(cls, config: FaceConfig, cache_dir: Path | None, device: str = "cpu") -> FaceDetector:
+        return cls(load_blazeface_net(cache_dir=cache_dir), config, device)
+
+    @torch.inference_mode()
+    def _run(
+        self, batch: npt.NDArray[np.uint8]
+    ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
+        out: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+        for start in range(0, len(batch), DETECT_BATCH):
+            x = torch.from_numpy(batch[start : start + DETECT_BATCH]).to(self.device)
+            # NHWC uint8 viewed as NCHW is already channels_last.
+            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            boxes, scores = self.net(x)
+            out += decode(
+                boxes.float().cpu(), scores.float().cpu(), self.anchors, self.config.min_score
+            )
+        return out
+
+    def detect(self, frames: Sequence[RGBImage]) -> list[list[Detection]]:
+        """Faces in each frame, best first, in frame pixel coordinates."""
+        plans = [plan_views(*f.shape[:2]) for f in frames]
+        tiles = [t for f, views in zip(frames, plans, strict=True) for t in _render_views(f, views)]
+        batch = np.stack(tiles) if tiles else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+        raw = iter(self._run(batch))
+        results: list[list[Detection]] = []
+        for frame, views in zip(frames, plans, strict=True):
+            h, w = frame.shape[:2]
+            rows: list[npt.NDArray[np.float64]] = []
+            scores: list[float] = []
+            for view in views:
+                cand, cand_scores = next(raw)
+                for row, score in zip(cand, cand_scores, strict=True):
+                    if _is_cut(row, view, h, w):
+                        continue
+                    px = row.astype(np.float64) * view.side
+                    px[0::2] += view.x0
+                    px[1::2] += view.y0
+                    rows.append(px)
+                    scores.append(float(score))
+            results.append(self._merge(rows, scores, h, w))
+        return results
+
+    def _merge(
+        self, rows: list[npt.NDArray[np.float64]], scores: list[float], h: int, w: int
+    ) -> list[Detection]:
+        if not rows:
+            return []
+        merged = weighted_nms(np.stack(rows), np.asarray(scores), self.config.nms_iou)
+        faces: list[Detection] = []
+        for row, score in merged:
+            x0, y0, x1, y1 = (float(v) for v in row[:4])
+            x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+            if min(x1 - x0, y1 - y0) < self.config.min_face_px:
+                continue
+            kps = tuple((float(row[4 + 2 * k]), float(row[5 + 2 * k])) for k in range(6))
+            faces.append(Detection((x0, y0, x1, y1), score, kps))
+        faces.sort(key=lambda d: -d.score)
+        return faces[: self.config.max_faces_per_frame]

@@ -1,0 +1,229 @@
+"""``analyze()``: media in, :class:`AnalysisResult` out.
+
+Collaborators (the face detector and the loaded members) come in as
+arguments, so the pipeline runs in tests with tiny models and in a worker
+with models loaded once per process (:class:`Analyzer`).
+
+Bad input is a result, not a crash: an :class:`InvalidMediaError` becomes a
+``rejected`` result with the error's message as the reason, and a video
+without faces is ``done`` with the verdict ``no_face``. Any other exception is
+a bug and propagates; it is never turned into a score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble.config import AnalysisConfig
+from ensemble.crops import crop_face
+from ensemble.errors import InvalidMediaError, RegistryError
+from ensemble.faces import FaceDetector
+from ensemble.media import load_media
+from ensemble.members import LoadedMember, load_member
+from ensemble.registry import REGISTRY, Registry
+from ensemble.results import (
+    AnalysisResult,
+    FaceResult,
+    FrameInfo,
+    ModelInfo,
+    PersonResult,
+)
+from ensemble.scoring import aggregate, calibrate, verdict_for
+from ensemble.tracks import link_tracks
+from ensemble.weights import read_manifest
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+
+# Share of the progress bar each stage fills; the members share the rest.
+_PROGRESS = {"decode": 0.10, "detect": 0.20, "track": 0.22, "crop": 0.25, "score": 1.0}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def analyze(
+    path: Path,
+    config: AnalysisConfig,
+    *,
+    members: Mapping[str, LoadedMember],
+    detector: FaceDetector,
+    progress: ProgressFn | None = None,
+) -> AnalysisResult:
+    """Analyse one image or video with the members named in ``config.members``."""
+    missing = [m for m in config.members if m not in members]
+    if missing:
+        raise RegistryError(f"members not loaded: {', '.join(missing)}")
+    selected = [members[m] for m in config.members]
+    report = progress or (lambda stage, fraction: None)
+    clock = _Clock()
+    started = time.perf_counter()
+    scoring = config.scoring
+
+    def finish(**fields: object) -> AnalysisResult:
+        clock.timings["total"] = time.perf_counter() - started
+        report("done", 1.0)
+        return AnalysisResult(
+            file=str(path),
+            threshold=scoring.threshold,
+            uncertain_band=scoring.uncertain_band,
+            models=tuple(
+                ModelInfo(m.name, m.weights_sha256, m.input_size, m.temperature) for m in selected
+            ),
+            timings=dict(clock.timings),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    report("decode", 0.0)
+    try:
+        with clock.stage("decode"):
+            media = load_media(path, config.limits, config.frames)
+    except InvalidMediaError as e:
+        logger.info("rejected %s: %s", path, e)
+        return finish(status="rejected", reason=str(e), reason_code=e.code)
+    report("detect", _PROGRESS["decode"])
+
+    images = [f.image for f in media.frames]
+    with clock.stage("detect"):
+        detections = detector.detect(images)
+    report("track", _PROGRESS["detect"])
+    with clock.stage("track"):
+        tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction)
+    frames = tuple(
+        FrameInfo(pos, f.index, f.time_s, len(detections[pos]))
+        for pos, f in enumerate(media.frames)
+    )
+    if not tracks:
+        what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
+        return finish(
+            status="done",
+            verdict="no_face",
+            reason=f"No face was found in the {what}.",
+            reason_code="no_face",
+            media=media.info,
+            frames=frames,
+        )
+    report("crop", _PROGRESS["track"])
+
+    faces = [(track.id, pos, det) for track in tracks for pos, det in track.detections]
+    with clock.stage("crop"):
+        crops = {
+            m.name: [
+                crop_face(images[pos], det.box, m.spec.crop, m.input_size) for _, pos, det in faces
+            ]
+            for m in selected
+        }
+    report(selected[0].name, _PROGRESS["crop"])
+
+    probs: dict[str, np.ndarray] = {}
+    done = 0
+    total = len(faces) * len(selected)
+    span = _PROGRESS["score"] - _PROGRESS["crop"]
+    for member in selected:
+
+        def on_batch(n: int, name: str = member.name) -> None:
+            nonlocal done
+            done += n
+            report(name, _PROGRESS["crop"] + span * done / total * 0.98)
+
+        with clock.stage(f"member:{member.name}"):
+            logits = member.logits(crops[member.name], config.batch_size, on_batch)
+        probs[member.name] = calibrate(logits, member.temperature)
+    report("score", _PROGRESS["crop"] + span * 0.98)
+
+    with clock.stage("score"):
+        face_scores = np.mean([probs[m.name] for m in selected], axis=0)
+        face_results = tuple(
+            FaceResult(
+                position=pos,
+                person=track_id,
+                box=det.box,
+                detection_score=det.score,
+                keypoints=det.keypoints,
+                members={m.name: float(probs[m.name][i]) for m in selected},
+                score=float(face_scores[i]),
+            )
+            for i, (track_id, pos, det) in enumerate(faces)
+        )
+        persons = []
+        for track in tracks:
+            idx = [i for i, (tid, _, _) in enumerate(faces) if tid == track.id]
+            score = aggregate(face_scores[idx], scoring.aggregation)
+            persons.append(
+                PersonResult(
+                    id=track.id,
+                    positions=track.frames,
+                    members={
+                        m.name: aggregate(probs[m.name][idx], scoring.aggregation) for m in selected
+                    },
+                    score=score,
+                    verdict=verdict_for(score, scoring),
+                )
+            )
+        worst = max(persons, key=lambda p: p.score)
+    return finish(
+        status="done",
+        media=media.info,
+        frames=frames,
+        faces=face_results,
+        persons=tuple(persons),
+        members=dict(worst.members),
+        score=worst.score,
+        verdict=worst.verdict,
+    )
+
+
+class Analyzer:
+    """Loads the detector and the members once, then analyses many files.
+
+    A worker process keeps one of these; nothing is loaded until first use.
+    """
+
+    def __init__(self, config: AnalysisConfig, registry: Registry = REGISTRY) -> None:
+        self.config = config
+        self.registry = registry
+        self._detector: FaceDetector | None = None
+        self._members: dict[str, LoadedMember] = {}
+
+    def prepare(self) -> None:
+        """Load everything now (raises :class:`MissingWeightsError` early)."""
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        for name in self.config.members:
+            self.registry.get(name)  # unknown names fail before any loading
+            if name not in self._members:
+                read_manifest(self.config.weights_dir, name)  # so do missing weights
+        if self._detector is None:
+            self._detector = FaceDetector.load(
+                self.config.faces, self.config.cache_dir, self.config.device
+            )
+        for name in self.config.members:
+            if name not in self._members:
+                self._members[name] = load_member(
+                    name, self.config.weights_dir, self.config.device, self.registry
+                )
+
+    def analyze(self, path: Path, progress: ProgressFn | None = None) -> AnalysisResult:
+        self.prepare()
+        assert self._detector is not None
+        return analyze(
+            path, self.config, members=self._members, detector=self._detector, progress=progress
+        )

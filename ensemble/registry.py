@@ -1,0 +1,123 @@
+"""The detector registry: each member is declared once, here.
+
+A declaration names the architecture builder, the face crop it expects, its
+default input size and normalisation (a weights manifest may override those),
+the layer Grad-CAM looks at, and the key layout of the published checkpoints it
+can import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from ensemble.crops import CropPolicy
+from ensemble.detectors import (
+    EfficientNetAutoAttB4Detector,
+    EfficientNetB7Detector,
+    ResNet50Detector,
+    TinyDetector,
+)
+from ensemble.errors import RegistryError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    crop: CropPolicy
+    input_size: int
+    gradcam_layer: str
+    description: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # The published checkpoint layout `import_weights` accepts, if any.
+    checkpoint_format: str | None = None
+    has_attention: bool = False
+
+
+class Registry:
+    """Name -> :class:`MemberSpec`, refusing duplicates and unknown names."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, MemberSpec] = {}
+
+    def register(self, spec: MemberSpec) -> MemberSpec:
+        if spec.name in self._specs:
+            raise RegistryError(f"detector {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> MemberSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise RegistryError(f"unknown detector {name!r}; known detectors: {known}") from None
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[MemberSpec]:
+        return iter(self._specs.values())
+
+
+REGISTRY = Registry()
+
+REGISTRY.register(
+    MemberSpec(
+        name="resnet50",
+        build=ResNet50Detector,
+        # 30% of the face width on each side keeps the hairline, jaw and ears,
+        # where blending seams show, at ResNet's 224 px input.
+        crop=CropPolicy("square", margin=0.3),
+        input_size=224,
+        gradcam_layer="backbone.layer4",
+        description="ResNet-50 with the dense head of 'A ResNet-based system for real-time "
+        "detection of deepfake videos'",
+    )
+)
+REGISTRY.register(
+    MemberSpec(
+        name="effnet_b7",
+        build=EfficientNetB7Detector,
+        crop=CropPolicy("isotropic", margin=1 / 3),
+        input_size=380,
+        gradcam_layer="encoder.bn2",
+        description="EfficientNet-B7 trained with SSIM-mask guided augmentation "
+        "(after the DFDC winning solution)",
+        checkpoint_format="selimsef",
+    )
+)
+REGISTRY.register(
+    MemberSpec(
+        name="effnet_autoatt_b4",
+        build=EfficientNetAutoAttB4Detector,
+        crop=CropPolicy("square", margin=0.2),
+        input_size=224,
+        gradcam_layer="efficientnet._bn1",
+        description="EfficientNet-B4 with a learned attention map (after polimi-ispl/icpr2020dfdc)",
+        checkpoint_format="polimi",
+        has_attention=True,
+    )
+)
+
+
+def tiny_spec(name: str = "tiny", input_size: int = 64) -> MemberSpec:
+    """A small random-init member with the real contract, for tests only."""
+    return MemberSpec(
+        name=name,
+        build=TinyDetector,
+        crop=CropPolicy("square", margin=0.2),
+        input_size=input_size,
+        gradcam_layer="features.2",
+        description="tiny test detector",
+    )

@@ -1,0 +1,71 @@
+"""From logits to a verdict.
+
+- A member's logit becomes a calibrated probability by temperature scaling.
+- A face's score is the mean of its members' probabilities (the seed's
+  "average of the three scores").
+- A person's score aggregates their faces over frames: the mean, or selimsef's
+  "confident" strategy, which trusts a clear majority of confident frames.
+- The video's score is its most suspicious person's: one manipulated face
+  among genuine ones flags the video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ensemble.config import Aggregation, ScoringConfig
+
+Verdict = Literal["fake", "uncertain", "real", "no_face"]
+
+# selimsef/dfdc_deepfake_challenge's confident strategy, with its constants named.
+CONFIDENT_FAKE_PROB = 0.8  # a frame at or above this is a confident fake
+CONFIDENT_REAL_PROB = 0.2  # a frame below this is a confident real
+CONFIDENT_FAKE_DIVISOR = 2.5  # more than n // 2.5 confident fakes ...
+CONFIDENT_MIN_FAKES = 11  # ... and more than 11 of them: mean of the confident fakes
+CONFIDENT_REAL_SHARE = 0.9  # more than 90% confident reals: mean of the confident reals
+
+
+def calibrate(logits: npt.ArrayLike, temperature: float) -> npt.NDArray[np.float64]:
+    """Temperature-scaled sigmoid: ``sigmoid(logit / T)``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def confident_strategy(probs: Sequence[float] | npt.NDArray[np.floating]) -> float:
+    """selimsef's rule: many confident fake frames mean fake, whatever the
+    rest say; overwhelmingly confident real frames mean real; else the mean."""
+    p = np.asarray(probs, dtype=np.float64)
+    n = len(p)
+    fakes = p[p > CONFIDENT_FAKE_PROB]
+    if len(fakes) > n // CONFIDENT_FAKE_DIVISOR and len(fakes) > CONFIDENT_MIN_FAKES:
+        return float(fakes.mean())
+    reals = p[p < CONFIDENT_REAL_PROB]
+    if len(reals) > CONFIDENT_REAL_SHARE * n:
+        return float(reals.mean())
+    return float(p.mean())
+
+
+def aggregate(probs: Sequence[float] | npt.NDArray[np.floating], method: Aggregation) -> float:
+    """One score from a person's per-frame scores."""
+    if len(probs) == 0:
+        raise ValueError("cannot aggregate an empty list of scores")
+    if method == "confident":
+        return confident_strategy(probs)
+    return float(np.mean(probs))
+
+
+def verdict_for(score: float, config: ScoringConfig) -> Verdict:
+    """``fake`` at or above threshold + band, ``real`` below threshold - band,
+    ``uncertain`` between."""
+    if score >= config.threshold + config.uncertain_band:
+        return "fake"
+    if score < config.threshold - config.uncertain_band:
+        return "real"
+    return "uncertain"

@@ -1,0 +1,346 @@
+"""Weights on disk: manifests, integrity checks, strict loading, imports.
+
+Layout: ``<weights_dir>/<member>/manifest.json`` beside the weight files it
+lists. The project ships safetensors shards (no pickle); published ``.pth``
+checkpoints a user imports are read with ``torch.load(weights_only=True)``.
+Every file's sha256 is checked before it is read, and every state_dict is
+loaded with ``strict=True``: a member never runs on weights that do not fit it,
+and never on random weights outside tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ensemble.errors import (
+    IncompatibleCheckpointError,
+    MissingWeightsError,
+    WeightsIntegrityError,
+)
+from ensemble.media import file_sha256
+from ensemble.registry import MemberSpec
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+# Shards stay below the size a single file may have in transfers and reviews.
+MAX_SHARD_BYTES = 15 * 1024 * 1024
+_DATAPARALLEL_PREFIX = "module."
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to run a member and to say where its weights came from."""
+
+    member: str
+    architecture: str
+    format: str  # "safetensors" or "pytorch"
+    files: tuple[WeightFile, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    temperature: float = 1.0
+    threshold: float = 0.5
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    @property
+    def weights_sha256(self) -> str:
+        """One hash naming this exact set of weight files."""
+        digest = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.path):
+            digest.update(f"{f.path}:{f.sha256}\n".encode())
+        return digest.hexdigest()
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["provenance"] = dict(self.provenance)
+        data["metrics"] = dict(self.metrics)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> Manifest:
+        try:
+            data = json.loads(text)
+            if data.get("version") != MANIFEST_VERSION:
+                raise ValueError(
+                    f"manifest version {data.get('version')} is not {MANIFEST_VERSION}"
+                )
+            return cls(
+                member=str(data["member"]),
+                architecture=str(data["architecture"]),
+                format=str(data["format"]),
+                files=tuple(
+                    WeightFile(str(f["path"]), str(f["sha256"]), int(f["bytes"]))
+                    for f in data["files"]
+                ),
+                input_size=int(data["input_size"]),
+                mean=_triple(data["mean"]),
+                std=_triple(data["std"]),
+                temperature=float(data.get("temperature", 1.0)),
+                threshold=float(data.get("threshold", 0.5)),
+                provenance=dict(data.get("provenance", {})),
+                metrics=dict(data.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IncompatibleCheckpointError(
+                f"{source} is not a valid weights manifest: {e}"
+            ) from e
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
+
+
+def member_dir(weights_dir: Path, member: str) -> Path:
+    return weights_dir / member
+
+
+def install_hint(member: str, weights_dir: Path) -> str:
+    return (
+        f"No weights are installed for detector '{member}' (expected "
+        f"{member_dir(weights_dir, member) / MANIFEST_NAME}). Train them with "
+        f"'python manage.py train_detector --member {member} ...' and export them there, "
+        f"or import a published checkpoint with "
+        f"'python manage.py import_weights --member {member} FILE'."
+    )
+
+
+def read_manifest(weights_dir: Path, member: str) -> Manifest:
+    path = member_dir(weights_dir, member) / MANIFEST_NAME
+    if not path.is_file():
+        raise MissingWeightsError(install_hint(member, weights_dir))
+    manifest = Manifest.from_json(path.read_text(encoding="utf-8"), path)
+    if manifest.member != member:
+        raise IncompatibleCheckpointError(f"{path} describes '{manifest.member}', not '{member}'")
+    return manifest
+
+
+def normalize_checkpoint(obj: Any) -> dict[str, Tensor]:
+    """A state_dict from what published training scripts save: a bare
+    state_dict, or one under 'state_dict' / 'model'; DataParallel's 'module.'
+    prefix removed."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise IncompatibleCheckpointError("the checkpoint does not contain a state_dict of tensors")
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        name = str(key)
+        state[name.removeprefix(_DATAPARALLEL_PREFIX)] = value
+    return state
+
+
+def check_fits(model: nn.Module, state: Mapping[str, Tensor], label: str) -> None:
+    """Raise :class:`IncompatibleCheckpointError` naming what does not fit."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        parts = []
+        for title, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
+            if keys:
+                shown = ", ".join(keys[:5]) + (
+                    f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
+                parts.append(f"{len(keys)} {title} ({shown})")
+        raise IncompatibleCheckpointError(
+            f"{label} does not fit the architecture: " + "; ".join(parts)
+        )
+
+
+def _verified(path: Path, expected: WeightFile) -> Path:
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file {path} listed in the manifest is missing")
+    actual = file_sha256(path)
+    if actual != expected.sha256:
+        raise WeightsIntegrityError(
+            f"{path} is damaged or was replaced: sha256 {actual[:12]}..., "
+            f"the manifest says {expected.sha256[:12]}..."
+        )
+    return path
+
+
+def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
+    """Read and hash-check every file of a manifest; tensors as float32."""
+    folder = member_dir(weights_dir, manifest.member)
+    state: dict[str, Tensor] = {}
+    for wf in manifest.files:
+        path = _verified(folder / wf.path, wf)
+        if manifest.format == "safetensors":
+            from safetensors.torch import load_file
+
+            part: dict[str, Tensor] = load_file(str(path))
+        elif manifest.format == "pytorch":
+            try:
+                part = normalize_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+            except (
+                RuntimeError,
+                OSError,
+                EOFError,
+                pickle.UnpicklingError,
+            ) as e:  # refused or bad file
+                raise IncompatibleCheckpointError(f"{path} could not be read safely: {e}") from e
+        else:
+            raise IncompatibleCheckpointError(f"unknown weights format {manifest.format!r}")
+        overlap = set(part) & set(state)
+        if overlap:
+            raise IncompatibleCheckpointError(f"{path} repeats tensors: {sorted(overlap)[:3]}")
+        state.update(part)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def load_model(spec: MemberSpec, weights_dir: Path) -> tuple[nn.Module, Manifest]:
+    """Build the member's architecture and load its installed weights strictly."""
+    manifest = read_manifest(weights_dir, spec.name)
+    model = spec.build()
+    state = load_state(weights_dir, manifest)
+    check_fits(model, state, f"the weights of '{spec.name}'")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), manifest
+
+
+def _write_manifest(folder: Path, manifest: Manifest) -> None:
+    tmp = folder / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    tmp.replace(folder / MANIFEST_NAME)
+
+
+def save_weights(
+    state: Mapping[str, Tensor],
+    spec: MemberSpec,
+    weights_dir: Path,
+    *,
+    input_size: int | None = None,
+    dtype: torch.dtype = torch.float16,
+    temperature: float = 1.0,
+    threshold: float = 0.5,
+    provenance: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Manifest:
+    """Write a state_dict as safetensors shards plus a manifest."""
+    from safetensors.torch import save_file
+
+    folder = member_dir(weights_dir, spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{spec.name}-*.safetensors"):
+        old.unlink()
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key, value in state.items():
+        t = value.detach().cpu()
+        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    files = []
+    for i, shard in enumerate(shards):
+        path = folder / f"{spec.name}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
+        save_file(shard, str(path))
+        files.append(WeightFile(path.name, file_sha256(path), path.stat().st_size))
+    manifest = Manifest(
+        member=spec.name,
+        architecture=spec.build.__name__,
+        format="safetensors",
+        files=tuple(files),
+        input_size=input_size or spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        temperature=temperature,
+        threshold=threshold,
+        provenance=dict(provenance or {}),
+        metrics=dict(metrics or {}),
+    )
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def import_checkpoint(
+    spec: MemberSpec,
+    source: Path,
+    weights_dir: Path,
+    *,
+    input_size: int | None = None,
+    note: str = "",
+) -> Manifest:
+    """Validate a published ``.pth`` checkpoint against the member's
+    architecture and install it with a manifest. Nothing is written unless the
+    checkpoint loads strictly."""
+    if not source.is_file():
+        raise MissingWeightsError(f"{source} does not exist")
+    try:
+        raw = torch.load(source, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise IncompatibleCheckpointError(
+            f"{source.name} could not be read as a PyTorch checkpoint with weights_only=True: {e}"
+        ) from e
+    state = normalize_checkpoint(raw)
+    model = spec.build()
+    check_fits(model, state, source.name)
+    model.load_state_dict(state, strict=True)
+
+    folder = member_dir(weights_dir, spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"imported-{source.name}"
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    wf = WeightFile(target.name, file_sha256(target), target.stat().st_size)
+    manifest = Manifest(
+        member=spec.name,
+        architecture=spec.build.__name__,
+        format="pytorch",
+        files=(wf,),
+        input_size=input_size or spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        temperature=1.0,
+        threshold=0.5,
+        provenance={
+            "source": "imported",
+            "original_file": source.name,
+            "checkpoint_format": spec.checkpoint_format,
+            "calibrated": False,
+            "note": note,
+        },
+    )
+    _write_manifest(folder, manifest)
+    logger.info("imported %s for %s (sha256 %s)", source.name, spec.name, wf.sha256)
+    return manifest

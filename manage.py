@@ -1,0 +1,29 @@
+#!/usr/bin/env python
+"""Django's command-line utility for Trusttrace.
+
+The Django project lives in ``platform/``, a plain folder rather than a package:
+a top-level package named ``platform`` would hide the standard library module of
+the same name. This script puts that folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    """Run a Django management command."""
+    sys.path.insert(0, str(ROOT / "platform"))
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""``python manage.py analyze PATH [PATH ...]``: verdicts for media files.
+
+A folder means every media file in it. Rejected media (corrupt, too large, not
+media) and media without faces are reported with their reason; an internal
+error is reported as ``failed`` (and makes the command exit non-zero), never as
+a score.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = ("file", "status", "verdict", "score", "reason")
+
+
+def _members_arg(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise ValueError("empty member list")
+    return names
+
+
+class Command(BaseCommand):
+    help = "Analyse images and videos with the detector ensemble and print verdicts."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("paths", nargs="+", type=Path, help="media files or folders")
+        parser.add_argument(
+            "--json", type=str, help="write results as JSON to FILE ('-' for stdout)"
+        )
+        parser.add_argument(
+            "--csv", type=str, help="write one CSV row per file to FILE ('-' for stdout)"
+        )
+        parser.add_argument(
+            "--frames", type=int, help="frames sampled per video (default from settings)"
+        )
+        parser.add_argument("--members", type=_members_arg, help="comma-separated members to run")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from analyses.config import analysis_config, analysis_registry
+        from ensemble.errors import RegistryError, TrusttraceError, WeightsError
+        from ensemble.media import list_media
+        from ensemble.pipeline import Analyzer
+        from ensemble.results import AnalysisResult
+
+        try:
+            config = analysis_config(members=options["members"], frames=options["frames"])
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        files = list_media(options["paths"])
+        if not files:
+            raise CommandError("no media files found in the given paths")
+        analyzer = Analyzer(config, analysis_registry())
+        try:
+            analyzer.prepare()
+        except (RegistryError, WeightsError) as e:
+            raise CommandError(str(e)) from e
+
+        results: list[AnalysisResult] = []
+        for path in files:
+            try:
+                result = analyzer.analyze(path)
+            except TrusttraceError as e:
+                logger.exception("analysis of %s failed", path)
+                result = AnalysisResult(
+                    file=str(path), status="failed", reason=str(e), reason_code="error"
+                )
+            except Exception as e:  # a bug: reported as a failure, never as a score
+                logger.exception("analysis of %s failed", path)
+                result = AnalysisResult(
+                    file=str(path),
+                    status="failed",
+                    reason=f"internal error ({type(e).__name__}); see the log",
+                    reason_code="internal_error",
+                )
+            results.append(result)
+            self.stdout.write(self._summary(result))
+
+        members = list(config.members)
+        if options["json"]:
+            self._write(options["json"], lambda fh: self._json(fh, results))
+        if options["csv"]:
+            self._write(options["csv"], lambda fh: self._csv(fh, results, members))
+        failed = sum(r.status == "failed" for r in results)
+        if failed:
+            raise CommandError(f"{failed} of {len(results)} files failed; see the log")
+
+    @staticmethod
+    def _summary(result: Any) -> str:
+        name = Path(result.file).name
+        if result.status != "done":
+            return f"{name}: {result.status}: {result.reason}"
+        if result.score is None:
+            return f"{name}: {result.verdict}: {result.reason}"
+        members = ", ".join(f"{k} {v:.3f}" for k, v in result.members.items())
+        return f"{name}: {result.verdict} (score {result.score:.3f}; {members})"
+
+    def _write(self, target: str, writer: Any) -> None:
+        if target == "-":
+            writer(sys.stdout)
+            return
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer(fh)
+
+    @staticmethod
+    def _json(fh: TextIO, results: Sequence[Any]) -> None:
+        json.dump({"results": [r.to_dict() for r in results]}, fh, indent=2)
+        fh.write("\n")
+
+    @staticmethod
+    def _csv(fh: TextIO, results: Sequence[Any], members: list[str]) -> None:
+        writer = csv.writer(fh)
+        writer.writerow([*CSV_FIELDS, *members])
+        for r in results:
+            score = "" if r.score is None else f"{r.score:.6f}"
+            member_cells = [f"{r.members[m]:.6f}" if m in r.members else "" for m in members]
+            writer.writerow(
+                [r.file, r.status, r.verdict or "", score, r.reason or "", *member_cells]
+            )

@@ -1,0 +1,1 @@
+"""Settings: ``base`` holds everything; ``local`` (default) and ``test`` adjust it."""

@@ -1,0 +1,10 @@
+"""One-machine defaults: debug on, SQLite, a development secret key."""
+
+from __future__ import annotations
+
+from .base import *  # noqa: F403
+from .base import SECRET_KEY
+
+DEBUG = True
+SECRET_KEY = SECRET_KEY or "dev-only-not-secret-trusttrace-local"
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]

@@ -1,0 +1,16 @@
+"""Test settings: an in-memory database and throwaway folders."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .base import *  # noqa: F403
+from .base import TRUSTTRACE
+
+SECRET_KEY = "test-only-not-secret"  # noqa: S105
+DEBUG = False
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+_TMP = Path(tempfile.gettempdir()) / "trusttrace-test"
+TRUSTTRACE = {**TRUSTTRACE, "CACHE_DIR": _TMP / "cache"}

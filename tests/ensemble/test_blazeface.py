@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.data import astronaut
+
+from ensemble.blazeface import (
+    NUM_ANCHORS,
+    BlazeFaceNet,
+    Detection,
+    box_iou,
+    default_tflite_path,
+    load_blazeface_net,
+    ssd_anchors,
+    weighted_nms,
+)
+from ensemble.config import FaceConfig
+from ensemble.faces import FaceDetector, plan_views
+from ensemble.media import MediaLimits, load_media
+from tests import media_factory as mf
+
+# Where the astronaut's face is in skimage.data.astronaut() (512x512), by eye.
+ASTRONAUT_FACE = (175.0, 75.0, 275.0, 180.0)
+CONFIDENT = 0.9
+
+
+def test_anchors_follow_mediapipe_front_model_layout() -> None:
+    anchors = ssd_anchors()
+    assert anchors.shape == (NUM_ANCHORS, 4)
+    # 16x16 cells with 2 anchors, then 8x8 cells with 6 anchors; fixed size.
+    assert np.allclose(anchors[0], [0.5 / 16, 0.5 / 16, 1, 1])
+    assert np.allclose(anchors[1], anchors[0])
+    assert np.allclose(anchors[2], [1.5 / 16, 0.5 / 16, 1, 1])
+    assert np.allclose(anchors[512], [0.5 / 8, 0.5 / 8, 1, 1])
+    assert np.allclose(anchors[512:518], anchors[512])
+    assert np.allclose(anchors[-1], [7.5 / 8, 7.5 / 8, 1, 1])
+
+
+def test_converted_net_finds_the_astronauts_face(detector: FaceDetector) -> None:
+    faces = detector.detect([astronaut()])[0]
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.score > 0.9
+    iou = box_iou(np.array(face.box), np.array([ASTRONAUT_FACE]))[0]
+    assert iou > 0.6, face.box
+    (rex, rey), (lex, ley), (nx, ny), (_mx, my) = face.keypoints[:4]
+    assert max(rey, ley) < ny < my  # eyes above nose above mouth
+    assert rex < nx < lex  # right eye (the person's) on the image's left
+
+
+def test_conversion_is_cached_by_source_sha256(tmp_path: Path) -> None:
+    source = default_tflite_path()
+    load_blazeface_net(source, tmp_path)
+    cached = list(tmp_path.glob("blazeface_front_*.safetensors"))
+    assert len(cached) == 1
+    # A different source file never reuses that cache.
+    copy = tmp_path / "other.tflite"
+    data = bytearray(source.read_bytes())
+    copy.write_bytes(bytes(data) + b"\0")
+    load_blazeface_net(copy, tmp_path)
+    assert len(list(tmp_path.glob("blazeface_front_*.safetensors"))) == 2
+
+
+def test_cached_and_fresh_conversions_agree(tmp_path: Path) -> None:
+    fresh = load_blazeface_net(cache_dir=tmp_path)
+    cached = load_blazeface_net(cache_dir=tmp_path)
+    for (k, a), b in zip(fresh.state_dict().items(), cached.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_weighted_nms_merges_overlaps_by_score() -> None:
+    rows = np.zeros((3, 16))
+    rows[0, :4] = [0, 0, 10, 10]
+    rows[1, :4] = [1, 1, 11, 11]
+    rows[2, :4] = [50, 50, 60, 60]
+    merged = weighted_nms(rows, np.array([0.9, 0.6, 0.8]), 0.3)
+    assert len(merged) == 2
+    (first, s1), (second, s2) = merged
+    assert s1 == pytest.approx(0.9) and s2 == pytest.approx(0.8)
+    assert first[0] == pytest.approx(0.6 / 1.5)  # score-weighted mean of 0 and 1
+    assert list(second[:4]) == [50, 50, 60, 60]
+
+
+def test_tiles_cover_a_1080p_frame_at_two_scales() -> None:
+    views = plan_views(1080, 1920)
+    tiles = [v for v in views if v.is_tile]
+    assert {v.side for v in tiles} == {1080, 540}
+    cover = np.zeros((1080, 1920), bool)
+    for v in tiles:
+        if v.side == 540:
+            cover[v.y0 : v.y0 + 540, v.x0 : v.x0 + 540] = True
+    assert cover.all()
+
+
+def test_small_face_in_a_1080p_frame_is_found_through_tiles(detector: FaceDetector) -> None:
+    frame = mf.noise_frame(1920, 1080) // 3
+    frame[600:840, 1400:1640] = mf.face_image(240)  # the face itself is about 80 px
+    faces = detector.detect([frame])[0]
+    assert faces, "no face found"
+    best = faces[0]
+    assert 1420 < best.box[0] < 1490 and 630 < best.box[1] < 700, best.box
+    assert 60 < best.width < 110
+
+
+def test_frame_without_faces_yields_no_detection(detector: FaceDetector) -> None:
+    assert detector.detect([mf.noise_frame(640, 480)]) == [[]]
+
+
+@pytest.mark.shared
+def test_matches_independent_pytorch_conversion_on_real_frames(
+    shared: Path, detector: FaceDetector
+) -> None:
+    """hollance/BlazeFace-PyTorch converted the same front model on its own.
+    Its tensors run in our architecture (loaded by graph order), and both find
+    the same faces on real video frames. That conversion comes from an earlier
+    release of the .tflite file, so the weights are not bitwise equal: we ask
+    for the same faces with boxes overlapping by IoU >= 0.75 and keypoints
+    within 15% of the face width, for every face either finds with a score of
+    at least 0.9."""
+    reference = torch.load(shared / "weights/blazeface/blazeface.pth", weights_only=True)
+    ours = detector.net.state_dict()
+    assert [tuple(v.shape) for v in reference.values()] == [tuple(v.shape) for v in ours.values()]
+    other_net = BlazeFaceNet()
+    other_net.load_state_dict(dict(zip(other_net.state_dict(), reference.values(), strict=True)))
+    other = FaceDetector(other_net, FaceConfig(), "cpu")
+    assert np.array_equal(np.load(shared / "weights/blazeface/anchors.npy"), ssd_anchors())
+
+    frames = [astronaut()]
+    for name in ("cyshih704_real.mp4", "tranthuhoai3786_009.mp4", "tranthuhoai3786_000_003.mp4"):
+        frames += [
+            f.image for f in load_media(shared / "media/videos" / name, MediaLimits(), 4).frames
+        ]
+    compared = 0
+    for a_faces, b_faces in zip(detector.detect(frames), other.detect(frames), strict=True):
+        # Every confident face of either is found by the other, at the same place.
+        for mine, theirs in ((a_faces, b_faces), (b_faces, a_faces)):
+            for a in (f for f in mine if f.score >= CONFIDENT):
+                ious = [box_iou(np.array(a.box), np.array([b.box]))[0] for b in theirs]
+                assert ious and max(ious) >= 0.75, (a, theirs)
+                b = theirs[int(np.argmax(ious))]
+                kp_error = np.abs(np.array(a.keypoints) - np.array(b.keypoints)).max()
+                assert kp_error <= 0.15 * a.width
+                compared += 1
+    assert compared >= len(frames)
+
+
+def test_detection_is_frozen_dataclass() -> None:
+    d = Detection((0, 0, 10, 20), 0.9, ((0, 0),) * 6)
+    assert (d.width, d.height) == (10, 20)
+    with pytest.raises(AttributeError):
+        d.score = 0.1  # type: ignore[misc]

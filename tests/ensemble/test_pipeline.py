@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.config import AnalysisConfig
+from ensemble.errors import RegistryError
+from ensemble.faces import FaceDetector
+from ensemble.pipeline import analyze
+from tests import media_factory as mf
+
+
+def config(*members: str, frames: int = 8) -> AnalysisConfig:
+    return AnalysisConfig(members=members, frames=frames)
+
+
+def test_image_with_a_face_gets_a_calibrated_score(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    members = {"a": tiny_member("a"), "b": tiny_member("b", input_size=48)}
+    result = analyze(path, config("a", "b"), members=members, detector=detector)
+    assert result.status == "done"
+    assert result.verdict in ("fake", "uncertain", "real")
+    assert set(result.members) == {"a", "b"}
+    assert len(result.faces) == 1 and len(result.persons) == 1
+    face = result.faces[0]
+    assert face.score == pytest.approx(np.mean(list(face.members.values())))
+    assert result.score == pytest.approx(face.score)
+    assert {"decode", "detect", "track", "crop", "member:a", "member:b", "score", "total"} <= set(
+        result.timings
+    )
+
+
+def test_known_member_scores_give_the_expected_verdicts(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    logit_fake, logit_real = 3.0, -3.0
+    fake = analyze(
+        path, config("f"), members={"f": tiny_member("f", logit=logit_fake)}, detector=detector
+    )
+    real = analyze(
+        path, config("r"), members={"r": tiny_member("r", logit=logit_real)}, detector=detector
+    )
+    assert fake.verdict == "fake" and fake.score == pytest.approx(1 / (1 + np.exp(-3)))
+    assert real.verdict == "real"
+    # Temperature calibration is applied: T=6 brings a logit of 3 to sigmoid(0.5).
+    soft = analyze(
+        path,
+        config("f"),
+        members={"f": tiny_member("f", logit=3.0, temperature=6.0)},
+        detector=detector,
+    )
+    assert soft.score == pytest.approx(1 / (1 + np.exp(-0.5)))
+    # Members are averaged: one fake member and one real member meet in the middle.
+    both = analyze(
+        path, config("f", "r"),
+        members={"f": tiny_member("f", logit=3.0), "r": tiny_member("r", logit=-3.0)},
+        detector=detector,
+    )  # fmt: skip
+    assert both.score == pytest.approx(0.5) and both.verdict == "uncertain"
+
+
+def test_one_manipulated_person_flags_the_video(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    import torch
+
+    class RightHalfIsFake(torch.nn.Module):
+        # Crops of the right-hand person are darker (see below): score by brightness.
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.mean(dim=(1, 2, 3)) < -0.2).float()[:, None] * 8 - 4
+
+    path = tmp_path / "two.mp4"
+    import av
+
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 640, 320, "yuv420p"
+    face = mf.face_image(240)
+    for i in range(10):
+        img = np.full((320, 640, 3), 90, np.uint8)
+        img[40:280, 20 + i : 260 + i] = face
+        img[40:280, 380 - i : 620 - i] = face // 3  # darker twin on the right
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+    member = tiny_member("planted")
+    member.model = RightHalfIsFake()
+    result = analyze(
+        path, config("planted", frames=6), members={"planted": member}, detector=detector
+    )
+    assert result.status == "done"
+    assert len(result.persons) == 2
+    left, right = sorted(
+        result.persons,
+        key=lambda p: result.faces[[f.person for f in result.faces].index(p.id)].box[0],
+    )
+    assert left.verdict == "real" and right.verdict == "fake"
+    assert result.verdict == "fake" and result.score == pytest.approx(right.score)
+    rows = result.to_dict()["frames"]
+    assert {r["person"] for r in rows} == {0, 1}
+    assert len(rows) == len(result.faces)
+
+
+def test_faceless_clip_is_no_face_not_real(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    path = mf.write_clip(tmp_path / "empty_room.mp4", frames=20)
+    result = analyze(path, config("a"), members={"a": tiny_member("a")}, detector=detector)
+    assert result.status == "done" and result.verdict == "no_face"
+    assert result.score is None and "No face" in (result.reason or "")
+
+
+def test_corrupt_media_is_rejected_with_reason_not_scored(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    good = mf.write_clip(tmp_path / "good.mp4", frames=20, face_at=(60, 40, 150))
+    bad = mf.truncated_mp4(tmp_path / "bad.mp4", good)
+    result = analyze(bad, config("a"), members={"a": tiny_member("a")}, detector=detector)
+    assert result.status == "rejected" and result.reason_code == "unreadable"
+    assert result.score is None and result.verdict is None
+    assert "corrupt" in (result.reason or "")
+
+
+def test_progress_reports_stages_in_order_up_to_one(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=20, face_at=(60, 40, 150))
+    seen: list[tuple[str, float]] = []
+    analyze(
+        path,
+        config("a", "b"),
+        members={"a": tiny_member("a"), "b": tiny_member("b")},
+        detector=detector,
+        progress=lambda s, f: seen.append((s, f)),
+    )
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    stages = [s for s, _ in seen]
+    assert stages[0] == "decode" and stages[-1] == "done" and "a" in stages and "b" in stages
+
+
+def test_member_subset_runs_only_those(tmp_path: Path, detector: FaceDetector, tiny_member) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    members = {"a": tiny_member("a"), "b": tiny_member("b")}
+    result = analyze(path, config("b"), members=members, detector=detector)
+    assert set(result.members) == {"b"} and [m.name for m in result.models] == ["b"]
+    with pytest.raises(RegistryError, match="not loaded: c"):
+        analyze(path, config("c"), members=members, detector=detector)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemble.blazeface import Detection
+from ensemble.crops import CropPolicy, crop_face
+from ensemble.tracks import link_tracks
+
+KP = ((0.0, 0.0),) * 6
+
+
+def det(x: float, y: float, size: float = 50, score: float = 0.9) -> Detection:
+    return Detection((x, y, x + size, y + size), score, KP)
+
+
+def test_two_people_become_two_tracks_across_frames() -> None:
+    frames = [[det(10 + 2 * i, 10), det(300 - 2 * i, 40)] for i in range(10)]
+    tracks = link_tracks(frames, iou_threshold=0.25, min_fraction=0.15)
+    assert len(tracks) == 2
+    assert [len(t.detections) for t in tracks] == [10, 10]
+    left, right = tracks
+    assert all(d.box[0] < 100 for _, d in left.detections)
+    assert all(d.box[0] > 200 for _, d in right.detections)
+
+
+def test_track_survives_a_missed_frame() -> None:
+    frames = [[det(10, 10)], [], [det(12, 10)], [det(14, 11)]]
+    tracks = link_tracks(frames, 0.25, 0.15)
+    assert len(tracks) == 1 and tracks[0].frames == (0, 2, 3)
+
+
+def test_one_off_false_positive_is_dropped() -> None:
+    frames = [[det(10, 10)] for _ in range(10)]
+    frames[4].append(det(400, 400))
+    tracks = link_tracks(frames, 0.25, 0.15)
+    assert len(tracks) == 1
+
+
+def test_single_image_face_is_kept() -> None:
+    assert len(link_tracks([[det(10, 10)]], 0.25, 0.15)) == 1
+
+
+def test_when_every_track_is_short_all_are_kept() -> None:
+    # A long video sampled sparsely: faces move between samples.
+    frames = [[det(100 * i, 10)] for i in range(6)]
+    assert len(link_tracks(frames, 0.25, 0.5)) == 6
+
+
+def test_square_crop_is_centred_with_margin() -> None:
+    frame = np.zeros((400, 400, 3), np.uint8)
+    frame[150:250, 150:250] = 200  # the "face"
+    crop = crop_face(frame, (150, 150, 250, 250), CropPolicy("square", 0.5), 100)
+    assert crop.shape == (100, 100, 3)
+    # A 100 px face with 50 px margins each side fills the middle half.
+    assert crop[30:70, 30:70].mean() == pytest.approx(200, abs=2)
+    assert crop[:20].mean() < 5 and crop[-20:].mean() < 5
+
+
+def test_square_crop_at_frame_edge_is_padded_black() -> None:
+    frame = np.full((100, 100, 3), 255, np.uint8)
+    crop = crop_face(frame, (60, 0, 100, 60), CropPolicy("square", 0.0), 60)
+    assert crop.shape == (60, 60, 3)
+    assert crop[:, :5].mean() < 5 or crop[:, -5:].mean() < 5  # beyond the frame is black
+
+
+def test_isotropic_crop_keeps_aspect_and_pads() -> None:
+    frame = np.full((300, 300, 3), 255, np.uint8)
+    crop = crop_face(frame, (100, 50, 160, 170), CropPolicy("isotropic", 0.0), 120)
+    assert crop.shape == (120, 120, 3)
+    # 60x120 region -> 60x120 after resize, centred: black bands left and right.
+    assert crop[:, :25].max() == 0 and crop[:, -25:].max() == 0
+    assert crop[:, 35:85].min() == 255
+
+
+def test_unknown_crop_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown crop policy"):
+        CropPolicy("stretch", 0.1)  # type: ignore[arg-type]

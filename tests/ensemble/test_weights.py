@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from ensemble.errors import IncompatibleCheckpointError, MissingWeightsError, WeightsIntegrityError
+from ensemble.members import load_member
+from ensemble.registry import Registry, tiny_spec
+from ensemble.weights import MANIFEST_NAME, import_checkpoint, load_model, save_weights
+
+
+@pytest.fixture
+def registry() -> Registry:
+    r = Registry()
+    r.register(tiny_spec("tiny"))
+    return r
+
+
+def test_saved_weights_load_back_strictly_and_hash_checked(
+    tmp_path: Path, registry: Registry
+) -> None:
+    spec = registry.get("tiny")
+    torch.manual_seed(1)
+    model = spec.build()
+    manifest = save_weights(
+        model.state_dict(), spec, tmp_path, dtype=torch.float32, temperature=1.7,
+        provenance={"data": "unit test"}, max_shard_bytes=2048,
+    )  # fmt: skip
+    assert len(manifest.files) > 1  # sharded
+    member = load_member("tiny", tmp_path, registry=registry)
+    assert member.temperature == 1.7
+    assert member.weights_sha256 == manifest.weights_sha256
+    for k, v in model.state_dict().items():
+        assert torch.equal(member.model.state_dict()[k].cpu(), v), k
+    data = json.loads((tmp_path / "tiny" / MANIFEST_NAME).read_text())
+    assert {
+        "architecture",
+        "files",
+        "input_size",
+        "mean",
+        "std",
+        "temperature",
+        "threshold",
+        "provenance",
+        "metrics",
+    } <= set(data)
+
+
+def test_fp16_export_loads_as_float32(tmp_path: Path, registry: Registry) -> None:
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    model, _ = load_model(spec, tmp_path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_missing_weights_say_how_to_install_them(tmp_path: Path, registry: Registry) -> None:
+    with pytest.raises(MissingWeightsError, match="import_weights --member tiny"):
+        load_member("tiny", tmp_path, registry=registry)
+
+
+def test_tampered_shard_is_refused(tmp_path: Path, registry: Registry) -> None:
+    spec = registry.get("tiny")
+    manifest = save_weights(spec.build().state_dict(), spec, tmp_path)
+    shard = tmp_path / "tiny" / manifest.files[0].path
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="damaged or was replaced"):
+        load_member("tiny", tmp_path, registry=registry)
+
+
+def test_import_accepts_dataparallel_checkpoint_under_state_dict(
+    tmp_path: Path, registry: Registry
+) -> None:
+    spec = registry.get("tiny")
+    torch.manual_seed(2)
+    model = spec.build()
+    ckpt = tmp_path / "published.pth"
+    torch.save(
+        {"epoch": 7, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt
+    )
+    manifest = import_checkpoint(spec, ckpt, tmp_path / "weights", input_size=96)
+    assert manifest.format == "pytorch" and manifest.input_size == 96
+    assert manifest.provenance["source"] == "imported"
+    member = load_member("tiny", tmp_path / "weights", registry=registry)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.allclose(member.model(x), model.eval()(x))
+
+
+def test_import_of_wrong_architecture_names_the_mismatch_and_writes_nothing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    ckpt = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(1, 8), "extra.bias": torch.zeros(3)}, ckpt)
+    with pytest.raises(IncompatibleCheckpointError, match=r"missing.*unexpected.*wrong shape"):
+        import_checkpoint(registry.get("tiny"), ckpt, tmp_path / "weights")
+    assert not (tmp_path / "weights").exists()
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_import_refuses_checkpoints_that_need_arbitrary_unpickling(
+    tmp_path: Path, registry: Registry
+) -> None:
+    ckpt = tmp_path / "evil.pth"
+    with ckpt.open("wb") as fh:
+        pickle.dump({"state_dict": Evil()}, fh)
+    with pytest.raises(IncompatibleCheckpointError, match="weights_only"):
+        import_checkpoint(registry.get("tiny"), ckpt, tmp_path / "weights")

@@ -1,0 +1,163 @@
+"""Generated media for tests: clips, images and a bad-media corpus."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from PIL import Image
+from skimage.data import astronaut
+
+CODECS = {"mp4": "libx264", "mov": "libx264", "mkv": "libx264", "webm": "libvpx", "avi": "mpeg4"}
+
+
+def face_image(size: int = 256) -> np.ndarray:
+    """A real face: skimage's astronaut, cropped around her head."""
+    img = astronaut()[0:300, 110:410]
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def noise_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return cv2.resize(base, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def write_clip(
+    path: Path,
+    frames: int = 30,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 10,
+    gop: int = 10,
+    face_at: tuple[int, int, int] | None = None,
+    codec: str | None = None,
+    audio: bool = False,
+) -> Path:
+    """A clip of moving noise, optionally with a face of ``size`` pixels at
+    ``(x, y, size)``, moving slightly from frame to frame. Frame ``i``'s red
+    channel in two 16x16 blocks at the top left encodes ``i`` (see :func:`marker`)."""
+    fmt = path.suffix.lstrip(".")
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream(codec or CODECS[fmt], rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.gop_size = gop
+    if stream.codec_context.name == "libx264":
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+    else:
+        stream.bit_rate = 20_000_000
+    stream.codec_context.time_base = Fraction(1, fps)
+    face = face_image(face_at[2]) if face_at else None
+    for i in range(frames):
+        img = noise_frame(width, height, seed=i % 7)
+        if face is not None and face_at is not None:
+            x, y, s = face_at
+            dx = i % 5
+            img[y : y + s, x + dx : x + dx + s] = face
+        img[:16, :16] = (i % 32) * MARKER_STEP
+        img[:16, 16:32] = (i // 32) * MARKER_STEP
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+MARKER_STEP = 8
+
+
+def marker(image: np.ndarray) -> int:
+    """The frame number (0-1023) a :func:`write_clip` frame carries."""
+    low = round(float(image[4:12, 4:12, 0].mean()) / MARKER_STEP)
+    high = round(float(image[4:12, 20:28, 0].mean()) / MARKER_STEP)
+    return high * 32 + low
+
+
+def write_image(
+    path: Path, image: np.ndarray, fmt: str, exif_orientation: int | None = None
+) -> Path:
+    im = Image.fromarray(image)
+    kwargs: dict = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    im.save(path, format=fmt, **kwargs)
+    return path
+
+
+# --- The bad-media corpus --------------------------------------------------------
+
+
+def empty_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def truncated_mp4(path: Path, source: Path) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def text_as_mp4(path: Path) -> Path:
+    path.write_text("This is not a video.\nJust some notes someone renamed.\n")
+    return path
+
+
+def huge_png_header(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A tiny PNG file whose header declares an enormous picture."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return (
+            struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def audio_only_mp4(path: Path, seconds: float = 1.0) -> Path:
+    container = av.open(str(path), mode="w", format="mp4")
+    stream = container.add_stream("aac", rate=44100)
+    stream.layout = "mono"
+    samples = int(44100 * seconds)
+    t = np.arange(samples) / 44100
+    data = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+    for start in range(0, samples, 1024):
+        frame = av.AudioFrame.from_ndarray(
+            data[:, start : start + 1024].copy(), format="fltp", layout="mono"
+        )
+        frame.sample_rate = 44100
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def zero_frame_video(path: Path) -> Path:
+    """A container that declares a video track holding no frame at all."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height = 64, 64
+    stream.pix_fmt = "yuv420p"
+    container.start_encoding()
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
