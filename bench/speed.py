@@ -1,0 +1,341 @@
+"""Speed benchmark: seconds per video, naive path against the project's path.
+
+    python bench/speed.py --videos ../shared/media/videos --json var/bench.json
+
+In one run, on the same videos, with random-init members of the real
+architectures (speed does not depend on the weights):
+
+(a) naive: every frame decoded and converted to RGB, then N picked; BlazeFace
+    run frame by frame in NCHW with every tile resized on its own; each member
+    run eagerly in fp32 NCHW, one crop at a time, under no_grad;
+(b) optimized: ``ensemble.pipeline.analyze`` as shipped (key-frame seeking,
+    NONREF skipping, pyramid tiles, channels_last, inference_mode, batches).
+
+It also times each member alone on the crops of the first video under several
+execution options, so the choice of the shipped one can be checked. Prints a
+table and writes JSON with top level ``naive_s_per_video``,
+``optimized_s_per_video``, ``peak_rss_mb``, ``stages`` and ``members``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ensemble.config import AnalysisConfig, FaceConfig  # noqa: E402
+from ensemble.crops import crop_face  # noqa: E402
+from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views  # noqa: E402
+from ensemble.media import MediaLimits, list_media, sample_indices, sniff  # noqa: E402
+from ensemble.members import LoadedMember  # noqa: E402
+from ensemble.pipeline import analyze  # noqa: E402
+from ensemble.registry import REGISTRY  # noqa: E402
+from ensemble.scoring import calibrate  # noqa: E402
+from ensemble.tracks import link_tracks  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- (a) the naive path ----------------------------------------------------------
+
+
+def naive_decode(path: Path, n: int) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return [frames[i] for i in sample_indices(len(frames), n)]
+
+
+def naive_detect(
+    detector: FaceDetector, net_nchw: torch.nn.Module, frames: list[np.ndarray]
+) -> list[Any]:
+    from ensemble.blazeface import decode
+
+    out = []
+    for frame in frames:
+        h, w = frame.shape[:2]
+        tiles = []
+        for v in plan_views(h, w):
+            canvas = np.zeros((v.side, v.side, 3), np.uint8)
+            region = frame[v.y0 : v.y0 + v.side, v.x0 : v.x0 + v.side]
+            canvas[: region.shape[0], : region.shape[1]] = region
+            tiles.append(cv2.resize(canvas, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA))
+        x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1
+        with torch.no_grad():
+            boxes, scores = net_nchw(x)
+        out.append(decode(boxes, scores, detector.anchors, detector.config.min_score))
+    return out
+
+
+def run_naive(
+    path: Path,
+    cfg: AnalysisConfig,
+    detector: FaceDetector,
+    net_nchw: torch.nn.Module,
+    members: dict[str, LoadedMember],
+) -> dict[str, float]:
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+    frames = naive_decode(path, cfg.frames)
+    t["decode"] = time.perf_counter() - start
+    s = time.perf_counter()
+    naive_detect(detector, net_nchw, frames)
+    t["detect"] = time.perf_counter() - s
+    # Same faces as the optimized path, so member work is equal.
+    dets = detector.detect(frames)
+    tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction)
+    faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
+    for name, m in members.items():
+        s = time.perf_counter()
+        crops = [crop_face(frames[pos], d.box, m.spec.crop, m.input_size) for pos, d in faces]
+        with torch.no_grad():
+            logits = [m.model(m.to_tensor([c])).item() for c in crops]
+        calibrate(logits, m.temperature)
+        t[f"member:{name}"] = time.perf_counter() - s
+    t["total"] = time.perf_counter() - start
+    return t
+
+
+# --- member options -------------------------------------------------------------------
+
+
+def time_call(fn: Any, repeat: int = 1) -> float:
+    fn()  # warm-up (allocations, lazy init); not counted
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def member_options(
+    spec_name: str,
+    model: torch.nn.Module,
+    crops: list[np.ndarray],
+    member: LoadedMember,
+    with_compile: bool,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    nchw = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    x_nchw = member.to_tensor(crops).contiguous()
+    x_cl = x_nchw.contiguous(memory_format=torch.channels_last)
+    cl = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+    def guarded(name: str, fn: Any) -> None:
+        try:
+            results[name] = round(fn(), 3)
+        except Exception as e:  # an option that does not work here is reported, not fatal
+            results[name] = f"error: {type(e).__name__}: {e}"[:200]
+
+    def eager_b1() -> float:
+        def run() -> None:
+            with torch.no_grad():
+                for i in range(len(x_nchw)):
+                    nchw(x_nchw[i : i + 1])
+
+        return time_call(run)
+
+    def batched(net: torch.nn.Module, x: torch.Tensor, mode: Any) -> float:
+        def run() -> None:
+            with mode():
+                net(x)
+
+        return time_call(run)
+
+    guarded("eager_fp32_nchw_b1_no_grad", eager_b1)
+    guarded("nchw_batched_no_grad", lambda: batched(nchw, x_nchw, torch.no_grad))
+    guarded("nchw_batched_inference_mode", lambda: batched(nchw, x_nchw, torch.inference_mode))
+    guarded("channels_last_batched_inference_mode", lambda: batched(cl, x_cl, torch.inference_mode))
+
+    def traced() -> float:
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(cl, x_cl[:2]))
+        return batched(frozen, x_cl, torch.inference_mode)
+
+    guarded("channels_last_trace_freeze", traced)
+
+    if with_compile:
+
+        def compiled() -> float:
+            fn = torch.compile(cl)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fn(x_cl)
+            results["torch_compile_first_call_s"] = round(time.perf_counter() - start, 3)
+            return batched(fn, x_cl, torch.inference_mode)
+
+        guarded("channels_last_torch_compile", compiled)
+
+    def onnx() -> float:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{spec_name}.onnx"
+            torch.onnx.export(
+                nchw,
+                x_nchw[:2],
+                str(path),
+                input_names=["x"],
+                output_names=["logit"],
+                dynamic_axes={"x": {0: "batch"}},
+                dynamo=False,
+            )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {"x": x_nchw.numpy()}
+        return time_call(lambda: session.run(None, feed))
+
+    guarded("onnxruntime_fp32", onnx)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "media" / "videos")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--members", default=",".join(REGISTRY.names()))
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (slow to compile)"
+    )
+    parser.add_argument(
+        "--skip-options", action="store_true", help="skip the per-member option sweep"
+    )
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    videos = [p for p in list_media([args.videos]) if sniff(p).kind == "video"]
+    if not videos:
+        sys.exit(f"no videos in {args.videos}")
+    names = [n.strip() for n in args.members.split(",") if n.strip()]
+    cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
+    cfg = AnalysisConfig(
+        members=tuple(names), frames=args.frames, cache_dir=cache, limits=MediaLimits()
+    )
+    detector = FaceDetector.load(FaceConfig(), cache)
+    net_nchw = copy.deepcopy(detector.net).to(memory_format=torch.contiguous_format)
+
+    torch.manual_seed(0)
+    models = {n: REGISTRY.get(n).build().eval() for n in names}
+    naive_members = {
+        n: LoadedMember(
+            spec=REGISTRY.get(n),
+            model=copy.deepcopy(m),
+            input_size=REGISTRY.get(n).input_size,
+            mean=REGISTRY.get(n).mean,
+            std=REGISTRY.get(n).std,
+            channels_last=False,
+        )
+        for n, m in models.items()
+    }
+    fast_members = {
+        n: LoadedMember(
+            spec=REGISTRY.get(n),
+            model=copy.deepcopy(m),
+            input_size=REGISTRY.get(n).input_size,
+            mean=REGISTRY.get(n).mean,
+            std=REGISTRY.get(n).std,
+        )
+        for n, m in models.items()
+    }
+
+    per_video = []
+    for path in videos:
+        naive = run_naive(path, cfg, detector, net_nchw, naive_members)
+        result = analyze(path, cfg, members=fast_members, detector=detector)
+        info = result.media
+        per_video.append(
+            {
+                "file": path.name,
+                "resolution": f"{info.width}x{info.height}" if info else None,
+                "duration_s": info.duration_s if info else None,
+                "faces": len(result.faces),
+                "naive": {k: round(v, 3) for k, v in naive.items()},
+                "optimized": {k: round(v, 3) for k, v in result.timings.items()},
+            }
+        )
+        print(
+            f"{path.name}: naive {naive['total']:.2f} s, optimized {result.timings['total']:.2f} s ({len(result.faces)} faces)",
+            flush=True,
+        )
+
+    def mean_stage(kind: str) -> dict[str, float]:
+        keys = per_video[0][kind].keys()
+        return {k: round(float(np.mean([v[kind].get(k, 0.0) for v in per_video])), 3) for k in keys}
+
+    members: dict[str, Any] = {}
+    if not args.skip_options:
+        first = videos[0]
+        frames = naive_decode(first, args.frames)
+        dets = detector.detect(frames)
+        tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction)
+        faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
+        for n in names:
+            m = fast_members[n]
+            crops = [crop_face(frames[pos], d.box, m.spec.crop, m.input_size) for pos, d in faces]
+            if not crops:
+                continue
+            members[n] = {
+                "input_size": m.input_size,
+                "crops": len(crops),
+                "video": first.name,
+                **member_options(n, models[n], crops, m, args.compile),
+            }
+            print(f"{n}: {members[n]}", flush=True)
+
+    report = {
+        "naive_s_per_video": round(float(np.mean([v["naive"]["total"] for v in per_video])), 3),
+        "optimized_s_per_video": round(
+            float(np.mean([v["optimized"]["total"] for v in per_video])), 3
+        ),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "stages": {"naive": mean_stage("naive"), "optimized": mean_stage("optimized")},
+        "members": members,
+        "videos": per_video,
+        "frames": args.frames,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+    }
+    speedup = report["naive_s_per_video"] / max(report["optimized_s_per_video"], 1e-9)
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("naive_s_per_video", "optimized_s_per_video", "peak_rss_mb", "stages")
+            },
+            indent=2,
+        )
+    )
+    print(f"speed-up: {speedup:.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
