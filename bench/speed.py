@@ -279,7 +279,8 @@ def main() -> None:
             }
         )
         print(
-            f"{path.name}: naive {naive['total']:.2f} s, optimized {result.timings['total']:.2f} s ({len(result.faces)} faces)",
+            f"{path.name}: naive {naive['total']:.2f} s, "
+            f"optimized {result.timings['total']:.2f} s ({len(result.faces)} faces)",
             flush=True,
         )
 
