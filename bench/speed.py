@@ -207,6 +207,19 @@ def member_options(
     return results
 
 
+def random_member(model: torch.nn.Module, name: str, channels_last: bool) -> LoadedMember:
+    """A member with its own copy of ``model`` (the real architecture, random weights)."""
+    spec = REGISTRY.get(name)
+    return LoadedMember(
+        spec=spec,
+        model=copy.deepcopy(model),
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        channels_last=channels_last,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,27 +254,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     models = {n: REGISTRY.get(n).build().eval() for n in names}
-    naive_members = {
-        n: LoadedMember(
-            spec=REGISTRY.get(n),
-            model=copy.deepcopy(m),
-            input_size=REGISTRY.get(n).input_size,
-            mean=REGISTRY.get(n).mean,
-            std=REGISTRY.get(n).std,
-            channels_last=False,
-        )
-        for n, m in models.items()
-    }
-    fast_members = {
-        n: LoadedMember(
-            spec=REGISTRY.get(n),
-            model=copy.deepcopy(m),
-            input_size=REGISTRY.get(n).input_size,
-            mean=REGISTRY.get(n).mean,
-            std=REGISTRY.get(n).std,
-        )
-        for n, m in models.items()
-    }
+    naive_members = {n: random_member(m, n, channels_last=False) for n, m in models.items()}
+    fast_members = {n: random_member(m, n, channels_last=True) for n, m in models.items()}
 
     per_video = []
     for path in videos:

@@ -86,5 +86,5 @@ class AnalysisConfig:
             raise ValueError("select at least one detector member")
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"members listed twice: {self.members}")
-        if self.frames < 1:
-            raise ValueError(f"frames must be at least 1, got {self.frames}")
+        if not 1 <= self.frames <= self.limits.max_frames:
+            raise ValueError(f"frames must be between 1 and {self.limits.max_frames}, got {self.frames}")

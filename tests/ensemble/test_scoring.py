@@ -58,3 +58,5 @@ def test_invalid_configs_are_refused() -> None:
         AnalysisConfig(members=())
     with pytest.raises(ValueError):
         AnalysisConfig(members=("a", "a"))
+    with pytest.raises(ValueError, match="between 1 and 256"):
+        AnalysisConfig(frames=1000)
