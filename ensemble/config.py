@@ -87,4 +87,6 @@ class AnalysisConfig:
         if len(set(self.members)) != len(self.members):
             raise ValueError(f"members listed twice: {self.members}")
         if not 1 <= self.frames <= self.limits.max_frames:
-            raise ValueError(f"frames must be between 1 and {self.limits.max_frames}, got {self.frames}")
+            raise ValueError(
+                f"frames must be between 1 and {self.limits.max_frames}, got {self.frames}"
+            )

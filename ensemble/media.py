@@ -361,7 +361,8 @@ def _decode_targets(
     """
     import av
 
-    gaps = np.diff([index.pts.index(t) for t in targets]) if len(targets) > 1 else np.array([])
+    positions = [bisect.bisect_left(index.pts, t) for t in targets]
+    gaps = np.diff(positions) if len(positions) > 1 else np.array([])
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
         stream.codec_context.skip_frame = "NONREF"
     frames: list[Frame] = []
