@@ -43,6 +43,12 @@ def analysis_config(
     )
 
 
+def trusttrace_setting(name: str) -> Any:
+    """One value of ``settings.TRUSTTRACE`` (a dict of mixed types)."""
+    s: dict[str, Any] = settings.TRUSTTRACE
+    return s[name]
+
+
 def analysis_registry() -> Registry:
     """The detector registry named by ``settings.TRUSTTRACE['REGISTRY']``
     (tests point it at a registry of tiny members)."""

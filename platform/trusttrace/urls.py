@@ -1,8 +1,16 @@
-"""URL routes. The site's pages arrive with the platform issue."""
+"""URL routes. Uploaded media and artifacts have no public URL: MEDIA_ROOT
+is never served; permission-checked views stream the files."""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("accounts.urls")),
+    path("moderation/", include("moderation.urls")),
+    path("reports/", include("reports.urls")),
+    path("api/", include("api.urls")),
+    path("", include("analyses.urls")),
+]

@@ -6,6 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django_stubs_ext
+import environ
+
+# Lets the typed generics of django-stubs (ModelAdmin[Model], ...) run.
+django_stubs_ext.monkeypatch()
+
 BASE_DIR = Path(__file__).resolve().parents[3]  # the repository root
 
 
@@ -30,7 +36,14 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "accounts",
     "analyses",
+    "moderation",
+    "reports",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -57,6 +70,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context.roles",
             ]
         },
     }
@@ -64,8 +78,12 @@ TEMPLATES = [
 
 VAR_DIR = env_path("TRUSTTRACE_VAR_DIR", BASE_DIR / "var")
 
-# Postgres when POSTGRES_DB is set (Docker installs); SQLite otherwise.
-if os.environ.get("POSTGRES_DB"):
+# DATABASE_URL (any django-environ URL) wins; then Postgres when POSTGRES_DB is
+# set (Docker installs); SQLite otherwise.
+_env = environ.Env()
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": _env.db("DATABASE_URL")}
+elif os.environ.get("POSTGRES_DB"):
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
@@ -93,6 +111,84 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "platform" / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads and artifacts. Never served by URL: only permission-checked views
+# stream them (analyses.views.submission_file / artifact_file).
+MEDIA_ROOT = env_path("TRUSTTRACE_MEDIA_ROOT", VAR_DIR / "media")
+# Uploads above this many bytes go to a temporary file, not memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 2**20
+FILE_UPLOAD_PERMISSIONS = 0o640
+
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "analyses:list"
+LOGOUT_REDIRECT_URL = "accounts:login"
+EMAIL_BACKEND = os.environ.get(
+    "DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "trusttrace@localhost")
+
+# Login throttling (accounts.throttle): failures per username+IP in a window.
+LOGIN_MAX_FAILURES = int(os.environ.get("TRUSTTRACE_LOGIN_MAX_FAILURES", "5"))
+LOGIN_LOCKOUT_S = int(os.environ.get("TRUSTTRACE_LOGIN_LOCKOUT_S", "900"))
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "trusttrace",
+    }
+}
+if os.environ.get("REDIS_CACHE_URL"):
+    CACHES["default"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ["REDIS_CACHE_URL"],
+    }
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Trusttrace API",
+    "DESCRIPTION": "Submit media for deepfake analysis, poll progress, read results.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Celery. Redis for real installs (CELERY_BROKER_URL=redis://...); without it
+# the broker is kombu's filesystem transport under var/queue, so a single
+# machine needs no server (see README, "The embedded transport").
+QUEUE_DIR = env_path("TRUSTTRACE_QUEUE_DIR", VAR_DIR / "queue")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
+    {
+        "data_folder_in": str(QUEUE_DIR / "out"),
+        "data_folder_out": str(QUEUE_DIR / "out"),
+        "processed_folder": str(QUEUE_DIR / "processed"),
+        "control_folder": str(QUEUE_DIR / "control"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {}
+)
+CELERY_TASK_IGNORE_RESULT = True  # the service writes status into the database
+CELERY_TASK_ACKS_LATE = True  # a worker killed mid-job leaves the message queued
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long jobs: never hoard messages
+CELERY_TASK_SOFT_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_SOFT_LIMIT_S", "1800"))
+CELERY_TASK_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_LIMIT_S", "1900"))
+CELERY_WORKER_MAX_TASKS_PER_CHILD = int(os.environ.get("TRUSTTRACE_MAX_TASKS_PER_CHILD", "200"))
+CELERY_WORKER_CONCURRENCY = int(os.environ.get("TRUSTTRACE_WORKER_CONCURRENCY", "1"))
+CELERY_TASK_DEFAULT_QUEUE = "trusttrace"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 LOGGING = {
     "version": 1,
@@ -126,4 +222,6 @@ TRUSTTRACE = {
     "MAX_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_PIXELS", "40000000")),
     "MAX_DURATION_S": float(os.environ.get("TRUSTTRACE_MAX_DURATION_S", "900")),
     "MAX_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_FRAMES", "256")),
+    # How often (seconds) a running job may write its progress to the database.
+    "PROGRESS_INTERVAL_S": float(os.environ.get("TRUSTTRACE_PROGRESS_INTERVAL_S", "0.5")),
 }

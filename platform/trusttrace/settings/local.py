@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY
+from .base import SECRET_KEY, VAR_DIR
 
 DEBUG = True
 SECRET_KEY = SECRET_KEY or "dev-only-not-secret-trusttrace-local"
 ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+# SQLite, uploads and the embedded queue live here.
+VAR_DIR.mkdir(parents=True, exist_ok=True)

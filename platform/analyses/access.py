@@ -1,0 +1,39 @@
+"""Who may see which submission: owners theirs, moderators and admins all.
+Anything else is a 404 (never a 403), so ids leak nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accounts.roles import is_moderator
+from django.db.models import QuerySet
+from django.http import Http404
+
+from analyses.models import Submission
+
+
+def visible_submissions(user: Any) -> QuerySet[Submission]:
+    """The submissions ``user`` may see."""
+    if not user.is_authenticated:
+        return Submission.objects.none()
+    if is_moderator(user):
+        return Submission.objects.all()
+    return Submission.objects.filter(owner=user)
+
+
+def get_visible(user: Any, pk: Any) -> Submission:
+    """One visible submission, or :class:`Http404`."""
+    try:
+        return visible_submissions(user).get(pk=pk)
+    except (Submission.DoesNotExist, ValueError) as e:
+        raise Http404("No such submission.") from e
+
+
+def get_owned(user: Any, pk: Any) -> Submission:
+    """A submission ``user`` owns, or :class:`Http404`."""
+    if not user.is_authenticated:
+        raise Http404("No such submission.")
+    try:
+        return Submission.objects.get(pk=pk, owner=user)
+    except (Submission.DoesNotExist, ValueError) as e:
+        raise Http404("No such submission.") from e

@@ -1,0 +1,19 @@
+"""The upload form. The real checks (content type, decode probe, limits)
+are in :mod:`analyses.services`; the form only collects the fields."""
+
+from __future__ import annotations
+
+from django import forms
+
+
+class SubmissionForm(forms.Form):
+    title = forms.CharField(max_length=200, required=False)
+    file = forms.FileField(
+        label="Image or video",
+        help_text="JPEG, PNG, WebP or BMP images; MP4, MOV, WebM, MKV or AVI videos.",
+    )
+    reference = forms.FileField(
+        required=False,
+        label="Reference (optional)",
+        help_text="The claimed original, for a side-by-side comparison.",
+    )

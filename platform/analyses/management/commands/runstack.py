@@ -1,0 +1,91 @@
+"""``python manage.py runstack``: the web server and a Celery worker together.
+
+Both run as child processes; Ctrl-C (or SIGTERM) stops both, and if either
+exits the other is stopped too. With the default embedded broker (kombu's
+filesystem transport under var/queue) nothing else needs to be running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 15.0
+POLL_S = 0.5
+
+
+class Command(BaseCommand):
+    help = "Run the development web server and a Celery worker; Ctrl-C stops both."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
+        parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from trusttrace.celery import ensure_queue_folders
+
+        ensure_queue_folders()
+        root = settings.BASE_DIR
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(root / "platform"), str(root), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        python = sys.executable
+        commands = {
+            "worker": [
+                python, "-m", "celery", "-A", "trusttrace", "worker", "--loglevel=INFO",
+                f"--concurrency={options['concurrency']}",
+                "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
+            ],
+            "web": [
+                python, str(root / "manage.py"), "runserver", "--noreload", options["addrport"],
+            ],
+        }  # fmt: skip
+        self.stdout.write(f"broker: {settings.CELERY_BROKER_URL.split('@')[-1]}")
+        procs = {name: subprocess.Popen(cmd, env=env, cwd=root) for name, cmd in commands.items()}  # noqa: S603
+        stopping = False
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            while True:
+                for name, proc in procs.items():
+                    if proc.poll() is not None:
+                        self.stderr.write(f"{name} exited with {proc.returncode}; stopping")
+                        return
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            stopping = True
+            self.stdout.write("stopping web and worker ...")
+        finally:
+            _stop(procs)
+            if stopping:
+                self.stdout.write("stopped")
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for name, proc in procs.items():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in time; killing it", name)
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,189 @@
+"""Submission pages: list, upload, progress, result, files, delete, report."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from analyses import services
+from analyses.access import get_owned, get_visible
+from analyses.config import trusttrace_setting
+from analyses.forms import SubmissionForm
+from analyses.models import Artifact, ArtifactKind, Submission
+
+
+def models_page(request: HttpRequest) -> HttpResponse:
+    """Which members and weight versions this site runs (public)."""
+    members = services.models_status()
+    ready = all(m.installed for m in members)
+    return render(request, "analyses/models.html", {"members": members, "ready": ready})
+
+
+@login_required
+def submission_list(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's own submissions."""
+    subs = Submission.objects.filter(owner_id=request.user.pk).order_by("-created")[:200]
+    return render(request, "analyses/list.html", {"submissions": subs})
+
+
+def _limit_text() -> str:
+    return f"{int(trusttrace_setting('MAX_UPLOAD_BYTES')) / 2**20:.0f} MiB"
+
+
+# Room for the form fields and multipart framing beside the file itself.
+MULTIPART_SLACK_BYTES = 2**20
+
+
+def _declared_too_large(request: HttpRequest) -> bool:
+    try:
+        declared = int(str(request.META.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return False
+    limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+    # A reference may accompany the file: two files at most.
+    return declared > 2 * limit + MULTIPART_SLACK_BYTES
+
+
+@login_required
+def submit(request: HttpRequest) -> HttpResponse:
+    """Upload form. Refused clearly when no weights are installed."""
+    members = services.models_status()
+    problems = [m.problem for m in members if m.problem]
+    status = 200
+    if request.method == "POST" and _declared_too_large(request):
+        # Refused before the body is read: nothing reaches the disk.
+        form = SubmissionForm()
+        form.add_error(
+            None,
+            f"Upload refused: the request is larger than the {_limit_text()} upload limit.",
+        )
+        status = 413
+    elif request.method == "POST":
+        form = SubmissionForm(request.POST, request.FILES)
+        if problems:
+            form.add_error(None, "This site cannot analyse media yet: " + " ".join(problems))
+            status = 503
+        elif form.is_valid():
+            try:
+                sub = services.create_submission(
+                    request.user,
+                    form.cleaned_data["file"],
+                    title=form.cleaned_data["title"],
+                    reference=form.cleaned_data.get("reference"),
+                )
+            except services.UploadRejected as e:
+                form.add_error(None, f"Upload refused: {e}")
+                status = 400
+            else:
+                messages.success(request, "Uploaded. The analysis is queued.")
+                return redirect("analyses:detail", pk=sub.pk)
+        else:
+            status = 400
+    else:
+        form = SubmissionForm()
+    context = {"form": form, "members": members, "problems": problems, "limit": _limit_text()}
+    return render(request, "analyses/submit.html", context, status=status)
+
+
+def progress_payload(sub: Submission) -> dict[str, Any]:
+    """The JSON the progress bar polls (also the API's status)."""
+    return {
+        "id": str(sub.pk),
+        "status": sub.status,
+        "stage": sub.stage,
+        "percent": sub.percent,
+        "finished": sub.is_finished,
+        "verdict": sub.verdict or None,
+        "score": sub.score,
+        "reason": sub.reason or None,
+    }
+
+
+@login_required
+@require_GET
+def progress(request: HttpRequest, pk: str) -> JsonResponse:
+    """Status, stage and percent of one submission."""
+    return JsonResponse(progress_payload(get_visible(request.user, pk)))
+
+
+@login_required
+def detail(request: HttpRequest, pk: str) -> HttpResponse:
+    """The result page (or the progress bar while running)."""
+    from moderation.services import final_decision
+
+    sub = get_visible(request.user, pk)
+    artifacts = list(sub.artifacts.all())
+    kinds = sorted({a.kind for a in artifacts})
+    members_in_artifacts = sorted({a.member for a in artifacts if a.member})
+    context = {
+        "sub": sub,
+        "artifacts": artifacts,
+        "artifact_kinds": [(k, ArtifactKind(k).label) for k in kinds],
+        "artifact_members": members_in_artifacts,
+        "decision": final_decision(sub),
+        "is_owner": sub.owner_id == request.user.pk,
+        "member_names": sorted(sub.members),
+        "series_id": f"series-{sub.pk}",
+        "timings": sorted(sub.timings.items()),
+    }
+    return render(request, "analyses/detail.html", context)
+
+
+def _serve(path: Path, download_name: str) -> FileResponse:
+    if not path.is_file():
+        raise Http404("The file is gone.")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = FileResponse(path.open("rb"), content_type=content_type)
+    response["Content-Disposition"] = f'inline; filename="{download_name}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@login_required
+@require_GET
+def submission_file(request: HttpRequest, pk: str, which: str = "file") -> FileResponse:
+    """The uploaded media (or its reference), to owners and moderators only."""
+    sub = get_visible(request.user, pk)
+    field = sub.reference_file if which == "reference" else sub.file
+    if not field:
+        raise Http404("No such file.")
+    return _serve(Path(field.path), f"{sub.pk}{Path(field.name or '').suffix}")
+
+
+@login_required
+@require_GET
+def artifact_file(request: HttpRequest, pk: str, artifact_id: int) -> FileResponse:
+    """One explanation image, to owners and moderators only."""
+    sub = get_visible(request.user, pk)
+    artifact: Artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
+    return _serve(Path(artifact.file.path), f"{artifact.kind}-{artifact.pk}.png")
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, pk: str) -> HttpResponse:
+    """Owners delete their submission and its files."""
+    sub = get_owned(request.user, pk)
+    services.delete_submission(sub)
+    messages.success(request, "The submission and its files were deleted.")
+    return redirect("analyses:list")
+
+
+@login_required
+@require_POST
+def report(request: HttpRequest, pk: str) -> HttpResponse:
+    """The owner disputes a verdict: the submission joins the moderation queue."""
+    from moderation.services import file_report
+
+    sub = get_owned(request.user, pk)
+    file_report(sub, request.user, str(request.POST.get("reason", "")))
+    messages.success(request, "Thank you; a moderator will review this submission.")
+    return redirect("analyses:detail", pk=sub.pk)

@@ -1,0 +1,21 @@
+"""API routes and the OpenAPI schema."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from api.views import SubmissionViewSet
+
+app_name = "api"
+
+router = DefaultRouter()
+router.register("submissions", SubmissionViewSet, basename="submission")
+
+urlpatterns = [
+    path("token/", obtain_auth_token, name="token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,135 @@
+"""REST API (token auth): submit, poll, result, frames, artifacts, CSV.
+
+Same rules as the site: owners see theirs, moderators everyone's; anything
+else is 404.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
+from reports.csvexport import submission_rows as csv_rows
+from reports.views import filtered_submissions
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from analyses import services
+from analyses.access import get_visible, visible_submissions
+from analyses.models import Submission
+from analyses.views import progress_payload
+from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
+
+
+class SubmissionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet[Submission],
+):
+    """Submissions visible to the caller."""
+
+    serializer_class = SubmissionSerializer
+    parser_classes = (MultiPartParser, FormParser)
+
+    def get_queryset(self) -> QuerySet[Submission]:
+        return visible_submissions(self.request.user).order_by("-created")
+
+    def get_object(self) -> Submission:
+        return get_visible(self.request.user, self.kwargs["pk"])
+
+    @extend_schema(request=SubmitSerializer, responses={201: SubmissionSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Upload media; it is checked at the edge, saved, then queued."""
+        form = SubmitSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            sub = services.create_submission(
+                request.user,
+                form.validated_data["file"],
+                title=form.validated_data.get("title", ""),
+                reference=form.validated_data.get("reference"),
+            )
+        except services.ModelsUnavailable as e:
+            return Response(
+                {"detail": str(e), "code": e.code}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+            )
+        except services.UploadRejected as e:
+            return Response({"detail": str(e), "code": e.code}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(SubmissionSerializer(sub).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Owners delete their submission and its files."""
+        sub = self.get_object()
+        if sub.owner_id != request.user.pk:
+            raise Http404("No such submission.")
+        services.delete_submission(sub)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def progress(self, request: Request, pk: str | None = None) -> Response:
+        """Status, stage and percent (poll this)."""
+        return Response(progress_payload(self.get_object()))
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def result(self, request: Request, pk: str | None = None) -> Response:
+        """The full analysis result (the CLI's JSON form) and chart series."""
+        sub = self.get_object()
+        return Response({"status": sub.status, "result": sub.result, "series": sub.series})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def frames(self, request: Request, pk: str | None = None) -> Response:
+        """Per-frame, per-person scores."""
+        return Response({"frames": self.get_object().frame_rows})
+
+    @extend_schema(responses={200: ArtifactSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def artifacts(self, request: Request, pk: str | None = None) -> Response:
+        """The explanation images of a submission."""
+        sub = self.get_object()
+        return Response(ArtifactSerializer(sub.artifacts.all(), many=True).data)
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @action(detail=True, methods=["get"], url_path="frames.csv")
+    def frames_csv(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
+        """Frame-level CSV (frame, time, person, each member, score)."""
+        sub = self.get_object()
+        members = sorted(sub.members)
+        return stream_csv(f"frames-{sub.pk}.csv", frame_header(members), frame_rows(sub, members))
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @action(detail=False, methods=["get"], url_path="export.csv")
+    def export_csv(self, request: Request) -> StreamingHttpResponse:
+        """Submissions as CSV (moderators: all, with from/to/verdict/status/decision)."""
+        qs = filtered_submissions(request.user, request.query_params)
+        return stream_csv("submissions.csv", SUBMISSION_COLUMNS, csv_rows(qs))
+
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"artifacts/(?P<artifact_id>\d+)/file",
+        url_name="artifact-file",
+    )
+    def artifact_file(
+        self, request: Request, pk: str | None = None, artifact_id: str | None = None
+    ) -> FileResponse:
+        """One explanation image."""
+        sub = self.get_object()
+        artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
+        path = Path(artifact.file.path)
+        if not path.is_file():
+            raise Http404("The file is gone.")
+        return FileResponse(path.open("rb"), content_type=artifact.media_type)

@@ -1,0 +1,30 @@
+"""Admin: the decision audit log is read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from moderation.models import Decision, Report
+
+
+@admin.register(Decision)
+class DecisionAdmin(admin.ModelAdmin[Decision]):
+    list_display = ("submission", "moderator", "action", "from_label", "to_label", "created")
+    list_filter = ("action", "to_label")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Report)
+class ReportAdmin(admin.ModelAdmin[Report]):
+    list_display = ("submission", "reporter", "resolved", "created")

@@ -1,0 +1,65 @@
+"""Moderator decisions (an append-only audit log) and user reports."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from analyses.models import Submission
+
+
+class Action(models.TextChoices):
+    CONFIRM = "confirm", "Confirm the verdict"
+    OVERRIDE_REAL = "override_real", "Override: real"
+    OVERRIDE_FAKE = "override_fake", "Override: fake"
+    ESCALATE = "escalate", "Escalate"
+
+
+class Label(models.TextChoices):
+    """What a submission is after a decision."""
+
+    REAL = "real", "Real"
+    FAKE = "fake", "Fake"
+    UNCERTAIN = "uncertain", "Uncertain"
+    NO_FACE = "no_face", "No face"
+    ESCALATED = "escalated", "Escalated"
+    NONE = "", "Not decided"
+
+
+class Decision(models.Model):
+    """One moderator decision. Rows are never edited or deleted by the site:
+    the table is the audit log (who, when, from, to, note)."""
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="decisions")
+    moderator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    from_label = models.CharField(max_length=10, choices=Label.choices, blank=True)
+    to_label = models.CharField(max_length=10, choices=Label.choices)
+    note = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-created", "-pk")
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.moderator_id} on {self.submission_id}"
+
+
+class Report(models.Model):
+    """A user's dispute of a verdict; open until a moderator decides."""
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    resolved = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ("-created",)
+
+    def __str__(self) -> str:
+        return f"report on {self.submission_id}"

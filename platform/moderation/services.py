@@ -1,0 +1,153 @@
+"""Moderation rules: decisions, reports, the review queue and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
+
+from analyses.models import Status, Submission, Verdict
+from moderation.models import Action, Decision, Label, Report
+
+# The annotation carrying a submission's latest decision label (see annotated()).
+DECISION = "decision_label"
+REVIEW_VERDICTS = (Verdict.FAKE, Verdict.UNCERTAIN)
+OVERRIDES = (Action.OVERRIDE_REAL, Action.OVERRIDE_FAKE)
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be recorded; ``str(error)`` is shown to the moderator."""
+
+
+def final_decision(sub: Submission) -> Decision | None:
+    """The latest decision on a submission (the one the submitter sees)."""
+    return sub.decisions.select_related("moderator").first()
+
+
+def current_label(sub: Submission) -> str:
+    """The label before a new decision: the latest decision's, or the verdict."""
+    last = final_decision(sub)
+    return last.to_label if last else (sub.verdict or "")
+
+
+def decide(sub: Submission, moderator: Any, action: str, note: str) -> Decision:
+    """Record a decision; overrides (and escalations) need a note."""
+    if action not in Action.values:
+        raise DecisionError(f"Unknown decision '{action}'.")
+    note = note.strip()
+    if action in (*OVERRIDES, Action.ESCALATE) and not note:
+        raise DecisionError("A note is required for overrides and escalations.")
+    if sub.status != Status.DONE:
+        raise DecisionError("Only finished analyses can be decided.")
+    from_label = current_label(sub)
+    to_label = {
+        Action.CONFIRM: sub.verdict or "",
+        Action.OVERRIDE_REAL: Label.REAL,
+        Action.OVERRIDE_FAKE: Label.FAKE,
+        Action.ESCALATE: Label.ESCALATED,
+    }[Action(action)]
+    with transaction.atomic():
+        decision = Decision.objects.create(
+            submission=sub,
+            moderator=moderator,
+            action=action,
+            from_label=from_label,
+            to_label=to_label,
+            note=note,
+        )
+        if action != Action.ESCALATE:
+            sub.reports.filter(resolved=False).update(resolved=True)
+    return decision
+
+
+def file_report(sub: Submission, reporter: Any, reason: str) -> Report:
+    """A user disputes a verdict."""
+    return Report.objects.create(submission=sub, reporter=reporter, reason=reason.strip()[:2000])
+
+
+def annotated() -> QuerySet[Submission]:
+    """Submissions with their latest decision label and open-report flag."""
+    latest = Decision.objects.filter(submission=OuterRef("pk")).order_by("-created", "-pk")
+    return Submission.objects.select_related("owner").annotate(
+        decision_label=Subquery(latest.values("to_label")[:1]),
+        has_open_report=Exists(Report.objects.filter(submission=OuterRef("pk"), resolved=False)),
+    )
+
+
+QUEUE_STATES = ("todo", "escalated", "reviewed", "all")
+SORTS = {"score": "score", "-score": "-score", "date": "created", "-date": "-created"}
+
+
+def review_queue(
+    *, state: str = "todo", verdict: str = "", sort: str = "-date"
+) -> QuerySet[Submission]:
+    """The moderation queue. ``todo``: fake/uncertain verdicts and open reports
+    without a decision; ``escalated``; ``reviewed``; ``all`` of them."""
+    qs = annotated().filter(
+        Q(status=Status.DONE) & (Q(verdict__in=REVIEW_VERDICTS) | Q(has_open_report=True))
+    )
+    if state == "todo":
+        qs = qs.filter(Q(**{f"{DECISION}__isnull": True}) | Q(has_open_report=True))
+    elif state == "escalated":
+        qs = qs.filter(**{DECISION: Label.ESCALATED})
+    elif state == "reviewed":
+        qs = qs.filter(**{f"{DECISION}__isnull": False}).exclude(**{DECISION: Label.ESCALATED})
+    if verdict:
+        qs = qs.filter(verdict=verdict)
+    return qs.order_by(SORTS.get(sort, "-created"), "-created")
+
+
+@dataclass
+class Metrics:
+    """Verdicts measured against moderator decisions (the ground truth).
+
+    "fake" is the positive class; an ``uncertain`` verdict counts as not
+    predicting fake. Only submissions whose latest decision is real or fake
+    count; escalated ones wait.
+    """
+
+    reviewed: int = 0
+    matrix: dict[str, dict[str, int]] = field(default_factory=dict)  # verdict -> label -> n
+    accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+
+    VERDICTS = ("fake", "uncertain", "real")
+    LABELS = ("fake", "real")
+
+    def rows(self) -> list[tuple[str, list[int]]]:
+        """The confusion matrix as rows for a template."""
+        return [(v, [self.matrix[v][lbl] for lbl in self.LABELS]) for v in self.VERDICTS]
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def metrics() -> Metrics:
+    """Accuracy, precision, recall, F1 and the confusion matrix over reviewed submissions."""
+    m = Metrics(matrix={v: dict.fromkeys(Metrics.LABELS, 0) for v in Metrics.VERDICTS})
+    pairs = annotated().filter(
+        status=Status.DONE, verdict__in=Metrics.VERDICTS, **{f"{DECISION}__in": Metrics.LABELS}
+    )
+    tp = fp = fn = tn = 0
+    for sub in pairs:
+        verdict, label = sub.verdict, str(getattr(sub, DECISION))
+        m.matrix[verdict][label] += 1
+        predicted_fake, is_fake = verdict == "fake", label == "fake"
+        tp += predicted_fake and is_fake
+        fp += predicted_fake and not is_fake
+        fn += not predicted_fake and is_fake
+        tn += not predicted_fake and not is_fake
+    m.reviewed = tp + fp + fn + tn
+    m.accuracy = _ratio(tp + tn, m.reviewed)
+    m.precision = _ratio(tp, tp + fp)
+    m.recall = _ratio(tp, tp + fn)
+    if m.precision is not None and m.recall is not None and m.precision + m.recall > 0:
+        m.f1 = 2 * m.precision * m.recall / (m.precision + m.recall)
+    elif m.precision is not None and m.recall is not None:
+        m.f1 = 0.0
+    return m

@@ -1,0 +1,25 @@
+// Polls the submission's progress JSON and updates the bar; reloads when finished.
+(function () {
+  "use strict";
+  var box = document.getElementById("status-box");
+  if (!box || box.dataset.finished === "1") { return; }
+  var url = box.dataset.progressUrl;
+  var bar = document.getElementById("progress");
+  var percent = document.getElementById("percent");
+  var status = document.getElementById("status");
+  var stage = document.getElementById("stage");
+  var POLL_MS = 1000;
+  function poll() {
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json(); })
+      .then(function (p) {
+        if (bar) { bar.value = p.percent; }
+        if (percent) { percent.textContent = p.percent + "%"; }
+        status.textContent = p.status;
+        stage.textContent = p.stage || "";
+        if (p.finished) { window.location.reload(); } else { window.setTimeout(poll, POLL_MS); }
+      })
+      .catch(function () { window.setTimeout(poll, POLL_MS * 3); });
+  }
+  window.setTimeout(poll, POLL_MS);
+})();
