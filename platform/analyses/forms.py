@@ -9,10 +9,12 @@ from django import forms
 class SubmissionForm(forms.Form):
     title = forms.CharField(max_length=200, required=False)
     file = forms.FileField(
+        allow_empty_file=True,  # the service explains what is wrong with it
         label="Image or video",
         help_text="JPEG, PNG, WebP or BMP images; MP4, MOV, WebM, MKV or AVI videos.",
     )
     reference = forms.FileField(
+        allow_empty_file=True,
         required=False,
         label="Reference (optional)",
         help_text="The claimed original, for a side-by-side comparison.",

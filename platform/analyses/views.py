@@ -37,6 +37,10 @@ def _limit_text() -> str:
     return f"{int(trusttrace_setting('MAX_UPLOAD_BYTES')) / 2**20:.0f} MiB"
 
 
+NO_FILE_ARRIVED = (
+    "Upload refused: no readable file arrived. The file name may not be valid UTF-8 "
+    "text, or the upload was interrupted; rename the file and try again."
+)
 # Room for the form fields and multipart framing beside the file itself.
 MULTIPART_SLACK_BYTES = 2**20
 
@@ -56,19 +60,16 @@ def submit(request: HttpRequest) -> HttpResponse:
     """Upload form. Refused clearly when no weights are installed."""
     members = services.models_status()
     problems = [m.problem for m in members if m.problem]
-    status = 200
+    status, error = 200, ""
+    form = SubmissionForm()
     if request.method == "POST" and _declared_too_large(request):
         # Refused before the body is read: nothing reaches the disk.
-        form = SubmissionForm()
-        form.add_error(
-            None,
-            f"Upload refused: the request is larger than the {_limit_text()} upload limit.",
-        )
+        error = f"Upload refused: the request is larger than the {_limit_text()} upload limit."
         status = 413
     elif request.method == "POST":
         form = SubmissionForm(request.POST, request.FILES)
         if problems:
-            form.add_error(None, "This site cannot analyse media yet: " + " ".join(problems))
+            error = "This site cannot analyse media yet: " + " ".join(problems)
             status = 503
         elif form.is_valid():
             try:
@@ -79,16 +80,23 @@ def submit(request: HttpRequest) -> HttpResponse:
                     reference=form.cleaned_data.get("reference"),
                 )
             except services.UploadRejected as e:
-                form.add_error(None, f"Upload refused: {e}")
-                status = 400
+                error, status = f"Upload refused: {e}", 400
             else:
                 messages.success(request, "Uploaded. The analysis is queued.")
                 return redirect("analyses:detail", pk=sub.pk)
         else:
             status = 400
-    else:
-        form = SubmissionForm()
-    context = {"form": form, "members": members, "problems": problems, "limit": _limit_text()}
+            if not request.FILES:
+                # Django drops a part whose headers are not UTF-8 (a non-UTF-8
+                # file name): say so rather than "this field is required".
+                error = NO_FILE_ARRIVED
+    context = {
+        "form": form,
+        "error": error,
+        "members": members,
+        "problems": problems,
+        "limit": _limit_text(),
+    }
     return render(request, "analyses/submit.html", context, status=status)
 
 

@@ -14,3 +14,8 @@ DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memor
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 _TMP = Path(tempfile.gettempdir()) / "trusttrace-test"
 TRUSTTRACE = {**TRUSTTRACE, "CACHE_DIR": _TMP / "cache"}
+MEDIA_ROOT = _TMP / "media"
+# Unit tests call the service directly; the worker tests start their own broker.
+CELERY_BROKER_URL = "memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+TRUSTTRACE["PROGRESS_INTERVAL_S"] = 0.0

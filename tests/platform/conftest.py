@@ -1,0 +1,185 @@
+"""Platform fixtures: a tiny-registry site with temp weights and media root,
+the five kinds of visitor, and finished submissions with artifacts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from django.contrib.auth.models import Group, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client, override_settings
+from PIL import Image
+
+from ensemble.weights import save_weights
+from tests import media_factory as mf
+from tests.tiny_registry import REGISTRY
+
+TINY_MEMBERS = ("tiny_a", "tiny_b")
+PASSWORD = "a-Long-test-passw0rd"
+
+
+def install_tiny_weights(folder: Path) -> Path:
+    torch.manual_seed(0)
+    for name in TINY_MEMBERS:
+        spec = REGISTRY.get(name)
+        save_weights(spec.build().state_dict(), spec, folder, provenance={"data": "random, tests"})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture
+def site(tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, settings: Any) -> Iterator[Path]:
+    """Settings for a tiny site: tiny members with weights, media under tmp."""
+    from analyses import services
+
+    media = tmp_path / "media-root"
+    media.mkdir()
+    trusttrace = {
+        **settings.TRUSTTRACE,
+        "REGISTRY": "tests.tiny_registry.REGISTRY",
+        "WEIGHTS_DIR": tiny_weights,
+        "CACHE_DIR": blazeface_cache,
+        "MEMBERS": TINY_MEMBERS,
+        "FRAMES": 4,
+        "MAX_UPLOAD_BYTES": 2 * 2**20,
+    }
+    with override_settings(TRUSTTRACE=trusttrace, MEDIA_ROOT=media):
+        yield media
+    services._ANALYZERS.clear()
+
+
+@pytest.fixture
+def no_weights_site(site: Path, tmp_path: Path, settings: Any) -> Path:
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "WEIGHTS_DIR": empty}
+    return empty
+
+
+def make_user(username: str, role: str = "submitter") -> User:
+    user = User.objects.create_user(username, f"{username}@example.org", PASSWORD)
+    if role == "moderator":
+        group, _ = Group.objects.get_or_create(name="moderators")
+        user.groups.add(group)
+    if role == "admin":
+        user.is_superuser = user.is_staff = True
+        user.save()
+    return user
+
+
+@pytest.fixture
+def users(db: Any) -> dict[str, User]:
+    return {
+        "submitter": make_user("alice"),
+        "other": make_user("bob"),
+        "moderator": make_user("mona", "moderator"),
+        "admin": make_user("ada", "admin"),
+    }
+
+
+@pytest.fixture
+def clients(users: dict[str, User]) -> dict[str, Client]:
+    out = {"anonymous": Client()}
+    for key, user in users.items():
+        c = Client()
+        c.force_login(user)
+        out[key] = c
+    return out
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    mf.write_image(folder / "face.png", mf.face_image(128), "PNG")
+    mf.write_clip(folder / "person.mp4", frames=12, width=192, height=144, face_at=(40, 20, 100))
+    return folder
+
+
+def upload(path: Path, name: str | None = None) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name or path.name, path.read_bytes())
+
+
+def png_bytes(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
+    import io
+
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_index(out_dir: Path, frames: tuple[int, ...] = (0, 5)) -> dict[str, Any]:
+    """An explainer-style index.json with real PNG files (schema of the common brief)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for frame in frames:
+        for kind, member in (("gradcam", "tiny_a"), ("gradcam", "tiny_b"), ("ssim_temporal", None)):
+            rel = f"{kind}-{member or 'all'}-{frame}.png"
+            (out_dir / rel).write_bytes(png_bytes(seed=frame))
+            artifacts.append(
+                {"kind": kind, "path": rel, "frame": frame, "time": frame / 10, "person": 0,
+                 "member": member, "caption": f"{kind} of frame {frame}", "width": 32,
+                 "height": 32, "media_type": "image/png"}
+            )  # fmt: skip
+    series = {
+        "threshold": 0.5,
+        "uncertain_band": 0.1,
+        "persons": [
+            {"id": 0, "points": [
+                {"frame": f, "time": f / 10, "score": 0.8, "members": {"tiny_a": 0.7, "tiny_b": 0.9}}
+                for f in frames
+            ]}
+        ],
+    }  # fmt: skip
+    index = {"version": 1, "artifacts": artifacts, "series": series}
+    (out_dir / "index.json").write_text(json.dumps(index))
+    return index
+
+
+@pytest.fixture
+def finished(site: Path, media_dir: Path) -> Callable[..., Any]:
+    """Make a finished submission row (no analysis run) with artifacts."""
+    from analyses import services
+    from analyses.models import Submission
+
+    def make(
+        owner: User, verdict: str = "fake", score: float = 0.8, title: str = "clip"
+    ) -> Submission:
+        path, probed = services._accept(upload(media_dir / "face.png"))
+        sub = Submission(
+            owner=owner, title=title, original_name="face.png", sha256=probed.sha256,
+            kind=probed.kind, media_format=probed.format, size_bytes=probed.size_bytes,
+            status="done", verdict=verdict, score=score, threshold=0.5, uncertain_band=0.1,
+            members={"tiny_a": score - 0.1, "tiny_b": score + 0.1},
+            model_versions={"tiny_a": "a" * 64, "tiny_b": "b" * 64},
+            timings={"total": 1.0},
+        )  # fmt: skip
+        sub.file.name = path.relative_to(site).as_posix()
+        sub.result = {
+            "status": "done", "verdict": verdict, "score": score, "threshold": 0.5,
+            "uncertain_band": 0.1, "members": dict(sub.members),
+            "frames": [
+                {"frame": f, "time": f / 10, "person": 0, "score": score,
+                 "members": dict(sub.members)} for f in (0, 5)
+            ],
+            "persons": [{"id": 0, "frames": [0, 5], "score": score, "verdict": verdict,
+                         "members": dict(sub.members)}],
+        }  # fmt: skip
+        sub.save()
+        out = services.artifact_dir(sub)
+        write_index(out)
+        services.load_index_file(sub, out)
+        return sub
+
+    return make

@@ -1,0 +1,177 @@
+"""The analysis service owns the status: pending -> running -> done | rejected | failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analyses import services
+from analyses.models import Status, Submission
+from tests import media_factory as mf
+from tests.platform.conftest import upload
+
+pytestmark = pytest.mark.django_db
+
+
+def _submit(owner: Any, path: Path, **kw: Any) -> Submission:
+    return services.create_submission(owner, upload(path), **kw)
+
+
+def test_submission_is_saved_pending_and_queued_after_commit(
+    site: Path, users, media_dir: Path, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    queued: list[str] = []
+    from analyses import tasks
+
+    monkeypatch.setattr(tasks.analyse_submission, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        sub = _submit(users["submitter"], media_dir / "person.mp4", title="My clip")
+    assert queued == [str(sub.pk)]
+    sub.refresh_from_db()
+    assert sub.status == Status.PENDING and sub.kind == "video" and sub.title == "My clip"
+    stored = Path(sub.file.path)
+    assert stored.is_file() and stored.parent == site / "uploads"
+    assert stored.name != "person.mp4" and len(stored.stem) == 32
+    assert sub.original_name == "person.mp4"
+    assert sub.sha256 == mf_sha256(media_dir / "person.mp4")
+
+
+def mf_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_video_analysis_goes_running_then_done_with_scores_and_versions(
+    site: Path, users, media_dir: Path, monkeypatch
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    seen: list[tuple[str, str, int]] = []
+    real_writer = services._progress_writer
+
+    def spy_writer(sub_id: Any):
+        write = real_writer(sub_id)
+
+        def report(stage: str, fraction: float) -> None:
+            write(stage, fraction)
+            row = Submission.objects.get(pk=sub_id)
+            seen.append((row.status, row.stage, row.percent))
+
+        return report
+
+    monkeypatch.setattr(services, "_progress_writer", spy_writer)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
+    assert all(status == Status.RUNNING for status, _, _ in seen)
+    assert {"decode", "detect"} <= {stage for _, stage, _ in seen}
+    assert [p for _, _, p in seen] == sorted(p for _, _, p in seen)
+    assert sub.percent == 100 and sub.started and sub.finished and sub.attempts == 1
+    assert set(sub.model_versions) == {"tiny_a", "tiny_b"}
+    assert all(len(v) == 64 for v in sub.model_versions.values())
+    assert sub.verdict in {"fake", "real", "uncertain", "no_face"}
+    if sub.verdict != "no_face":
+        assert 0 <= sub.score <= 1 and set(sub.members) == {"tiny_a", "tiny_b"}
+        assert sub.series["persons"] and sub.series["threshold"] == 0.5
+    assert "total" in sub.timings
+
+
+def test_input_that_fails_in_analysis_is_rejected_with_reason_and_not_retried(
+    site: Path, users, media_dir: Path, settings
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    # The file is damaged after the edge check (a disk fault, say): the
+    # analysis itself must reject it, with the decoder's reason.
+    mf.text_as_mp4(Path(sub.file.path))
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.REJECTED and sub.score is None and sub.verdict == ""
+    assert "text file" in sub.reason and sub.reason_code == "unsupported_format"
+    services.run_submission(sub.pk)  # a redelivered message does nothing
+    sub.refresh_from_db()
+    assert sub.attempts == 1
+
+
+def test_crash_is_failed_with_logged_traceback_never_a_score(
+    site: Path, users, media_dir: Path, monkeypatch, caplog
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "face.png")
+
+    class Boom:
+        def analyze(self, path: Path, progress: Any = None) -> Any:
+            raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(services, "_analyzer", lambda: Boom())
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.score is None and sub.verdict == ""
+    assert sub.reason_code == "internal_error" and "ZeroDivisionError" in sub.reason
+    assert "moderator can run it again" in sub.reason
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+def test_failed_submission_can_be_rerun_and_then_succeeds(
+    site: Path, users, media_dir: Path, monkeypatch
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    monkeypatch.setattr(services, "_analyzer", lambda: (_ for _ in ()).throw(OSError("disk")))
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED
+    monkeypatch.undo()
+    services.rerun(sub)
+    sub.refresh_from_db()
+    assert sub.status == Status.PENDING and sub.reason == ""
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE and sub.attempts == 2
+
+
+def test_models_are_loaded_once_per_process(site: Path, users, media_dir: Path) -> None:
+    services._ANALYZERS.clear()
+    first = services._analyzer()
+    assert services._analyzer() is first
+
+
+def test_missing_weights_refuse_uploads_clearly_and_save_nothing(
+    no_weights_site: Path, site: Path, users, media_dir: Path
+) -> None:
+    with pytest.raises(services.ModelsUnavailable, match="No weights are installed for detector"):
+        _submit(users["submitter"], media_dir / "face.png")
+    assert Submission.objects.count() == 0
+    assert not (site / "uploads").exists() or not any((site / "uploads").iterdir())
+
+
+def test_explanation_index_becomes_artifacts_and_series(site: Path, finished, users) -> None:
+    sub = finished(users["submitter"])
+    arts = list(sub.artifacts.all())
+    assert len(arts) == 6 and {a.kind for a in arts} == {"gradcam", "ssim_temporal"}
+    assert {a.member for a in arts} == {"tiny_a", "tiny_b", ""}
+    assert all(Path(a.file.path).is_file() for a in arts)
+    assert sub.series["persons"][0]["points"][1]["frame"] == 5
+
+
+def test_index_entries_escaping_the_folder_are_skipped(site: Path, finished, users) -> None:
+    sub = finished(users["submitter"])
+    out = services.artifact_dir(sub)
+    (site / "secret.png").write_bytes(b"x")
+    index = {
+        "version": 1,
+        "artifacts": [
+            {"kind": "gradcam", "path": "../../secret.png", "frame": 0},
+            {"kind": "bogus", "path": "gradcam-tiny_a-0.png", "frame": 0},
+        ],
+        "series": {},
+    }
+    assert services.store_index(sub, index, out) == []
+
+
+def test_delete_removes_row_upload_and_artifacts(site: Path, finished, users) -> None:
+    sub = finished(users["submitter"])
+    upload_path, folder = Path(sub.file.path), services.artifact_dir(sub)
+    assert upload_path.is_file() and folder.is_dir()
+    services.delete_submission(sub)
+    assert not upload_path.exists() and not folder.exists()
+    assert not Submission.objects.filter(pk=sub.pk).exists()
