@@ -29,6 +29,7 @@ urlpatterns = [
         "password/reset/",
         auth_views.PasswordResetView.as_view(
             success_url=reverse_lazy("accounts:password_reset_done"),
+            email_template_name="registration/password_reset_email.txt",
         ),
         name="password_reset",
     ),

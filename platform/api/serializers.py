@@ -56,4 +56,4 @@ class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
         read_only_fields = fields
 
     def get_url(self, obj: Artifact) -> str:
-        return reverse("api:artifact-file", args=[obj.submission_id, obj.pk])
+        return reverse("api:submission-artifact-file", args=[obj.submission_id, obj.pk])

@@ -102,7 +102,7 @@ class SubmissionViewSet(
         return Response(ArtifactSerializer(sub.artifacts.all(), many=True).data)
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
-    @action(detail=True, methods=["get"], url_path="frames.csv")
+    @action(detail=True, methods=["get"], url_path="frames-csv")
     def frames_csv(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
         """Frame-level CSV (frame, time, person, each member, score)."""
         sub = self.get_object()
@@ -110,7 +110,7 @@ class SubmissionViewSet(
         return stream_csv(f"frames-{sub.pk}.csv", frame_header(members), frame_rows(sub, members))
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
-    @action(detail=False, methods=["get"], url_path="export.csv")
+    @action(detail=False, methods=["get"], url_path="export-csv")
     def export_csv(self, request: Request) -> StreamingHttpResponse:
         """Submissions as CSV (moderators: all, with from/to/verdict/status/decision)."""
         qs = filtered_submissions(request.user, request.query_params)

@@ -38,7 +38,9 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def site(tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, settings: Any) -> Iterator[Path]:
+def site(
+    tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, settings: Any
+) -> Iterator[Path]:
     """Settings for a tiny site: tiny members with weights, media under tmp."""
     from analyses import services
 

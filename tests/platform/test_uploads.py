@@ -49,9 +49,7 @@ def test_bad_media_upload_is_refused_with_reason_and_nothing_kept(
     assert other.status == "done" and Path(other.file.path).is_file()
 
 
-def test_upload_over_the_size_limit_is_refused_before_saving(
-    site: Path, clients, settings
-) -> None:
+def test_upload_over_the_size_limit_is_refused_before_saving(site: Path, clients, settings) -> None:
     limit = settings.TRUSTTRACE["MAX_UPLOAD_BYTES"]
     big = SimpleUploadedFile("big.mp4", b"\x00" * (limit + 1))
     response = clients["submitter"].post(reverse("analyses:submit"), {"file": big})
@@ -113,17 +111,15 @@ def test_path_traversal_name_through_the_form_never_escapes(
 def _multipart(filename: str | bytes, payload: bytes) -> bytes:
     name = filename if isinstance(filename, bytes) else filename.encode()
     return (
-        b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+        b'--BOUNDARY\r\nContent-Disposition: form-data; name="file"; filename="'
         + name
-        + b"\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
         + payload
         + b"\r\n--BOUNDARY--\r\n"
     )
 
 
-def test_non_utf8_file_name_is_refused_with_reason(
-    site: Path, clients, media_dir: Path
-) -> None:
+def test_non_utf8_file_name_is_refused_with_reason(site: Path, clients, media_dir: Path) -> None:
     body = _multipart(b"caf\xe9\xff.png", (media_dir / "face.png").read_bytes())
     response = clients["submitter"].generic(
         "POST", reverse("analyses:submit"), data=body,

@@ -1,0 +1,84 @@
+"""CSV exports: own vs all, filters, frame-level rows, formula injection."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from django.urls import reverse
+from moderation.services import decide
+from reports.csvexport import SUBMISSION_COLUMNS, safe_cell
+
+from analyses.models import Submission
+
+pytestmark = pytest.mark.django_db
+
+
+def _rows(response) -> list[dict[str, str]]:
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"].startswith("text/csv")
+    text = b"".join(response.streaming_content).decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tcmd", "'\tcmd"),
+        ("\rcmd", "'\rcmd"),
+        ("plain title", "plain title"),
+        (-0.25, "-0.25"),
+        (None, ""),
+    ],
+)
+def test_formula_like_cells_are_neutralised(value, cell) -> None:
+    assert safe_cell(value) == cell
+
+
+def test_submitter_exports_only_own_rows_with_injection_neutralised(
+    clients, users, finished
+) -> None:
+    finished(users["submitter"], title="=cmd|' /C calc'!A0")
+    finished(users["other"], title="bob's")
+    rows = _rows(clients["submitter"].get(reverse("reports:submissions")))
+    assert list(rows[0]) == list(SUBMISSION_COLUMNS)
+    assert [r["title"] for r in rows] == ["'=cmd|' /C calc'!A0"]
+    assert rows[0]["owner"] == "alice" and float(rows[0]["score"]) == pytest.approx(0.8)
+
+
+def test_moderator_exports_all_with_filters(clients, users, finished) -> None:
+    a = finished(users["submitter"], verdict="fake", score=0.9, title="a")
+    finished(users["other"], verdict="real", score=0.1, title="b")
+    decide(a, users["moderator"], "override_real", "=evil note")
+    url = reverse("reports:submissions")
+    assert {r["title"] for r in _rows(clients["moderator"].get(url))} == {"a", "b"}
+    assert [r["title"] for r in _rows(clients["moderator"].get(url, {"verdict": "real"}))] == ["b"]
+    by_decision = _rows(clients["moderator"].get(url, {"decision": "real"}))
+    assert [(r["title"], r["decision"], r["decision_note"]) for r in by_decision] == [
+        ("a", "real", "'=evil note")
+    ]
+    assert [r["title"] for r in _rows(clients["moderator"].get(url, {"decision": "none"}))] == ["b"]
+    assert _rows(clients["moderator"].get(url, {"status": "failed"})) == []
+    assert _rows(clients["moderator"].get(url, {"from": "2999-01-01"})) == []
+    today = Submission.objects.first().created.date().isoformat()
+    assert len(_rows(clients["moderator"].get(url, {"from": today, "to": today}))) == 2
+
+
+def test_submitter_filters_are_ignored_outside_own_rows(clients, users, finished) -> None:
+    finished(users["other"], verdict="real")
+    url = reverse("reports:submissions")
+    assert _rows(clients["submitter"].get(url, {"verdict": "real"})) == []
+
+
+def test_frame_csv_has_one_row_per_frame_and_person(clients, users, finished) -> None:
+    sub = finished(users["submitter"], score=0.7)
+    rows = _rows(clients["submitter"].get(reverse("reports:frames", args=[sub.pk])))
+    assert list(rows[0]) == ["frame", "time", "person", "tiny_a", "tiny_b", "score"]
+    assert [r["frame"] for r in rows] == ["0", "5"]
+    assert float(rows[0]["tiny_a"]) == pytest.approx(0.6)
+    assert float(rows[0]["score"]) == pytest.approx(0.7)

@@ -1,0 +1,83 @@
+"""Moderation: queue, decisions with notes, audit log, re-run, metrics."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from moderation.models import Decision
+from moderation.services import DecisionError, decide, metrics, review_queue
+
+pytestmark = pytest.mark.django_db
+
+
+def test_queue_holds_fake_uncertain_and_reported_and_sorts(clients, users, finished) -> None:
+    fake = finished(users["submitter"], verdict="fake", score=0.9, title="fake")
+    unsure = finished(users["submitter"], verdict="uncertain", score=0.55, title="unsure")
+    real = finished(users["submitter"], verdict="real", score=0.1, title="real")
+    assert [s.pk for s in review_queue(sort="score")] == [unsure.pk, fake.pk]
+    assert [s.pk for s in review_queue(sort="-score")] == [fake.pk, unsure.pk]
+    assert [s.pk for s in review_queue(verdict="fake")] == [fake.pk]
+    clients["submitter"].post(reverse("analyses:report", args=[real.pk]), {"reason": "wrong"})
+    assert real.pk in {s.pk for s in review_queue()}
+    page = clients["moderator"].get(reverse("moderation:queue"), {"sort": "-score"})
+    text = page.content.decode()
+    assert text.index("fake") < text.index("unsure") and "open" in text
+
+
+def test_override_needs_a_note_and_is_audited(clients, users, finished) -> None:
+    sub = finished(users["submitter"], verdict="fake")
+    url = reverse("moderation:decide", args=[sub.pk])
+    response = clients["moderator"].post(url, {"action": "override_real", "note": " "})
+    assert response.status_code == 302 and not Decision.objects.exists()
+    clients["moderator"].post(url, {"action": "override_real", "note": "A known actor."})
+    d = Decision.objects.get()
+    assert (d.moderator.username, d.action, d.from_label, d.to_label, d.note) == (
+        "mona", "override_real", "fake", "real", "A known actor.",
+    )  # fmt: skip
+    assert sub.pk not in {s.pk for s in review_queue()}
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert "Moderator decision" in page and "A known actor." in page
+    review = clients["moderator"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
+    assert "Override: real" in review and "mona" in review
+
+
+def test_confirm_and_escalate(users, finished) -> None:
+    sub = finished(users["submitter"], verdict="uncertain")
+    with pytest.raises(DecisionError, match="note is required"):
+        decide(sub, users["moderator"], "escalate", "")
+    decide(sub, users["moderator"], "escalate", "needs an expert")
+    assert [s.pk for s in review_queue(state="escalated")] == [sub.pk]
+    d = decide(sub, users["admin"], "confirm", "")
+    assert (d.from_label, d.to_label) == ("escalated", "uncertain")
+    assert Decision.objects.filter(submission=sub).count() == 2
+
+
+def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> None:
+    mod = users["moderator"]
+    cases = [("fake", "confirm"), ("fake", "override_real"), ("real", "confirm"),
+             ("real", "override_fake"), ("uncertain", "override_fake"), ("fake", "confirm")]  # fmt: skip
+    for verdict, action in cases:
+        decide(finished(users["submitter"], verdict=verdict), mod, action, "n")
+    finished(users["submitter"], verdict="fake")  # not reviewed: not counted
+    m = metrics()
+    # fake->fake 2 (TP), fake->real 1 (FP), real->fake 1 + uncertain->fake 1 (FN), real->real 1 (TN)
+    assert m.reviewed == 6
+    assert m.matrix["fake"] == {"fake": 2, "real": 1}
+    assert m.matrix["uncertain"] == {"fake": 1, "real": 0}
+    assert m.accuracy == pytest.approx(3 / 6)
+    assert m.precision == pytest.approx(2 / 3) and m.recall == pytest.approx(2 / 4)
+    assert m.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    page = clients["moderator"].get(reverse("moderation:dashboard")).content.decode()
+    assert "0.500" in page and "0.667" in page
+
+
+def test_moderator_rerun_queues_with_current_models(clients, users, finished, monkeypatch) -> None:
+    from analyses import services
+
+    queued = []
+    monkeypatch.setattr(services, "enqueue", queued.append)
+    sub = finished(users["submitter"])
+    clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]))
+    sub.refresh_from_db()
+    assert sub.status == "pending" and sub.score is None and not sub.artifacts.exists()
+    assert [s.pk for s in queued] == [sub.pk]

@@ -1,0 +1,128 @@
+"""Every page and API endpoint against anonymous, submitter, another
+submitter, moderator and admin. Another user's submission is 404, never 403."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ("anonymous", "submitter", "other", "moderator", "admin")
+OWNED = {"submitter", "moderator", "admin"}  # may see alice's submission
+LOGIN = "login"  # a redirect to the log-in page
+
+
+def _expect(response: Any, expected: int | str) -> None:
+    if expected == LOGIN:
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    else:
+        assert response.status_code == expected, (response.status_code, expected)
+
+
+def _sub_pages(sub: Any, art: Any) -> dict[str, str]:
+    return {
+        "detail": reverse("analyses:detail", args=[sub.pk]),
+        "progress": reverse("analyses:progress", args=[sub.pk]),
+        "file": reverse("analyses:file", args=[sub.pk]),
+        "artifact": reverse("analyses:artifact", args=[sub.pk, art.pk]),
+        "frames_csv": reverse("reports:frames", args=[sub.pk]),
+    }
+
+
+def test_submission_pages_matrix(clients: dict[str, Client], users, finished) -> None:
+    sub = finished(users["submitter"])
+    art = sub.artifacts.first()
+    for name, url in _sub_pages(sub, art).items():
+        for role in ROLES:
+            response = clients[role].get(url)
+            expected: int | str = LOGIN if role == "anonymous" else 200 if role in OWNED else 404
+            _expect(response, expected)
+            if name == "file" and expected == 200:
+                assert response["Cache-Control"] == "private, no-store"
+
+
+def test_general_pages_matrix(clients: dict[str, Client], users, site) -> None:
+    pages = {
+        reverse("analyses:list"): dict.fromkeys(("submitter", "other", "moderator", "admin"), 200),
+        reverse("analyses:submit"): dict.fromkeys(("submitter", "other", "moderator", "admin"), 200),
+        reverse("reports:submissions"): dict.fromkeys(
+            ("submitter", "other", "moderator", "admin"), 200
+        ),
+        reverse("moderation:queue"): {"submitter": 404, "other": 404, "moderator": 200, "admin": 200},
+        reverse("moderation:dashboard"): {
+            "submitter": 404, "other": 404, "moderator": 200, "admin": 200,
+        },
+    }  # fmt: skip
+    for url, by_role in pages.items():
+        _expect(clients["anonymous"].get(url), LOGIN)
+        for role, expected in by_role.items():
+            _expect(clients[role].get(url), expected)
+    for role in ROLES:  # public pages
+        _expect(clients[role].get(reverse("analyses:models")), 200)
+        _expect(clients[role].get(reverse("api:schema")), 200)
+    _expect(clients["anonymous"].get(reverse("accounts:login")), 200)
+    _expect(clients["anonymous"].get(reverse("accounts:signup")), 200)
+    for role in ("submitter", "other", "moderator"):
+        _expect(clients[role].get(reverse("admin:index")), 302)
+    _expect(clients["admin"].get(reverse("admin:index")), 200)
+
+
+def test_post_actions_matrix(clients: dict[str, Client], users, finished, monkeypatch) -> None:
+    from analyses import services
+
+    monkeypatch.setattr(services, "enqueue", lambda sub: None)
+    for role in ROLES:
+        sub = finished(users["submitter"])
+        delete = clients[role].post(reverse("analyses:delete", args=[sub.pk]))
+        _expect(delete, LOGIN if role == "anonymous" else 302 if role == "submitter" else 404)
+        sub = finished(users["submitter"])
+        report = clients[role].post(reverse("analyses:report", args=[sub.pk]), {"reason": "x"})
+        _expect(report, LOGIN if role == "anonymous" else 302 if role == "submitter" else 404)
+        for action in ("decide", "rerun"):
+            url = reverse(f"moderation:{action}", args=[sub.pk])
+            response = clients[role].post(url, {"action": "confirm"})
+            allowed = role in ("moderator", "admin")
+            _expect(response, LOGIN if role == "anonymous" else 302 if allowed else 404)
+        review = clients[role].get(reverse("moderation:review", args=[sub.pk]))
+        _expect(
+            review, LOGIN if role == "anonymous" else 200 if role in ("moderator", "admin") else 404
+        )
+
+
+def _api(users: dict[str, Any]) -> dict[str, Client]:
+    out = {"anonymous": Client()}
+    for role, user in users.items():
+        token = Token.objects.create(user=user)
+        out[role] = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return out
+
+
+def test_api_matrix(users, finished) -> None:
+    api = _api(users)
+    sub = finished(users["submitter"])
+    art = sub.artifacts.first()
+    base = f"/api/submissions/{sub.pk}/"
+    urls = [base, base + "progress/", base + "result/", base + "frames/", base + "artifacts/",
+            base + "frames-csv/", base + f"artifacts/{art.pk}/file/"]  # fmt: skip
+    for url in urls:
+        for role in ROLES:
+            response = api[role].get(url)
+            expected = 401 if role == "anonymous" else 200 if role in OWNED else 404
+            assert response.status_code == expected, (url, role, response.status_code)
+    for role in ROLES:
+        listing = api[role].get("/api/submissions/")
+        if role == "anonymous":
+            assert listing.status_code == 401
+            continue
+        ids = {r["id"] for r in listing.json()["results"]}
+        assert (str(sub.pk) in ids) == (role in OWNED)
+        assert api[role].get("/api/submissions/export-csv/").status_code == 200
+    for role in ("other", "moderator", "admin"):  # only the owner deletes
+        assert api[role].delete(base).status_code == 404
+    assert api["anonymous"].delete(base).status_code == 401
+    assert api["submitter"].delete(base).status_code == 204
