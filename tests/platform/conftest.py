@@ -139,7 +139,8 @@ def write_index(out_dir: Path, frames: tuple[int, ...] = (0, 5)) -> dict[str, An
         "uncertain_band": 0.1,
         "persons": [
             {"id": 0, "points": [
-                {"frame": f, "time": f / 10, "score": 0.8, "members": {"tiny_a": 0.7, "tiny_b": 0.9}}
+                {"frame": f, "time": f / 10, "score": 0.8,
+                 "members": {"tiny_a": 0.7, "tiny_b": 0.9}}
                 for f in frames
             ]}
         ],

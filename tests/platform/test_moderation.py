@@ -54,8 +54,10 @@ def test_confirm_and_escalate(users, finished) -> None:
 
 def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> None:
     mod = users["moderator"]
-    cases = [("fake", "confirm"), ("fake", "override_real"), ("real", "confirm"),
-             ("real", "override_fake"), ("uncertain", "override_fake"), ("fake", "confirm")]  # fmt: skip
+    cases = [
+        ("fake", "confirm"), ("fake", "override_real"), ("real", "confirm"),
+        ("real", "override_fake"), ("uncertain", "override_fake"), ("fake", "confirm"),
+    ]  # fmt: skip
     for verdict, action in cases:
         decide(finished(users["submitter"], verdict=verdict), mod, action, "n")
     finished(users["submitter"], verdict="fake")  # not reviewed: not counted

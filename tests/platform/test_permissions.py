@@ -47,17 +47,15 @@ def test_submission_pages_matrix(clients: dict[str, Client], users, finished) ->
 
 
 def test_general_pages_matrix(clients: dict[str, Client], users, site) -> None:
+    everyone = dict.fromkeys(("submitter", "other", "moderator", "admin"), 200)
+    mods_only = {"submitter": 404, "other": 404, "moderator": 200, "admin": 200}
     pages = {
-        reverse("analyses:list"): dict.fromkeys(("submitter", "other", "moderator", "admin"), 200),
-        reverse("analyses:submit"): dict.fromkeys(("submitter", "other", "moderator", "admin"), 200),
-        reverse("reports:submissions"): dict.fromkeys(
-            ("submitter", "other", "moderator", "admin"), 200
-        ),
-        reverse("moderation:queue"): {"submitter": 404, "other": 404, "moderator": 200, "admin": 200},
-        reverse("moderation:dashboard"): {
-            "submitter": 404, "other": 404, "moderator": 200, "admin": 200,
-        },
-    }  # fmt: skip
+        reverse("analyses:list"): everyone,
+        reverse("analyses:submit"): everyone,
+        reverse("reports:submissions"): everyone,
+        reverse("moderation:queue"): mods_only,
+        reverse("moderation:dashboard"): mods_only,
+    }
     for url, by_role in pages.items():
         _expect(clients["anonymous"].get(url), LOGIN)
         for role, expected in by_role.items():
