@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -18,9 +19,14 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-def ensure_queue_folders() -> None:
+@app.on_after_configure.connect
+def _on_configured(sender: Celery, **kwargs: Any) -> None:
+    ensure_queue_folders(sender)
+
+
+def ensure_queue_folders(celery_app: Celery = app) -> None:
     """Create the embedded (filesystem) transport's folders when it is used."""
-    options = app.conf.broker_transport_options or {}
+    options = celery_app.conf.broker_transport_options or {}
     for key in ("data_folder_in", "data_folder_out", "control_folder", "processed_folder"):
         if key in options:
             Path(str(options[key])).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,66 @@
+"""A real Celery worker process analyses a generated clip end to end, over a
+real redis-server and over the embedded filesystem transport."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.platform import stack
+
+pytestmark = pytest.mark.slow
+
+
+def _run_driver(env: dict[str, str], clip: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("worker_driver.py")), str(clip)],
+        env=env, cwd=stack.ROOT, capture_output=True, text=True, timeout=200, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _check(result: dict, log: Path) -> None:
+    assert result["status"] == "done", (result, log.read_text()[-3000:])
+    assert set(result["model_versions"]) == {"tiny_a", "tiny_b"}
+    assert result["frames"] > 0 and result["series_persons"] >= 1
+    assert 0.0 <= result["score"] <= 1.0
+    statuses = [s for s, _ in result["stages"]]
+    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "done"
+    text = log.read_text()
+    assert "analyses.analyse_submission" in text and "succeeded" in text
+
+
+@pytest.fixture
+def clip(media_dir: Path) -> Path:
+    return media_dir / "person.mp4"
+
+
+def test_worker_over_redis_analyses_a_clip(
+    tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, clip: Path
+) -> None:
+    if not Path(stack.REDIS).exists():
+        pytest.skip("redis-server is not installed (make test installs it as root)")
+    with stack.redis_server(tmp_path) as url:
+        env = stack.site_env(tmp_path / "var", tiny_weights, blazeface_cache, broker=url)
+        stack.manage(env, "migrate", "--noinput")
+        log = tmp_path / "worker.log"
+        with stack.process(stack.worker_args(), env, log):
+            result = _run_driver(env, clip)
+    _check(result, log)
+
+
+def test_worker_over_the_embedded_transport_analyses_a_clip(
+    tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, clip: Path
+) -> None:
+    env = stack.site_env(tmp_path / "var", tiny_weights, blazeface_cache)
+    stack.manage(env, "migrate", "--noinput")
+    log = tmp_path / "worker.log"
+    with stack.process(stack.worker_args(), env, log):
+        result = _run_driver(env, clip)
+    _check(result, log)
+    assert (tmp_path / "var" / "queue" / "control").is_dir()
