@@ -17,5 +17,5 @@ TRUSTTRACE = {**TRUSTTRACE, "CACHE_DIR": _TMP / "cache"}
 MEDIA_ROOT = _TMP / "media"
 # Unit tests call the service directly; the worker tests start their own broker.
 CELERY_BROKER_URL = "memory://"
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
 TRUSTTRACE["PROGRESS_INTERVAL_S"] = 0.0
