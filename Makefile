@@ -11,13 +11,14 @@ MEDIA ?= $(SHARED)/media/videos
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lint typecheck test test-fast run bench clean
+.PHONY: help install lint typecheck system-deps test test-fast run analyze bench clean
 
 help:
 	@echo "make install    create .venv and install requirements (dev included)"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make test-fast  tests without the slow full-size architecture checks"
-	@echo "make run        analyse MEDIA=$(MEDIA) with the installed detectors"
+	@echo "make run        the site: migrate, demo accounts, web server + Celery worker (Ctrl-C stops)"
+	@echo "make analyze    analyse MEDIA=$(MEDIA) with the installed detectors (CLI)"
 	@echo "make bench      speed benchmark (bench/speed.py) on MEDIA, JSON in var/bench.json"
 
 $(STAMP): $(REQS)
@@ -37,13 +38,36 @@ lint: install
 typecheck: install
 	$(BIN)/mypy ensemble platform manage.py
 
-test: lint typecheck
+# The worker and browser tests need redis-server and Debian's chromium: installed
+# here when missing and running as root (CI); otherwise those tests skip and say why.
+SYSTEM_PACKAGES := redis-server chromium
+
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "note:$$missing not installed (not root): the worker/browser tests will be skipped"; \
+	  fi; \
+	fi
+
+test: lint typecheck system-deps
 	$(BIN)/pytest
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
+ADDR ?= 127.0.0.1:8000
+
 run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo_accounts
+	$(BIN)/python manage.py runstack $(ADDR)
+
+analyze: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py analyze $(MEDIA) --json var/run.json --csv var/run.csv
 
@@ -51,4 +75,4 @@ bench: install
 	$(BIN)/python bench/speed.py --videos $(MEDIA) --json var/bench.json
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var test-artifacts .mypy_cache .ruff_cache .pytest_cache

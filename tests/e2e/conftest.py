@@ -64,7 +64,10 @@ def live_stack(
         stack.wait_for(up, 60, "the web server")
         yield Stack(url, env, root / "var")
     (ARTIFACTS / "runstack.log").parent.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "runstack.log").write_text(log.read_text())
+    text = log.read_text()
+    (ARTIFACTS / "runstack.log").write_text(text)
+    # SIGTERM stopped both children (the worker says so), then runstack itself.
+    assert "Warm shutdown" in text and text.rstrip().endswith("stopped"), text[-2000:]
 
 
 @pytest.fixture

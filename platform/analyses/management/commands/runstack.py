@@ -60,7 +60,9 @@ class Command(BaseCommand):
         def on_term(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
 
+        # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored.
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
         try:
             while True:
                 for name, proc in procs.items():
