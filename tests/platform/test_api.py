@@ -1,0 +1,79 @@
+"""The REST API: token auth, submit, poll, result, frames, artifacts, CSV, schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(users) -> Client:
+    token = Token.objects.create(user=users["submitter"])
+    return Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+
+
+def test_token_is_issued_for_credentials(users) -> None:
+    from tests.platform.conftest import PASSWORD
+
+    response = Client().post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.json()["token"] == Token.objects.get(user=users["submitter"]).key
+
+
+def test_submit_poll_and_read_result(api: Client, site: Path, media_dir: Path) -> None:
+    from analyses import services
+
+    with (media_dir / "person.mp4").open("rb") as fh:
+        created = api.post("/api/submissions/", {"file": fh, "title": "api clip"})
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["status"] == "pending" and body["title"] == "api clip" and body["kind"] == "video"
+    services.run_submission(body["id"])  # what the worker does
+    progress = api.get(f"/api/submissions/{body['id']}/progress/").json()
+    assert progress["status"] == "done" and progress["percent"] == 100 and progress["finished"]
+    result = api.get(f"/api/submissions/{body['id']}/result/").json()
+    assert result["result"]["status"] == "done" and set(result["result"]["members"]) == {
+        "tiny_a", "tiny_b",
+    }  # fmt: skip
+    frames = api.get(f"/api/submissions/{body['id']}/frames/").json()["frames"]
+    assert frames and {"frame", "time", "person", "score", "members"} <= set(frames[0])
+    csv_text = b"".join(api.get(f"/api/submissions/{body['id']}/frames-csv/").streaming_content)
+    assert csv_text.decode().splitlines()[0] == "frame,time,person,tiny_a,tiny_b,score"
+
+
+def test_bad_upload_is_400_with_reason(api: Client, site: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("just text\n")
+    with bad.open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh})
+    assert response.status_code == 400
+    assert response.json()["code"] == "unsupported_format"
+    assert "text file" in response.json()["detail"]
+
+
+def test_no_weights_is_503(api: Client, no_weights_site: Path, media_dir: Path) -> None:
+    with (media_dir / "face.png").open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh})
+    assert response.status_code == 503 and "No weights are installed" in response.json()["detail"]
+
+
+def test_artifacts_list_and_file(api: Client, users, finished) -> None:
+    sub = finished(users["submitter"])
+    arts = api.get(f"/api/submissions/{sub.pk}/artifacts/").json()
+    assert len(arts) == 6 and {a["kind"] for a in arts} == {"gradcam", "ssim_temporal"}
+    image = api.get(arts[0]["url"])
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    assert b"".join(image.streaming_content).startswith(b"\x89PNG")
+
+
+def test_schema_documents_the_endpoints(api: Client) -> None:
+    schema = api.get("/api/schema/").content.decode()
+    for path in ("/api/submissions/", "/api/submissions/{id}/progress/",
+                 "/api/submissions/{id}/result/", "/api/submissions/{id}/frames-csv/",
+                 "/api/submissions/{id}/artifacts/", "/api/token/"):  # fmt: skip
+        assert path in schema
