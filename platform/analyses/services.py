@@ -9,6 +9,8 @@ retry). A crash is never turned into a score.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -292,19 +294,51 @@ def _analyzer() -> Any:
     return analyzer
 
 
+class _RejectedInput(Exception):  # noqa: N818 (a verdict on the input, not our error)
+    """Bad input found during the job (e.g. an unusable reference): final."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+_EXPLAINERS: dict[Any, Any] = {}
+
+
+def _explainer() -> Any | None:
+    """One ``explain.Explainer`` per worker process around :func:`_analyzer`,
+    or None while the ``explain`` package is not part of this checkout."""
+    if importlib.util.find_spec("explain") is None:
+        return None
+    explain = importlib.import_module("explain")
+    analyzer = _analyzer()
+    explainer = _EXPLAINERS.get(id(analyzer))
+    if explainer is None:
+        _EXPLAINERS.clear()
+        explainer = _EXPLAINERS[id(analyzer)] = explain.Explainer(analyzer, explain.ExplainConfig())
+    return explainer
+
+
 def _analyse(
     path: Path, out_dir: Path, reference: Path | None, progress: Callable[[str, float], None]
 ) -> tuple[Any, dict[str, Any] | None]:
-    """Run the analysis; returns the AnalysisResult and the explanation index
-    (index.json as a dict) when there is one.
+    """Run the analysis (with explanations when ``explain`` is installed).
 
-    Switch to explanations (once ``explain`` is merged) by replacing the body:
-    ``result, index = Explainer(_analyzer(), ExplainConfig()).run(path, out_dir,
-    reference=reference, progress=progress)``; ``index.write(out_dir)``; and return
-    ``result, json.loads((out_dir / "index.json").read_text())``.
+    Returns the AnalysisResult and the explanation index (index.json as a
+    dict) when there is one.
     """
-    del out_dir, reference  # used by the explainer
-    return _analyzer().analyze(path, progress=progress), None
+    explainer = _explainer()
+    if explainer is None:
+        return _analyzer().analyze(path, progress=progress), None
+    explain = importlib.import_module("explain")
+    try:
+        result, index = explainer.run(path, out_dir, reference=reference, progress=progress)
+    except explain.InvalidReferenceError as e:
+        raise _RejectedInput(str(e), getattr(e, "code", "invalid_reference")) from e
+    if index is None:
+        return result, None
+    index_path = index.write(out_dir)
+    return result, json.loads(Path(index_path).read_text(encoding="utf-8"))
 
 
 def _progress_writer(sub_id: Any) -> Callable[[str, float], None]:
@@ -359,9 +393,20 @@ def run_submission(submission_id: Any) -> None:
         reference = Path(sub.reference_file.path) if sub.reference_file else None
         result, index = _analyse(Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk))
         _store(sub, result.to_dict(), index, out_dir)
+    except _RejectedInput as e:
+        logger.info("submission %s rejected: %s", sub.pk, e)
+        _finish_rejected(sub, str(e), e.code)
     except Exception as e:
         logger.exception("analysis of submission %s failed", sub.pk)
         _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+
+
+def _finish_rejected(sub: Submission, reason: str, code: str) -> None:
+    sub.refresh_from_db()
+    sub.status, sub.reason, sub.reason_code = Status.REJECTED, reason, code
+    sub.verdict, sub.score = "", None
+    sub.finished = timezone.now()
+    sub.save()
 
 
 def _fail(sub: Submission, reason: str, code: str) -> None:

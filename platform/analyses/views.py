@@ -172,7 +172,8 @@ def artifact_file(request: HttpRequest, pk: str, artifact_id: int) -> FileRespon
     """One explanation image, to owners and moderators only."""
     sub = get_visible(request.user, pk)
     artifact: Artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
-    return _serve(Path(artifact.file.path), f"{artifact.kind}-{artifact.pk}.png")
+    path = Path(artifact.file.path)
+    return _serve(path, f"{artifact.kind}-{artifact.pk}{path.suffix}")
 
 
 @login_required

@@ -175,3 +175,75 @@ def test_delete_removes_row_upload_and_artifacts(site: Path, finished, users) ->
     services.delete_submission(sub)
     assert not upload_path.exists() and not folder.exists()
     assert not Submission.objects.filter(pk=sub.pk).exists()
+
+
+class _FakeIndex:
+    def __init__(self, out_dir: Path, frames: tuple[int, ...]) -> None:
+        from tests.platform.conftest import write_index
+
+        self.data = write_index(out_dir, frames)
+
+    def write(self, out_dir: Path) -> Path:
+        import json
+
+        path = out_dir / "index.json"
+        path.write_text(json.dumps(self.data))
+        return path
+
+
+class _InvalidReferenceError(Exception):
+    def __init__(self, reason: str, code: str = "invalid_reference") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@pytest.fixture
+def fake_explain(monkeypatch):
+    """Stands in for the ``explain`` package (same contract) in this process."""
+    import sys
+    import types
+
+    module = types.ModuleType("explain")
+    module.InvalidReferenceError = _InvalidReferenceError
+    monkeypatch.setitem(sys.modules, "explain", module)
+    return module
+
+
+def test_explainer_output_is_stored_as_artifacts(
+    site: Path, users, media_dir: Path, monkeypatch, fake_explain
+) -> None:
+    calls = []
+
+    class Explainer:
+        def run(self, path, out_dir, reference=None, progress=None):
+            calls.append((path, out_dir, reference))
+            result = services._analyzer().analyze(path, progress=progress)
+            frames = tuple(sorted({r["frame"] for r in result.frame_rows()}))
+            return result, _FakeIndex(out_dir, frames)
+
+    monkeypatch.setattr(services, "_explainer", Explainer)
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
+    assert calls == [(Path(sub.file.path), services.artifact_dir(sub), None)]
+    if sub.verdict != "no_face":
+        assert sub.artifacts.count() == 3 and sub.series["persons"]
+
+
+def test_unusable_reference_is_rejected_not_failed(
+    site: Path, users, media_dir: Path, monkeypatch, fake_explain
+) -> None:
+    class Explainer:
+        def run(self, path, out_dir, reference=None, progress=None):
+            raise _InvalidReferenceError("The reference shows no face.", "reference_no_face")
+
+    monkeypatch.setattr(services, "_explainer", Explainer)
+    sub = services.create_submission(
+        users["submitter"], upload(media_dir / "face.png"), reference=upload(media_dir / "face.png")
+    )
+    assert Path(sub.reference_file.path).is_file() and sub.reference_name == "face.png"
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.REJECTED and sub.reason_code == "reference_no_face"
+    assert sub.reason == "The reference shows no face." and sub.score is None
