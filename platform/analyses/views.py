@@ -45,7 +45,9 @@ NO_FILE_ARRIVED = (
 MULTIPART_SLACK_BYTES = 2**20
 
 
-def _declared_too_large(request: HttpRequest) -> bool:
+def declared_too_large(request: HttpRequest) -> bool:
+    """Whether the request declares a body larger than any acceptable upload
+    (checked before Django reads the body)."""
     try:
         declared = int(str(request.META.get("CONTENT_LENGTH") or 0))
     except ValueError:
@@ -62,7 +64,7 @@ def submit(request: HttpRequest) -> HttpResponse:
     problems = [m.problem for m in members if m.problem]
     status, error = 200, ""
     form = SubmissionForm()
-    if request.method == "POST" and _declared_too_large(request):
+    if request.method == "POST" and declared_too_large(request):
         # Refused before the body is read: nothing reaches the disk.
         error = f"Upload refused: the request is larger than the {_limit_text()} upload limit."
         status = 413
@@ -138,10 +140,17 @@ def detail(request: HttpRequest, pk: str) -> HttpResponse:
         "decision": final_decision(sub),
         "is_owner": sub.owner_id == request.user.pk,
         "member_names": sorted(sub.members),
+        "person_rows": person_rows(sub),
         "series_id": f"series-{sub.pk}",
         "timings": sorted(sub.timings.items()),
     }
     return render(request, "analyses/detail.html", context)
+
+
+def person_rows(sub: Submission) -> list[tuple[dict[str, Any], list[float | None]]]:
+    """Each person with member scores in the order of ``sorted(sub.members)``."""
+    names = sorted(sub.members)
+    return [(p, [p.get("members", {}).get(n) for n in names]) for p in sub.persons]
 
 
 def _serve(path: Path, download_name: str) -> FileResponse:

@@ -25,8 +25,9 @@ from rest_framework.response import Response
 
 from analyses import services
 from analyses.access import get_visible, visible_submissions
+from analyses.config import trusttrace_setting
 from analyses.models import Submission
-from analyses.views import progress_payload
+from analyses.views import declared_too_large, progress_payload
 from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
 
 
@@ -50,6 +51,13 @@ class SubmissionViewSet(
     @extend_schema(request=SubmitSerializer, responses={201: SubmissionSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Upload media; it is checked at the edge, saved, then queued."""
+        if declared_too_large(request._request):
+            limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+            return Response(
+                {"detail": f"The request is larger than the {limit} byte upload limit.",
+                 "code": "too_large"},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )  # fmt: skip
         form = SubmitSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from analyses import services as analyses_services
 from analyses.access import get_visible
 from analyses.models import ArtifactKind, Verdict
+from analyses.views import person_rows
 from moderation import services
 from moderation.models import Action
 
@@ -72,6 +73,7 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "reports": sub.reports.select_related("reporter"),
         "actions": Action.choices,
         "member_names": sorted(sub.members),
+        "person_rows": person_rows(sub),
         "series_id": f"series-{sub.pk}",
     }
     return render(request, "moderation/review.html", context)

@@ -77,3 +77,12 @@ def test_schema_documents_the_endpoints(api: Client) -> None:
                  "/api/submissions/{id}/result/", "/api/submissions/{id}/frames-csv/",
                  "/api/submissions/{id}/artifacts/", "/api/token/"):  # fmt: skip
         assert path in schema
+
+
+def test_huge_request_is_413_before_reading(api: Client, site: Path) -> None:
+    response = api.generic(
+        "POST", "/api/submissions/", data=b"x" * 16,
+        content_type="multipart/form-data; boundary=zz", CONTENT_LENGTH=str(50 * 2**20),
+    )  # fmt: skip
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert not any(p.is_file() for p in site.rglob("*"))
