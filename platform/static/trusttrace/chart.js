@@ -4,6 +4,7 @@
   "use strict";
   var NS = "http://www.w3.org/2000/svg";
   var W = 760, H = 260, PAD = { l: 40, r: 12, t: 12, b: 30 };
+  var MAX_TICKS = 12;
   var COLORS = ["#1d3557", "#e63946", "#2a9d8f", "#f4a261", "#6a4c93", "#8d99ae"];
 
   function el(name, attrs, parent) {
@@ -35,8 +36,15 @@
     [0, 0.5, 1].forEach(function (v) {
       el("text", { x: 4, y: y(v) + 4, "font-size": 11 }, svg).textContent = v.toFixed(1);
     });
-    el("text", { x: W / 2, y: H - 6, "font-size": 11, "text-anchor": "middle" }, svg)
+    el("text", { x: W / 2, y: H - 4, "font-size": 11, "text-anchor": "middle" }, svg)
       .textContent = "frame";
+    var ticks = frames.filter(function (f, i) { return frames.indexOf(f) === i; })
+      .sort(function (a, b) { return a - b; });
+    if (ticks.length > MAX_TICKS) { ticks = [ticks[0], ticks[ticks.length - 1]]; }
+    ticks.forEach(function (f) {
+      el("text", { x: x(f), y: H - PAD.b + 12, "font-size": 10, "text-anchor": "middle" }, svg)
+        .textContent = String(f);
+    });
     var memberNames = {};
     persons.forEach(function (p) {
       p.points.forEach(function (pt) { Object.keys(pt.members || {}).forEach(function (m) { memberNames[m] = 1; }); });
