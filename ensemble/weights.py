@@ -328,7 +328,7 @@ def import_checkpoint(
         architecture=spec.build.__name__,
         format="pytorch",
         files=(wf,),
-        input_size=input_size or spec.input_size,
+        input_size=input_size or spec.checkpoint_input_size or spec.input_size,
         mean=spec.mean,
         std=spec.std,
         temperature=1.0,
