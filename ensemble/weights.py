@@ -272,7 +272,7 @@ def dequantize_int8(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _stored_tensors(key: str, value: Tensor, quantization: str) -> dict[str, Tensor]:
+def stored_tensors(key: str, value: Tensor, quantization: str) -> dict[str, Tensor]:
     """The tensors one state_dict entry becomes on disk."""
     t = value.detach().cpu()
     if not t.is_floating_point():
@@ -334,7 +334,7 @@ def save_weights(
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for key, value in state.items():
-        stored = _stored_tensors(key, value, quant)
+        stored = stored_tensors(key, value, quant)
         nbytes = sum(t.numel() * t.element_size() for t in stored.values())
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})

@@ -28,16 +28,15 @@ from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
 from ensemble.training.calibrate import fit_temperature
-from ensemble.training.data import Sample, load_samples, select
+from ensemble.training.data import Sample, limit_balanced, load_samples, select
 from ensemble.training.loop import FaceDataset, load_best, predict
 from ensemble.weights import (
-    INT8_SCALE_SUFFIX,
     MAX_SHARD_BYTES,
     Manifest,
     dequantize_int8,
     load_model,
-    quantize_int8,
     save_weights,
+    stored_tensors,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,19 +64,12 @@ class ExportReport:
 def roundtrip(state: Mapping[str, Tensor], quantization: str) -> dict[str, Tensor]:
     """The float32 state a member gets after storing ``state`` as
     ``quantization`` and loading it back (see :func:`ensemble.weights.save_weights`)."""
-    out: dict[str, Tensor] = {}
+    stored: dict[str, Tensor] = {}
     for key, value in state.items():
-        t = value.detach().cpu()
-        if not t.is_floating_point():
-            out[key] = t
-        elif quantization == "int8" and t.dim() >= 2:
-            q, scale = quantize_int8(t)
-            out[key] = dequantize_int8({key: q, key + INT8_SCALE_SUFFIX: scale})[key]
-        elif quantization == "fp16":
-            out[key] = t.half().float()
-        else:
-            out[key] = t.float()
-    return out
+        stored.update(stored_tensors(key, value, quantization))
+    if quantization == "int8":
+        stored = dequantize_int8(stored)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in stored.items()}
 
 
 def _logits(
@@ -103,7 +95,12 @@ def export_run(
 ) -> ExportReport:
     """Calibrate, choose the precision and install ``run_dir``'s best model."""
     model, size = load_best(run_dir, spec)
-    samples = select(load_samples(data), "val")[: val_limit or None]
+    run_info: dict[str, Any] = {}
+    if (run_dir / "run.json").is_file():
+        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    seed = int(run_info.get("config", {}).get("seed", 0))
+    # The same validation samples the run validated on (same limit, same seed).
+    samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
     if not samples:
         raise ExportError(f"{data} has no validation samples to calibrate on")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -125,9 +122,6 @@ def export_run(
     probs = calibrate(logits, temperature)
     choice = choose_threshold(probs, labels)
     metrics = binary_metrics(probs, labels, choice.threshold).to_dict()
-    run_info: dict[str, Any] = {}
-    if (run_dir / "run.json").is_file():
-        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     manifest = save_weights(
         state,
         spec,

@@ -227,16 +227,18 @@ def apply_drop_path(model: nn.Module, rate: float) -> bool:
         if params is not None and hasattr(params, "drop_connect_rate"):
             module._global_params = params._replace(drop_connect_rate=rate)
             applied = True
+    # timm blocks keep an nn.Identity (EfficientNet) or None (ResNet) in their
+    # ``drop_path`` slot when built without stochastic depth.
     slots = [
-        (m, name)
+        m
         for m in model.modules()
-        for name, child in m.named_children()
-        if name == "drop_path" and isinstance(child, nn.Identity | _timm_drop_path())
+        if hasattr(m, "drop_path")
+        and (m.drop_path is None or isinstance(m.drop_path, nn.Identity | _timm_drop_path()))
     ]
     if slots and rate > 0:
         drop_path = _timm_drop_path()
-        for i, (parent, name) in enumerate(slots):
-            setattr(parent, name, drop_path(rate * i / max(len(slots) - 1, 1)))
+        for i, block in enumerate(slots):
+            block.drop_path = drop_path(rate * i / max(len(slots) - 1, 1))
         applied = True
     return applied
 
