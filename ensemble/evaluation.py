@@ -211,8 +211,8 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
             band, met = round(float(b), 4), True
             break
     outside = (p >= t + band) | (p < t - band)
-    if not met and outside.any():
-        acc = float(((p[outside] >= t) == (y[outside] == 1)).mean())
+    if not met:
+        acc = float(((p[outside] >= t) == (y[outside] == 1)).mean()) if outside.any() else None
     return ThresholdChoice(
         threshold=round(t, 4),
         uncertain_band=band,
