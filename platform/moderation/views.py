@@ -16,10 +16,10 @@ from django.views.decorators.http import require_POST
 
 from analyses import services as analyses_services
 from analyses.access import get_visible
-from analyses.models import ArtifactKind, Verdict
+from analyses.models import ArtifactKind, Status, Verdict
 from analyses.views import person_rows
 from moderation import services
-from moderation.models import Action
+from moderation.models import Action, Label
 
 View = Callable[..., HttpResponse]
 PAGE_SIZE = 50
@@ -55,6 +55,8 @@ def queue(request: HttpRequest) -> HttpResponse:
         "sort": sort,
         "states": services.QUEUE_STATES,
         "verdicts": Verdict.choices,
+        "statuses": Status.choices,
+        "labels": Label.choices,
     }
     return render(request, "moderation/queue.html", context)
 

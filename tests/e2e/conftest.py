@@ -4,6 +4,7 @@ stack (``manage.py runstack``: web server + Celery worker, embedded queue)."""
 from __future__ import annotations
 
 import os
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,7 @@ def live_stack(
     port = stack.free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "runstack.log"
-    cmd = [stack.sys.executable, str(stack.ROOT / "manage.py"), "runstack", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, str(stack.ROOT / "manage.py"), "runstack", f"127.0.0.1:{port}"]
     with stack.process(cmd, env, log) as proc:
 
         def up() -> bool:
