@@ -3,7 +3,9 @@
 Two layouts are read (README, "Training and evaluation"):
 
 - a folder with ``real/`` and ``fake/`` (optionally under ``train/``,
-  ``validation/`` (or ``val/``) and ``test/``);
+  ``validation/`` (or ``val/``) and ``test/``; names in any case, as the
+  seeds' ``Train/Real``); with ``train/`` but no ``validation/``, validation
+  is carved out of ``train/`` by the hash rule below;
 - a ``metadata.csv`` with ``file,label[,split][,original][,keypoints]``:
   ``file`` relative to the CSV's folder; ``label`` REAL/FAKE (any case) or
   0/1; ``split`` train/val/validation/test; ``original`` the real crop a fake
@@ -145,18 +147,41 @@ def _images(folder: Path) -> list[Path]:
     )
 
 
+def _subdirs(folder: Path, names: dict[str, str]) -> list[tuple[Path, str]]:
+    """``(subfolder, value)`` for the subfolders whose lower-cased name is a
+    key of ``names`` (the seeds' datasets spell them ``Train/Real`` too)."""
+    if not folder.is_dir():
+        return []
+    return [
+        (d, names[d.name.lower()])
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and d.name.lower() in names
+    ]
+
+
 def _read_folders(root: Path) -> list[Sample]:
     samples = []
-    split_dirs = [
-        d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES
-    ]
-    parts = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs] or [(root, "")]
+    parts = _subdirs(root, SPLIT_ALIASES) or [(root, "")]
+    # train/ without validation/: validation is carved out of train/ by hash.
+    has_val = any(split == "val" for _, split in parts)
     for folder, split in parts:
-        for name, label in (("real", 0), ("fake", 1)):
-            for path in _images(folder / name):
+        for class_dir, label_name in _subdirs(folder, {"real": "real", "fake": "fake"}):
+            label = LABELS[label_name]
+            for path in _images(class_dir):
                 group = str(path.relative_to(root))
-                samples.append(Sample(path, label, split or _hash_split(group), None, None, group))
+                chosen = split if split and (split != "train" or has_val) else _hash_split(group)
+                samples.append(Sample(path, label, chosen, None, None, group))
     return samples
+
+
+def split_leaks(samples: Iterable[Sample]) -> list[str]:
+    """Groups (a source and the fakes made from it) found in more than one
+    split: validation on them would measure memory, not detection."""
+    splits: dict[str, set[str]] = {}
+    for s in samples:
+        if s.group:
+            splits.setdefault(s.group, set()).add(s.split)
+    return sorted(g for g, found in splits.items() if len(found) > 1)
 
 
 def load_samples(source: Path) -> list[Sample]:
@@ -203,9 +228,14 @@ def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> l
 
 
 def data_digest(samples: Iterable[Sample], root: Path | None = None) -> str:
-    """sha256 of the sorted (file, label, split) list: names the exact data."""
+    """sha256 of the sorted ``file,label,split,sha256-of-the-file`` lines:
+    names the exact data, contents included (a re-encoded or replaced crop
+    changes it)."""
+    from ensemble.media import file_sha256
+
     lines = sorted(
-        f"{s.path.relative_to(root) if root else s.path.name},{s.label},{s.split}\n"
+        f"{s.path.relative_to(root) if root else s.path.name},{s.label},{s.split},"
+        f"{file_sha256(s.path)}\n"
         for s in samples
     )
     digest = hashlib.sha256()
