@@ -18,6 +18,7 @@ keypoints, nothing is (the sample is used unchanged).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,7 +72,11 @@ def manipulated_region(
     if original.shape[:2] != (h, w):
         original = np.asarray(cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA), np.uint8)
     if kp_fake is not None and kp_original is not None:
-        original = _warp_onto(original, kp_original, kp_fake, (h, w))
+        from ensemble.align import AlignmentError
+
+        # Degenerate keypoints: compare the crops as they are.
+        with contextlib.suppress(AlignmentError):
+            original = _warp_onto(original, kp_original, kp_fake, (h, w))
     diff = ssim_difference(fake, original)
     region = (diff >= DIFF_THRESHOLD).astype(np.uint8)
     kernel = np.ones((OPEN_KERNEL, OPEN_KERNEL), np.uint8)

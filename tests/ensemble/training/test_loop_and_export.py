@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ from safetensors.torch import load_file
 
 from ensemble.errors import WeightsIntegrityError
 from ensemble.members import load_member
+from ensemble.registry import REGISTRY as CORE_REGISTRY
 from ensemble.registry import Registry
 from ensemble.training.export import export_run, roundtrip
-from ensemble.training.loop import TrainConfig, TrainingError, apply_drop_path, train
+from ensemble.training.loop import Ema, TrainConfig, TrainingError, apply_drop_path, train
+from ensemble.training.recipes import RECIPES
 from ensemble.weights import dequantize_int8, quantize_int8, read_manifest
 from tests.training_toys import REGISTRY, write_dataset
 
@@ -86,6 +89,54 @@ def test_early_stopping_ends_the_run_when_val_loss_stops_improving(dataset: Path
     assert json.loads((tmp_path / "run.json").read_text())["stopped_early"] is True
 
 
+def test_resuming_a_run_that_stopped_early_trains_no_further(dataset: Path, tmp_path: Path):
+    config = _config(dataset, tmp_path, epochs=6, lr=1e-12, patience=1, augment=False)
+    first = train(config, SPEC, progress=False)
+    assert first.stopped_early and len(first.history) == 2
+    last = (tmp_path / "last.pt").read_bytes()
+    again = train(replace(config, resume=True), SPEC, progress=False)
+    assert again.stopped_early and [h.epoch for h in again.history] == [1, 2]
+    assert (tmp_path / "last.pt").read_bytes() == last
+
+
+def test_resume_with_other_settings_is_refused(dataset: Path, tmp_path: Path):
+    train(_config(dataset, tmp_path, epochs=1), SPEC, progress=False)
+    with pytest.raises(TrainingError, match=r"other settings.*lr"):
+        train(_config(dataset, tmp_path, epochs=1, lr=1e-2, resume=True), SPEC, progress=False)
+
+
+def test_sources_crossing_splits_are_refused(tmp_path: Path):
+    data = write_dataset(tmp_path / "data", n_train=4, n_val=4)
+    rows = (data / "metadata.csv").read_text().splitlines()
+    # The first val fake claims the first train real as its original.
+    rows[0] += ",original"
+    rows[1:] = [r + "," for r in rows[1:]]
+    first_val_fake = next(i for i, r in enumerate(rows) if r.startswith("fake/val_"))
+    rows[first_val_fake] += "real/train_000.png"
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(TrainingError, match="both train and val"):
+        train(_config(data, tmp_path / "run", epochs=1), SPEC, progress=False)
+
+
+def test_ema_decay_warms_up_from_the_first_update():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = Ema(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    # First decay min(0.999, 1/10): the average moves 90% of the way.
+    assert ema.model.weight.detach() == pytest.approx(torch.full((1, 2), 0.9))
+    for _ in range(10_000):
+        ema.update(model)
+    assert ema.current_decay() == 0.999
+
+
+def test_recipes_train_at_the_registry_input_size():
+    for name, recipe in RECIPES.items():
+        assert recipe.input_size == CORE_REGISTRY.get(name).input_size, name
+
+
 def test_resume_without_checkpoint_is_refused(dataset: Path, tmp_path: Path):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(_config(dataset, tmp_path, resume=True), SPEC, progress=False)
@@ -124,11 +175,11 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
     for f in manifest.files:
         path = weights / SPEC.name / f.path
         tensors = load_file(str(path))
-        # A shard exceeds the limit only when a single tensor does.
-        assert (
-            sum(t.numel() * t.element_size() for t in tensors.values()) <= limit
-            or len(tensors) <= 2
-        )
+        assert f.bytes == path.stat().st_size
+        # The file (header included) exceeds the limit only when it holds a
+        # single state_dict entry (a tensor and, for int8, its scales).
+        entries = {k.removesuffix(":int8_scale") for k in tensors}
+        assert path.stat().st_size <= limit or len(entries) == 1, (f.path, sorted(entries))
     assert manifest.temperature == pytest.approx(report.temperature)
     assert manifest.provenance["data"] == "toy squares"
     assert manifest.provenance["command"] == "pytest"
