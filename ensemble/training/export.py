@@ -31,10 +31,12 @@ from ensemble.training.calibrate import fit_temperature
 from ensemble.training.data import Sample, limit_balanced, load_samples, select
 from ensemble.training.loop import FaceDataset, load_best, predict
 from ensemble.weights import (
+    MANIFEST_NAME,
     MAX_SHARD_BYTES,
     Manifest,
     dequantize_int8,
     load_model,
+    read_manifest,
     save_weights,
     stored_tensors,
 )
@@ -46,6 +48,8 @@ AUC_TOLERANCE = 0.005
 # The reloaded member must reproduce the measured logits this closely.
 RELOAD_ATOL = 1e-4
 EVAL_BATCH = 64
+# All weights committed to the repository together stay under this.
+COMMITTED_WEIGHTS_LIMIT = 150 * 1000 * 1000
 
 
 class ExportError(RuntimeError):
@@ -59,6 +63,15 @@ class ExportReport:
     temperature: float
     threshold: float
     auc: dict[str, float | None]
+
+
+def installed_bytes(weights_dir: Path) -> int:
+    """Bytes of every weight file listed by a manifest under ``weights_dir``."""
+    total = 0
+    for path in sorted(weights_dir.glob(f"*/{MANIFEST_NAME}")):
+        manifest = read_manifest(weights_dir, path.parent.name)
+        total += sum(f.bytes for f in manifest.files)
+    return total
 
 
 def roundtrip(state: Mapping[str, Tensor], quantization: str) -> dict[str, Tensor]:
@@ -157,6 +170,13 @@ def export_run(
             f"the exported {spec.name} does not reproduce the measured validation logits "
             f"(max difference {np.abs(again - logits).max():.2e})"
         )
+    total = installed_bytes(weights_dir)
+    if total > COMMITTED_WEIGHTS_LIMIT:
+        logger.warning(
+            "the members under %s take %.1f MB together, over the %.0f MB that may be "
+            "committed (README, Export format)",
+            weights_dir, total / 1e6, COMMITTED_WEIGHTS_LIMIT / 1e6,
+        )  # fmt: skip
     logger.info(
         "exported %s as %s (T=%.3f, threshold %.3f, AUC %s)",
         spec.name, quant, temperature, choice.threshold, auc,

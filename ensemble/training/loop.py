@@ -302,6 +302,12 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     ]
 
 
+def smooth_targets(labels: Tensor, smoothing: float) -> Tensor:
+    """Binary label smoothing: 0/1 targets become ``smoothing / 2`` and
+    ``1 - smoothing / 2`` (the two-class form of smoothing towards uniform)."""
+    return labels * (1 - smoothing) + 0.5 * smoothing
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier per step: linear warm-up, then cosine from 1 to ``min_ratio``."""
 
@@ -532,7 +538,7 @@ def train(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            target = y * (1 - recipe.label_smoothing) + 0.5 * recipe.label_smoothing
+            target = smooth_targets(y, recipe.label_smoothing)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).reshape(-1)
             loss = criterion(logits.float(), target)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,16 @@ from ensemble.errors import WeightsIntegrityError
 from ensemble.members import load_member
 from ensemble.registry import REGISTRY as CORE_REGISTRY
 from ensemble.registry import Registry
-from ensemble.training.export import export_run, roundtrip
-from ensemble.training.loop import Ema, TrainConfig, TrainingError, apply_drop_path, train
+from ensemble.training.export import export_run, installed_bytes, roundtrip
+from ensemble.training.loop import (
+    Ema,
+    TrainConfig,
+    TrainingError,
+    apply_drop_path,
+    smooth_targets,
+    train,
+    warmup_cosine,
+)
 from ensemble.training.recipes import RECIPES
 from ensemble.weights import dequantize_int8, quantize_int8, read_manifest
 from tests.training_toys import REGISTRY, write_dataset
@@ -180,6 +189,7 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
         # single state_dict entry (a tensor and, for int8, its scales).
         entries = {k.removesuffix(":int8_scale") for k in tensors}
         assert path.stat().st_size <= limit or len(entries) == 1, (f.path, sorted(entries))
+    assert installed_bytes(weights) == sum(f.bytes for f in manifest.files)
     assert manifest.temperature == pytest.approx(report.temperature)
     assert manifest.provenance["data"] == "toy squares"
     assert manifest.provenance["command"] == "pytest"
@@ -208,3 +218,21 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
     shard.write_bytes(bytes(data))
     with pytest.raises(WeightsIntegrityError, match="damaged or was replaced"):
         load_member(SPEC.name, weights, registry=registry)
+
+
+def test_warmup_then_cosine_schedule_has_no_off_by_one():
+    factor = warmup_cosine(total_steps=110, warmup_steps=10, min_ratio=0.01)
+    # The first optimizer step already gets a non-zero rate; warm-up ends at 1.
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert factor(110) == pytest.approx(0.01) and factor(500) == pytest.approx(0.01)
+    after = [factor(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(after))
+    assert warmup_cosine(10, 0, 0.0)(0) == pytest.approx(1.0)
+
+
+def test_label_smoothing_pulls_bce_targets_towards_one_half():
+    targets = smooth_targets(torch.tensor([0.0, 1.0]), 0.1)
+    assert targets.tolist() == pytest.approx([0.05, 0.95])
+    assert smooth_targets(torch.tensor([0.0, 1.0]), 0.0).tolist() == [0.0, 1.0]

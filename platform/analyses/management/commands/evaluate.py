@@ -40,7 +40,10 @@ class Command(BaseCommand):
         parser.add_argument("--labels", type=Path, help="CSV with file,label for --videos")
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument("--frames", type=int, help="frames sampled per video")
-        parser.add_argument("--limit", type=int, help="at most N samples (balanced)")
+        parser.add_argument(
+            "--limit", type=int,
+            help="at most N samples (--faces: balanced, seed 0; --videos: the first N rows)",
+        )  # fmt: skip
         parser.add_argument(
             "--threshold", type=float, help="decision threshold (default: settings)"
         )

@@ -77,7 +77,7 @@ class Command(BaseCommand):
             spec = analysis_registry().get(o["member"])
         except RegistryError as e:
             raise CommandError(str(e)) from e
-        command = "python manage.py " + shlex.join(["train_detector", *sys.argv[2:]])
+        command = _command_line(o)
         try:
             if not o["export_only"]:
                 detect = None
@@ -120,3 +120,25 @@ class Command(BaseCommand):
 
         config = analysis_config()
         return make(FaceDetector.load(config.faces, config.cache_dir, config.device))
+
+
+def _command_line(options: dict[str, Any]) -> str:
+    """The command as typed, or (when called from code, where ``sys.argv`` is
+    another program's) rebuilt from the options that were given."""
+    if len(sys.argv) > 1 and sys.argv[1] == "train_detector":
+        return "python manage.py " + shlex.join(sys.argv[1:])
+    args = ["train_detector"]
+    for key in sorted(options):
+        value = options[key]
+        if key in _DJANGO_OPTIONS or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return "python manage.py " + shlex.join(args) + "  # rebuilt from call_command options"
+
+
+# Options every Django command has; not part of a training run's settings.
+_DJANGO_OPTIONS = frozenset(
+    {"verbosity", "settings", "pythonpath", "traceback", "no_color", "force_color",
+     "skip_checks", "stdout", "stderr"}
+)  # fmt: skip
