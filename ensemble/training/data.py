@@ -213,7 +213,9 @@ def select(samples: Iterable[Sample], split: str | None) -> list[Sample]:
 
 def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
     """At most ``limit`` samples, half of each class where possible, chosen
-    reproducibly by ``seed`` (fakes keep their originals when those are kept)."""
+    reproducibly by ``seed``. Reals and fakes are drawn independently, so a
+    kept fake's original may be left out (the blackout then compares it with
+    its original unaligned, or falls back to a face part)."""
     if limit is None or len(samples) <= limit:
         return list(samples)
     rng = np.random.default_rng(seed)

@@ -90,6 +90,16 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset: Path, tmp_path: Path):
             assert torch.equal(v, last_b[key][k]), (key, k)
 
 
+def test_loader_worker_processes_do_not_change_the_run(dataset: Path, tmp_path: Path):
+    settings = dict(epochs=1, sbi_prob=0.3, blackout_prob=0.5)
+    alone = train(_config(dataset, tmp_path / "w0", **settings), SPEC, progress=False)
+    workers = train(_config(dataset, tmp_path / "w2", num_workers=2, **settings), SPEC,
+                    progress=False)  # fmt: skip
+    assert [(h.train_loss, h.val_loss) for h in alone.history] == [
+        (h.train_loss, h.val_loss) for h in workers.history
+    ]
+
+
 def test_early_stopping_ends_the_run_when_val_loss_stops_improving(dataset: Path, tmp_path: Path):
     # A learning rate too small to move the weights: validation loss cannot improve.
     result = train(_config(dataset, tmp_path, epochs=6, lr=1e-12, patience=2, augment=False),
