@@ -346,7 +346,8 @@ def code_version(root: Path | None = None) -> str:
 # --- The loop ---------------------------------------------------------------
 
 
-def _resolve(config: TrainConfig, spec: MemberSpec) -> Recipe:
+def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
+    """The member's recipe with the run's overrides applied."""
     r = recipe_for(spec)
     return replace(
         r,
@@ -410,7 +411,7 @@ def train(
     """
     from tqdm import tqdm
 
-    recipe = _resolve(config, spec)
+    recipe = resolve_recipe(config, spec)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     device = config.device

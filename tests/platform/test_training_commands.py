@@ -130,6 +130,25 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
     assert result["n"] == {"real": 4, "fake": 4} and set(result["members"]) == {"toy_b"}
 
 
+def test_train_detector_finds_keypoints_when_the_recipe_blacks_out(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dataclasses import replace
+
+    from ensemble.training import recipes
+
+    # Like B7's recipe: the blackout is on without any flag.
+    toy = replace(recipes.DEFAULT_RECIPE, input_size=24, blackout_prob=0.5)
+    monkeypatch.setitem(recipes.RECIPES, "toy_b", toy)
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, keypoints=False)
+    run = tmp_path / "run"
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
+                 "--epochs", "1", "--batch-size", "8")  # fmt: skip
+    assert json.loads((run / "run.json").read_text())["recipe"]["blackout_prob"] == 0.5
+    cached = json.loads((run / "keypoints.json").read_text())
+    assert len(cached) == 8  # every training crop was looked at once
+
+
 def test_train_detector_refuses_unknown_member_and_bad_data(site: Path, tmp_path: Path):
     with pytest.raises(CommandError, match="known detectors"):
         call_command("train_detector", "--member", "nope", "--data", str(tmp_path), "--out",

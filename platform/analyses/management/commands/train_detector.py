@@ -71,7 +71,7 @@ class Command(BaseCommand):
         from ensemble.errors import RegistryError
         from ensemble.training.data import DatasetError, blazeface_keypoints
         from ensemble.training.export import ExportError, export_run
-        from ensemble.training.loop import TrainConfig, TrainingError, train
+        from ensemble.training.loop import TrainConfig, TrainingError, resolve_recipe, train
 
         try:
             spec = analysis_registry().get(o["member"])
@@ -80,9 +80,6 @@ class Command(BaseCommand):
         command = _command_line(o)
         try:
             if not o["export_only"]:
-                detect = None
-                if (o["sbi"] or o["ssim_blackout"]) and not o["no_keypoints"]:
-                    detect = self._detector(blazeface_keypoints)
                 config = TrainConfig(
                     member=spec.name, data=o["data"], out=o["out"], epochs=o["epochs"],
                     batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
@@ -91,6 +88,12 @@ class Command(BaseCommand):
                     limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
                     augment=not o["no_augment"], resume=o["resume"], command=command,
                 )  # fmt: skip
+                # Keypoints are needed whenever the run uses SBI or the
+                # blackout, from a flag or from the recipe (B7's blackout).
+                recipe = resolve_recipe(config, spec)
+                detect = None
+                if (recipe.sbi_prob or recipe.blackout_prob) and not o["no_keypoints"]:
+                    detect = self._detector(blazeface_keypoints)
                 result = train(config, spec, detect=detect, progress=True)
                 early = " (stopped early)" if result.stopped_early else ""
                 self.stdout.write(
