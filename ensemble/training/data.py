@@ -276,21 +276,39 @@ def resize_to(
 
 DetectFn = Callable[[list[RGBImage]], list[Keypoints | None]]
 KEYPOINT_BATCH = 64
+# Border added around a crop before BlazeFace looks for its keypoints, as a
+# share of the side: on 200 dfdc_faces training crops the front model found a
+# face in 41% of the crops as they are and in 94.5% with this border.
+KEYPOINT_PAD = 0.25
+
+
+def pad_crop(image: RGBImage, share: float = KEYPOINT_PAD) -> tuple[RGBImage, int, int]:
+    """``image`` inside a black border of ``share`` of its width/height on each
+    side, and the border's ``(x, y)`` offset."""
+    h, w = image.shape[:2]
+    px, py = round(share * w), round(share * h)
+    out: RGBImage = np.asarray(
+        cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8
+    )
+    return out, px, py
 
 
 def blazeface_keypoints(detector: object) -> DetectFn:
     """A ``DetectFn`` from an :class:`ensemble.faces.FaceDetector`: the best
-    detection's keypoints per crop, or None when no face is found."""
+    detection's keypoints per crop (in crop pixels), or None when no face is
+    found. Crops are padded first (:data:`KEYPOINT_PAD`): BlazeFace's front
+    model finds far fewer faces that fill the whole image."""
     from ensemble.faces import FaceDetector
 
     if not isinstance(detector, FaceDetector):
         raise TypeError("expected an ensemble.faces.FaceDetector")
 
     def detect(images: list[RGBImage]) -> list[Keypoints | None]:
+        padded = [pad_crop(image) for image in images]
         out: list[Keypoints | None] = []
-        for dets in detector.detect(images):
+        for (_, px, py), dets in zip(padded, detector.detect([p[0] for p in padded]), strict=True):
             if dets:
-                out.append(tuple((float(x), float(y)) for x, y in dets[0].keypoints))
+                out.append(tuple((float(x) - px, float(y) - py) for x, y in dets[0].keypoints))
             else:
                 out.append(None)
         return out
