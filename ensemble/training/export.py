@@ -112,7 +112,10 @@ def export_run(
     if (run_dir / "run.json").is_file():
         run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     seed = int(run_info.get("config", {}).get("seed", 0))
-    # The same validation samples the run validated on (same limit, same seed).
+    if val_limit is None:
+        val_limit = run_info.get("config", {}).get("val_limit")
+    # The same validation samples the run validated on (same limit, same seed),
+    # unless another limit is asked for.
     samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
     if not samples:
         raise ExportError(f"{data} has no validation samples to calibrate on")

@@ -246,3 +246,11 @@ def test_label_smoothing_pulls_bce_targets_towards_one_half():
     targets = smooth_targets(torch.tensor([0.0, 1.0]), 0.1)
     assert targets.tolist() == pytest.approx([0.05, 0.95])
     assert smooth_targets(torch.tensor([0.0, 1.0]), 0.0).tolist() == [0.0, 1.0]
+
+
+def test_export_calibrates_on_the_run_s_own_validation_subset(dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1, val_limit=6), SPEC, progress=False)
+    export_run(run, SPEC, tmp_path / "weights", data=dataset)
+    manifest = read_manifest(tmp_path / "weights", SPEC.name)
+    assert manifest.metrics["n"] == {"real": 3, "fake": 3}

@@ -50,7 +50,10 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
         parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
         parser.add_argument("--limit", type=int, help="at most N training samples (balanced)")
-        parser.add_argument("--val-limit", type=int, help="at most N validation samples")
+        parser.add_argument(
+            "--val-limit", type=int,
+            help="at most N validation samples (export: the run's own limit by default)",
+        )  # fmt: skip
         parser.add_argument("--workers", type=int, default=0, help="data loader processes")
         parser.add_argument("--no-augment", action="store_true")
         parser.add_argument(
