@@ -5,15 +5,17 @@ validation split (:mod:`ensemble.training.calibrate`), picks the member's own
 threshold by the documented rule (:func:`ensemble.evaluation.choose_threshold`),
 and chooses the storage precision: int8 per-channel when its validation AUC
 stays within ``AUC_TOLERANCE`` of fp32's, else fp16. It then writes the
-safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest, and
-reloads the member through the normal hash-checked path to check that what
-was written is what was measured.
+safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest into a
+staging folder, reloads the member from there through the normal hash-checked
+path to check that what was written is what was measured, and only then
+installs it in the weights folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,15 +140,12 @@ def export_run(
     probs = calibrate(logits, temperature)
     choice = choose_threshold(probs, labels)
     metrics = binary_metrics(probs, labels, choice.threshold).to_dict()
-    manifest = save_weights(
-        state,
-        spec,
-        weights_dir,
-        input_size=size,
-        quantization=quant,
-        temperature=temperature,
-        threshold=choice.threshold,
-        provenance={
+    written: dict[str, Any] = {
+        "input_size": size,
+        "quantization": quant,
+        "temperature": temperature,
+        "threshold": choice.threshold,
+        "provenance": {
             "source": "trained",
             "data": description or str(data),
             "data_digest": run_info.get("data_digest"),
@@ -156,7 +155,7 @@ def export_run(
             "recipe": run_info.get("recipe"),
             "calibrated": True,
         },
-        metrics={
+        "metrics": {
             "split": "val",
             "n": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
             "auc_by_precision": auc,
@@ -164,15 +163,22 @@ def export_run(
             "uncertain_band": choice.uncertain_band,
             **metrics,
         },
-        max_shard_bytes=max_shard_bytes,
-    )
-    reloaded, _ = load_model(spec, weights_dir)
-    again, _ = _logits(reloaded, samples, spec, size)
-    if not np.allclose(again, logits, atol=RELOAD_ATOL):
-        raise ExportError(
-            f"the exported {spec.name} does not reproduce the measured validation logits "
-            f"(max difference {np.abs(again - logits).max():.2e})"
-        )
+        "max_shard_bytes": max_shard_bytes,
+    }
+    # Written and checked in a staging folder first, so a failed check leaves
+    # the installed member as it was.
+    with tempfile.TemporaryDirectory(prefix="export-") as staging:
+        staged = save_weights(state, spec, Path(staging), **written)
+        reloaded, _ = load_model(spec, Path(staging))
+        again, _ = _logits(reloaded, samples, spec, size)
+        if not np.allclose(again, logits, atol=RELOAD_ATOL):
+            raise ExportError(
+                f"the exported {spec.name} does not reproduce the measured validation logits "
+                f"(max difference {np.abs(again - logits).max():.2e}); nothing was installed"
+            )
+    manifest = save_weights(state, spec, weights_dir, **written)
+    if manifest.weights_sha256 != staged.weights_sha256:
+        raise ExportError(f"{weights_dir / spec.name} differs from the checked export")
     total = installed_bytes(weights_dir)
     if total > COMMITTED_WEIGHTS_LIMIT:
         logger.warning(

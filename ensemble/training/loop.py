@@ -68,6 +68,8 @@ CHECKPOINT_VERSION = 2
 # The EMA decay warms up as (1 + n) / (EMA_WARMUP + n) after n updates.
 EMA_WARMUP = 10
 LAST = "last.pt"
+# --device auto: CUDA (bf16, channels_last) when available, else the CPU (fp32).
+AUTO_DEVICE = "auto"
 BEST = "best.pt"
 LOG_FIELDS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
@@ -346,6 +348,13 @@ def code_version(root: Path | None = None) -> str:
 # --- The loop ---------------------------------------------------------------
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"``: CUDA when there is one, else the CPU; anything else as given."""
+    if device == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
     """The member's recipe with the run's overrides applied."""
     r = recipe_for(spec)
@@ -414,7 +423,7 @@ def train(
     recipe = resolve_recipe(config, spec)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    device = config.device
+    device = resolve_device(config.device)
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise TrainingError(f"device {device!r} was asked for but CUDA is not available")

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
@@ -144,7 +145,10 @@ def test_train_detector_finds_keypoints_when_the_recipe_blacks_out(
     run = tmp_path / "run"
     call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
                  "--epochs", "1", "--batch-size", "8")  # fmt: skip
-    assert json.loads((run / "run.json").read_text())["recipe"]["blackout_prob"] == 0.5
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["recipe"]["blackout_prob"] == 0.5
+    # --device auto (the default): the CPU on a machine without CUDA.
+    assert run_info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     cached = json.loads((run / "keypoints.json").read_text())
     assert len(cached) == 8  # every training crop was looked at once
 

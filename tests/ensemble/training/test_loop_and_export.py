@@ -254,3 +254,29 @@ def test_export_calibrates_on_the_run_s_own_validation_subset(dataset: Path, tmp
     export_run(run, SPEC, tmp_path / "weights", data=dataset)
     manifest = read_manifest(tmp_path / "weights", SPEC.name)
     assert manifest.metrics["n"] == {"real": 3, "fake": 3}
+
+
+def test_failed_export_check_leaves_the_installed_member_alone(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from ensemble.training import export
+    from ensemble.weights import save_weights
+
+    weights = tmp_path / "weights"
+    before = save_weights(SPEC.build().state_dict(), SPEC, weights)
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    real_load = export.load_model
+
+    def damaged_on_disk(spec, folder):
+        model, manifest = real_load(spec, folder)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return model, manifest
+
+    monkeypatch.setattr(export, "load_model", damaged_on_disk)
+    with pytest.raises(export.ExportError, match="nothing was installed"):
+        export_run(run, SPEC, weights, data=dataset)
+    assert read_manifest(weights, SPEC.name).weights_sha256 == before.weights_sha256
+    load_member(SPEC.name, weights, registry=REGISTRY)

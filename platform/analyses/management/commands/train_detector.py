@@ -48,7 +48,10 @@ class Command(BaseCommand):
         parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
         parser.add_argument("--input-size", type=int)
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-        parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        parser.add_argument(
+            "--device", default="auto",
+            help="auto (CUDA when available, else CPU), cpu or cuda[:N]",
+        )  # fmt: skip
         parser.add_argument("--limit", type=int, help="at most N training samples (balanced)")
         parser.add_argument(
             "--val-limit", type=int,
