@@ -104,6 +104,15 @@ def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
     assert result["ensemble"]["confusion"][0] == [int(not called_fake), int(called_fake)]
 
 
+def test_evaluate_json_to_stdout_is_json_alone(site: Path, tmp_path: Path, capsys):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys")
+    call_command("evaluate", "--faces", str(data), "--json", "-", "--out", str(tmp_path / "f"))
+    printed = capsys.readouterr()
+    assert set(json.loads(printed.out)) == {"ensemble", "members", "n"}
+    assert "bright: AUC" in printed.err
+
+
 def test_evaluate_needs_one_source(site: Path):
     with pytest.raises(CommandError, match="either --faces or --videos"):
         call_command("evaluate")

@@ -88,13 +88,15 @@ class Command(BaseCommand):
         elif o["json"]:
             Path(o["json"]).parent.mkdir(parents=True, exist_ok=True)
             Path(o["json"]).write_text(text, encoding="utf-8")
+        # With --json - the JSON alone goes to stdout, so it can be piped.
+        summary = self.stderr if o["json"] == "-" else self.stdout
         for name, m in [("ensemble", result["ensemble"]), *result["members"].items()]:
             auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
-            self.stdout.write(
+            summary.write(
                 f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, "
                 f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
             )
-        self.stdout.write(
+        summary.write(
             f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {o['out']}; "
             f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
         )
