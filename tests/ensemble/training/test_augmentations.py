@@ -85,6 +85,16 @@ def test_ssim_region_aligns_an_original_that_moved() -> None:
     assert (unaligned & ~near).sum() > 5 * max((aligned & ~near).sum(), 1)
 
 
+def test_ssim_region_ignores_keypoint_noise_on_a_pair_that_already_coincides() -> None:
+    original, kp_o, fake, kp_f, rect = _synthetic_pair()
+    jitter = np.random.default_rng(5).uniform(-4, 4, size=(6, 2))
+    noisy_kp_o = tuple((x + dx, y + dy) for (x, y), (dx, dy) in zip(kp_o, jitter, strict=True))
+    as_is = manipulated_region(fake, original) > 0
+    with_noise = manipulated_region(fake, original, kp_f, noisy_kp_o) > 0
+    assert np.array_equal(with_noise, as_is)
+    assert (with_noise & _grown(rect, 6)).sum() / with_noise.sum() > 0.95
+
+
 def test_blackout_hides_part_of_the_altered_region() -> None:
     original, _kp_o, fake, _kp_f, rect = _synthetic_pair()
     near = _grown(rect, 6)
