@@ -355,9 +355,5 @@ def attach_keypoints(
     return [s if s.keypoints is not None else replace(s, keypoints=lookup(s.path)) for s in samples]
 
 
-def keypoints_of(samples: Sequence[Sample]) -> dict[Path, Keypoints | None]:
-    return {s.path: s.keypoints for s in samples}
-
-
 def labels_array(samples: Sequence[Sample]) -> npt.NDArray[np.float64]:
     return np.asarray([s.label for s in samples], dtype=np.float64)

@@ -6,7 +6,7 @@ import pytest
 
 from ensemble.training.augment import augment, build_augment
 from ensemble.training.masks import face_mask, face_outline, part_mask
-from ensemble.training.sbi import self_blend
+from ensemble.training.sbi import changed_fraction_inside, self_blend
 from ensemble.training.ssim_blackout import manipulated_region, ssim_blackout
 from tests.training_toys import face_crop, face_keypoints
 
@@ -33,6 +33,17 @@ def test_self_blend_mask_lands_on_the_face_and_only_there() -> None:
         assert sb.mask[ny, nx] > 0.5 * sb.ratio
         # Corners of the crop are background: no blending there.
         assert sb.mask[:8, :8].max() < 1e-3
+
+
+def test_self_blend_with_a_perturbed_source_changes_only_the_blended_region() -> None:
+    image, kp = face_crop(SIZE), face_keypoints(SIZE)
+    # The first draw picks the perturbed copy: below 0.5, the source.
+    seeds = [s for s in range(40) if np.random.default_rng(s).random() < 0.5][:5]
+    for seed in seeds:
+        sb = self_blend(image, kp, np.random.default_rng(seed))
+        changed = np.abs(sb.image.astype(int) - image.astype(int)).max(axis=2) > 0
+        assert changed.sum() > 0.05 * face_mask(kp, (SIZE, SIZE)).sum()
+        assert changed_fraction_inside(image, sb.image, sb.mask) == 1.0
 
 
 def test_self_blend_without_keypoints_uses_a_centred_ellipse() -> None:
