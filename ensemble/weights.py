@@ -37,6 +37,11 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 # Shards stay below the size a single file may have in transfers and reviews.
 MAX_SHARD_BYTES = 15 * 1024 * 1024
+# A safetensors file is an 8-byte length, a JSON header (padded to 8 bytes)
+# and the tensor data; the shard limit counts the header too.
+SHARD_HEADER_BYTES = 16
+SAFETENSORS_ENTRY_BYTES = 64
+MAX_DIGITS = 21  # an int64 written in decimal, with its separator
 _DATAPARALLEL_PREFIX = "module."
 # int8 shards store each quantised tensor's per-output-channel scales beside it
 # under this suffix (":" never occurs in a PyTorch state_dict key).
@@ -287,6 +292,12 @@ def stored_tensors(key: str, value: Tensor, quantization: str) -> dict[str, Tens
     return {key: t.to(dtype).contiguous()}
 
 
+def _header_entry_bytes(key: str, tensor: Tensor) -> int:
+    """An upper bound of the bytes ``key``'s entry takes in a safetensors
+    JSON header: ``"key":{"dtype":"F16","shape":[...],"data_offsets":[a,b]},``."""
+    return len(json.dumps(key)) + SAFETENSORS_ENTRY_BYTES + MAX_DIGITS * (tensor.dim() + 2)
+
+
 def load_model(spec: MemberSpec, weights_dir: Path) -> tuple[nn.Module, Manifest]:
     """Build the member's architecture and load its installed weights strictly."""
     manifest = read_manifest(weights_dir, spec.name)
@@ -332,20 +343,29 @@ def save_weights(
     for old in folder.glob(f"{spec.name}-*.safetensors"):
         old.unlink()
     shards: list[dict[str, Tensor]] = [{}]
-    size = 0
+    size = SHARD_HEADER_BYTES
     for key, value in state.items():
         stored = stored_tensors(key, value, quant)
-        nbytes = sum(t.numel() * t.element_size() for t in stored.values())
+        nbytes = sum(
+            t.numel() * t.element_size() + _header_entry_bytes(k, t) for k, t in stored.items()
+        )
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
-            size = 0
+            size = SHARD_HEADER_BYTES
         shards[-1].update(stored)
         size += nbytes
     files = []
     for i, shard in enumerate(shards):
         path = folder / f"{spec.name}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
         save_file(shard, str(path))
-        files.append(WeightFile(path.name, file_sha256(path), path.stat().st_size))
+        nbytes = path.stat().st_size
+        if nbytes > max_shard_bytes:
+            # Only a single state_dict entry larger than the limit gets here.
+            logger.warning(
+                "%s is %d bytes, over the %d-byte shard limit: tensor %s alone is that large",
+                path.name, nbytes, max_shard_bytes, sorted(shard)[0],
+            )  # fmt: skip
+        files.append(WeightFile(path.name, file_sha256(path), nbytes))
     manifest = Manifest(
         member=spec.name,
         architecture=spec.build.__name__,

@@ -3,7 +3,9 @@
 Two layouts are read (README, "Training and evaluation"):
 
 - a folder with ``real/`` and ``fake/`` (optionally under ``train/``,
-  ``validation/`` (or ``val/``) and ``test/``);
+  ``validation/`` (or ``val/``) and ``test/``; names in any case, as the
+  seeds' ``Train/Real``); with ``train/`` but no ``validation/``, validation
+  is carved out of ``train/`` by the hash rule below;
 - a ``metadata.csv`` with ``file,label[,split][,original][,keypoints]``:
   ``file`` relative to the CSV's folder; ``label`` REAL/FAKE (any case) or
   0/1; ``split`` train/val/validation/test; ``original`` the real crop a fake
@@ -145,18 +147,41 @@ def _images(folder: Path) -> list[Path]:
     )
 
 
+def _subdirs(folder: Path, names: dict[str, str]) -> list[tuple[Path, str]]:
+    """``(subfolder, value)`` for the subfolders whose lower-cased name is a
+    key of ``names`` (the seeds' datasets spell them ``Train/Real`` too)."""
+    if not folder.is_dir():
+        return []
+    return [
+        (d, names[d.name.lower()])
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and d.name.lower() in names
+    ]
+
+
 def _read_folders(root: Path) -> list[Sample]:
     samples = []
-    split_dirs = [
-        d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES
-    ]
-    parts = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs] or [(root, "")]
+    parts = _subdirs(root, SPLIT_ALIASES) or [(root, "")]
+    # train/ without validation/: validation is carved out of train/ by hash.
+    has_val = any(split == "val" for _, split in parts)
     for folder, split in parts:
-        for name, label in (("real", 0), ("fake", 1)):
-            for path in _images(folder / name):
+        for class_dir, label_name in _subdirs(folder, {"real": "real", "fake": "fake"}):
+            label = LABELS[label_name]
+            for path in _images(class_dir):
                 group = str(path.relative_to(root))
-                samples.append(Sample(path, label, split or _hash_split(group), None, None, group))
+                chosen = split if split and (split != "train" or has_val) else _hash_split(group)
+                samples.append(Sample(path, label, chosen, None, None, group))
     return samples
+
+
+def split_leaks(samples: Iterable[Sample]) -> list[str]:
+    """Groups (a source and the fakes made from it) found in more than one
+    split: validation on them would measure memory, not detection."""
+    splits: dict[str, set[str]] = {}
+    for s in samples:
+        if s.group:
+            splits.setdefault(s.group, set()).add(s.split)
+    return sorted(g for g, found in splits.items() if len(found) > 1)
 
 
 def load_samples(source: Path) -> list[Sample]:
@@ -188,7 +213,9 @@ def select(samples: Iterable[Sample], split: str | None) -> list[Sample]:
 
 def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
     """At most ``limit`` samples, half of each class where possible, chosen
-    reproducibly by ``seed`` (fakes keep their originals when those are kept)."""
+    reproducibly by ``seed``. Reals and fakes are drawn independently, so a
+    kept fake's original may be left out (the blackout then compares it with
+    its original unaligned, or falls back to a face part)."""
     if limit is None or len(samples) <= limit:
         return list(samples)
     rng = np.random.default_rng(seed)
@@ -203,9 +230,14 @@ def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> l
 
 
 def data_digest(samples: Iterable[Sample], root: Path | None = None) -> str:
-    """sha256 of the sorted (file, label, split) list: names the exact data."""
+    """sha256 of the sorted ``file,label,split,sha256-of-the-file`` lines:
+    names the exact data, contents included (a re-encoded or replaced crop
+    changes it)."""
+    from ensemble.media import file_sha256
+
     lines = sorted(
-        f"{s.path.relative_to(root) if root else s.path.name},{s.label},{s.split}\n"
+        f"{s.path.relative_to(root) if root else s.path.name},{s.label},{s.split},"
+        f"{file_sha256(s.path)}\n"
         for s in samples
     )
     digest = hashlib.sha256()
@@ -244,21 +276,41 @@ def resize_to(
 
 DetectFn = Callable[[list[RGBImage]], list[Keypoints | None]]
 KEYPOINT_BATCH = 64
+# Border added around a crop before BlazeFace looks for its keypoints, as a
+# share of the side: on the 200 dfdc_faces training crops that
+# limit_balanced(..., 200, seed=0) picks, the front model found a face in 41%
+# of the crops as they are and in 94.5% with this border (a one-off check in
+# review; tests/ensemble/training/test_shared_datasets.py keeps >= 80% on 40).
+KEYPOINT_PAD = 0.25
+
+
+def pad_crop(image: RGBImage, share: float = KEYPOINT_PAD) -> tuple[RGBImage, int, int]:
+    """``image`` inside a black border of ``share`` of its width/height on each
+    side, and the border's ``(x, y)`` offset."""
+    h, w = image.shape[:2]
+    px, py = round(share * w), round(share * h)
+    out: RGBImage = np.asarray(
+        cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8
+    )
+    return out, px, py
 
 
 def blazeface_keypoints(detector: object) -> DetectFn:
     """A ``DetectFn`` from an :class:`ensemble.faces.FaceDetector`: the best
-    detection's keypoints per crop, or None when no face is found."""
+    detection's keypoints per crop (in crop pixels), or None when no face is
+    found. Crops are padded first (:data:`KEYPOINT_PAD`): BlazeFace's front
+    model finds far fewer faces that fill the whole image."""
     from ensemble.faces import FaceDetector
 
     if not isinstance(detector, FaceDetector):
         raise TypeError("expected an ensemble.faces.FaceDetector")
 
     def detect(images: list[RGBImage]) -> list[Keypoints | None]:
+        padded = [pad_crop(image) for image in images]
         out: list[Keypoints | None] = []
-        for dets in detector.detect(images):
+        for (_, px, py), dets in zip(padded, detector.detect([p[0] for p in padded]), strict=True):
             if dets:
-                out.append(tuple((float(x), float(y)) for x, y in dets[0].keypoints))
+                out.append(tuple((float(x) - px, float(y) - py) for x, y in dets[0].keypoints))
             else:
                 out.append(None)
         return out
@@ -301,10 +353,6 @@ def attach_keypoints(
         return None if value is None else tuple((float(x), float(y)) for x, y in value)
 
     return [s if s.keypoints is not None else replace(s, keypoints=lookup(s.path)) for s in samples]
-
-
-def keypoints_of(samples: Sequence[Sample]) -> dict[Path, Keypoints | None]:
-    return {s.path: s.keypoints for s in samples}
 
 
 def labels_array(samples: Sequence[Sample]) -> npt.NDArray[np.float64]:

@@ -5,15 +5,17 @@ validation split (:mod:`ensemble.training.calibrate`), picks the member's own
 threshold by the documented rule (:func:`ensemble.evaluation.choose_threshold`),
 and chooses the storage precision: int8 per-channel when its validation AUC
 stays within ``AUC_TOLERANCE`` of fp32's, else fp16. It then writes the
-safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest, and
-reloads the member through the normal hash-checked path to check that what
-was written is what was measured.
+safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest into a
+staging folder, reloads the member from there through the normal hash-checked
+path to check that what was written is what was measured, and only then
+installs it in the weights folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,12 @@ from ensemble.training.calibrate import fit_temperature
 from ensemble.training.data import Sample, limit_balanced, load_samples, select
 from ensemble.training.loop import FaceDataset, load_best, predict
 from ensemble.weights import (
+    MANIFEST_NAME,
     MAX_SHARD_BYTES,
     Manifest,
     dequantize_int8,
     load_model,
+    read_manifest,
     save_weights,
     stored_tensors,
 )
@@ -46,6 +50,8 @@ AUC_TOLERANCE = 0.005
 # The reloaded member must reproduce the measured logits this closely.
 RELOAD_ATOL = 1e-4
 EVAL_BATCH = 64
+# All weights committed to the repository together stay under this.
+COMMITTED_WEIGHTS_LIMIT = 150 * 1000 * 1000
 
 
 class ExportError(RuntimeError):
@@ -59,6 +65,15 @@ class ExportReport:
     temperature: float
     threshold: float
     auc: dict[str, float | None]
+
+
+def installed_bytes(weights_dir: Path) -> int:
+    """Bytes of every weight file listed by a manifest under ``weights_dir``."""
+    total = 0
+    for path in sorted(weights_dir.glob(f"*/{MANIFEST_NAME}")):
+        manifest = read_manifest(weights_dir, path.parent.name)
+        total += sum(f.bytes for f in manifest.files)
+    return total
 
 
 def roundtrip(state: Mapping[str, Tensor], quantization: str) -> dict[str, Tensor]:
@@ -99,7 +114,10 @@ def export_run(
     if (run_dir / "run.json").is_file():
         run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     seed = int(run_info.get("config", {}).get("seed", 0))
-    # The same validation samples the run validated on (same limit, same seed).
+    if val_limit is None:
+        val_limit = run_info.get("config", {}).get("val_limit")
+    # The same validation samples the run validated on (same limit, same seed),
+    # unless another limit is asked for.
     samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
     if not samples:
         raise ExportError(f"{data} has no validation samples to calibrate on")
@@ -122,15 +140,12 @@ def export_run(
     probs = calibrate(logits, temperature)
     choice = choose_threshold(probs, labels)
     metrics = binary_metrics(probs, labels, choice.threshold).to_dict()
-    manifest = save_weights(
-        state,
-        spec,
-        weights_dir,
-        input_size=size,
-        quantization=quant,
-        temperature=temperature,
-        threshold=choice.threshold,
-        provenance={
+    written: dict[str, Any] = {
+        "input_size": size,
+        "quantization": quant,
+        "temperature": temperature,
+        "threshold": choice.threshold,
+        "provenance": {
             "source": "trained",
             "data": description or str(data),
             "data_digest": run_info.get("data_digest"),
@@ -140,7 +155,7 @@ def export_run(
             "recipe": run_info.get("recipe"),
             "calibrated": True,
         },
-        metrics={
+        "metrics": {
             "split": "val",
             "n": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
             "auc_by_precision": auc,
@@ -148,15 +163,29 @@ def export_run(
             "uncertain_band": choice.uncertain_band,
             **metrics,
         },
-        max_shard_bytes=max_shard_bytes,
-    )
-    reloaded, _ = load_model(spec, weights_dir)
-    again, _ = _logits(reloaded, samples, spec, size)
-    if not np.allclose(again, logits, atol=RELOAD_ATOL):
-        raise ExportError(
-            f"the exported {spec.name} does not reproduce the measured validation logits "
-            f"(max difference {np.abs(again - logits).max():.2e})"
-        )
+        "max_shard_bytes": max_shard_bytes,
+    }
+    # Written and checked in a staging folder first, so a failed check leaves
+    # the installed member as it was.
+    with tempfile.TemporaryDirectory(prefix="export-") as staging:
+        staged = save_weights(state, spec, Path(staging), **written)
+        reloaded, _ = load_model(spec, Path(staging))
+        again, _ = _logits(reloaded, samples, spec, size)
+        if not np.allclose(again, logits, atol=RELOAD_ATOL):
+            raise ExportError(
+                f"the exported {spec.name} does not reproduce the measured validation logits "
+                f"(max difference {np.abs(again - logits).max():.2e}); nothing was installed"
+            )
+    manifest = save_weights(state, spec, weights_dir, **written)
+    if manifest.weights_sha256 != staged.weights_sha256:
+        raise ExportError(f"{weights_dir / spec.name} differs from the checked export")
+    total = installed_bytes(weights_dir)
+    if total > COMMITTED_WEIGHTS_LIMIT:
+        logger.warning(
+            "the members under %s take %.1f MB together, over the %.0f MB that may be "
+            "committed (README, Export format)",
+            weights_dir, total / 1e6, COMMITTED_WEIGHTS_LIMIT / 1e6,
+        )  # fmt: skip
     logger.info(
         "exported %s as %s (T=%.3f, threshold %.3f, AUC %s)",
         spec.name, quant, temperature, choice.threshold, auc,

@@ -151,7 +151,8 @@ def changed_fraction_inside(
     original: RGBImage, blended: RGBImage, region: npt.NDArray[np.floating], tol: int = 0
 ) -> float:
     """Share of changed pixels lying inside ``region`` (a diagnostic for tests
-    and demos: self-blending must only touch the face)."""
+    and demos: when the source is the perturbed copy, self-blending touches
+    only the blended region; when the target is, the whole crop changes)."""
     changed = np.abs(original.astype(np.int16) - blended.astype(np.int16)).max(axis=2) > tol
     if not changed.any():
         return 1.0

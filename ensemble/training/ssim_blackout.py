@@ -3,10 +3,12 @@ solution).
 
 For a fake crop whose original (the real crop it was made from) is known,
 the SSIM difference map between the two marks the manipulated region. The
-original is first aligned onto the fake by their BlazeFace keypoints (a
-similarity transform; crops from different frames of a video do not
-coincide), then ``ensemble.align.ssim_difference`` gives ``(1 - SSIM) / 2``
-per pixel. The region is where that difference is at least
+original is aligned onto the fake by their BlazeFace keypoints (a similarity
+transform; crops from different frames of a video do not coincide), then
+``ensemble.align.ssim_difference`` gives ``(1 - SSIM) / 2`` per pixel; the
+map of the crops as they are is kept instead when it is lower on average
+(crops cut from the same frame already coincide, and keypoint noise would
+misregister them). The region is where that difference is at least
 ``DIFF_THRESHOLD`` (after a small opening, to drop isolated noise). In a share
 of fake samples, part of the region (the side of a random line through its
 centre) is blacked out, so the model must find evidence elsewhere.
@@ -18,6 +20,7 @@ keypoints, nothing is (the sample is used unchanged).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,9 +73,18 @@ def manipulated_region(
     h, w = fake.shape[:2]
     if original.shape[:2] != (h, w):
         original = np.asarray(cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA), np.uint8)
-    if kp_fake is not None and kp_original is not None:
-        original = _warp_onto(original, kp_original, kp_fake, (h, w))
     diff = ssim_difference(fake, original)
+    if kp_fake is not None and kp_original is not None:
+        from ensemble.align import AlignmentError
+
+        # Degenerate keypoints: compare the crops as they are.
+        with contextlib.suppress(AlignmentError):
+            aligned = ssim_difference(fake, _warp_onto(original, kp_original, kp_fake, (h, w)))
+            # Keypoints are a few pixels noisy: crops cut from the same frame
+            # (most dfdc_faces pairs) already coincide better than the
+            # keypoint alignment makes them. Keep whichever registers better.
+            if aligned.mean() < diff.mean():
+                diff = aligned
     region = (diff >= DIFF_THRESHOLD).astype(np.uint8)
     kernel = np.ones((OPEN_KERNEL, OPEN_KERNEL), np.uint8)
     return np.asarray(cv2.morphologyEx(region, cv2.MORPH_OPEN, kernel), np.float32)

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
@@ -75,9 +76,8 @@ def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path
         [math.log(1 - p(g)) for g in REAL_GREYS] + [math.log(p(g)) for g in FAKE_GREYS]
     )
     assert m["log_loss"] == pytest.approx(expected, rel=1e-4)
-    assert (
-        result["ensemble"] == pytest.approx(m) if False else result["ensemble"]["auc"] == m["auc"]
-    )
+    # One member: the ensemble's score is that member's.
+    assert result["ensemble"] == m
     for name in ("roc.png", "confusion-bright.png", "confusion-ensemble.png", "threshold.json"):
         assert (tmp_path / "figs" / name).is_file()
     assert "bright: AUC 0.6667" in capsys.readouterr().out
@@ -104,6 +104,15 @@ def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
     assert result["ensemble"]["confusion"][0] == [int(not called_fake), int(called_fake)]
 
 
+def test_evaluate_json_to_stdout_is_json_alone(site: Path, tmp_path: Path, capsys):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys")
+    call_command("evaluate", "--faces", str(data), "--json", "-", "--out", str(tmp_path / "f"))
+    printed = capsys.readouterr()
+    assert set(json.loads(printed.out)) == {"ensemble", "members", "n"}
+    assert "bright: AUC" in printed.err
+
+
 def test_evaluate_needs_one_source(site: Path):
     with pytest.raises(CommandError, match="either --faces or --videos"):
         call_command("evaluate")
@@ -120,7 +129,8 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
     assert "toy_b: best epoch" in printed and "Exported toy_b" in printed
     manifest = read_manifest(site, "toy_b")
     assert manifest.input_size == 24 and manifest.provenance["data_digest"]
-    assert "train_detector" in manifest.provenance["command"]
+    assert "train_detector --batch-size 8" in manifest.provenance["command"]
+    assert "--member toy_b" in manifest.provenance["command"]
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["recipe"]["sbi_prob"] == 0.2 and run_info["recipe"]["blackout_prob"] == 0.5
     out_json = tmp_path / "e.json"
@@ -128,6 +138,28 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
                  "--json", str(out_json), "--out", str(tmp_path / "ef"))  # fmt: skip
     result = json.loads(out_json.read_text())
     assert result["n"] == {"real": 4, "fake": 4} and set(result["members"]) == {"toy_b"}
+
+
+def test_train_detector_finds_keypoints_when_the_recipe_blacks_out(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dataclasses import replace
+
+    from ensemble.training import recipes
+
+    # Like B7's recipe: the blackout is on without any flag.
+    toy = replace(recipes.DEFAULT_RECIPE, input_size=24, blackout_prob=0.5)
+    monkeypatch.setitem(recipes.RECIPES, "toy_b", toy)
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, keypoints=False)
+    run = tmp_path / "run"
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
+                 "--epochs", "1", "--batch-size", "8")  # fmt: skip
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["recipe"]["blackout_prob"] == 0.5
+    # --device auto (the default): the CPU on a machine without CUDA.
+    assert run_info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    cached = json.loads((run / "keypoints.json").read_text())
+    assert len(cached) == 8  # every training crop was looked at once
 
 
 def test_train_detector_refuses_unknown_member_and_bad_data(site: Path, tmp_path: Path):

@@ -6,7 +6,7 @@ import pytest
 
 from ensemble.training.augment import augment, build_augment
 from ensemble.training.masks import face_mask, face_outline, part_mask
-from ensemble.training.sbi import self_blend
+from ensemble.training.sbi import changed_fraction_inside, self_blend
 from ensemble.training.ssim_blackout import manipulated_region, ssim_blackout
 from tests.training_toys import face_crop, face_keypoints
 
@@ -33,6 +33,17 @@ def test_self_blend_mask_lands_on_the_face_and_only_there() -> None:
         assert sb.mask[ny, nx] > 0.5 * sb.ratio
         # Corners of the crop are background: no blending there.
         assert sb.mask[:8, :8].max() < 1e-3
+
+
+def test_self_blend_with_a_perturbed_source_changes_only_the_blended_region() -> None:
+    image, kp = face_crop(SIZE), face_keypoints(SIZE)
+    # The first draw picks the perturbed copy: below 0.5, the source.
+    seeds = [s for s in range(40) if np.random.default_rng(s).random() < 0.5][:5]
+    for seed in seeds:
+        sb = self_blend(image, kp, np.random.default_rng(seed))
+        changed = np.abs(sb.image.astype(int) - image.astype(int)).max(axis=2) > 0
+        assert changed.sum() > 0.05 * face_mask(kp, (SIZE, SIZE)).sum()
+        assert changed_fraction_inside(image, sb.image, sb.mask) == 1.0
 
 
 def test_self_blend_without_keypoints_uses_a_centred_ellipse() -> None:
@@ -83,6 +94,16 @@ def test_ssim_region_aligns_an_original_that_moved() -> None:
     near = _grown(rect, 6)
     assert (aligned & near).sum() / aligned.sum() > 0.9
     assert (unaligned & ~near).sum() > 5 * max((aligned & ~near).sum(), 1)
+
+
+def test_ssim_region_ignores_keypoint_noise_on_a_pair_that_already_coincides() -> None:
+    original, kp_o, fake, kp_f, rect = _synthetic_pair()
+    jitter = np.random.default_rng(5).uniform(-4, 4, size=(6, 2))
+    noisy_kp_o = tuple((x + dx, y + dy) for (x, y), (dx, dy) in zip(kp_o, jitter, strict=True))
+    as_is = manipulated_region(fake, original) > 0
+    with_noise = manipulated_region(fake, original, kp_f, noisy_kp_o) > 0
+    assert np.array_equal(with_noise, as_is)
+    assert (with_noise & _grown(rect, 6)).sum() / with_noise.sum() > 0.95
 
 
 def test_blackout_hides_part_of_the_altered_region() -> None:

@@ -40,7 +40,10 @@ class Command(BaseCommand):
         parser.add_argument("--labels", type=Path, help="CSV with file,label for --videos")
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument("--frames", type=int, help="frames sampled per video")
-        parser.add_argument("--limit", type=int, help="at most N samples (balanced)")
+        parser.add_argument(
+            "--limit", type=int,
+            help="at most N samples (--faces: balanced, seed 0; --videos: the first N rows)",
+        )  # fmt: skip
         parser.add_argument(
             "--threshold", type=float, help="decision threshold (default: settings)"
         )
@@ -85,13 +88,15 @@ class Command(BaseCommand):
         elif o["json"]:
             Path(o["json"]).parent.mkdir(parents=True, exist_ok=True)
             Path(o["json"]).write_text(text, encoding="utf-8")
+        # With --json - the JSON alone goes to stdout, so it can be piped.
+        summary = self.stderr if o["json"] == "-" else self.stdout
         for name, m in [("ensemble", result["ensemble"]), *result["members"].items()]:
             auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
-            self.stdout.write(
+            summary.write(
                 f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, "
                 f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
             )
-        self.stdout.write(
+        summary.write(
             f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {o['out']}; "
             f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
         )

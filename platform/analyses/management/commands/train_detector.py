@@ -48,9 +48,15 @@ class Command(BaseCommand):
         parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
         parser.add_argument("--input-size", type=int)
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-        parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        parser.add_argument(
+            "--device", default="auto",
+            help="auto (CUDA when available, else CPU), cpu or cuda[:N]",
+        )  # fmt: skip
         parser.add_argument("--limit", type=int, help="at most N training samples (balanced)")
-        parser.add_argument("--val-limit", type=int, help="at most N validation samples")
+        parser.add_argument(
+            "--val-limit", type=int,
+            help="at most N validation samples (export: the run's own limit by default)",
+        )  # fmt: skip
         parser.add_argument("--workers", type=int, default=0, help="data loader processes")
         parser.add_argument("--no-augment", action="store_true")
         parser.add_argument(
@@ -71,18 +77,15 @@ class Command(BaseCommand):
         from ensemble.errors import RegistryError
         from ensemble.training.data import DatasetError, blazeface_keypoints
         from ensemble.training.export import ExportError, export_run
-        from ensemble.training.loop import TrainConfig, TrainingError, train
+        from ensemble.training.loop import TrainConfig, TrainingError, resolve_recipe, train
 
         try:
             spec = analysis_registry().get(o["member"])
         except RegistryError as e:
             raise CommandError(str(e)) from e
-        command = "python manage.py " + shlex.join(["train_detector", *sys.argv[2:]])
+        command = _command_line(o)
         try:
             if not o["export_only"]:
-                detect = None
-                if (o["sbi"] or o["ssim_blackout"]) and not o["no_keypoints"]:
-                    detect = self._detector(blazeface_keypoints)
                 config = TrainConfig(
                     member=spec.name, data=o["data"], out=o["out"], epochs=o["epochs"],
                     batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
@@ -91,6 +94,12 @@ class Command(BaseCommand):
                     limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
                     augment=not o["no_augment"], resume=o["resume"], command=command,
                 )  # fmt: skip
+                # Keypoints are needed whenever the run uses SBI or the
+                # blackout, from a flag or from the recipe (B7's blackout).
+                recipe = resolve_recipe(config, spec)
+                detect = None
+                if (recipe.sbi_prob or recipe.blackout_prob) and not o["no_keypoints"]:
+                    detect = self._detector(blazeface_keypoints)
                 result = train(config, spec, detect=detect, progress=True)
                 early = " (stopped early)" if result.stopped_early else ""
                 self.stdout.write(
@@ -120,3 +129,25 @@ class Command(BaseCommand):
 
         config = analysis_config()
         return make(FaceDetector.load(config.faces, config.cache_dir, config.device))
+
+
+def _command_line(options: dict[str, Any]) -> str:
+    """The command as typed, or (when called from code, where ``sys.argv`` is
+    another program's) rebuilt from the options that were given."""
+    if len(sys.argv) > 1 and sys.argv[1] == "train_detector":
+        return "python manage.py " + shlex.join(sys.argv[1:])
+    args = ["train_detector"]
+    for key in sorted(options):
+        value = options[key]
+        if key in _DJANGO_OPTIONS or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return "python manage.py " + shlex.join(args) + "  # rebuilt from call_command options"
+
+
+# Options every Django command has; not part of a training run's settings.
+_DJANGO_OPTIONS = frozenset(
+    {"verbosity", "settings", "pythonpath", "traceback", "no_color", "force_color",
+     "skip_checks", "stdout", "stderr"}
+)  # fmt: skip
