@@ -8,6 +8,7 @@ on the pair so that one attacker cannot lock a user out from everywhere.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 
 from django.conf import settings
 from django.core.cache import cache
@@ -21,8 +22,18 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR", "unknown"))
 
 
+def normalize_username(username: str) -> str:
+    """The form of a user name the counter is keyed on.
+
+    Django's username field applies NFKC and strips whitespace before it looks
+    the user up, so ``"ａｌｉｃｅ "`` logs in as ``alice``; the counter must
+    fold the same variants (and case) or each variant gets fresh attempts.
+    """
+    return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
 def _key(username: str, ip: str) -> str:
-    digest = hashlib.sha256(f"{username.strip().lower()}|{ip}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{normalize_username(username)}|{ip}".encode()).hexdigest()
     return _PREFIX + digest
 
 

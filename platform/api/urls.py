@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from api.auth import obtain_auth_token
 from api.views import SubmissionViewSet
 
 app_name = "api"

@@ -71,3 +71,31 @@ def test_demo_accounts_load_with_one_of_each_role(capsys, settings) -> None:
     roles = {u.username: role_of(u) for u in User.objects.all()}
     assert roles == {"submitter": "submitter", "moderator": "moderator", "admin": "admin"}
     assert "password submit-demo-2026" in out and "moderator" in out
+
+
+@pytest.mark.parametrize("variant", ["ALICE", " alice ", "ａｌｉｃｅ"])
+def test_throttle_counts_case_whitespace_and_width_variants_as_one_user(
+    users, settings, variant
+) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.LOGIN_MAX_FAILURES = 2
+    url = reverse("accounts:login")
+    c = Client(REMOTE_ADDR="10.0.0.3")
+    for name in ("alice", variant):
+        assert c.post(url, {"username": name, "password": "wrong"}).status_code == 200
+    # The correct password no longer helps, whichever spelling is used.
+    locked = c.post(url, {"username": "alice", "password": PASSWORD})
+    assert "Too many failed log-ins" in locked.content.decode()
+    cache.clear()
+
+
+def test_password_reset_answers_the_same_for_unknown_addresses(users) -> None:
+    c = Client()
+    known = c.post(reverse("accounts:password_reset"), {"email": "alice@example.org"})
+    unknown = c.post(reverse("accounts:password_reset"), {"email": "nobody@example.org"})
+    assert len(mail.outbox) == 1
+    assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
+    done_known = c.get(known["Location"]).content
+    assert done_known == c.get(unknown["Location"]).content

@@ -25,6 +25,22 @@ def test_token_is_issued_for_credentials(users) -> None:
     assert response.json()["token"] == Token.objects.get(user=users["submitter"]).key
 
 
+def test_token_endpoint_shares_the_login_throttle(users, settings) -> None:
+    from django.core.cache import cache
+
+    from tests.platform.conftest import PASSWORD
+
+    cache.clear()
+    settings.LOGIN_MAX_FAILURES = 2
+    c = Client(REMOTE_ADDR="10.0.0.4")
+    for name in ("alice", "Alice "):
+        assert c.post("/api/token/", {"username": name, "password": "x"}).status_code == 400
+    locked = c.post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert locked.status_code == 429 and "Too many failed log-ins" in locked.json()["detail"]
+    assert "token" not in locked.json()
+    cache.clear()
+
+
 def test_submit_poll_and_read_result(api: Client, site: Path, media_dir: Path) -> None:
     from analyses import services
 
