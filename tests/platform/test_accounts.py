@@ -99,3 +99,13 @@ def test_password_reset_answers_the_same_for_unknown_addresses(users) -> None:
     assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
     done_known = c.get(known["Location"]).content
     assert done_known == c.get(unknown["Location"]).content
+
+
+def test_signup_refuses_a_weak_password(site) -> None:
+    response = Client().post(
+        reverse("accounts:signup"),
+        {"username": "dave", "email": "d@example.org", "password1": "12345678",
+         "password2": "12345678"},
+    )  # fmt: skip
+    assert response.status_code == 200 and not User.objects.filter(username="dave").exists()
+    assert "too common" in response.content.decode()

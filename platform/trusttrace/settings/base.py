@@ -123,6 +123,16 @@ MEDIA_ROOT = env_path("TRUSTTRACE_MEDIA_ROOT", VAR_DIR / "media")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 2**20
 FILE_UPLOAD_PERMISSIONS = 0o640
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
+]
+
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "analyses:list"
 LOGOUT_REDIRECT_URL = "accounts:login"
