@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from analyses.config import analysis_config, analysis_registry, trusttrace_setting
@@ -375,30 +375,85 @@ def series_from_result(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WORKER_LOST_CODE = "worker_lost"
+WORKER_LOST_REASON = (
+    "The analysis stopped twice because its worker process died (out of memory or over the "
+    "time limit). This was logged; a moderator can run it again."
+)
+
+
+class RerunRefused(Exception):  # noqa: N818 (a refusal shown to the moderator)
+    """A re-run that is not allowed; ``str(error)`` is shown to the moderator."""
+
+
 def run_submission(submission_id: Any) -> None:
-    """Analyse one submission and store the outcome (the Celery task's body)."""
+    """Analyse one submission and store the outcome (the Celery task's body).
+
+    A message redelivered while the submission is still ``running`` means the
+    worker died mid-job (acks_late + reject_on_worker_lost): it is run once
+    more, and failed the second time, so a file that kills the worker cannot
+    loop forever. A submission deleted during its analysis is left deleted
+    and the files the job wrote are removed.
+    """
     sub = Submission.objects.filter(pk=submission_id).first()
     if sub is None:
         logger.warning("submission %s vanished before its analysis", submission_id)
         return
-    if sub.status not in (Status.PENDING, Status.RUNNING):  # RUNNING: redelivered after a crash
+    if sub.status not in (Status.PENDING, Status.RUNNING):
         logger.info("submission %s is %s; not analysing again", sub.pk, sub.status)
         return
+    if sub.status == Status.RUNNING:
+        if sub.reason_code == WORKER_LOST_CODE:
+            logger.error("submission %s: worker died twice; marking it failed", sub.pk)
+            _fail(sub, WORKER_LOST_REASON, WORKER_LOST_CODE)
+            return
+        logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
+        sub.reason_code = WORKER_LOST_CODE
     sub.status, sub.stage, sub.percent = Status.RUNNING, "queued", 0
     sub.started, sub.finished = timezone.now(), None
     sub.attempts += 1
-    sub.save(update_fields=["status", "stage", "percent", "started", "finished", "attempts"])
+    sub.save(
+        update_fields=[
+            "status",
+            "stage",
+            "percent",
+            "started",
+            "finished",
+            "attempts",
+            "reason_code",
+        ]
+    )
     out_dir = artifact_dir(sub)
     try:
-        reference = Path(sub.reference_file.path) if sub.reference_file else None
-        result, index = _analyse(Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk))
-        _store(sub, result.to_dict(), index, out_dir)
-    except _RejectedInput as e:
-        logger.info("submission %s rejected: %s", sub.pk, e)
-        _finish_rejected(sub, str(e), e.code)
-    except Exception as e:
-        logger.exception("analysis of submission %s failed", sub.pk)
-        _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+        try:
+            reference = Path(sub.reference_file.path) if sub.reference_file else None
+            result, index = _analyse(
+                Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
+            )
+            _store(sub, result.to_dict(), index, out_dir)
+        except _RejectedInput as e:
+            logger.info("submission %s rejected: %s", sub.pk, e)
+            _finish_rejected(sub, str(e), e.code)
+        except Submission.DoesNotExist:
+            raise
+        except Exception as e:
+            if not Submission.objects.filter(pk=sub.pk).exists():
+                raise Submission.DoesNotExist from e
+            logger.exception("analysis of submission %s failed", sub.pk)
+            _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+    except Submission.DoesNotExist:
+        logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _save_existing(sub: Submission) -> None:
+    """Save a row that must still exist (never re-insert a deleted submission)."""
+    try:
+        sub.save(force_update=True)
+    except DatabaseError as e:
+        if Submission.objects.filter(pk=sub.pk).exists():
+            raise
+        raise Submission.DoesNotExist from e
 
 
 def _finish_rejected(sub: Submission, reason: str, code: str) -> None:
@@ -406,7 +461,7 @@ def _finish_rejected(sub: Submission, reason: str, code: str) -> None:
     sub.status, sub.reason, sub.reason_code = Status.REJECTED, reason, code
     sub.verdict, sub.score = "", None
     sub.finished = timezone.now()
-    sub.save()
+    _save_existing(sub)
 
 
 def _fail(sub: Submission, reason: str, code: str) -> None:
@@ -414,7 +469,7 @@ def _fail(sub: Submission, reason: str, code: str) -> None:
     sub.status, sub.reason, sub.reason_code = Status.FAILED, reason, code
     sub.verdict, sub.score = "", None
     sub.finished = timezone.now()
-    sub.save()
+    _save_existing(sub)
 
 
 def _store(
@@ -446,7 +501,7 @@ def _store(
             store_index(sub, index, out_dir)
         elif sub.status == Status.DONE:
             sub.series = series_from_result(result)
-        sub.save()
+        _save_existing(sub)
 
 
 def artifact_dir(sub: Submission) -> Path:
@@ -507,10 +562,29 @@ def load_index_file(sub: Submission, out_dir: Path) -> list[Artifact]:
 # --- Re-running and deleting -----------------------------------------------------
 
 
+RERUNNABLE = (Status.DONE, Status.FAILED)
+
+
 def rerun(sub: Submission) -> Submission:
-    """Analyse again with the current models (moderators; failed or finished jobs)."""
+    """Analyse again with the current models (moderators; done or failed jobs).
+
+    Refused (:class:`RerunRefused`) for ``rejected`` submissions (bad input is
+    final) and for jobs still pending or running (a second message would run
+    the same submission twice at once).
+    """
+    if sub.status not in RERUNNABLE:
+        raise RerunRefused(
+            f"This submission is {sub.status}; only finished (done or failed) analyses can "
+            "be run again, and a rejected file stays rejected."
+        )
     require_models()
     with transaction.atomic():
+        # Only one moderator's re-run wins when two click at once.
+        claimed = Submission.objects.filter(pk=sub.pk, status__in=RERUNNABLE).update(
+            status=Status.PENDING
+        )
+        if not claimed:
+            raise RerunRefused("This submission was queued again meanwhile.")
         sub.artifacts.all().delete()
         shutil.rmtree(artifact_dir(sub), ignore_errors=True)
         sub.status, sub.stage, sub.percent = Status.PENDING, "", 0

@@ -104,7 +104,7 @@ def rerun(request: HttpRequest, pk: str) -> HttpResponse:
     sub = get_visible(request.user, pk)
     try:
         analyses_services.rerun(sub)
-    except analyses_services.UploadRejected as e:
+    except (analyses_services.UploadRejected, analyses_services.RerunRefused) as e:
         messages.error(request, str(e))
     else:
         messages.success(request, "Queued again with the current models.")

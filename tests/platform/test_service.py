@@ -28,6 +28,7 @@ def test_submission_is_saved_pending_and_queued_after_commit(
     monkeypatch.setattr(tasks.analyse_submission, "delay", queued.append)
     with django_capture_on_commit_callbacks(execute=True):
         sub = _submit(users["submitter"], media_dir / "person.mp4", title="My clip")
+        assert queued == []  # not before the row is committed
     assert queued == [str(sub.pk)]
     sub.refresh_from_db()
     assert sub.status == Status.PENDING and sub.kind == "video" and sub.title == "My clip"
@@ -247,3 +248,65 @@ def test_unusable_reference_is_rejected_not_failed(
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.reason_code == "reference_no_face"
     assert sub.reason == "The reference shows no face." and sub.score is None
+
+
+@pytest.mark.parametrize("status", [Status.REJECTED, Status.PENDING, Status.RUNNING])
+def test_rerun_is_refused_for_rejected_and_unfinished_submissions(
+    site: Path, users, media_dir: Path, status: str, django_capture_on_commit_callbacks
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    Submission.objects.filter(pk=sub.pk).update(status=status, reason="kept")
+    sub.refresh_from_db()
+    with django_capture_on_commit_callbacks() as queued, pytest.raises(services.RerunRefused):
+        services.rerun(sub)
+    sub.refresh_from_db()
+    assert queued == [] and sub.status == status and sub.reason == "kept"
+
+
+def test_worker_death_is_run_once_more_then_failed_not_looped(
+    site: Path, users, media_dir: Path, monkeypatch
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    seen: list[int] = []
+
+    class DiesWithTheWorker:
+        def analyze(self, path: Path, progress: Any = None) -> Any:
+            # What a redelivery looks like: the row is left "running".
+            seen.append(1)
+            raise SystemExit("worker killed")
+
+    monkeypatch.setattr(services, "_analyzer", lambda: DiesWithTheWorker())
+    for _ in range(2):  # the worker dies during the first two deliveries
+        with pytest.raises(SystemExit):
+            services.run_submission(sub.pk)
+        sub.refresh_from_db()
+        assert sub.status == Status.RUNNING
+    services.run_submission(sub.pk)  # the third delivery gives up
+    services.run_submission(sub.pk)  # and a fourth does nothing
+    sub.refresh_from_db()
+    assert len(seen) == 2 and sub.attempts == 2
+    assert sub.status == Status.FAILED and sub.reason_code == services.WORKER_LOST_CODE
+    assert sub.score is None and "moderator can run it again" in sub.reason
+
+
+def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
+    site: Path, users, media_dir: Path, monkeypatch
+) -> None:
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    other = _submit(users["other"], media_dir / "face.png")
+    real = services._analyzer()
+
+    class DeletedMeanwhile:
+        def analyze(self, path: Path, progress: Any = None) -> Any:
+            result = real.analyze(path, progress=progress)
+            services.artifact_dir(sub).mkdir(parents=True, exist_ok=True)
+            (services.artifact_dir(sub) / "late.png").write_bytes(b"x")
+            services.delete_submission(Submission.objects.get(pk=sub.pk))
+            return result
+
+    monkeypatch.setattr(services, "_analyzer", lambda: DeletedMeanwhile())
+    services.run_submission(sub.pk)
+    assert not Submission.objects.filter(pk=sub.pk).exists()
+    assert not services.artifact_dir(sub).exists()
+    other.refresh_from_db()
+    assert other.status == Status.PENDING and Path(other.file.path).is_file()
