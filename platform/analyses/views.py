@@ -153,10 +153,21 @@ def person_rows(sub: Submission) -> list[tuple[dict[str, Any], list[float | None
     return [(p, [p.get("members", {}).get(n) for n in names]) for p in sub.persons]
 
 
-def _serve(path: Path, download_name: str) -> FileResponse:
+# Types a browser may render inline; anything else (SVG and HTML included: they
+# can carry scripts) is served as opaque bytes.
+INLINE_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "video/mp4",
+    "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo",
+})  # fmt: skip
+
+
+def serve_private(path: Path, download_name: str, content_type: str | None = None) -> FileResponse:
+    """Stream a stored file to an already authorised user: never cached, never sniffed."""
     if not path.is_file():
         raise Http404("The file is gone.")
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    content_type = content_type or mimetypes.guess_type(path.name)[0]
+    if content_type not in INLINE_TYPES:
+        content_type = "application/octet-stream"
     response = FileResponse(path.open("rb"), content_type=content_type)
     response["Content-Disposition"] = f'inline; filename="{download_name}"'
     response["X-Content-Type-Options"] = "nosniff"
@@ -172,7 +183,7 @@ def submission_file(request: HttpRequest, pk: str, which: str = "file") -> FileR
     field = sub.reference_file if which == "reference" else sub.file
     if not field:
         raise Http404("No such file.")
-    return _serve(Path(field.path), f"{sub.pk}{Path(field.name or '').suffix}")
+    return serve_private(Path(field.path), f"{sub.pk}{Path(field.name or '').suffix}")
 
 
 @login_required
@@ -182,7 +193,7 @@ def artifact_file(request: HttpRequest, pk: str, artifact_id: int) -> FileRespon
     sub = get_visible(request.user, pk)
     artifact: Artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
     path = Path(artifact.file.path)
-    return _serve(path, f"{artifact.kind}-{artifact.pk}{path.suffix}")
+    return serve_private(path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type)
 
 
 @login_required

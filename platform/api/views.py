@@ -27,7 +27,7 @@ from analyses import services
 from analyses.access import get_visible, visible_submissions
 from analyses.config import trusttrace_setting
 from analyses.models import Submission
-from analyses.views import declared_too_large, progress_payload
+from analyses.views import declared_too_large, progress_payload, serve_private
 from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
 
 
@@ -138,6 +138,6 @@ class SubmissionViewSet(
         sub = self.get_object()
         artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
         path = Path(artifact.file.path)
-        if not path.is_file():
-            raise Http404("The file is gone.")
-        return FileResponse(path.open("rb"), content_type=artifact.media_type)
+        return serve_private(
+            path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type
+        )

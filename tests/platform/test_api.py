@@ -102,3 +102,23 @@ def test_huge_request_is_413_before_reading(api: Client, site: Path) -> None:
     )  # fmt: skip
     assert response.status_code == 413 and response.json()["code"] == "too_large"
     assert not any(p.is_file() for p in site.rglob("*"))
+
+
+@pytest.mark.parametrize("media_type", ["text/html", "image/svg+xml"])
+def test_artifact_files_are_private_and_never_rendered_as_markup(
+    api: Client, clients, users, finished, media_type: str
+) -> None:
+    from django.urls import reverse
+
+    sub = finished(users["submitter"])
+    art = sub.artifacts.first()
+    sub.artifacts.filter(pk=art.pk).update(media_type=media_type)
+    site_url = reverse("analyses:artifact", args=[sub.pk, art.pk])
+    for response in (
+        api.get(f"/api/submissions/{sub.pk}/artifacts/{art.pk}/file/"),
+        clients["submitter"].get(site_url),
+    ):
+        assert response.status_code == 200
+        assert response["Content-Type"] == "application/octet-stream"
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["Cache-Control"] == "private, no-store"

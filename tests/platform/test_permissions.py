@@ -124,3 +124,36 @@ def test_api_matrix(users, finished) -> None:
         assert api[role].delete(base).status_code == 404
     assert api["anonymous"].delete(base).status_code == 401
     assert api["submitter"].delete(base).status_code == 204
+
+
+def test_files_have_no_public_url_and_ids_cannot_be_mixed(
+    clients: dict[str, Client], users, finished, media_dir
+) -> None:
+    from pathlib import Path
+
+    from analyses import services
+    from tests.platform.conftest import upload
+
+    sub = finished(users["submitter"])
+    ref_path, _ = services._accept(upload(media_dir / "face.png"))
+    sub.reference_file.name = ref_path.relative_to(services._media_root()).as_posix()
+    sub.save()
+    theirs = finished(users["other"])
+    reference = reverse("analyses:reference", args=[sub.pk])
+    for role in ROLES:
+        expected: int | str = LOGIN if role == "anonymous" else 200 if role in OWNED else 404
+        _expect(clients[role].get(reference), expected)
+        for name in (sub.file.name, sub.reference_file.name, sub.artifacts.first().file.name):
+            for prefix in ("/media/", "/", "/static/"):
+                assert clients[role].get(prefix + name).status_code == 404, (prefix, name)
+    # Alice's submission id with Bob's artifact id (and the API form of it).
+    mixed = reverse("analyses:artifact", args=[sub.pk, theirs.artifacts.first().pk])
+    _expect(clients["submitter"].get(mixed), 404)
+    token = Token.objects.create(user=users["submitter"])
+    api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    url = f"/api/submissions/{sub.pk}/artifacts/{theirs.artifacts.first().pk}/file/"
+    assert api.get(url).status_code == 404
+    # A refused delete leaves the submission and its files alone.
+    _expect(clients["other"].post(reverse("analyses:delete", args=[sub.pk])), 404)
+    assert Path(sub.file.path).is_file() and Path(sub.reference_file.path).is_file()
+    assert services.artifact_dir(sub).is_dir()
