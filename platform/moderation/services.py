@@ -99,13 +99,22 @@ def review_queue(
     return qs.order_by(SORTS.get(sort, "-created"), "-created")
 
 
+# Why a decided submission is left out of the metrics (dashboard wording).
+LEFT_OUT_ESCALATED = "escalated (waiting for a final decision)"
+LEFT_OUT_NO_LABEL = "decided without a real/fake call (an uncertain or no-face verdict confirmed)"
+LEFT_OUT_NO_FACE = "verdict no_face (no score to judge)"
+
+
 @dataclass
 class Metrics:
     """Verdicts measured against moderator decisions (the ground truth).
 
     "fake" is the positive class; an ``uncertain`` verdict counts as not
-    predicting fake. Only submissions whose latest decision is real or fake
-    count; escalated ones wait.
+    predicting fake (the site did not flag it). Only submissions whose latest
+    decision is real or fake count. Left out, and counted in ``left_out``:
+    escalated submissions, decisions that make no real/fake call (confirming
+    an uncertain or no_face verdict), and ``no_face`` verdicts (no score was
+    given, so there is nothing to judge even when a moderator labels them).
     """
 
     reviewed: int = 0
@@ -114,6 +123,7 @@ class Metrics:
     precision: float | None = None
     recall: float | None = None
     f1: float | None = None
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> n
 
     VERDICTS = ("fake", "uncertain", "real")
     LABELS = ("fake", "real")
@@ -130,18 +140,25 @@ def _ratio(num: int, den: int) -> float | None:
 def metrics() -> Metrics:
     """Accuracy, precision, recall, F1 and the confusion matrix over reviewed submissions."""
     m = Metrics(matrix={v: dict.fromkeys(Metrics.LABELS, 0) for v in Metrics.VERDICTS})
-    pairs = annotated().filter(
-        status=Status.DONE, verdict__in=Metrics.VERDICTS, **{f"{DECISION}__in": Metrics.LABELS}
-    )
+    decided = annotated().filter(status=Status.DONE, **{f"{DECISION}__isnull": False})
     tp = fp = fn = tn = 0
-    for sub in pairs:
+    for sub in decided:
         verdict, label = sub.verdict, str(getattr(sub, DECISION))
-        m.matrix[verdict][label] += 1
-        predicted_fake, is_fake = verdict == "fake", label == "fake"
-        tp += predicted_fake and is_fake
-        fp += predicted_fake and not is_fake
-        fn += not predicted_fake and is_fake
-        tn += not predicted_fake and not is_fake
+        if label == Label.ESCALATED:
+            reason = LEFT_OUT_ESCALATED
+        elif label not in Metrics.LABELS:
+            reason = LEFT_OUT_NO_LABEL
+        elif verdict not in Metrics.VERDICTS:
+            reason = LEFT_OUT_NO_FACE
+        else:
+            m.matrix[verdict][label] += 1
+            predicted_fake, is_fake = verdict == "fake", label == "fake"
+            tp += predicted_fake and is_fake
+            fp += predicted_fake and not is_fake
+            fn += not predicted_fake and is_fake
+            tn += not predicted_fake and not is_fake
+            continue
+        m.left_out[reason] = m.left_out.get(reason, 0) + 1
     m.reviewed = tp + fp + fn + tn
     m.accuracy = _ratio(tp + tn, m.reviewed)
     m.precision = _ratio(tp, tp + fp)

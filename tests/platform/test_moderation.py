@@ -61,7 +61,13 @@ def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> No
     for verdict, action in cases:
         decide(finished(users["submitter"], verdict=verdict), mod, action, "n")
     finished(users["submitter"], verdict="fake")  # not reviewed: not counted
+    # Left out, and said so: escalated, an uncertain verdict confirmed (no
+    # real/fake call), a no_face verdict even when overridden.
+    decide(finished(users["submitter"], verdict="fake"), mod, "escalate", "ask legal")
+    decide(finished(users["submitter"], verdict="uncertain"), mod, "confirm", "")
+    decide(finished(users["submitter"], verdict="no_face"), mod, "override_fake", "a mask")
     m = metrics()
+    assert sorted(m.left_out.values()) == [1, 1, 1] and len(m.left_out) == 3
     # fake->fake 2 (TP), fake->real 1 (FP), real->fake 1 + uncertain->fake 1 (FN), real->real 1 (TN)
     assert m.reviewed == 6
     assert m.matrix["fake"] == {"fake": 2, "real": 1}
@@ -70,7 +76,7 @@ def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> No
     assert m.precision == pytest.approx(2 / 3) and m.recall == pytest.approx(2 / 4)
     assert m.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     page = clients["moderator"].get(reverse("moderation:dashboard")).content.decode()
-    assert "0.500" in page and "0.667" in page
+    assert "0.500" in page and "0.667" in page and "1 escalated" in page
 
 
 def test_moderator_rerun_queues_with_current_models(clients, users, finished, monkeypatch) -> None:
