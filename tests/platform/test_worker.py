@@ -4,6 +4,7 @@ real redis-server and over the embedded filesystem transport."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,31 @@ def test_worker_over_the_embedded_transport_analyses_a_clip(
         result = _run_driver(env, clip)
     _check(result, log)
     assert (tmp_path / "var" / "queue" / "control").is_dir()
+
+
+def test_worker_settings_suit_long_jobs() -> None:
+    from analyses.tasks import analyse_submission
+    from trusttrace.celery import app
+
+    conf = app.conf
+    assert analyse_submission.name == "analyses.analyse_submission"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert 0 < conf.task_soft_time_limit < conf.task_time_limit
+    assert conf.task_ignore_result
+    # The worker parent imports the task module only: no pipeline, no models,
+    # no CUDA context (models load lazily in the child that runs a job).
+    code = (
+        "import sys, django; django.setup(); from trusttrace.celery import app; "
+        "app.loader.import_default_modules(); import analyses.tasks; "
+        "print('ensemble.pipeline' in sys.modules, 'explain' in sys.modules)"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+           "PYTHONPATH": os.pathsep.join(["platform", "."])}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
