@@ -598,11 +598,6 @@ def rerun(sub: Submission) -> Submission:
 
 
 def delete_submission(sub: Submission) -> None:
-    """Delete a submission with its upload, reference and artifacts."""
-    files = [f for f in (sub.file, sub.reference_file) if f]
-    paths = [Path(f.path) for f in files]
-    folder = artifact_dir(sub)
+    """Delete a submission with its upload, reference and artifacts (the files
+    go in :func:`analyses.signals.remove_submission_files`)."""
     sub.delete()
-    for p in paths:
-        p.unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)

@@ -310,3 +310,16 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
     assert not services.artifact_dir(sub).exists()
     other.refresh_from_db()
     assert other.status == Status.PENDING and Path(other.file.path).is_file()
+
+
+def test_deleting_an_account_removes_its_submissions_files_only(
+    site: Path, users, media_dir: Path, finished
+) -> None:
+    mine = finished(users["submitter"])
+    theirs = finished(users["other"])
+    mine_files = [Path(mine.file.path), services.artifact_dir(mine)]
+    users["submitter"].delete()  # e.g. from the admin: a cascade, not delete_submission
+    assert not any(p.exists() for p in mine_files)
+    theirs.refresh_from_db()
+    assert Path(theirs.file.path).is_file() and services.artifact_dir(theirs).is_dir()
+    assert theirs.artifacts.count() > 0

@@ -1,0 +1,28 @@
+"""A deleted submission takes its files with it, however it is deleted (the
+owner's button, the API, the admin, or its owner's account being deleted)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
+
+from analyses.models import Submission
+
+logger = logging.getLogger(__name__)
+
+
+@receiver(post_delete, sender=Submission, dispatch_uid="analyses.remove_submission_files")
+def remove_submission_files(sender: type[Submission], instance: Submission, **kwargs: Any) -> None:
+    """Remove the upload, the reference and the artifact folder of ``instance``."""
+    from analyses.services import artifact_dir
+
+    for field in (instance.file, instance.reference_file):
+        if field:
+            Path(field.path).unlink(missing_ok=True)
+    shutil.rmtree(artifact_dir(instance), ignore_errors=True)
+    logger.info("submission %s deleted with its files", instance.pk)
