@@ -66,6 +66,7 @@ def test_password_change(users, clients) -> None:
 def test_demo_accounts_load_with_one_of_each_role(capsys, settings) -> None:
     # The fixture's hashes are PBKDF2 (the test settings hash with MD5 for speed).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    settings.DEBUG = True  # local runs only
     call_command("demo_accounts")
     out = capsys.readouterr().out
     roles = {u.username: role_of(u) for u in User.objects.all()}
@@ -109,3 +110,12 @@ def test_signup_refuses_a_weak_password(site) -> None:
     )  # fmt: skip
     assert response.status_code == 200 and not User.objects.filter(username="dave").exists()
     assert "too common" in response.content.decode()
+
+
+def test_demo_accounts_are_refused_outside_local_runs(settings) -> None:
+    from django.core.management.base import CommandError
+
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="local runs only"):
+        call_command("demo_accounts")
+    assert not User.objects.exists()
