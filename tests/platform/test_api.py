@@ -122,3 +122,12 @@ def test_artifact_files_are_private_and_never_rendered_as_markup(
         assert response["Content-Type"] == "application/octet-stream"
         assert response["X-Content-Type-Options"] == "nosniff"
         assert response["Cache-Control"] == "private, no-store"
+
+
+def test_schema_validates_against_openapi_without_warnings(tmp_path: Path) -> None:
+    from django.core.management import call_command
+
+    # --validate checks the OpenAPI 3 JSON schema; --fail-on-warn turns any
+    # drf-spectacular guess (an undocumented view, say) into a failure.
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yml"))
+    assert "/api/submissions/{id}/frames-csv/" in (tmp_path / "s.yml").read_text()
