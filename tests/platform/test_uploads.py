@@ -152,3 +152,15 @@ def test_upload_page_refuses_when_no_weights_are_installed(
     with (media_dir / "face.png").open("rb") as fh:
         response = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
     assert response.status_code == 503 and not Submission.objects.exists()
+
+
+def test_bad_reference_refuses_the_whole_upload_and_keeps_neither_file(
+    site: Path, clients, media_dir: Path, tmp_path: Path
+) -> None:
+    bad = mf.text_as_mp4(tmp_path / "reference.mp4")
+    with (media_dir / "face.png").open("rb") as good, bad.open("rb") as ref:
+        response = clients["submitter"].post(
+            reverse("analyses:submit"), {"file": good, "reference": ref}
+        )
+    assert response.status_code == 400 and "text file" in response.content.decode()
+    assert not _files_under(site) and not Submission.objects.exists()
