@@ -126,7 +126,7 @@ def progress(request: HttpRequest, pk: str) -> JsonResponse:
 @login_required
 def detail(request: HttpRequest, pk: str) -> HttpResponse:
     """The result page (or the progress bar while running)."""
-    from moderation.services import final_decision
+    from moderation.services import decision_for
 
     sub = get_visible(request.user, pk)
     artifacts = list(sub.artifacts.all())
@@ -137,7 +137,7 @@ def detail(request: HttpRequest, pk: str) -> HttpResponse:
         "artifacts": artifacts,
         "artifact_kinds": [(k, ArtifactKind(k).label) for k in kinds],
         "artifact_members": members_in_artifacts,
-        "decision": final_decision(sub),
+        "decision": decision_for(sub, request.user),
         "is_owner": sub.owner_id == request.user.pk,
         "member_names": sorted(sub.members),
         "person_rows": person_rows(sub),

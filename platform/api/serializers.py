@@ -26,9 +26,10 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
         read_only_fields = fields
 
     def get_decision(self, obj: Submission) -> dict[str, Any] | None:
-        from moderation.services import final_decision
+        from moderation.services import decision_for
 
-        d = final_decision(obj)
+        request = self.context.get("request")
+        d = decision_for(obj, getattr(request, "user", None))
         if d is None:
             return None
         return {"action": d.action, "label": d.to_label, "note": d.note, "at": d.created}

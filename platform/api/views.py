@@ -73,7 +73,10 @@ class SubmissionViewSet(
             )
         except services.UploadRejected as e:
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(SubmissionSerializer(sub).data, status=status.HTTP_201_CREATED)
+        return Response(
+            SubmissionSerializer(sub, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Owners delete their submission and its files."""

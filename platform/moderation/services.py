@@ -26,6 +26,17 @@ def final_decision(sub: Submission) -> Decision | None:
     return sub.decisions.select_related("moderator").first()
 
 
+def decision_for(sub: Submission, viewer: Any) -> Decision | None:
+    """The decision ``viewer`` may see: the latest for moderators; for the
+    submitter the latest that is not an escalation (an escalation is not a
+    decision yet, and its note is addressed to other moderators)."""
+    from accounts.roles import is_moderator
+
+    if viewer is not None and is_moderator(viewer):
+        return final_decision(sub)
+    return sub.decisions.exclude(action=Action.ESCALATE).select_related("moderator").first()
+
+
 def current_label(sub: Submission) -> str:
     """The label before a new decision: the latest decision's, or the verdict."""
     last = final_decision(sub)
@@ -67,9 +78,18 @@ def file_report(sub: Submission, reporter: Any, reason: str) -> Report:
     return Report.objects.create(submission=sub, reporter=reporter, reason=reason.strip()[:2000])
 
 
-def annotated() -> QuerySet[Submission]:
+def latest_decisions(*, for_submitter: bool = False) -> QuerySet[Decision]:
+    """The decisions of the outer submission, newest first (a subquery);
+    ``for_submitter`` leaves escalations out (see :func:`decision_for`)."""
+    qs = Decision.objects.filter(submission=OuterRef("pk"))
+    if for_submitter:
+        qs = qs.exclude(action=Action.ESCALATE)
+    return qs.order_by("-created", "-pk")
+
+
+def annotated(*, for_submitter: bool = False) -> QuerySet[Submission]:
     """Submissions with their latest decision label and open-report flag."""
-    latest = Decision.objects.filter(submission=OuterRef("pk")).order_by("-created", "-pk")
+    latest = latest_decisions(for_submitter=for_submitter)
     return Submission.objects.select_related("owner").annotate(
         decision_label=Subquery(latest.values("to_label")[:1]),
         has_open_report=Exists(Report.objects.filter(submission=OuterRef("pk"), resolved=False)),

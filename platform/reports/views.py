@@ -7,11 +7,11 @@ import datetime as dt
 
 from accounts.roles import is_moderator
 from django.contrib.auth.decorators import login_required
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet, Subquery
 from django.http import HttpRequest, QueryDict, StreamingHttpResponse
 from django.views.decorators.http import require_GET
-from moderation.models import Decision, Label
-from moderation.services import DECISION, annotated
+from moderation.models import Label
+from moderation.services import DECISION, annotated, latest_decisions
 
 from analyses.access import get_visible
 from analyses.models import Status, Submission, Verdict
@@ -37,9 +37,12 @@ def filtered_submissions(user: object, params: QueryDict) -> QuerySet[Submission
     Filters (moderators): ``from``/``to`` (ISO dates, inclusive), ``verdict``,
     ``status``, ``decision`` (a decision label, or ``none``).
     """
-    latest = Decision.objects.filter(submission=OuterRef("pk")).order_by("-created", "-pk")
-    qs = annotated().annotate(decision_note=Subquery(latest.values("note")[:1]))
-    if not is_moderator(user):  # type: ignore[arg-type]
+    moderator = is_moderator(user)  # type: ignore[arg-type]
+    latest = latest_decisions(for_submitter=not moderator)
+    qs = annotated(for_submitter=not moderator).annotate(
+        decision_note=Subquery(latest.values("note")[:1])
+    )
+    if not moderator:
         return qs.filter(owner_id=getattr(user, "pk", None)).order_by("-created")
     if start := _date(params.get("from")):
         qs = qs.filter(created__date__gte=start)

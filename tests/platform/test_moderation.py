@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 from moderation.models import Decision
 from moderation.services import DecisionError, decide, metrics, review_queue
@@ -89,3 +90,26 @@ def test_moderator_rerun_queues_with_current_models(clients, users, finished, mo
     sub.refresh_from_db()
     assert sub.status == "pending" and sub.score is None and not sub.artifacts.exists()
     assert [s.pk for s in queued] == [sub.pk]
+
+
+def test_submitter_sees_the_last_real_decision_not_an_escalation_note(
+    clients, users, finished
+) -> None:
+    import csv
+    import io
+
+    from rest_framework.authtoken.models import Token
+
+    sub = finished(users["submitter"], verdict="fake")
+    decide(sub, users["moderator"], "override_real", "A known actor.")
+    decide(sub, users["moderator"], "escalate", "internal: ask legal about the uploader")
+    detail = reverse("analyses:detail", args=[sub.pk])
+    page = clients["submitter"].get(detail).content.decode()
+    assert "A known actor." in page and "ask legal" not in page
+    assert "ask legal" in clients["moderator"].get(detail).content.decode()
+    token = Token.objects.create(user=users["submitter"])
+    api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.get(f"/api/submissions/{sub.pk}/").json()["decision"]["note"] == "A known actor."
+    response = clients["submitter"].get(reverse("reports:submissions"))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [(r["decision"], r["decision_note"]) for r in rows] == [("real", "A known actor.")]

@@ -7,6 +7,7 @@ filesystem transport under var/queue) nothing else needs to be running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -54,7 +55,13 @@ class Command(BaseCommand):
             ],
         }  # fmt: skip
         self.stdout.write(f"broker: {settings.CELERY_BROKER_URL.split('@')[-1]}")
-        procs = {name: subprocess.Popen(cmd, env=env, cwd=root) for name, cmd in commands.items()}  # noqa: S603
+        # Each child leads its own process group, so that a worker stuck past
+        # STOP_TIMEOUT_S is killed with its pool children (no orphans left
+        # running a job). Ctrl-C reaches this command only; it stops both.
+        procs = {
+            name: subprocess.Popen(cmd, env=env, cwd=root, start_new_session=True)  # noqa: S603
+            for name, cmd in commands.items()
+        }
         stopping = False
 
         def on_term(signum: int, frame: Any) -> None:
@@ -88,6 +95,7 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in time; killing it", name)
-            proc.kill()
+            logger.warning("%s did not stop in time; killing it and its children", name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
