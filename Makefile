@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/lint-imports
 
 typecheck: install
-	$(BIN)/mypy ensemble platform manage.py
+	$(BIN)/mypy ensemble explain platform manage.py
 
 test: lint typecheck
 	$(BIN)/pytest
