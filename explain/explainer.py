@@ -165,7 +165,7 @@ class Explainer:
             len(writer.artifacts),
             ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
         )
-        index = ExplanationIndex(tuple(writer.artifacts), series)
+        index = ExplanationIndex(tuple(writer.artifacts), series, timings=timings)
         index.write(out_dir)
         report("done", 1.0)
         return result, index

@@ -54,6 +54,8 @@ class ExplanationIndex:
     artifacts: tuple[Artifact, ...]
     series: dict[str, Any] = field(default_factory=dict)
     version: int = INDEX_VERSION
+    # Seconds each kind took to make; reported to logs and benchmarks, not written.
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,155 @@
+"""Explanation overhead: seconds per video for the analysis alone against the
+analysis followed by every explanation at the default settings.
+
+    python bench/explain_cost.py --videos ../shared/media/videos --json var/explain_cost.json
+
+Members are the real architectures with random weights (time does not depend
+on the weights), made by ``bench/speed.py``'s member factory and installed in
+a temporary weights folder, so the Analyzer loads them the way a worker does.
+For every video the analysis runs alone, then ``Explainer.run`` (which
+repeats the same analysis and adds the explanations) on the same loaded
+members; before the first video, both run once on a small still image so
+one-time costs (imports, font cache, allocator warm-up) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.speed import random_member  # noqa: E402
+from ensemble.config import AnalysisConfig  # noqa: E402
+from ensemble.media import list_media, sniff  # noqa: E402
+from ensemble.pipeline import Analyzer  # noqa: E402
+from ensemble.registry import REGISTRY  # noqa: E402
+from ensemble.weights import save_weights  # noqa: E402
+from explain import ExplainConfig, Explainer  # noqa: E402
+
+# Explanations may add at most this share of the analysis time (issue 3).
+TARGET_OVERHEAD = 0.5
+
+
+def install_random_members(names: Sequence[str], weights_dir: Path) -> None:
+    """Random-init real architectures, saved where an Analyzer looks for weights."""
+    torch.manual_seed(0)
+    for name in names:
+        member = random_member(REGISTRY.get(name).build().eval(), name, channels_last=True)
+        save_weights(member.model.state_dict(), member.spec, weights_dir,
+                     provenance={"data": "random init, benchmark only"})  # fmt: skip
+
+
+def _warm_up(analyzer: Analyzer, explainer: Explainer, tmp: Path) -> None:
+    from skimage.data import astronaut
+
+    image = tmp / "warmup.png"
+    Image.fromarray(np.ascontiguousarray(astronaut()[0:300, 110:410])).save(image)
+    analyzer.analyze(image)
+    explainer.run(image, tmp / "warmup-out")
+
+
+def measure(
+    videos: Sequence[Path],
+    frames: int = 32,
+    members: Sequence[str] = tuple(REGISTRY.names()),
+    explain_config: ExplainConfig | None = None,
+    threads: int = 0,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """Seconds per video: analysis alone, and analysis + explanations."""
+    with tempfile.TemporaryDirectory(prefix="trusttrace-explain-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        install_random_members(members, tmp / "weights")
+        config = AnalysisConfig(
+            weights_dir=tmp / "weights",
+            cache_dir=Path(tempfile.gettempdir()) / "trusttrace-bench-cache",
+            members=tuple(members),
+            frames=frames,
+            threads=threads,
+        )
+        analyzer = Analyzer(config, REGISTRY)
+        analyzer.prepare()
+        explainer = Explainer(analyzer, explain_config or ExplainConfig())
+        _warm_up(analyzer, explainer, tmp)
+        rows = []
+        for i, path in enumerate(videos):
+            start = time.perf_counter()
+            alone = analyzer.analyze(path)
+            analysis_s = time.perf_counter() - start
+            start = time.perf_counter()
+            result, index = explainer.run(path, tmp / f"out{i}", reference=reference)
+            explained_s = time.perf_counter() - start
+            rows.append(
+                {
+                    "file": path.name,
+                    "status": alone.status,
+                    "faces": len(alone.faces),
+                    "analysis_s": round(analysis_s, 3),
+                    "analysis_with_explanations_s": round(explained_s, 3),
+                    "overhead": round(explained_s / analysis_s - 1.0, 3),
+                    "artifacts": len(index.artifacts) if index else 0,
+                    "explain_stages_s": {
+                        k: round(v, 3) for k, v in (index.timings if index else {}).items()
+                    },
+                    "analysis_stages_s": {k: round(v, 3) for k, v in result.timings.items()},
+                    "bytes_written": sum(
+                        f.stat().st_size for f in (tmp / f"out{i}").rglob("*") if f.is_file()
+                    ),
+                }
+            )
+            logging.info("%s: %s", path.name, rows[-1])
+    analysis = float(np.mean([r["analysis_s"] for r in rows]))
+    explained = float(np.mean([r["analysis_with_explanations_s"] for r in rows]))
+    return {
+        "analysis_s_per_video": round(analysis, 3),
+        "analysis_with_explanations_s_per_video": round(explained, 3),
+        "overhead": round(explained / analysis - 1.0, 3),
+        "target_overhead": TARGET_OVERHEAD,
+        "videos": rows,
+        "frames": frames,
+        "members": list(members),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "media" / "videos")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--members", default=",".join(REGISTRY.names()))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--reference", type=Path, help="reference media for every video")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    videos = [p for p in list_media([args.videos]) if sniff(p).kind == "video"]
+    if not videos:
+        sys.exit(f"no videos in {args.videos}")
+    names = [n.strip() for n in args.members.split(",") if n.strip()]
+    report = measure(videos, args.frames, names, threads=args.threads, reference=args.reference)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
