@@ -20,6 +20,13 @@ class HasAttention(Protocol):
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
+@runtime_checkable
+class HasAttentionMap(Protocol):
+    """A model that can compute its attention without the rest of the network."""
+
+    def attention_map(self, x: Tensor) -> Tensor: ...
+
+
 def has_attention(member: LoadedMember) -> bool:
     """Does the member declare, and its model provide, an attention map?"""
     return member.spec.has_attention and isinstance(member.model, HasAttention)
@@ -38,7 +45,10 @@ def attention_maps(
     maps: list[FloatMap] = []
     for start in range(0, len(crops), batch_size):
         x = member.to_tensor(crops[start : start + batch_size])
-        _, attention = model.forward_with_attention(x)
+        if isinstance(model, HasAttentionMap):
+            attention = model.attention_map(x)  # stops at the attention layer
+        else:
+            _, attention = model.forward_with_attention(x)
         for a in attention.float().cpu().numpy()[:, 0]:
             up = cv2.resize(a.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             maps.append(np.clip(up, 0.0, 1.0).astype(np.float32))
