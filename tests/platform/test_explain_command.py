@@ -78,7 +78,7 @@ def test_reference_without_explain_is_refused(explain_site: Path) -> None:
 def test_unusable_reference_is_refused_with_its_reason(explain_site: Path) -> None:
     image = mf.write_image(explain_site / "f.png", mf.face_image(256), "PNG")
     notes = mf.text_as_mp4(explain_site / "notes.mp4")
-    with pytest.raises(CommandError, match="The reference could not be used: .*text"):
+    with pytest.raises(CommandError, match=r"The reference could not be used: .*text"):
         call_command(
             "analyze", str(image), "--explain", str(explain_site / "o"), "--reference", str(notes)
         )
