@@ -191,7 +191,7 @@ class Explainer:
         member: LoadedMember,
         faces: Sequence[int],
         maps: Sequence[FloatMap],
-        caption: Callable[[FaceResult, int, float], str],
+        caption: Callable[[int, FaceResult, int, float], str],
     ) -> None:
         frames = self._frames(data)
         for i, heat in zip(faces, maps, strict=True):
@@ -209,7 +209,7 @@ class Explainer:
                 time_s=t,
                 person=face.person,
                 member=member.name,
-                caption=caption(face, frame, t),
+                caption=caption(i, face, frame, t),
             )
 
     # -- the kinds ---------------------------------------------------------------
@@ -223,13 +223,22 @@ class Explainer:
     ) -> None:
         chosen = select_faces(result, self.config.top_k, self.config.include_least_suspicious)
         faces = [i for idx in chosen.values() for i in idx]
-        least = {idx[-1] for idx in chosen.values() if len(idx) > self.config.top_k}
+        # The person's least suspicious face is the last one chosen when it was chosen at all.
+        least = {
+            idx[-1]
+            for person, idx in chosen.items()
+            if len(idx) > 1
+            and self.config.include_least_suspicious
+            and result.faces[idx[-1]].score
+            == min(f.score for f in result.faces if f.person == person)
+        }
         for member in members:
             crops = [data.crops[member.name][i] for i in faces]
             maps = gradcam_maps(member, crops, self.config.gradcam_batch)
 
-            def caption(face: FaceResult, frame: int, t: float, name: str = member.name) -> str:
-                i = result.faces.index(face)
+            def caption(
+                i: int, face: FaceResult, frame: int, t: float, name: str = member.name
+            ) -> str:
                 which = "least suspicious" if i in least else "one of the most suspicious"
                 return (
                     f"Grad-CAM of {name} on person {face.person} at {t:.2f} s (frame {frame}), "
@@ -253,7 +262,9 @@ class Explainer:
                 continue
             maps = attention_maps(member, data.crops[member.name], self.analyzer.config.batch_size)
 
-            def caption(face: FaceResult, frame: int, t: float, name: str = member.name) -> str:
+            def caption(
+                i: int, face: FaceResult, frame: int, t: float, name: str = member.name
+            ) -> str:
                 return (
                     f"Attention map of {name} on person {face.person} at {t:.2f} s "
                     f"(frame {frame}; {name} score {face.members[name]:.2f}): the model's own "

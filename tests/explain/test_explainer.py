@@ -51,6 +51,9 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
     persons = len(result.persons)
     # top 2 + the least suspicious per person, for each of the two members.
     assert counts["gradcam"] == 2 * min(n_faces, 3 * persons)
+    gradcam_captions = [a.caption for a in index.artifacts if a.kind == "gradcam"]
+    assert sum("least suspicious" in c for c in gradcam_captions) == 2 * persons
+    assert all("where the model looked" in c for c in gradcam_captions)
     assert counts["attention"] == n_faces  # only tiny_att has an attention map
     assert {a.member for a in index.artifacts if a.kind == "attention"} == {"tiny_att"}
     assert counts["ssim_temporal"] == n_faces - persons
