@@ -43,11 +43,8 @@ CANONICAL_KEYPOINTS: tuple[tuple[float, float], ...] = (
 KEYPOINT_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 0.5, 0.5)
 # Share of the aligned crop's side left around the canonical face box on each side.
 ALIGN_MARGIN = 0.2
-# SSIM as Wang et al. (2004) compute it: an 11x11 Gaussian window of
-# sigma 1.5 and population statistics. Smoother than a uniform 7x7 window, so
-# compression noise and fine texture weigh less than structural changes.
-SSIM_SIGMA = 1.5
-SSIM_WINDOW = 11
+# scikit-image's default Gaussian-free window; odd and at most the image side.
+SSIM_WINDOW = 7
 
 
 # Intensity-based refinement (ECC, with OpenCV's default 5-pixel Gaussian
@@ -177,9 +174,9 @@ def refine_alignment(fixed: RGBImage, moving: RGBImage) -> RGBImage:
 def ssim_difference(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> FloatArray:
     """Per-pixel dissimilarity of two same-size images, in ``[0, 1]``.
 
-    ``(1 - SSIM) / 2`` from scikit-image's full SSIM map (Gaussian window,
-    as Wang et al. 2004), averaged over colour channels. ``data_range`` is
-    explicit: 255 for ``uint8``, else 1.0 (floats are expected in ``[0, 1]``).
+    ``(1 - SSIM) / 2`` from scikit-image's full SSIM map, averaged over colour
+    channels. ``data_range`` is explicit: 255 for ``uint8``, else 1.0 (floats
+    are expected in ``[0, 1]``).
     """
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
@@ -192,9 +189,7 @@ def ssim_difference(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> F
     _, full = structural_similarity(  # type: ignore[no-untyped-call]
         fa,
         fb,
-        gaussian_weights=True,
-        sigma=SSIM_SIGMA,
-        use_sample_covariance=False,
+        win_size=SSIM_WINDOW,
         data_range=data_range,
         channel_axis=channel_axis,
         full=True,

@@ -75,6 +75,9 @@ class AnalysisConfig:
     batch_size: int = 32
     # Number of intra-op threads for torch on CPU; 0 leaves torch's default.
     threads: int = 0
+    # What runs the members: "auto" (ONNX Runtime on CPU when installed, else
+    # torch), "torch" or "onnxruntime"; see ensemble.runtime.
+    backend: str = "auto"
     # Where converted BlazeFace weights are cached (sha256-keyed file names).
     cache_dir: Path = Path("var/cache")
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -82,6 +85,10 @@ class AnalysisConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(
+                f"backend must be 'auto', 'torch' or 'onnxruntime', got {self.backend!r}"
+            )
         if not self.members:
             raise ValueError("select at least one detector member")
         if len(set(self.members)) != len(self.members):

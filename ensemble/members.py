@@ -13,13 +13,18 @@ from torch import Tensor, nn
 
 from ensemble.media import RGBImage
 from ensemble.registry import REGISTRY, MemberSpec, Registry
+from ensemble.runtime import OnnxRunner, resolve_backend
 from ensemble.weights import load_model
 
 
 @dataclass
 class LoadedMember:
     """One member on its device. ``weights_sha256`` is ``None`` only for
-    models made in tests."""
+    models made in tests and benchmarks.
+
+    ``backend`` picks what computes :meth:`logits` (see :mod:`ensemble.runtime`);
+    ``model`` is always the torch module, for Grad-CAM and training.
+    """
 
     spec: MemberSpec
     model: nn.Module
@@ -30,8 +35,13 @@ class LoadedMember:
     weights_sha256: str | None = None
     device: str = "cpu"
     channels_last: bool = True
+    backend: str = "torch"
+    # Where exported ONNX graphs are cached (``None``: not cached).
+    cache_dir: Path | None = None
+    threads: int = 0
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
+    _runner: OnnxRunner | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
@@ -39,6 +49,19 @@ class LoadedMember:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.backend = resolve_backend(self.backend, self.device)
+        if self.backend == "onnxruntime":
+            example = torch.zeros(2, 3, self.input_size, self.input_size)
+            self._runner = OnnxRunner.for_module(
+                self.model.to(memory_format=torch.contiguous_format),
+                example,
+                tag=f"{self.name}_{self.input_size}",
+                weights_sha256=self.weights_sha256,
+                cache_dir=self.cache_dir,
+                threads=self.threads,
+            )
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
     def name(self) -> str:
@@ -66,14 +89,25 @@ class LoadedMember:
         out: list[npt.NDArray[np.float64]] = []
         for start in range(0, len(crops), batch_size):
             batch = self.to_tensor(crops[start : start + batch_size])
-            out.append(self.model(batch).float().reshape(-1).cpu().numpy().astype(np.float64))
+            if self._runner is not None:
+                raw = self._runner(batch.contiguous().numpy())[0]
+            else:
+                raw = self.model(batch).float().cpu().numpy()
+            out.append(np.asarray(raw, dtype=np.float64).reshape(-1))
             if on_batch is not None:
                 on_batch(len(batch))
         return np.concatenate(out) if out else np.zeros(0)
 
 
 def load_member(
-    name: str, weights_dir: Path, device: str = "cpu", registry: Registry = REGISTRY
+    name: str,
+    weights_dir: Path,
+    device: str = "cpu",
+    registry: Registry = REGISTRY,
+    *,
+    backend: str = "torch",
+    cache_dir: Path | None = None,
+    threads: int = 0,
 ) -> LoadedMember:
     """The named member with its installed, hash-checked weights."""
     spec = registry.get(name)
@@ -87,4 +121,7 @@ def load_member(
         temperature=manifest.temperature,
         weights_sha256=manifest.weights_sha256,
         device=device,
+        backend=backend,
+        cache_dir=cache_dir,
+        threads=threads,
     )

@@ -248,7 +248,13 @@ class Analyzer:
         for name in self.config.members:
             if name not in self._members:
                 self._members[name] = load_member(
-                    name, self.config.weights_dir, self.config.device, self.registry
+                    name,
+                    self.config.weights_dir,
+                    self.config.device,
+                    self.registry,
+                    backend=self.config.backend,
+                    cache_dir=self.config.cache_dir,
+                    threads=self.config.threads,
                 )
 
     def analyze(self, path: Path, progress: ProgressFn | None = None) -> AnalysisResult:

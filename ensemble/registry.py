@@ -38,6 +38,9 @@ class MemberSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     # The published checkpoint layout `import_weights` accepts, if any.
     checkpoint_format: str | None = None
+    # The input size published checkpoints of that layout were trained at,
+    # when it differs from ``input_size`` (the size of the project's own weights).
+    checkpoint_input_size: int | None = None
     has_attention: bool = False
 
 
@@ -90,11 +93,17 @@ REGISTRY.register(
         name="effnet_b7",
         build=EfficientNetB7Detector,
         crop=CropPolicy("isotropic", margin=1 / 3),
-        input_size=380,
+        # The project trains B7 on 224 px face crops (the DFDC crops it has are
+        # 224 px, so a larger input would only upsample them), and 224 keeps
+        # the ensemble inside its CPU time budget (README, "Measured speed").
+        # selimsef's published checkpoints were trained at 380; importing one
+        # records that size in its manifest.
+        input_size=224,
         gradcam_layer="encoder.bn2",
         description="EfficientNet-B7 trained with SSIM-mask guided augmentation "
         "(after the DFDC winning solution)",
         checkpoint_format="selimsef",
+        checkpoint_input_size=380,
     )
 )
 REGISTRY.register(

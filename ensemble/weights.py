@@ -38,6 +38,12 @@ MANIFEST_VERSION = 1
 # Shards stay below the size a single file may have in transfers and reviews.
 MAX_SHARD_BYTES = 15 * 1024 * 1024
 _DATAPARALLEL_PREFIX = "module."
+# int8 shards store each quantised tensor's per-output-channel scales beside it
+# under this suffix (":" never occurs in a PyTorch state_dict key).
+INT8_SCALE_SUFFIX = ":int8_scale"
+INT8_MAX = 127
+# "none": tensors kept as the source checkpoint stored them (imports).
+QUANTIZATIONS = ("fp16", "fp32", "int8", "none")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class Manifest:
     threshold: float = 0.5
     provenance: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    # How floating-point tensors are stored: "fp16", "fp32", or "int8"
+    # (per-output-channel symmetric int8 with fp32 scales, dequantised at load).
+    quantization: str = "fp16"
     version: int = MANIFEST_VERSION
 
     @property
@@ -101,6 +110,7 @@ class Manifest:
                 threshold=float(data.get("threshold", 0.5)),
                 provenance=dict(data.get("provenance", {})),
                 metrics=dict(data.get("metrics", {})),
+                quantization=str(data.get("quantization", "fp16")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IncompatibleCheckpointError(
@@ -198,6 +208,11 @@ def _verified(path: Path, expected: WeightFile) -> Path:
 def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
     """Read and hash-check every file of a manifest; tensors as float32."""
     folder = member_dir(weights_dir, manifest.member)
+    if manifest.quantization not in QUANTIZATIONS:
+        raise IncompatibleCheckpointError(
+            f"unknown weights quantization {manifest.quantization!r} "
+            f"(known: {', '.join(QUANTIZATIONS)})"
+        )
     state: dict[str, Tensor] = {}
     for wf in manifest.files:
         path = _verified(folder / wf.path, wf)
@@ -221,7 +236,55 @@ def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
         if overlap:
             raise IncompatibleCheckpointError(f"{path} repeats tensors: {sorted(overlap)[:3]}")
         state.update(part)
+    if manifest.quantization == "int8":
+        state = dequantize_int8(state)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def quantize_int8(tensor: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8: ``(q, scale)`` with
+    ``tensor ~= q * scale`` broadcast over dimension 0. ``scale`` is float32."""
+    t = tensor.detach().float()
+    flat = t.reshape(t.shape[0], -1)
+    scale = flat.abs().amax(dim=1) / INT8_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def dequantize_int8(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Undo :func:`quantize_int8` for every tensor stored with scales."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(INT8_SCALE_SUFFIX):
+            continue
+        scale = state.get(key + INT8_SCALE_SUFFIX)
+        if scale is None:
+            out[key] = value
+            continue
+        if value.dtype != torch.int8 or scale.shape != (value.shape[0],):
+            raise IncompatibleCheckpointError(
+                f"int8 tensor {key!r} and its scales do not match ({value.dtype}, "
+                f"{tuple(value.shape)} vs scales {tuple(scale.shape)})"
+            )
+        shape = (-1,) + (1,) * (value.dim() - 1)
+        out[key] = value.float() * scale.float().reshape(shape)
+    return out
+
+
+def stored_tensors(key: str, value: Tensor, quantization: str) -> dict[str, Tensor]:
+    """The tensors one state_dict entry becomes on disk."""
+    t = value.detach().cpu()
+    if not t.is_floating_point():
+        return {key: t.contiguous()}
+    if quantization == "int8" and t.dim() >= 2:
+        # Weights of convolutions and linear layers: int8 per output channel.
+        # Biases and normalisation parameters stay fp16: they are small and
+        # sensitive.
+        q, scale = quantize_int8(t)
+        return {key: q.contiguous(), key + INT8_SCALE_SUFFIX: scale.contiguous()}
+    dtype = torch.float32 if quantization == "fp32" else torch.float16
+    return {key: t.to(dtype).contiguous()}
 
 
 def load_model(spec: MemberSpec, weights_dir: Path) -> tuple[nn.Module, Manifest]:
@@ -247,15 +310,23 @@ def save_weights(
     *,
     input_size: int | None = None,
     dtype: torch.dtype = torch.float16,
+    quantization: str | None = None,
     temperature: float = 1.0,
     threshold: float = 0.5,
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Manifest:
-    """Write a state_dict as safetensors shards plus a manifest."""
+    """Write a state_dict as safetensors shards plus a manifest.
+
+    ``quantization`` ("fp16", "fp32" or "int8") wins over ``dtype``; without
+    it ``dtype`` float16/float32 selects fp16/fp32.
+    """
     from safetensors.torch import save_file
 
+    quant = quantization or ("fp32" if dtype == torch.float32 else "fp16")
+    if quant not in QUANTIZATIONS or quant == "none":
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quant!r}")
     folder = member_dir(weights_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob(f"{spec.name}-*.safetensors"):
@@ -263,13 +334,12 @@ def save_weights(
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for key, value in state.items():
-        t = value.detach().cpu()
-        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
-        nbytes = t.numel() * t.element_size()
+        stored = stored_tensors(key, value, quant)
+        nbytes = sum(t.numel() * t.element_size() for t in stored.values())
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][key] = t
+        shards[-1].update(stored)
         size += nbytes
     files = []
     for i, shard in enumerate(shards):
@@ -288,6 +358,7 @@ def save_weights(
         threshold=threshold,
         provenance=dict(provenance or {}),
         metrics=dict(metrics or {}),
+        quantization=quant,
     )
     _write_manifest(folder, manifest)
     return manifest
@@ -328,7 +399,7 @@ def import_checkpoint(
         architecture=spec.build.__name__,
         format="pytorch",
         files=(wf,),
-        input_size=input_size or spec.input_size,
+        input_size=input_size or spec.checkpoint_input_size or spec.input_size,
         mean=spec.mean,
         std=spec.std,
         temperature=1.0,
@@ -340,6 +411,7 @@ def import_checkpoint(
             "calibrated": False,
             "note": note,
         },
+        quantization="none",
     )
     _write_manifest(folder, manifest)
     logger.info("imported %s for %s (sha256 %s)", source.name, spec.name, wf.sha256)

@@ -26,6 +26,7 @@ def analysis_config(
         frames=frames or int(s["FRAMES"]),
         device=str(s["DEVICE"]),
         threads=int(s["THREADS"]),
+        backend=str(s.get("BACKEND", "auto")),
         batch_size=int(s["BATCH_SIZE"]),
         limits=MediaLimits(
             max_bytes=int(s["MAX_UPLOAD_BYTES"]),

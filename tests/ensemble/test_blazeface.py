@@ -152,3 +152,15 @@ def test_detection_is_frozen_dataclass() -> None:
     assert (d.width, d.height) == (10, 20)
     with pytest.raises(AttributeError):
         d.score = 0.1  # type: ignore[misc]
+
+
+def test_frozen_cpu_graph_matches_the_eager_network(detector: FaceDetector) -> None:
+    torch.manual_seed(0)
+    x = (torch.rand(5, 3, 128, 128) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager = detector.net(x)
+        frozen = detector._run_net(x)  # a batch size other than the traced one
+    assert detector._run_net is not detector.net
+    for a, b in zip(eager, frozen, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-4)

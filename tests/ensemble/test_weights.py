@@ -115,3 +115,15 @@ def test_import_refuses_checkpoints_that_need_arbitrary_unpickling(
         pickle.dump({"state_dict": Evil()}, fh)
     with pytest.raises(IncompatibleCheckpointError, match="weights_only"):
         import_checkpoint(registry.get("tiny"), ckpt, tmp_path / "weights")
+
+
+def test_import_records_the_published_checkpoints_input_size(tmp_path: Path) -> None:
+    import dataclasses
+
+    spec = dataclasses.replace(tiny_spec("tiny"), checkpoint_input_size=80)
+    registry = Registry()
+    registry.register(spec)
+    ckpt = tmp_path / "published.pth"
+    torch.save(spec.build().state_dict(), ckpt)
+    assert import_checkpoint(spec, ckpt, tmp_path / "weights").input_size == 80
+    assert import_checkpoint(spec, ckpt, tmp_path / "w2", input_size=72).input_size == 72

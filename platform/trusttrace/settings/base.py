@@ -117,6 +117,8 @@ TRUSTTRACE = {
     ),
     "DEVICE": os.environ.get("TRUSTTRACE_DEVICE", "cpu"),
     "THREADS": int(os.environ.get("TRUSTTRACE_THREADS", "0")),
+    # "auto": ONNX Runtime on CPU (measured faster, see README), torch on CUDA.
+    "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
     "FRAMES": int(os.environ.get("TRUSTTRACE_FRAMES", "32")),
     "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "32")),
     "THRESHOLD": float(os.environ.get("TRUSTTRACE_THRESHOLD", "0.5")),

@@ -1,0 +1,55 @@
+"""Temperature scaling fitted on validation logits.
+
+A member's calibrated probability is ``sigmoid(logit / T)``
+(:func:`ensemble.scoring.calibrate`). ``T`` minimises the validation negative
+log-likelihood; it is optimised as ``log T`` with L-BFGS so it stays positive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+# Temperatures are kept in this range: a validation set that is separated
+# perfectly would otherwise drive T towards 0.
+MIN_TEMPERATURE = 0.05
+MAX_TEMPERATURE = 20.0
+LBFGS_STEPS = 100
+
+
+class CalibrationError(ValueError):
+    """Logits and labels that no temperature can be fitted to."""
+
+
+def nll(logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float) -> float:
+    """Mean binary negative log-likelihood of ``sigmoid(logits / T)``."""
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(z, y))
+
+
+def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The temperature minimising validation NLL (L-BFGS on ``log T``)."""
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64)).reshape(-1)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1)
+    if z.shape != y.shape or len(z) == 0:
+        raise CalibrationError(f"need as many labels as logits (got {len(z)} and {len(y)})")
+    if not bool(torch.isfinite(z).all()):
+        raise CalibrationError("logits contain NaN or infinity")
+    if len(torch.unique(y)) < 2:
+        raise CalibrationError("temperature needs both real and fake validation samples")
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    t = math.exp(float(log_t.detach()))
+    return float(min(max(t, MIN_TEMPERATURE), MAX_TEMPERATURE))

@@ -1,0 +1,311 @@
+"""Labelled face-crop datasets: reading, splitting, digesting, keypoints.
+
+Two layouts are read (README, "Training and evaluation"):
+
+- a folder with ``real/`` and ``fake/`` (optionally under ``train/``,
+  ``validation/`` (or ``val/``) and ``test/``);
+- a ``metadata.csv`` with ``file,label[,split][,original][,keypoints]``:
+  ``file`` relative to the CSV's folder; ``label`` REAL/FAKE (any case) or
+  0/1; ``split`` train/val/validation/test; ``original`` the real crop a fake
+  was made from, as a file of the dataset or as the value of a ``video``
+  column (the dfdc_faces layout); ``keypoints`` twelve numbers, the six
+  BlazeFace keypoints in crop pixels, as written by ``extract_faces``.
+
+Without a split column, 20% of the groups (a real crop and the fakes made
+from it) go to validation, chosen by a hash of the group's name, so the split
+never depends on the order of the rows and no source crosses splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ensemble.media import RGBImage
+
+logger = logging.getLogger(__name__)
+
+METADATA_NAME = "metadata.csv"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VAL_FRACTION = 0.2
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
+N_KEYPOINTS = 6
+
+Keypoints = tuple[tuple[float, float], ...]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read, with what is wrong in words."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled crop. ``label`` 1 is fake. ``original`` is the real crop a
+    fake was made from, when known."""
+
+    path: Path
+    label: int
+    split: str
+    original: Path | None = None
+    keypoints: Keypoints | None = None
+    group: str = ""
+
+
+def parse_label(value: str, where: str) -> int:
+    """REAL/FAKE (any case) or 0/1 -> 0 or 1; ``where`` names the place in errors."""
+    try:
+        return LABELS[value.strip().lower()]
+    except KeyError:
+        raise DatasetError(f"{where}: label {value!r} is not REAL, FAKE, 0 or 1") from None
+
+
+def _split(value: str, where: str) -> str:
+    try:
+        return SPLIT_ALIASES[value.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(set(SPLIT_ALIASES)))
+        raise DatasetError(f"{where}: split {value!r} is not one of {known}") from None
+
+
+def parse_keypoints(text: str) -> Keypoints | None:
+    """Twelve numbers (x y pairs) -> six keypoints; empty text -> None."""
+    values = text.replace(",", " ").split()
+    if not values:
+        return None
+    if len(values) != 2 * N_KEYPOINTS:
+        raise DatasetError(f"keypoints need {2 * N_KEYPOINTS} numbers, got {len(values)}")
+    nums = [float(v) for v in values]
+    return tuple((nums[2 * i], nums[2 * i + 1]) for i in range(N_KEYPOINTS))
+
+
+def format_keypoints(keypoints: Sequence[Sequence[float]] | None) -> str:
+    if keypoints is None:
+        return ""
+    return " ".join(f"{v:.1f}" for point in keypoints for v in point)
+
+
+def _hash_split(group: str) -> str:
+    h = int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big")
+    return "val" if (h % 10_000) / 10_000 < VAL_FRACTION else "train"
+
+
+def _read_csv(csv_path: Path) -> list[Sample]:
+    root = csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = set(reader.fieldnames or [])
+        if not {"file", "label"} <= fields:
+            raise DatasetError(f"{csv_path} needs the columns file,label (has {sorted(fields)})")
+        rows = list(reader)
+    by_video: dict[str, Path] = {}
+    if "video" in fields:
+        for row in rows:
+            if parse_label(row["label"], str(csv_path)) == 0 and row.get("video"):
+                by_video[row["video"].strip()] = root / row["file"].strip()
+    samples = []
+    for n, row in enumerate(rows, start=2):
+        where = f"{csv_path}:{n}"
+        path = root / row["file"].strip()
+        label = parse_label(row["label"], where)
+        original: Path | None = None
+        ref = (row.get("original") or "").strip()
+        if ref:
+            original = by_video.get(ref) or root / ref
+            if not original.is_file():
+                original = None  # the source crop is not part of the dataset
+        video = (row.get("video") or "").strip()
+        group = ref or video or row["file"].strip()
+        split_text = (row.get("split") or "").strip()
+        split = _split(split_text, where) if split_text else _hash_split(group)
+        keypoints = parse_keypoints(row.get("keypoints") or "")
+        samples.append(Sample(path, label, split, original, keypoints, group))
+    return samples
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _read_folders(root: Path) -> list[Sample]:
+    samples = []
+    split_dirs = [
+        d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES
+    ]
+    parts = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs] or [(root, "")]
+    for folder, split in parts:
+        for name, label in (("real", 0), ("fake", 1)):
+            for path in _images(folder / name):
+                group = str(path.relative_to(root))
+                samples.append(Sample(path, label, split or _hash_split(group), None, None, group))
+    return samples
+
+
+def load_samples(source: Path) -> list[Sample]:
+    """Every sample of a dataset (CSV file, folder with metadata.csv, or a
+    real/fake folder tree). Raises :class:`DatasetError` for bad layouts."""
+    if source.is_file():
+        samples = _read_csv(source)
+    elif (source / METADATA_NAME).is_file():
+        samples = _read_csv(source / METADATA_NAME)
+    elif source.is_dir():
+        samples = _read_folders(source)
+    else:
+        raise DatasetError(f"{source} is neither a dataset folder nor a metadata CSV")
+    if not samples:
+        raise DatasetError(
+            f"{source} holds no labelled images (expected real/ and fake/ folders "
+            f"or a {METADATA_NAME} with file,label)"
+        )
+    return samples
+
+
+def select(samples: Iterable[Sample], split: str | None) -> list[Sample]:
+    """The samples of one split (``None``: all)."""
+    if split is None:
+        return list(samples)
+    wanted = _split(split, "--split")
+    return [s for s in samples if s.split == wanted]
+
+
+def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """At most ``limit`` samples, half of each class where possible, chosen
+    reproducibly by ``seed`` (fakes keep their originals when those are kept)."""
+    if limit is None or len(samples) <= limit:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    reals = [s for s in samples if s.label == 0]
+    fakes = [s for s in samples if s.label == 1]
+    n_fake = min(len(fakes), limit // 2)
+    n_real = min(len(reals), limit - n_fake)
+    n_fake = min(len(fakes), limit - n_real)
+    pick_r = sorted(rng.choice(len(reals), n_real, replace=False).tolist())
+    pick_f = sorted(rng.choice(len(fakes), n_fake, replace=False).tolist())
+    return [reals[i] for i in pick_r] + [fakes[i] for i in pick_f]
+
+
+def data_digest(samples: Iterable[Sample], root: Path | None = None) -> str:
+    """sha256 of the sorted (file, label, split) list: names the exact data."""
+    lines = sorted(
+        f"{s.path.relative_to(root) if root else s.path.name},{s.label},{s.split}\n"
+        for s in samples
+    )
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def read_rgb(path: Path) -> RGBImage:
+    """An image file as RGB uint8, or :class:`DatasetError`."""
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if image is None:
+        raise DatasetError(f"{path} is missing or not a readable image")
+    out: RGBImage = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return out
+
+
+def resize_to(
+    image: RGBImage, keypoints: Keypoints | None, size: int
+) -> tuple[RGBImage, Keypoints | None]:
+    """A square ``size`` crop (crops are square; others are stretched) and its
+    keypoints scaled alike."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image, keypoints
+    interp = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
+    out: RGBImage = np.asarray(cv2.resize(image, (size, size), interpolation=interp), np.uint8)
+    if keypoints is None:
+        return out, None
+    sx, sy = size / w, size / h
+    return out, tuple((x * sx, y * sy) for x, y in keypoints)
+
+
+# --- Keypoints for crops that do not carry them -----------------------------
+
+DetectFn = Callable[[list[RGBImage]], list[Keypoints | None]]
+KEYPOINT_BATCH = 64
+
+
+def blazeface_keypoints(detector: object) -> DetectFn:
+    """A ``DetectFn`` from an :class:`ensemble.faces.FaceDetector`: the best
+    detection's keypoints per crop, or None when no face is found."""
+    from ensemble.faces import FaceDetector
+
+    if not isinstance(detector, FaceDetector):
+        raise TypeError("expected an ensemble.faces.FaceDetector")
+
+    def detect(images: list[RGBImage]) -> list[Keypoints | None]:
+        out: list[Keypoints | None] = []
+        for dets in detector.detect(images):
+            if dets:
+                out.append(tuple((float(x), float(y)) for x, y in dets[0].keypoints))
+            else:
+                out.append(None)
+        return out
+
+    return detect
+
+
+def attach_keypoints(
+    samples: Sequence[Sample], detect: DetectFn, cache_path: Path | None
+) -> list[Sample]:
+    """Samples with keypoints.
+
+    Crops without a ``keypoints`` column are detected once; results (including
+    "no face", stored as null) are cached in ``cache_path`` (JSON keyed by
+    path and size) so later runs skip detection. A crop where no face is found
+    keeps ``None`` and augmentations fall back to an elliptical face mask.
+    """
+    cache: dict[str, list[list[float]] | None] = {}
+    if cache_path is not None and cache_path.is_file():
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+
+    def key(path: Path) -> str:
+        return f"{path}:{path.stat().st_size}"
+
+    wanted = {s.path for s in samples if s.keypoints is None}
+    todo = sorted(p for p in wanted if key(p) not in cache)
+    for start in range(0, len(todo), KEYPOINT_BATCH):
+        chunk = todo[start : start + KEYPOINT_BATCH]
+        found = detect([read_rgb(p) for p in chunk])
+        for p, kp in zip(chunk, found, strict=True):
+            cache[key(p)] = None if kp is None else [list(pt) for pt in kp]
+    if todo:
+        logger.info("detected keypoints on %d crops", len(todo))
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache), encoding="utf-8")
+
+    def lookup(path: Path) -> Keypoints | None:
+        value = cache.get(key(path))
+        return None if value is None else tuple((float(x), float(y)) for x, y in value)
+
+    return [s if s.keypoints is not None else replace(s, keypoints=lookup(s.path)) for s in samples]
+
+
+def keypoints_of(samples: Sequence[Sample]) -> dict[Path, Keypoints | None]:
+    return {s.path: s.keypoints for s in samples}
+
+
+def labels_array(samples: Sequence[Sample]) -> npt.NDArray[np.float64]:
+    return np.asarray([s.label for s in samples], dtype=np.float64)

@@ -1,0 +1,164 @@
+"""From a training run to the ``weights/`` layout the core loads.
+
+``export_run`` takes the run's best checkpoint, fits the temperature on the
+validation split (:mod:`ensemble.training.calibrate`), picks the member's own
+threshold by the documented rule (:func:`ensemble.evaluation.choose_threshold`),
+and chooses the storage precision: int8 per-channel when its validation AUC
+stays within ``AUC_TOLERANCE`` of fp32's, else fp16. It then writes the
+safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest, and
+reloads the member through the normal hash-checked path to check that what
+was written is what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ensemble.evaluation import binary_metrics, choose_threshold
+from ensemble.registry import MemberSpec
+from ensemble.scoring import calibrate
+from ensemble.training.calibrate import fit_temperature
+from ensemble.training.data import Sample, limit_balanced, load_samples, select
+from ensemble.training.loop import FaceDataset, load_best, predict
+from ensemble.weights import (
+    MAX_SHARD_BYTES,
+    Manifest,
+    dequantize_int8,
+    load_model,
+    save_weights,
+    stored_tensors,
+)
+
+logger = logging.getLogger(__name__)
+
+# int8 is kept only when validation AUC moves by at most this much.
+AUC_TOLERANCE = 0.005
+# The reloaded member must reproduce the measured logits this closely.
+RELOAD_ATOL = 1e-4
+EVAL_BATCH = 64
+
+
+class ExportError(RuntimeError):
+    """Export that cannot be completed, with the reason in words."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    manifest: Manifest
+    quantization: str
+    temperature: float
+    threshold: float
+    auc: dict[str, float | None]
+
+
+def roundtrip(state: Mapping[str, Tensor], quantization: str) -> dict[str, Tensor]:
+    """The float32 state a member gets after storing ``state`` as
+    ``quantization`` and loading it back (see :func:`ensemble.weights.save_weights`)."""
+    stored: dict[str, Tensor] = {}
+    for key, value in state.items():
+        stored.update(stored_tensors(key, value, quantization))
+    if quantization == "int8":
+        stored = dequantize_int8(stored)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in stored.items()}
+
+
+def _logits(
+    model: nn.Module, samples: list[Sample], spec: MemberSpec, size: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    ds = FaceDataset(samples, size, spec.mean, spec.std, train=False)
+    return predict(model, DataLoader(ds, batch_size=EVAL_BATCH), "cpu", amp=False)
+
+
+def _auc(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]) -> float | None:
+    return binary_metrics(calibrate(logits, 1.0), labels).auc
+
+
+def export_run(
+    run_dir: Path,
+    spec: MemberSpec,
+    weights_dir: Path,
+    *,
+    data: Path,
+    description: str = "",
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    val_limit: int | None = None,
+) -> ExportReport:
+    """Calibrate, choose the precision and install ``run_dir``'s best model."""
+    model, size = load_best(run_dir, spec)
+    run_info: dict[str, Any] = {}
+    if (run_dir / "run.json").is_file():
+        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    seed = int(run_info.get("config", {}).get("seed", 0))
+    # The same validation samples the run validated on (same limit, same seed).
+    samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
+    if not samples:
+        raise ExportError(f"{data} has no validation samples to calibrate on")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    logits32, labels = _logits(model, samples, spec, size)
+    auc: dict[str, float | None] = {"fp32": _auc(logits32, labels)}
+    measured: dict[str, npt.NDArray[np.float64]] = {}
+    for quant in ("int8", "fp16"):
+        model.load_state_dict(roundtrip(state, quant))
+        measured[quant], _ = _logits(model, samples, spec, size)
+        auc[quant] = _auc(measured[quant], labels)
+    ref = auc["fp32"]
+    int8_auc = auc["int8"]
+    keep_int8 = (ref is None and int8_auc is None) or (
+        ref is not None and int8_auc is not None and abs(ref - int8_auc) <= AUC_TOLERANCE
+    )
+    quant = "int8" if keep_int8 else "fp16"
+    logits = measured[quant]
+    temperature = fit_temperature(logits, labels)
+    probs = calibrate(logits, temperature)
+    choice = choose_threshold(probs, labels)
+    metrics = binary_metrics(probs, labels, choice.threshold).to_dict()
+    manifest = save_weights(
+        state,
+        spec,
+        weights_dir,
+        input_size=size,
+        quantization=quant,
+        temperature=temperature,
+        threshold=choice.threshold,
+        provenance={
+            "source": "trained",
+            "data": description or str(data),
+            "data_digest": run_info.get("data_digest"),
+            "command": run_info.get("command"),
+            "code_version": run_info.get("code_version"),
+            "best_epoch": run_info.get("best_epoch"),
+            "recipe": run_info.get("recipe"),
+            "calibrated": True,
+        },
+        metrics={
+            "split": "val",
+            "n": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
+            "auc_by_precision": auc,
+            "stored_as": quant,
+            "uncertain_band": choice.uncertain_band,
+            **metrics,
+        },
+        max_shard_bytes=max_shard_bytes,
+    )
+    reloaded, _ = load_model(spec, weights_dir)
+    again, _ = _logits(reloaded, samples, spec, size)
+    if not np.allclose(again, logits, atol=RELOAD_ATOL):
+        raise ExportError(
+            f"the exported {spec.name} does not reproduce the measured validation logits "
+            f"(max difference {np.abs(again - logits).max():.2e})"
+        )
+    logger.info(
+        "exported %s as %s (T=%.3f, threshold %.3f, AUC %s)",
+        spec.name, quant, temperature, choice.threshold, auc,
+    )  # fmt: skip
+    return ExportReport(manifest, quant, temperature, choice.threshold, auc)

@@ -1,0 +1,100 @@
+"""Face crops for training from labelled videos, with the serving pipeline.
+
+The same stages as :func:`ensemble.pipeline.analyze` (``load_media`` sampling,
+:class:`~ensemble.faces.FaceDetector`, :func:`~ensemble.tracks.link_tracks`,
+:func:`~ensemble.crops.crop_face` with each member's crop policy and input
+size), so a member is trained on exactly the crops it will be served. Each
+crop's six keypoints are written in crop pixels, so SBI and the blackout need
+no second detection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.config import AnalysisConfig
+from ensemble.crops import Box, CropPolicy, crop_face
+from ensemble.faces import FaceDetector
+from ensemble.media import RGBImage, load_media
+from ensemble.registry import MemberSpec
+from ensemble.tracks import link_tracks
+
+Keypoints = tuple[tuple[float, float], ...]
+
+
+def crop_keypoints(
+    frame_shape: tuple[int, int],
+    box: Box,
+    keypoints: Sequence[Sequence[float]],
+    policy: CropPolicy,
+    size: int,
+) -> Keypoints:
+    """Frame-pixel keypoints mapped into the crop :func:`crop_face` cuts
+    (the same geometry, computed without the image)."""
+    h, w = frame_shape
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    if policy.kind == "square":
+        dx = dy = policy.margin * bw
+    else:
+        dx, dy = policy.margin * bw, policy.margin * bh
+    x0, y0 = max(round(box[0] - dx), 0), max(round(box[1] - dy), 0)
+    x1, y1 = min(round(box[2] + dx), w), min(round(box[3] + dy), h)
+    if policy.kind == "square":
+        side = max(x1 - x0, y1 - y0, 1)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        sx0, sy0 = round(cx - side / 2), round(cy - side / 2)
+        out = (kp - (sx0, sy0)) * (size / side)
+    else:
+        rw, rh = max(x1 - x0, 1), max(y1 - y0, 1)
+        scale = size / max(rh, rw)
+        nw, nh = max(round(rw * scale), 1), max(round(rh * scale), 1)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out = (kp - (x0, y0)) * (nw / rw, nh / rh) + (left, top)
+    return tuple((float(x), float(y)) for x, y in out)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    member: str
+    person: int
+    position: int  # sampled frame position
+    frame: int  # frame index in the video
+    image: RGBImage
+    keypoints: Keypoints
+
+
+def extract_faces(
+    path: Path,
+    config: AnalysisConfig,
+    detector: FaceDetector,
+    members: Sequence[tuple[MemberSpec, int]],
+) -> list[FaceCrop]:
+    """Every tracked face of ``path``, cropped for each ``(spec, input_size)``.
+    Raises :class:`ensemble.errors.InvalidMediaError` for unusable media."""
+    media = load_media(path, config.limits, config.frames)
+    images = [f.image for f in media.frames]
+    detections = detector.detect(images)
+    tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction)
+    crops = []
+    for track in tracks:
+        for pos, det in track.detections:
+            frame = images[pos]
+            for spec, size in members:
+                crops.append(
+                    FaceCrop(
+                        member=spec.name,
+                        person=track.id,
+                        position=pos,
+                        frame=media.frames[pos].index,
+                        image=crop_face(frame, det.box, spec.crop, size),
+                        keypoints=crop_keypoints(
+                            frame.shape[:2], det.box, det.keypoints, spec.crop, size
+                        ),
+                    )
+                )
+    return crops

@@ -1,0 +1,175 @@
+"""``python manage.py evaluate``: accuracy of the installed members and the ensemble.
+
+- ``--faces CSV_or_DIR [--split val]``: frame level, on a face-crop dataset.
+  A folder made by ``extract_faces`` (one sub-dataset per member) gives each
+  member its own crops; any other dataset gives every member the same crops,
+  resized to its input size.
+- ``--videos DIR --labels labels.csv``: video level, through the full
+  pipeline (``ensemble.pipeline.Analyzer``); videos with no face or rejected
+  are left out and listed.
+
+Writes ROC and confusion-matrix PNGs to ``--out`` (and ``threshold.json``,
+the validation rule's threshold and band for these scores) and, with
+``--json FILE``, ``{"ensemble": {...}, "members": {...}, "n": {...}}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("var/evaluation")
+EVAL_BATCH = 32
+
+
+class Command(BaseCommand):
+    help = "Evaluate the installed detectors on labelled face crops or videos."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--faces", type=Path, help="face-crop dataset (CSV or folder)")
+        parser.add_argument("--split", help="only this split of --faces (train/val/test)")
+        parser.add_argument("--videos", type=Path, help="folder of videos")
+        parser.add_argument("--labels", type=Path, help="CSV with file,label for --videos")
+        parser.add_argument("--members", help="comma-separated members (default from settings)")
+        parser.add_argument("--frames", type=int, help="frames sampled per video")
+        parser.add_argument("--limit", type=int, help="at most N samples (balanced)")
+        parser.add_argument(
+            "--threshold", type=float, help="decision threshold (default: settings)"
+        )
+        parser.add_argument("--json", help="write the metrics JSON to FILE ('-' for stdout)")
+        parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the PNGs")
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        from analyses.config import analysis_config, analysis_registry
+        from ensemble.errors import RegistryError, WeightsError
+        from ensemble.evaluation import MetricsError, choose_threshold, report, write_report_figures
+        from ensemble.training.data import DatasetError
+
+        if bool(o["faces"]) == bool(o["videos"]):
+            raise CommandError("give either --faces or --videos (with --labels)")
+        if o["videos"] and not o["labels"]:
+            raise CommandError("--videos needs --labels labels.csv (file,label)")
+        members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
+        try:
+            config = analysis_config(members=members, frames=o["frames"])
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        threshold = o["threshold"] if o["threshold"] is not None else config.scoring.threshold
+        registry = analysis_registry()
+        ensemble_probs = None
+        try:
+            if o["faces"]:
+                probs, labels = self._faces(config, registry, o)
+            else:
+                probs, labels, ensemble_probs = self._videos(config, registry, o)
+            result = report(probs, labels, threshold, ensemble_probs)
+            write_report_figures(probs, labels, result, o["out"], ensemble_probs)
+            ens = ensemble_probs if ensemble_probs is not None else np.mean(list(probs.values()), 0)
+            choice = choose_threshold(ens, labels)
+        except (RegistryError, WeightsError, DatasetError, MetricsError) as e:
+            raise CommandError(str(e)) from e
+        (o["out"] / "threshold.json").write_text(
+            json.dumps(choice.__dict__, indent=2) + "\n", encoding="utf-8"
+        )
+        text = json.dumps(result, indent=2) + "\n"
+        if o["json"] == "-":
+            self.stdout.write(text)
+        elif o["json"]:
+            Path(o["json"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(o["json"]).write_text(text, encoding="utf-8")
+        for name, m in [("ensemble", result["ensemble"]), *result["members"].items()]:
+            auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+            self.stdout.write(
+                f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, "
+                f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
+            )
+        self.stdout.write(
+            f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {o['out']}; "
+            f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
+        )
+
+    def _faces(self, config: Any, registry: Any, o: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        from ensemble.members import load_member
+        from ensemble.scoring import calibrate
+        from ensemble.training.data import (
+            DatasetError,
+            labels_array,
+            limit_balanced,
+            load_samples,
+            read_rgb,
+            resize_to,
+            select,
+        )
+
+        root: Path = o["faces"]
+        per_member = root.is_dir() and all(
+            (root / m / "metadata.csv").is_file() for m in config.members
+        )
+        probs: dict[str, Any] = {}
+        reference: list[str] | None = None
+        labels = None
+        for name in config.members:
+            member = load_member(name, config.weights_dir, config.device, registry)
+            source = root / name if per_member else root
+            samples = select(load_samples(source), o["split"])
+            samples = limit_balanced(samples, o["limit"], seed=0)
+            if not samples:
+                raise DatasetError(f"{source} has no samples in split {o['split']!r}")
+            keys = [
+                str(s.path.relative_to(source if source.is_dir() else source.parent))
+                for s in samples
+            ]
+            if reference is None:
+                reference, labels = keys, labels_array(samples)
+            elif keys != reference:
+                raise DatasetError(f"the crops of {name} do not match the other members'")
+            logits = []
+            for start in range(0, len(samples), EVAL_BATCH):
+                crops = [
+                    resize_to(read_rgb(s.path), None, member.input_size)[0]
+                    for s in samples[start : start + EVAL_BATCH]
+                ]
+                logits.append(member.logits(crops, EVAL_BATCH))
+            probs[name] = calibrate(np.concatenate(logits), member.temperature)
+        return probs, labels
+
+    def _videos(
+        self, config: Any, registry: Any, o: dict[str, Any]
+    ) -> tuple[dict[str, Any], Any, Any]:
+        from ensemble.pipeline import Analyzer
+        from ensemble.training.data import parse_label
+
+        labels_path: Path = o["labels"]
+        if not labels_path.is_file():
+            raise CommandError(f"{labels_path} does not exist")
+        with labels_path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        analyzer = Analyzer(config, registry)
+        analyzer.prepare()
+        probs: dict[str, list[float]] = {m: [] for m in config.members}
+        labels: list[int] = []
+        scores: list[float] = []
+        for row in rows[: o["limit"] or None]:
+            path = o["videos"] / row["file"].strip()
+            label = parse_label(row["label"], str(labels_path))
+            result = analyzer.analyze(path)
+            if result.status != "done" or result.score is None:
+                self.stderr.write(f"{path.name}: left out ({result.status}: {result.reason})")
+                continue
+            labels.append(label)
+            scores.append(result.score)
+            for m in config.members:
+                probs[m].append(result.members[m])
+        return (
+            {k: np.asarray(v) for k, v in probs.items()},
+            np.asarray(labels, dtype=np.float64),
+            np.asarray(scores),
+        )

@@ -1,0 +1,122 @@
+"""``python manage.py train_detector --member NAME --data DATA --out DIR``.
+
+Trains one member with its recipe (``ensemble.training.recipes``); flags
+override the recipe. With ``--export WEIGHTS_DIR`` the best model is then
+calibrated on the validation split and installed there (int8 or fp16, see
+``ensemble.training.export``). ``--export-only`` skips training and exports
+an existing run in ``--out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SBI_PROB = 0.5
+DEFAULT_BLACKOUT_PROB = 0.5
+
+
+class Command(BaseCommand):
+    help = "Train a detector member on a face-crop dataset; optionally calibrate and export it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--member", required=True, help="registry name of the member")
+        parser.add_argument(
+            "--data", required=True, type=Path, help="dataset folder or metadata.csv"
+        )
+        parser.add_argument("--out", required=True, type=Path, help="run folder")
+        parser.add_argument("--epochs", type=int)
+        parser.add_argument("--batch-size", type=int)
+        parser.add_argument("--lr", type=float)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--sbi", type=float, nargs="?", const=DEFAULT_SBI_PROB,
+            help=f"share of reals turned into self-blended fakes (flag alone: {DEFAULT_SBI_PROB})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--ssim-blackout", type=float, nargs="?", const=DEFAULT_BLACKOUT_PROB,
+            help="share of fakes with part of the manipulated region blacked out",
+        )  # fmt: skip
+        parser.add_argument("--no-ema", action="store_true", help="turn the recipe's EMA off")
+        parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+        parser.add_argument("--input-size", type=int)
+        parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        parser.add_argument("--limit", type=int, help="at most N training samples (balanced)")
+        parser.add_argument("--val-limit", type=int, help="at most N validation samples")
+        parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+        parser.add_argument("--no-augment", action="store_true")
+        parser.add_argument(
+            "--no-keypoints", action="store_true",
+            help="do not run BlazeFace on crops without keypoints (SBI uses an ellipse)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--export", type=Path, metavar="WEIGHTS_DIR",
+            help="calibrate the best model and install it under WEIGHTS_DIR/<member>/",
+        )  # fmt: skip
+        parser.add_argument(
+            "--export-only", action="store_true", help="export an existing run, no training"
+        )
+        parser.add_argument("--description", default="", help="data description for the manifest")
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        from analyses.config import analysis_registry
+        from ensemble.errors import RegistryError
+        from ensemble.training.data import DatasetError, blazeface_keypoints
+        from ensemble.training.export import ExportError, export_run
+        from ensemble.training.loop import TrainConfig, TrainingError, train
+
+        try:
+            spec = analysis_registry().get(o["member"])
+        except RegistryError as e:
+            raise CommandError(str(e)) from e
+        command = "python manage.py " + shlex.join(["train_detector", *sys.argv[2:]])
+        try:
+            if not o["export_only"]:
+                detect = None
+                if (o["sbi"] or o["ssim_blackout"]) and not o["no_keypoints"]:
+                    detect = self._detector(blazeface_keypoints)
+                config = TrainConfig(
+                    member=spec.name, data=o["data"], out=o["out"], epochs=o["epochs"],
+                    batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
+                    sbi_prob=o["sbi"], blackout_prob=o["ssim_blackout"], no_ema=o["no_ema"],
+                    patience=o["patience"], input_size=o["input_size"], device=o["device"],
+                    limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
+                    augment=not o["no_augment"], resume=o["resume"], command=command,
+                )  # fmt: skip
+                result = train(config, spec, detect=detect, progress=True)
+                early = " (stopped early)" if result.stopped_early else ""
+                self.stdout.write(
+                    f"{spec.name}: best epoch {result.best_epoch} "
+                    f"(val log loss {result.best_val_loss:.4f}), "
+                    f"{len(result.history)} epochs{early}; logs in {result.out}"
+                )
+            if o["export"] or o["export_only"]:
+                if not o["export"]:
+                    raise CommandError("--export-only needs --export WEIGHTS_DIR")
+                report = export_run(
+                    o["out"], spec, o["export"], data=o["data"], description=o["description"],
+                    val_limit=o["val_limit"],
+                )  # fmt: skip
+                self.stdout.write(
+                    f"Exported {spec.name} to {o['export'] / spec.name} as {report.quantization} "
+                    f"(temperature {report.temperature:.3f}, threshold {report.threshold:.3f}, "
+                    f"val AUC fp32/int8/fp16 {report.auc})"
+                )
+        except (DatasetError, TrainingError, ExportError, ValueError) as e:
+            raise CommandError(str(e)) from e
+
+    @staticmethod
+    def _detector(make: Any) -> Any:
+        from analyses.config import analysis_config
+        from ensemble.faces import FaceDetector
+
+        config = analysis_config()
+        return make(FaceDetector.load(config.faces, config.cache_dir, config.device))

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.members import LoadedMember, load_member
+from ensemble.registry import Registry, tiny_spec
+from ensemble.runtime import onnx_cache_name, resolve_backend
+from ensemble.weights import save_weights
+
+
+def _crops(n: int, size: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere() -> None:
+    assert resolve_backend("auto", "cpu") == "onnxruntime"
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("onnxruntime", "cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("tensorrt", "cpu")
+
+
+def test_onnxruntime_logits_equal_torch_logits(
+    tiny_member: Callable[..., LoadedMember],
+) -> None:
+    torch_member = tiny_member("tiny", 64)
+    spec = torch_member.spec
+    ort_member = LoadedMember(
+        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
+        backend="onnxruntime",
+    )  # fmt: skip
+    crops = _crops(5, 64)
+    expected = torch_member.logits(crops, batch_size=2)
+    got = ort_member.logits(crops, batch_size=3)  # batch size is dynamic in the graph
+    assert got.shape == (5,)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(expected, expected[0])  # the crops really differ
+
+
+def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:
+    registry = Registry()
+    spec = registry.register(tiny_spec("tiny", 48))
+    torch.manual_seed(3)
+    save_weights(spec.build().state_dict(), spec, tmp_path / "weights", input_size=48)
+    cache = tmp_path / "cache"
+    member = load_member(
+        "tiny", tmp_path / "weights", registry=registry, backend="onnxruntime", cache_dir=cache
+    )
+    graphs = list((cache / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1
+    assert member.weights_sha256 is not None
+    assert graphs[0].name == onnx_cache_name("tiny_48", member.weights_sha256, (3, 48, 48))
+    stamp = graphs[0].stat().st_mtime_ns
+    again = load_member(
+        "tiny", tmp_path / "weights", registry=registry, backend="onnxruntime", cache_dir=cache
+    )
+    assert graphs[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    crops = _crops(3, 48)
+    np.testing.assert_allclose(again.logits(crops, 4), member.logits(crops, 4))
+    # other weights, other graph
+    torch.manual_seed(4)
+    save_weights(spec.build().state_dict(), spec, tmp_path / "weights", input_size=48)
+    load_member(
+        "tiny", tmp_path / "weights", registry=registry, backend="onnxruntime", cache_dir=cache
+    )
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 2

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from ensemble.weights import read_manifest, save_weights
+from tests import media_factory as mf
+from tests.training_toys import BRIGHTNESS, write_dataset
+
+# Grey levels of the generated crops: reals, then fakes.
+REAL_GREYS = (40, 100, 200)
+FAKE_GREYS = (220, 180, 60)
+
+
+@pytest.fixture
+def site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
+    from django.conf import settings
+
+    weights = tmp_path / "weights"
+    trusttrace = {
+        **settings.TRUSTTRACE,
+        "REGISTRY": "tests.training_toys.REGISTRY",
+        "WEIGHTS_DIR": weights,
+        "CACHE_DIR": blazeface_cache,
+        "MEMBERS": ("bright",),
+        "FRAMES": 4,
+    }
+    with override_settings(TRUSTTRACE=trusttrace):
+        yield weights
+
+
+def _grey_dataset(root: Path) -> Path:
+    rows = []
+    for label, greys in ((0, REAL_GREYS), (1, FAKE_GREYS)):
+        for g in greys:
+            rel = f"{'fake' if label else 'real'}/g{g}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / rel), np.full((20, 20, 3), g, np.uint8))
+            rows.append((rel, label, "val"))
+    with (root / "metadata.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "split"])
+        w.writerows(rows)
+    return root
+
+
+def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path, capsys):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys")
+    out_json = tmp_path / "eval.json"
+    call_command("evaluate", "--faces", str(data), "--split", "val", "--json", str(out_json),
+                 "--out", str(tmp_path / "figs"))  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"ensemble", "members", "n"}
+    assert result["n"] == {"real": 3, "fake": 3}
+    m = result["members"]["bright"]
+    # p = sigmoid(4 (g / 255 - 0.5)): fake at 0.5 when g >= 127.5.
+    assert m["confusion"] == [[2, 1], [1, 2]]  # real 200 called fake; fake 60 missed
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(2 / 3)
+    assert m["auc"] == pytest.approx(6 / 9)  # fake > real in 3 + 2 + 1 of 9 pairs
+
+    def p(g: float) -> float:
+        return 1 / (1 + math.exp(-4 * (g / 255 - 0.5)))
+
+    expected = -np.mean(
+        [math.log(1 - p(g)) for g in REAL_GREYS] + [math.log(p(g)) for g in FAKE_GREYS]
+    )
+    assert m["log_loss"] == pytest.approx(expected, rel=1e-4)
+    assert (
+        result["ensemble"] == pytest.approx(m) if False else result["ensemble"]["auc"] == m["auc"]
+    )
+    for name in ("roc.png", "confusion-bright.png", "confusion-ensemble.png", "threshold.json"):
+        assert (tmp_path / "figs" / name).is_file()
+    assert "bright: AUC 0.6667" in capsys.readouterr().out
+
+
+def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    mf.write_clip(videos / "a.mp4", frames=8, face_at=(60, 40, 160))
+    mf.write_clip(videos / "b.mp4", frames=8, face_at=(80, 40, 150))
+    mf.write_clip(videos / "empty.mp4", frames=6)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.mp4,REAL\nb.mp4,FAKE\nempty.mp4,FAKE\n")
+    out_json = tmp_path / "v.json"
+    call_command("analyze", str(videos / "a.mp4"), "--json", str(tmp_path / "a.json"))
+    call_command("evaluate", "--videos", str(videos), "--labels", str(labels), "--json",
+                 str(out_json), "--out", str(tmp_path / "vf"))  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert result["n"] == {"real": 1, "fake": 1}  # the faceless clip is left out
+    analyzed = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    # Video a is the only real: its pipeline score decides the confusion row.
+    called_fake = analyzed["score"] >= 0.5
+    assert result["ensemble"]["confusion"][0] == [int(not called_fake), int(called_fake)]
+
+
+def test_evaluate_needs_one_source(site: Path):
+    with pytest.raises(CommandError, match="either --faces or --videos"):
+        call_command("evaluate")
+
+
+@pytest.mark.slow
+def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path, capsys):
+    data = write_dataset(tmp_path / "toy", n_train=16, n_val=8)
+    run = tmp_path / "run"
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
+                 "--epochs", "2", "--batch-size", "8", "--sbi", "0.2", "--ssim-blackout",
+                 "--export", str(site))  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "toy_b: best epoch" in printed and "Exported toy_b" in printed
+    manifest = read_manifest(site, "toy_b")
+    assert manifest.input_size == 24 and manifest.provenance["data_digest"]
+    assert "train_detector" in manifest.provenance["command"]
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["recipe"]["sbi_prob"] == 0.2 and run_info["recipe"]["blackout_prob"] == 0.5
+    out_json = tmp_path / "e.json"
+    call_command("evaluate", "--faces", str(data), "--split", "val", "--members", "toy_b",
+                 "--json", str(out_json), "--out", str(tmp_path / "ef"))  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert result["n"] == {"real": 4, "fake": 4} and set(result["members"]) == {"toy_b"}
+
+
+def test_train_detector_refuses_unknown_member_and_bad_data(site: Path, tmp_path: Path):
+    with pytest.raises(CommandError, match="known detectors"):
+        call_command("train_detector", "--member", "nope", "--data", str(tmp_path), "--out",
+                     str(tmp_path / "o"))  # fmt: skip
+    with pytest.raises(CommandError, match="neither a dataset folder nor a metadata CSV"):
+        call_command("train_detector", "--member", "toy_a", "--data", str(tmp_path / "missing"),
+                     "--out", str(tmp_path / "o"))  # fmt: skip
+
+
+def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_path: Path):
+    from ensemble.crops import crop_face
+    from ensemble.training.extract import crop_keypoints
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    mf.write_clip(videos / "real.mp4", frames=8, face_at=(60, 40, 160))
+    mf.write_clip(videos / "fake.mp4", frames=8, face_at=(70, 30, 160))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "file,label,split,original\nreal.mp4,REAL,train,\nfake.mp4,FAKE,train,real.mp4\n"
+    )
+    out = tmp_path / "faces"
+    call_command("extract_faces", "--videos", str(videos), "--labels", str(labels), "--out",
+                 str(out), "--members", "toy_a,toy_b")  # fmt: skip
+    for name, size in (("toy_a", 32), ("toy_b", 24)):
+        rows = list(csv.DictReader((out / name / "metadata.csv").open()))
+        assert {r["label"] for r in rows} == {"REAL", "FAKE"}
+        for r in rows:
+            img = cv2.imread(str(out / name / r["file"]))
+            assert img.shape == (size, size, 3)
+            kp = [float(v) for v in r["keypoints"].split()]
+            assert len(kp) == 12 and all(-1 <= v <= size + 1 for v in kp)
+        from ensemble.training.data import load_samples
+
+        samples = load_samples(out / name)
+        fakes = [s for s in samples if s.label == 1]
+        assert fakes and all(s.original is not None for s in fakes)
+
+    # The keypoint mapping follows crop_face's geometry for both policies.
+    from ensemble.crops import CropPolicy
+
+    frame = np.zeros((240, 320, 3), np.uint8)
+    point = (150.0, 100.0)
+    cv2.circle(frame, (150, 100), 3, (255, 255, 255), -1)
+    box = (110.0, 60.0, 210.0, 180.0)
+    for policy in (CropPolicy("square", 0.3), CropPolicy("isotropic", 1 / 3)):
+        crop = crop_face(frame, box, policy, 128)
+        ys, xs = np.nonzero(crop[..., 0] > 100)
+        (kx, ky), *_ = crop_keypoints(frame.shape[:2], box, [point] * 6, policy, 128)
+        assert abs(xs.mean() - kx) < 1.5 and abs(ys.mean() - ky) < 1.5, policy
