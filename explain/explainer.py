@@ -22,6 +22,7 @@ from explain.gradcam import gradcam_maps
 from explain.index import Artifact, ExplanationIndex
 from explain.reference import check_reference, frames_at
 from explain.render import fit, image_media_type, image_suffix, overlay_on_frame, write_image
+from explain.replay import OnnxExplainRunners
 from explain.ssim import matching_face, ssim_mask
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Explainer:
     def __init__(self, analyzer: Analyzer, config: ExplainConfig | None = None) -> None:
         self.analyzer = analyzer
         self.config = config or ExplainConfig()
+        # Exported graphs for members that score with ONNX Runtime, kept across runs.
+        self._runners = OnnxExplainRunners()
 
     def run(
         self,
@@ -234,7 +237,7 @@ class Explainer:
         }
         for member in members:
             crops = [data.crops[member.name][i] for i in faces]
-            maps = gradcam_maps(member, crops, self.config.gradcam_batch)
+            maps = gradcam_maps(member, crops, self.config.gradcam_batch, self._runners)
 
             def caption(
                 i: int, face: FaceResult, frame: int, t: float, name: str = member.name
@@ -260,7 +263,9 @@ class Explainer:
         for member in members:
             if not has_attention(member):
                 continue
-            maps = attention_maps(member, data.crops[member.name], self.analyzer.config.batch_size)
+            maps = attention_maps(
+                member, data.crops[member.name], self.analyzer.config.batch_size, self._runners
+            )
 
             def caption(
                 i: int, face: FaceResult, frame: int, t: float, name: str = member.name

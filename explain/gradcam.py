@@ -15,6 +15,7 @@ maps are identical; the cost of a backward pass through the backbone is saved.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -27,6 +28,9 @@ from ensemble.media import RGBImage
 from ensemble.members import LoadedMember
 from explain.errors import ExplainError
 from explain.geometry import FloatMap
+from explain.replay import OnnxExplainRunners, Replay, logits_match
+
+logger = logging.getLogger(__name__)
 
 # The detectors' single output unit: the fake-logit.
 FAKE_LOGIT = 0
@@ -68,14 +72,33 @@ def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
 
 
 def gradcam_maps(
-    member: LoadedMember, crops: Sequence[RGBImage], batch_size: int
+    member: LoadedMember,
+    crops: Sequence[RGBImage],
+    batch_size: int,
+    runners: OnnxExplainRunners | None = None,
 ) -> list[FloatMap]:
     """One Grad-CAM map per crop, ``[input_size, input_size]`` in ``[0, 1]``
-    (each map scaled by its own maximum, as the package does)."""
+    (each map scaled by its own maximum, as the package does).
+
+    With ``runners`` and a member that scores with ONNX Runtime, the layers up
+    to the target layer run in ONNX Runtime (see :mod:`explain.replay`); the
+    maps are the same.
+    """
+    if not crops:
+        return []
+    layer = target_layer(member.model, member.spec.gradcam_layer)
+    done: list[FloatMap] = []
+    if runners is not None and member.backend == "onnxruntime":
+        done = _replayed_maps(member, layer, crops, batch_size, runners)
+    return done + _torch_maps(member, layer, crops[len(done) :], batch_size)
+
+
+def _torch_maps(
+    member: LoadedMember, layer: nn.Module, crops: Sequence[RGBImage], batch_size: int
+) -> list[FloatMap]:
     if not crops:
         return []
     model = member.model
-    layer = target_layer(model, member.spec.gradcam_layer)
     maps: list[FloatMap] = []
     with (
         torch.inference_mode(False),
@@ -90,4 +113,40 @@ def gradcam_maps(
             maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
             # The package keeps the last outputs (and their graph) on the object.
             cam.outputs = None
+    return maps
+
+
+def _replayed_maps(
+    member: LoadedMember,
+    layer: nn.Module,
+    crops: Sequence[RGBImage],
+    batch_size: int,
+    runners: OnnxExplainRunners,
+) -> list[FloatMap]:
+    """Maps for as many crops as the replay reproduces ONNX Runtime's logits for."""
+    model = member.model
+    replay = Replay(model, layer)
+    maps: list[FloatMap] = []
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _gradients_from(model, layer),
+        GradCAM(model=replay, target_layers=[layer]) as cam,
+    ):
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            expected, activations = runners.activations(member, layer, chunk)
+            replay.activations = torch.from_numpy(activations).requires_grad_(True)
+            x = member.to_tensor(chunk)
+            grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
+            matched = logits_match(cam.outputs, expected)
+            cam.outputs = None
+            replay.activations = None
+            if not matched:
+                logger.warning(
+                    "Grad-CAM replay of %s does not reproduce its logits; using PyTorch",
+                    member.name,
+                )
+                break
+            maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
     return maps

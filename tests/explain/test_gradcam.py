@@ -154,3 +154,88 @@ def test_gradcam_peak_falls_on_the_planted_patch_the_model_learnt_to_detect() ->
         slack = 2  # the last conv grid is 8x8: one cell is 4 pixels
         hits += y - slack <= py < y + PATCH + slack and x - slack <= px < x + PATCH + slack
     assert hits >= 0.9 * len(fakes)
+
+
+def _onnx_twin(member: LoadedMember) -> LoadedMember:
+    return LoadedMember(spec=member.spec, model=member.model, input_size=member.input_size,
+                        mean=member.mean, std=member.std, backend="onnxruntime")  # fmt: skip
+
+
+@pytest.mark.parametrize("maker", ["plain", "attention"])
+def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
+    from explain.replay import OnnxExplainRunners
+    from tests.explain.tiny import tiny_attention_spec
+
+    if maker == "plain":
+        member = tiny_member("t", input_size=64)
+    else:
+        spec = tiny_attention_spec("att", 56)
+        torch.manual_seed(0)
+        member = _member(spec.build(), spec, 56)
+    crops = _crops(5, member.input_size, seed=2)
+    reference = gradcam_maps(member, crops, batch_size=2)
+    runners = OnnxExplainRunners()
+    twin = _onnx_twin(member)
+    hooks = _hook_count(twin.model)
+    replayed = gradcam_maps(twin, crops, batch_size=2, runners=runners)
+    assert _hook_count(twin.model) == hooks
+    assert len(replayed) == len(reference)
+    for a, b in zip(replayed, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_onnx_attention_equals_the_models_own_map() -> None:
+    from explain.attention import attention_maps
+    from explain.replay import OnnxExplainRunners
+    from tests.explain.tiny import tiny_attention_spec
+
+    class WithAttentionMap(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def forward_with_attention(self, x):
+            return self.inner.forward_with_attention(x)
+
+        def attention_map(self, x):
+            return self.inner.forward_with_attention(x)[1]
+
+    spec = tiny_attention_spec("att", 56)
+    torch.manual_seed(0)
+    member = _member(WithAttentionMap(spec.build()), spec, 56)
+    crops = _crops(3, 56, seed=5)
+    reference = attention_maps(member, crops, batch_size=2)
+    onnx = attention_maps(_onnx_twin(member), crops, batch_size=2, runners=OnnxExplainRunners())
+    for a, b in zip(onnx, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog) -> None:
+    from explain.replay import OnnxExplainRunners
+
+    class SkipsTheTarget(nn.Module):
+        """Its head also reads the input directly: replaying from the target layer is wrong."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
+
+    spec = MemberSpec(
+        name="skip", build=SkipsTheTarget, crop=CropPolicy("square", 0.2), input_size=32,
+        gradcam_layer="features.0", description="",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    member = _member(SkipsTheTarget(), spec, 32)
+    crops = [np.clip(c.astype(int) + 100, 0, 255).astype(np.uint8) for c in _crops(3, 32, 7)]
+    reference = gradcam_maps(member, crops, batch_size=3)
+    replayed = gradcam_maps(_onnx_twin(member), crops, batch_size=3, runners=OnnxExplainRunners())
+    assert "does not reproduce its logits" in caplog.text
+    for a, b in zip(replayed, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-3)
