@@ -67,7 +67,8 @@ def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
         yield
     finally:
         for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
             p.grad = None
 
 

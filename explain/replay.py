@@ -102,6 +102,19 @@ def _export(
     member: LoadedMember, module: nn.Module, tag: str, outputs: Sequence[str]
 ) -> OnnxRunner:
     example = torch.zeros(2, 3, member.input_size, member.input_size)
+    # Outside inference mode: converting the memory format there would turn the
+    # parameters into inference tensors, which Grad-CAM cannot use afterwards.
+    with torch.inference_mode(False), torch.no_grad():
+        return _export_now(member, module, tag, outputs, example)
+
+
+def _export_now(
+    member: LoadedMember,
+    module: nn.Module,
+    tag: str,
+    outputs: Sequence[str],
+    example: Tensor,
+) -> OnnxRunner:
     member.model.to(memory_format=torch.contiguous_format)
     try:
         return OnnxRunner.for_module(

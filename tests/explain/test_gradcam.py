@@ -239,3 +239,33 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
     assert "does not reproduce its logits" in caplog.text
     for a, b in zip(replayed, reference, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_gradcam_still_works_after_an_attention_export_under_inference_mode() -> None:
+    from explain.attention import attention_maps
+    from explain.replay import OnnxExplainRunners
+    from tests.explain.tiny import tiny_attention_spec
+
+    class WithAttentionMap(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def forward_with_attention(self, x):
+            return self.inner.forward_with_attention(x)
+
+        def attention_map(self, x):
+            return self.inner.forward_with_attention(x)[1]
+
+    spec = tiny_attention_spec("att", 56)
+    spec = MemberSpec(**{**spec.__dict__, "gradcam_layer": "inner.head.0"})
+    torch.manual_seed(0)
+    member = _onnx_twin(_member(WithAttentionMap(spec.build()), spec, 56))
+    runners = OnnxExplainRunners()
+    crops = _crops(2, 56, seed=9)
+    attention_maps(member, crops, batch_size=2, runners=runners)  # exports under inference_mode
+    assert not any(p.is_inference() for p in member.model.parameters())
+    assert len(gradcam_maps(member, crops, batch_size=2, runners=runners)) == 2
