@@ -9,9 +9,10 @@ too, for the part of the network that dominates the cost:
   (the member exported with the target layer's output as a second output).
   The gradient only involves the layers after the target layer, so PyTorch
   replays the model with the target layer's output *replaced* by ``A`` (a
-  forward hook) while the layers before it see a tiny dummy input whose
-  result is discarded. ``pytorch_grad_cam`` then runs on that replay as
-  usual, inside its ``with`` block. The replayed logits are checked against
+  forward hook) while the layers before it see a tiny dummy image whose
+  result is discarded (the activations set the batch size from there on).
+  ``pytorch_grad_cam`` then runs on that replay as usual, inside its
+  ``with`` block. The replayed logits are checked against
   ONNX Runtime's; on any mismatch (a model whose later layers also read
   earlier tensors) the plain PyTorch Grad-CAM is used instead.
 - Attention maps come from an exported ``attention_map`` graph.
@@ -35,8 +36,10 @@ from ensemble.runtime import OnnxRunner
 
 logger = logging.getLogger(__name__)
 
-# Side of the dummy input the layers before the target layer see in a replay.
-DUMMY_SIDE = 64
+# The dummy input the layers before the target layer see in a replay: one
+# small image, always the same shape, so oneDNN sets its kernels up once
+# (every new input shape costs a slow first call or two).
+DUMMY_SIDE = 32
 # Replayed logits must match ONNX Runtime's this closely (absolute, plus relative).
 LOGIT_ATOL = 1e-3
 LOGIT_RTOL = 1e-3
@@ -72,8 +75,8 @@ class _AttentionOnly(nn.Module):
 
 class Replay(nn.Module):
     """``model`` with ``layer``'s output replaced by :attr:`activations`; the
-    layers before it run on a tiny dummy input. Its input only sets the batch
-    size (and, for Grad-CAM, the size the maps are resized to)."""
+    layers before it run on one tiny dummy image. Its input only sets the
+    size the Grad-CAM maps are resized to."""
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
         super().__init__()
@@ -91,7 +94,7 @@ class Replay(nn.Module):
 
         handle = self._layer[0].register_forward_hook(replace, prepend=True)
         try:
-            dummy = x.new_zeros((x.shape[0], 3, DUMMY_SIDE, DUMMY_SIDE))
+            dummy = x.new_zeros((1, 3, DUMMY_SIDE, DUMMY_SIDE))
             out: Tensor = self.model(dummy)
         finally:
             handle.remove()
