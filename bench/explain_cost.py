@@ -8,8 +8,9 @@ on the weights), made by ``bench/speed.py``'s member factory and installed in
 a temporary weights folder, so the Analyzer loads them the way a worker does.
 For every video the analysis runs alone, then ``Explainer.run`` (which
 repeats the same analysis and adds the explanations) on the same loaded
-members; before the first video, both run once on a small still image so
-one-time costs (imports, font cache, allocator warm-up) are not counted.
+members; before that, both run once untimed on the first video, so one-time
+costs (ONNX exports, imports, font cache, first-call kernel set-up for each
+input shape) are not counted: the figures are a warm worker's.
 
 ``overhead`` compares the two runs; ``overhead_in_run`` divides the time of
 the explanation stages by the analysis that preceded them in the same run,
@@ -34,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from bench.speed import random_member  # noqa: E402
 from ensemble.config import AnalysisConfig  # noqa: E402
@@ -57,13 +57,12 @@ def install_random_members(names: Sequence[str], weights_dir: Path) -> None:
                      provenance={"data": "random init, benchmark only"})  # fmt: skip
 
 
-def _warm_up(analyzer: Analyzer, explainer: Explainer, tmp: Path) -> None:
-    from skimage.data import astronaut
-
-    image = tmp / "warmup.png"
-    Image.fromarray(np.ascontiguousarray(astronaut()[0:300, 110:410])).save(image)
-    analyzer.analyze(image)
-    explainer.run(image, tmp / "warmup-out")
+def _warm_up(analyzer: Analyzer, explainer: Explainer, video: Path, tmp: Path) -> None:
+    """One untimed run of both on ``video``: exports, imports, font cache, and
+    the kernels oneDNN and ONNX Runtime set up on the first call of each input
+    shape (a worker pays these once, not per video)."""
+    analyzer.analyze(video)
+    explainer.run(video, tmp / "warmup-out")
 
 
 def measure(
@@ -88,7 +87,7 @@ def measure(
         analyzer = Analyzer(config, REGISTRY)
         analyzer.prepare()
         explainer = Explainer(analyzer, explain_config or ExplainConfig())
-        _warm_up(analyzer, explainer, tmp)
+        _warm_up(analyzer, explainer, videos[0], tmp)
         rows = []
         for i, path in enumerate(videos):
             start = time.perf_counter()
