@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/lint-imports
 
 typecheck: install
-	$(BIN)/mypy ensemble platform manage.py
+	$(BIN)/mypy ensemble explain platform manage.py
 
 # The worker and browser tests need redis-server and Debian's chromium: installed
 # here when missing and running as root (CI); otherwise those tests skip and say why.

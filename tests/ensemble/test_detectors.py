@@ -59,6 +59,17 @@ def test_autoatt_exposes_its_attention_map_in_unit_range() -> None:
 
 
 @pytest.mark.slow
+def test_autoatt_attention_alone_equals_the_full_forwards_attention() -> None:
+    torch.manual_seed(0)
+    model = EfficientNetAutoAttB4Detector().eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        _, attention = model.forward_with_attention(x)
+        alone = model.attention_map(x)
+    assert torch.equal(alone, attention)
+
+
+@pytest.mark.slow
 def test_resnet_head_is_the_seed_papers_second_variation() -> None:
     head = ResNet50Detector().head
     linears = [m for m in head if isinstance(m, nn.Linear)]

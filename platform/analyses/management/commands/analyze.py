@@ -4,6 +4,11 @@ A folder means every media file in it. Rejected media (corrupt, too large, not
 media) and media without faces are reported with their reason; an internal
 error is reported as ``failed`` (and makes the command exit non-zero), never as
 a score.
+
+``--explain DIR`` also writes the explanations (Grad-CAM and attention
+overlays, SSIM masks, charts) and their ``index.json`` into DIR, in one
+subfolder per input file when there are several; ``--reference REF`` adds SSIM
+masks against a reference (claimed original) image or video.
 """
 
 from __future__ import annotations
@@ -30,6 +35,24 @@ def _members_arg(value: str) -> list[str]:
     return names
 
 
+def _explain_folders(root: Path, files: list[Path]) -> dict[Path, Path]:
+    """DIR itself for one file; DIR/<file stem> for several (made unique
+    when two files share a stem)."""
+    if len(files) == 1:
+        return {files[0]: root}
+    out: dict[Path, Path] = {}
+    used: set[str] = set()
+    for path in files:
+        name = path.stem or "media"
+        candidate, n = name, 2
+        while candidate in used:
+            candidate = f"{name}-{n}"
+            n += 1
+        used.add(candidate)
+        out[path] = root / candidate
+    return out
+
+
 class Command(BaseCommand):
     help = "Analyse images and videos with the detector ensemble and print verdicts."
 
@@ -45,6 +68,18 @@ class Command(BaseCommand):
             "--frames", type=int, help="frames sampled per video (default from settings)"
         )
         parser.add_argument("--members", type=_members_arg, help="comma-separated members to run")
+        parser.add_argument(
+            "--explain",
+            type=Path,
+            metavar="DIR",
+            help="write explanations and index.json into DIR (a subfolder per file if several)",
+        )
+        parser.add_argument(
+            "--reference",
+            type=Path,
+            metavar="REF",
+            help="reference (claimed original) image or video for SSIM masks; needs --explain",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
@@ -60,16 +95,21 @@ class Command(BaseCommand):
         files = list_media(options["paths"])
         if not files:
             raise CommandError("no media files found in the given paths")
+        explain_dir: Path | None = options["explain"]
+        reference: Path | None = options["reference"]
+        if reference is not None and explain_dir is None:
+            raise CommandError("--reference needs --explain DIR (the masks are explanations)")
         analyzer = Analyzer(config, analysis_registry())
         try:
             analyzer.prepare()
         except (RegistryError, WeightsError) as e:
             raise CommandError(str(e)) from e
+        run = self._analysis(analyzer, explain_dir, reference, files)
 
         results: list[AnalysisResult] = []
         for path in files:
             try:
-                result = analyzer.analyze(path)
+                result = run(path)
             except TrusttraceError as e:
                 logger.exception("analysis of %s failed", path)
                 result = AnalysisResult(
@@ -94,6 +134,33 @@ class Command(BaseCommand):
         failed = sum(r.status == "failed" for r in results)
         if failed:
             raise CommandError(f"{failed} of {len(results)} files failed; see the log")
+
+    def _analysis(
+        self, analyzer: Any, explain_dir: Path | None, reference: Path | None, files: list[Path]
+    ) -> Any:
+        """``path -> AnalysisResult``: the analysis alone, or with explanations."""
+        if explain_dir is None:
+            return analyzer.analyze
+        from explain import Explainer, InvalidReferenceError
+        from explain.reference import check_reference
+
+        if reference is not None:
+            try:
+                check_reference(reference, analyzer.config.limits)
+            except InvalidReferenceError as e:
+                raise CommandError(str(e)) from e
+        explainer = Explainer(analyzer)
+        folders = _explain_folders(explain_dir, files)
+
+        def run(path: Path) -> Any:
+            result, index = explainer.run(path, folders[path], reference=reference)
+            if index is not None:
+                self.stdout.write(
+                    f"{path.name}: {len(index.artifacts)} explanation files in {folders[path]}"
+                )
+            return result
+
+        return run
 
     @staticmethod
     def _summary(result: Any) -> str:

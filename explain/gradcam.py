@@ -1,0 +1,153 @@
+"""Grad-CAM maps of a member's fake-logit over its face crops.
+
+Grad-CAM (Selvaraju et al., 2017) weights the target layer's activation
+channels by the mean gradient of the fake-logit and keeps the positive part:
+a map of where, at that layer, evidence for "fake" was found. It runs only
+inside ``with GradCAM(...)`` with gradients enabled, so the package's hooks
+are always removed.
+
+Only the gradient with respect to the target layer's output is needed. While
+a map is computed, the parameters of every module except the target layer are
+therefore frozen: autograd then records and back-propagates only from the
+target layer to the logit (the head), not through the whole backbone. The
+maps are identical; the cost of a backward pass through the backbone is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from torch import Tensor, nn
+
+from ensemble.media import RGBImage
+from ensemble.members import LoadedMember
+from explain.errors import ExplainError
+from explain.geometry import FloatMap
+from explain.replay import OnnxExplainRunners, Replay, logits_match
+
+logger = logging.getLogger(__name__)
+
+# The detectors' single output unit: the fake-logit.
+FAKE_LOGIT = 0
+
+
+class FakeLogitTarget:
+    """Grad-CAM target: the fake-logit of one sample (output ``[1]``)."""
+
+    def __call__(self, model_output: Tensor) -> Tensor:
+        return model_output[..., FAKE_LOGIT]
+
+
+def target_layer(model: nn.Module, dotted: str) -> nn.Module:
+    """The module at ``dotted`` path (the registry's ``gradcam_layer``)."""
+    try:
+        return model.get_submodule(dotted)
+    except AttributeError as e:
+        raise ExplainError(f"the model has no layer {dotted!r} for Grad-CAM") from e
+
+
+@contextmanager
+def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Only ``layer``'s parameters require gradients inside the block; the
+    flags are restored and gradients dropped afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    own = {id(p) for p in layer.parameters()}
+    # A parameter-free layer gives no way to start the graph there: keep every flag.
+    freeze = bool(own)
+    try:
+        if freeze:
+            for p in params:
+                p.requires_grad_(id(p) in own)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            p.grad = None
+
+
+def gradcam_maps(
+    member: LoadedMember,
+    crops: Sequence[RGBImage],
+    batch_size: int,
+    runners: OnnxExplainRunners | None = None,
+) -> list[FloatMap]:
+    """One Grad-CAM map per crop, ``[input_size, input_size]`` in ``[0, 1]``
+    (each map scaled by its own maximum, as the package does).
+
+    With ``runners`` and a member that scores with ONNX Runtime, the layers up
+    to the target layer run in ONNX Runtime (see :mod:`explain.replay`); the
+    maps are the same.
+    """
+    if not crops:
+        return []
+    layer = target_layer(member.model, member.spec.gradcam_layer)
+    done: list[FloatMap] = []
+    if runners is not None and member.backend == "onnxruntime":
+        done = _replayed_maps(member, layer, crops, batch_size, runners)
+    return done + _torch_maps(member, layer, crops[len(done) :], batch_size)
+
+
+def _torch_maps(
+    member: LoadedMember, layer: nn.Module, crops: Sequence[RGBImage], batch_size: int
+) -> list[FloatMap]:
+    if not crops:
+        return []
+    model = member.model
+    maps: list[FloatMap] = []
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _gradients_from(model, layer),
+        GradCAM(model=model, target_layers=[layer]) as cam,
+    ):
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            x = member.to_tensor(chunk)
+            grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
+            maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
+            # The package keeps the last outputs (and their graph) on the object.
+            cam.outputs = None
+    return maps
+
+
+def _replayed_maps(
+    member: LoadedMember,
+    layer: nn.Module,
+    crops: Sequence[RGBImage],
+    batch_size: int,
+    runners: OnnxExplainRunners,
+) -> list[FloatMap]:
+    """Maps for as many crops as the replay reproduces ONNX Runtime's logits for."""
+    model = member.model
+    replay = Replay(model, layer)
+    maps: list[FloatMap] = []
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _gradients_from(model, layer),
+        GradCAM(model=replay, target_layers=[layer]) as cam,
+    ):
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            expected, activations = runners.activations(member, layer, chunk)
+            replay.activations = torch.from_numpy(activations).requires_grad_(True)
+            x = member.to_tensor(chunk)
+            grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
+            matched = logits_match(cam.outputs, expected)
+            cam.outputs = None
+            replay.activations = None
+            if not matched:
+                logger.warning(
+                    "Grad-CAM replay of %s does not reproduce its logits; using PyTorch",
+                    member.name,
+                )
+                break
+            maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
+    return maps

@@ -1,0 +1,142 @@
+"""The Explainer end to end: artifacts, index, progress, reference, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ensemble.pipeline import Analyzer
+from explain import ExplainConfig, Explainer, ExplanationIndex, InvalidReferenceError
+from explain.explainer import select_faces
+from tests import media_factory as mf
+
+KINDS = {"gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"}
+
+
+def _check_files(out: Path, index: ExplanationIndex, max_side: int) -> None:
+    for art in index.artifacts:
+        path = out / art.path
+        assert path.is_file(), art.path
+        if art.media_type in ("image/jpeg", "image/webp", "image/png"):
+            with Image.open(path) as im:
+                assert im.size == (art.width, art.height)
+                if art.kind != "chart":
+                    assert max(im.size) <= max_side
+        assert "manipulated region" not in art.caption
+
+
+def test_a_video_gets_every_kind_of_artifact_and_an_index(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    clip = mf.write_clip(tmp_path / "person.mp4", frames=24, width=320, height=240,
+                         face_at=(60, 30, 170))  # fmt: skip
+    reference = mf.write_clip(tmp_path / "original.mp4", frames=24, width=320, height=240,
+                              face_at=(60, 30, 170), gop=5)  # fmt: skip
+    config = ExplainConfig(top_k=2, max_side=200)
+    stages: list[tuple[str, float]] = []
+    out = tmp_path / "out"
+    result, index = Explainer(tiny_analyzer, config).run(
+        clip, out, reference=reference, progress=lambda s, f: stages.append((s, f))
+    )
+    assert result.status == "done" and index is not None
+    assert result.to_dict()["members"] == tiny_analyzer.analyze(clip).to_dict()["members"]
+    counts = Counter(a.kind for a in index.artifacts)
+    assert set(counts) == KINDS
+    n_faces = len(result.faces)
+    persons = len(result.persons)
+    # top 2 + the least suspicious per person, for each of the two members.
+    assert counts["gradcam"] == 2 * min(n_faces, 3 * persons)
+    gradcam_captions = [a.caption for a in index.artifacts if a.kind == "gradcam"]
+    assert sum("least suspicious" in c for c in gradcam_captions) == 2 * persons
+    assert all("where the model looked" in c for c in gradcam_captions)
+    assert counts["attention"] == n_faces  # only tiny_att has an attention map
+    assert {a.member for a in index.artifacts if a.kind == "attention"} == {"tiny_att"}
+    assert counts["ssim_temporal"] == n_faces - persons
+    assert counts["ssim_reference"] == n_faces
+    assert counts["chart"] == 2
+    _check_files(out, index, 200)
+    on_disk = json.loads((out / "index.json").read_text())
+    assert on_disk == index.to_dict()
+    frames = {f.index: f.time_s for f in result.frames}
+    for art in index.artifacts:
+        if art.kind != "chart":
+            assert art.frame in frames and art.time == pytest.approx(frames[art.frame], abs=1e-3)
+    # Progress runs from the analysis through each kind to done, never backwards.
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and stages[-1] == ("done", 1.0)
+    assert {"gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"} <= {
+        s for s, _ in stages
+    }
+
+
+def test_an_image_gets_overlays_but_no_temporal_masks(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[40:296, 70:326] = mf.face_image(256)
+    path = mf.write_image(tmp_path / "face.png", image, "PNG")
+    result, index = Explainer(tiny_analyzer, ExplainConfig(image_format="webp")).run(
+        path, tmp_path / "out"
+    )
+    assert index is not None and result.verdict in ("fake", "real", "uncertain")
+    counts = Counter(a.kind for a in index.artifacts)
+    assert counts == {"gradcam": 2, "attention": 1, "chart": 2}
+    gradcam = next(a for a in index.artifacts if a.kind == "gradcam")
+    assert gradcam.frame == 0 and gradcam.time == 0.0 and gradcam.media_type == "image/webp"
+    assert (gradcam.width, gradcam.height) == (400, 300)
+    # The overlay changed the face region of the frame and nothing far from it.
+    with Image.open(tmp_path / "out" / gradcam.path) as im:
+        drawn = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(drawn[:20, :40] - image[:20, :40]).mean() < 6
+    face = result.faces[0]
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    assert np.abs(drawn[y0:y1, x0:x1] - image[y0:y1, x0:x1]).mean() > 15
+
+
+def test_kinds_can_be_chosen(tiny_analyzer: Analyzer, tmp_path: Path) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    _, index = Explainer(tiny_analyzer, ExplainConfig(kinds=("chart",))).run(path, tmp_path / "o")
+    assert index is not None and {a.kind for a in index.artifacts} == {"chart"}
+
+
+def test_rejected_media_gets_no_index(tiny_analyzer: Analyzer, tmp_path: Path) -> None:
+    bad = mf.text_as_mp4(tmp_path / "notes.mp4")
+    result, index = Explainer(tiny_analyzer).run(bad, tmp_path / "out")
+    assert result.status == "rejected" and index is None
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_media_without_faces_gets_an_empty_index(tiny_analyzer: Analyzer, tmp_path: Path) -> None:
+    room = mf.write_clip(tmp_path / "room.mp4", frames=12)
+    result, index = Explainer(tiny_analyzer).run(room, tmp_path / "out")
+    assert result.verdict == "no_face" and index is not None
+    assert [a.kind for a in index.artifacts] == ["chart", "chart"]
+    assert index.series["persons"] == []
+
+
+def test_an_unusable_reference_is_refused_before_any_work(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    notes = mf.text_as_mp4(tmp_path / "notes.mp4")
+    with pytest.raises(InvalidReferenceError, match="The reference could not be used"):
+        Explainer(tiny_analyzer).run(path, tmp_path / "out", reference=notes)
+    assert not (tmp_path / "out").exists()
+
+
+def test_selection_takes_the_top_k_and_the_least_suspicious_per_person(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=24, face_at=(60, 30, 170))
+    result = tiny_analyzer.analyze(clip)
+    chosen = select_faces(result, top_k=2, include_least=True)
+    for person, idx in chosen.items():
+        scores = sorted((f.score for f in result.faces if f.person == person), reverse=True)
+        picked = [result.faces[i].score for i in idx]
+        assert picked[:2] == scores[:2] and picked[-1] == scores[-1]
+    assert all(len(v) <= 2 for v in select_faces(result, 2, False).values())
