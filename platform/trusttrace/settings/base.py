@@ -226,7 +226,7 @@ TRUSTTRACE = {
     # "auto": ONNX Runtime on CPU (measured faster, see README), torch on CUDA.
     "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
     "FRAMES": int(os.environ.get("TRUSTTRACE_FRAMES", "32")),
-    "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "32")),
+    "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "8")),
     "THRESHOLD": float(os.environ.get("TRUSTTRACE_THRESHOLD", "0.5")),
     "UNCERTAIN_BAND": float(os.environ.get("TRUSTTRACE_UNCERTAIN_BAND", "0.1")),
     "AGGREGATION": os.environ.get("TRUSTTRACE_AGGREGATION", "mean"),
