@@ -231,13 +231,19 @@ def cuda_half(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def optimized_child(
-    video: str, names: list[str], frames: int, backend: str, threads: int
+    video: str, names: list[str], frames: int, backend: str, threads: int, batch_size: int
 ) -> dict[str, float]:
     """Runs in a fresh process: the shipped path alone, for its own peak RSS."""
     if threads:
         torch.set_num_threads(threads)
     cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
-    cfg = AnalysisConfig(members=tuple(names), frames=frames, cache_dir=cache, limits=MediaLimits())
+    cfg = AnalysisConfig(
+        members=tuple(names),
+        frames=frames,
+        cache_dir=cache,
+        limits=MediaLimits(),
+        batch_size=batch_size,
+    )
     detector = FaceDetector.load(FaceConfig(), cache)
     torch.manual_seed(0)
     members = {n: random_member(REGISTRY.get(n).build().eval(), n, True, backend) for n in names}
@@ -286,6 +292,9 @@ def main() -> None:
         help="backend of the optimized path (the shipped default is auto)",
     )
     parser.add_argument(
+        "--batch-size", type=int, default=AnalysisConfig.batch_size, help="crops per forward"
+    )
+    parser.add_argument(
         "--warmup",
         type=int,
         default=1,
@@ -301,7 +310,11 @@ def main() -> None:
     names = [n.strip() for n in args.members.split(",") if n.strip()]
     cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
     cfg = AnalysisConfig(
-        members=tuple(names), frames=args.frames, cache_dir=cache, limits=MediaLimits()
+        members=tuple(names),
+        frames=args.frames,
+        cache_dir=cache,
+        limits=MediaLimits(),
+        batch_size=args.batch_size,
     )
     detector = FaceDetector.load(FaceConfig(), cache)
     net_nchw = copy.deepcopy(detector.net).to(memory_format=torch.contiguous_format)
@@ -368,7 +381,7 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         child = pool.apply(
             optimized_child,
-            (str(videos[0]), names, args.frames, args.backend, args.threads),
+            (str(videos[0]), names, args.frames, args.backend, args.threads, args.batch_size),
         )
     print(f"optimized path alone in a fresh process: {child}", flush=True)
 
@@ -385,6 +398,7 @@ def main() -> None:
         "members": members,
         "videos": per_video,
         "frames": args.frames,
+        "batch_size": args.batch_size,
         "backend": {n: m.backend for n, m in fast_members.items()},
         "input_size": {n: m.input_size for n, m in fast_members.items()},
         "optimized_setup_s": round(setup_s, 3),
