@@ -292,6 +292,11 @@ def main() -> None:
         help="backend of the optimized path (the shipped default is auto)",
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also measure what explanations add (bench/explain_cost.py), as 'explain' in the JSON",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=AnalysisConfig.batch_size, help="crops per forward"
     )
     parser.add_argument(
@@ -385,6 +390,13 @@ def main() -> None:
         )
     print(f"optimized path alone in a fresh process: {child}", flush=True)
 
+    explain: dict[str, Any] | None = None
+    if args.explain:
+        from bench.explain_cost import measure
+
+        explain = measure(videos, frames=args.frames, members=names, threads=args.threads)
+        print(f"explanations: {json.dumps(explain)[:400]}", flush=True)
+
     report = {
         "naive_s_per_video": round(float(np.mean([v["naive"]["total"] for v in per_video])), 3),
         "optimized_s_per_video": round(
@@ -396,6 +408,7 @@ def main() -> None:
         "optimized_peak_rss_mb": round(child["peak_rss_mb"], 1),
         "stages": {"naive": mean_stage("naive"), "optimized": mean_stage("optimized")},
         "members": members,
+        "explain": explain,
         "videos": per_video,
         "frames": args.frames,
         "batch_size": args.batch_size,
