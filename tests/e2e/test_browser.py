@@ -50,6 +50,9 @@ def test_submit_watch_result_chart_and_moderate(
     gallery = page.locator("#gallery .artifact")
     gradcams = page.locator('#gallery .artifact[data-kind="gradcam"]')
     assert gradcams.count() >= 2, page.inner_text("main")
+    # The SVG chart is a download, not an <img> the server would refuse to show inline.
+    assert page.locator('#gallery .artifact[data-kind="chart"]').count() == 1
+    assert "image/svg+xml" in page.inner_text("#artifact-downloads")
     frame = gradcams.first.get_attribute("data-frame")
     in_frame = page.locator(f'#gallery .artifact[data-frame="{frame}"]').count()
     page.locator(f'#chart circle.point[data-frame="{frame}"]').first.click()
