@@ -1,5 +1,5 @@
-"""The only place the site meets the detection core (``ensemble``; ``explain``
-once it lands).
+"""The only place the site meets the detection core (``ensemble`` and
+``explain``; both imported lazily, in the worker only).
 
 It owns a submission's status: ``pending -> running -> done | rejected |
 failed``. ``rejected`` is bad input (final, the reason is shown, never
@@ -9,8 +9,6 @@ retry). A crash is never turned into a score.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import shutil
@@ -305,36 +303,34 @@ class _RejectedInput(Exception):  # noqa: N818 (a verdict on the input, not our 
 _EXPLAINERS: dict[Any, Any] = {}
 
 
-def _explainer() -> Any | None:
-    """One ``explain.Explainer`` per worker process around :func:`_analyzer`,
-    or None while the ``explain`` package is not part of this checkout."""
-    if importlib.util.find_spec("explain") is None:
-        return None
-    explain = importlib.import_module("explain")
+def _explainer() -> Any:
+    """One ``explain.Explainer`` per worker process around :func:`_analyzer`."""
+    from explain import ExplainConfig, Explainer
+
     analyzer = _analyzer()
     explainer = _EXPLAINERS.get(id(analyzer))
     if explainer is None:
         _EXPLAINERS.clear()
-        explainer = _EXPLAINERS[id(analyzer)] = explain.Explainer(analyzer, explain.ExplainConfig())
+        explainer = _EXPLAINERS[id(analyzer)] = Explainer(analyzer, ExplainConfig())
     return explainer
 
 
 def _analyse(
     path: Path, out_dir: Path, reference: Path | None, progress: Callable[[str, float], None]
 ) -> tuple[Any, dict[str, Any] | None]:
-    """Run the analysis (with explanations when ``explain`` is installed).
+    """Run the analysis with its explanations.
 
     Returns the AnalysisResult and the explanation index (index.json as a
-    dict) when there is one.
+    dict) when there is one (only for a "done" result). An unusable
+    reference is bad input: :class:`_RejectedInput` with its reason.
     """
+    from explain import InvalidReferenceError
+
     explainer = _explainer()
-    if explainer is None:
-        return _analyzer().analyze(path, progress=progress), None
-    explain = importlib.import_module("explain")
     try:
         result, index = explainer.run(path, out_dir, reference=reference, progress=progress)
-    except explain.InvalidReferenceError as e:
-        raise _RejectedInput(str(e), getattr(e, "code", "invalid_reference")) from e
+    except InvalidReferenceError as e:
+        raise _RejectedInput(str(e), e.code) from e
     if index is None:
         return result, None
     index_path = index.write(out_dir)

@@ -129,12 +129,16 @@ def detail(request: HttpRequest, pk: str) -> HttpResponse:
     from moderation.services import decision_for
 
     sub = get_visible(request.user, pk)
-    artifacts = list(sub.artifacts.all())
+    stored = list(sub.artifacts.all())
+    # Types the browser may not show inline (SVG can carry scripts) are links.
+    artifacts = [a for a in stored if a.media_type in INLINE_TYPES]
+    downloads = [a for a in stored if a.media_type not in INLINE_TYPES]
     kinds = sorted({a.kind for a in artifacts})
     members_in_artifacts = sorted({a.member for a in artifacts if a.member})
     context = {
         "sub": sub,
         "artifacts": artifacts,
+        "artifact_downloads": downloads,
         "artifact_kinds": [(k, ArtifactKind(k).label) for k in kinds],
         "artifact_members": members_in_artifacts,
         "decision": decision_for(sub, request.user),

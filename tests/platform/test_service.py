@@ -9,6 +9,7 @@ import pytest
 
 from analyses import services
 from analyses.models import Status, Submission
+from explain import InvalidReferenceError
 from tests import media_factory as mf
 from tests.platform.conftest import upload
 
@@ -101,10 +102,12 @@ def test_crash_is_failed_with_logged_traceback_never_a_score(
     sub = _submit(users["submitter"], media_dir / "face.png")
 
     class Boom:
-        def analyze(self, path: Path, progress: Any = None) -> Any:
+        def run(
+            self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None
+        ) -> Any:
             raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(services, "_analyzer", lambda: Boom())
+    monkeypatch.setattr(services, "_explainer", lambda: Boom())
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.FAILED and sub.score is None and sub.verdict == ""
@@ -117,7 +120,7 @@ def test_failed_submission_can_be_rerun_and_then_succeeds(
     site: Path, users, media_dir: Path, monkeypatch
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "face.png")
-    monkeypatch.setattr(services, "_analyzer", lambda: (_ for _ in ()).throw(OSError("disk")))
+    monkeypatch.setattr(services, "_explainer", lambda: (_ for _ in ()).throw(OSError("disk")))
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.FAILED
@@ -192,26 +195,8 @@ class _FakeIndex:
         return path
 
 
-class _InvalidReferenceError(Exception):
-    def __init__(self, reason: str, code: str = "invalid_reference") -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-@pytest.fixture
-def fake_explain(monkeypatch):
-    """Stands in for the ``explain`` package (same contract) in this process."""
-    import sys
-    import types
-
-    module = types.ModuleType("explain")
-    module.InvalidReferenceError = _InvalidReferenceError
-    monkeypatch.setitem(sys.modules, "explain", module)
-    return module
-
-
 def test_explainer_output_is_stored_as_artifacts(
-    site: Path, users, media_dir: Path, monkeypatch, fake_explain
+    site: Path, users, media_dir: Path, monkeypatch
 ) -> None:
     calls = []
 
@@ -233,11 +218,11 @@ def test_explainer_output_is_stored_as_artifacts(
 
 
 def test_unusable_reference_is_rejected_not_failed(
-    site: Path, users, media_dir: Path, monkeypatch, fake_explain
+    site: Path, users, media_dir: Path, monkeypatch
 ) -> None:
     class Explainer:
         def run(self, path, out_dir, reference=None, progress=None):
-            raise _InvalidReferenceError("The reference shows no face.", "reference_no_face")
+            raise InvalidReferenceError("The reference shows no face.", "reference_no_face")
 
     monkeypatch.setattr(services, "_explainer", Explainer)
     sub = services.create_submission(
@@ -270,12 +255,14 @@ def test_worker_death_is_run_once_more_then_failed_not_looped(
     seen: list[int] = []
 
     class DiesWithTheWorker:
-        def analyze(self, path: Path, progress: Any = None) -> Any:
+        def run(
+            self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None
+        ) -> Any:
             # What a redelivery looks like: the row is left "running".
             seen.append(1)
             raise SystemExit("worker killed")
 
-    monkeypatch.setattr(services, "_analyzer", lambda: DiesWithTheWorker())
+    monkeypatch.setattr(services, "_explainer", lambda: DiesWithTheWorker())
     for _ in range(2):  # the worker dies during the first two deliveries
         with pytest.raises(SystemExit):
             services.run_submission(sub.pk)
@@ -297,14 +284,16 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
     real = services._analyzer()
 
     class DeletedMeanwhile:
-        def analyze(self, path: Path, progress: Any = None) -> Any:
+        def run(
+            self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None
+        ) -> Any:
             result = real.analyze(path, progress=progress)
             services.artifact_dir(sub).mkdir(parents=True, exist_ok=True)
             (services.artifact_dir(sub) / "late.png").write_bytes(b"x")
             services.delete_submission(Submission.objects.get(pk=sub.pk))
-            return result
+            return result, None
 
-    monkeypatch.setattr(services, "_analyzer", lambda: DeletedMeanwhile())
+    monkeypatch.setattr(services, "_explainer", lambda: DeletedMeanwhile())
     services.run_submission(sub.pk)
     assert not Submission.objects.filter(pk=sub.pk).exists()
     assert not services.artifact_dir(sub).exists()

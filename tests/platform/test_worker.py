@@ -30,6 +30,8 @@ def _check(result: dict, log: Path) -> None:
     assert set(result["model_versions"]) == {"tiny_a", "tiny_b"}
     assert result["frames"] > 0 and result["series_persons"] >= 1
     assert 0.0 <= result["score"] <= 1.0
+    # The worker ran the real explainer: Grad-CAM of each member, and the chart.
+    assert {"gradcam:tiny_a", "gradcam:tiny_b", "chart:"} <= set(result["artifacts"]), result
     statuses = [s for s, _ in result["stages"]]
     assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "done"
     text = log.read_text()

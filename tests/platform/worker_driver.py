@@ -40,6 +40,7 @@ def main() -> None:
         "status": sub.status, "verdict": sub.verdict, "score": sub.score, "reason": sub.reason,
         "members": sub.members, "model_versions": sub.model_versions, "stages": stages,
         "frames": len(sub.frame_rows), "series_persons": len(sub.series.get("persons", [])),
+        "artifacts": sorted({f"{a.kind}:{a.member}" for a in sub.artifacts.all()}),
     }  # fmt: skip
     sys.stdout.write(json.dumps(out) + "\n")
 
