@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm, UsernameField
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
@@ -18,9 +18,12 @@ class SignUpForm(UserCreationForm[User]):
 
     email = forms.EmailField(required=True, help_text="Used only for password resets.")
 
-    class Meta(UserCreationForm.Meta):
+    # Written out rather than inherited from UserCreationForm.Meta, which the
+    # pinned django-stubs do not declare; same model and username field class.
+    class Meta:
         model = User
         fields = ("username", "email")
+        field_classes: ClassVar[dict[str, type[UsernameField]]] = {"username": UsernameField}
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):

@@ -190,7 +190,7 @@ def _media_root() -> Path:
     return Path(settings.MEDIA_ROOT)
 
 
-def _stage(upload: UploadedFile[Any]) -> Path:
+def _stage(upload: UploadedFile) -> Path:
     folder = _media_root() / STAGING_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / uuid.uuid4().hex
@@ -200,7 +200,7 @@ def _stage(upload: UploadedFile[Any]) -> Path:
     return path
 
 
-def _accept(upload: UploadedFile[Any]) -> tuple[Path, Probed]:
+def _accept(upload: UploadedFile) -> tuple[Path, Probed]:
     """Stage, check and move one upload under a random name; nothing is left
     behind when it is refused."""
     check_name(upload.name)
@@ -220,10 +220,10 @@ def _accept(upload: UploadedFile[Any]) -> tuple[Path, Probed]:
 
 def create_submission(
     owner: Any,
-    upload: UploadedFile[Any],
+    upload: UploadedFile,
     *,
     title: str = "",
-    reference: UploadedFile[Any] | None = None,
+    reference: UploadedFile | None = None,
 ) -> Submission:
     """Check an upload at the edge, save it, then queue its analysis.
 
