@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,57 @@ from ensemble.media import RGBImage
 from ensemble.registry import REGISTRY, MemberSpec, Registry
 from ensemble.runtime import OnnxRunner, resolve_backend
 from ensemble.weights import load_model
+
+# Intermediate tensors ("taps") the exported ONNX graph returns besides the
+# logit, for explanations: the output of the member's Grad-CAM layer, and the
+# attention map of a member that learns one. Explaining a video then reuses
+# the scoring pass instead of running the network again; scoring alone does
+# not ask for them, and ONNX Runtime does not copy out what is not asked for.
+TAP_GRADCAM = "gradcam_layer"
+TAP_ATTENTION = "attention"
+
+
+class _Tapped(nn.Module):
+    """The member's logit followed by its taps, for export."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module | None, attention: bool) -> None:
+        super().__init__()
+        self.model = model
+        self._layer = [layer]  # a list: not registered as a second submodule
+        self._attention = attention
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        captured: list[Tensor] = []
+        layer = self._layer[0]
+        handle = (
+            None
+            if layer is None
+            else layer.register_forward_hook(lambda m, i, o: captured.append(o))
+        )
+        try:
+            if self._attention:
+                logit, attention = self.model.forward_with_attention(x)  # type: ignore[operator]
+                extra: tuple[Tensor, ...] = (attention,)
+            else:
+                logit, extra = self.model(x), ()
+        finally:
+            if handle is not None:
+                handle.remove()
+        return (logit, *captured[-1:], *extra)
+
+    @staticmethod
+    def outputs(layer: nn.Module | None, attention: bool) -> tuple[str, ...]:
+        return ("y", *((TAP_GRADCAM,) if layer is not None else ()),
+                *((TAP_ATTENTION,) if attention else ()))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Raw fake-logits ``[N]`` and, when asked for and the backend has them,
+    taps by name, each ``[N, ...]`` in the order of the crops."""
+
+    logits: npt.NDArray[np.float64]
+    taps: Mapping[str, npt.NDArray[np.float32]]
 
 
 @dataclass
@@ -44,6 +95,13 @@ class LoadedMember:
     _runner: OnnxRunner | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
+        # Outside inference mode even when made inside it: converting the
+        # memory format there would turn the parameters into inference
+        # tensors, which Grad-CAM and training cannot use afterwards.
+        with torch.inference_mode(False):
+            self._prepare()
+
+    def _prepare(self) -> None:
         self.model = self.model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -52,20 +110,33 @@ class LoadedMember:
         self.backend = resolve_backend(self.backend, self.device)
         if self.backend == "onnxruntime":
             example = torch.zeros(2, 3, self.input_size, self.input_size)
-            self._runner = OnnxRunner.for_module(
-                self.model.to(memory_format=torch.contiguous_format),
-                example,
-                tag=f"{self.name}_{self.input_size}",
-                weights_sha256=self.weights_sha256,
-                cache_dir=self.cache_dir,
-                threads=self.threads,
-            )
+            model = self.model.to(memory_format=torch.contiguous_format)
+            try:
+                layer: nn.Module | None = model.get_submodule(self.spec.gradcam_layer)
+            except AttributeError:
+                layer = None
+            attention = self.spec.has_attention and hasattr(model, "forward_with_attention")
+            with torch.no_grad():
+                self._runner = OnnxRunner.for_module(
+                    _Tapped(model, layer, attention),
+                    example,
+                    tag=f"{self.name}_{self.input_size}",
+                    weights_sha256=self.weights_sha256,
+                    cache_dir=self.cache_dir,
+                    output_names=_Tapped.outputs(layer, attention),
+                    threads=self.threads,
+                )
             if self.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        """The taps :meth:`infer` can return (none on the torch backend)."""
+        return self._runner.output_names[1:] if self._runner is not None else ()
 
     def to_tensor(self, crops: Sequence[RGBImage]) -> Tensor:
         """uint8 ``[H, W, 3]`` crops -> normalised float ``[B, 3, H, W]``."""
@@ -78,7 +149,6 @@ class LoadedMember:
             else x.contiguous()
         )
 
-    @torch.inference_mode()
     def logits(
         self,
         crops: Sequence[RGBImage],
@@ -86,17 +156,37 @@ class LoadedMember:
         on_batch: Callable[[int], None] | None = None,
     ) -> npt.NDArray[np.float64]:
         """Raw fake-logits, one per crop, computed in batches."""
+        return self.infer(crops, batch_size, on_batch).logits
+
+    @torch.inference_mode()
+    def infer(
+        self,
+        crops: Sequence[RGBImage],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+        *,
+        taps: bool = False,
+    ) -> Inference:
+        """Logits, one per crop, computed in batches; with ``taps``, also the
+        intermediate tensors in :attr:`tap_names` from the same pass."""
+        names = ("y", *self.tap_names) if taps else ("y",)
         out: list[npt.NDArray[np.float64]] = []
+        kept: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names[1:]}
         for start in range(0, len(crops), batch_size):
             batch = self.to_tensor(crops[start : start + batch_size])
             if self._runner is not None:
-                raw = self._runner(batch.contiguous().numpy())[0]
+                raw, *extra = self._runner(batch.contiguous().numpy(), names)
+                for name, value in zip(names[1:], extra, strict=True):
+                    kept[name].append(np.asarray(value, dtype=np.float32))
             else:
                 raw = self.model(batch).float().cpu().numpy()
             out.append(np.asarray(raw, dtype=np.float64).reshape(-1))
             if on_batch is not None:
                 on_batch(len(batch))
-        return np.concatenate(out) if out else np.zeros(0)
+        return Inference(
+            np.concatenate(out) if out else np.zeros(0),
+            {name: np.concatenate(parts) for name, parts in kept.items() if parts},
+        )
 
 
 def load_member(

@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ensemble.config import AnalysisConfig
@@ -63,12 +64,15 @@ class _Clock:
 
 @dataclass(frozen=True)
 class AnalysisData:
-    """What an analysis decoded and cut, kept for explanations so nothing is
-    decoded twice: the sampled frames, and each member's crops in the order
-    of ``AnalysisResult.faces``."""
+    """What an analysis decoded, cut and computed, kept for explanations so
+    nothing is decoded or run twice: the sampled frames; each member's crops,
+    raw logits and (when asked for) taps, in the order of ``AnalysisResult.faces``."""
 
     media: LoadedMedia
     crops: Mapping[str, list[RGBImage]]
+    logits: Mapping[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    # member -> tap name -> ``[faces, ...]`` (see ``LoadedMember.infer``).
+    taps: Mapping[str, Mapping[str, npt.NDArray[np.float32]]] = field(default_factory=dict)
 
 
 def analyze(
@@ -93,9 +97,11 @@ def analyze_with_data(
     members: Mapping[str, LoadedMember],
     detector: FaceDetector,
     progress: ProgressFn | None = None,
+    keep_taps: bool = False,
 ) -> tuple[AnalysisResult, AnalysisData | None]:
-    """:func:`analyze`, also returning the decoded frames and the crops when
-    faces were scored (``None`` otherwise)."""
+    """:func:`analyze`, also returning the decoded frames, the crops and the
+    logits when faces were scored (``None`` otherwise); with ``keep_taps``,
+    also the members' taps from the same pass."""
     missing = [m for m in config.members if m not in members]
     if missing:
         raise RegistryError(f"members not loaded: {', '.join(missing)}")
@@ -163,6 +169,8 @@ def analyze_with_data(
     report(selected[0].name, _PROGRESS["crop"])
 
     probs: dict[str, np.ndarray] = {}
+    raw_logits: dict[str, npt.NDArray[np.float64]] = {}
+    taps: dict[str, Mapping[str, npt.NDArray[np.float32]]] = {}
     done = 0
     total = len(faces) * len(selected)
     span = _PROGRESS["score"] - _PROGRESS["crop"]
@@ -174,8 +182,13 @@ def analyze_with_data(
             report(name, _PROGRESS["crop"] + span * done / total * 0.98)
 
         with clock.stage(f"member:{member.name}"):
-            logits = member.logits(crops[member.name], config.batch_size, on_batch)
-        probs[member.name] = calibrate(logits, member.temperature)
+            inference = member.infer(
+                crops[member.name], config.batch_size, on_batch, taps=keep_taps
+            )
+        raw_logits[member.name] = inference.logits
+        if inference.taps:
+            taps[member.name] = inference.taps
+        probs[member.name] = calibrate(inference.logits, member.temperature)
     report("score", _PROGRESS["crop"] + span * 0.98)
 
     with clock.stage("score"):
@@ -209,7 +222,7 @@ def analyze_with_data(
             )
         worst = max(persons, key=lambda p: p.score)
     return finish(
-        AnalysisData(media, crops),
+        AnalysisData(media, crops, raw_logits, taps),
         status="done",
         media=media.info,
         frames=frames,
@@ -261,13 +274,19 @@ class Analyzer:
         return self.analyze_with_data(path, progress)[0]
 
     def analyze_with_data(
-        self, path: Path, progress: ProgressFn | None = None
+        self, path: Path, progress: ProgressFn | None = None, *, keep_taps: bool = False
     ) -> tuple[AnalysisResult, AnalysisData | None]:
-        """:meth:`analyze`, also returning the decoded frames and crops."""
+        """:meth:`analyze`, also returning the decoded frames, crops, logits
+        and, with ``keep_taps``, the members' taps."""
         self.prepare()
         assert self._detector is not None
         return analyze_with_data(
-            path, self.config, members=self._members, detector=self._detector, progress=progress
+            path,
+            self.config,
+            members=self._members,
+            detector=self._detector,
+            progress=progress,
+            keep_taps=keep_taps,
         )
 
     @property

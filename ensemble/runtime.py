@@ -57,9 +57,16 @@ def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime"
     return "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
 
 
-def onnx_cache_name(tag: str, weights_sha256: str, input_shape: Sequence[int]) -> str:
+def onnx_cache_name(
+    tag: str,
+    weights_sha256: str,
+    input_shape: Sequence[int],
+    output_names: Sequence[str] = ("y",),
+) -> str:
     """A file name that changes whenever the exported graph could change."""
     key = f"{tag}|{weights_sha256}|{tuple(input_shape)}|torch {torch.__version__}|{ONNX_OPSET}"
+    if tuple(output_names) != ("y",):
+        key += f"|{','.join(output_names)}"
     return f"{tag}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
@@ -105,6 +112,7 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
 
     @classmethod
     def for_module(
@@ -124,12 +132,18 @@ class OnnxRunner:
                 path = Path(tmp) / f"{tag}.onnx"
                 export_onnx(model, example, path, output_names)
                 return cls(path, threads)  # the session keeps the graph in memory
-        path = Path(cache_dir) / "onnx" / onnx_cache_name(tag, weights_sha256, example.shape[1:])
+        name = onnx_cache_name(tag, weights_sha256, example.shape[1:], output_names)
+        path = Path(cache_dir) / "onnx" / name
         if not path.exists():
             logger.info("exporting %s to ONNX (once per weights version): %s", tag, path)
             export_onnx(model, example, path, output_names)
         return cls(path, threads)
 
-    def __call__(self, x: npt.NDArray[np.float32]) -> list[npt.NDArray[Any]]:
-        outputs: list[npt.NDArray[Any]] = self._session.run(None, {"x": x})
-        return outputs
+    def __call__(
+        self, x: npt.NDArray[np.float32], outputs: Sequence[str] | None = None
+    ) -> list[npt.NDArray[Any]]:
+        """The graph's outputs for ``x``: all of them, or those named in
+        ``outputs`` (in that order; the others are not copied out)."""
+        names = None if outputs is None else list(outputs)
+        result: list[npt.NDArray[Any]] = self._session.run(names, {"x": x})
+        return result

@@ -7,13 +7,13 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
 from ensemble.media import RGBImage
-from ensemble.members import LoadedMember
+from ensemble.members import TAP_ATTENTION, LoadedMember
 from explain.geometry import FloatMap
-from explain.replay import OnnxExplainRunners
 
 
 @runtime_checkable
@@ -38,30 +38,38 @@ def attention_maps(
     member: LoadedMember,
     crops: Sequence[RGBImage],
     batch_size: int,
-    runners: OnnxExplainRunners | None = None,
+    *,
+    raw: npt.NDArray[np.float32] | None = None,
 ) -> list[FloatMap]:
     """The model's own attention (sigmoid, ``[0, 1]``, not rescaled) for each
-    crop, upsampled bilinearly to the crop size. With ``runners`` and a member
-    that scores with ONNX Runtime, an exported ``attention_map`` graph computes it."""
+    crop, upsampled bilinearly to the crop size.
+
+    ``raw`` is the ``[N, 1, h, w]`` attention of these crops when the scoring
+    pass kept it (the member's attention tap); otherwise it is computed now,
+    by the member's ONNX graph when it has the tap, else by the model (only
+    as far as the attention layer when it can)."""
     model = member.model
     if not isinstance(model, HasAttention):
         raise TypeError(f"member {member.name} has no attention map")
-    onnx = (
-        runners is not None
-        and member.backend == "onnxruntime"
-        and isinstance(model, HasAttentionMap)
-    )
+    if raw is None and TAP_ATTENTION in member.tap_names:
+        raw = member.infer(crops, batch_size, taps=True).taps[TAP_ATTENTION]
+    if raw is None:
+        parts = []
+        for start in range(0, len(crops), batch_size):
+            x = member.to_tensor(crops[start : start + batch_size])
+            out = (
+                model.attention_map(x)
+                if isinstance(model, HasAttentionMap)
+                else model.forward_with_attention(x)[1]
+            )
+            parts.append(out.float().cpu().numpy())
+        raw = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.float32)
+    if len(raw) != len(crops):
+        raise ValueError("one attention map per crop is needed")
     size = member.input_size
-    maps: list[FloatMap] = []
-    for start in range(0, len(crops), batch_size):
-        chunk = crops[start : start + batch_size]
-        if onnx and runners is not None:
-            raw = runners.attention(member, chunk)
-        elif isinstance(model, HasAttentionMap):
-            raw = model.attention_map(member.to_tensor(chunk)).float().cpu().numpy()
-        else:
-            raw = model.forward_with_attention(member.to_tensor(chunk))[1].float().cpu().numpy()
-        for a in raw[:, 0]:
-            up = cv2.resize(a.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-            maps.append(np.clip(up, 0.0, 1.0).astype(np.float32))
-    return maps
+    return [
+        np.clip(
+            cv2.resize(a.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR), 0.0, 1.0
+        ).astype(np.float32)
+        for a in raw[:, 0]
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.media import RGBImage
-from ensemble.members import LoadedMember
+from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember
 from ensemble.pipeline import AnalysisData, Analyzer, ProgressFn
 from ensemble.results import AnalysisResult, FaceResult
 from explain.attention import attention_maps, has_attention
@@ -22,7 +22,6 @@ from explain.gradcam import gradcam_maps
 from explain.index import Artifact, ExplanationIndex
 from explain.reference import check_reference, frames_at
 from explain.render import fit, image_media_type, image_suffix, overlay_on_frame, write_image
-from explain.replay import OnnxExplainRunners
 from explain.ssim import matching_face, ssim_mask
 
 logger = logging.getLogger(__name__)
@@ -109,8 +108,6 @@ class Explainer:
     def __init__(self, analyzer: Analyzer, config: ExplainConfig | None = None) -> None:
         self.analyzer = analyzer
         self.config = config or ExplainConfig()
-        # Exported graphs for members that score with ONNX Runtime, kept across runs.
-        self._runners = OnnxExplainRunners()
 
     def run(
         self,
@@ -134,7 +131,8 @@ class Explainer:
             if stage != "done":
                 report(stage, fraction * ANALYSIS_SHARE)
 
-        result, data = self.analyzer.analyze_with_data(path, analysis_progress)
+        # The taps let Grad-CAM and the attention maps reuse the scoring pass.
+        result, data = self.analyzer.analyze_with_data(path, analysis_progress, keep_taps=True)
         if result.status != "done":
             report("done", 1.0)
             return result, None
@@ -237,7 +235,15 @@ class Explainer:
         }
         for member in members:
             crops = [data.crops[member.name][i] for i in faces]
-            maps = gradcam_maps(member, crops, self.config.gradcam_batch, self._runners)
+            activations = data.taps.get(member.name, {}).get(TAP_GRADCAM)
+            logits = data.logits.get(member.name)
+            maps = gradcam_maps(
+                member,
+                crops,
+                self.config.gradcam_batch,
+                logits=None if logits is None or activations is None else logits[faces],
+                activations=None if activations is None else activations[faces],
+            )
 
             def caption(
                 i: int, face: FaceResult, frame: int, t: float, name: str = member.name
@@ -264,7 +270,10 @@ class Explainer:
             if not has_attention(member):
                 continue
             maps = attention_maps(
-                member, data.crops[member.name], self.analyzer.config.batch_size, self._runners
+                member,
+                data.crops[member.name],
+                self.analyzer.config.batch_size,
+                raw=data.taps.get(member.name, {}).get(TAP_ATTENTION),
             )
 
             def caption(

@@ -20,15 +20,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from pytorch_grad_cam import GradCAM
 from torch import Tensor, nn
 
 from ensemble.media import RGBImage
-from ensemble.members import LoadedMember
+from ensemble.members import TAP_GRADCAM, LoadedMember
 from explain.errors import ExplainError
 from explain.geometry import FloatMap
-from explain.replay import OnnxExplainRunners, Replay, logits_match
+from explain.replay import Replay, logits_match
 
 logger = logging.getLogger(__name__)
 
@@ -76,21 +77,29 @@ def gradcam_maps(
     member: LoadedMember,
     crops: Sequence[RGBImage],
     batch_size: int,
-    runners: OnnxExplainRunners | None = None,
+    *,
+    logits: npt.NDArray[np.floating] | None = None,
+    activations: npt.NDArray[np.float32] | None = None,
 ) -> list[FloatMap]:
     """One Grad-CAM map per crop, ``[input_size, input_size]`` in ``[0, 1]``
     (each map scaled by its own maximum, as the package does).
 
-    With ``runners`` and a member that scores with ONNX Runtime, the layers up
-    to the target layer run in ONNX Runtime (see :mod:`explain.replay`); the
-    maps are the same.
+    For a member whose ONNX graph returns its Grad-CAM layer (see
+    :mod:`explain.replay`), only the layers after the target run in PyTorch:
+    on ``logits`` and ``activations`` of these crops from the scoring pass
+    when given, else on a pass made now. The maps are the same.
     """
     if not crops:
         return []
     layer = target_layer(member.model, member.spec.gradcam_layer)
     done: list[FloatMap] = []
-    if runners is not None and member.backend == "onnxruntime":
-        done = _replayed_maps(member, layer, crops, batch_size, runners)
+    if TAP_GRADCAM in member.tap_names:
+        if logits is None or activations is None:
+            inference = member.infer(crops, batch_size, taps=True)
+            logits, activations = inference.logits, inference.taps[TAP_GRADCAM]
+        if len(logits) != len(crops) or len(activations) != len(crops):
+            raise ValueError("logits and activations must have one entry per crop")
+        done = _replayed_maps(member, layer, crops, batch_size, logits, activations)
     return done + _torch_maps(member, layer, crops[len(done) :], batch_size)
 
 
@@ -122,9 +131,10 @@ def _replayed_maps(
     layer: nn.Module,
     crops: Sequence[RGBImage],
     batch_size: int,
-    runners: OnnxExplainRunners,
+    logits: npt.NDArray[np.floating],
+    activations: npt.NDArray[np.float32],
 ) -> list[FloatMap]:
-    """Maps for as many crops as the replay reproduces ONNX Runtime's logits for."""
+    """Maps for as many crops as the replay reproduces the scoring pass's logits for."""
     model = member.model
     replay = Replay(model, layer)
     maps: list[FloatMap] = []
@@ -136,8 +146,9 @@ def _replayed_maps(
     ):
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
-            expected, activations = runners.activations(member, layer, chunk)
-            replay.activations = torch.from_numpy(activations).requires_grad_(True)
+            expected = np.asarray(logits[start : start + batch_size], np.float32)
+            chunk_act = np.ascontiguousarray(activations[start : start + batch_size])
+            replay.activations = torch.from_numpy(chunk_act).requires_grad_(True)
             x = member.to_tensor(chunk)
             grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
             matched = logits_match(cam.outputs, expected)

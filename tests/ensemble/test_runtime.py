@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.members import LoadedMember, load_member
+from ensemble.members import TAP_GRADCAM, LoadedMember, load_member
 from ensemble.registry import Registry, tiny_spec
 from ensemble.runtime import onnx_cache_name, resolve_backend
 from ensemble.weights import save_weights
@@ -57,7 +57,9 @@ def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:
     graphs = list((cache / "onnx").glob("*.onnx"))
     assert len(graphs) == 1
     assert member.weights_sha256 is not None
-    assert graphs[0].name == onnx_cache_name("tiny_48", member.weights_sha256, (3, 48, 48))
+    assert graphs[0].name == onnx_cache_name(
+        "tiny_48", member.weights_sha256, (3, 48, 48), ("y", TAP_GRADCAM)
+    )
     stamp = graphs[0].stat().st_mtime_ns
     again = load_member(
         "tiny", tmp_path / "weights", registry=registry, backend="onnxruntime", cache_dir=cache
@@ -72,3 +74,31 @@ def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:
         "tiny", tmp_path / "weights", registry=registry, backend="onnxruntime", cache_dir=cache
     )
     assert len(list((cache / "onnx").glob("*.onnx"))) == 2
+
+
+def test_the_scoring_pass_returns_the_gradcam_layer_only_when_asked(
+    tiny_member: Callable[..., LoadedMember],
+) -> None:
+    torch_member = tiny_member("tiny", 64)
+    spec = torch_member.spec
+    ort_member = LoadedMember(
+        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
+        backend="onnxruntime",
+    )  # fmt: skip
+    crops = _crops(5, 64)
+    assert ort_member.tap_names == (TAP_GRADCAM,)
+    assert torch_member.tap_names == ()
+    assert ort_member.infer(crops, 2).taps == {}
+    tapped = ort_member.infer(crops, 2, taps=True)
+    np.testing.assert_allclose(tapped.logits, ort_member.logits(crops, 4), rtol=1e-5, atol=1e-6)
+    # the same tensor PyTorch's layer computes, in crop order, across batches
+    layer = torch_member.model.get_submodule(spec.gradcam_layer)
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    try:
+        torch_member.logits(crops, 5)
+    finally:
+        handle.remove()
+    expected = seen[0].contiguous().numpy()
+    assert tapped.taps[TAP_GRADCAM].shape == expected.shape
+    np.testing.assert_allclose(tapped.taps[TAP_GRADCAM], expected, rtol=1e-4, atol=1e-4)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ensemble.crops import CropPolicy
-from ensemble.members import LoadedMember
+from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember
 from ensemble.registry import MemberSpec, tiny_spec
 from explain.errors import ExplainError
 from explain.gradcam import gradcam_maps
@@ -163,7 +163,6 @@ def _onnx_twin(member: LoadedMember) -> LoadedMember:
 
 @pytest.mark.parametrize("maker", ["plain", "attention"])
 def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
-    from explain.replay import OnnxExplainRunners
     from tests.explain.tiny import tiny_attention_spec
 
     if maker == "plain":
@@ -174,19 +173,24 @@ def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
         member = _member(spec.build(), spec, 56)
     crops = _crops(5, member.input_size, seed=2)
     reference = gradcam_maps(member, crops, batch_size=2)
-    runners = OnnxExplainRunners()
     twin = _onnx_twin(member)
+    assert TAP_GRADCAM in twin.tap_names
     hooks = _hook_count(twin.model)
-    replayed = gradcam_maps(twin, crops, batch_size=2, runners=runners)
+    replayed = gradcam_maps(twin, crops, batch_size=2)  # runs the tapped graph now
+    # ... and from the taps of an earlier scoring pass, as the Explainer does
+    scored = twin.infer(crops, batch_size=3, taps=True)
+    reused = gradcam_maps(
+        twin, crops, batch_size=2, logits=scored.logits, activations=scored.taps[TAP_GRADCAM]
+    )
     assert _hook_count(twin.model) == hooks
-    assert len(replayed) == len(reference)
-    for a, b in zip(replayed, reference, strict=True):
+    assert len(replayed) == len(reference) == len(reused)
+    for a, b, c in zip(replayed, reference, reused, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_onnx_attention_equals_the_models_own_map() -> None:
     from explain.attention import attention_maps
-    from explain.replay import OnnxExplainRunners
     from tests.explain.tiny import tiny_attention_spec
 
     class WithAttentionMap(nn.Module):
@@ -208,14 +212,18 @@ def test_onnx_attention_equals_the_models_own_map() -> None:
     member = _member(WithAttentionMap(spec.build()), spec, 56)
     crops = _crops(3, 56, seed=5)
     reference = attention_maps(member, crops, batch_size=2)
-    onnx = attention_maps(_onnx_twin(member), crops, batch_size=2, runners=OnnxExplainRunners())
-    for a, b in zip(onnx, reference, strict=True):
+    twin = _onnx_twin(member)
+    assert TAP_ATTENTION in twin.tap_names
+    onnx = attention_maps(twin, crops, batch_size=2)
+    kept = attention_maps(
+        twin, crops, batch_size=2, raw=twin.infer(crops, 2, taps=True).taps[TAP_ATTENTION]
+    )
+    for a, b, c in zip(onnx, reference, kept, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog) -> None:
-    from explain.replay import OnnxExplainRunners
-
     class SkipsTheTarget(nn.Module):
         """Its head also reads the input directly: replaying from the target layer is wrong."""
 
@@ -235,7 +243,7 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
     member = _member(SkipsTheTarget(), spec, 32)
     crops = [np.clip(c.astype(int) + 100, 0, 255).astype(np.uint8) for c in _crops(3, 32, 7)]
     reference = gradcam_maps(member, crops, batch_size=3)
-    replayed = gradcam_maps(_onnx_twin(member), crops, batch_size=3, runners=OnnxExplainRunners())
+    replayed = gradcam_maps(_onnx_twin(member), crops, batch_size=3)
     assert "does not reproduce its logits" in caplog.text
     for a, b in zip(replayed, reference, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)
@@ -243,7 +251,6 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
 
 def test_gradcam_still_works_after_an_attention_export_under_inference_mode() -> None:
     from explain.attention import attention_maps
-    from explain.replay import OnnxExplainRunners
     from tests.explain.tiny import tiny_attention_spec
 
     class WithAttentionMap(nn.Module):
@@ -263,9 +270,10 @@ def test_gradcam_still_works_after_an_attention_export_under_inference_mode() ->
     spec = tiny_attention_spec("att", 56)
     spec = MemberSpec(**{**spec.__dict__, "gradcam_layer": "inner.head.0"})
     torch.manual_seed(0)
-    member = _onnx_twin(_member(WithAttentionMap(spec.build()), spec, 56))
-    runners = OnnxExplainRunners()
+    plain = _member(WithAttentionMap(spec.build()), spec, 56)
+    with torch.inference_mode():  # the member is made, and its graph exported, in here
+        member = _onnx_twin(plain)
     crops = _crops(2, 56, seed=9)
-    attention_maps(member, crops, batch_size=2, runners=runners)  # exports under inference_mode
+    attention_maps(member, crops, batch_size=2)  # runs under inference_mode
     assert not any(p.is_inference() for p in member.model.parameters())
-    assert len(gradcam_maps(member, crops, batch_size=2, runners=runners)) == 2
+    assert len(gradcam_maps(member, crops, batch_size=2)) == 2
