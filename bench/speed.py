@@ -15,8 +15,14 @@ architectures (speed does not depend on the weights):
 Both paths run once untimed on the first video first (``--warmup``), so
 first-call setup (oneDNN kernels, allocator growth) is not counted.
 
+``--precision int8`` makes (b) the opt-in int8 path: the members are
+installed with random weights, calibrated on the first video's faces (as
+``manage.py calibrate_int8`` does; counted in ``optimized_setup_s``, not in the
+per-video time) and loaded with ``precision="int8"``.
+
 It also times each member alone on the crops of the first video under several
-execution options, so the choice of the shipped one can be checked. Prints a
+execution options, so the choice of the shipped one can be checked (``--int8``
+adds static int8 ONNX Runtime to that sweep). Prints a
 table and writes JSON with top level ``naive_s_per_video``,
 ``optimized_s_per_video``, ``peak_rss_mb``, ``stages`` and ``members``.
 """
@@ -45,8 +51,8 @@ from ensemble.config import AnalysisConfig, FaceConfig  # noqa: E402
 from ensemble.crops import crop_face  # noqa: E402
 from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views  # noqa: E402
 from ensemble.media import MediaLimits, list_media, sample_indices, sniff  # noqa: E402
-from ensemble.members import LoadedMember  # noqa: E402
-from ensemble.pipeline import analyze  # noqa: E402
+from ensemble.members import LoadedMember, load_member  # noqa: E402
+from ensemble.pipeline import analyze, analyze_with_data  # noqa: E402
 from ensemble.registry import REGISTRY  # noqa: E402
 from ensemble.scoring import calibrate  # noqa: E402
 from ensemble.tracks import link_tracks  # noqa: E402
@@ -147,6 +153,7 @@ def member_options(
     crops: list[np.ndarray],
     member: LoadedMember,
     with_compile: bool,
+    with_int8: bool = False,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     nchw = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
@@ -210,11 +217,62 @@ def member_options(
 
     for threads in sorted({1, torch.get_num_threads()}):
         guarded(f"onnxruntime_fp32_{threads}_threads", lambda t=threads: onnx(t))
+    if with_int8:
+        threads = torch.get_num_threads()
+        guarded(
+            f"onnxruntime_int8_static_{threads}_threads",
+            lambda: onnx_int8(spec_name, nchw, x_nchw, threads, results),
+        )
     if torch.cuda.is_available():
         guarded("cuda_fp16_autocast", lambda: cuda_half(model, x_nchw))
     else:
         results["cuda_fp16_autocast"] = "not measured: no CUDA device on this machine"
     return results
+
+
+def onnx_int8(
+    tag: str, model: torch.nn.Module, x: torch.Tensor, threads: int, results: dict[str, Any]
+) -> float:
+    """ONNX Runtime with static int8 quantization (QDQ, per-channel int8
+    weights, uint8 activations), calibrated on the first 8 of these crops.
+
+    Not a shipped option: whether int8 keeps a member's accuracy can only be
+    judged on trained weights, and these are random. The calibration time and
+    the largest logit change against fp32 on these crops are recorded too."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    from ensemble.runtime import OnnxRunner, export_onnx
+
+    calibration = x[:8].numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{"x": calibration[i : i + 4]} for i in range(0, 8, 4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, int8 = (Path(tmp) / f"{tag}_{k}.onnx" for k in ("fp32", "pre", "int8"))
+        export_onnx(model, x[:2], fp32, ["y"])
+        start = time.perf_counter()
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        results["int8_calibration_s"] = round(time.perf_counter() - start, 1)
+        runner, reference = OnnxRunner(int8, threads), OnnxRunner(fp32, threads)
+    xs = x.numpy()
+    diff = np.abs(runner(xs)[0] - reference(xs)[0]).max()
+    results["int8_max_abs_logit_change_random_weights"] = round(float(diff), 4)
+    return time_call(lambda: runner(xs))
 
 
 def cuda_half(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -231,9 +289,16 @@ def cuda_half(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def optimized_child(
-    video: str, names: list[str], frames: int, backend: str, threads: int, batch_size: int
+    video: str,
+    names: list[str],
+    frames: int,
+    backend: str,
+    threads: int,
+    batch_size: int,
+    int8: tuple[str, str] | None = None,
 ) -> dict[str, float]:
-    """Runs in a fresh process: the shipped path alone, for its own peak RSS."""
+    """Runs in a fresh process: the shipped path alone, for its own peak RSS.
+    ``int8`` is (weights folder, cache folder) of calibrated int8 members."""
     if threads:
         torch.set_num_threads(threads)
     cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
@@ -246,10 +311,47 @@ def optimized_child(
     )
     detector = FaceDetector.load(FaceConfig(), cache)
     torch.manual_seed(0)
-    members = {n: random_member(REGISTRY.get(n).build().eval(), n, True, backend) for n in names}
+    if int8 is not None:
+        members = {
+            n: load_member(n, Path(int8[0]), backend="onnxruntime", cache_dir=Path(int8[1]),
+                           precision="int8", threads=threads)
+            for n in names
+        }  # fmt: skip
+    else:
+        members = {
+            n: random_member(REGISTRY.get(n).build().eval(), n, True, backend) for n in names
+        }
     analyze(Path(video), cfg, members=members, detector=detector)
     result = analyze(Path(video), cfg, members=members, detector=detector)
     return {"total_s": result.timings["total"], "peak_rss_mb": own_peak_rss_mb()}
+
+
+def int8_members(
+    names: list[str], video: Path, cfg: AnalysisConfig, detector: FaceDetector, folder: Path
+) -> tuple[dict[str, LoadedMember], dict[str, Any]]:
+    """The random-init members installed in ``folder``, calibrated to int8
+    on the faces of ``video`` (as ``manage.py calibrate_int8`` does)."""
+    from bench.explain_cost import install_random_members
+    from ensemble.quantize import calibrate_int8
+
+    weights, cache = folder / "weights", folder / "cache"
+    install_random_members(names, weights)
+    fp32 = {n: load_member(n, weights, backend="onnxruntime", cache_dir=cache) for n in names}
+    _, data = analyze_with_data(video, cfg, members=fp32, detector=detector)
+    if data is None:
+        sys.exit(f"no faces in {video} to calibrate int8 on")
+    # every other face: enough to fix the ranges, half the calibration time
+    reports = {n: calibrate_int8(fp32[n], data.crops[n][::2], cfg.batch_size) for n in names}
+    members = {
+        n: load_member(n, weights, backend="onnxruntime", cache_dir=cache, precision="int8")
+        for n in names
+    }
+    info = {
+        n: {"calibration_crops": r.crops, "calibration_s": round(r.seconds, 1),
+            "max_abs_probability_change_random_weights": round(r.max_abs_change, 4)}
+        for n, r in reports.items()
+    }  # fmt: skip
+    return members, info
 
 
 def random_member(
@@ -284,6 +386,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip-options", action="store_true", help="skip the per-member option sweep"
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="precision of the optimized path: int8 calibrates the members on the first "
+        "video's faces first (opt-in in the product: TRUSTTRACE_PRECISION=int8)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time static int8 ONNX Runtime in the option sweep (minutes of calibration)",
     )
     parser.add_argument(
         "--backend",
@@ -328,10 +442,17 @@ def main() -> None:
     models = {n: REGISTRY.get(n).build().eval() for n in names}
     naive_members = {n: random_member(m, n, channels_last=False) for n, m in models.items()}
     setup_start = time.perf_counter()
-    fast_members = {
-        n: random_member(m, n, channels_last=True, backend=args.backend) for n, m in models.items()
-    }
-    setup_s = time.perf_counter() - setup_start  # ONNX export, once per weights version
+    int8_dir = tempfile.TemporaryDirectory(prefix="trusttrace-bench-int8-")
+    int8_info: dict[str, Any] | None = None
+    if args.precision == "int8":
+        fast_members, int8_info = int8_members(names, videos[0], cfg, detector, Path(int8_dir.name))
+    else:
+        fast_members = {
+            n: random_member(m, n, channels_last=True, backend=args.backend)
+            for n, m in models.items()
+        }
+    # ONNX export (and int8 calibration), once per weights version in a worker
+    setup_s = time.perf_counter() - setup_start
     for _ in range(args.warmup):
         run_naive(videos[0], cfg, detector, net_nchw, naive_members)
         analyze(videos[0], cfg, members=fast_members, detector=detector)
@@ -377,7 +498,7 @@ def main() -> None:
                 "input_size": m.input_size,
                 "crops": len(crops),
                 "video": first.name,
-                **member_options(n, models[n], crops, m, args.compile),
+                **member_options(n, models[n], crops, m, args.compile, args.int8),
             }
             print(f"{n}: {members[n]}", flush=True)
 
@@ -386,8 +507,13 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         child = pool.apply(
             optimized_child,
-            (str(videos[0]), names, args.frames, args.backend, args.threads, args.batch_size),
-        )
+            (
+                str(videos[0]), names, args.frames, args.backend, args.threads, args.batch_size,
+                (str(Path(int8_dir.name) / "weights"), str(Path(int8_dir.name) / "cache"))
+                if args.precision == "int8" else None,
+            ),
+        )  # fmt: skip
+    int8_dir.cleanup()
     print(f"optimized path alone in a fresh process: {child}", flush=True)
 
     explain: dict[str, Any] | None = None
@@ -413,6 +539,8 @@ def main() -> None:
         "frames": args.frames,
         "batch_size": args.batch_size,
         "backend": {n: m.backend for n, m in fast_members.items()},
+        "precision": args.precision,
+        "int8_calibration": int8_info,
         "input_size": {n: m.input_size for n, m in fast_members.items()},
         "optimized_setup_s": round(setup_s, 3),
         "warmup_runs": args.warmup,

@@ -81,6 +81,9 @@ class AnalysisConfig:
     # What runs the members: "auto" (ONNX Runtime on CPU when installed, else
     # torch), "torch" or "onnxruntime"; see ensemble.runtime.
     backend: str = "auto"
+    # "fp32", or "int8": members run the int8 graphs ``calibrate_int8`` made
+    # for their weights (ONNX Runtime on CPU; ensemble.quantize). Opt-in only.
+    precision: str = "fp32"
     # Where converted BlazeFace weights are cached (sha256-keyed file names).
     cache_dir: Path = Path("var/cache")
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -92,6 +95,8 @@ class AnalysisConfig:
             raise ValueError(
                 f"backend must be 'auto', 'torch' or 'onnxruntime', got {self.backend!r}"
             )
+        if self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be 'fp32' or 'int8', got {self.precision!r}")
         if not self.members:
             raise ValueError("select at least one detector member")
         if len(set(self.members)) != len(self.members):

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ensemble.media import RGBImage
+from ensemble.quantize import check_precision, int8_graph_path, not_calibrated
 from ensemble.registry import REGISTRY, MemberSpec, Registry
 from ensemble.runtime import OnnxRunner, resolve_backend
 from ensemble.weights import load_model
@@ -90,6 +91,9 @@ class LoadedMember:
     # Where exported ONNX graphs are cached (``None``: not cached).
     cache_dir: Path | None = None
     threads: int = 0
+    # "int8" runs the graph ``calibrate_int8`` made for these weights (see
+    # ensemble.quantize); ONNX Runtime backend only, never the default.
+    precision: str = "fp32"
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
     _runner: OnnxRunner | None = field(init=False, repr=False, default=None)
@@ -108,7 +112,17 @@ class LoadedMember:
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.backend = resolve_backend(self.backend, self.device)
-        if self.backend == "onnxruntime":
+        check_precision(self.precision)
+        if self.precision == "int8":
+            if self.backend != "onnxruntime":
+                raise ValueError("int8 members run on the onnxruntime backend (CPU) only")
+            if self.weights_sha256 is None or self.cache_dir is None:
+                raise not_calibrated(self.name, self.weights_sha256)
+            path = int8_graph_path(self.cache_dir, self.name, self.input_size, self.weights_sha256)
+            if not path.exists():
+                raise not_calibrated(self.name, self.weights_sha256)
+            self._runner = OnnxRunner(path, self.threads)
+        elif self.backend == "onnxruntime":
             example = torch.zeros(2, 3, self.input_size, self.input_size)
             model = self.model.to(memory_format=torch.contiguous_format)
             try:
@@ -132,6 +146,12 @@ class LoadedMember:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def graph_path(self) -> Path | None:
+        """The ONNX graph this member runs (``None`` on the torch backend;
+        a deleted temporary file when it has no weights hash or cache)."""
+        return self._runner.path if self._runner is not None else None
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -198,6 +218,7 @@ def load_member(
     backend: str = "torch",
     cache_dir: Path | None = None,
     threads: int = 0,
+    precision: str = "fp32",
 ) -> LoadedMember:
     """The named member with its installed, hash-checked weights."""
     spec = registry.get(name)
@@ -214,4 +235,5 @@ def load_member(
         backend=backend,
         cache_dir=cache_dir,
         threads=threads,
+        precision=precision,
     )

@@ -268,6 +268,7 @@ class Analyzer:
                     backend=self.config.backend,
                     cache_dir=self.config.cache_dir,
                     threads=self.config.threads,
+                    precision=self.config.precision,
                 )
 
     def analyze(self, path: Path, progress: ProgressFn | None = None) -> AnalysisResult:

@@ -17,9 +17,9 @@ def analysis_config(
     *, members: Sequence[str] | None = None, frames: int | None = None, **overrides: Any
 ) -> AnalysisConfig:
     """An :class:`AnalysisConfig` from ``settings.TRUSTTRACE``, with optional
-    per-call overrides (the CLI's ``--members`` and ``--frames``)."""
+    per-call overrides (the CLI's ``--members``, ``--frames``, ``--precision``)."""
     s: dict[str, Any] = settings.TRUSTTRACE
-    return AnalysisConfig(
+    fields: dict[str, Any] = dict(
         weights_dir=Path(s["WEIGHTS_DIR"]),
         cache_dir=Path(s["CACHE_DIR"]),
         members=tuple(members) if members else tuple(s["MEMBERS"]),
@@ -27,6 +27,7 @@ def analysis_config(
         device=str(s["DEVICE"]),
         threads=int(s["THREADS"]),
         backend=str(s.get("BACKEND", "auto")),
+        precision=str(s.get("PRECISION", "fp32")),
         batch_size=int(s["BATCH_SIZE"]),
         limits=MediaLimits(
             max_bytes=int(s["MAX_UPLOAD_BYTES"]),
@@ -40,8 +41,8 @@ def analysis_config(
             uncertain_band=float(s["UNCERTAIN_BAND"]),
             aggregation=s["AGGREGATION"],
         ),
-        **overrides,
     )
+    return AnalysisConfig(**{**fields, **overrides})
 
 
 def trusttrace_setting(name: str) -> Any:

@@ -77,6 +77,7 @@ class MemberStatus:
 def models_status() -> list[MemberStatus]:
     """Every configured member with its installed weights (manifest only: cheap)."""
     from ensemble.errors import TrusttraceError
+    from ensemble.quantize import int8_graph_path, not_calibrated
     from ensemble.weights import read_manifest
 
     config = analysis_config()
@@ -86,6 +87,13 @@ def models_status() -> list[MemberStatus]:
         try:
             registry.get(name)
             manifest = read_manifest(config.weights_dir, name)
+            if (
+                config.precision == "int8"
+                and not int8_graph_path(
+                    config.cache_dir, name, manifest.input_size, manifest.weights_sha256
+                ).exists()
+            ):
+                raise not_calibrated(name, manifest.weights_sha256)
         except TrusttraceError as e:
             out.append(MemberStatus(name, False, None, "", 0, {}, str(e)))
             continue

@@ -277,3 +277,23 @@ def test_gradcam_still_works_after_an_attention_export_under_inference_mode() ->
     attention_maps(member, crops, batch_size=2)  # runs under inference_mode
     assert not any(p.is_inference() for p in member.model.parameters())
     assert len(gradcam_maps(member, crops, batch_size=2)) == 2
+
+
+def test_gradcam_of_an_int8_member_has_maps_for_every_crop(tmp_path, caplog) -> None:
+    from ensemble.members import load_member
+    from ensemble.quantize import calibrate_int8
+    from ensemble.registry import Registry
+    from ensemble.weights import save_weights
+
+    registry = Registry()
+    spec = registry.register(tiny_spec("tiny", 48))
+    torch.manual_seed(2)
+    save_weights(spec.build().state_dict(), spec, tmp_path / "w", input_size=48)
+    kwargs = {"registry": registry, "backend": "onnxruntime", "cache_dir": tmp_path / "c"}
+    calibrate_int8(load_member("tiny", tmp_path / "w", **kwargs), _crops(8, 48))
+    int8 = load_member("tiny", tmp_path / "w", precision="int8", **kwargs)
+    crops = _crops(3, 48, seed=4)
+    maps = gradcam_maps(int8, crops, batch_size=2)
+    assert len(maps) == 3
+    for m in maps:
+        assert m.shape == (48, 48) and m.min() >= 0.0 and m.max() <= 1.0

@@ -225,6 +225,9 @@ TRUSTTRACE = {
     "THREADS": int(os.environ.get("TRUSTTRACE_THREADS", "0")),
     # "auto": ONNX Runtime on CPU (measured faster, see README), torch on CUDA.
     "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
+    # "fp32", or "int8" once `manage.py calibrate_int8` has made the members'
+    # int8 graphs (faster on CPU, scores move a little; README, "int8").
+    "PRECISION": os.environ.get("TRUSTTRACE_PRECISION", "fp32"),
     "FRAMES": int(os.environ.get("TRUSTTRACE_FRAMES", "32")),
     "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "8")),
     "THRESHOLD": float(os.environ.get("TRUSTTRACE_THRESHOLD", "0.5")),

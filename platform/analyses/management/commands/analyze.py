@@ -69,6 +69,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--members", type=_members_arg, help="comma-separated members to run")
         parser.add_argument(
+            "--precision",
+            choices=["fp32", "int8"],
+            help="member precision (default from settings); int8 needs calibrate_int8 first",
+        )
+        parser.add_argument(
             "--explain",
             type=Path,
             metavar="DIR",
@@ -89,7 +94,10 @@ class Command(BaseCommand):
         from ensemble.results import AnalysisResult
 
         try:
-            config = analysis_config(members=options["members"], frames=options["frames"])
+            overrides = {"precision": options["precision"]} if options["precision"] else {}
+            config = analysis_config(
+                members=options["members"], frames=options["frames"], **overrides
+            )
         except ValueError as e:
             raise CommandError(str(e)) from e
         files = list_media(options["paths"])

@@ -41,6 +41,10 @@ class Command(BaseCommand):
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument("--frames", type=int, help="frames sampled per video")
         parser.add_argument(
+            "--precision", choices=["fp32", "int8"],
+            help="member precision (default: settings); int8 needs calibrate_int8 first",
+        )  # fmt: skip
+        parser.add_argument(
             "--limit", type=int,
             help="at most N samples (--faces: balanced, seed 0; --videos: the first N rows)",
         )  # fmt: skip
@@ -62,7 +66,8 @@ class Command(BaseCommand):
             raise CommandError("--videos needs --labels labels.csv (file,label)")
         members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
         try:
-            config = analysis_config(members=members, frames=o["frames"])
+            overrides = {"precision": o["precision"]} if o["precision"] else {}
+            config = analysis_config(members=members, frames=o["frames"], **overrides)
         except ValueError as e:
             raise CommandError(str(e)) from e
         threshold = o["threshold"] if o["threshold"] is not None else config.scoring.threshold
@@ -122,7 +127,10 @@ class Command(BaseCommand):
         reference: list[str] | None = None
         labels = None
         for name in config.members:
-            member = load_member(name, config.weights_dir, config.device, registry)
+            member = load_member(
+                name, config.weights_dir, config.device, registry, backend=config.backend,
+                cache_dir=config.cache_dir, threads=config.threads, precision=config.precision,
+            )  # fmt: skip
             source = root / name if per_member else root
             samples = select(load_samples(source), o["split"])
             samples = limit_balanced(samples, o["limit"], seed=0)
