@@ -86,8 +86,6 @@ def test_calibrated_int8_member_is_quantized_and_scores_close_to_fp32(installed)
     assert np.corrcoef(l8, l32)[0, 1] > 0.98
 
 
-def test_int8_needs_an_fp32_onnx_member_with_installed_weights(
-    installed, tiny_member
-) -> None:
+def test_int8_needs_an_fp32_onnx_member_with_installed_weights(installed, tiny_member) -> None:
     with pytest.raises(ValueError, match="fp32 member on the onnxruntime backend"):
         calibrate_int8(tiny_member("tiny", 48), _crops(2, 48))  # torch backend, no weights

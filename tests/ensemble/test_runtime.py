@@ -18,6 +18,17 @@ def _crops(n: int, size: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
+def _twins(tiny_member: Callable[..., LoadedMember]) -> tuple[LoadedMember, LoadedMember]:
+    """A tiny member on the torch backend and the same model on ONNX Runtime."""
+    torch_member = tiny_member("tiny", 64)
+    spec = torch_member.spec
+    ort_member = LoadedMember(
+        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
+        backend="onnxruntime",
+    )  # fmt: skip
+    return torch_member, ort_member
+
+
 def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere() -> None:
     assert resolve_backend("auto", "cpu") == "onnxruntime"
     assert resolve_backend("auto", "cuda") == "torch"
@@ -31,12 +42,7 @@ def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere() -> None:
 def test_onnxruntime_logits_equal_torch_logits(
     tiny_member: Callable[..., LoadedMember],
 ) -> None:
-    torch_member = tiny_member("tiny", 64)
-    spec = torch_member.spec
-    ort_member = LoadedMember(
-        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
-        backend="onnxruntime",
-    )  # fmt: skip
+    torch_member, ort_member = _twins(tiny_member)
     crops = _crops(5, 64)
     expected = torch_member.logits(crops, batch_size=2)
     got = ort_member.logits(crops, batch_size=3)  # batch size is dynamic in the graph
@@ -79,12 +85,7 @@ def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:
 def test_the_scoring_pass_returns_the_gradcam_layer_only_when_asked(
     tiny_member: Callable[..., LoadedMember],
 ) -> None:
-    torch_member = tiny_member("tiny", 64)
-    spec = torch_member.spec
-    ort_member = LoadedMember(
-        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
-        backend="onnxruntime",
-    )  # fmt: skip
+    torch_member, ort_member = _twins(tiny_member)
     crops = _crops(5, 64)
     assert ort_member.tap_names == (TAP_GRADCAM,)
     assert torch_member.tap_names == ()
@@ -92,7 +93,7 @@ def test_the_scoring_pass_returns_the_gradcam_layer_only_when_asked(
     tapped = ort_member.infer(crops, 2, taps=True)
     np.testing.assert_allclose(tapped.logits, ort_member.logits(crops, 4), rtol=1e-5, atol=1e-6)
     # the same tensor PyTorch's layer computes, in crop order, across batches
-    layer = torch_member.model.get_submodule(spec.gradcam_layer)
+    layer = torch_member.model.get_submodule(torch_member.spec.gradcam_layer)
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
     try:
