@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,11 +185,13 @@ class LoadedMember:
         batch_size: int,
         on_batch: Callable[[int], None] | None = None,
         *,
-        taps: bool = False,
+        taps: bool | Collection[str] = False,
     ) -> Inference:
-        """Logits, one per crop, computed in batches; with ``taps``, also the
-        intermediate tensors in :attr:`tap_names` from the same pass."""
-        names = ("y", *self.tap_names) if taps else ("y",)
+        """Logits, one per crop, computed in batches; with ``taps`` (``True``
+        for all, or the names wanted), also those of :attr:`tap_names` from
+        the same pass."""
+        wanted = self.tap_names if taps is True else () if taps is False else tuple(taps)
+        names = ("y", *(n for n in self.tap_names if n in wanted))
         out: list[npt.NDArray[np.float64]] = []
         kept: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names[1:]}
         for start in range(0, len(crops), batch_size):

@@ -28,7 +28,7 @@ from ensemble.crops import crop_face
 from ensemble.errors import InvalidMediaError, RegistryError
 from ensemble.faces import FaceDetector
 from ensemble.media import LoadedMedia, RGBImage, load_media
-from ensemble.members import LoadedMember, load_member
+from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember, load_member
 from ensemble.registry import REGISTRY, Registry
 from ensemble.results import (
     AnalysisResult,
@@ -44,6 +44,12 @@ from ensemble.weights import read_manifest
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
+
+# Grad-CAM layer outputs are kept for at most this many faces (32 frames x 8
+# faces, the defaults' most; about 0.5 MB a face for B7). Beyond it the
+# explanations compute them again for the few faces they show, rather than
+# hold them for every face of a long video.
+MAX_TAPPED_FACES = 256
 
 # Share of the progress bar each stage fills; the members share the rest.
 _PROGRESS = {"decode": 0.10, "detect": 0.20, "track": 0.22, "crop": 0.25, "score": 1.0}
@@ -168,6 +174,10 @@ def analyze_with_data(
         }
     report(selected[0].name, _PROGRESS["crop"])
 
+    # The attention map is small (one channel); the Grad-CAM layer is not.
+    wanted: tuple[str, ...] = ()
+    if keep_taps:
+        wanted = (TAP_ATTENTION,) + ((TAP_GRADCAM,) if len(faces) <= MAX_TAPPED_FACES else ())
     probs: dict[str, np.ndarray] = {}
     raw_logits: dict[str, npt.NDArray[np.float64]] = {}
     taps: dict[str, Mapping[str, npt.NDArray[np.float32]]] = {}
@@ -182,9 +192,7 @@ def analyze_with_data(
             report(name, _PROGRESS["crop"] + span * done / total * 0.98)
 
         with clock.stage(f"member:{member.name}"):
-            inference = member.infer(
-                crops[member.name], config.batch_size, on_batch, taps=keep_taps
-            )
+            inference = member.infer(crops[member.name], config.batch_size, on_batch, taps=wanted)
         raw_logits[member.name] = inference.logits
         if inference.taps:
             taps[member.name] = inference.taps

@@ -52,7 +52,7 @@ def attention_maps(
     if not isinstance(model, HasAttention):
         raise TypeError(f"member {member.name} has no attention map")
     if raw is None and TAP_ATTENTION in member.tap_names:
-        raw = member.infer(crops, batch_size, taps=True).taps[TAP_ATTENTION]
+        raw = member.infer(crops, batch_size, taps=(TAP_ATTENTION,)).taps[TAP_ATTENTION]
     if raw is None:
         parts = []
         for start in range(0, len(crops), batch_size):

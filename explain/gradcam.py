@@ -95,7 +95,7 @@ def gradcam_maps(
     done: list[FloatMap] = []
     if TAP_GRADCAM in member.tap_names:
         if logits is None or activations is None:
-            inference = member.infer(crops, batch_size, taps=True)
+            inference = member.infer(crops, batch_size, taps=(TAP_GRADCAM,))
             logits, activations = inference.logits, inference.taps[TAP_GRADCAM]
         if len(logits) != len(crops) or len(activations) != len(crops):
             raise ValueError("logits and activations must have one entry per crop")

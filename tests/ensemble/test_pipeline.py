@@ -154,3 +154,34 @@ def test_member_subset_runs_only_those(tmp_path: Path, detector: FaceDetector, t
     assert set(result.members) == {"b"} and [m.name for m in result.models] == ["b"]
     with pytest.raises(RegistryError, match="not loaded: c"):
         analyze(path, config("c"), members=members, detector=detector)
+
+
+def test_kept_taps_are_per_face_and_the_gradcam_layer_is_bounded(
+    tmp_path: Path, detector: FaceDetector, tiny_member, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ensemble import pipeline
+    from ensemble.members import TAP_GRADCAM, LoadedMember
+
+    plain = tiny_member("a")
+    member = LoadedMember(spec=plain.spec, model=plain.model, input_size=64, mean=plain.mean,
+                          std=plain.std, backend="onnxruntime")  # fmt: skip
+    path = mf.write_clip(tmp_path / "person.mp4", frames=20, face_at=(60, 40, 160))
+    cfg = config("a", frames=6)
+    result, data = pipeline.analyze_with_data(
+        path, cfg, members={"a": member}, detector=detector, keep_taps=True
+    )
+    assert data is not None and len(result.faces) == 6
+    assert data.taps["a"][TAP_GRADCAM].shape[0] == 6
+    np.testing.assert_allclose(
+        data.logits["a"], member.logits(data.crops["a"], 8), rtol=1e-5, atol=1e-6
+    )
+    # without keep_taps nothing is held; over the bound the big layer is not kept
+    assert (
+        pipeline.analyze_with_data(path, cfg, members={"a": member}, detector=detector)[1].taps
+        == {}
+    )  # type: ignore[union-attr]
+    monkeypatch.setattr(pipeline, "MAX_TAPPED_FACES", 5)
+    _, data = pipeline.analyze_with_data(
+        path, cfg, members={"a": member}, detector=detector, keep_taps=True
+    )
+    assert data is not None and TAP_GRADCAM not in data.taps.get("a", {})

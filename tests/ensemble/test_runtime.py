@@ -90,6 +90,8 @@ def test_the_scoring_pass_returns_the_gradcam_layer_only_when_asked(
     assert ort_member.tap_names == (TAP_GRADCAM,)
     assert torch_member.tap_names == ()
     assert ort_member.infer(crops, 2).taps == {}
+    assert ort_member.infer(crops, 2, taps=("attention",)).taps == {}  # it has none
+    assert set(ort_member.infer(crops, 2, taps=(TAP_GRADCAM,)).taps) == {TAP_GRADCAM}
     tapped = ort_member.infer(crops, 2, taps=True)
     np.testing.assert_allclose(tapped.logits, ort_member.logits(crops, 4), rtol=1e-5, atol=1e-6)
     # the same tensor PyTorch's layer computes, in crop order, across batches
