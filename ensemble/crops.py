@@ -55,9 +55,13 @@ def _grow(box: Box, dx: float, dy: float, h: int, w: int) -> tuple[int, int, int
     )
 
 
-def crop_face(frame: RGBImage, box: Box, policy: CropPolicy, size: int) -> RGBImage:
-    """Cut one face from ``frame`` as ``policy`` says, as a ``size``x``size`` RGB image."""
-    h, w = frame.shape[:2]
+def crop_region(
+    frame_shape: tuple[int, ...], box: Box, policy: CropPolicy
+) -> tuple[int, int, int, int]:
+    """The frame region :func:`crop_face` cuts for ``box``, ``x0, y0, x1, y1``:
+    for ``square`` a square that may reach past the frame's edges (that part
+    is black in the crop); otherwise the grown box, inside the frame."""
+    h, w = frame_shape[:2]
     bw = box[2] - box[0]
     bh = box[3] - box[1]
     if policy.kind == "square":
@@ -65,6 +69,16 @@ def crop_face(frame: RGBImage, box: Box, policy: CropPolicy, size: int) -> RGBIm
         side = max(x1 - x0, y1 - y0, 1)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         sx0, sy0 = round(cx - side / 2), round(cy - side / 2)
+        return sx0, sy0, sx0 + side, sy0 + side
+    return _grow(box, policy.margin * bw, policy.margin * bh, h, w)
+
+
+def crop_face(frame: RGBImage, box: Box, policy: CropPolicy, size: int) -> RGBImage:
+    """Cut one face from ``frame`` as ``policy`` says, as a ``size``x``size`` RGB image."""
+    h, w = frame.shape[:2]
+    if policy.kind == "square":
+        sx0, sy0, sx1, _ = crop_region(frame.shape, box, policy)
+        side = sx1 - sx0
         canvas = np.zeros((side, side, 3), dtype=np.uint8)
         fx0, fy0 = max(sx0, 0), max(sy0, 0)
         fx1, fy1 = min(sx0 + side, w), min(sy0 + side, h)
@@ -72,7 +86,7 @@ def crop_face(frame: RGBImage, box: Box, policy: CropPolicy, size: int) -> RGBIm
             canvas[fy0 - sy0 : fy1 - sy0, fx0 - sx0 : fx1 - sx0] = frame[fy0:fy1, fx0:fx1]
         return _resize(canvas, size, size, cv2.INTER_LINEAR)
 
-    x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bh, h, w)
+    x0, y0, x1, y1 = crop_region(frame.shape, box, policy)
     region = frame[y0:y1, x0:x1]
     if region.size == 0:
         return np.zeros((size, size, 3), dtype=np.uint8)

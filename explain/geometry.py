@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ensemble.crops import Box, CropPolicy
+from ensemble.crops import Box, CropPolicy, crop_region
 
 FloatMap = npt.NDArray[np.float32]
 
@@ -53,31 +53,16 @@ class Placement:
         return self.sx * u + self.bx, self.sy * v + self.by
 
 
-def _grow(box: Box, dx: float, dy: float, h: int, w: int) -> tuple[int, int, int, int]:
-    # The same rounding as ensemble.crops, so the regions agree to the pixel.
-    x0, y0, x1, y1 = box
-    return (
-        max(round(x0 - dx), 0),
-        max(round(y0 - dy), 0),
-        min(round(x1 + dx), w),
-        min(round(y1 + dy), h),
-    )
-
-
 def placement(frame_shape: tuple[int, ...], box: Box, policy: CropPolicy, size: int) -> Placement:
     """The placement of ``crop_face(frame, box, policy, size)`` in its frame."""
     h, w = frame_shape[:2]
-    bw = box[2] - box[0]
-    bh = box[3] - box[1]
     if policy.kind == "square":
-        x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bw, h, w)
-        side = max(x1 - x0, y1 - y0, 1)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        sx0, sy0 = round(cx - side / 2), round(cy - side / 2)
+        sx0, sy0, sx1, _ = crop_region(frame_shape, box, policy)
+        side = sx1 - sx0
         scale = side / size
         roi = (max(sx0, 0), max(sy0, 0), min(sx0 + side, w), min(sy0 + side, h))
         return Placement(scale, scale, sx0 + 0.5 * scale - 0.5, sy0 + 0.5 * scale - 0.5, roi)
-    x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bh, h, w)
+    x0, y0, x1, y1 = crop_region(frame_shape, box, policy)
     rw, rh = max(x1 - x0, 1), max(y1 - y0, 1)
     scale = size / max(rh, rw)
     nw, nh = max(round(rw * scale), 1), max(round(rh * scale), 1)
