@@ -73,6 +73,19 @@ def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
             p.grad = None
 
 
+@contextmanager
+def _grad_cam(model: nn.Module, layer: nn.Module, on: nn.Module | None = None) -> Iterator[GradCAM]:
+    """A ``GradCAM`` over ``on`` (default ``model``) at ``layer``, with
+    gradients enabled from ``layer`` only; hooks and flags undone on exit."""
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _gradients_from(model, layer),
+        GradCAM(model=on if on is not None else model, target_layers=[layer]) as cam,
+    ):
+        yield cam
+
+
 def gradcam_maps(
     member: LoadedMember,
     crops: Sequence[RGBImage],
@@ -108,14 +121,8 @@ def _torch_maps(
 ) -> list[FloatMap]:
     if not crops:
         return []
-    model = member.model
     maps: list[FloatMap] = []
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        _gradients_from(model, layer),
-        GradCAM(model=model, target_layers=[layer]) as cam,
-    ):
+    with _grad_cam(member.model, layer) as cam:
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
             x = member.to_tensor(chunk)
@@ -135,15 +142,9 @@ def _replayed_maps(
     activations: npt.NDArray[np.float32],
 ) -> list[FloatMap]:
     """Maps for as many crops as the replay reproduces the scoring pass's logits for."""
-    model = member.model
-    replay = Replay(model, layer)
+    replay = Replay(member.model, layer)
     maps: list[FloatMap] = []
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        _gradients_from(model, layer),
-        GradCAM(model=replay, target_layers=[layer]) as cam,
-    ):
+    with _grad_cam(member.model, layer, on=replay) as cam:
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
             expected = np.asarray(logits[start : start + batch_size], np.float32)

@@ -189,23 +189,26 @@ def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
         np.testing.assert_array_equal(a, c)
 
 
+class WithAttentionMap(nn.Module):
+    """A tiny attention model that can also stop at its attention layer."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def forward_with_attention(self, x):
+        return self.inner.forward_with_attention(x)
+
+    def attention_map(self, x):
+        return self.inner.forward_with_attention(x)[1]
+
+
 def test_onnx_attention_equals_the_models_own_map() -> None:
     from explain.attention import attention_maps
     from tests.explain.tiny import tiny_attention_spec
-
-    class WithAttentionMap(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x)
-
-        def forward_with_attention(self, x):
-            return self.inner.forward_with_attention(x)
-
-        def attention_map(self, x):
-            return self.inner.forward_with_attention(x)[1]
 
     spec = tiny_attention_spec("att", 56)
     torch.manual_seed(0)
@@ -252,20 +255,6 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
 def test_gradcam_still_works_after_an_attention_export_under_inference_mode() -> None:
     from explain.attention import attention_maps
     from tests.explain.tiny import tiny_attention_spec
-
-    class WithAttentionMap(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x)
-
-        def forward_with_attention(self, x):
-            return self.inner.forward_with_attention(x)
-
-        def attention_map(self, x):
-            return self.inner.forward_with_attention(x)[1]
 
     spec = tiny_attention_spec("att", 56)
     spec = MemberSpec(**{**spec.__dict__, "gradcam_layer": "inner.head.0"})
