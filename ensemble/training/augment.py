@@ -26,6 +26,12 @@ NOISE_STD = (0.01, 0.05)  # share of the value range
 P_BLUR = 0.15
 BLUR_SIGMA = (0.3, 1.5)
 P_CUTOUT = 0.3
+# Small shifts, zooms and turns: analysis crops come from a detector's box,
+# which never frames a face exactly as the training crops were framed.
+P_AFFINE = 0.3
+AFFINE_SCALE = (0.92, 1.08)
+AFFINE_SHIFT = (-0.04, 0.04)  # share of the crop side
+AFFINE_ROTATE = (-6.0, 6.0)  # degrees
 CUTOUT_HOLES = (1, 3)
 CUTOUT_SIZE = (0.1, 0.25)  # share of the crop side
 
@@ -36,6 +42,14 @@ def build_augment() -> Any:
 
     return alb.Compose(
         [
+            alb.Affine(
+                scale=AFFINE_SCALE,
+                translate_percent=AFFINE_SHIFT,
+                rotate=AFFINE_ROTATE,
+                border_mode=0,
+                fill=0,
+                p=P_AFFINE,
+            ),
             alb.ImageCompression(quality_range=JPEG_QUALITY, p=P_JPEG),
             alb.Downscale(scale_range=DOWNSCALE, p=P_DOWNSCALE),
             alb.HorizontalFlip(p=P_FLIP),

@@ -64,12 +64,20 @@ from ensemble.training.ssim_blackout import ssim_blackout
 logger = logging.getLogger(__name__)
 
 # 2: EMA update count, the settings the run was started with.
-CHECKPOINT_VERSION = 2
+# 3: mid-epoch state (batches done, running sums), precision, pairing.
+CHECKPOINT_VERSION = 3
 # The EMA decay warms up as (1 + n) / (EMA_WARMUP + n) after n updates.
 EMA_WARMUP = 10
 LAST = "last.pt"
-# --device auto: CUDA (bf16, channels_last) when available, else the CPU (fp32).
+# --device auto: CUDA when available, else the CPU.
 AUTO_DEVICE = "auto"
+# --precision auto: bf16 autocast where the hardware computes in bf16, else fp32.
+AUTO_PRECISION = "auto"
+PRECISIONS = (AUTO_PRECISION, "bf16", "fp32")
+DEFAULT_CHECKPOINT_MINUTES = 10.0
+# CPU flags under which oneDNN runs bf16 convolutions natively (AMX tiles or
+# AVX-512 BF16 dot products); without them bf16 autocast is emulated and slower.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 BEST = "best.pt"
 LOG_FIELDS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
@@ -104,6 +112,21 @@ class TrainConfig:
     augment: bool = True
     resume: bool = False
     command: str = ""
+    # auto: bf16 autocast where the hardware has bf16 (CUDA, or a CPU with
+    # AMX / AVX-512 BF16), else fp32.
+    precision: str = AUTO_PRECISION
+    # Minutes after which the run checkpoints and stops cleanly (None: no limit).
+    time_budget: float | None = None
+    # A mid-epoch checkpoint at least this often (minutes).
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
+    # Where decoded crops are cached between runs (None: decoded every run).
+    cache_dir: Path | None = None
+    # A weights folder whose installed member starts a new run (not a resume).
+    init_from: Path | None = None
+    # torch.compile the training model (measured in bench/train_speed.py).
+    compile: bool = False
+    # Paired real/fake batches (None: the recipe's choice).
+    paired: bool | None = None
 
 
 @dataclass
@@ -125,6 +148,8 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     history: list[EpochLog] = field(default_factory=list)
+    # Stopped by the time budget or a signal; ``--resume`` continues it.
+    interrupted: bool = False
 
 
 # --- Data -------------------------------------------------------------------
@@ -134,12 +159,94 @@ def _sample_seed(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+class CropStore:
+    """Every crop of a sample list decoded once and resized to the training
+    size: a ``uint8 [N, S, S, 3]`` array in memory.
+
+    Decoding a JPEG and resizing it costs more than a small network's step on
+    two cores; done once, an epoch reads pixels from memory. With a
+    ``cache_dir`` the array is kept on disk (named by the data digest, the
+    size and the sample order) so later runs and resumptions skip decoding.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        *,
+        cache_dir: Path | None = None,
+        digest: str = "",
+        progress: bool = False,
+    ) -> None:
+        self.size = size
+        self.index = {p: i for i, p in enumerate(paths)}
+        cache = self._cache_path(paths, size, cache_dir, digest)
+        if cache is not None and cache.is_file():
+            with np.load(cache) as stored:
+                pixels, shapes = stored["pixels"], stored["shapes"]
+            if pixels.shape == (len(paths), size, size, 3) and pixels.dtype == np.uint8:
+                self.pixels: npt.NDArray[np.uint8] = pixels
+                self.shapes: npt.NDArray[np.int64] = shapes
+                logger.info("read %d decoded crops from %s", len(paths), cache)
+                return
+            logger.warning("ignoring %s: shape %s does not fit this run", cache, pixels.shape)
+        self.pixels, self.shapes = self._decode(paths, size, progress)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.stem + ".tmp.npz")
+            np.savez(tmp, pixels=self.pixels, shapes=self.shapes)
+            tmp.replace(cache)
+            logger.info("cached %d decoded crops in %s", len(paths), cache)
+
+    @staticmethod
+    def _cache_path(
+        paths: Sequence[Path], size: int, cache_dir: Path | None, digest: str
+    ) -> Path | None:
+        if cache_dir is None or not digest:
+            return None
+        import hashlib
+
+        order = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:16]
+        return cache_dir / f"crops-{digest[:16]}-{order}-{size}.npz"
+
+    @staticmethod
+    def _decode(
+        paths: Sequence[Path], size: int, progress: bool
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        from tqdm import tqdm
+
+        pixels = np.empty((len(paths), size, size, 3), np.uint8)
+        shapes = np.empty((len(paths), 2), np.int64)
+        for i, path in enumerate(tqdm(paths, desc="decoding crops", disable=not progress)):
+            image = read_rgb(path)
+            shapes[i] = image.shape[:2]
+            pixels[i] = resize_to(image, None, size)[0]
+        return pixels, shapes
+
+    def get(
+        self, path: Path, keypoints: Keypoints | None
+    ) -> tuple[RGBImage, Keypoints | None] | None:
+        """What :func:`resize_to` gives for the crop of ``path`` (a copy of
+        the pixels; keypoints scaled from the file's pixels), or None when
+        the crop is not stored."""
+        i = self.index.get(path)
+        if i is None:
+            return None
+        image: RGBImage = np.array(self.pixels[i])
+        h, w = (int(v) for v in self.shapes[i])
+        if keypoints is None or (h, w) == (self.size, self.size):
+            return image, keypoints
+        sx, sy = self.size / w, self.size / h
+        return image, tuple((x * sx, y * sy) for x, y in keypoints)
+
+
 class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
     """Crops as normalised ``[3, S, S]`` tensors with fake-labels.
 
     In training mode, reals may become self-blended pseudo-fakes
     (``sbi_prob``), fakes may get the SSIM blackout (``blackout_prob``), and
     every crop goes through :func:`ensemble.training.augment.build_augment`.
+    Pixels come from a :class:`CropStore` when one is given, else from disk.
     """
 
     def __init__(
@@ -154,6 +261,7 @@ class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
         sbi_prob: float = 0.0,
         blackout_prob: float = 0.0,
         use_augment: bool = True,
+        store: CropStore | None = None,
     ) -> None:
         self.samples = list(samples)
         self.size = size
@@ -164,39 +272,76 @@ class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.sbi_prob = sbi_prob
         self.blackout_prob = blackout_prob
         self.epoch = 0
+        self.store = store
         self.compose = build_augment() if train and use_augment else None
         self.keypoints: dict[Path, Keypoints | None] = {s.path: s.keypoints for s in self.samples}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def image(self, index: int) -> tuple[RGBImage, int]:
-        """The crop as the model will see it (before normalisation) and its label."""
+    def _pixels(self, path: Path, keypoints: Keypoints | None) -> tuple[RGBImage, Keypoints | None]:
+        stored = self.store.get(path, keypoints) if self.store is not None else None
+        if stored is not None:
+            return stored
+        return resize_to(read_rgb(path), keypoints, self.size)
+
+    def image(
+        self, index: int, slot: int | None = None, aug_key: int | None = None
+    ) -> tuple[RGBImage, int]:
+        """The crop as the model will see it (before normalisation) and its label.
+
+        ``slot`` (default ``index``) seeds the sample's random choices (SBI,
+        blackout); ``aug_key`` (default ``slot``) seeds its augmentation, so
+        the two crops of a real/fake pair can share one augmentation.
+        """
         s = self.samples[index]
-        img, kp = resize_to(read_rgb(s.path), s.keypoints, self.size)
+        img, kp = self._pixels(s.path, s.keypoints)
         label = s.label
         if not self.train:
             return img, label
-        rng = _sample_seed(self.seed, self.epoch, index)
+        slot = index if slot is None else slot
+        rng = _sample_seed(self.seed, self.epoch, slot)
         if label == 0 and self.sbi_prob > 0 and rng.random() < self.sbi_prob:
             img, label = self_blend(img, kp, rng).image, 1
         elif label == 1 and self.blackout_prob > 0 and rng.random() < self.blackout_prob:
             original = kp_original = None
             if s.original is not None:
-                original, kp_original = resize_to(
-                    read_rgb(s.original), self.keypoints.get(s.original), self.size
-                )
+                original, kp_original = self._pixels(s.original, self.keypoints.get(s.original))
             img = ssim_blackout(
                 img, rng, original=original, kp_fake=kp, kp_original=kp_original
             ).image
         if self.compose is not None:
-            img = augment(self.compose, img, int(rng.integers(2**31 - 1)))
+            key = slot if aug_key is None else aug_key
+            aug_rng = _sample_seed(self.seed, self.epoch, key + AUG_KEY_OFFSET)
+            aug_seed = int(aug_rng.integers(2**31 - 1))
+            img = augment(self.compose, img, aug_seed)
         return img, label
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         img, label = self.image(index)
         x = (img.transpose(2, 0, 1).astype(np.float32) - self.mean) / self.std
         return torch.from_numpy(x), torch.tensor(float(label)), index
+
+    def batch(
+        self, indices: Sequence[int], slots: Sequence[int], aug_keys: Sequence[int]
+    ) -> tuple[Tensor, Tensor]:
+        """Normalised ``[B, 3, S, S]`` (channels_last memory) and labels."""
+        images, labels = [], []
+        for index, slot, key in zip(indices, slots, aug_keys, strict=True):
+            img, label = self.image(index, slot, key)
+            images.append(img)
+            labels.append(float(label))
+        # NHWC uint8 permuted to NCHW is already in channels_last memory order.
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        mean = torch.from_numpy(self.mean).reshape(1, 3, 1, 1)
+        std = torch.from_numpy(self.std).reshape(1, 3, 1, 1)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        return x, torch.tensor(labels)
+
+
+# Augmentation seeds are drawn from (seed, epoch, key + this), apart from the
+# generators of the other random choices (keyed by slot).
+AUG_KEY_OFFSET = 1 << 40
 
 
 class BalancedSampler(Sampler[int]):
@@ -216,8 +361,83 @@ class BalancedSampler(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch, 0xBA1])
-        return iter(rng.choice(self.n, size=self.n, replace=True, p=self.p).tolist())
+        return iter(self.draw(self.epoch))
+
+    def draw(self, epoch: int) -> list[int]:
+        """The indices of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch, 0xBA1])
+        out: list[int] = rng.choice(self.n, size=self.n, replace=True, p=self.p).tolist()
+        return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch of the epoch plan: sample indices, the slot that
+    seeds each sample's random choices, and its augmentation key."""
+
+    indices: tuple[int, ...]
+    slots: tuple[int, ...]
+    aug_keys: tuple[int, ...]
+
+
+def real_fake_pairs(samples: Sequence[Sample]) -> list[tuple[int, int]]:
+    """``(real, fake)`` index pairs: each fake with the real crop it was made from."""
+    by_path = {s.path: i for i, s in enumerate(samples) if s.label == 0}
+    return [
+        (by_path[s.original], i)
+        for i, s in enumerate(samples)
+        if s.label == 1 and s.original is not None and s.original in by_path
+    ]
+
+
+def epoch_plan(
+    samples: Sequence[Sample], batch_size: int, seed: int, epoch: int, *, paired: bool
+) -> list[Batch]:
+    """The batches of one epoch, a function of (samples, seed, epoch) only.
+
+    Paired: each batch holds ``batch_size // 2`` real/fake pairs; a fake is
+    paired with the real it was made from (both crops share one augmentation,
+    so the pair differs only where the face was manipulated: the model cannot
+    learn the scene, the person or the camera as a shortcut); reals and fakes
+    without a partner are paired at random. Every fake is seen once per epoch.
+    Unpaired: ``len(samples)`` draws with replacement, both classes equally
+    likely (:class:`BalancedSampler`).
+    """
+    if not paired:
+        order = BalancedSampler([s.label for s in samples], seed).draw(epoch)
+        batches = []
+        for start in range(0, len(order), batch_size):
+            chunk = tuple(order[start : start + batch_size])
+            places = tuple(range(start, start + len(chunk)))
+            batches.append(Batch(chunk, places, places))
+        return batches
+    rng = np.random.default_rng([seed, epoch, 0xBA1])
+    pairs = real_fake_pairs(samples)
+    paired_reals = {r for r, _ in pairs}
+    paired_fakes = {f for _, f in pairs}
+    reals = [i for i, s in enumerate(samples) if s.label == 0]
+    lone_reals = [i for i in reals if i not in paired_reals]
+    lone_fakes = [i for i, s in enumerate(samples) if s.label == 1 and i not in paired_fakes]
+    if lone_fakes and not reals:
+        raise TrainingError("paired batches need real crops; train without pairing")
+    # Fakes without their original meet the unpaired reals first, then random reals.
+    partners = [int(v) for v in rng.permutation(lone_reals)][: len(lone_fakes)]
+    partners += [int(v) for v in rng.choice(reals, len(lone_fakes) - len(partners))]
+    all_pairs = pairs + list(zip(partners, lone_fakes, strict=True))
+    shuffled = rng.permutation(len(all_pairs))
+    per_batch = max(batch_size // 2, 1)
+    batches = []
+    for start in range(0, len(shuffled), per_batch):
+        indices: list[int] = []
+        slots: list[int] = []
+        keys: list[int] = []
+        for k in range(start, min(start + per_batch, len(shuffled))):
+            real, fake = all_pairs[int(shuffled[k])]
+            indices += [real, fake]
+            slots += [2 * k, 2 * k + 1]
+            keys += [2 * k, 2 * k]
+        batches.append(Batch(tuple(indices), tuple(slots), tuple(keys)))
+    return batches
 
 
 # --- Model helpers ----------------------------------------------------------
@@ -380,10 +600,8 @@ def predict(
     logits: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.float64]] = []
     for x, y, _ in loader:
-        x = x.to(device)
-        if device.startswith("cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with _autocast(device, "bf16" if amp else "fp32"):
             out = model(x)
         logits.append(out.float().reshape(-1).cpu().numpy().astype(np.float64))
         labels.append(y.numpy().astype(np.float64))
@@ -404,6 +622,79 @@ def _save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on CUDA and on CPUs with native bf16 (:data:`BF16_CPU_FLAGS`),
+    else fp32; anything else as given (``bf16`` or ``fp32``)."""
+    if precision not in PRECISIONS:
+        raise TrainingError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != AUTO_PRECISION:
+        return precision
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    mkldnn = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+    return any(flag in flags for flag in BF16_CPU_FLAGS) and mkldnn
+
+
+def _autocast(device: str, precision: str) -> Any:
+    return torch.autocast(
+        "cuda" if device.startswith("cuda") else "cpu",
+        dtype=torch.bfloat16,
+        enabled=precision == "bf16",
+    )
+
+
+def set_head_dropout(model: nn.Module, rate: float) -> int:
+    """Sets every ``nn.Dropout`` of the model to ``rate`` (dropout holds no
+    weights, so checkpoints are unaffected); returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+            count += 1
+    return count
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT while training: finish the step, checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logger.warning("signal %d: stopping after this step", signum)
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(
     config: TrainConfig,
     spec: MemberSpec,
@@ -411,12 +702,14 @@ def train(
     detect: DetectFn | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     progress: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``spec``'s architecture as ``config`` says (see module docstring).
 
     ``detect`` finds keypoints on crops that lack them (needed by SBI and the
     blackout's face parts; without it those fall back as documented).
     ``on_epoch`` is called after each epoch's checkpoint is written.
+    ``clock`` (seconds) measures the time budget and the checkpoint interval.
     """
     from tqdm import tqdm
 
@@ -427,6 +720,9 @@ def train(
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise TrainingError(f"device {device!r} was asked for but CUDA is not available")
+    precision = resolve_precision(config.precision, device)
+    paired = recipe.paired if config.paired is None else config.paired
+    began = clock()
     torch.manual_seed(config.seed)
 
     samples = load_samples(config.data)
@@ -448,44 +744,61 @@ def train(
     if detect is not None and (recipe.sbi_prob > 0 or recipe.blackout_prob > 0):
         train_samples = attach_keypoints(train_samples, detect, out / "keypoints.json")
 
+    digest = data_digest(train_samples + val_samples)
+    train_store = CropStore(
+        [s.path for s in train_samples], recipe.input_size, cache_dir=config.cache_dir,
+        digest=digest, progress=progress,
+    )  # fmt: skip
+    val_store = CropStore(
+        [s.path for s in val_samples], recipe.input_size, cache_dir=config.cache_dir,
+        digest=digest, progress=progress,
+    )  # fmt: skip
     train_ds = FaceDataset(
         train_samples, recipe.input_size, spec.mean, spec.std, train=True, seed=config.seed,
         sbi_prob=recipe.sbi_prob, blackout_prob=recipe.blackout_prob,
-        use_augment=config.augment,
+        use_augment=config.augment, store=train_store,
     )  # fmt: skip
-    val_ds = FaceDataset(val_samples, recipe.input_size, spec.mean, spec.std, train=False)
-    sampler = BalancedSampler([s.label for s in train_samples], config.seed)
-    train_loader = DataLoader(
-        train_ds, batch_size=recipe.batch_size, sampler=sampler, drop_last=False,
-        num_workers=config.num_workers, pin_memory=cuda,
-        persistent_workers=False,
-    )  # fmt: skip
+    val_ds = FaceDataset(
+        val_samples, recipe.input_size, spec.mean, spec.std, train=False, store=val_store
+    )
     val_loader = DataLoader(
         val_ds, batch_size=recipe.batch_size, shuffle=False, num_workers=config.num_workers
     )
 
     model = spec.build()
+    if config.init_from is not None and not config.resume:
+        from ensemble.weights import load_model
+
+        model, manifest = load_model(spec, config.init_from)
+        logger.info("starting from %s (weights %s)", config.init_from, manifest.weights_sha256)
     has_drop_path = apply_drop_path(model, recipe.drop_path) if recipe.drop_path else False
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    if recipe.head_dropout is not None:
+        set_head_dropout(model, recipe.head_dropout)
+    model = model.to(device).to(memory_format=torch.channels_last)
     ema = Ema(model, recipe.ema_decay) if recipe.ema_decay else None
     optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(epoch_plan(train_samples, recipe.batch_size, config.seed, 0,
+                                     paired=paired))  # fmt: skip
     total_steps = steps_per_epoch * recipe.epochs
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, warmup, recipe.min_lr_ratio)
     )
     criterion = nn.BCEWithLogitsLoss()
-    amp = cuda
+    step_model: nn.Module = model
+    if config.compile:
+        step_model = torch.compile(model)  # type: ignore[assignment]
 
-    digest = data_digest(train_samples + val_samples)
     # What must not change between a run and its resumption.
     settings: dict[str, Any] = {"recipe": asdict(recipe), "seed": config.seed,
-                                "data_digest": digest, "augment": config.augment}  # fmt: skip
+                                "data_digest": digest, "augment": config.augment,
+                                "precision": precision, "paired": paired}  # fmt: skip
     start_epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, -1, 0
+    # Batches done this epoch; its samples, correct calls, loss sum and seconds.
+    done_steps, sums = 0, [0.0, 0.0, 0.0, 0.0]
     history: list[EpochLog] = []
+    trained_seconds = 0.0
+    images_seen = 0  # in finished epochs
     if config.resume:
         last = out / LAST
         if not last.is_file():
@@ -508,11 +821,14 @@ def train(
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if cuda and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
-        start_epoch = int(ckpt["epoch"]) + 1
+        start_epoch, done_steps = int(ckpt["epoch"]), int(ckpt["step"])
+        sums = [float(v) for v in ckpt["sums"]]
+        images_seen = int(ckpt["images_seen"])
         best_loss, best_epoch = float(ckpt["best_loss"]), int(ckpt["best_epoch"])
         bad_epochs = int(ckpt["bad_epochs"])
         history = [EpochLog(**row) for row in ckpt["history"]]
-        logger.info("resumed %s at epoch %d", last, start_epoch)
+        trained_seconds = float(ckpt.get("trained_seconds", 0.0))
+        logger.info("resumed %s at epoch %d, batch %d", last, start_epoch + 1, done_steps)
 
     run_info: dict[str, Any] = {
         "member": spec.name,
@@ -527,75 +843,22 @@ def train(
         "recipe": asdict(recipe),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "device": device,
-        "amp": "bf16" if amp else "fp32",
+        "amp": precision,
+        "precision": precision,
+        "cpu_bf16": cpu_has_bf16(),
+        "paired": paired,
+        "channels_last": True,
+        "threads": torch.get_num_threads(),
+        "steps_per_epoch": steps_per_epoch,
         "drop_path_applied": has_drop_path,
         "torch": torch.__version__,
     }  # fmt: skip
-    # A resumed run that had already stopped early stays stopped.
-    stopped_early = bad_epochs >= recipe.patience
-    if stopped_early:
-        logger.info("%s had stopped early at epoch %d; nothing to resume", out, start_epoch)
-    for epoch in range(start_epoch, recipe.epochs if not stopped_early else start_epoch):
-        started = time.perf_counter()
-        train_ds.epoch = sampler.epoch = epoch
-        model.train()
-        total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(
-            train_loader, desc=f"{spec.name} epoch {epoch + 1}/{recipe.epochs}",
-            disable=not progress, leave=False,
-        )  # fmt: skip
-        for x, y, _ in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = smooth_targets(y, recipe.label_smoothing)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = model(x).reshape(-1)
-            loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            n = len(y)
-            total += n
-            loss_sum += float(loss.detach()) * n
-            correct += int(((logits.detach() >= 0) == (y >= 0.5)).sum())
-            bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
-        bar.close()
 
-        evaluated = ema.model if ema is not None else model
-        val_logits, val_labels = predict(evaluated, val_loader, device, amp)
-        val_loss, val_acc, val_auc = _val_metrics(val_logits, val_labels)
-        row = EpochLog(
-            epoch=epoch + 1, train_loss=loss_sum / max(total, 1),
-            train_acc=correct / max(total, 1), val_loss=val_loss, val_acc=val_acc,
-            val_auc=val_auc, lr=float(scheduler.get_last_lr()[0]),
-            seconds=time.perf_counter() - started,
-        )  # fmt: skip
-        history.append(row)
-        logger.info(
-            "%s epoch %d: train loss %.4f acc %.3f, val loss %.4f acc %.3f auc %s",
-            spec.name, row.epoch, row.train_loss, row.train_acc, val_loss, val_acc,
-            "n/a" if val_auc is None else f"{val_auc:.4f}",
-        )  # fmt: skip
-        if val_loss < best_loss:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-            _save_atomic(
-                {"member": spec.name, "epoch": epoch + 1, "input_size": recipe.input_size,
-                 "state_dict": evaluated.state_dict()},
-                out / BEST,
-            )  # fmt: skip
-            _write_predictions(out / "val_predictions.csv", val_samples, val_logits)
-        else:
-            bad_epochs += 1
-        stop = bad_epochs >= recipe.patience
+    def checkpoint(epoch: int, step: int) -> None:
         _save_atomic(
             {
                 "version": CHECKPOINT_VERSION, "member": spec.name, "epoch": epoch,
+                "step": step, "sums": list(sums),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "ema": ema.model.state_dict() if ema is not None else None,
@@ -605,22 +868,134 @@ def train(
                 "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
                 "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": [asdict(h) for h in history],
+                "trained_seconds": trained_seconds, "images_seen": images_seen,
             },
             out / LAST,
         )  # fmt: skip
-        _write_logs(out, history, {**run_info, "best_epoch": best_epoch,
-                                   "best_val_loss": best_loss, "stopped_early": stop})  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(row)
-        if stop:
-            stopped_early = True
-            logger.info("early stop after epoch %d (best %d)", epoch + 1, best_epoch)
-            break
-    if not history:
+
+    def info(status: str) -> dict[str, Any]:
+        seen = images_seen + int(sums[0])
+        return {**run_info, "best_epoch": best_epoch, "best_val_loss": best_loss,
+                "status": status, "stopped_early": status == "early-stopped",
+                "trained_seconds": round(trained_seconds, 1),
+                "images_seen": seen,
+                "images_per_second": round(seen / trained_seconds, 2) if trained_seconds else None,
+                }  # fmt: skip
+
+    budget = None if config.time_budget is None else config.time_budget * 60.0
+    every = config.checkpoint_minutes * 60.0
+    stopped_early = bad_epochs >= recipe.patience
+    if stopped_early:
+        logger.info("%s had stopped early at epoch %d; nothing to resume", out, start_epoch)
+    status = "early-stopped" if stopped_early else "finished"
+    interrupted = False
+    last_saved = clock()
+    with _StopSignal() as stop_signal:
+        epoch = start_epoch
+        while not stopped_early and epoch < recipe.epochs:
+            train_ds.epoch = epoch
+            plan = epoch_plan(train_samples, recipe.batch_size, config.seed, epoch, paired=paired)
+            model.train()
+            bar = tqdm(
+                total=len(plan), initial=done_steps,
+                desc=f"{spec.name} epoch {epoch + 1}/{recipe.epochs}",
+                disable=not progress, leave=False,
+            )  # fmt: skip
+            step_started = clock()
+            slowest = 0.0
+            while done_steps < len(plan):
+                batch = plan[done_steps]
+                x, y = train_ds.batch(batch.indices, batch.slots, batch.aug_keys)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                target = smooth_targets(y, recipe.label_smoothing)
+                with _autocast(device, precision):
+                    logits = step_model(x).reshape(-1)
+                loss = criterion(logits.float(), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                done_steps += 1
+                sums[0] += len(y)
+                sums[1] += int(((logits.detach() >= 0) == (y >= 0.5)).sum())
+                sums[2] += float(loss.detach()) * len(y)
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums[2] / sums[0]:.4f}", acc=f"{sums[1] / sums[0]:.3f}")
+                now = clock()
+                trained_seconds += now - step_started
+                sums[3] += now - step_started
+                slowest = max(slowest, now - step_started)
+                step_started = now
+                out_of_time = budget is not None and (now - began) + slowest > budget
+                if stop_signal.received is not None or out_of_time:
+                    if done_steps < len(plan):
+                        checkpoint(epoch, done_steps)
+                        _write_logs(out, history, info("interrupted"))
+                        interrupted = True
+                        logger.info(
+                            "%s: %s; checkpoint at epoch %d, batch %d/%d (resume with --resume)",
+                            spec.name, "time budget reached" if out_of_time else "signal",
+                            epoch + 1, done_steps, len(plan),
+                        )  # fmt: skip
+                    break
+                if now - last_saved >= every and done_steps < len(plan):
+                    checkpoint(epoch, done_steps)
+                    _write_logs(out, history, info("running"))
+                    last_saved = clock()
+            bar.close()
+            if interrupted:
+                break
+
+            evaluated = ema.model if ema is not None else model
+            val_logits, val_labels = predict(evaluated, val_loader, device, precision == "bf16")
+            val_loss, val_acc, val_auc = _val_metrics(val_logits, val_labels)
+            row = EpochLog(
+                epoch=epoch + 1, train_loss=sums[2] / max(sums[0], 1),
+                train_acc=sums[1] / max(sums[0], 1), val_loss=val_loss, val_acc=val_acc,
+                val_auc=val_auc, lr=float(scheduler.get_last_lr()[0]),
+                seconds=sums[3],
+            )  # fmt: skip
+            history.append(row)
+            logger.info(
+                "%s epoch %d: train loss %.4f acc %.3f, val loss %.4f acc %.3f auc %s",
+                spec.name, row.epoch, row.train_loss, row.train_acc, val_loss, val_acc,
+                "n/a" if val_auc is None else f"{val_auc:.4f}",
+            )  # fmt: skip
+            if val_loss < best_loss:
+                best_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
+                _save_atomic(
+                    {"member": spec.name, "epoch": epoch + 1, "input_size": recipe.input_size,
+                     "state_dict": evaluated.state_dict()},
+                    out / BEST,
+                )  # fmt: skip
+                _write_predictions(out / "val_predictions.csv", val_samples, val_logits)
+            else:
+                bad_epochs += 1
+            stopped_early = bad_epochs >= recipe.patience
+            images_seen += int(sums[0])
+            epoch, done_steps, sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+            checkpoint(epoch, 0)
+            last_saved = clock()
+            _write_logs(out, history, info("early-stopped" if stopped_early else "running"))
+            if on_epoch is not None:
+                on_epoch(row)
+            if stopped_early:
+                status = "early-stopped"
+                logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            if stop_signal.received is not None:
+                interrupted = True
+                break
+    if interrupted:
+        status = "interrupted"
+    if not history and not interrupted:
         raise TrainingError("no epoch was run (is --epochs 0, or was the run already finished?)")
-    _write_logs(out, history, {**run_info, "best_epoch": best_epoch, "best_val_loss": best_loss,
-                               "stopped_early": stopped_early})  # fmt: skip
-    return TrainResult(out, best_epoch, best_loss, stopped_early, history)
+    _write_logs(out, history, info(status))
+    return TrainResult(out, best_epoch, best_loss, status == "early-stopped", history,
+                       interrupted=interrupted)  # fmt: skip
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -214,6 +214,12 @@ TRUSTTRACE = {
     "REGISTRY": os.environ.get("TRUSTTRACE_REGISTRY", "ensemble.registry.REGISTRY"),
     "WEIGHTS_DIR": env_path("TRUSTTRACE_WEIGHTS_DIR", BASE_DIR / "weights"),
     "CACHE_DIR": env_path("TRUSTTRACE_CACHE_DIR", VAR_DIR / "cache"),
+    # Training runs and their decoded crops live outside the work tree, so a
+    # later session on the same machine resumes them (train_detector --resume).
+    "RUNS_DIR": env_path("TRUSTTRACE_RUNS_DIR", Path.home() / ".cache" / "trusttrace" / "runs"),
+    "CROPS_CACHE_DIR": env_path(
+        "TRUSTTRACE_CROPS_CACHE_DIR", Path.home() / ".cache" / "trusttrace" / "crops"
+    ),
     "MEMBERS": tuple(
         m
         for m in os.environ.get("TRUSTTRACE_MEMBERS", "resnet50,effnet_b7,effnet_autoatt_b4").split(

@@ -31,7 +31,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--data", required=True, type=Path, help="dataset folder or metadata.csv"
         )
-        parser.add_argument("--out", required=True, type=Path, help="run folder")
+        parser.add_argument(
+            "--out", type=Path,
+            help="run folder (default: TRUSTTRACE_RUNS_DIR/<member>, outside the work tree)",
+        )  # fmt: skip
         parser.add_argument("--epochs", type=int)
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--lr", type=float)
@@ -71,6 +74,31 @@ class Command(BaseCommand):
             "--export-only", action="store_true", help="export an existing run, no training"
         )
         parser.add_argument("--description", default="", help="data description for the manifest")
+        parser.add_argument(
+            "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+            help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX-512 BF16, else fp32",
+        )  # fmt: skip
+        parser.add_argument(
+            "--time-budget", type=float, metavar="MINUTES",
+            help="checkpoint and stop cleanly after this many minutes (resume with --resume)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--checkpoint-minutes", type=float, default=10.0,
+            help="write a mid-epoch checkpoint at least this often (default 10)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--init-from", type=Path, metavar="WEIGHTS_DIR",
+            help="start a new run from the member installed under WEIGHTS_DIR",
+        )  # fmt: skip
+        parser.add_argument(
+            "--compile", action="store_true", help="torch.compile the model for training"
+        )
+        pairing = parser.add_mutually_exclusive_group()
+        pairing.add_argument(
+            "--paired", dest="paired", action="store_true", default=None,
+            help="batches of real/fake pairs from the same source (the recipe decides by default)",
+        )  # fmt: skip
+        pairing.add_argument("--no-paired", dest="paired", action="store_false")
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_registry
@@ -84,6 +112,7 @@ class Command(BaseCommand):
         except RegistryError as e:
             raise CommandError(str(e)) from e
         command = _command_line(o)
+        o["out"] = o["out"] or _settings("RUNS_DIR") / spec.name
         try:
             if not o["export_only"]:
                 config = TrainConfig(
@@ -93,6 +122,10 @@ class Command(BaseCommand):
                     patience=o["patience"], input_size=o["input_size"], device=o["device"],
                     limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
                     augment=not o["no_augment"], resume=o["resume"], command=command,
+                    precision=o["precision"], time_budget=o["time_budget"],
+                    checkpoint_minutes=o["checkpoint_minutes"],
+                    cache_dir=_settings("CROPS_CACHE_DIR"), init_from=o["init_from"],
+                    compile=o["compile"], paired=o["paired"],
                 )  # fmt: skip
                 # Keypoints are needed whenever the run uses SBI or the
                 # blackout, from a flag or from the recipe (B7's blackout).
@@ -102,6 +135,14 @@ class Command(BaseCommand):
                     detect = self._detector(blazeface_keypoints)
                 result = train(config, spec, detect=detect, progress=True)
                 early = " (stopped early)" if result.stopped_early else ""
+                if result.interrupted:
+                    self.stdout.write(
+                        f"{spec.name}: stopped with a checkpoint in {result.out} after "
+                        f"{len(result.history)} finished epochs; continue with --resume"
+                    )
+                    if o["export"]:
+                        self.stdout.write("not exporting an unfinished run (--export-only does)")
+                    return
                 self.stdout.write(
                     f"{spec.name}: best epoch {result.best_epoch} "
                     f"(val log loss {result.best_val_loss:.4f}), "
@@ -129,6 +170,12 @@ class Command(BaseCommand):
 
         config = analysis_config()
         return make(FaceDetector.load(config.faces, config.cache_dir, config.device))
+
+
+def _settings(key: str) -> Path:
+    from django.conf import settings
+
+    return Path(str(settings.TRUSTTRACE[key]))
 
 
 def _command_line(options: dict[str, Any]) -> str:
