@@ -71,7 +71,16 @@ def build_augment() -> Any:
 def augment(compose: Any, image: RGBImage, seed: int) -> RGBImage:
     """``compose`` applied to ``image`` with its random state set from ``seed``,
     so a sample's augmentation depends only on (run seed, epoch, index), not on
-    which worker or in what order it was drawn (exact resume)."""
-    compose.set_random_seed(seed)
+    which worker or in what order it was drawn (exact resume).
+
+    Each transform gets a seed of its own, derived from ``seed``:
+    albumentations' ``Compose.set_random_seed`` gives every transform the same
+    seed, so their first draws (whether to apply) are the same number and the
+    transforms fire together or not at all (with these probabilities, about
+    half the crops came out untouched instead of about 3%)."""
+    seeds = np.random.SeedSequence(seed).generate_state(len(compose.transforms) + 1)
+    compose.set_random_seed(int(seeds[0]))
+    for transform, own in zip(compose.transforms, seeds[1:], strict=True):
+        transform.set_random_seed(int(own))
     out: RGBImage = np.ascontiguousarray(compose(image=image)["image"])
     return out

@@ -139,3 +139,27 @@ def test_augmentation_is_a_function_of_its_seed() -> None:
     a, b = augment(compose, image, 7), augment(compose, image, 7)
     assert np.array_equal(a, b) and a.shape == image.shape
     assert any(not np.array_equal(a, augment(compose, image, s)) for s in range(8, 14))
+
+
+def test_transforms_fire_independently_of_each_other() -> None:
+    # Every transform draws from a seed of its own: with one shared seed the
+    # transforms fired together or not at all, and about half the crops came
+    # out untouched.
+    compose = build_augment()
+    image = face_crop(48)
+    fired = []
+    for seed in range(300):
+        applied = []
+        seeds = np.random.SeedSequence(seed).generate_state(len(compose.transforms) + 1)
+        for transform, own in zip(compose.transforms, seeds[1:], strict=True):
+            transform.set_random_seed(int(own))
+            applied.append(transform.py_random.random() < transform.p)
+        fired.append(applied)
+        assert np.array_equal(augment(compose, image, seed), augment(compose, image, seed))
+    rates = np.asarray(fired, dtype=np.float64)
+    expected = np.asarray([t.p for t in compose.transforms])
+    assert np.allclose(rates.mean(axis=0), expected, atol=0.1)
+    untouched = sum(np.array_equal(augment(compose, image, s), image) for s in range(300))
+    assert untouched / 300 < 0.1
+    # Flip and JPEG (both p = 0.5) are not tied to each other.
+    assert 0.1 < np.mean(rates[:, 1] != rates[:, 3]) < 0.9
