@@ -48,9 +48,16 @@ def toy_image(label: int, index: int, size: int) -> np.ndarray:
 
 
 def write_dataset(
-    root: Path, n_train: int = 24, n_val: int = 12, size: int = 32, keypoints: bool = True
+    root: Path,
+    n_train: int = 24,
+    n_val: int = 12,
+    size: int = 32,
+    keypoints: bool = True,
+    originals: bool = False,
 ) -> Path:
-    """A metadata.csv dataset with train/val splits, balanced, PNG crops."""
+    """A metadata.csv dataset with train/val splits, balanced, PNG crops.
+    With ``originals``, each fake names the real crop just before it as the
+    one it was made from (the dfdc_faces ``original`` column)."""
     rows = []
     index = 0
     for split, n in (("train", n_train), ("val", n_val)):
@@ -62,11 +69,12 @@ def write_dataset(
                 str(root / rel), cv2.cvtColor(toy_image(label, index, size), cv2.COLOR_RGB2BGR)
             )
             kp = " ".join(f"{v:.1f}" for p in face_keypoints(size) for v in p) if keypoints else ""
+            original = rows[-1]["file"] if label and originals else ""
             rows.append({"file": rel.as_posix(), "label": "FAKE" if label else "REAL",
-                         "split": split, "keypoints": kp})  # fmt: skip
+                         "split": split, "keypoints": kp, "original": original})  # fmt: skip
             index += 1
     with (root / "metadata.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "label", "split", "keypoints"])
+        writer = csv.DictWriter(fh, fieldnames=["file", "label", "split", "keypoints", "original"])
         writer.writeheader()
         writer.writerows(rows)
     return root

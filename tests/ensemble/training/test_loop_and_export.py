@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,12 +15,17 @@ from ensemble.errors import WeightsIntegrityError
 from ensemble.members import load_member
 from ensemble.registry import REGISTRY as CORE_REGISTRY
 from ensemble.registry import Registry
+from ensemble.training.data import load_samples, read_rgb, resize_to, select
 from ensemble.training.export import export_run, installed_bytes, roundtrip
 from ensemble.training.loop import (
+    CropStore,
     Ema,
+    FaceDataset,
     TrainConfig,
     TrainingError,
     apply_drop_path,
+    epoch_plan,
+    resolve_precision,
     smooth_targets,
     train,
     warmup_cosine,
@@ -280,3 +286,187 @@ def test_failed_export_check_leaves_the_installed_member_alone(
         export_run(run, SPEC, weights, data=dataset)
     assert read_manifest(weights, SPEC.name).weights_sha256 == before.weights_sha256
     load_member(SPEC.name, weights, registry=REGISTRY)
+
+
+# --- CPU training: pairs, crop store, precision, stopping mid-epoch ----------
+
+
+@pytest.fixture(scope="module")
+def paired_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("toy-pairs"), originals=True)
+
+
+def test_paired_plan_puts_each_fake_beside_its_original_with_one_augmentation(
+    paired_dataset: Path,
+):
+    samples = select(load_samples(paired_dataset), "train")
+    plan = epoch_plan(samples, batch_size=8, seed=1, epoch=0, paired=True)
+    fakes_seen = []
+    for batch in plan:
+        assert len(batch.indices) <= 8
+        for k in range(0, len(batch.indices), 2):
+            real, fake = samples[batch.indices[k]], samples[batch.indices[k + 1]]
+            assert real.label == 0 and fake.label == 1 and fake.original == real.path
+            assert batch.aug_keys[k] == batch.aug_keys[k + 1]
+            fakes_seen.append(batch.indices[k + 1])
+    assert sorted(fakes_seen) == [i for i, s in enumerate(samples) if s.label == 1]
+    again = epoch_plan(samples, batch_size=8, seed=1, epoch=0, paired=True)
+    assert again == plan
+    assert epoch_plan(samples, batch_size=8, seed=1, epoch=1, paired=True) != plan
+
+
+def test_fakes_without_their_original_are_paired_with_some_real(dataset: Path):
+    samples = select(load_samples(dataset), "train")
+    plan = epoch_plan(samples, batch_size=8, seed=0, epoch=0, paired=True)
+    labels = [samples[i].label for b in plan for i in b.indices]
+    assert labels == [0, 1] * (len(labels) // 2)
+    assert labels.count(1) == sum(s.label for s in samples)
+
+
+def test_paired_crops_get_the_same_augmentation(paired_dataset: Path):
+    samples = select(load_samples(paired_dataset), "train")
+    ds = FaceDataset(samples, 32, (0.5,) * 3, (0.5,) * 3, train=True, seed=4)
+    real = next(i for i, s in enumerate(samples) if s.label == 0)
+    # The same image under the same key, in two slots: the augmentation
+    # depends on the key only.
+    for key in range(10, 20):
+        a, _ = ds.image(real, slot=key, aug_key=key)
+        b, _ = ds.image(real, slot=key + 100, aug_key=key)
+        assert np.array_equal(a, b)
+    # ... and other keys give other augmentations.
+    outcomes = {ds.image(real, slot=11, aug_key=k)[0].tobytes() for k in range(10, 20)}
+    assert len(outcomes) > 3
+
+
+def test_crop_store_decodes_once_and_reads_its_cache(dataset: Path, tmp_path: Path, monkeypatch):
+    samples = select(load_samples(dataset), "train")
+    paths = [s.path for s in samples]
+    first = CropStore(paths, 24, cache_dir=tmp_path, digest="ab" * 32)
+    assert first.pixels.shape == (len(paths), 24, 24, 3) and len(list(tmp_path.iterdir())) == 1
+    expected = resize_to(read_rgb(paths[3]), None, 24)[0]
+    assert np.array_equal(first.get(paths[3], None)[0], expected)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(CropStore, "_decode", staticmethod(no_decoding))
+    second = CropStore(paths, 24, cache_dir=tmp_path, digest="ab" * 32)
+    assert np.array_equal(second.pixels, first.pixels)
+    assert second.get(tmp_path / "elsewhere.png", None) is None
+
+
+def test_crop_store_scales_keypoints_like_resize(dataset: Path):
+    samples = [s for s in select(load_samples(dataset), "train") if s.keypoints]
+    store = CropStore([s.path for s in samples], 16)
+    _, kp = store.get(samples[0].path, samples[0].keypoints)
+    assert kp == resize_to(read_rgb(samples[0].path), samples[0].keypoints, 16)[1]
+
+
+def test_store_backed_and_disk_backed_datasets_give_the_same_tensors(dataset: Path):
+    samples = select(load_samples(dataset), "val")
+    store = CropStore([s.path for s in samples], 32)
+    a = FaceDataset(samples, 32, SPEC.mean, SPEC.std, train=False)
+    b = FaceDataset(samples, 32, SPEC.mean, SPEC.std, train=False, store=store)
+    for i in range(len(samples)):
+        assert torch.equal(a[i][0], b[i][0])
+
+
+def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    import ensemble.training.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(TrainingError, match="precision"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_run_records_its_precision_and_pairing(paired_dataset: Path, tmp_path: Path):
+    train(_config(paired_dataset, tmp_path, epochs=1, precision="bf16", paired=True), SPEC,
+          progress=False)  # fmt: skip
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["precision"] == "bf16" and run["paired"] is True and run["status"] == "finished"
+    assert run["images_seen"] == 24 and run["images_per_second"] > 0
+
+
+class StepClock:
+    """A clock that moves one minute per reading; optionally sends SIGTERM
+    to this process at the n-th reading."""
+
+    def __init__(self, signal_at: int | None = None) -> None:
+        self.readings = 0
+        self.signal_at = signal_at
+
+    def __call__(self) -> float:
+        import os
+        import signal
+
+        self.readings += 1
+        if self.readings == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return 60.0 * self.readings
+
+
+@pytest.mark.parametrize("how", ["time budget", "signal"])
+def test_run_stopped_mid_epoch_resumes_to_the_same_weights(
+    paired_dataset: Path, tmp_path: Path, how: str
+):
+    settings = dict(epochs=2, batch_size=4, paired=True, ema_decay=0.9, blackout_prob=0.5,
+                    sbi_prob=0.3, checkpoint_minutes=2.0)  # fmt: skip
+    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), SPEC,
+                  progress=False, clock=StepClock())  # fmt: skip
+    cut_config = _config(paired_dataset, tmp_path / "cut", **settings)
+    if how == "time budget":
+        cut = train(replace(cut_config, time_budget=4.0), SPEC, progress=False, clock=StepClock())
+    else:
+        cut = train(cut_config, SPEC, progress=False, clock=StepClock(signal_at=5))
+    assert cut.interrupted and not cut.history
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and 0 < ckpt["step"] < 6
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+
+    resumed = train(replace(cut_config, resume=True), SPEC, progress=False, clock=StepClock())
+    assert not resumed.interrupted and [h.epoch for h in resumed.history] == [1, 2]
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert (a.train_loss, a.train_acc, a.val_loss) == (b.train_loss, b.train_acc, b.val_loss)
+    last_a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    last_b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for k, v in last_a[key].items():
+            assert torch.equal(v, last_b[key][k]), (key, k)
+
+
+def test_mid_epoch_checkpoints_are_written_on_the_interval(paired_dataset: Path, tmp_path: Path):
+    seen: list[int] = []
+    original = torch.save
+
+    def spy(obj, path, *args, **kwargs):
+        if str(path).endswith("last.pt.tmp"):
+            seen.append(obj["step"])
+        return original(obj, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "save", spy)
+        train(_config(paired_dataset, tmp_path, epochs=1, batch_size=4, paired=True,
+                      checkpoint_minutes=2.0), SPEC, progress=False, clock=StepClock())  # fmt: skip
+    # Six batches, one clock reading a minute per batch: mid-epoch checkpoints,
+    # then the end-of-epoch one (step 0 of the next epoch).
+    assert len(seen) >= 3 and seen[-1] == 0 and all(0 < s < 6 for s in seen[:-1])
+
+
+def test_new_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    export_run(run, SPEC, tmp_path / "weights", data=dataset)
+    config = _config(
+        dataset, tmp_path / "again", epochs=1, lr=1e-12, init_from=tmp_path / "weights"
+    )
+    again = train(config, SPEC, progress=False)
+    first = json.loads((run / "log.json").read_text())[0]
+    # With a learning rate too small to move the weights, the new run scores
+    # the validation crops as the installed member (int8/fp16 storage aside).
+    assert again.history[0].val_auc == pytest.approx(first["val_auc"], abs=0.05)
+    fresh = train(_config(dataset, tmp_path / "fresh", epochs=1, lr=1e-12), SPEC, progress=False)
+    assert fresh.history[0].val_loss != again.history[0].val_loss
