@@ -4,7 +4,9 @@ Pure: numpy and matplotlib only (figures are ``matplotlib.figure.Figure``
 objects rendered with the Agg canvas, never pyplot). Label 1 means fake.
 
 The metrics are the seeds' set: ROC AUC, log loss, accuracy, precision,
-recall, F1 and the confusion matrix ``[[tn, fp], [fn, tp]]`` at a threshold.
+recall, F1 and the confusion matrix ``[[tn, fp], [fn, tp]]`` at a threshold,
+plus the expected calibration error (ECE, ``ECE_BINS`` equal-width bins over
+the fake probability; see :func:`expected_calibration_error`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ FloatArray = npt.NDArray[np.float64]
 # single confident mistake costs about 34.5 nats instead of infinity.
 LOG_LOSS_EPS = 1e-15
 FIGURE_DPI = 100
+# Equal-width bins over the fake probability for the ECE and the reliability
+# diagram: [0, 1/15), [1/15, 2/15), ..., [14/15, 1] (the last bin closed).
+ECE_BINS = 15
+# Extra room on the reliability diagram's y axis beyond [0, 1].
+RELIABILITY_MARGIN = 0.03
+# save_figure writes these formats, chosen by the file's suffix.
+FIGURE_FORMATS = {".png": "png", ".svg": "svg"}
+# write_report_figures writes the ROC and reliability figures in these formats.
+REPORT_FIGURE_SUFFIXES = (".png", ".svg")
 
 
 class MetricsError(ValueError):
@@ -91,9 +102,79 @@ def log_loss(probs: npt.ArrayLike, labels: npt.ArrayLike) -> float:
 
 
 @dataclass(frozen=True)
+class ReliabilityBins:
+    """Fake probabilities grouped into equal-width bins.
+
+    ``edges`` has ``n_bins + 1`` entries ``k / n_bins``; bin ``k`` holds the
+    probabilities in ``[edges[k], edges[k + 1])``, the last bin also 1.0.
+    ``mean_predicted`` and ``observed_rate`` (the share of fakes) are NaN for
+    empty bins.
+    """
+
+    edges: FloatArray
+    counts: npt.NDArray[np.int64]
+    mean_predicted: FloatArray
+    observed_rate: FloatArray
+
+    @property
+    def n(self) -> int:
+        """The number of samples in all bins together."""
+        return int(self.counts.sum())
+
+    @property
+    def nonempty(self) -> npt.NDArray[np.bool_]:
+        """Which bins hold at least one sample."""
+        return self.counts > 0
+
+
+def reliability_bins(
+    probs: npt.ArrayLike, labels: npt.ArrayLike, n_bins: int = ECE_BINS
+) -> ReliabilityBins:
+    """Per-bin counts, mean fake probability and observed fake rate: the data of
+    the reliability diagram and of :func:`expected_calibration_error`."""
+    p, y = _arrays(probs, labels)
+    if np.any((p < 0) | (p > 1)):
+        raise MetricsError("calibration needs probabilities in [0, 1]")
+    if n_bins < 1:
+        raise MetricsError(f"need at least one bin, not {n_bins}")
+    # k / n is correctly rounded, so a probability written as k / n falls in bin k.
+    edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
+    index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins).astype(np.int64)
+    sum_p = np.bincount(index, weights=p, minlength=n_bins)
+    sum_y = np.bincount(index, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.where(counts > 0, sum_p / counts, np.nan)
+        observed_rate = np.where(counts > 0, sum_y / counts, np.nan)
+    return ReliabilityBins(edges, counts, mean_predicted, observed_rate)
+
+
+def _ece(bins: ReliabilityBins) -> float:
+    full = bins.nonempty
+    gaps = np.abs(bins.observed_rate[full] - bins.mean_predicted[full])
+    return float(np.sum(bins.counts[full] / bins.n * gaps))
+
+
+def expected_calibration_error(
+    probs: npt.ArrayLike, labels: npt.ArrayLike, n_bins: int = ECE_BINS
+) -> float:
+    """Expected calibration error of fake probabilities, in [0, 1].
+
+    The binary reliability-diagram definition: the probabilities ``p`` of the
+    fake class (not the confidence ``max(p, 1 - p)`` of the predicted class)
+    are put into ``n_bins`` equal-width bins (see :func:`reliability_bins`),
+    and ECE = sum over non-empty bins of ``(n_b / n) * |mean(y_b) - mean(p_b)|``,
+    the gap between the observed fake rate and the mean predicted probability
+    weighted by the bin's share of the samples. 0 means perfectly calibrated.
+    """
+    return _ece(reliability_bins(probs, labels, n_bins))
+
+
+@dataclass(frozen=True)
 class BinaryMetrics:
     auc: float | None
     log_loss: float
+    ece: float
     accuracy: float
     precision: float
     recall: float
@@ -104,6 +185,7 @@ class BinaryMetrics:
         return {
             "auc": self.auc,
             "log_loss": self.log_loss,
+            "ece": self.ece,
             "accuracy": self.accuracy,
             "precision": self.precision,
             "recall": self.recall,
@@ -117,7 +199,7 @@ def binary_metrics(
 ) -> BinaryMetrics:
     """All metrics of fake probabilities against labels; a sample is called
     fake when its probability is at or above ``threshold``. Precision (recall)
-    with no predicted (actual) fakes is 0."""
+    with no predicted (actual) fakes is 0; ``ece`` uses ``ECE_BINS`` bins."""
     p, y = _arrays(probs, labels)
     pred = p >= threshold
     tp = int((pred & (y == 1)).sum())
@@ -130,6 +212,7 @@ def binary_metrics(
     return BinaryMetrics(
         auc=roc_auc(p, y),
         log_loss=log_loss(p, y),
+        ece=expected_calibration_error(p, y),
         accuracy=(tp + tn) / len(y),
         precision=precision,
         recall=recall,
@@ -245,6 +328,45 @@ def roc_figure(curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], title:
     return fig
 
 
+def reliability_figure(
+    curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    title: str,
+    n_bins: int = ECE_BINS,
+) -> Any:
+    """Reliability diagram, one curve per name: ``{name: (probs, labels)}``.
+
+    Top: observed fake rate against mean predicted fake probability in each
+    non-empty bin, with the diagonal (perfect calibration) and each curve's
+    ECE in the legend. Bottom: the number of samples per bin. The numbers are
+    those of :func:`reliability_bins`, so they agree with the reported ECE.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 6), dpi=FIGURE_DPI, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="calibrated")
+    for name, (probs, labels) in curves.items():
+        bins = reliability_bins(probs, labels, n_bins)
+        full = bins.nonempty
+        line = top.plot(
+            bins.mean_predicted[full],
+            bins.observed_rate[full],
+            marker="o",
+            markersize=4,
+            label=f"{name} (ECE {_ece(bins):.3f})",
+        )[0]
+        bottom.stairs(bins.counts, bins.edges, color=line.get_color())
+    top.set_xlim(0, 1)
+    # A little room above 1 and below 0, so bins with no (or only) fakes show.
+    top.set_ylim(-RELIABILITY_MARGIN, 1 + RELIABILITY_MARGIN)
+    top.set_ylabel("observed fake rate")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize="small")
+    bottom.set_xlabel(f"mean predicted fake probability ({n_bins} bins)")
+    bottom.set_ylabel("count")
+    return fig
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], title: str) -> Any:
     """A 2x2 confusion matrix with counts (rows: true real/fake)."""
     from matplotlib.figure import Figure
@@ -264,12 +386,17 @@ def confusion_figure(confusion: Sequence[Sequence[int]], title: str) -> Any:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Render a Figure to PNG with the Agg canvas (no pyplot, no display)."""
+    """Render a Figure without pyplot or a display (Agg canvas): PNG or SVG,
+    by the suffix of ``path`` (``FIGURE_FORMATS``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    fmt = FIGURE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(FIGURE_FORMATS)
+        raise ValueError(f"cannot save a figure as {path.name}: use one of {known}")
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format=fmt)
     return path
 
 
@@ -280,15 +407,24 @@ def write_report_figures(
     out_dir: Path,
     ensemble_probs: npt.ArrayLike | None = None,
 ) -> list[Path]:
-    """``roc.png`` (every member and the ensemble) and one
-    ``confusion-<name>.png`` per member plus ``confusion-ensemble.png``."""
+    """``roc.png``/``roc.svg`` and ``reliability.png``/``reliability.svg``
+    (every member and the ensemble), one ``confusion-<name>.png`` per member
+    and ``confusion-ensemble.png``."""
     y = np.asarray(labels, dtype=np.float64)
     stacked = np.stack([np.asarray(v, dtype=np.float64) for v in member_probs.values()])
     curves: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]] = {
         name: (p, y) for name, p in member_probs.items()
     }
     curves["ensemble"] = (stacked.mean(axis=0) if ensemble_probs is None else ensemble_probs, y)
-    paths = [save_figure(roc_figure(curves, "ROC"), out_dir / "roc.png")]
+    figures = {
+        "roc": roc_figure(curves, "ROC"),
+        "reliability": reliability_figure(curves, "Reliability"),
+    }
+    paths = [
+        save_figure(fig, out_dir / f"{stem}{suffix}")
+        for stem, fig in figures.items()
+        for suffix in REPORT_FIGURE_SUFFIXES
+    ]
     paths.append(
         save_figure(
             confusion_figure(result["ensemble"]["confusion"], "ensemble"),

@@ -76,11 +76,38 @@ def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path
         [math.log(1 - p(g)) for g in REAL_GREYS] + [math.log(p(g)) for g in FAKE_GREYS]
     )
     assert m["log_loss"] == pytest.approx(expected, rel=1e-4)
+    # 15 bins of width 1/15: greys 40 (p 0.202, real) and 60 (p 0.258, fake)
+    # share [3/15, 4/15); 100 (0.394), 180 (0.695), 200 (0.757) and 220 (0.810)
+    # are alone in [5/15, 6/15), [10/15, 11/15), [11/15, 12/15), [12/15, 13/15).
+    shared_bin = 2 / 6 * abs(0.5 - (p(40) + p(60)) / 2)
+    single_bins = (p(100) + (1 - p(180)) + p(200) + (1 - p(220))) / 6
+    expected_ece = shared_bin + single_bins
+    assert m["ece"] == pytest.approx(expected_ece, rel=1e-4)
     # One member: the ensemble's score is that member's.
     assert result["ensemble"] == m
-    for name in ("roc.png", "confusion-bright.png", "confusion-ensemble.png", "threshold.json"):
+    # --out given: the figures go there, not beside the JSON.
+    for name in ("roc.png", "roc.svg", "reliability.png", "reliability.svg",
+                 "confusion-bright.png", "confusion-ensemble.png", "threshold.json"):  # fmt: skip
         assert (tmp_path / "figs" / name).is_file()
+    assert not (tmp_path / "reliability.png").exists()
     assert "bright: AUC 0.6667" in capsys.readouterr().out
+
+
+def test_evaluate_writes_figures_and_ece_beside_the_json(site: Path, tmp_path: Path, capsys):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys")
+    out_json = tmp_path / "report" / "eval.json"
+    call_command("evaluate", "--faces", str(data), "--json", str(out_json))
+    result = json.loads(out_json.read_text())
+    assert isinstance(result["ensemble"]["ece"], float)
+    assert all(isinstance(m["ece"], float) for m in result["members"].values())
+    assert 0.0 <= result["members"]["bright"]["ece"] <= 1.0
+    for name in ("roc.png", "roc.svg", "reliability.png", "reliability.svg", "threshold.json"):
+        assert (out_json.parent / name).is_file(), name
+    assert (out_json.parent / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (out_json.parent / "reliability.svg").read_bytes()[:2000]
+    printed = capsys.readouterr().out
+    assert "ECE " in printed and f"figures in {out_json.parent}" in printed
 
 
 def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):

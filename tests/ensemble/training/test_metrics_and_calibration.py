@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from ensemble.evaluation import (
+    ECE_BINS,
     MetricsError,
     binary_metrics,
     choose_threshold,
+    expected_calibration_error,
+    reliability_bins,
     report,
     roc_auc,
+    save_figure,
     write_report_figures,
 )
 from ensemble.training.calibrate import CalibrationError, fit_temperature, nll
@@ -52,14 +56,75 @@ def test_report_has_the_documented_schema_and_figures(tmp_path) -> None:
     result = report(probs, LABELS)
     assert set(result) == {"ensemble", "members", "n"}
     assert result["n"] == {"real": 3, "fake": 3}
-    keys = {"auc", "log_loss", "accuracy", "precision", "recall", "f1", "confusion"}
+    keys = {"auc", "log_loss", "ece", "accuracy", "precision", "recall", "f1", "confusion"}
     assert set(result["ensemble"]) == keys and set(result["members"]["a"]) == keys
     assert result["members"]["a"]["confusion"] == [[2, 1], [1, 2]]
     paths = write_report_figures(probs, LABELS, result, tmp_path)
     assert {p.name for p in paths} == {
-        "roc.png", "confusion-ensemble.png", "confusion-a.png", "confusion-b.png"
+        "roc.png", "roc.svg", "reliability.png", "reliability.svg",
+        "confusion-ensemble.png", "confusion-a.png", "confusion-b.png",
     }  # fmt: skip
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    for path in paths:
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert b"<svg" in path.read_bytes()[:2000]
+
+
+def test_ece_of_a_tiny_example_equals_the_hand_computed_value() -> None:
+    # 15 bins of width 1/15: 0.1 -> [1/15, 2/15) twice (fake rate 0.5),
+    # 0.7 -> [10/15, 11/15), 0.9 -> [13/15, 14/15), 1.0 -> the closed last bin.
+    ece = expected_calibration_error([0.1, 0.1, 0.7, 0.9, 1.0], [0, 1, 1, 1, 1])
+    expected = 2 / 5 * abs(0.5 - 0.1) + 1 / 5 * 0.3 + 1 / 5 * 0.1 + 1 / 5 * 0.0
+    assert ece == pytest.approx(expected) and expected == pytest.approx(0.24)
+    assert binary_metrics([0.1, 0.1, 0.7, 0.9, 1.0], [0, 1, 1, 1, 1]).ece == pytest.approx(0.24)
+
+
+def test_ece_is_small_for_calibrated_scores_and_large_for_overconfident_ones() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.001, 0.999, 20_000)
+    labels = (rng.random(20_000) < p).astype(float)  # P(fake) is exactly p
+    assert expected_calibration_error(p, labels) < 0.03
+    # The same ranking pushed towards 0 and 1: the logits tripled.
+    logits = np.log(p / (1 - p))
+    overconfident = 1 / (1 + np.exp(-3 * logits))
+    assert expected_calibration_error(overconfident, labels) > 0.1
+    # Calibration is not ranking: the AUC is unchanged.
+    assert roc_auc(overconfident, labels) == pytest.approx(roc_auc(p, labels))
+
+
+def test_reliability_bins_are_equal_width_with_the_last_closed_and_sum_to_n() -> None:
+    bins = reliability_bins([0.0, 0.25, 0.49, 0.5, 0.99, 1.0], [0, 0, 1, 1, 1, 1], n_bins=4)
+    assert bins.counts.tolist() == [1, 2, 1, 2]  # 0.25 opens bin 1, 1.0 is in bin 3
+    assert bins.edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert bins.observed_rate[1] == pytest.approx(0.5)
+    assert bins.mean_predicted[1] == pytest.approx(0.37)
+    rng = np.random.default_rng(1)
+    p = rng.beta(0.5, 0.5, 1_000)
+    full = reliability_bins(p, rng.random(1_000) < 0.5)
+    assert len(full.counts) == ECE_BINS and full.n == 1_000
+    assert int(full.counts.sum()) == 1_000
+    # A probability written as k / 15 lies in bin k.
+    on_edges = reliability_bins([k / ECE_BINS for k in range(ECE_BINS)], [0] * ECE_BINS)
+    assert on_edges.counts.tolist() == [1] * ECE_BINS
+    # Empty bins have no mean and no rate, and do not count towards the ECE.
+    assert np.isnan(reliability_bins([0.1], [1], n_bins=4).observed_rate[2])
+
+
+def test_ece_refuses_scores_that_are_not_probabilities() -> None:
+    with pytest.raises(MetricsError, match="probabilities in \\[0, 1\\]"):
+        expected_calibration_error([1.5, 0.2], [1, 0])
+    with pytest.raises(MetricsError, match="at least one bin"):
+        expected_calibration_error([0.5], [1], n_bins=0)
+
+
+def test_save_figure_chooses_the_format_from_the_suffix(tmp_path) -> None:
+    from matplotlib.figure import Figure
+
+    svg = save_figure(Figure(), tmp_path / "f.svg")
+    assert b"<svg" in svg.read_bytes()[:2000]
+    with pytest.raises(ValueError, match=r"use one of \.png, \.svg"):
+        save_figure(Figure(), tmp_path / "f.gif")
 
 
 def test_temperature_recovers_a_known_scale() -> None:

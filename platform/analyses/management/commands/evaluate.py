@@ -8,9 +8,15 @@
   pipeline (``ensemble.pipeline.Analyzer``); videos with no face or rejected
   are left out and listed.
 
-Writes ROC and confusion-matrix PNGs to ``--out`` (and ``threshold.json``,
-the validation rule's threshold and band for these scores) and, with
-``--json FILE``, ``{"ensemble": {...}, "members": {...}, "n": {...}}``.
+Reports AUC, log loss, expected calibration error (``ECE_BINS`` = 15 bins),
+accuracy, precision, recall, F1 and the confusion matrix. With ``--json FILE``
+writes ``{"ensemble": {...}, "members": {...}, "n": {...}}`` (``'-'``: stdout).
+
+Figures: ``roc.png``/``roc.svg``, ``reliability.png``/``reliability.svg``
+(reliability diagram), ``confusion-<member>.png``, ``confusion-ensemble.png``,
+and ``threshold.json`` (the validation rule's threshold and band for these
+scores) go to the figures folder: ``--out`` when given; else, when ``--json``
+names a file, the JSON's folder (beside it); else ``var/evaluation``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("var/evaluation")
 EVAL_BATCH = 32
+
+
+def figures_dir(out: Path | None, json_arg: str | None) -> Path:
+    """Where the figures and ``threshold.json`` go: ``--out`` when given, else
+    beside ``--json FILE`` (not for ``-``, stdout), else ``DEFAULT_OUT``."""
+    if out is not None:
+        return out
+    if json_arg and json_arg != "-":
+        return Path(json_arg).parent
+    return DEFAULT_OUT
 
 
 class Command(BaseCommand):
@@ -52,7 +68,13 @@ class Command(BaseCommand):
             "--threshold", type=float, help="decision threshold (default: settings)"
         )
         parser.add_argument("--json", help="write the metrics JSON to FILE ('-' for stdout)")
-        parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the PNGs")
+        parser.add_argument(
+            "--out", type=Path,
+            help=(
+                "folder for the figures and threshold.json (default: the folder of "
+                f"--json FILE, else {DEFAULT_OUT})"
+            ),
+        )  # fmt: skip
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
@@ -71,6 +93,7 @@ class Command(BaseCommand):
         except ValueError as e:
             raise CommandError(str(e)) from e
         threshold = o["threshold"] if o["threshold"] is not None else config.scoring.threshold
+        out = figures_dir(o["out"], o["json"])
         registry = analysis_registry()
         ensemble_probs = None
         try:
@@ -79,12 +102,12 @@ class Command(BaseCommand):
             else:
                 probs, labels, ensemble_probs = self._videos(config, registry, o)
             result = report(probs, labels, threshold, ensemble_probs)
-            write_report_figures(probs, labels, result, o["out"], ensemble_probs)
+            write_report_figures(probs, labels, result, out, ensemble_probs)
             ens = ensemble_probs if ensemble_probs is not None else np.mean(list(probs.values()), 0)
             choice = choose_threshold(ens, labels)
         except (RegistryError, WeightsError, DatasetError, MetricsError) as e:
             raise CommandError(str(e)) from e
-        (o["out"] / "threshold.json").write_text(
+        (out / "threshold.json").write_text(
             json.dumps(choice.__dict__, indent=2) + "\n", encoding="utf-8"
         )
         text = json.dumps(result, indent=2) + "\n"
@@ -98,11 +121,12 @@ class Command(BaseCommand):
         for name, m in [("ensemble", result["ensemble"]), *result["members"].items()]:
             auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
             summary.write(
-                f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, accuracy {m['accuracy']:.4f}, "
-                f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
+                f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, ECE {m['ece']:.4f}, "
+                f"accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
+                f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
             )
         summary.write(
-            f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {o['out']}; "
+            f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {out}; "
             f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
         )
 
