@@ -127,7 +127,7 @@ def run_naive(
     untimed = time.perf_counter() - s
     for name, m in members.items():
         s = time.perf_counter()
-        crops = [crop_face(frames[pos], d.box, m.spec.crop, m.input_size) for pos, d in faces]
+        crops = [crop_face(frames[pos], d.box, m.crop, m.input_size) for pos, d in faces]
         with torch.no_grad():
             logits = [m.model(m.to_tensor([c])).item() for c in crops]
         calibrate(logits, m.temperature)
@@ -491,7 +491,7 @@ def main() -> None:
         faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
         for n in names:
             m = fast_members[n]
-            crops = [crop_face(frames[pos], d.box, m.spec.crop, m.input_size) for pos, d in faces]
+            crops = [crop_face(frames[pos], d.box, m.crop, m.input_size) for pos, d in faces]
             if not crops:
                 continue
             members[n] = {

@@ -11,10 +11,17 @@ crop geometry; feeding it another degrades it. The policies:
   ``margin`` times its width and height on each side and is clipped to the
   frame; the crop's longer side is resized to the input size keeping its aspect
   ratio, and the result is centred on a black square.
+
+``shift`` moves the box up (negative) or down by that many box heights before
+either policy applies, and a negative ``margin`` shrinks the box: together
+they frame a crop like a training set that was cut around another detector's
+boxes (``bench/crop_framing.py`` measures a dataset's framing; a member's
+manifest records the policy its weights were trained for).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,16 +33,55 @@ from ensemble.media import RGBImage
 Box = tuple[float, float, float, float]
 
 
+# A margin below this would shrink the box to (nearly) nothing.
+MIN_MARGIN = -0.4
+MAX_MARGIN = 2.0
+MAX_SHIFT = 1.0
+
+
 @dataclass(frozen=True)
 class CropPolicy:
     kind: Literal["square", "isotropic"]
     margin: float
+    # Vertical move of the box before cropping, in box heights (negative: up).
+    shift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("square", "isotropic"):
             raise ValueError(f"unknown crop policy {self.kind!r}")
-        if not 0.0 <= self.margin <= 2.0:
-            raise ValueError(f"margin must be in [0, 2], got {self.margin}")
+        if not MIN_MARGIN <= self.margin <= MAX_MARGIN:
+            raise ValueError(f"margin must be in [{MIN_MARGIN}, {MAX_MARGIN}], got {self.margin}")
+        if not -MAX_SHIFT <= self.shift <= MAX_SHIFT:
+            raise ValueError(f"shift must be in [-{MAX_SHIFT}, {MAX_SHIFT}], got {self.shift}")
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"kind": self.kind, "margin": self.margin, "shift": self.shift}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> CropPolicy:
+        """The policy a manifest's ``crop`` entry names (ValueError if malformed)."""
+        kind = str(data.get("kind"))
+        if kind not in ("square", "isotropic"):
+            raise ValueError(f"unknown crop policy {kind!r}")
+        return cls(
+            "square" if kind == "square" else "isotropic",
+            float(str(data.get("margin"))),
+            float(str(data.get("shift", 0.0))),
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> CropPolicy:
+        """``KIND:MARGIN[:SHIFT]``, e.g. ``square:0.05:-0.06`` (ValueError if malformed)."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"crop policy {text!r} is not KIND:MARGIN[:SHIFT]")
+        try:
+            numbers = [float(p) for p in parts[1:]]
+        except ValueError:
+            raise ValueError(f"crop policy {text!r}: margin and shift must be numbers") from None
+        return cls.from_dict(
+            {"kind": parts[0], "margin": numbers[0], "shift": numbers[1] if len(numbers) > 1 else 0}
+        )
 
 
 def _resize(image: RGBImage, width: int, height: int, upscale: int) -> RGBImage:
@@ -64,6 +110,8 @@ def crop_region(
     h, w = frame_shape[:2]
     bw = box[2] - box[0]
     bh = box[3] - box[1]
+    if policy.shift:
+        box = (box[0], box[1] + policy.shift * bh, box[2], box[3] + policy.shift * bh)
     if policy.kind == "square":
         x0, y0, x1, y1 = _grow(box, policy.margin * bw, policy.margin * bw, h, w)
         side = max(x1 - x0, y1 - y0, 1)

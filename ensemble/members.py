@@ -11,6 +11,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from ensemble.crops import CropPolicy
 from ensemble.media import RGBImage
 from ensemble.quantize import check_precision, int8_graph_path, not_calibrated
 from ensemble.registry import REGISTRY, MemberSpec, Registry
@@ -94,6 +95,9 @@ class LoadedMember:
     # "int8" runs the graph ``calibrate_int8`` made for these weights (see
     # ensemble.quantize); ONNX Runtime backend only, never the default.
     precision: str = "fp32"
+    # The face crop the weights were trained for (their manifest's); None:
+    # the registry's policy for the member.
+    crop_override: CropPolicy | None = None
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
     _runner: OnnxRunner | None = field(init=False, repr=False, default=None)
@@ -142,6 +146,11 @@ class LoadedMember:
                 )
             if self.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def crop(self) -> CropPolicy:
+        """How faces are cut for this member."""
+        return self.spec.crop if self.crop_override is None else self.crop_override
 
     @property
     def name(self) -> str:
@@ -238,4 +247,5 @@ def load_member(
         cache_dir=cache_dir,
         threads=threads,
         precision=precision,
+        crop_override=None if manifest.crop is None else manifest.crop_policy(spec.crop),
     )

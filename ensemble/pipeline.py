@@ -167,9 +167,7 @@ def analyze_with_data(
     faces = [(track.id, pos, det) for track in tracks for pos, det in track.detections]
     with clock.stage("crop"):
         crops = {
-            m.name: [
-                crop_face(images[pos], det.box, m.spec.crop, m.input_size) for _, pos, det in faces
-            ]
+            m.name: [crop_face(images[pos], det.box, m.crop, m.input_size) for _, pos, det in faces]
             for m in selected
         }
     report(selected[0].name, _PROGRESS["crop"])

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ensemble.crops import CropPolicy
 from ensemble.errors import (
     IncompatibleCheckpointError,
     MissingWeightsError,
@@ -77,6 +78,13 @@ class Manifest:
     # (per-output-channel symmetric int8 with fp32 scales, dequantised at load).
     quantization: str = "fp16"
     version: int = MANIFEST_VERSION
+    # The face crop the weights were trained for (``CropPolicy.to_dict``);
+    # None: the registry's policy for the member.
+    crop: Mapping[str, Any] | None = None
+
+    def crop_policy(self, default: CropPolicy) -> CropPolicy:
+        """The manifest's crop policy, or ``default`` when it names none."""
+        return default if self.crop is None else CropPolicy.from_dict(self.crop)
 
     @property
     def weights_sha256(self) -> str:
@@ -90,6 +98,10 @@ class Manifest:
         data = asdict(self)
         data["provenance"] = dict(self.provenance)
         data["metrics"] = dict(self.metrics)
+        if self.crop is None:
+            del data["crop"]
+        else:
+            data["crop"] = dict(self.crop)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -100,7 +112,7 @@ class Manifest:
                 raise ValueError(
                     f"manifest version {data.get('version')} is not {MANIFEST_VERSION}"
                 )
-            return cls(
+            manifest = cls(
                 member=str(data["member"]),
                 architecture=str(data["architecture"]),
                 format=str(data["format"]),
@@ -116,7 +128,10 @@ class Manifest:
                 provenance=dict(data.get("provenance", {})),
                 metrics=dict(data.get("metrics", {})),
                 quantization=str(data.get("quantization", "fp16")),
+                crop=None if data.get("crop") is None else dict(data["crop"]),
             )
+            manifest.crop_policy(CropPolicy("square", 0.0))  # refuse a malformed policy
+            return manifest
         except (KeyError, TypeError, ValueError) as e:
             raise IncompatibleCheckpointError(
                 f"{source} is not a valid weights manifest: {e}"
@@ -327,6 +342,7 @@ def save_weights(
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    crop: CropPolicy | None = None,
 ) -> Manifest:
     """Write a state_dict as safetensors shards plus a manifest.
 
@@ -379,6 +395,7 @@ def save_weights(
         provenance=dict(provenance or {}),
         metrics=dict(metrics or {}),
         quantization=quant,
+        crop=None if crop is None else crop.to_dict(),
     )
     _write_manifest(folder, manifest)
     return manifest

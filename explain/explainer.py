@@ -199,7 +199,7 @@ class Explainer:
             face = result.faces[i]
             image, factor = frames(face.position)
             full = data.media.frames[face.position].image
-            where = placement(full.shape, face.box, member.spec.crop, member.input_size)
+            where = placement(full.shape, face.box, member.crop, member.input_size)
             overlay = overlay_on_frame(image, heat, where.scaled(factor), self.config.overlay_alpha)
             frame, t = _when(result, face)
             writer.image(

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ensemble.crops import CropPolicy
 from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
@@ -107,8 +108,12 @@ def export_run(
     description: str = "",
     max_shard_bytes: int = MAX_SHARD_BYTES,
     val_limit: int | None = None,
+    crop: CropPolicy | None = None,
 ) -> ExportReport:
-    """Calibrate, choose the precision and install ``run_dir``'s best model."""
+    """Calibrate, choose the precision and install ``run_dir``'s best model.
+
+    ``crop`` is the face crop analysis must cut for these weights (the
+    framing of the training crops; None: the registry's policy)."""
     model, size = load_best(run_dir, spec)
     run_info: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
@@ -164,6 +169,7 @@ def export_run(
             **metrics,
         },
         "max_shard_bytes": max_shard_bytes,
+        "crop": crop,
     }
     # Written and checked in a staging folder first, so a failed check leaves
     # the installed member as it was.

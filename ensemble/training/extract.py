@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.config import AnalysisConfig
-from ensemble.crops import Box, CropPolicy, crop_face
+from ensemble.crops import Box, CropPolicy, crop_face, crop_region
 from ensemble.faces import FaceDetector
 from ensemble.media import RGBImage, load_media
 from ensemble.registry import MemberSpec
@@ -35,20 +35,10 @@ def crop_keypoints(
 ) -> Keypoints:
     """Frame-pixel keypoints mapped into the crop :func:`crop_face` cuts
     (the same geometry, computed without the image)."""
-    h, w = frame_shape
-    bw, bh = box[2] - box[0], box[3] - box[1]
     kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    x0, y0, x1, y1 = crop_region(frame_shape, box, policy)
     if policy.kind == "square":
-        dx = dy = policy.margin * bw
-    else:
-        dx, dy = policy.margin * bw, policy.margin * bh
-    x0, y0 = max(round(box[0] - dx), 0), max(round(box[1] - dy), 0)
-    x1, y1 = min(round(box[2] + dx), w), min(round(box[3] + dy), h)
-    if policy.kind == "square":
-        side = max(x1 - x0, y1 - y0, 1)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        sx0, sy0 = round(cx - side / 2), round(cy - side / 2)
-        out = (kp - (sx0, sy0)) * (size / side)
+        out = (kp - (x0, y0)) * (size / max(x1 - x0, 1))
     else:
         rw, rh = max(x1 - x0, 1), max(y1 - y0, 1)
         scale = size / max(rh, rw)
@@ -72,9 +62,9 @@ def extract_faces(
     path: Path,
     config: AnalysisConfig,
     detector: FaceDetector,
-    members: Sequence[tuple[MemberSpec, int]],
+    members: Sequence[tuple[MemberSpec, int, CropPolicy]],
 ) -> list[FaceCrop]:
-    """Every tracked face of ``path``, cropped for each ``(spec, input_size)``.
+    """Every tracked face of ``path``, cropped for each ``(spec, input_size, policy)``.
     Raises :class:`ensemble.errors.InvalidMediaError` for unusable media."""
     media = load_media(path, config.limits, config.frames)
     images = [f.image for f in media.frames]
@@ -84,16 +74,16 @@ def extract_faces(
     for track in tracks:
         for pos, det in track.detections:
             frame = images[pos]
-            for spec, size in members:
+            for spec, size, policy in members:
                 crops.append(
                     FaceCrop(
                         member=spec.name,
                         person=track.id,
                         position=pos,
                         frame=media.frames[pos].index,
-                        image=crop_face(frame, det.box, spec.crop, size),
+                        image=crop_face(frame, det.box, policy, size),
                         keypoints=crop_keypoints(
-                            frame.shape[:2], det.box, det.keypoints, spec.crop, size
+                            frame.shape[:2], det.box, det.keypoints, policy, size
                         ),
                     )
                 )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.blazeface import Detection
-from ensemble.crops import CropPolicy, crop_face
+from ensemble.crops import CropPolicy, crop_face, crop_region
 from ensemble.tracks import link_tracks
 
 KP = ((0.0, 0.0),) * 6
@@ -76,3 +76,32 @@ def test_isotropic_crop_keeps_aspect_and_pads() -> None:
 def test_unknown_crop_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown crop policy"):
         CropPolicy("stretch", 0.1)  # type: ignore[arg-type]
+
+
+def test_shift_moves_the_crop_up_by_box_heights_and_negative_margin_tightens() -> None:
+    frame = np.zeros((400, 400, 3), np.uint8)
+    box = (150.0, 150.0, 250.0, 250.0)
+    assert crop_region(frame.shape, box, CropPolicy("square", 0.0, -0.2)) == (150, 130, 250, 230)
+    assert crop_region(frame.shape, box, CropPolicy("square", -0.1)) == (160, 160, 240, 240)
+    frame[130:140, 150:250] = 255  # a band just above the box
+    crop = crop_face(frame, box, CropPolicy("square", 0.0, -0.2), 100)
+    assert crop[:10].mean() > 250 and crop[10:].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        ("square:0.05:-0.06", CropPolicy("square", 0.05, -0.06)),
+        ("isotropic:0.3333", CropPolicy("isotropic", 0.3333)),
+    ],
+)
+def test_crop_policy_parses_from_the_command_line(text: str, policy: CropPolicy) -> None:
+    assert CropPolicy.parse(text) == policy
+    assert CropPolicy.from_dict(policy.to_dict()) == policy
+
+
+@pytest.mark.parametrize("text", ["square", "square:x", "square:0.1:0.2:0.3", "oval:0.1",
+                                  "square:-0.9", "square:0.1:3"])  # fmt: skip
+def test_malformed_crop_policies_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"crop policy|margin|shift"):
+        CropPolicy.parse(text)

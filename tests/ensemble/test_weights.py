@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ensemble.crops import CropPolicy
 from ensemble.errors import IncompatibleCheckpointError, MissingWeightsError, WeightsIntegrityError
 from ensemble.members import load_member
 from ensemble.registry import Registry, tiny_spec
@@ -127,3 +128,29 @@ def test_import_records_the_published_checkpoints_input_size(tmp_path: Path) -> 
     torch.save(spec.build().state_dict(), ckpt)
     assert import_checkpoint(spec, ckpt, tmp_path / "weights").input_size == 80
     assert import_checkpoint(spec, ckpt, tmp_path / "w2", input_size=72).input_size == 72
+
+
+def test_manifest_crop_policy_reaches_the_loaded_member(tmp_path: Path, registry: Registry) -> None:
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    assert load_member("tiny", tmp_path, registry=registry).crop == spec.crop
+    assert "crop" not in json.loads((tmp_path / "tiny" / MANIFEST_NAME).read_text())
+
+    tight = CropPolicy("square", 0.05, -0.06)
+    save_weights(spec.build().state_dict(), spec, tmp_path, crop=tight)
+    data = json.loads((tmp_path / "tiny" / MANIFEST_NAME).read_text())
+    assert data["crop"] == {"kind": "square", "margin": 0.05, "shift": -0.06}
+    assert load_member("tiny", tmp_path, registry=registry).crop == tight
+
+
+def test_manifest_with_a_malformed_crop_policy_is_refused(
+    tmp_path: Path, registry: Registry
+) -> None:
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path, crop=CropPolicy("square", 0.1))
+    path = tmp_path / "tiny" / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["crop"] = {"kind": "square", "margin": 5}
+    path.write_text(json.dumps(data))
+    with pytest.raises(IncompatibleCheckpointError, match="margin"):
+        load_member("tiny", tmp_path, registry=registry)

@@ -234,7 +234,9 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
     point = (150.0, 100.0)
     cv2.circle(frame, (150, 100), 3, (255, 255, 255), -1)
     box = (110.0, 60.0, 210.0, 180.0)
-    for policy in (CropPolicy("square", 0.3), CropPolicy("isotropic", 1 / 3)):
+    policies = (CropPolicy("square", 0.3), CropPolicy("isotropic", 1 / 3),
+                CropPolicy("square", 0.05, -0.06), CropPolicy("isotropic", 0.2, 0.1))  # fmt: skip
+    for policy in policies:
         crop = crop_face(frame, box, policy, 128)
         ys, xs = np.nonzero(crop[..., 0] > 100)
         (kx, ky), *_ = crop_keypoints(frame.shape[:2], box, [point] * 6, policy, 128)

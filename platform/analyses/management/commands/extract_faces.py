@@ -54,9 +54,11 @@ class Command(BaseCommand):
         sizes = []
         for spec in specs:
             try:
-                sizes.append((spec, read_manifest(config.weights_dir, spec.name).input_size))
+                manifest = read_manifest(config.weights_dir, spec.name)
+                sizes.append((spec, manifest.input_size, manifest.crop_policy(spec.crop)))
             except WeightsError:
-                sizes.append((spec, spec.input_size))  # not installed yet: the default size
+                # Not installed yet: the registry's size and crop.
+                sizes.append((spec, spec.input_size, spec.crop))
         if not o["labels"].is_file():
             raise CommandError(f"{o['labels']} does not exist")
         with o["labels"].open(newline="", encoding="utf-8") as fh:

@@ -75,6 +75,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--description", default="", help="data description for the manifest")
         parser.add_argument(
+            "--crop", metavar="KIND:MARGIN[:SHIFT]",
+            help="the face crop analysis cuts for the exported weights, framed like the "
+            "training crops (bench/crop_framing.py measures it; default: the registry's)",
+        )  # fmt: skip
+        parser.add_argument(
             "--precision", default="auto", choices=("auto", "bf16", "fp32"),
             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX-512 BF16, else fp32",
         )  # fmt: skip
@@ -102,6 +107,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_registry
+        from ensemble.crops import CropPolicy
         from ensemble.errors import RegistryError
         from ensemble.training.data import DatasetError, blazeface_keypoints
         from ensemble.training.export import ExportError, export_run
@@ -154,6 +160,7 @@ class Command(BaseCommand):
                 report = export_run(
                     o["out"], spec, o["export"], data=o["data"], description=o["description"],
                     val_limit=o["val_limit"],
+                    crop=CropPolicy.parse(o["crop"]) if o["crop"] else None,
                 )  # fmt: skip
                 self.stdout.write(
                     f"Exported {spec.name} to {o['export'] / spec.name} as {report.quantization} "
