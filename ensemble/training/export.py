@@ -158,6 +158,20 @@ def export_run(
             "code_version": run_info.get("code_version"),
             "best_epoch": run_info.get("best_epoch"),
             "recipe": run_info.get("recipe"),
+            "training": {
+                key: run_info.get(key)
+                for key in (
+                    "precision",
+                    "paired",
+                    "device",
+                    "threads",
+                    "torch",
+                    "n_train",
+                    "images_seen",
+                    "trained_seconds",
+                    "images_per_second",
+                )
+            },
             "calibrated": True,
         },
         "metrics": {

@@ -1046,19 +1046,22 @@ def _write_logs(out: Path, history: Sequence[EpochLog], run_info: dict[str, Any]
 
 
 def curves_figure(history: Sequence[EpochLog]) -> Any:
-    """Loss and accuracy per epoch, train and validation (the seeds' plots)."""
+    """Loss, accuracy and validation AUC per epoch (written after every epoch)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(14, 4), dpi=100)
     epochs = [h.epoch for h in history]
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_acc, ax_auc = fig.subplots(1, 3)
     ax_loss.plot(epochs, [h.train_loss for h in history], marker="o", label="train")
     ax_loss.plot(epochs, [h.val_loss for h in history], marker="o", label="validation")
     ax_loss.set_title("loss")
     ax_acc.plot(epochs, [h.train_acc for h in history], marker="o", label="train")
     ax_acc.plot(epochs, [h.val_acc for h in history], marker="o", label="validation")
     ax_acc.set_title("accuracy")
-    for ax in (ax_loss, ax_acc):
+    aucs = [(h.epoch, h.val_auc) for h in history if h.val_auc is not None]
+    ax_auc.plot([e for e, _ in aucs], [a for _, a in aucs], marker="o", label="validation")
+    ax_auc.set_title("ROC AUC")
+    for ax in (ax_loss, ax_acc, ax_auc):
         ax.set_xlabel("epoch")
         ax.legend()
     return fig
