@@ -241,3 +241,35 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
         ys, xs = np.nonzero(crop[..., 0] > 100)
         (kx, ky), *_ = crop_keypoints(frame.shape[:2], box, [point] * 6, policy, 128)
         assert abs(xs.mean() - kx) < 1.5 and abs(ys.mean() - ky) < 1.5, policy
+
+
+def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(
+    site: Path, tmp_path: Path, settings, capsys
+):
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "RUNS_DIR": tmp_path / "runs",
+                           "CROPS_CACHE_DIR": tmp_path / "crops"}  # fmt: skip
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, originals=True)
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
+                 "--batch-size", "4", "--paired", "--precision", "fp32", "--time-budget", "60",
+                 "--export", str(site), "--crop", "square:0.05:-0.06")  # fmt: skip
+    run = tmp_path / "runs" / "toy_b"
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["paired"] is True and run_info["precision"] == "fp32"
+    assert run_info["status"] == "finished" and run_info["config"]["time_budget"] == 60
+    assert len(list((tmp_path / "crops").glob("crops-*.npz"))) == 2  # train and val decoded once
+    manifest = read_manifest(site, "toy_b")
+    assert manifest.crop == {"kind": "square", "margin": 0.05, "shift": -0.06}
+    assert manifest.provenance["training"]["precision"] == "fp32"
+    assert manifest.metrics["ece"] >= 0
+    # Resuming a finished run trains no further.
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
+                 "--batch-size", "4", "--paired", "--precision", "fp32", "--resume")  # fmt: skip
+    assert len(json.loads((run / "log.json").read_text())) == 1
+
+
+def test_train_detector_refuses_a_malformed_crop(site: Path, tmp_path: Path):
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4)
+    with pytest.raises(CommandError, match="crop policy"):
+        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
+                     str(tmp_path / "run"), "--epochs", "1", "--export", str(site),
+                     "--crop", "oval:0.1")  # fmt: skip
