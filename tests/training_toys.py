@@ -103,7 +103,36 @@ BRIGHTNESS = MemberSpec(
     std=(1.0, 1.0, 1.0),
 )
 
+
+class DropNet(nn.Module):
+    """A toy with BatchNorm and dropout: its training steps use the torch RNG
+    and running statistics, as ResNet-50's do (resume tests need both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Linear(8, 1))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.pool(self.features(x)).flatten(1))
+        return out
+
+
+DROPNET = MemberSpec(
+    name="toy_drop",
+    build=DropNet,
+    crop=CropPolicy("square", margin=0.2),
+    input_size=32,
+    gradcam_layer="features.2",
+    description="BatchNorm and dropout toy, tests only",
+)
+
 REGISTRY = Registry()
+REGISTRY.register(DROPNET)
 REGISTRY.register(tiny_spec("toy_a", 32))
 REGISTRY.register(tiny_spec("toy_b", 24))
 REGISTRY.register(BRIGHTNESS)

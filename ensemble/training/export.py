@@ -99,6 +99,21 @@ def _auc(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]) -> fl
     return binary_metrics(calibrate(logits, 1.0), labels).auc
 
 
+def _installed_crop(weights_dir: Path, spec: MemberSpec) -> CropPolicy | None:
+    """The crop policy the member installed in ``weights_dir`` records, if any:
+    a re-export without ``crop`` keeps it (the framing belongs to the data)."""
+    from ensemble.errors import WeightsError
+
+    try:
+        manifest = read_manifest(weights_dir, spec.name)
+    except WeightsError:
+        return None
+    if manifest.crop is None:
+        return None
+    logger.info("keeping the installed crop policy %s of %s", dict(manifest.crop), spec.name)
+    return manifest.crop_policy(spec.crop)
+
+
 def export_run(
     run_dir: Path,
     spec: MemberSpec,
@@ -113,7 +128,8 @@ def export_run(
     """Calibrate, choose the precision and install ``run_dir``'s best model.
 
     ``crop`` is the face crop analysis must cut for these weights (the
-    framing of the training crops; None: the registry's policy)."""
+    framing of the training crops); None keeps the policy of the member
+    installed in ``weights_dir``, if it records one, else the registry's."""
     model, size = load_best(run_dir, spec)
     run_info: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
@@ -126,6 +142,8 @@ def export_run(
     samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
     if not samples:
         raise ExportError(f"{data} has no validation samples to calibrate on")
+    if crop is None:
+        crop = _installed_crop(weights_dir, spec)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     logits32, labels = _logits(model, samples, spec, size)
     auc: dict[str, float | None] = {"fp32": _auc(logits32, labels)}

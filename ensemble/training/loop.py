@@ -29,6 +29,7 @@ import logging
 import math
 import subprocess
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -182,21 +183,37 @@ class CropStore:
         self.index = {p: i for i, p in enumerate(paths)}
         cache = self._cache_path(paths, size, cache_dir, digest)
         if cache is not None and cache.is_file():
-            with np.load(cache) as stored:
-                pixels, shapes = stored["pixels"], stored["shapes"]
-            if pixels.shape == (len(paths), size, size, 3) and pixels.dtype == np.uint8:
-                self.pixels: npt.NDArray[np.uint8] = pixels
-                self.shapes: npt.NDArray[np.int64] = shapes
-                logger.info("read %d decoded crops from %s", len(paths), cache)
-                return
-            logger.warning("ignoring %s: shape %s does not fit this run", cache, pixels.shape)
+            try:
+                with np.load(cache) as stored:
+                    pixels, shapes = stored["pixels"], stored["shapes"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                logger.warning("ignoring the unreadable crop cache %s (%s)", cache, e)
+            else:
+                if pixels.shape == (len(paths), size, size, 3) and pixels.dtype == np.uint8:
+                    self.pixels: npt.NDArray[np.uint8] = pixels
+                    self.shapes: npt.NDArray[np.int64] = shapes
+                    logger.info("read %d decoded crops from %s", len(paths), cache)
+                    return
+                logger.warning("ignoring %s: shape %s does not fit this run", cache, pixels.shape)
         self.pixels, self.shapes = self._decode(paths, size, progress)
         if cache is not None:
+            self._write_cache(cache)
+
+    def _write_cache(self, cache: Path) -> None:
+        """Best effort: a cache that cannot be written only costs decoding next time."""
+        import os
+        import uuid
+
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")
+        try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.stem + ".tmp.npz")
             np.savez(tmp, pixels=self.pixels, shapes=self.shapes)
             tmp.replace(cache)
-            logger.info("cached %d decoded crops in %s", len(paths), cache)
+        except OSError as e:
+            logger.warning("could not cache decoded crops in %s (%s)", cache, e)
+            tmp.unlink(missing_ok=True)
+            return
+        logger.info("cached %d decoded crops in %s", len(self.pixels), cache)
 
     @staticmethod
     def _cache_path(
@@ -405,6 +422,9 @@ def epoch_plan(
     """
     if not paired:
         order = BalancedSampler([s.label for s in samples], seed).draw(epoch)
+        if len(order) % batch_size == 1 and len(order) > 1:
+            # A batch of one cannot train a BatchNorm layer; leave that sample out.
+            order = order[:-1]
         batches = []
         for start in range(0, len(order), batch_size):
             chunk = tuple(order[start : start + batch_size])
@@ -685,8 +705,13 @@ class _StopSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        logger.warning("signal %d: stopping after this step", signum)
+        import signal
+
+        logger.warning("signal %d: stopping after this step (again to stop at once)", signum)
         self.received = signum
+        # A second signal gets the handler there was before (Ctrl-C twice aborts).
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def __exit__(self, *exc: object) -> None:
         import signal
@@ -741,6 +766,13 @@ def train(
         )
     if len({s.label for s in train_samples}) < 2 and recipe.sbi_prob == 0:
         raise TrainingError("the training split holds one class only; add data or use --sbi")
+    if paired and not any(s.label == 1 for s in train_samples):
+        raise TrainingError("paired batches need fake training crops; train with --no-paired")
+    if paired and recipe.sbi_prob > 0:
+        raise TrainingError(
+            "SBI would turn the real crop of a real/fake pair into a pseudo-fake; "
+            "use --sbi with --no-paired"
+        )
     if detect is not None and (recipe.sbi_prob > 0 or recipe.blackout_prob > 0):
         train_samples = attach_keypoints(train_samples, detect, out / "keypoints.json")
 
@@ -799,6 +831,11 @@ def train(
     history: list[EpochLog] = []
     trained_seconds = 0.0
     images_seen = 0  # in finished epochs
+    if not config.resume and (out / LAST).is_file():
+        raise TrainingError(
+            f"{out / LAST} holds a run already: continue it with --resume, or train into "
+            "another --out (or delete that folder)"
+        )
     if config.resume:
         last = out / LAST
         if not last.is_file():
@@ -890,6 +927,8 @@ def train(
     status = "early-stopped" if stopped_early else "finished"
     interrupted = False
     last_saved = clock()
+    slowest = 0.0  # seconds of the slowest training step so far (the budget's margin)
+    validating = 0.0  # seconds the last validation and epoch checkpoint took
     with _StopSignal() as stop_signal:
         epoch = start_epoch
         while not stopped_early and epoch < recipe.epochs:
@@ -902,7 +941,6 @@ def train(
                 disable=not progress, leave=False,
             )  # fmt: skip
             step_started = clock()
-            slowest = 0.0
             while done_steps < len(plan):
                 batch = plan[done_steps]
                 x, y = train_ds.batch(batch.indices, batch.slots, batch.aug_keys)
@@ -930,25 +968,30 @@ def train(
                 sums[3] += now - step_started
                 slowest = max(slowest, now - step_started)
                 step_started = now
-                out_of_time = budget is not None and (now - began) + slowest > budget
+                # The margin: the slowest step, plus this epoch's validation
+                # when the epoch is about to end.
+                margin = slowest + (validating if done_steps == len(plan) else 0.0)
+                out_of_time = budget is not None and (now - began) + margin > budget
                 if stop_signal.received is not None or out_of_time:
-                    if done_steps < len(plan):
-                        checkpoint(epoch, done_steps)
-                        _write_logs(out, history, info("interrupted"))
-                        interrupted = True
-                        logger.info(
-                            "%s: %s; checkpoint at epoch %d, batch %d/%d (resume with --resume)",
-                            spec.name, "time budget reached" if out_of_time else "signal",
-                            epoch + 1, done_steps, len(plan),
-                        )  # fmt: skip
+                    # At the epoch's last batch too: a resumed run then
+                    # validates the epoch from the restored sums.
+                    checkpoint(epoch, done_steps)
+                    _write_logs(out, history, info("interrupted"))
+                    interrupted = True
+                    logger.info(
+                        "%s: %s; checkpoint at epoch %d, batch %d/%d (resume with --resume)",
+                        spec.name, "time budget reached" if out_of_time else "signal",
+                        epoch + 1, done_steps, len(plan),
+                    )  # fmt: skip
                     break
                 if now - last_saved >= every and done_steps < len(plan):
                     checkpoint(epoch, done_steps)
                     _write_logs(out, history, info("running"))
-                    last_saved = clock()
+                    last_saved = step_started = clock()
             bar.close()
             if interrupted:
                 break
+            validation_started = clock()
 
             evaluated = ema.model if ema is not None else model
             val_logits, val_labels = predict(evaluated, val_loader, device, precision == "bf16")
@@ -980,14 +1023,19 @@ def train(
             epoch, done_steps, sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             checkpoint(epoch, 0)
             last_saved = clock()
+            validating = last_saved - validation_started
             _write_logs(out, history, info("early-stopped" if stopped_early else "running"))
             if on_epoch is not None:
                 on_epoch(row)
             if stopped_early:
                 status = "early-stopped"
                 logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
-            if stop_signal.received is not None:
+            work_left = not stopped_early and epoch < recipe.epochs
+            # Another epoch's first step must fit in the budget as well.
+            out_of_time = budget is not None and (last_saved - began) + slowest > budget
+            if work_left and (stop_signal.received is not None or out_of_time):
                 interrupted = True
+                logger.info("%s: stopped after epoch %d (resume with --resume)", spec.name, epoch)
                 break
     if interrupted:
         status = "interrupted"

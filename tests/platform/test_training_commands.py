@@ -34,6 +34,9 @@ def site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
         "CACHE_DIR": blazeface_cache,
         "MEMBERS": ("bright",),
         "FRAMES": 4,
+        # Never the real ~/.cache/trusttrace of the machine running the tests.
+        "RUNS_DIR": tmp_path / "runs",
+        "CROPS_CACHE_DIR": tmp_path / "crops",
     }
     with override_settings(TRUSTTRACE=trusttrace):
         yield weights
@@ -243,11 +246,7 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
         assert abs(xs.mean() - kx) < 1.5 and abs(ys.mean() - ky) < 1.5, policy
 
 
-def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(
-    site: Path, tmp_path: Path, settings, capsys
-):
-    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "RUNS_DIR": tmp_path / "runs",
-                           "CROPS_CACHE_DIR": tmp_path / "crops"}  # fmt: skip
+def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(site: Path, tmp_path: Path):
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, originals=True)
     call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
                  "--batch-size", "4", "--paired", "--precision", "fp32", "--time-budget", "60",
@@ -261,15 +260,34 @@ def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(
     assert manifest.crop == {"kind": "square", "margin": 0.05, "shift": -0.06}
     assert manifest.provenance["training"]["precision"] == "fp32"
     assert manifest.metrics["ece"] >= 0
-    # Resuming a finished run trains no further.
+    # Resuming a finished run trains no further; a new run may not overwrite it.
     call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
                  "--batch-size", "4", "--paired", "--precision", "fp32", "--resume")  # fmt: skip
     assert len(json.loads((run / "log.json").read_text())) == 1
+    with pytest.raises(CommandError, match="--resume"):
+        call_command("train_detector", "--member", "toy_b", "--data", str(data))
+    # A re-export without --crop keeps the installed crop.
+    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--export-only",
+                 "--export", str(site))  # fmt: skip
+    assert read_manifest(site, "toy_b").crop == {"kind": "square", "margin": 0.05, "shift": -0.06}
 
 
-def test_train_detector_refuses_a_malformed_crop(site: Path, tmp_path: Path):
+def test_train_detector_refuses_a_malformed_crop_before_training(site: Path, tmp_path: Path):
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4)
+    run = tmp_path / "run"
     with pytest.raises(CommandError, match="crop policy"):
         call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
-                     str(tmp_path / "run"), "--epochs", "1", "--export", str(site),
+                     str(run), "--epochs", "1", "--export", str(site),
                      "--crop", "oval:0.1")  # fmt: skip
+    with pytest.raises(CommandError, match="--export"):
+        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
+                     str(run), "--epochs", "1", "--crop", "square:0.1")  # fmt: skip
+    assert not run.exists()
+
+
+def test_train_detector_init_from_missing_weights_says_so(site: Path, tmp_path: Path):
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4)
+    with pytest.raises(CommandError, match="toy_b"):
+        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
+                     str(tmp_path / "run"), "--epochs", "1",
+                     "--init-from", str(tmp_path / "nothing"))  # fmt: skip

@@ -413,21 +413,24 @@ class StepClock:
 def test_run_stopped_mid_epoch_resumes_to_the_same_weights(
     paired_dataset: Path, tmp_path: Path, how: str
 ):
-    settings = dict(epochs=2, batch_size=4, paired=True, ema_decay=0.9, blackout_prob=0.5,
-                    sbi_prob=0.3, checkpoint_minutes=2.0)  # fmt: skip
-    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), SPEC,
+    settings: dict = dict(epochs=2, batch_size=4, paired=True, ema_decay=0.9, blackout_prob=0.5,
+                          checkpoint_minutes=2.0)  # fmt: skip
+    # BatchNorm and dropout: the steps use running statistics and the torch RNG.
+    spec = REGISTRY.get("toy_drop")
+    settings["member"] = spec.name
+    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), spec,
                   progress=False, clock=StepClock())  # fmt: skip
     cut_config = _config(paired_dataset, tmp_path / "cut", **settings)
     if how == "time budget":
-        cut = train(replace(cut_config, time_budget=4.0), SPEC, progress=False, clock=StepClock())
+        cut = train(replace(cut_config, time_budget=4.0), spec, progress=False, clock=StepClock())
     else:
-        cut = train(cut_config, SPEC, progress=False, clock=StepClock(signal_at=5))
+        cut = train(cut_config, spec, progress=False, clock=StepClock(signal_at=5))
     assert cut.interrupted and not cut.history
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and 0 < ckpt["step"] < 6
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
 
-    resumed = train(replace(cut_config, resume=True), SPEC, progress=False, clock=StepClock())
+    resumed = train(replace(cut_config, resume=True), spec, progress=False, clock=StepClock())
     assert not resumed.interrupted and [h.epoch for h in resumed.history] == [1, 2]
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert (a.train_loss, a.train_acc, a.val_loss) == (b.train_loss, b.train_acc, b.val_loss)
@@ -470,3 +473,55 @@ def test_new_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path)
     assert again.history[0].val_auc == pytest.approx(first["val_auc"], abs=0.05)
     fresh = train(_config(dataset, tmp_path / "fresh", epochs=1, lr=1e-12), SPEC, progress=False)
     assert fresh.history[0].val_loss != again.history[0].val_loss
+
+
+def test_run_stopped_after_an_epoch_s_last_batch_validates_that_epoch_on_resume(
+    paired_dataset: Path, tmp_path: Path
+):
+    spec = REGISTRY.get("toy_drop")
+    settings: dict = dict(member=spec.name, epochs=2, batch_size=4, paired=True,
+                          checkpoint_minutes=100.0)  # fmt: skip
+    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), spec,
+                  progress=False, clock=StepClock())  # fmt: skip
+    # One clock reading a minute: the sixth and last batch of epoch 1 ends
+    # 8 minutes in; with the slowest step as margin, a budget of 8.5 minutes
+    # stops there, before validating.
+    cut_config = _config(paired_dataset, tmp_path / "cut", **settings)
+    cut = train(replace(cut_config, time_budget=8.5), spec, progress=False, clock=StepClock())
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert cut.interrupted and not cut.history and (ckpt["epoch"], ckpt["step"]) == (0, 6)
+    resumed = train(replace(cut_config, resume=True), spec, progress=False, clock=StepClock())
+    assert [(h.train_loss, h.val_loss) for h in resumed.history] == [
+        (h.train_loss, h.val_loss) for h in whole.history
+    ]
+
+
+def test_paired_batches_refuse_sbi_and_data_without_fakes(paired_dataset: Path, tmp_path: Path):
+    with pytest.raises(TrainingError, match="SBI"):
+        train(_config(paired_dataset, tmp_path / "a", paired=True, sbi_prob=0.3), SPEC,
+              progress=False)  # fmt: skip
+    reals = tmp_path / "reals"
+    write_dataset(reals)
+    rows = (reals / "metadata.csv").read_text().splitlines()
+    (reals / "metadata.csv").write_text(
+        "\n".join([rows[0]] + [r for r in rows[1:] if ",REAL," in r]) + "\n"
+    )
+    with pytest.raises(TrainingError, match="fake"):
+        train(_config(reals, tmp_path / "b", paired=True, sbi_prob=0.3), SPEC, progress=False)
+
+
+def test_a_new_run_never_overwrites_a_run_folder_with_a_checkpoint(dataset: Path, tmp_path: Path):
+    train(_config(dataset, tmp_path, epochs=1), SPEC, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(dataset, tmp_path, epochs=1), SPEC, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_an_unreadable_crop_cache_is_decoded_again(dataset: Path, tmp_path: Path):
+    paths = [s.path for s in select(load_samples(dataset), "val")]
+    first = CropStore(paths, 16, cache_dir=tmp_path, digest="cd" * 32)
+    (cache,) = tmp_path.glob("*.npz")
+    cache.write_bytes(b"not a zip")
+    again = CropStore(paths, 16, cache_dir=tmp_path, digest="cd" * 32)
+    assert np.array_equal(again.pixels, first.pixels)

@@ -60,7 +60,11 @@ class Command(BaseCommand):
             "--val-limit", type=int,
             help="at most N validation samples (export: the run's own limit by default)",
         )  # fmt: skip
-        parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+        parser.add_argument(
+            "--workers", type=int, default=0,
+            help="validation data loader processes (training batches are built in-process "
+            "from the in-memory crops)",
+        )  # fmt: skip
         parser.add_argument("--no-augment", action="store_true")
         parser.add_argument(
             "--no-keypoints", action="store_true",
@@ -108,7 +112,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_registry
         from ensemble.crops import CropPolicy
-        from ensemble.errors import RegistryError
+        from ensemble.errors import RegistryError, WeightsError
         from ensemble.training.data import DatasetError, blazeface_keypoints
         from ensemble.training.export import ExportError, export_run
         from ensemble.training.loop import TrainConfig, TrainingError, resolve_recipe, train
@@ -119,6 +123,17 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from e
         command = _command_line(o)
         o["out"] = o["out"] or _settings("RUNS_DIR") / spec.name
+        # Checked before hours of training, not after.
+        crop = None
+        if o["crop"]:
+            if not (o["export"] or o["export_only"]):
+                raise CommandError(
+                    "--crop names the crop of exported weights: use it with --export"
+                )
+            try:
+                crop = CropPolicy.parse(o["crop"])
+            except ValueError as e:
+                raise CommandError(str(e)) from e
         try:
             if not o["export_only"]:
                 config = TrainConfig(
@@ -160,14 +175,14 @@ class Command(BaseCommand):
                 report = export_run(
                     o["out"], spec, o["export"], data=o["data"], description=o["description"],
                     val_limit=o["val_limit"],
-                    crop=CropPolicy.parse(o["crop"]) if o["crop"] else None,
+                    crop=crop,
                 )  # fmt: skip
                 self.stdout.write(
                     f"Exported {spec.name} to {o['export'] / spec.name} as {report.quantization} "
                     f"(temperature {report.temperature:.3f}, threshold {report.threshold:.3f}, "
                     f"val AUC fp32/int8/fp16 {report.auc})"
                 )
-        except (DatasetError, TrainingError, ExportError, ValueError) as e:
+        except (DatasetError, TrainingError, ExportError, WeightsError, ValueError) as e:
             raise CommandError(str(e)) from e
 
     @staticmethod
