@@ -1,20 +1,24 @@
 """One training loop for every member.
 
-``train(config, spec)`` reads the dataset, builds the member's architecture,
-and trains it with the recipe's settings: AdamW, warm-up then cosine
-schedule, label smoothing, drop path (where the architecture has it), an
-optional EMA of the weights, bf16 autocast and channels_last on CUDA (plain
-fp32 on CPU), balanced sampling, validation every epoch and early stopping on
-validation log loss.
+``train(config, spec)`` reads the dataset, decodes every crop once into
+memory at the training size (:class:`CropStore`, cached on disk), builds the
+member's architecture, and trains it with the recipe's settings: AdamW,
+warm-up then cosine schedule, label smoothing, drop path and dropout (where
+the architecture has them), an optional EMA of the weights, bf16 autocast
+where the hardware computes bf16 (CUDA, or a CPU with AMX / AVX-512 BF16;
+fp32 elsewhere) with channels_last everywhere, paired real/fake batches or
+balanced sampling, validation every epoch and early stopping on validation
+log loss.
 
-Reproducibility: every random choice about a sample (which samples an epoch
-draws, its augmentation, SBI, blackout) is drawn from a generator seeded by
-``(seed, epoch, index)``, so it does not depend on worker scheduling or on
-whether the run was resumed. The checkpoint ``last.pt`` holds the model,
-optimizer, scheduler, EMA, torch RNG state, epoch, early-stopping state and
-history, so a resumed run continues exactly where the interrupted one
-stopped. ``run.json`` records the command, the data digest, the code version
-and every setting.
+Runs span sessions: ``time_budget`` stops cleanly, ``last.pt`` is written at
+least every ``checkpoint_minutes`` and at every epoch's end, SIGTERM/SIGINT
+stop after the current step, and ``resume`` continues mid-epoch exactly. The
+batches of an epoch are a function of ``(seed, epoch)`` (:func:`epoch_plan`),
+every random choice about a sample (SBI, blackout, augmentation) of
+``(seed, epoch, slot)``, and the checkpoint holds the model, optimizer,
+scheduler, EMA, torch RNG state, the batch reached, the epoch's running sums,
+early-stopping state and history. ``run.json`` records the command, the data
+digest, the code version, every setting and the measured throughput.
 
 Outputs in ``out``: ``last.pt``, ``best.pt`` (weights as evaluated: the EMA's
 when EMA is on), ``val_predictions.csv`` (best epoch), ``log.csv``,
