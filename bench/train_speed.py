@@ -10,7 +10,7 @@ init and random inputs, which cost the same as real ones):
 - ``bf16``: bf16 autocast and channels_last (what ``--precision auto`` picks
   on a CPU with AMX or AVX-512 BF16, see ``ensemble.training.loop``);
 - ``bf16-compile``: the same under ``torch.compile`` (compile time reported
-  apart and not counted in img/s).
+  apart, with the two warm-up steps, and not counted in img/s).
 
 The data side is measured too: crops per second read from JPEG files
 (decode and resize per step, as before) and from the in-memory crop store,
@@ -94,7 +94,7 @@ def step_speed(
         "steps": steps,
         "img_per_s": round(batch / median, 2),
         "step_s_median": round(median, 3),
-        "compile_s": compile_s,
+        "compile_and_warmup_s": compile_s,
     }
 
 
