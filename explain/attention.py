@@ -73,3 +73,29 @@ def attention_maps(
         ).astype(np.float32)
         for a in raw[:, 0]
     ]
+
+
+def attention_spread(
+    attention: npt.NDArray[np.floating], top_share: float = 0.1
+) -> dict[str, float]:
+    """How concentrated one attention map is (the raw ``[h, w]`` map, before upsampling).
+
+    - ``entropy``: the Shannon entropy of the map normalised to sum to one,
+      divided by ``log(h * w)``: 1.0 for a uniform map (attends to nothing in
+      particular), 0.0 for a single pixel (explains nothing either);
+    - ``top_mass``: the share of the map's total in its ``top_share`` highest
+      pixels (``top_share`` itself for a uniform map, 1.0 for a few pixels);
+    - ``mean`` and ``range``: of the sigmoid values themselves.
+    """
+    a = np.asarray(attention, dtype=np.float64).ravel()
+    if a.size < 2 or not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError("an attention map of at least two finite, non-negative values is needed")
+    total = a.sum()
+    if total <= 0:
+        return {"entropy": 0.0, "top_mass": 1.0, "mean": 0.0, "range": 0.0}
+    p = a / total
+    nz = p[p > 0]
+    entropy = float(-(nz * np.log(nz)).sum() / np.log(a.size))
+    k = max(1, round(top_share * a.size))
+    top = float(np.sort(p)[-k:].sum())
+    return {"entropy": entropy, "top_mass": top, "mean": float(a.mean()), "range": float(np.ptp(a))}

@@ -148,16 +148,36 @@ def export_run(
     logits32, labels = _logits(model, samples, spec, size)
     auc: dict[str, float | None] = {"fp32": _auc(logits32, labels)}
     measured: dict[str, npt.NDArray[np.float64]] = {}
+    transferred_int8 = (run_info.get("transfer") or {}).get("quantization") == "int8"
     for quant in ("int8", "fp16"):
+        if transferred_int8:
+            # Weights that are int8 already round to themselves (max |w| of
+            # each channel is 127 steps): the same logits, not worth a pass;
+            # fp16 is measured below only if int8 is refused.
+            if quant == "int8":
+                measured[quant], auc[quant] = logits32, auc["fp32"]
+            continue
         model.load_state_dict(roundtrip(state, quant))
         measured[quant], _ = _logits(model, samples, spec, size)
         auc[quant] = _auc(measured[quant], labels)
     ref = auc["fp32"]
+    transfer = run_info.get("transfer") or {}
+    if transfer.get("quantization") == "int8":
+        # The weights came back from a lent machine already rounded to int8
+        # (ensemble.training.gpu), so "fp32" above is the int8 model again:
+        # the reference is the full-precision AUC measured there, before the
+        # rounding.
+        ref = (transfer.get("val_full_precision") or {}).get("auc")
+        auc["fp32_before_transfer"] = ref
     int8_auc = auc["int8"]
     keep_int8 = (ref is None and int8_auc is None) or (
         ref is not None and int8_auc is not None and abs(ref - int8_auc) <= AUC_TOLERANCE
     )
     quant = "int8" if keep_int8 else "fp16"
+    if quant not in measured:
+        model.load_state_dict(roundtrip(state, quant))
+        measured[quant], _ = _logits(model, samples, spec, size)
+        auc[quant] = _auc(measured[quant], labels)
     logits = measured[quant]
     temperature = fit_temperature(logits, labels)
     probs = calibrate(logits, temperature)
@@ -188,6 +208,7 @@ def export_run(
                     "images_seen",
                     "trained_seconds",
                     "images_per_second",
+                    "transfer",
                 )
             },
             "calibrated": True,

@@ -62,6 +62,7 @@ from ensemble.registry import REGISTRY, MemberSpec
 from ensemble.training import augment as aug
 from ensemble.training.data import Sample, load_samples, read_rgb, resize_to, select
 from ensemble.training.loop import (
+    Ema,
     TrainingError,
     _param_groups,
     apply_drop_path,
@@ -81,7 +82,6 @@ MAX_TRANSFER_FILE = 15 * 1024 * 1024
 EVAL_BATCH = 256
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-EMA_WARMUP = 10
 # A pair whose SSIM difference marks more than this share of the crop is not
 # the same frame (the map then shows the scene moving, not the manipulation):
 # no blackout for it. The CPU blackout aligns such pairs by their keypoints.
@@ -254,18 +254,24 @@ def draw_augmentation(
 
 
 class JpegCodec:
-    """JPEG round trip on the device with torchvision's nvJPEG bindings; if
-    they are missing or fail, JPEG augmentation is switched off (logged once)."""
+    """JPEG round trip with torchvision (nvJPEG for CUDA tensors, libjpeg on
+    the CPU); if that is missing or fails, JPEG augmentation is switched off
+    for the rest of the run, and ``note`` says why."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.enabled = device.type == "cuda"
-        self.note = "" if self.enabled else "no JPEG augmentation on a non-CUDA device"
+    def __init__(self) -> None:
+        self.enabled = True
+        self.note = ""
 
     def __call__(self, images: Tensor, quality: int) -> Tensor:
         if not self.enabled or images.shape[0] == 0:
             return images
         try:
+            import warnings
+
             from torchvision.io import decode_jpeg, encode_jpeg
+
+            # torchvision 0.29 deprecates its image codecs (for TorchCodec); they still work.
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
 
             encoded = encode_jpeg(list(images.contiguous().unbind(0)), quality=quality)
             # decode_jpeg reads the bytes from host memory.
@@ -324,8 +330,10 @@ def apply_augmentation(
     x = (x - mean) * colour[:, 1, None, None, None] + mean
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
     x = (x - grey) * colour[:, 2, None, None, None] + grey
-    std = draw.noise[which]
-    x = x + torch.randn(x.shape, generator=gen, device=device) * std[:, None, None, None]
+    # One noise pattern per pair, as one seed per pair gives the CPU pipeline.
+    # (The first H200 run, at 29c518d, drew it per image.)
+    noise = torch.randn((draw.n, *x.shape[1:]), generator=gen, device=device)
+    x = x + noise[which] * draw.noise[which][:, None, None, None]
     sel = draw.blur[which]
     if sel.any():
         x[sel] = _blur(x[sel], draw.blur_sigma)
@@ -407,25 +415,20 @@ def apply_blackout(fakes: Tensor, reals: Tensor, draw: AugDraw) -> tuple[Tensor,
 # --- Models and their state ---------------------------------------------------
 
 
-class FastEma:
-    """EMA of a model's floating-point state with fused (foreach) updates;
-    the decay warms up as ``min(decay, (1 + n) / (EMA_WARMUP + n))``."""
+class FastEma(Ema):
+    """The loop's EMA (same decay warm-up) with fused (foreach) updates: one
+    kernel for all floating-point tensors instead of one per tensor."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
-        self.decay = decay
-        self.updates = 0
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        super().__init__(model, decay)
         src, dst = model.state_dict(), self.model.state_dict()
         self._float = [(dst[k], src[k]) for k in src if src[k].is_floating_point()]
         self._other = [(dst[k], src[k]) for k in src if not src[k].is_floating_point()]
 
     @torch.no_grad()
-    def update(self) -> None:
-        d = min(self.decay, (1 + self.updates) / (EMA_WARMUP + self.updates))
+    def update(self, model: nn.Module | None = None) -> None:
+        """Average in the model given at construction (``model`` is ignored)."""
+        d = self.current_decay()
         self.updates += 1
         dst = [t for t, _ in self._float]
         torch._foreach_mul_(dst, d)
@@ -557,9 +560,12 @@ def train_gpu(
     """Train ``spec`` on ``data`` (see the module docstring); returns run.json's content."""
     recipe = recipe or gpu_recipe(spec)
     dev = torch.device(device)
-    bf16 = dev.type == "cuda" or device == "cpu-bf16"
+    bf16 = dev.type == "cuda"
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        # No cuDNN autotuning: EfficientNets have dozens of distinct convolution
+        # shapes, and with three runs sharing an H200 their first step took
+        # about 70 s of tuning (a whole smoke run's budget).
+        torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
@@ -590,7 +596,7 @@ def train_gpu(
 
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
-    jpeg = JpegCodec(dev)
+    jpeg = JpegCodec()
     seen = 0
     step = 0
     epoch = 0
@@ -654,7 +660,7 @@ def train_gpu(
                 logits = t.model(x).float().flatten()
             loss = F.binary_cross_entropy_with_logits(logits, targets)
             t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if recipe.grad_clip:
                 nn.utils.clip_grad_norm_(t.model.parameters(), recipe.grad_clip)
             t.optimizer.step()
@@ -757,7 +763,11 @@ def _finish(
 
 
 def unpack(
-    transfer: Path, out: Path, run_json: Path | None = None, spec: MemberSpec | None = None
+    transfer: Path,
+    out: Path,
+    run_json: Path | None = None,
+    spec: MemberSpec | None = None,
+    data: Path | None = None,
 ) -> Path:
     """A run folder (``best.pt``, ``run.json``) from a transfer folder, for
     ``train_detector --export-only``. Keys left out of the transfer are taken
@@ -794,6 +804,11 @@ def unpack(
     run_info: dict[str, Any] = {}
     if run_json is not None and run_json.is_file():
         run_info = json.loads(run_json.read_text(encoding="utf-8"))
+    if data is not None:
+        from ensemble.training.data import data_digest
+
+        samples = load_samples(data)
+        run_info["data_digest"] = data_digest(select(samples, "train") + select(samples, "val"))
     run_info["transfer"] = {
         "quantization": info["quantization"],
         "variant": info.get("variant"),
@@ -940,6 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     u = sub.add_parser("unpack", help="a transfer folder back into a run folder")
     u.add_argument("--transfer", type=Path, required=True)
     u.add_argument("--run-json", type=Path)
+    u.add_argument("--data", type=Path, help="the dataset, to record its digest")
     u.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("session", help="one call on a lent machine (see session())")
     s.add_argument("--zips", type=Path, required=True)
@@ -970,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_mib=args.max_mib,
         )  # fmt: skip
     elif args.verb == "unpack":
-        print(unpack(args.transfer, args.out, args.run_json))  # noqa: T201 (a CLI's answer)
+        print(unpack(args.transfer, args.out, args.run_json, data=args.data))  # noqa: T201 (a CLI's answer)
     else:
         for path in collect(
             args.source, args.dest, args.sent, int(args.max_mib * 2**20), args.max_files
