@@ -132,6 +132,11 @@ def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
     # Video a is the only real: its pipeline score decides the confusion row.
     called_fake = analyzed["score"] >= 0.5
     assert result["ensemble"]["confusion"][0] == [int(not called_fake), int(called_fake)]
+    # Each video analysed gets its row: score, verdict and the members' scores.
+    assert [v["file"] for v in result["videos"]] == ["a.mp4", "b.mp4"]
+    first = result["videos"][0]
+    assert first["label"] == "real" and first["score"] == pytest.approx(analyzed["score"])
+    assert first["verdict"] == analyzed["verdict"] and set(first["members"]) == {"bright"}
 
 
 def test_evaluate_json_to_stdout_is_json_alone(site: Path, tmp_path: Path, capsys):

@@ -100,8 +100,10 @@ class Command(BaseCommand):
             if o["faces"]:
                 probs, labels = self._faces(config, registry, o)
             else:
-                probs, labels, ensemble_probs = self._videos(config, registry, o)
+                probs, labels, ensemble_probs, videos = self._videos(config, registry, o)
             result = report(probs, labels, threshold, ensemble_probs)
+            if o["videos"]:
+                result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
             ens = ensemble_probs if ensemble_probs is not None else np.mean(list(probs.values()), 0)
             choice = choose_threshold(ens, labels)
@@ -124,6 +126,12 @@ class Command(BaseCommand):
                 f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, ECE {m['ece']:.4f}, "
                 f"accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, "
                 f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
+            )
+        for row in result.get("videos", []):
+            members = ", ".join(f"{k} {v:.3f}" for k, v in row["members"].items())
+            summary.write(
+                f"{row['file']} ({row['label']}): score {row['score']:.3f}, "
+                f"{row['verdict']} ({members})"
             )
         summary.write(
             f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {out}; "
@@ -180,7 +188,7 @@ class Command(BaseCommand):
 
     def _videos(
         self, config: Any, registry: Any, o: dict[str, Any]
-    ) -> tuple[dict[str, Any], Any, Any]:
+    ) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]]:
         from ensemble.pipeline import Analyzer
         from ensemble.training.data import parse_label
 
@@ -194,6 +202,7 @@ class Command(BaseCommand):
         probs: dict[str, list[float]] = {m: [] for m in config.members}
         labels: list[int] = []
         scores: list[float] = []
+        videos: list[dict[str, Any]] = []
         for row in rows[: o["limit"] or None]:
             path = o["videos"] / row["file"].strip()
             label = parse_label(row["label"], str(labels_path))
@@ -205,8 +214,19 @@ class Command(BaseCommand):
             scores.append(result.score)
             for m in config.members:
                 probs[m].append(result.members[m])
+            videos.append(
+                {
+                    "file": row["file"].strip(),
+                    "label": "fake" if label else "real",
+                    "score": result.score,
+                    "verdict": result.verdict,
+                    "threshold": result.threshold,
+                    "members": {m: result.members[m] for m in config.members},
+                }
+            )
         return (
             {k: np.asarray(v) for k, v in probs.items()},
             np.asarray(labels, dtype=np.float64),
             np.asarray(scores),
+            videos,
         )
