@@ -128,10 +128,10 @@ class Command(BaseCommand):
                 f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"
             )
         for row in result.get("videos", []):
-            members = ", ".join(f"{k} {v:.3f}" for k, v in row["members"].items())
+            by_member = ", ".join(f"{k} {v:.3f}" for k, v in row["members"].items())
             summary.write(
                 f"{row['file']} ({row['label']}): score {row['score']:.3f}, "
-                f"{row['verdict']} ({members})"
+                f"{row['verdict']} ({by_member})"
             )
         summary.write(
             f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {out}; "
