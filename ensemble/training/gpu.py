@@ -533,9 +533,17 @@ def schedule_factor(progress: float, warmup: float, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _build(spec: MemberSpec, recipe: GpuRecipe, device: torch.device, seed: int) -> nn.Module:
+def _build(
+    spec: MemberSpec, recipe: GpuRecipe, device: torch.device, seed: int,
+    init_from: Path | None = None,
+) -> nn.Module:  # fmt: skip
     torch.manual_seed(seed)
     model = spec.build()
+    if init_from is not None:
+        from ensemble.weights import load_model
+
+        model, manifest = load_model(spec, init_from)
+        logger.info("starting from %s (weights %s)", init_from, manifest.weights_sha256)
     if recipe.drop_path:
         apply_drop_path(model, recipe.drop_path)
     if recipe.head_dropout is not None:
@@ -555,9 +563,12 @@ def train_gpu(
     device: str = "cuda",
     compare_blackout: bool = False,
     workers: int = 4,
+    init_from: Path | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Train ``spec`` on ``data`` (see the module docstring); returns run.json's content."""
+    """Train ``spec`` on ``data`` (see the module docstring); returns run.json's
+    content. ``init_from`` is a weights folder whose installed member the run
+    starts from (hash-checked, as analysis loads it) instead of random weights."""
     recipe = recipe or gpu_recipe(spec)
     dev = torch.device(device)
     bf16 = dev.type == "cuda"
@@ -587,7 +598,7 @@ def train_gpu(
         else [("main", recipe.blackout_prob > 0)]
     )
     for name, blackout in variants:
-        model = _build(spec, recipe, dev, seed)
+        model = _build(spec, recipe, dev, seed, init_from)
         optimizer = torch.optim.AdamW(
             _param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999),
             fused=dev.type == "cuda",
@@ -692,7 +703,13 @@ def train_gpu(
         "n_pairs": n_pairs,
         "n_val": {"real": int((val.labels == 0).sum()), "fake": int((val.labels == 1).sum())},
         "recipe": {**asdict(recipe), "paired": True},
-        "config": {"seconds": seconds, "epochs": epochs, "seed": seed, "val_limit": None},
+        "config": {
+            "seconds": seconds,
+            "epochs": epochs,
+            "seed": seed,
+            "val_limit": None,
+            "init_from": str(init_from) if init_from else None,
+        },
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         "torch": torch.__version__,
         "precision": "bf16" if bf16 else "fp32",
@@ -879,6 +896,7 @@ def _present_rows_csv(data: Path) -> Path:
 def session(
     zips: Path, work: Path, dest: Path, *, seconds: float, members: Sequence[str],
     partial: bool = False, max_mib: float = 62.0, max_files: int = 8, device: str = "cuda",
+    init_from: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One call on a lent machine: unpack the uploaded dataset zips into
     ``work``, train ``members`` side by side (each in its own process; the B7
@@ -903,6 +921,8 @@ def session(
         ]  # fmt: skip
         if member == "effnet_b7":
             cmd.append("--compare-blackout")
+        if init_from is not None:
+            cmd += ["--init-from", str(init_from)]
         log = (work / "runs" / f"{member}.log").open("w")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 (our module)
         procs[member] = (proc, log)
@@ -952,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--device", default="cuda")
     t.add_argument("--workers", type=int, default=4)
     t.add_argument("--compare-blackout", action="store_true")
+    t.add_argument("--init-from", type=Path, help="start from this weights folder's member")
     u = sub.add_parser("unpack", help="a transfer folder back into a run folder")
     u.add_argument("--transfer", type=Path, required=True)
     u.add_argument("--run-json", type=Path)
@@ -966,6 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--partial", action="store_true")
     s.add_argument("--device", default="cuda")
     s.add_argument("--max-mib", type=float, default=62.0, help="room for transfers in DEST")
+    s.add_argument("--init-from", type=Path, help="weights folder the members start from")
     c = sub.add_parser("collect", help="copy what has not come back yet into OUT")
     c.add_argument("--source", type=Path, required=True)
     c.add_argument("--dest", type=Path, required=True)
@@ -978,12 +1000,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             REGISTRY.get(args.member), args.data, args.out, seconds=args.seconds,
             epochs=args.epochs, seed=args.seed, device=args.device,
             compare_blackout=args.compare_blackout, workers=args.workers,
+            init_from=args.init_from,
         )  # fmt: skip
     elif args.verb == "session":
         session(
             args.zips, args.work, args.dest, seconds=args.seconds,
             members=args.members.split(","), partial=args.partial, device=args.device,
-            max_mib=args.max_mib,
+            max_mib=args.max_mib, init_from=args.init_from,
         )  # fmt: skip
     elif args.verb == "unpack":
         print(unpack(args.transfer, args.out, args.run_json, data=args.data))  # noqa: T201 (a CLI's answer)

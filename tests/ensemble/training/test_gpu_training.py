@@ -292,3 +292,16 @@ def test_export_refuses_int8_against_the_transferred_reference(
     assert report.quantization == "fp16"
     assert report.auc["fp16"] is not None
     assert report.auc["fp32_before_transfer"] == pytest.approx(info["val_int8"]["auc"] - 0.2)
+
+
+def test_a_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path) -> None:
+    from ensemble.weights import save_weights
+
+    torch.manual_seed(7)
+    start = SPEC.build().state_dict()
+    save_weights(start, SPEC, tmp_path / "weights", quantization="fp32")
+    model = gpu._build(SPEC, RECIPE, CPU, seed=0, init_from=tmp_path / "weights")
+    for key, value in start.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    info = _train(dataset, tmp_path / "run", epochs=1.0, init_from=tmp_path / "weights")
+    assert info["config"]["init_from"] == str(tmp_path / "weights")
