@@ -5,7 +5,7 @@ in Python, a few hundred images a second at best: far below what one GPU
 trains. Here every crop of the dataset is decoded once into a single uint8
 tensor on the device, and batches are augmented there as whole tensors, with
 the probabilities and ranges of :mod:`ensemble.training.augment`: affine warp
-(``grid_sample``), JPEG (nvJPEG, where torchvision has it on the device),
+(``grid_sample``), JPEG (torchvision's codecs: nvJPEG on a CUDA device),
 downscale, horizontal flip, colour jitter, noise, blur and cutout. Batches are
 the loop's real/fake pairs (a fake beside the real it was made from, both
 under one draw of every augmentation). The B7's SSIM-mask guided blackout is
