@@ -148,7 +148,8 @@ def export_run(
     logits32, labels = _logits(model, samples, spec, size)
     auc: dict[str, float | None] = {"fp32": _auc(logits32, labels)}
     measured: dict[str, npt.NDArray[np.float64]] = {}
-    transferred_int8 = (run_info.get("transfer") or {}).get("quantization") == "int8"
+    transfer = run_info.get("transfer") or {}
+    transferred_int8 = transfer.get("quantization") == "int8"
     for quant in ("int8", "fp16"):
         if transferred_int8:
             # Weights that are int8 already round to themselves (max |w| of
@@ -161,8 +162,7 @@ def export_run(
         measured[quant], _ = _logits(model, samples, spec, size)
         auc[quant] = _auc(measured[quant], labels)
     ref = auc["fp32"]
-    transfer = run_info.get("transfer") or {}
-    if transfer.get("quantization") == "int8":
+    if transferred_int8:
         # The weights came back from a lent machine already rounded to int8
         # (ensemble.training.gpu), so "fp32" above is the int8 model again:
         # the reference is the full-precision AUC measured there, before the
