@@ -1,35 +1,43 @@
-"""Speed benchmark: seconds per video, naive path against the project's path.
+"""Speed benchmark: seconds per video on every backend, against the naive path.
 
-    python bench/speed.py --videos ../shared/media/videos --json var/bench.json
+    python bench/speed.py --videos ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
+        --json var/bench/speed.json
+    python bench/speed.py --table var/bench/speed.json   # the README's table
 
-In one run, on the same videos, with random-init members of the real
+In one run, on the same clip, with random-init members of the real
 architectures (speed does not depend on the weights):
 
 (a) naive: every frame decoded and converted to RGB, then N picked; BlazeFace
     run frame by frame in NCHW with every tile resized on its own; each member
     run eagerly in fp32 NCHW, one crop at a time, under no_grad;
-(b) optimized: ``ensemble.pipeline.analyze`` as shipped (key-frame seeking,
-    NONREF skipping, pyramid tiles, batches; members in ONNX Runtime on CPU,
-    exported once before timing, as a worker does once per weights version).
+(b) ``ensemble.pipeline.analyze`` as shipped (key-frame seeking, NONREF
+    skipping, pyramid tiles, batches) with the members on each backend and
+    precision in turn (``--backends``): torch fp32, ONNX Runtime fp32,
+    OpenVINO fp32 and bf16 (where the CPU has bf16 kernels). Each runs in a
+    fresh process, as a worker does: the members are installed (random
+    weights) and loaded with a cache folder, the first analysis after loading
+    is timed as "cold", then ``--repeats`` warm ones; the process's own
+    peak RSS is recorded. The shipped default (backend and precision
+    "auto") is a second process on the same cache, so its cold time is a
+    worker's first analysis after a restart, with the compiled models on
+    disk; it also times an image (the clip's first frame
+    with a face, as a PNG).
 
-Both paths run once untimed on the first video first (``--warmup``), so
-first-call setup (oneDNN kernels, allocator growth) is not counted.
+The naive path runs once untimed first (``--warmup``). Before timing, the
+CPU use of every other process is sampled: the JSON says whether the CPU was
+idle (``cpu.idle``), since two busy cores make every figure meaningless.
 
-``--precision int8`` makes (b) the opt-in int8 path: the members are
-installed with random weights, calibrated on the first video's faces (as
-``manage.py calibrate_int8`` does; counted in ``optimized_setup_s``, not in the
-per-video time) and loaded with ``precision="int8"``.
-
-It also times each member alone on the crops of the first video under several
-execution options, so the choice of the shipped one can be checked (``--int8``
-adds static int8 ONNX Runtime to that sweep). Prints a
-table and writes JSON with top level ``naive_s_per_video``,
-``optimized_s_per_video``, ``peak_rss_mb``, ``stages`` and ``members``.
+Also times each member alone on the crops of the clip under several
+execution options (``--skip-options`` skips it); ``--int8`` adds ONNX Runtime
+static int8 there, the quantized path the project shipped until OpenVINO
+bf16 beat it (README, "Speed"). Writes JSON with top level
+``naive``, ``backends``, ``default``, ``members`` and ``cpu``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -52,8 +60,9 @@ from ensemble.crops import crop_face  # noqa: E402
 from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views  # noqa: E402
 from ensemble.media import MediaLimits, list_media, sample_indices, sniff  # noqa: E402
 from ensemble.members import LoadedMember, load_member  # noqa: E402
-from ensemble.pipeline import analyze, analyze_with_data  # noqa: E402
+from ensemble.pipeline import analyze  # noqa: E402
 from ensemble.registry import REGISTRY  # noqa: E402
+from ensemble.runtime import cpu_has_bf16  # noqa: E402
 from ensemble.scoring import calibrate  # noqa: E402
 from ensemble.tracks import link_tracks  # noqa: E402
 
@@ -206,19 +215,27 @@ def member_options(
 
         guarded("channels_last_torch_compile", compiled)
 
-    def onnx(threads: int) -> float:
-        from ensemble.runtime import OnnxRunner
+    def compiled_graph(backend: str, precision: str, threads: int) -> float:
+        from ensemble.runtime import runner_for_module
 
-        runner = OnnxRunner.for_module(
-            nchw, x_nchw[:2], tag=spec_name, weights_sha256=None, cache_dir=None, threads=threads
-        )
+        runner = runner_for_module(
+            backend, nchw, x_nchw[:2], tag=spec_name, weights_sha256=None,  # type: ignore[arg-type]
+            cache_dir=None, threads=threads, precision=precision,  # type: ignore[arg-type]
+        )  # fmt: skip
         x = x_nchw.numpy()
         return time_call(lambda: runner(x))
 
-    for threads in sorted({1, torch.get_num_threads()}):
-        guarded(f"onnxruntime_fp32_{threads}_threads", lambda t=threads: onnx(t))
+    threads = torch.get_num_threads()
+    for t in sorted({1, threads}):
+        guarded(
+            f"onnxruntime_fp32_{t}_threads", lambda t=t: compiled_graph("onnxruntime", "fp32", t)
+        )
+    guarded(f"openvino_fp32_{threads}_threads", lambda: compiled_graph("openvino", "fp32", threads))
+    if cpu_has_bf16():
+        guarded(
+            f"openvino_bf16_{threads}_threads", lambda: compiled_graph("openvino", "bf16", threads)
+        )
     if with_int8:
-        threads = torch.get_num_threads()
         guarded(
             f"onnxruntime_int8_static_{threads}_threads",
             lambda: onnx_int8(spec_name, nchw, x_nchw, threads, results),
@@ -288,70 +305,97 @@ def cuda_half(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time_call(run, repeat=5)
 
 
-def optimized_child(
+def cpu_snapshot(seconds: float = 2.0) -> dict[str, Any]:
+    """CPU use of every other process over ``seconds`` (psutil), and the load."""
+    import os
+
+    import psutil
+
+    me = os.getpid()
+    procs = [p for p in psutil.process_iter() if p.pid != me]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.cpu_percent(None)
+    time.sleep(seconds)
+    busy = []
+    for proc in procs:
+        try:
+            pct = proc.cpu_percent(None)
+            if pct >= 5.0:
+                busy.append({"pid": proc.pid, "name": proc.name()[:40], "cpu_percent": pct})
+        except psutil.Error:
+            pass
+    other = sum(b["cpu_percent"] for b in busy)
+    return {
+        "idle": other < 20.0,
+        "other_processes_cpu_percent": round(other, 1),
+        "busy_processes": busy,
+        "loadavg_1min": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "bf16_kernels": cpu_has_bf16(),
+    }
+
+
+def backend_child(
     video: str,
+    image: str | None,
     names: list[str],
     frames: int,
     backend: str,
+    precision: str,
     threads: int,
     batch_size: int,
-    int8: tuple[str, str] | None = None,
-) -> dict[str, float]:
-    """Runs in a fresh process: the shipped path alone, for its own peak RSS.
-    ``int8`` is (weights folder, cache folder) of calibrated int8 members."""
+    weights: str,
+    cache: str,
+    repeats: int,
+) -> dict[str, Any]:
+    """Runs in a fresh process, as a worker does: loads the installed members
+    on ``backend``/``precision`` (ONNX export and compilation come from the
+    cache when it has them), then times the first analysis (cold) and
+    ``repeats`` warm ones."""
     if threads:
         torch.set_num_threads(threads)
-    cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
+    started = time.perf_counter()
     cfg = AnalysisConfig(
-        members=tuple(names),
-        frames=frames,
-        cache_dir=cache,
-        limits=MediaLimits(),
-        batch_size=batch_size,
-    )
-    detector = FaceDetector.load(FaceConfig(), cache)
-    torch.manual_seed(0)
-    if int8 is not None:
-        members = {
-            n: load_member(n, Path(int8[0]), backend="onnxruntime", cache_dir=Path(int8[1]),
-                           precision="int8", threads=threads)
-            for n in names
-        }  # fmt: skip
-    else:
-        members = {
-            n: random_member(REGISTRY.get(n).build().eval(), n, True, backend) for n in names
-        }
-    analyze(Path(video), cfg, members=members, detector=detector)
-    result = analyze(Path(video), cfg, members=members, detector=detector)
-    return {"total_s": result.timings["total"], "peak_rss_mb": own_peak_rss_mb()}
-
-
-def int8_members(
-    names: list[str], video: Path, cfg: AnalysisConfig, detector: FaceDetector, folder: Path
-) -> tuple[dict[str, LoadedMember], dict[str, Any]]:
-    """The random-init members installed in ``folder``, calibrated to int8
-    on the faces of ``video`` (as ``manage.py calibrate_int8`` does)."""
-    from bench.explain_cost import install_random_members
-    from ensemble.quantize import calibrate_int8
-
-    weights, cache = folder / "weights", folder / "cache"
-    install_random_members(names, weights)
-    fp32 = {n: load_member(n, weights, backend="onnxruntime", cache_dir=cache) for n in names}
-    _, data = analyze_with_data(video, cfg, members=fp32, detector=detector)
-    if data is None:
-        sys.exit(f"no faces in {video} to calibrate int8 on")
-    # every other face: enough to fix the ranges, half the calibration time
-    reports = {n: calibrate_int8(fp32[n], data.crops[n][::2], cfg.batch_size) for n in names}
+        members=tuple(names), frames=frames, cache_dir=Path(cache), limits=MediaLimits(),
+        batch_size=batch_size, backend=backend, precision=precision, weights_dir=Path(weights),
+    )  # fmt: skip
+    detector = FaceDetector.load(FaceConfig(), Path(cache))
     members = {
-        n: load_member(n, weights, backend="onnxruntime", cache_dir=cache, precision="int8")
+        n: load_member(n, Path(weights), backend=backend, cache_dir=Path(cache),
+                       precision=precision, threads=threads)
         for n in names
-    }
-    info = {
-        n: {"calibration_crops": r.crops, "calibration_s": round(r.seconds, 1),
-            "max_abs_probability_change_random_weights": round(r.max_abs_change, 4)}
-        for n, r in reports.items()
     }  # fmt: skip
-    return members, info
+    load_s = time.perf_counter() - started
+    first = analyze(Path(video), cfg, members=members, detector=detector)
+    warm = [analyze(Path(video), cfg, members=members, detector=detector) for _ in range(repeats)]
+    best = min(warm, key=lambda r: r.timings["total"])
+    out: dict[str, Any] = {
+        "backend": next(iter(members.values())).backend,
+        "precision": next(iter(members.values())).compute_precision,
+        "load_s": round(load_s, 3),
+        "cold_first_analysis_s": round(first.timings["total"], 3),
+        "warm_s": round(best.timings["total"], 3),
+        "warm_runs_s": [round(r.timings["total"], 3) for r in warm],
+        "stages": {k: round(v, 3) for k, v in best.timings.items()},
+        "faces": len(best.faces),
+    }
+    if image is not None:
+        analyze(Path(image), cfg, members=members, detector=detector)
+        runs = [analyze(Path(image), cfg, members=members, detector=detector) for _ in range(3)]
+        out["image_warm_s"] = round(min(r.timings["total"] for r in runs), 3)
+    out["peak_rss_mb"] = round(own_peak_rss_mb(), 1)
+    return out
+
+
+def face_image(video: Path, detector: FaceDetector, frames: int, folder: Path) -> Path | None:
+    """The first sampled frame of ``video`` with a face, as a PNG."""
+    for frame in naive_decode(video, frames):
+        if detector.detect([frame])[0]:
+            path = folder / "frame.png"
+            cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            return path
+    return None
 
 
 def random_member(
@@ -370,17 +414,66 @@ def random_member(
     )
 
 
+def table(report: dict[str, Any]) -> str:
+    """The README's table, from a report written by this script."""
+    naive = report["naive"]["total"]
+    lines = [
+        "| path | backend / precision | decode | detect | members | total (warm) | vs naive "
+        "| cold first | image | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def members_s(stages: dict[str, float]) -> float:
+        return sum(v for k, v in stages.items() if k.startswith("member:"))
+
+    st = report["naive"]
+    lines.append(
+        f"| naive eager | torch fp32, 1 crop at a time | {st['decode']:.2f} | {st['detect']:.2f} "
+        f"| {members_s(st):.2f} | {naive:.2f} s | 1.0x | | | |"
+    )
+    rows = [(f"{b['backend']} {b['precision']}", b, False) for b in report["backends"]]
+    rows.append(("shipped default (auto)", report["default"], True))
+    for label, b, is_default in rows:
+        st = b["stages"]
+        image = f"{b['image_warm_s']:.2f} s" if "image_warm_s" in b else ""
+        name = f"**{label}**" if is_default else label
+        lines.append(
+            f"| {name} | {b['backend']} {b['precision']} | {st['decode']:.2f} | {st['detect']:.2f} "
+            f"| {members_s(st):.2f} | {b['warm_s']:.2f} s | {naive / b['warm_s']:.1f}x "
+            f"| {b['cold_first_analysis_s']:.2f} s | {image} | {b['peak_rss_mb'] / 1024:.2f} GB |"
+        )
+    cpu = report["cpu"]
+    lines.append("")
+    lines.append(
+        f"{report['video']}, {report['frames']} frames, {report['faces']} faces, "
+        f"{cpu['cpu_count']} cores, {report['threads']} threads; other processes' CPU before "
+        f"timing: {cpu['other_processes_cpu_percent']}% ({'idle' if cpu['idle'] else 'NOT idle'})."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "media" / "videos")
+    parser.add_argument(
+        "--videos", type=Path,
+        default=ROOT.parent / "shared" / "media" / "videos" / "aaronchong888_abofeumbvv.mp4",
+        help="the clip (or a folder: its first video)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--table", type=Path, help="print the README table of a JSON report")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--members", default=",".join(REGISTRY.names()))
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--backends",
+        default="torch:fp32,onnxruntime:fp32,openvino:fp32,openvino:bf16",
+        help="backend:precision pairs to time (bf16 is skipped where the CPU has no bf16 kernels)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="warm analyses per backend")
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile (slow to compile)"
     )
@@ -388,22 +481,9 @@ def main() -> None:
         "--skip-options", action="store_true", help="skip the per-member option sweep"
     )
     parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "int8"],
-        help="precision of the optimized path: int8 calibrates the members on the first "
-        "video's faces first (opt-in in the product: TRUSTTRACE_PRECISION=int8)",
-    )
-    parser.add_argument(
         "--int8",
         action="store_true",
-        help="also time static int8 ONNX Runtime in the option sweep (minutes of calibration)",
-    )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime"],
-        help="backend of the optimized path (the shipped default is auto)",
+        help="also time ONNX Runtime static int8 in the per-member option sweep",
     )
     parser.add_argument(
         "--explain",
@@ -414,160 +494,119 @@ def main() -> None:
         "--batch-size", type=int, default=AnalysisConfig.batch_size, help="crops per forward"
     )
     parser.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="untimed runs of both paths on the first video before timing (first-call setup)",
+        "--warmup", type=int, default=1, help="untimed runs of the naive path before timing it"
     )
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)
     videos = [p for p in list_media([args.videos]) if sniff(p).kind == "video"]
     if not videos:
         sys.exit(f"no videos in {args.videos}")
+    video = videos[0]
     names = [n.strip() for n in args.members.split(",") if n.strip()]
-    cache = Path(tempfile.gettempdir()) / "trusttrace-bench-cache"
+    cpu = cpu_snapshot()
+    print(f"CPU before timing: {cpu}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="trusttrace-bench-"))
+    cache = work / "cache"
     cfg = AnalysisConfig(
-        members=tuple(names),
-        frames=args.frames,
-        cache_dir=cache,
-        limits=MediaLimits(),
+        members=tuple(names), frames=args.frames, cache_dir=cache, limits=MediaLimits(),
         batch_size=args.batch_size,
-    )
+    )  # fmt: skip
     detector = FaceDetector.load(FaceConfig(), cache)
     net_nchw = copy.deepcopy(detector.net).to(memory_format=torch.contiguous_format)
 
     torch.manual_seed(0)
     models = {n: REGISTRY.get(n).build().eval() for n in names}
     naive_members = {n: random_member(m, n, channels_last=False) for n, m in models.items()}
-    setup_start = time.perf_counter()
-    int8_dir = tempfile.TemporaryDirectory(prefix="trusttrace-bench-int8-")
-    int8_info: dict[str, Any] | None = None
-    if args.precision == "int8":
-        fast_members, int8_info = int8_members(names, videos[0], cfg, detector, Path(int8_dir.name))
-    else:
-        fast_members = {
-            n: random_member(m, n, channels_last=True, backend=args.backend)
-            for n, m in models.items()
-        }
-    # ONNX export (and int8 calibration), once per weights version in a worker
-    setup_s = time.perf_counter() - setup_start
     for _ in range(args.warmup):
-        run_naive(videos[0], cfg, detector, net_nchw, naive_members)
-        analyze(videos[0], cfg, members=fast_members, detector=detector)
+        run_naive(video, cfg, detector, net_nchw, naive_members)
+    naive = {
+        k: round(v, 3) for k, v in run_naive(video, cfg, detector, net_nchw, naive_members).items()
+    }
+    print(f"naive: {naive}", flush=True)
+    del naive_members
 
-    per_video = []
-    for path in videos:
-        naive = run_naive(path, cfg, detector, net_nchw, naive_members)
-        result = analyze(path, cfg, members=fast_members, detector=detector)
-        info = result.media
-        per_video.append(
-            {
-                "file": path.name,
-                "resolution": f"{info.width}x{info.height}" if info else None,
-                "duration_s": info.duration_s if info else None,
-                "faces": len(result.faces),
-                "naive": {k: round(v, 3) for k, v in naive.items()},
-                "optimized": {k: round(v, 3) for k, v in result.timings.items()},
-            }
-        )
-        print(
-            f"{path.name}: naive {naive['total']:.2f} s, "
-            f"optimized {result.timings['total']:.2f} s ({len(result.faces)} faces)",
-            flush=True,
-        )
+    from bench.explain_cost import install_random_members
 
-    def mean_stage(kind: str) -> dict[str, float]:
-        keys = per_video[0][kind].keys()
-        return {k: round(float(np.mean([v[kind].get(k, 0.0) for v in per_video])), 3) for k in keys}
+    weights = work / "weights"
+    install_random_members(names, weights)
+    image = face_image(video, detector, args.frames, work)
+    pairs = [tuple(p.split(":")) for p in args.backends.split(",") if p]
+    if not cpu["bf16_kernels"]:
+        pairs = [p for p in pairs if p[1] != "bf16"]
+
+    import multiprocessing
+
+    def child(backend: str, precision: str, with_image: bool) -> dict[str, Any]:
+        w, c = weights, cache
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            out: dict[str, Any] = pool.apply(
+                backend_child,
+                (str(video), str(image) if with_image and image else None, names, args.frames,
+                 backend, precision, args.threads, args.batch_size, str(w), str(c), args.repeats),
+            )  # fmt: skip
+        print(f"{backend} {precision}: {out}", flush=True)
+        return out
+
+    backends = [child(b, p, False) for b, p in pairs]
+    # The shipped default, in a new process on the same cache: a worker restarted
+    # after its models were compiled once.
+    default = child("auto", "auto", True)
 
     members: dict[str, Any] = {}
     if not args.skip_options:
-        first = videos[0]
-        frames = naive_decode(first, args.frames)
+        frames = naive_decode(video, args.frames)
         dets = detector.detect(frames)
         tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction)
         faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
         for n in names:
-            m = fast_members[n]
+            m = random_member(models[n], n, channels_last=True)
             crops = [crop_face(frames[pos], d.box, m.crop, m.input_size) for pos, d in faces]
             if not crops:
                 continue
             members[n] = {
                 "input_size": m.input_size,
                 "crops": len(crops),
-                "video": first.name,
                 **member_options(n, models[n], crops, m, args.compile, args.int8),
             }
             print(f"{n}: {members[n]}", flush=True)
-
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        child = pool.apply(
-            optimized_child,
-            (
-                str(videos[0]), names, args.frames, args.backend, args.threads, args.batch_size,
-                (str(Path(int8_dir.name) / "weights"), str(Path(int8_dir.name) / "cache"))
-                if args.precision == "int8" else None,
-            ),
-        )  # fmt: skip
-    int8_dir.cleanup()
-    print(f"optimized path alone in a fresh process: {child}", flush=True)
 
     explain: dict[str, Any] | None = None
     if args.explain:
         from bench.explain_cost import measure
 
-        explain = measure(videos, frames=args.frames, members=names, threads=args.threads)
+        explain = measure([video], frames=args.frames, members=names, threads=args.threads)
         print(f"explanations: {json.dumps(explain)[:400]}", flush=True)
 
     report = {
-        "naive_s_per_video": round(float(np.mean([v["naive"]["total"] for v in per_video])), 3),
-        "optimized_s_per_video": round(
-            float(np.mean([v["optimized"]["total"] for v in per_video])), 3
-        ),
-        # This process holds both paths' models and the option sweep's copies.
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        # The shipped path alone, as a worker runs it (detector, members, one video).
-        "optimized_peak_rss_mb": round(child["peak_rss_mb"], 1),
-        "stages": {"naive": mean_stage("naive"), "optimized": mean_stage("optimized")},
+        "video": video.name,
+        "frames": args.frames,
+        "faces": default["faces"],
+        "naive": naive,
+        "backends": backends,
+        "default": default,
+        "speedup_default_vs_naive": round(naive["total"] / max(default["warm_s"], 1e-9), 2),
         "members": members,
         "explain": explain,
-        "videos": per_video,
-        "frames": args.frames,
         "batch_size": args.batch_size,
-        "backend": {n: m.backend for n, m in fast_members.items()},
-        "precision": args.precision,
-        "int8_calibration": int8_info,
-        "input_size": {n: m.input_size for n, m in fast_members.items()},
-        "optimized_setup_s": round(setup_s, 3),
-        "warmup_runs": args.warmup,
+        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_after": cpu_snapshot(1.0),
         "torch": torch.__version__,
-        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+        "platform": platform.platform(),
     }
-    speedup = report["naive_s_per_video"] / max(report["optimized_s_per_video"], 1e-9)
-    print(
-        json.dumps(
-            {
-                k: report[k]
-                for k in (
-                    "naive_s_per_video",
-                    "optimized_s_per_video",
-                    "peak_rss_mb",
-                    "optimized_peak_rss_mb",
-                    "stages",
-                )
-            },
-            indent=2,
-        )
-    )
-    print(f"speed-up: {speedup:.2f}x")
+    print(table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,11 @@ def default_tflite_path() -> Path:
     return path
 
 
+def tflite_sha256(path: Path) -> str:
+    """The sha256 of a BlazeFace ``.tflite`` file (names its caches)."""
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

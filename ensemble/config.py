@@ -78,12 +78,13 @@ class AnalysisConfig:
     batch_size: int = 8
     # Number of intra-op threads for torch on CPU; 0 leaves torch's default.
     threads: int = 0
-    # What runs the members: "auto" (ONNX Runtime on CPU when installed, else
-    # torch), "torch" or "onnxruntime"; see ensemble.runtime.
+    # What runs the members: "auto" (OpenVINO on CPU when installed, else ONNX
+    # Runtime, else torch), "torch", "onnxruntime" or "openvino"; see
+    # ensemble.runtime.
     backend: str = "auto"
-    # "fp32", or "int8": members run the int8 graphs ``calibrate_int8`` made
-    # for their weights (ONNX Runtime on CPU; ensemble.quantize). Opt-in only.
-    precision: str = "fp32"
+    # "auto" (bf16 on OpenVINO where the CPU has bf16 kernels, else fp32),
+    # "fp32" or "bf16"; see ensemble.runtime.
+    precision: str = "auto"
     # Where converted BlazeFace weights are cached (sha256-keyed file names).
     cache_dir: Path = Path("var/cache")
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -91,12 +92,13 @@ class AnalysisConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "onnxruntime"):
+        if self.backend not in ("auto", "torch", "onnxruntime", "openvino"):
             raise ValueError(
-                f"backend must be 'auto', 'torch' or 'onnxruntime', got {self.backend!r}"
+                "backend must be 'auto', 'torch', 'onnxruntime' or 'openvino', "
+                f"got {self.backend!r}"
             )
-        if self.precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be 'fp32' or 'int8', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not self.members:
             raise ValueError("select at least one detector member")
         if len(set(self.members)) != len(self.members):

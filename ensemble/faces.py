@@ -29,12 +29,15 @@ from ensemble.blazeface import (
     BlazeFaceNet,
     Detection,
     decode,
+    default_tflite_path,
     load_blazeface_net,
     ssd_anchors,
+    tflite_sha256,
     weighted_nms,
 )
 from ensemble.config import FaceConfig
 from ensemble.media import RGBImage
+from ensemble.runtime import resolve_backend, runner_for_module
 
 # The finest tiles are half the frame's short side, but never smaller than this.
 MIN_TILE = 400
@@ -135,13 +138,49 @@ class FaceDetector:
     """BlazeFace over tiles and the whole frame, batched across frames."""
 
     def __init__(
-        self, net: BlazeFaceNet, config: FaceConfig, device: str = "cpu", *, freeze: bool = True
+        self,
+        net: BlazeFaceNet,
+        config: FaceConfig,
+        device: str = "cpu",
+        *,
+        freeze: bool = True,
+        backend: str = "torch",
+        cache_dir: Path | None = None,
+        weights_sha256: str | None = None,
+        threads: int = 0,
     ) -> None:
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+        self.config = config
+        self.device = device
+        self.anchors = torch.from_numpy(ssd_anchors())
+        self.backend = resolve_backend(backend, device)
+        self._run_net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.net
+        if self.backend != "torch":
+            # The members' backend, in fp32 whatever the members' precision:
+            # detections decide which faces are scored at all, and fp32 keeps
+            # them identical to the reference network's.
+            example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
+            with torch.no_grad():
+                runner = runner_for_module(
+                    self.backend,
+                    net.to(memory_format=torch.contiguous_format),
+                    example,
+                    tag="blazeface_front",
+                    weights_sha256=weights_sha256,
+                    cache_dir=cache_dir,
+                    output_names=("boxes", "scores"),
+                    threads=threads,
+                )
+
+            def run_compiled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                boxes, scores = runner(x.contiguous().numpy(), ("boxes", "scores"))
+                return torch.from_numpy(boxes), torch.from_numpy(scores)
+
+            self._run_net = run_compiled
+            return
         # On CPU a traced and frozen graph (convolutions fused with their
         # activations, no Python per layer) runs the many small BlazeFace
-        # layers about a quarter faster; bench/speed.py measures it.
-        self._run_net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.net
+        # layers about a quarter faster than eager; bench/speed.py measures it.
         if freeze and device == "cpu":
             example = torch.zeros(DETECT_BATCH, 3, INPUT_SIZE, INPUT_SIZE).contiguous(
                 memory_format=torch.channels_last
@@ -155,13 +194,22 @@ class FaceDetector:
                 with torch.inference_mode():
                     for _ in range(JIT_WARMUP_CALLS):
                         self._run_net(example)
-        self.config = config
-        self.device = device
-        self.anchors = torch.from_numpy(ssd_anchors())
 
     @classmethod
-    def load(cls, config: FaceConfig, cache_dir: Path | None, device: str = "cpu") -> FaceDetector:
-        return cls(load_blazeface_net(cache_dir=cache_dir), config, device)
+    def load(
+        cls,
+        config: FaceConfig,
+        cache_dir: Path | None,
+        device: str = "cpu",
+        *,
+        backend: str = "torch",
+        threads: int = 0,
+    ) -> FaceDetector:
+        source = default_tflite_path()
+        return cls(
+            load_blazeface_net(source, cache_dir=cache_dir), config, device, backend=backend,
+            cache_dir=cache_dir, weights_sha256=tflite_sha256(source), threads=threads,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def _run(

@@ -13,9 +13,14 @@ from torch import Tensor, nn
 
 from ensemble.crops import CropPolicy
 from ensemble.media import RGBImage
-from ensemble.quantize import check_precision, int8_graph_path, not_calibrated
 from ensemble.registry import REGISTRY, MemberSpec, Registry
-from ensemble.runtime import OnnxRunner, resolve_backend
+from ensemble.runtime import (
+    OnnxRunner,
+    OpenVinoRunner,
+    resolve_backend,
+    resolve_precision,
+    runner_for_module,
+)
 from ensemble.weights import load_model
 
 # Intermediate tensors ("taps") the exported ONNX graph returns besides the
@@ -92,15 +97,16 @@ class LoadedMember:
     # Where exported ONNX graphs are cached (``None``: not cached).
     cache_dir: Path | None = None
     threads: int = 0
-    # "int8" runs the graph ``calibrate_int8`` made for these weights (see
-    # ensemble.quantize); ONNX Runtime backend only, never the default.
-    precision: str = "fp32"
+    # "auto" (bf16 on OpenVINO where the CPU has bf16 kernels, else fp32),
+    # "fp32" or "bf16"; :attr:`compute_precision` is what it resolved to.
+    precision: str = "auto"
     # The face crop the weights were trained for (their manifest's); None:
     # the registry's policy for the member.
     crop_override: CropPolicy | None = None
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
-    _runner: OnnxRunner | None = field(init=False, repr=False, default=None)
+    _runner: OnnxRunner | OpenVinoRunner | None = field(init=False, repr=False, default=None)
+    compute_precision: str = field(init=False, default="fp32")
 
     def __post_init__(self) -> None:
         # Outside inference mode even when made inside it: converting the
@@ -116,17 +122,8 @@ class LoadedMember:
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.backend = resolve_backend(self.backend, self.device)
-        check_precision(self.precision)
-        if self.precision == "int8":
-            if self.backend != "onnxruntime":
-                raise ValueError("int8 members run on the onnxruntime backend (CPU) only")
-            if self.weights_sha256 is None or self.cache_dir is None:
-                raise not_calibrated(self.name, self.weights_sha256)
-            path = int8_graph_path(self.cache_dir, self.name, self.input_size, self.weights_sha256)
-            if not path.exists():
-                raise not_calibrated(self.name, self.weights_sha256)
-            self._runner = OnnxRunner(path, self.threads)
-        elif self.backend == "onnxruntime":
+        self.compute_precision = resolve_precision(self.precision, self.backend, self.device)
+        if self.backend in ("onnxruntime", "openvino"):
             example = torch.zeros(2, 3, self.input_size, self.input_size)
             model = self.model.to(memory_format=torch.contiguous_format)
             try:
@@ -135,7 +132,8 @@ class LoadedMember:
                 layer = None
             attention = self.spec.has_attention and hasattr(model, "forward_with_attention")
             with torch.no_grad():
-                self._runner = OnnxRunner.for_module(
+                self._runner = runner_for_module(
+                    self.backend,
                     _Tapped(model, layer, attention),
                     example,
                     tag=f"{self.name}_{self.input_size}",
@@ -143,6 +141,7 @@ class LoadedMember:
                     cache_dir=self.cache_dir,
                     output_names=_Tapped.outputs(layer, attention),
                     threads=self.threads,
+                    precision=self.compute_precision,
                 )
             if self.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
@@ -210,7 +209,10 @@ class LoadedMember:
                 for name, value in zip(names[1:], extra, strict=True):
                     kept[name].append(np.asarray(value, dtype=np.float32))
             else:
-                raw = self.model(batch).float().cpu().numpy()
+                with torch.autocast(
+                    batch.device.type, torch.bfloat16, enabled=self.compute_precision == "bf16"
+                ):
+                    raw = self.model(batch).float().cpu().numpy()
             out.append(np.asarray(raw, dtype=np.float64).reshape(-1))
             if on_batch is not None:
                 on_batch(len(batch))
@@ -229,7 +231,7 @@ def load_member(
     backend: str = "torch",
     cache_dir: Path | None = None,
     threads: int = 0,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> LoadedMember:
     """The named member with its installed, hash-checked weights."""
     spec = registry.get(name)

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ensemble.calibration import Combiner, read_calibration
 from ensemble.config import AnalysisConfig
 from ensemble.crops import crop_face
 from ensemble.errors import InvalidMediaError, RegistryError
@@ -88,10 +89,13 @@ def analyze(
     members: Mapping[str, LoadedMember],
     detector: FaceDetector,
     progress: ProgressFn | None = None,
+    combiner: Combiner | None = None,
 ) -> AnalysisResult:
-    """Analyse one image or video with the members named in ``config.members``."""
+    """Analyse one image or video with the members named in ``config.members``;
+    ``combiner`` turns their probabilities into the ensemble's (default: the
+    plain mean)."""
     result, _ = analyze_with_data(
-        path, config, members=members, detector=detector, progress=progress
+        path, config, members=members, detector=detector, progress=progress, combiner=combiner
     )
     return result
 
@@ -104,6 +108,7 @@ def analyze_with_data(
     detector: FaceDetector,
     progress: ProgressFn | None = None,
     keep_taps: bool = False,
+    combiner: Combiner | None = None,
 ) -> tuple[AnalysisResult, AnalysisData | None]:
     """:func:`analyze`, also returning the decoded frames, the crops and the
     logits when faces were scored (``None`` otherwise); with ``keep_taps``,
@@ -116,6 +121,7 @@ def analyze_with_data(
     clock = _Clock()
     started = time.perf_counter()
     scoring = config.scoring
+    combine = combiner or Combiner()
 
     def finish(
         data: AnalysisData | None = None, **fields: object
@@ -127,8 +133,17 @@ def analyze_with_data(
             threshold=scoring.threshold,
             uncertain_band=scoring.uncertain_band,
             models=tuple(
-                ModelInfo(m.name, m.weights_sha256, m.input_size, m.temperature) for m in selected
+                ModelInfo(
+                    m.name,
+                    m.weights_sha256,
+                    m.input_size,
+                    m.temperature,
+                    m.backend,
+                    m.compute_precision,
+                )
+                for m in selected
             ),
+            combination=combine.describe(),
             timings=dict(clock.timings),
             **fields,  # type: ignore[arg-type]
         ), data
@@ -198,7 +213,7 @@ def analyze_with_data(
     report("score", _PROGRESS["crop"] + span * 0.98)
 
     with clock.stage("score"):
-        face_scores = np.mean([probs[m.name] for m in selected], axis=0)
+        face_scores = combine({m.name: probs[m.name] for m in selected})
         face_results = tuple(
             FaceResult(
                 position=pos,
@@ -251,6 +266,7 @@ class Analyzer:
         self.registry = registry
         self._detector: FaceDetector | None = None
         self._members: dict[str, LoadedMember] = {}
+        self._combiner: Combiner | None = None
 
     def prepare(self) -> None:
         """Load everything now (raises :class:`MissingWeightsError` early)."""
@@ -262,8 +278,9 @@ class Analyzer:
                 read_manifest(self.config.weights_dir, name)  # so do missing weights
         if self._detector is None:
             self._detector = FaceDetector.load(
-                self.config.faces, self.config.cache_dir, self.config.device
-            )
+                self.config.faces, self.config.cache_dir, self.config.device,
+                backend=self.config.backend, threads=self.config.threads,
+            )  # fmt: skip
         for name in self.config.members:
             if name not in self._members:
                 self._members[name] = load_member(
@@ -276,6 +293,20 @@ class Analyzer:
                     threads=self.config.threads,
                     precision=self.config.precision,
                 )
+        if self._combiner is None:
+            self._combiner = Combiner.for_members(
+                read_calibration(self.config.weights_dir),
+                {n: self._members[n].weights_sha256 for n in self.config.members},
+            )
+            if self._combiner.skipped:
+                logger.warning("ensemble calibration not applied: %s", self._combiner.skipped)
+
+    @property
+    def combiner(self) -> Combiner:
+        """How member probabilities become the ensemble's (loaded on first use)."""
+        self.prepare()
+        assert self._combiner is not None
+        return self._combiner
 
     def analyze(self, path: Path, progress: ProgressFn | None = None) -> AnalysisResult:
         return self.analyze_with_data(path, progress)[0]
@@ -294,6 +325,7 @@ class Analyzer:
             detector=self._detector,
             progress=progress,
             keep_taps=keep_taps,
+            combiner=self._combiner,
         )
 
     @property

@@ -53,6 +53,10 @@ class ModelInfo:
     weights_sha256: str | None
     input_size: int
     temperature: float
+    # What computed the logits ("torch", "onnxruntime", "openvino") and in
+    # which precision ("fp32", "bf16").
+    backend: str = "torch"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class AnalysisResult:
     threshold: float | None = None
     uncertain_band: float | None = None
     models: tuple[ModelInfo, ...] = ()
+    # How the members' probabilities were combined (ensemble.calibration.Combiner.describe).
+    combination: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
 
     def frame_rows(self) -> list[dict[str, Any]]:
@@ -116,5 +122,6 @@ class AnalysisResult:
             ],
             "media": asdict(self.media) if self.media else None,
             "models": [asdict(m) for m in self.models],
+            "combination": dict(self.combination),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }

@@ -1,10 +1,17 @@
-"""Where inference runs: eager PyTorch, or ONNX Runtime on CPU.
+"""Where inference runs: eager PyTorch, ONNX Runtime or OpenVINO on CPU.
 
-On this project's reference CPU (2 cores, AVX-512) ONNX Runtime runs the
-three members two to four times faster than eager PyTorch with channels_last
-and batching (``bench/speed.py`` measures both), mostly because it fuses
-batch norm and activations into the convolutions and plans memory once.
-The torch module is kept beside the session: Grad-CAM and training need it.
+On this project's reference CPU (2 cores, AVX-512, AMX) OpenVINO in bf16 runs
+the members several times faster than ONNX Runtime in fp32, which runs them
+two to four times faster than eager PyTorch (``bench/speed.py`` measures
+all three): both fuse batch norm and activations into the convolutions and
+plan memory once, and OpenVINO's bf16 kernels use AMX tiles (or AVX-512 BF16)
+where the CPU has them. The torch module is kept beside the compiled graph:
+Grad-CAM and training need it.
+
+Precision: ``auto`` is bf16 where the CPU plugin reports BF16 among its
+optimisation capabilities (AMX or AVX-512 BF16) and the backend is OpenVINO,
+fp32 everywhere else. bf16 keeps 8 bits of mantissa: scores move by about
+0.01 at most on the shipped weights (``tests/test_precision_guard.py``).
 
 An exported graph is cached on disk under a name that holds everything it
 depends on (member, weights sha256, input size, torch version), so a worker
@@ -20,7 +27,8 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +39,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "onnxruntime"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # Opset the exporter writes; ONNX Runtime >= 1.18 runs it.
 ONNX_OPSET = 17
 
@@ -41,20 +51,67 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime"]:
-    """``auto`` means ONNX Runtime on CPU when it is installed, torch otherwise
-    (on CUDA torch runs the models; a CUDA ONNX Runtime is not a dependency)."""
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime", "openvino"]:
+    """``auto`` means ONNX Runtime on CPU when it is installed, else OpenVINO
+    when that is, else torch (on CUDA torch runs the models; the CUDA builds
+    of the other two are not dependencies)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return "torch"
-    if backend == "onnxruntime":
-        if not onnxruntime_available():
-            raise ValueError("backend 'onnxruntime' was asked for but onnxruntime is not installed")
+    if backend in ("onnxruntime", "openvino"):
+        available = onnxruntime_available() if backend == "onnxruntime" else openvino_available()
+        if not available:
+            raise ValueError(f"backend {backend!r} was asked for but {backend} is not installed")
         if device != "cpu":
-            raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not on {device!r}")
+            raise ValueError(f"backend {backend!r} runs on the CPU only, not on {device!r}")
+        return backend  # type: ignore[return-value]
+    if device != "cpu":
+        return "torch"
+    # OpenVINO is faster (README, "Speed") but opt-in for now: with it as the
+    # default, the test suite's long-lived process crashed (SIGSEGV) at
+    # fork or subprocess points after many models had been compiled and
+    # freed, and a worker is such a process. ONNX Runtime has no such record.
+    if onnxruntime_available():
         return "onnxruntime"
-    return "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
+    return "openvino" if openvino_available() else "torch"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 kernels here (AMX or AVX-512 BF16)."""
+    if not openvino_available():
+        return False
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in caps
+
+
+def resolve_precision(precision: str, backend: str, device: str) -> Literal["fp32", "bf16"]:
+    """The precision a member computes in. ``auto``: bf16 on the OpenVINO
+    backend where the CPU has bf16 kernels, fp32 otherwise. ``bf16`` is
+    refused where it would be emulated or is not implemented (ONNX Runtime)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return "fp32"
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise ValueError("precision 'bf16' needs the openvino or torch backend")
+        return "fp32"
+    if backend == "openvino":
+        if cpu_has_bf16():
+            return "bf16"
+        if precision == "bf16":
+            raise ValueError("precision 'bf16' was asked for but this CPU has no bf16 kernels")
+        return "fp32"
+    # torch: bf16 autocast only on request (on CPU eager bf16 is far slower
+    # than OpenVINO's, and on CUDA the caller asks for it explicitly).
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def onnx_cache_name(
@@ -114,31 +171,6 @@ class OnnxRunner:
         self.path = path
         self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
 
-    @classmethod
-    def for_module(
-        cls,
-        model: nn.Module,
-        example: torch.Tensor,
-        *,
-        tag: str,
-        weights_sha256: str | None,
-        cache_dir: Path | None,
-        output_names: Sequence[str] = ("y",),
-        threads: int = 0,
-    ) -> OnnxRunner:
-        """A session for ``model``, exported now or taken from the cache."""
-        if weights_sha256 is None or cache_dir is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"{tag}.onnx"
-                export_onnx(model, example, path, output_names)
-                return cls(path, threads)  # the session keeps the graph in memory
-        name = onnx_cache_name(tag, weights_sha256, example.shape[1:], output_names)
-        path = Path(cache_dir) / "onnx" / name
-        if not path.exists():
-            logger.info("exporting %s to ONNX (once per weights version): %s", tag, path)
-            export_onnx(model, example, path, output_names)
-        return cls(path, threads)
-
     def __call__(
         self, x: npt.NDArray[np.float32], outputs: Sequence[str] | None = None
     ) -> list[npt.NDArray[Any]]:
@@ -147,3 +179,114 @@ class OnnxRunner:
         names = None if outputs is None else list(outputs)
         result: list[npt.NDArray[Any]] = self._session.run(names, {"x": x})
         return result
+
+
+class OpenVinoRunner:
+    """A compiled OpenVINO model for one exported ONNX graph.
+
+    ``cache_dir`` turns on OpenVINO's model cache: the compiled blob is kept
+    under a key of the graph file and the compile options, so a worker that
+    restarts loads it instead of compiling again.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 0,
+        precision: Literal["fp32", "bf16"] = "fp32",
+        cache_dir: Path | None = None,
+        output_names: Sequence[str] | None = None,
+    ) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        # A path (not a read model) lets a cached blob skip reading the graph.
+        self._compiled = core.compile_model(str(path), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.path = path
+        self.precision = precision
+        # Outputs come in the graph's order; one can carry several tensor
+        # names, so the exporter's names are taken when the caller knows them.
+        self.output_names: tuple[str, ...] = (
+            tuple(output_names)
+            if output_names is not None
+            else tuple(o.get_any_name() for o in self._compiled.outputs)
+        )
+        if len(self.output_names) != len(self._compiled.outputs):
+            raise ValueError(
+                f"{path} has {len(self._compiled.outputs)} outputs, not {output_names}"
+            )
+
+    def __call__(
+        self, x: npt.NDArray[np.float32], outputs: Sequence[str] | None = None
+    ) -> list[npt.NDArray[Any]]:
+        """The graph's outputs for ``x``, like :meth:`OnnxRunner.__call__`.
+        Copies: the request's output buffers are reused by the next call."""
+        result = self._request.infer({"x": x})
+        by_name = dict(zip(self.output_names, result.values(), strict=True))
+        names = self.output_names if outputs is None else tuple(outputs)
+        return [np.array(by_name[n], copy=True) for n in names]
+
+
+@contextmanager
+def exported_graph(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    tag: str,
+    weights_sha256: str | None,
+    cache_dir: Path | None,
+    output_names: Sequence[str] = ("y",),
+) -> Iterator[Path]:
+    """The ONNX graph of ``model``: from the cache (exported once per weights
+    version), or, without a weights hash or cache, a temporary file that is
+    deleted when the block ends (the runners keep the graph in memory)."""
+    if weights_sha256 is None or cache_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{tag}.onnx"
+            export_onnx(model, example, path, output_names)
+            yield path
+        return
+    name = onnx_cache_name(tag, weights_sha256, example.shape[1:], output_names)
+    path = Path(cache_dir) / "onnx" / name
+    if not path.exists():
+        logger.info("exporting %s to ONNX (once per weights version): %s", tag, path)
+        export_onnx(model, example, path, output_names)
+    yield path
+
+
+def runner_for_module(
+    backend: Literal["onnxruntime", "openvino"],
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    tag: str,
+    weights_sha256: str | None,
+    cache_dir: Path | None,
+    output_names: Sequence[str] = ("y",),
+    threads: int = 0,
+    precision: Literal["fp32", "bf16"] = "fp32",
+) -> OnnxRunner | OpenVinoRunner:
+    """A runner for ``model`` on ``backend``. With a weights hash and a cache
+    folder, OpenVINO also keeps its compiled model under ``cache_dir/openvino``."""
+    with exported_graph(
+        model, example, tag=tag, weights_sha256=weights_sha256, cache_dir=cache_dir,
+        output_names=output_names,
+    ) as path:  # fmt: skip
+        if backend == "openvino":
+            compiled = None if weights_sha256 is None or cache_dir is None else cache_dir
+            return OpenVinoRunner(
+                path, threads, precision, None if compiled is None else compiled / "openvino",
+                output_names,
+            )  # fmt: skip
+        if precision != "fp32":
+            raise ValueError(f"ONNX Runtime members run in fp32, not {precision}")
+        return OnnxRunner(path, threads)

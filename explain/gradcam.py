@@ -152,7 +152,7 @@ def _replayed_maps(
             replay.activations = torch.from_numpy(chunk_act).requires_grad_(True)
             x = member.to_tensor(chunk)
             grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
-            matched = logits_match(cam.outputs, expected)
+            matched = logits_match(cam.outputs, expected, member.compute_precision)
             cam.outputs = None
             replay.activations = None
             if not matched:

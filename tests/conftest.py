@@ -62,3 +62,11 @@ def tiny_member() -> Callable[..., LoadedMember]:
         )  # fmt: skip
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``openvino`` run last. With OpenVINO loaded into the test
+    process, later tests that fork (loader worker processes) or start
+    subprocesses crashed it (SIGSEGV) on the 2-core AMX machine, though each
+    passes alone (README, "Speed": why OpenVINO is opt-in)."""
+    items.sort(key=lambda item: item.get_closest_marker("openvino") is not None)

@@ -1,4 +1,5 @@
-"""Temperature scaling fitted on validation logits.
+"""Temperature scaling fitted on validation logits, and Platt scaling for the
+ensemble (:mod:`ensemble.calibration`).
 
 A member's calibrated probability is ``sigmoid(logit / T)``
 (:func:`ensemble.scoring.calibrate`). ``T`` minimises the validation negative
@@ -53,3 +54,32 @@ def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     opt.step(closure)  # type: ignore[no-untyped-call]
     t = math.exp(float(log_t.detach()))
     return float(min(max(t, MIN_TEMPERATURE), MAX_TEMPERATURE))
+
+
+def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """``(slope, bias)`` minimising the NLL of ``sigmoid(slope * x + bias)``
+    (Platt scaling on a score ``x``, here the logit of the members' mean).
+    The slope is optimised as its log, so it stays positive: the map never
+    reverses the ranking."""
+    x = torch.as_tensor(np.asarray(scores, dtype=np.float64)).reshape(-1)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1)
+    if x.shape != y.shape or len(x) == 0:
+        raise CalibrationError(f"need as many labels as scores (got {len(x)} and {len(y)})")
+    if not bool(torch.isfinite(x).all()):
+        raise CalibrationError("scores contain NaN or infinity")
+    if len(torch.unique(y)) < 2:
+        raise CalibrationError("Platt scaling needs both real and fake samples")
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log slope, bias
+    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = params[0].exp() * x + params[1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    log_slope, bias = (float(v) for v in params.detach())
+    slope = min(max(math.exp(log_slope), 1.0 / MAX_TEMPERATURE), 1.0 / MIN_TEMPERATURE)
+    return slope, bias

@@ -27,7 +27,7 @@ def analysis_config(
         device=str(s["DEVICE"]),
         threads=int(s["THREADS"]),
         backend=str(s.get("BACKEND", "auto")),
-        precision=str(s.get("PRECISION", "fp32")),
+        precision=str(s.get("PRECISION", "auto")),
         batch_size=int(s["BATCH_SIZE"]),
         limits=MediaLimits(
             max_bytes=int(s["MAX_UPLOAD_BYTES"]),

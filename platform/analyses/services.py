@@ -77,7 +77,6 @@ class MemberStatus:
 def models_status() -> list[MemberStatus]:
     """Every configured member with its installed weights (manifest only: cheap)."""
     from ensemble.errors import TrusttraceError
-    from ensemble.quantize import int8_graph_path, not_calibrated
     from ensemble.weights import read_manifest
 
     config = analysis_config()
@@ -87,13 +86,6 @@ def models_status() -> list[MemberStatus]:
         try:
             registry.get(name)
             manifest = read_manifest(config.weights_dir, name)
-            if (
-                config.precision == "int8"
-                and not int8_graph_path(
-                    config.cache_dir, name, manifest.input_size, manifest.weights_sha256
-                ).exists()
-            ):
-                raise not_calibrated(name, manifest.weights_sha256)
         except TrusttraceError as e:
             out.append(MemberStatus(name, False, None, "", 0, {}, str(e)))
             continue
@@ -109,6 +101,55 @@ def models_status() -> list[MemberStatus]:
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """What a worker started with these settings on this machine runs the
+    members on, and how their scores are combined."""
+
+    backend: str
+    precision: str
+    combination: str
+    problem: str | None = None
+
+
+def runtime_status() -> RuntimeStatus:
+    """The backend and precision the settings resolve to here, and whether
+    ``weights/ensemble.json`` fits the installed members."""
+    from ensemble.calibration import Combiner, read_calibration
+    from ensemble.errors import TrusttraceError
+    from ensemble.runtime import resolve_backend, resolve_precision
+    from ensemble.weights import read_manifest
+
+    config = analysis_config()
+    try:
+        backend = resolve_backend(config.backend, config.device)
+        precision = resolve_precision(config.precision, backend, config.device)
+    except ValueError as e:
+        return RuntimeStatus(config.backend, config.precision, "", str(e))
+    try:
+        installed = {n: read_manifest(config.weights_dir, n).weights_sha256 for n in config.members}
+        combiner = Combiner.for_members(read_calibration(config.weights_dir), installed)
+    except TrusttraceError as e:
+        return RuntimeStatus(backend, precision, "mean of the members", str(e))
+    if combiner.calibration is not None:
+        c = combiner.calibration
+        cv = c.metrics.get("cross_validated", {})
+        figures = (
+            f" (validation log loss {cv['log_loss']:.3f}, ECE {cv['ece']:.3f}, cross-validated)"
+            if "log_loss" in cv and "ece" in cv
+            else ""
+        )
+        combination = (
+            f"mean of the members, recalibrated: sigmoid({c.slope:.3f} * logit(mean) "
+            f"+ {c.bias:.3f}){figures}"
+        )
+    elif combiner.skipped:
+        combination = f"mean of the members (ensemble calibration not applied: {combiner.skipped})"
+    else:
+        combination = "mean of the members (no ensemble calibration installed)"
+    return RuntimeStatus(backend, precision, combination)
 
 
 def require_models() -> list[MemberStatus]:

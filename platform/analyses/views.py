@@ -23,7 +23,10 @@ def models_page(request: HttpRequest) -> HttpResponse:
     """Which members and weight versions this site runs (public)."""
     members = services.models_status()
     ready = all(m.installed for m in members)
-    return render(request, "analyses/models.html", {"members": members, "ready": ready})
+    runtime = services.runtime_status()
+    return render(
+        request, "analyses/models.html", {"members": members, "ready": ready, "runtime": runtime}
+    )
 
 
 @login_required

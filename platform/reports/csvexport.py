@@ -19,7 +19,8 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 SUBMISSION_COLUMNS = (
     "id", "created", "finished", "owner", "title", "original_name", "kind", "format",
     "sha256", "status", "reason_code", "reason", "verdict", "score", "threshold",
-    "uncertain_band", "member_scores", "model_versions", "decision", "decision_note",
+    "uncertain_band", "member_scores", "model_versions", "model_backends", "combination",
+    "decision", "decision_note",
 )  # fmt: skip
 
 
@@ -72,8 +73,18 @@ def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[Any]]:
             s.kind, s.media_format, s.sha256, s.status, s.reason_code, s.reason,
             s.verdict, s.score, s.threshold, s.uncertain_band,
             json.dumps(s.members, sort_keys=True), json.dumps(s.model_versions, sort_keys=True),
+            json.dumps(model_backends(s.result), sort_keys=True),
+            json.dumps((s.result or {}).get("combination", {}), sort_keys=True),
             getattr(s, "decision_label", None) or "", getattr(s, "decision_note", None) or "",
         ]  # fmt: skip
+
+
+def model_backends(result: dict[str, Any] | None) -> dict[str, str]:
+    """``member -> "backend/precision"`` as the worker ran them (empty before a result)."""
+    return {
+        m["name"]: f"{m.get('backend', 'torch')}/{m.get('precision', 'fp32')}"
+        for m in (result or {}).get("models", [])
+    }
 
 
 def frame_header(members: Sequence[str]) -> list[str]:

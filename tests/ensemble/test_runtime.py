@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from ensemble import runtime
 from ensemble.members import TAP_GRADCAM, LoadedMember, load_member
 from ensemble.registry import Registry, tiny_spec
-from ensemble.runtime import onnx_cache_name, resolve_backend
+from ensemble.runtime import onnx_cache_name, resolve_backend, resolve_precision
 from ensemble.weights import save_weights
 
 
@@ -18,37 +19,107 @@ def _crops(n: int, size: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def _twins(tiny_member: Callable[..., LoadedMember]) -> tuple[LoadedMember, LoadedMember]:
-    """A tiny member on the torch backend and the same model on ONNX Runtime."""
+def _twins(
+    tiny_member: Callable[..., LoadedMember], backend: str = "onnxruntime", precision: str = "fp32"
+) -> tuple[LoadedMember, LoadedMember]:
+    """A tiny member on the torch backend and the same model on ``backend``."""
     torch_member = tiny_member("tiny", 64)
     spec = torch_member.spec
-    ort_member = LoadedMember(
+    other = LoadedMember(
         spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
-        backend="onnxruntime",
+        backend=backend, precision=precision,
     )  # fmt: skip
-    return torch_member, ort_member
+    return torch_member, other
 
 
-def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere() -> None:
-    assert resolve_backend("auto", "cpu") == "onnxruntime"
+def test_auto_backend_is_onnxruntime_then_openvino_on_cpu_and_torch_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert resolve_backend("auto", "cpu") == "onnxruntime"  # both are dependencies
+    assert resolve_backend("openvino", "cpu") == "openvino"
+    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
+    assert resolve_backend("auto", "cpu") == "openvino"
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    assert resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(ValueError, match="openvino is not installed"):
+        resolve_backend("openvino", "cpu")
+    monkeypatch.undo()
     assert resolve_backend("auto", "cuda") == "torch"
     assert resolve_backend("torch", "cpu") == "torch"
-    with pytest.raises(ValueError, match="CPU only"):
-        resolve_backend("onnxruntime", "cuda")
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ValueError, match="CPU only"):
+            resolve_backend(backend, "cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("tensorrt", "cpu")
 
 
-def test_onnxruntime_logits_equal_torch_logits(
-    tiny_member: Callable[..., LoadedMember],
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_is_bf16_only_on_openvino_with_bf16_kernels(
+    monkeypatch: pytest.MonkeyPatch, has_bf16: bool
 ) -> None:
-    torch_member, ort_member = _twins(tiny_member)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert resolve_precision("auto", "openvino", "cpu") == ("bf16" if has_bf16 else "fp32")
+    assert resolve_precision("fp32", "openvino", "cpu") == "fp32"
+    assert resolve_precision("auto", "onnxruntime", "cpu") == "fp32"
+    assert resolve_precision("auto", "torch", "cpu") == "fp32"
+    assert resolve_precision("bf16", "torch", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="needs the openvino or torch backend"):
+        resolve_precision("bf16", "onnxruntime", "cpu")
+    if not has_bf16:
+        with pytest.raises(ValueError, match="no bf16 kernels"):
+            resolve_precision("bf16", "openvino", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "openvino", "cpu")
+
+
+@pytest.mark.parametrize(
+    "backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)]
+)
+def test_compiled_logits_equal_torch_logits(
+    tiny_member: Callable[..., LoadedMember], backend: str
+) -> None:
+    torch_member, compiled = _twins(tiny_member, backend)
+    assert compiled.backend == backend and compiled.compute_precision == "fp32"
     crops = _crops(5, 64)
     expected = torch_member.logits(crops, batch_size=2)
-    got = ort_member.logits(crops, batch_size=3)  # batch size is dynamic in the graph
+    got = compiled.logits(crops, batch_size=3)  # batch size is dynamic in the graph
     assert got.shape == (5,)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert not np.allclose(expected, expected[0])  # the crops really differ
+
+
+@pytest.mark.openvino
+def test_openvino_bf16_stays_close_to_fp32(tiny_member: Callable[..., LoadedMember]) -> None:
+    if not runtime.cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 kernels")
+    torch_member, bf16 = _twins(tiny_member, "openvino", "auto")
+    assert bf16.compute_precision == "bf16"
+    crops = _crops(6, 64)
+    expected = torch_member.logits(crops, batch_size=6)
+    got = bf16.logits(crops, batch_size=6)
+    # 8 bits of mantissa: close, but not the fp32 numbers.
+    np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.openvino
+def test_openvino_keeps_its_compiled_model_in_the_cache(tmp_path: Path) -> None:
+    registry = Registry()
+    spec = registry.register(tiny_spec("tiny", 48))
+    save_weights(spec.build().state_dict(), spec, tmp_path / "weights", input_size=48)
+    cache = tmp_path / "cache"
+    member = load_member(
+        "tiny", tmp_path / "weights", registry=registry, backend="openvino", cache_dir=cache
+    )
+    blobs = sorted((cache / "openvino").glob("*.blob"))
+    assert len(blobs) == 1 and len(list((cache / "onnx").glob("*.onnx"))) == 1
+    stamp = blobs[0].stat().st_mtime_ns
+    again = load_member(
+        "tiny", tmp_path / "weights", registry=registry, backend="openvino", cache_dir=cache
+    )
+    assert sorted((cache / "openvino").glob("*.blob")) == blobs
+    assert blobs[0].stat().st_mtime_ns == stamp  # loaded, not compiled again
+    crops = _crops(3, 48)
+    np.testing.assert_allclose(again.logits(crops, 4), member.logits(crops, 4))
 
 
 def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:

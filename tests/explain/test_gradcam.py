@@ -156,13 +156,17 @@ def test_gradcam_peak_falls_on_the_planted_patch_the_model_learnt_to_detect() ->
     assert hits >= 0.9 * len(fakes)
 
 
-def _onnx_twin(member: LoadedMember) -> LoadedMember:
+def _onnx_twin(member: LoadedMember, backend: str = "onnxruntime") -> LoadedMember:
     return LoadedMember(spec=member.spec, model=member.model, input_size=member.input_size,
-                        mean=member.mean, std=member.std, backend="onnxruntime")  # fmt: skip
+                        mean=member.mean, std=member.std, backend=backend,
+                        precision="fp32")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)]
+)
 @pytest.mark.parametrize("maker", ["plain", "attention"])
-def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
+def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker, backend) -> None:
     from tests.explain.tiny import tiny_attention_spec
 
     if maker == "plain":
@@ -173,7 +177,7 @@ def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker) -> None:
         member = _member(spec.build(), spec, 56)
     crops = _crops(5, member.input_size, seed=2)
     reference = gradcam_maps(member, crops, batch_size=2)
-    twin = _onnx_twin(member)
+    twin = _onnx_twin(member, backend)
     assert TAP_GRADCAM in twin.tap_names
     hooks = _hook_count(twin.model)
     replayed = gradcam_maps(twin, crops, batch_size=2)  # runs the tapped graph now
@@ -268,21 +272,31 @@ def test_gradcam_still_works_after_an_attention_export_under_inference_mode() ->
     assert len(gradcam_maps(member, crops, batch_size=2)) == 2
 
 
-def test_gradcam_of_an_int8_member_has_maps_for_every_crop(tmp_path, caplog) -> None:
+@pytest.mark.openvino
+def test_gradcam_of_a_bf16_member_replays_without_falling_back(tmp_path, caplog) -> None:
     from ensemble.members import load_member
-    from ensemble.quantize import calibrate_int8
     from ensemble.registry import Registry
+    from ensemble.runtime import cpu_has_bf16
     from ensemble.weights import save_weights
 
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 kernels for OpenVINO")
     registry = Registry()
     spec = registry.register(tiny_spec("tiny", 48))
     torch.manual_seed(2)
     save_weights(spec.build().state_dict(), spec, tmp_path / "w", input_size=48)
-    kwargs = {"registry": registry, "backend": "onnxruntime", "cache_dir": tmp_path / "c"}
-    calibrate_int8(load_member("tiny", tmp_path / "w", **kwargs), _crops(8, 48))
-    int8 = load_member("tiny", tmp_path / "w", precision="int8", **kwargs)
-    crops = _crops(3, 48, seed=4)
-    maps = gradcam_maps(int8, crops, batch_size=2)
-    assert len(maps) == 3
-    for m in maps:
+    kwargs = {"registry": registry, "cache_dir": tmp_path / "c"}
+    fp32 = load_member("tiny", tmp_path / "w", backend="torch", **kwargs)
+    bf16 = load_member("tiny", tmp_path / "w", backend="openvino", precision="bf16", **kwargs)
+    crops = _crops(4, 48, seed=4)
+    scored = bf16.infer(crops, batch_size=4, taps=True)
+    with caplog.at_level("WARNING"):
+        maps = gradcam_maps(
+            bf16, crops, batch_size=2, logits=scored.logits, activations=scored.taps[TAP_GRADCAM]
+        )
+    assert "does not reproduce its logits" not in caplog.text  # the replay was used
+    reference = gradcam_maps(fp32, crops, batch_size=2)
+    assert len(maps) == 4
+    for m, r in zip(maps, reference, strict=True):
         assert m.shape == (48, 48) and m.min() >= 0.0 and m.max() <= 1.0
+        assert np.corrcoef(m.ravel(), r.ravel())[0, 1] > 0.9  # the same map, bf16 rounding aside

@@ -178,6 +178,10 @@ def finished(site: Path, media_dir: Path) -> Callable[..., Any]:
             ],
             "persons": [{"id": 0, "frames": [0, 5], "score": score, "verdict": verdict,
                          "members": dict(sub.members)}],
+            "models": [{"name": n, "weights_sha256": sha, "input_size": 64, "temperature": 1.0,
+                        "backend": "openvino", "precision": "bf16"}
+                       for n, sha in sub.model_versions.items()],
+            "combination": {"method": "mean"},
         }  # fmt: skip
         sub.save()
         out = services.artifact_dir(sub)

@@ -129,35 +129,3 @@ def test_import_weights_command_installs_a_checkpoint(
         and manifest["provenance"]["original_file"] == "external.pth"
     )
     assert "Imported external.pth for tiny_a" in capsys.readouterr().out
-
-
-def test_calibrate_int8_then_analyse_in_int8(
-    tiny_site: Path, corpus: Path, tmp_path: Path, capsys
-) -> None:
-    from django.conf import settings
-
-    from analyses.services import models_status
-
-    # its own cache folder: the int8 graphs are kept there, per weights version
-    int8_site = {**settings.TRUSTTRACE, "CACHE_DIR": tmp_path / "cache"}
-    with override_settings(TRUSTTRACE={**int8_site, "PRECISION": "int8"}):
-        problems = [m.problem for m in models_status()]
-        assert all(p and "calibrate_int8" in p for p in problems), problems
-    with override_settings(TRUSTTRACE=int8_site):
-        with pytest.raises(CommandError, match="calibrate_int8"):
-            call_command("analyze", str(corpus / "person.mp4"), "--precision", "int8")
-        with pytest.raises(CommandError, match="no face"):
-            call_command("calibrate_int8", str(corpus / "room.mp4"))
-        call_command("calibrate_int8", str(corpus), "--max-crops", "4")
-        out = capsys.readouterr().out
-        for name in ("tiny_a", "tiny_b"):
-            assert f"{name}: int8 graph from 4 crops" in out
-        assert "person.mp4: 6 faces" in out
-        out_json = tmp_path / "int8.json"
-        call_command(
-            "analyze", str(corpus / "person.mp4"), "--precision", "int8", "--json", str(out_json)
-        )
-        (result,) = json.loads(out_json.read_text())["results"]
-        assert result["status"] == "done" and 0 <= result["score"] <= 1
-    with override_settings(TRUSTTRACE={**int8_site, "PRECISION": "int8"}):
-        assert all(m.problem is None for m in models_status())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pytest
 from django.urls import reverse
@@ -49,6 +50,11 @@ def test_submitter_exports_only_own_rows_with_injection_neutralised(
     assert list(rows[0]) == list(SUBMISSION_COLUMNS)
     assert [r["title"] for r in rows] == ["'=cmd|' /C calc'!A0"]
     assert rows[0]["owner"] == "alice" and float(rows[0]["score"]) == pytest.approx(0.8)
+    assert json.loads(rows[0]["model_backends"]) == {
+        "tiny_a": "openvino/bf16",
+        "tiny_b": "openvino/bf16",
+    }
+    assert json.loads(rows[0]["combination"]) == {"method": "mean"}
 
 
 def test_moderator_exports_all_with_filters(clients, users, finished) -> None:

@@ -20,6 +20,39 @@ def test_models_page_names_members_and_weight_hashes(site: Path, clients) -> Non
     assert "All configured members have weights installed" in page
 
 
+def test_models_page_says_how_the_members_run_and_are_combined(
+    site: Path, clients, tmp_path: Path
+) -> None:
+    import shutil
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    # A copy of the session's tiny weights: the calibration file stays in this test.
+    weights = shutil.copytree(settings.TRUSTTRACE["WEIGHTS_DIR"], tmp_path / "weights")
+    with override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "WEIGHTS_DIR": weights}):
+        _check_models_page_runtime(weights, clients)
+
+
+def _check_models_page_runtime(weights: Path, clients) -> None:
+    from ensemble.calibration import EnsembleCalibration, write_calibration
+
+    page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
+    # The tests' settings leave backend and precision on "auto": ONNX Runtime, fp32.
+    assert '<dd id="models-backend">onnxruntime</dd>' in page
+    assert '<dd id="models-precision">fp32</dd>' in page
+    assert "no ensemble calibration installed" in page
+    shas = {m.name: m.weights_sha256 for m in models_status()}
+    cv = {"log_loss": 0.48, "ece": 0.027}
+    write_calibration(weights, EnsembleCalibration(shas, 1.87, 0.47, {"cross_validated": cv}))
+    page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
+    assert "sigmoid(1.870 * logit(mean) + 0.470)" in page and "ECE 0.027" in page
+    first = next(iter(shas))
+    write_calibration(weights, EnsembleCalibration({**shas, first: "0" * 64}, 1.87, 0.47))
+    page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
+    assert f"not applied: fitted for other weights of {first}" in page
+
+
 def test_models_page_says_plainly_when_weights_are_missing(no_weights_site: Path, clients) -> None:
     page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
     assert "cannot analyse media yet" in page and "No weights are installed for detector" in page

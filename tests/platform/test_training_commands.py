@@ -42,9 +42,11 @@ def site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
         yield weights
 
 
-def _grey_dataset(root: Path) -> Path:
+def _grey_dataset(
+    root: Path, reals: tuple[int, ...] = REAL_GREYS, fakes: tuple[int, ...] = FAKE_GREYS
+) -> Path:
     rows = []
-    for label, greys in ((0, REAL_GREYS), (1, FAKE_GREYS)):
+    for label, greys in ((0, reals), (1, fakes)):
         for g in greys:
             rel = f"{'fake' if label else 'real'}/g{g}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,8 @@ def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path
     call_command("evaluate", "--faces", str(data), "--split", "val", "--json", str(out_json),
                  "--out", str(tmp_path / "figs"))  # fmt: skip
     result = json.loads(out_json.read_text())
-    assert set(result) == {"ensemble", "members", "n"}
+    assert set(result) == {"ensemble", "members", "n", "combination"}
+    assert result["combination"] == {"method": "mean"}  # no weights/ensemble.json
     assert result["n"] == {"real": 3, "fake": 3}
     m = result["members"]["bright"]
     # p = sigmoid(4 (g / 255 - 0.5)): fake at 0.5 when g >= 127.5.
@@ -144,8 +147,52 @@ def test_evaluate_json_to_stdout_is_json_alone(site: Path, tmp_path: Path, capsy
     data = _grey_dataset(tmp_path / "greys")
     call_command("evaluate", "--faces", str(data), "--json", "-", "--out", str(tmp_path / "f"))
     printed = capsys.readouterr()
-    assert set(json.loads(printed.out)) == {"ensemble", "members", "n"}
+    assert set(json.loads(printed.out)) == {"ensemble", "members", "n", "combination"}
     assert "bright: AUC" in printed.err
+
+
+def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, capsys):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    sha = read_manifest(site, "bright").weights_sha256
+    # Enough crops for 5 folds: darker ones mostly real, brighter mostly fake.
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    scores = tmp_path / "scores.csv"
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "before.json"),
+                 "--scores", str(scores))  # fmt: skip
+    rows = list(csv.DictReader(scores.open()))
+    assert len(rows) == 40 and {r["weights:bright"] for r in rows} == {sha}
+    assert {r["label"] for r in rows} == {"0", "1"}
+    before = json.loads((tmp_path / "before.json").read_text())
+    assert float(rows[0]["prob:bright"]) == pytest.approx(
+        1 / (1 + math.exp(-float(rows[0]["logit:bright"])))
+    )
+    capsys.readouterr()
+    call_command("calibrate_ensemble", "--scores", str(scores), "--dry-run")
+    assert "cross-validated" in capsys.readouterr().out
+    assert not (site / "ensemble.json").exists()  # a dry run writes nothing
+    call_command("calibrate_ensemble", "--scores", str(scores), "--description", "greys")
+    fitted = json.loads((site / "ensemble.json").read_text())
+    assert fitted["members"] == {"bright": sha} and fitted["provenance"]["data"] == "greys"
+    assert fitted["metrics"]["before"]["log_loss"] == pytest.approx(before["ensemble"]["log_loss"])
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "after.json"))
+    after = json.loads((tmp_path / "after.json").read_text())
+    assert after["combination"]["method"] == "mean, then platt"
+    assert after["ensemble"]["auc"] == pytest.approx(before["ensemble"]["auc"])
+    assert after["ensemble"]["log_loss"] < before["ensemble"]["log_loss"]  # fitted in-sample
+    assert after["members"] == before["members"]  # members are untouched
+    # New weights: the old scores are refused, and the old calibration is not applied.
+    model = BRIGHTNESS.build()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    save_weights(model.state_dict(), BRIGHTNESS, site, quantization="fp32")
+    with pytest.raises(CommandError, match="run evaluate --scores again"):
+        call_command("calibrate_ensemble", "--scores", str(scores))
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "stale.json"))
+    stale = json.loads((tmp_path / "stale.json").read_text())
+    assert stale["combination"] == {
+        "method": "mean",
+        "calibration_not_applied": "fitted for other weights of bright",
+    }
 
 
 def test_evaluate_needs_one_source(site: Path):

@@ -229,11 +229,12 @@ TRUSTTRACE = {
     ),
     "DEVICE": os.environ.get("TRUSTTRACE_DEVICE", "cpu"),
     "THREADS": int(os.environ.get("TRUSTTRACE_THREADS", "0")),
-    # "auto": ONNX Runtime on CPU (measured faster, see README), torch on CUDA.
+    # "auto": OpenVINO on CPU (measured fastest, see README), else ONNX
+    # Runtime; torch on CUDA. Or "torch", "onnxruntime", "openvino".
     "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
-    # "fp32", or "int8" once `manage.py calibrate_int8` has made the members'
-    # int8 graphs (faster on CPU, scores move a little; README, "int8").
-    "PRECISION": os.environ.get("TRUSTTRACE_PRECISION", "fp32"),
+    # "auto": bf16 on OpenVINO where the CPU has bf16 kernels (AMX or AVX-512
+    # BF16), else fp32. Or "fp32", "bf16" (README, "Speed").
+    "PRECISION": os.environ.get("TRUSTTRACE_PRECISION", "auto"),
     "FRAMES": int(os.environ.get("TRUSTTRACE_FRAMES", "32")),
     "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "8")),
     "THRESHOLD": float(os.environ.get("TRUSTTRACE_THRESHOLD", "0.5")),

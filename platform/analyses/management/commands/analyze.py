@@ -70,8 +70,8 @@ class Command(BaseCommand):
         parser.add_argument("--members", type=_members_arg, help="comma-separated members to run")
         parser.add_argument(
             "--precision",
-            choices=["fp32", "int8"],
-            help="member precision (default from settings); int8 needs calibrate_int8 first",
+            choices=["auto", "fp32", "bf16"],
+            help="member precision (default from settings; auto: bf16 where the CPU has it)",
         )
         parser.add_argument(
             "--explain",

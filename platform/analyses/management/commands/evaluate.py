@@ -3,7 +3,12 @@
 - ``--faces CSV_or_DIR [--split val]``: frame level, on a face-crop dataset.
   A folder made by ``extract_faces`` (one sub-dataset per member) gives each
   member its own crops; any other dataset gives every member the same crops,
-  resized to its input size.
+  resized to its input size. The ensemble is the members' mean, calibrated
+  by ``weights/ensemble.json`` when that was fitted for these members and
+  weights (``calibrate_ensemble``; fitted on val, so val figures of the
+  calibrated ensemble are in-sample: ``calibrate_ensemble`` reports
+  cross-validated ones). ``--scores FILE`` writes each crop's logit and
+  probability per member, the input of ``calibrate_ensemble``.
 - ``--videos DIR --labels labels.csv``: video level, through the full
   pipeline (``ensemble.pipeline.Analyzer``); videos with no face or rejected
   are left out and listed.
@@ -46,8 +51,20 @@ def figures_dir(out: Path | None, json_arg: str | None) -> Path:
     return DEFAULT_OUT
 
 
+def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One CSV row per crop: ``file,label,group`` then ``logit:<member>`` and
+    ``prob:<member>`` (calibrated) for each member, in evaluation order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class Command(BaseCommand):
     help = "Evaluate the installed detectors on labelled face crops or videos."
+    # How --faces combines the members (ensemble.calibration.Combiner), set by _faces.
+    combiner: Any = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--faces", type=Path, help="face-crop dataset (CSV or folder)")
@@ -57,8 +74,8 @@ class Command(BaseCommand):
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument("--frames", type=int, help="frames sampled per video")
         parser.add_argument(
-            "--precision", choices=["fp32", "int8"],
-            help="member precision (default: settings); int8 needs calibrate_int8 first",
+            "--precision", choices=["auto", "fp32", "bf16"],
+            help="member precision (default: settings; auto: bf16 where the CPU has it)",
         )  # fmt: skip
         parser.add_argument(
             "--limit", type=int,
@@ -68,6 +85,13 @@ class Command(BaseCommand):
             "--threshold", type=float, help="decision threshold (default: settings)"
         )
         parser.add_argument("--json", help="write the metrics JSON to FILE ('-' for stdout)")
+        parser.add_argument(
+            "--scores", type=Path,
+            help=(
+                "with --faces: write each crop's raw logit and calibrated probability per "
+                "member to this CSV (the input of calibrate_ensemble)"
+            ),
+        )  # fmt: skip
         parser.add_argument(
             "--out", type=Path,
             help=(
@@ -86,6 +110,8 @@ class Command(BaseCommand):
             raise CommandError("give either --faces or --videos (with --labels)")
         if o["videos"] and not o["labels"]:
             raise CommandError("--videos needs --labels labels.csv (file,label)")
+        if o["scores"] and not o["faces"]:
+            raise CommandError("--scores is for --faces (per-crop scores)")
         members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
         try:
             overrides = {"precision": o["precision"]} if o["precision"] else {}
@@ -98,15 +124,21 @@ class Command(BaseCommand):
         ensemble_probs = None
         try:
             if o["faces"]:
-                probs, labels = self._faces(config, registry, o)
+                probs, labels, rows = self._faces(config, registry, o)
+                if o["scores"]:
+                    write_scores(o["scores"], rows)
+                # The ensemble as analyses combine it: the calibration of
+                # weights/ensemble.json when it fits these members.
+                ensemble_probs = self.combiner(probs)
             else:
                 probs, labels, ensemble_probs, videos = self._videos(config, registry, o)
             result = report(probs, labels, threshold, ensemble_probs)
+            if o["faces"]:
+                result["combination"] = self.combiner.describe()
             if o["videos"]:
                 result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
-            ens = ensemble_probs if ensemble_probs is not None else np.mean(list(probs.values()), 0)
-            choice = choose_threshold(ens, labels)
+            choice = choose_threshold(ensemble_probs, labels)
         except (RegistryError, WeightsError, DatasetError, MetricsError) as e:
             raise CommandError(str(e)) from e
         (out / "threshold.json").write_text(
@@ -138,7 +170,10 @@ class Command(BaseCommand):
             f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
         )
 
-    def _faces(self, config: Any, registry: Any, o: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    def _faces(
+        self, config: Any, registry: Any, o: dict[str, Any]
+    ) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+        from ensemble.calibration import Combiner, read_calibration
         from ensemble.members import load_member
         from ensemble.scoring import calibrate
         from ensemble.training.data import (
@@ -158,6 +193,8 @@ class Command(BaseCommand):
         probs: dict[str, Any] = {}
         reference: list[str] | None = None
         labels = None
+        rows: list[dict[str, Any]] = []
+        shas: dict[str, str | None] = {}
         for name in config.members:
             member = load_member(
                 name, config.weights_dir, config.device, registry, backend=config.backend,
@@ -174,6 +211,10 @@ class Command(BaseCommand):
             ]
             if reference is None:
                 reference, labels = keys, labels_array(samples)
+                rows = [
+                    {"file": k, "label": s.label, "group": s.group}
+                    for k, s in zip(keys, samples, strict=True)
+                ]
             elif keys != reference:
                 raise DatasetError(f"the crops of {name} do not match the other members'")
             logits = []
@@ -183,8 +224,15 @@ class Command(BaseCommand):
                     for s in samples[start : start + EVAL_BATCH]
                 ]
                 logits.append(member.logits(crops, EVAL_BATCH))
-            probs[name] = calibrate(np.concatenate(logits), member.temperature)
-        return probs, labels
+            raw = np.concatenate(logits)
+            probs[name] = calibrate(raw, member.temperature)
+            for row, z, p in zip(rows, raw, probs[name], strict=True):
+                row[f"logit:{name}"] = float(z)
+                row[f"prob:{name}"] = float(p)
+                row[f"weights:{name}"] = member.weights_sha256
+            shas[name] = member.weights_sha256
+        self.combiner = Combiner.for_members(read_calibration(config.weights_dir), shas)
+        return probs, labels, rows
 
     def _videos(
         self, config: Any, registry: Any, o: dict[str, Any]

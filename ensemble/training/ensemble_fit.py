@@ -1,0 +1,160 @@
+"""Fitting the ensemble's calibration (:mod:`ensemble.calibration`) on
+per-crop member scores, and measuring it honestly.
+
+The input is one or more CSVs written by ``evaluate --faces ... --scores``:
+``file,label,group`` and, per member, ``logit:<m>``, ``prob:<m>`` (calibrated)
+and ``weights:<m>`` (the weights' sha256). Tables for different members on
+the same crops are joined on ``file``.
+
+The fit and the figures quoted for it use the same validation crops, so the
+figures are also given cross-validated: the crops are split into
+``CV_FOLDS`` folds by a hash of their group (a source video and the fakes
+made from it stay together), the calibration is fitted on the other folds
+and applied to each fold in turn.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ensemble.calibration import EnsembleCalibration, logit
+from ensemble.evaluation import binary_metrics
+from ensemble.training.calibrate import fit_platt
+from ensemble.training.data import DatasetError
+
+CV_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Per-crop calibrated probabilities of several members on the same crops."""
+
+    files: tuple[str, ...]
+    labels: npt.NDArray[np.float64]
+    groups: tuple[str, ...]
+    probs: Mapping[str, npt.NDArray[np.float64]]
+    weights: Mapping[str, str]
+
+
+def _read_one(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            fields = list(reader.fieldnames or [])
+    except OSError as e:
+        raise DatasetError(f"cannot read scores {path}: {e}") from e
+    missing = {"file", "label", "group"} - set(fields)
+    if missing:
+        raise DatasetError(f"{path} is not a scores CSV (no {', '.join(sorted(missing))} column)")
+    members = [f.split(":", 1)[1] for f in fields if f.startswith("prob:")]
+    if not members or not rows:
+        raise DatasetError(f"{path} holds no member scores")
+    for m in members:
+        if f"weights:{m}" not in fields:
+            raise DatasetError(f"{path} does not say which weights of {m} it scored")
+    return rows, members
+
+
+def read_scores(paths: Sequence[Path]) -> ScoreTable:
+    """Join the score CSVs on ``file``; every table must cover the same crops
+    with the same labels, and a member may appear in one table only."""
+    files: tuple[str, ...] | None = None
+    labels: dict[str, int] = {}
+    groups: dict[str, str] = {}
+    probs: dict[str, npt.NDArray[np.float64]] = {}
+    weights: dict[str, str] = {}
+    for path in paths:
+        rows, members = _read_one(path)
+        these = tuple(sorted(r["file"] for r in rows))
+        if files is None:
+            files = these
+            labels = {r["file"]: int(r["label"]) for r in rows}
+            groups = {r["file"]: r["group"] for r in rows}
+        elif these != files:
+            raise DatasetError(f"{path} scores other crops than {paths[0]}")
+        by_file = {r["file"]: r for r in rows}
+        for m in members:
+            if m in probs:
+                raise DatasetError(f"{m} is scored in more than one table")
+            shas = {r[f"weights:{m}"] for r in rows}
+            if len(shas) != 1:
+                raise DatasetError(f"{path} mixes weights versions of {m}")
+            weights[m] = shas.pop()
+            probs[m] = np.array([float(by_file[f][f"prob:{m}"]) for f in files], np.float64)
+        if any(int(by_file[f]["label"]) != labels[f] for f in files):
+            raise DatasetError(f"{path} labels crops differently from {paths[0]}")
+    assert files is not None
+    return ScoreTable(
+        files=files,
+        labels=np.array([labels[f] for f in files], np.float64),
+        groups=tuple(groups[f] for f in files),
+        probs=probs,
+        weights=weights,
+    )
+
+
+def folds(groups: Sequence[str], k: int = CV_FOLDS) -> npt.NDArray[np.int64]:
+    """A fold per crop from a hash of its group: stable across runs."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(g.encode()).digest()[:8], "big") % k for g in groups],
+        dtype=np.int64,
+    )
+
+
+@dataclass(frozen=True)
+class EnsembleFit:
+    calibration: EnsembleCalibration
+    # Metrics (binary_metrics.to_dict at 0.5) of the plain mean, the
+    # calibration fitted on all crops, and its cross-validated predictions.
+    before: Mapping[str, Any]
+    in_sample: Mapping[str, Any]
+    cross_validated: Mapping[str, Any]
+
+
+def fit_ensemble(
+    table: ScoreTable,
+    members: Sequence[str],
+    provenance: Mapping[str, Any] | None = None,
+    k: int = CV_FOLDS,
+) -> EnsembleFit:
+    """Fit ``sigmoid(slope * logit(mean) + bias)`` for ``members`` on ``table``."""
+    missing = [m for m in members if m not in table.probs]
+    if missing:
+        raise DatasetError(f"no scores for {', '.join(missing)}")
+    y = table.labels
+    mean = np.mean([table.probs[m] for m in members], axis=0)
+    x = logit(mean)
+    slope, bias = fit_platt(x, y)
+    fold = folds(table.groups, k)
+    predicted = np.zeros_like(mean)
+    for f in range(k):
+        held = fold == f
+        if not held.any():
+            continue
+        if len(np.unique(y[~held])) < 2:
+            raise DatasetError(
+                f"too few crops for {k}-fold cross-validation: a fold's training part "
+                "has only one label (score more validation crops)"
+            )
+        s, b = fit_platt(x[~held], y[~held])
+        predicted[held] = 1.0 / (1.0 + np.exp(-(s * x[held] + b)))
+    before = binary_metrics(mean, y).to_dict()
+    cv = binary_metrics(predicted, y).to_dict()
+    calibration = EnsembleCalibration(
+        members={m: table.weights[m] for m in members},
+        slope=slope,
+        bias=bias,
+        metrics={"n": len(y), "folds": k, "before": before, "cross_validated": cv},
+        provenance=dict(provenance or {}),
+    )
+    in_sample = binary_metrics(calibration.apply(mean), y).to_dict()
+    return EnsembleFit(calibration, before, in_sample, cv)

@@ -1,0 +1,95 @@
+"""``python manage.py calibrate_ensemble --scores CSV [CSV ...]``: fit the
+ensemble's calibration (``weights/ensemble.json``).
+
+The CSVs come from ``evaluate --faces DATA --split val --scores CSV`` (one
+run for all members, or one per member on the same crops). Every member of
+the configured ensemble (or ``--members``) must be scored, with the weights
+installed now: a table scored with other weights is refused, so the file
+always describes the members that will use it.
+
+Prints the plain mean's metrics, the calibrated ensemble's cross-validated
+metrics (5 folds by source video: the honest figures) and the in-sample
+ones, then writes the file (not with ``--dry-run``). Analyses pick it up on
+the worker's next start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Fit the ensemble's calibration on per-crop member scores from evaluate --scores."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--scores", type=Path, nargs="+", required=True,
+            help="CSVs written by evaluate --faces ... --scores",
+        )  # fmt: skip
+        parser.add_argument("--members", help="comma-separated members (default from settings)")
+        parser.add_argument("--description", default="", help="what the scores were computed on")
+        parser.add_argument("--json", type=Path, help="also write the fit's report to FILE")
+        parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        from analyses.config import analysis_config, analysis_registry
+        from ensemble.calibration import write_calibration
+        from ensemble.errors import TrusttraceError
+        from ensemble.training.calibrate import CalibrationError
+        from ensemble.training.ensemble_fit import fit_ensemble, read_scores
+        from ensemble.weights import read_manifest
+
+        members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
+        try:
+            config = analysis_config(members=members)
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        registry = analysis_registry()
+        try:
+            table = read_scores(o["scores"])
+            for name in config.members:
+                registry.get(name)
+                installed = read_manifest(config.weights_dir, name).weights_sha256
+                scored = table.weights.get(name)
+                if scored is None:
+                    raise CommandError(f"the scores do not include {name}")
+                if scored != installed:
+                    raise CommandError(
+                        f"{name} was scored with weights {scored[:12]}, but {installed[:12]} "
+                        "are installed: run evaluate --scores again"
+                    )
+            provenance = {
+                "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "scores": [p.name for p in o["scores"]],
+                "data": o["description"],
+            }
+            fit = fit_ensemble(table, config.members, provenance)
+        except (TrusttraceError, CalibrationError) as e:
+            raise CommandError(str(e)) from e
+        c = fit.calibration
+        self.stdout.write(
+            f"{len(table.files)} crops, members {', '.join(config.members)}: "
+            f"slope {c.slope:.4f}, bias {c.bias:.4f}"
+        )
+        for label, m in [
+            ("plain mean", fit.before),
+            (f"calibrated, {c.metrics['folds']}-fold cross-validated", fit.cross_validated),
+            ("calibrated, in-sample", fit.in_sample),
+        ]:
+            self.stdout.write(
+                f"{label}: AUC {m['auc']:.4f}, log loss {m['log_loss']:.4f}, "
+                f"ECE {m['ece']:.4f}, accuracy {m['accuracy']:.4f}, F1 {m['f1']:.4f}"
+            )
+        if o["json"]:
+            report = {**c.to_dict(), "in_sample": fit.in_sample}
+            o["json"].parent.mkdir(parents=True, exist_ok=True)
+            o["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if o["dry_run"]:
+            return
+        path = write_calibration(config.weights_dir, c)
+        self.stdout.write(f"wrote {path}")

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.calibration import (
+    Combiner,
+    EnsembleCalibration,
+    EnsembleCalibrationError,
+    logit,
+    read_calibration,
+    write_calibration,
+)
+from ensemble.config import AnalysisConfig
+from ensemble.faces import FaceDetector
+from ensemble.pipeline import analyze
+from ensemble.training.calibrate import CalibrationError, fit_platt
+from ensemble.training.data import DatasetError
+from ensemble.training.ensemble_fit import fit_ensemble, folds, read_scores
+from tests import media_factory as mf
+
+
+def _cal(**kw: object) -> EnsembleCalibration:
+    args: dict[str, object] = {"members": {"a": "sha-a", "b": "sha-b"}, "slope": 2.0, "bias": 0.5}
+    args.update(kw)
+    return EnsembleCalibration(**args)  # type: ignore[arg-type]
+
+
+def test_calibration_is_platt_on_the_logit_of_the_mean() -> None:
+    cal = _cal()
+    p = np.array([0.1, 0.5, 0.8])
+    expected = 1 / (1 + np.exp(-(2.0 * np.log(p / (1 - p)) + 0.5)))
+    assert cal.apply(p) == pytest.approx(expected)
+    # Monotone: the ranking (and so AUC) never changes.
+    q = np.linspace(0.01, 0.99, 50)
+    assert np.all(np.diff(cal.apply(q)) > 0)
+    # Extreme means stay finite.
+    assert np.isfinite(cal.apply(np.array([0.0, 1.0]))).all()
+
+
+def test_calibration_refuses_a_reversing_or_infinite_map() -> None:
+    with pytest.raises(ValueError, match="slope must be positive"):
+        _cal(slope=-1.0)
+    with pytest.raises(ValueError, match="bias finite"):
+        _cal(bias=float("nan"))
+    with pytest.raises(ValueError, match="at least one member"):
+        _cal(members={})
+
+
+def test_mismatch_names_the_members_or_the_weights_that_differ() -> None:
+    cal = _cal()
+    assert cal.mismatch({"a": "sha-a", "b": "sha-b"}) is None
+    assert "not a" in str(cal.mismatch({"a": "sha-a"}))
+    assert cal.mismatch({"a": "sha-a", "b": "other"}) == "fitted for other weights of b"
+    # Models without a weights hash (tests) never match a fitted calibration.
+    assert cal.mismatch({"a": None, "b": "sha-b"}) == "fitted for other weights of a"
+
+
+def test_combiner_applies_only_a_matching_calibration() -> None:
+    probs = {"a": np.array([0.2, 0.9]), "b": np.array([0.4, 0.7])}
+    plain = Combiner.for_members(None, {"a": "sha-a", "b": "sha-b"})
+    assert plain(probs) == pytest.approx([0.3, 0.8])
+    assert plain.describe() == {"method": "mean"}
+    fitted = Combiner.for_members(_cal(), {"a": "sha-a", "b": "sha-b"})
+    assert fitted(probs) == pytest.approx(_cal().apply(np.array([0.3, 0.8])))
+    assert fitted.describe() == {"method": "mean, then platt", "slope": 2.0, "bias": 0.5}
+    stale = Combiner.for_members(_cal(), {"a": "new", "b": "sha-b"})
+    assert stale(probs) == pytest.approx([0.3, 0.8])
+    assert stale.describe()["calibration_not_applied"] == "fitted for other weights of a"
+
+
+def test_calibration_file_round_trips_and_bad_files_are_refused(tmp_path: Path) -> None:
+    assert read_calibration(tmp_path) is None
+    cal = _cal(metrics={"n": 10}, provenance={"data": "val"})
+    path = write_calibration(tmp_path, cal)
+    assert path == tmp_path / "ensemble.json"
+    assert read_calibration(tmp_path) == cal
+    path.write_text("{not json")
+    with pytest.raises(EnsembleCalibrationError, match="cannot be read"):
+        read_calibration(tmp_path)
+    data = cal.to_dict()
+    data["slope"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(EnsembleCalibrationError, match="not a valid ensemble calibration"):
+        read_calibration(tmp_path)
+    data = cal.to_dict()
+    data["method"] = "stacking"
+    path.write_text(json.dumps(data))
+    with pytest.raises(EnsembleCalibrationError, match="unknown method"):
+        read_calibration(tmp_path)
+
+
+def test_fit_platt_recovers_the_generating_map() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 2, 20_000)
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-(0.6 * x - 0.3)))).astype(float)
+    slope, bias = fit_platt(x, y)
+    assert slope == pytest.approx(0.6, abs=0.03) and bias == pytest.approx(-0.3, abs=0.05)
+    with pytest.raises(CalibrationError, match="both real and fake"):
+        fit_platt(x[:10], np.zeros(10))
+    with pytest.raises(CalibrationError, match="NaN"):
+        fit_platt([0.0, float("nan")], [0, 1])
+
+
+def _scores_csv(path: Path, members: dict[str, np.ndarray], labels: np.ndarray) -> Path:
+    fields = ["file", "label", "group"]
+    for m in members:
+        fields += [f"logit:{m}", f"prob:{m}", f"weights:{m}"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for i, y in enumerate(labels):
+            row: dict[str, object] = {"file": f"c{i}.jpg", "label": int(y), "group": f"v{i // 2}"}
+            for m, p in members.items():
+                row |= {f"logit:{m}": logit(p[i]), f"prob:{m}": p[i], f"weights:{m}": f"sha-{m}"}
+            w.writerow(row)
+    return path
+
+
+def test_fit_ensemble_on_under_confident_members_improves_log_loss(tmp_path: Path) -> None:
+    # Two members that rank well but are pulled towards 0.5, as a mean is.
+    rng = np.random.default_rng(1)
+    n = 2000
+    y = (rng.random(n) < 0.5).astype(float)
+    signal = np.where(y == 1, 1.0, -1.0)
+    pa = 1 / (1 + np.exp(-(0.5 * signal + rng.normal(0, 0.5, n))))
+    pb = 1 / (1 + np.exp(-(0.5 * signal + rng.normal(0, 0.5, n))))
+    # Written in two tables, as evaluate --scores per member would.
+    table = read_scores(
+        [
+            _scores_csv(tmp_path / "a.csv", {"a": pa}, y),
+            _scores_csv(tmp_path / "b.csv", {"b": pb}, y),
+        ]
+    )
+    assert table.weights == {"a": "sha-a", "b": "sha-b"}
+    fit = fit_ensemble(table, ["a", "b"], {"data": "toy"})
+    assert fit.calibration.slope > 1.5  # sharpened
+    assert fit.cross_validated["log_loss"] < fit.before["log_loss"] - 0.05
+    assert fit.cross_validated["ece"] < fit.before["ece"]
+    assert fit.in_sample["auc"] == pytest.approx(fit.before["auc"])
+    assert fit.calibration.metrics["folds"] == 5
+    assert fit.calibration.members == {"a": "sha-a", "b": "sha-b"}
+
+
+def test_folds_keep_a_group_together_and_are_stable() -> None:
+    groups = ["v1", "v1", "v2", "v3", "v2"]
+    f = folds(groups)
+    assert f[0] == f[1] and f[2] == f[4]
+    assert list(folds(groups)) == list(f)
+
+
+def test_read_scores_refuses_tables_that_do_not_line_up(tmp_path: Path) -> None:
+    y = np.array([0, 1, 0, 1], float)
+    p = np.array([0.2, 0.7, 0.3, 0.6])
+    a = _scores_csv(tmp_path / "a.csv", {"a": p}, y)
+    with pytest.raises(DatasetError, match="other crops"):
+        read_scores([a, _scores_csv(tmp_path / "b.csv", {"b": p[:3]}, y[:3])])
+    with pytest.raises(DatasetError, match="labels crops differently"):
+        read_scores([a, _scores_csv(tmp_path / "c.csv", {"c": p}, 1 - y)])
+    with pytest.raises(DatasetError, match="more than one table"):
+        read_scores([a, _scores_csv(tmp_path / "d.csv", {"a": p}, y)])
+    (tmp_path / "e.csv").write_text("file,score\nx.jpg,0.5\n")
+    with pytest.raises(DatasetError, match="not a scores CSV"):
+        read_scores([tmp_path / "e.csv"])
+    with pytest.raises(DatasetError, match="no scores for b"):
+        fit_ensemble(read_scores([a]), ["a", "b"])
+
+
+def test_pipeline_scores_faces_with_the_combiner(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    members = {"a": tiny_member("a", logit=1.0), "b": tiny_member("b", logit=-0.5)}
+    config = AnalysisConfig(members=("a", "b"), frames=4)
+    cal = EnsembleCalibration(
+        {"a": str(members["a"].weights_sha256), "b": str(members["b"].weights_sha256)}, 1.8, 0.4
+    )
+    combiner = Combiner(cal)
+    result = analyze(path, config, members=members, detector=detector, combiner=combiner)
+    face = result.faces[0]
+    mean = np.mean(list(face.members.values()))
+    assert face.score == pytest.approx(float(cal.apply(np.array([mean]))[0]))
+    assert result.score == pytest.approx(face.score)
+    assert result.to_dict()["combination"]["method"] == "mean, then platt"
+    # Without one, the plain mean, and the result says so.
+    plain = analyze(path, config, members=members, detector=detector)
+    assert plain.faces[0].score == pytest.approx(mean)
+    assert plain.to_dict()["combination"] == {"method": "mean"}
+    assert {m["backend"] for m in plain.to_dict()["models"]} <= {"torch", "onnxruntime", "openvino"}
