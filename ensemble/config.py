@@ -78,8 +78,8 @@ class AnalysisConfig:
     batch_size: int = 8
     # Number of intra-op threads for torch on CPU; 0 leaves torch's default.
     threads: int = 0
-    # What runs the members: "auto" (OpenVINO on CPU when installed, else ONNX
-    # Runtime, else torch), "torch", "onnxruntime" or "openvino"; see
+    # What runs the members: "auto" (ONNX Runtime on CPU when installed, else
+    # OpenVINO, else torch), "torch", "onnxruntime" or "openvino"; see
     # ensemble.runtime.
     backend: str = "auto"
     # "auto" (bf16 on OpenVINO where the CPU has bf16 kernels, else fp32),

@@ -1,12 +1,13 @@
 """Where inference runs: eager PyTorch, ONNX Runtime or OpenVINO on CPU.
 
 On this project's reference CPU (2 cores, AVX-512, AMX) OpenVINO in bf16 runs
-the members several times faster than ONNX Runtime in fp32, which runs them
-two to four times faster than eager PyTorch (``bench/speed.py`` measures
-all three): both fuse batch norm and activations into the convolutions and
+the members two to four times faster than ONNX Runtime in fp32, which runs
+them about twice as fast as eager PyTorch (``bench/speed.py`` measures all
+of them): both fuse batch norm and activations into the convolutions and
 plan memory once, and OpenVINO's bf16 kernels use AMX tiles (or AVX-512 BF16)
-where the CPU has them. The torch module is kept beside the compiled graph:
-Grad-CAM and training need it.
+where the CPU has them. OpenVINO is opt-in for now (``resolve_backend``).
+The torch module is kept beside the compiled graph: Grad-CAM and training
+need it.
 
 Precision: ``auto`` is bf16 where the CPU plugin reports BF16 among its
 optimisation capabilities (AMX or AVX-512 BF16) and the backend is OpenVINO,
@@ -21,6 +22,7 @@ benchmarks) are exported to a temporary file that is not kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -81,13 +83,20 @@ def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime"
     return "openvino" if openvino_available() else "torch"
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's OpenVINO Core (made on first use)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin has bf16 kernels here (AMX or AVX-512 BF16)."""
     if not openvino_available():
         return False
-    import openvino as ov
 
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return "BF16" in caps
 
 
@@ -197,19 +206,20 @@ class OpenVinoRunner:
         cache_dir: Path | None = None,
         output_names: Sequence[str] | None = None,
     ) -> None:
-        import openvino as ov
 
-        core = ov.Core()
-        if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-        config = {
+        # One Core per process, kept by every compiled model made from it: a
+        # Core freed while its compiled models live is not supported.
+        self._core = openvino_core()
+        config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
         }
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
         # A path (not a read model) lets a cached blob skip reading the graph.
-        self._compiled = core.compile_model(str(path), "CPU", config)
+        self._compiled = self._core.compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
         self.path = path
         self.precision = precision

@@ -229,8 +229,8 @@ TRUSTTRACE = {
     ),
     "DEVICE": os.environ.get("TRUSTTRACE_DEVICE", "cpu"),
     "THREADS": int(os.environ.get("TRUSTTRACE_THREADS", "0")),
-    # "auto": OpenVINO on CPU (measured fastest, see README), else ONNX
-    # Runtime; torch on CUDA. Or "torch", "onnxruntime", "openvino".
+    # "auto": ONNX Runtime on CPU, torch on CUDA. Or "torch", "onnxruntime",
+    # "openvino" (fastest here in bf16 but opt-in: README, "Speed").
     "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
     # "auto": bf16 on OpenVINO where the CPU has bf16 kernels (AMX or AVX-512
     # BF16), else fp32. Or "fp32", "bf16" (README, "Speed").
