@@ -195,6 +195,14 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     }
 
 
+def test_a_precision_the_backend_cannot_run_is_a_clear_error(site: Path, tmp_path: Path):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys")
+    # The default backend on CPU is ONNX Runtime, which computes in fp32 only.
+    with pytest.raises(CommandError, match="needs the openvino or torch backend"):
+        call_command("evaluate", "--faces", str(data), "--precision", "bf16")
+
+
 def test_evaluate_needs_one_source(site: Path):
     with pytest.raises(CommandError, match="either --faces or --videos"):
         call_command("evaluate")

@@ -110,7 +110,8 @@ class Command(BaseCommand):
         analyzer = Analyzer(config, analysis_registry())
         try:
             analyzer.prepare()
-        except (RegistryError, WeightsError) as e:
+        except (RegistryError, WeightsError, ValueError) as e:
+            # ValueError: a backend or precision this machine cannot run.
             raise CommandError(str(e)) from e
         run = self._analysis(analyzer, explain_dir, reference, files)
 

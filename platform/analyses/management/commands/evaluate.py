@@ -139,7 +139,8 @@ class Command(BaseCommand):
                 result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
             choice = choose_threshold(ensemble_probs, labels)
-        except (RegistryError, WeightsError, DatasetError, MetricsError) as e:
+        except (RegistryError, WeightsError, DatasetError, MetricsError, ValueError) as e:
+            # ValueError: a backend or precision this machine cannot run.
             raise CommandError(str(e)) from e
         (out / "threshold.json").write_text(
             json.dumps(choice.__dict__, indent=2) + "\n", encoding="utf-8"
