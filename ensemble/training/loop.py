@@ -107,6 +107,7 @@ class TrainConfig:
     sbi_prob: float | None = None
     blackout_prob: float | None = None
     ema_decay: float | None = None
+    warmup_epochs: float | None = None
     no_ema: bool = False
     patience: int | None = None
     input_size: int | None = None
@@ -610,6 +611,9 @@ def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
         sbi_prob=config.sbi_prob if config.sbi_prob is not None else r.sbi_prob,
         blackout_prob=config.blackout_prob if config.blackout_prob is not None else r.blackout_prob,
         ema_decay=None if config.no_ema else (config.ema_decay or r.ema_decay),
+        warmup_epochs=(
+            config.warmup_epochs if config.warmup_epochs is not None else r.warmup_epochs
+        ),
         patience=config.patience or r.patience,
         input_size=config.input_size or r.input_size,
     )

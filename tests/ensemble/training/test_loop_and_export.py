@@ -26,6 +26,7 @@ from ensemble.training.loop import (
     apply_drop_path,
     epoch_plan,
     resolve_precision,
+    resolve_recipe,
     smooth_targets,
     train,
     warmup_cosine,
@@ -160,6 +161,19 @@ def test_ema_decay_warms_up_from_the_first_update():
 def test_recipes_train_at_the_registry_input_size():
     for name, recipe in RECIPES.items():
         assert recipe.input_size == CORE_REGISTRY.get(name).input_size, name
+
+
+def test_run_overrides_replace_the_recipes_warmup_and_ema(tmp_path: Path):
+    spec = CORE_REGISTRY.get("effnet_b7")
+    base = RECIPES["effnet_b7"]
+    kept = resolve_recipe(TrainConfig(member=spec.name, data=tmp_path, out=tmp_path), spec)
+    assert (kept.warmup_epochs, kept.ema_decay) == (base.warmup_epochs, base.ema_decay)
+    config = TrainConfig(member=spec.name, data=tmp_path, out=tmp_path, epochs=1,
+                         warmup_epochs=0.0, ema_decay=0.99, input_size=128)  # fmt: skip
+    r = resolve_recipe(config, spec)
+    assert (r.epochs, r.warmup_epochs, r.ema_decay, r.input_size) == (1, 0.0, 0.99, 128)
+    off = resolve_recipe(replace(config, no_ema=True), spec)
+    assert off.ema_decay is None
 
 
 def test_resume_without_checkpoint_is_refused(dataset: Path, tmp_path: Path):

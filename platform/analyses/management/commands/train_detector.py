@@ -48,6 +48,14 @@ class Command(BaseCommand):
             help="share of fakes with part of the manipulated region blacked out",
         )  # fmt: skip
         parser.add_argument("--no-ema", action="store_true", help="turn the recipe's EMA off")
+        parser.add_argument(
+            "--ema-decay", type=float, help="EMA decay per step (default: the recipe's)"
+        )
+        parser.add_argument(
+            "--warmup-epochs",
+            type=float,
+            help="linear LR warm-up in (fractional) epochs (default: the recipe's)",
+        )
         parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
         parser.add_argument("--input-size", type=int)
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -140,6 +148,7 @@ class Command(BaseCommand):
                     member=spec.name, data=o["data"], out=o["out"], epochs=o["epochs"],
                     batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
                     sbi_prob=o["sbi"], blackout_prob=o["ssim_blackout"], no_ema=o["no_ema"],
+                    ema_decay=o["ema_decay"], warmup_epochs=o["warmup_epochs"],
                     patience=o["patience"], input_size=o["input_size"], device=o["device"],
                     limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
                     augment=not o["no_augment"], resume=o["resume"], command=command,
