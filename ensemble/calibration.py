@@ -1,17 +1,21 @@
-"""The ensemble's own calibration: a Platt layer on the members' mean.
+"""The ensemble's own calibration: how the members' probabilities become one.
 
 Each member's probability is calibrated on its own (temperature scaling,
-fitted at export), and a face's score is their mean. A mean of calibrated
-probabilities from models that disagree is pulled towards 0.5: it ranks well
-but is under-confident, and one member shifted towards "real" (B7 here)
-shifts it too. Measured on dfdc_faces val with the shipped members, the plain
-mean had log loss 0.520 and ECE 0.096 against 0.499 / 0.029 for the best
-member alone (README, "The ensemble").
+fitted at export). A plain mean of calibrated probabilities from models that
+disagree is pulled towards 0.5: it ranks well but is under-confident, and a
+weak member counts as much as a strong one. Measured on dfdc_faces val with
+the shipped members (README, "The ensemble"), the plain mean ranked below the
+best member alone.
 
-So the ensemble score is recalibrated as a whole:
-``sigmoid(slope * logit(mean) + bias)``, two numbers fitted on validation
-crops (``manage.py calibrate_ensemble``). It is monotone, so it changes no
-ranking (AUC) and no member's score, only what the ensemble's number means.
+So the ensemble score is fitted on validation crops (``manage.py
+calibrate_ensemble``), in one of two forms:
+
+- ``platt_on_mean``: ``sigmoid(slope * logit(mean) + bias)``. Monotone in the
+  mean, so it changes no ranking (AUC), only what the number means.
+- ``platt_on_weighted_logits``: ``sigmoid(slope * sum_m(w_m * logit(p_m)) +
+  bias)`` with ``w_m >= 0`` summing to 1: a weighted mean of the members'
+  logits, then Platt. The weights let a stronger member count for more; every
+  member still pushes only in the direction of its own evidence.
 
 The fit belongs to one exact set of members and weights: ``weights/ensemble.json``
 records each member's weights sha256, and a calibration whose members or
@@ -33,6 +37,8 @@ import numpy.typing as npt
 from ensemble.errors import WeightsError
 
 ENSEMBLE_FILE = "ensemble.json"
+MEAN_METHOD = "platt_on_mean"
+WEIGHTED_METHOD = "platt_on_weighted_logits"
 CALIBRATION_VERSION = 1
 # Probabilities are clipped this far from 0 and 1 before the logit.
 _EPS = 1e-6
@@ -50,8 +56,10 @@ def logit(p: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class EnsembleCalibration:
-    """``sigmoid(slope * logit(mean) + bias)`` for the members in ``members``
-    (name -> weights sha256)."""
+    """The fitted combination of the members in ``members`` (name -> weights
+    sha256): ``sigmoid(slope * logit(mean) + bias)``, or with
+    ``member_weights`` (name -> weight, summing to 1)
+    ``sigmoid(slope * sum(weight * logit(p)) + bias)``."""
 
     members: Mapping[str, str]
     slope: float
@@ -59,6 +67,7 @@ class EnsembleCalibration:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     version: int = CALIBRATION_VERSION
+    member_weights: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -67,12 +76,37 @@ class EnsembleCalibration:
             raise ValueError(
                 f"slope must be positive and finite and bias finite, got {self.slope}, {self.bias}"
             )
+        w = self.member_weights
+        if w is not None:
+            if set(w) != set(self.members):
+                raise ValueError("member weights must name exactly the calibrated members")
+            values = np.array(list(w.values()), dtype=np.float64)
+            if not (np.isfinite(values).all() and (values >= 0).all()):
+                raise ValueError("member weights must be finite and not negative")
+            if abs(values.sum() - 1.0) > 1e-6:
+                raise ValueError(f"member weights must sum to 1, not {values.sum():.6f}")
 
-    def apply(self, mean_probs: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """The calibrated ensemble probability of each mean."""
-        z = self.slope * logit(mean_probs) + self.bias
+    @property
+    def method(self) -> str:
+        return MEAN_METHOD if self.member_weights is None else WEIGHTED_METHOD
+
+    def score(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``sigmoid(slope * x + bias)``."""
+        z = self.slope * np.asarray(x, dtype=np.float64) + self.bias
         out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
         return out
+
+    def apply(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """The ensemble probability from each member's calibrated probabilities
+        (name -> array, one entry per face; every calibrated member present)."""
+        missing = set(self.members) - set(probs)
+        if missing:
+            raise ValueError(f"no probabilities for {', '.join(sorted(missing))}")
+        if self.member_weights is None:
+            mean = np.mean([np.asarray(probs[m], dtype=np.float64) for m in self.members], axis=0)
+            return self.score(logit(mean))
+        x = sum(w * logit(probs[m]) for m, w in self.member_weights.items())
+        return self.score(x)
 
     def mismatch(self, installed: Mapping[str, str | None]) -> str | None:
         """Why this calibration does not fit the members analysing
@@ -87,10 +121,14 @@ class EnsembleCalibration:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
-            "method": "platt_on_mean",
+            "method": self.method,
             "members": dict(sorted(self.members.items())),
+        }
+        if self.member_weights is not None:
+            out["member_weights"] = dict(sorted(self.member_weights.items()))
+        return out | {
             "slope": self.slope,
             "bias": self.bias,
             "metrics": dict(self.metrics),
@@ -102,14 +140,21 @@ class EnsembleCalibration:
         try:
             if data.get("version") != CALIBRATION_VERSION:
                 raise ValueError(f"version {data.get('version')} is not {CALIBRATION_VERSION}")
-            if data.get("method") != "platt_on_mean":
-                raise ValueError(f"unknown method {data.get('method')!r}")
+            method = data.get("method")
+            if method not in (MEAN_METHOD, WEIGHTED_METHOD):
+                raise ValueError(f"unknown method {method!r}")
+            weights = data.get("member_weights")
+            if (method == WEIGHTED_METHOD) != (weights is not None):
+                raise ValueError(f"{method} {'needs' if weights is None else 'takes no'} weights")
             return cls(
                 members={str(k): str(v) for k, v in dict(data["members"]).items()},
                 slope=float(data["slope"]),
                 bias=float(data["bias"]),
                 metrics=dict(data.get("metrics", {})),
                 provenance=dict(data.get("provenance", {})),
+                member_weights=(
+                    None if weights is None else {str(k): float(v) for k, v in weights.items()}
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EnsembleCalibrationError(
@@ -164,19 +209,24 @@ class Combiner:
         return cls(None, reason) if reason else cls(calibration)
 
     def __call__(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
-        mean = np.mean([np.asarray(p, dtype=np.float64) for p in probs.values()], axis=0)
-        if self.calibration is None:
-            out: npt.NDArray[np.float64] = mean
-            return out
-        return self.calibration.apply(mean)
+        if self.calibration is not None:
+            return self.calibration.apply(probs)
+        out: npt.NDArray[np.float64] = np.mean(
+            [np.asarray(p, dtype=np.float64) for p in probs.values()], axis=0
+        )
+        return out
 
     def describe(self) -> dict[str, Any]:
         """What the result records about the combination."""
-        if self.calibration is not None:
+        c = self.calibration
+        if c is not None:
+            if c.member_weights is None:
+                return {"method": "mean, then platt", "slope": c.slope, "bias": c.bias}
             return {
-                "method": "mean, then platt",
-                "slope": self.calibration.slope,
-                "bias": self.calibration.bias,
+                "method": "weighted mean of logits, then platt",
+                "weights": dict(sorted(c.member_weights.items())),
+                "slope": c.slope,
+                "bias": c.bias,
             }
         note = {"method": "mean"}
         if self.skipped:

@@ -83,3 +83,45 @@ def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, floa
     log_slope, bias = (float(v) for v in params.detach())
     slope = min(max(math.exp(log_slope), 1.0 / MAX_TEMPERATURE), 1.0 / MIN_TEMPERATURE)
     return slope, bias
+
+
+def fit_weighted_platt(
+    scores: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[tuple[float, ...], float, float]:
+    """``(weights, slope, bias)`` minimising the NLL of
+    ``sigmoid(slope * (scores @ weights) + bias)`` for a ``(n, k)`` matrix of
+    per-member logits: a weighted mean of the members' logits, then Platt.
+
+    The weights are a softmax (positive, summing to 1) and the slope is
+    optimised as its log, so every member can only push the score in the
+    direction of its own evidence and the map never reverses a ranking. A
+    member that adds nothing gets a weight near 0, not a negative one."""
+    x = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != len(y) or len(y) == 0 or x.shape[1] == 0:
+        raise CalibrationError(
+            f"need an (n, members) score matrix and n labels (got {tuple(x.shape)} and {len(y)})"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise CalibrationError("scores contain NaN or infinity")
+    if len(torch.unique(y)) < 2:
+        raise CalibrationError("Platt scaling needs both real and fake samples")
+    k = x.shape[1]
+    # Softmax logits of the weights, log slope, bias: equal weights, slope 1.
+    params = torch.zeros(k + 2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        w = torch.softmax(params[:k], 0)
+        z = params[k].exp() * (x @ w) + params[k + 1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    for _ in range(5):  # LBFGS stops early on flat softmax directions; a few restarts converge
+        opt.step(closure)  # type: ignore[no-untyped-call]
+    p = params.detach()
+    weights = tuple(float(v) for v in torch.softmax(p[:k], 0))
+    slope = min(max(math.exp(float(p[k])), 1.0 / MAX_TEMPERATURE), 1.0 / MIN_TEMPERATURE)
+    return weights, slope, float(p[k + 1])

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ensemble.calibration import EnsembleCalibration, logit
+from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, EnsembleCalibration, logit
 from ensemble.evaluation import binary_metrics
-from ensemble.training.calibrate import fit_platt
+from ensemble.training.calibrate import fit_platt, fit_weighted_platt
 from ensemble.training.data import DatasetError
 
 CV_FOLDS = 5
@@ -120,22 +120,38 @@ class EnsembleFit:
     cross_validated: Mapping[str, Any]
 
 
+def _fit(
+    method: str, probs: Mapping[str, npt.NDArray[np.float64]], y: npt.NDArray[np.float64]
+) -> tuple[dict[str, float] | None, float, float]:
+    """``(member weights or None, slope, bias)`` of ``method`` on these crops."""
+    if method == MEAN_METHOD:
+        mean = np.mean(list(probs.values()), axis=0)
+        return (None, *fit_platt(logit(mean), y))
+    x = np.stack([logit(p) for p in probs.values()], axis=1)
+    weights, slope, bias = fit_weighted_platt(x, y)
+    total = sum(weights)
+    return {m: w / total for m, w in zip(probs, weights, strict=True)}, slope, bias
+
+
 def fit_ensemble(
     table: ScoreTable,
     members: Sequence[str],
     provenance: Mapping[str, Any] | None = None,
     k: int = CV_FOLDS,
+    method: str = WEIGHTED_METHOD,
 ) -> EnsembleFit:
-    """Fit ``sigmoid(slope * logit(mean) + bias)`` for ``members`` on ``table``."""
+    """Fit the combination ``method`` (:mod:`ensemble.calibration`) of
+    ``members`` on ``table``; cross-validate it over ``k`` folds by group."""
+    if method not in (MEAN_METHOD, WEIGHTED_METHOD):
+        raise ValueError(f"unknown ensemble method {method!r}")
     missing = [m for m in members if m not in table.probs]
     if missing:
         raise DatasetError(f"no scores for {', '.join(missing)}")
     y = table.labels
-    mean = np.mean([table.probs[m] for m in members], axis=0)
-    x = logit(mean)
-    slope, bias = fit_platt(x, y)
+    probs = {m: table.probs[m] for m in members}
+    sha = {m: table.weights[m] for m in members}
     fold = folds(table.groups, k)
-    predicted = np.zeros_like(mean)
+    predicted = np.zeros_like(y)
     for f in range(k):
         held = fold == f
         if not held.any():
@@ -145,16 +161,19 @@ def fit_ensemble(
                 f"too few crops for {k}-fold cross-validation: a fold's training part "
                 "has only one label (score more validation crops)"
             )
-        s, b = fit_platt(x[~held], y[~held])
-        predicted[held] = 1.0 / (1.0 + np.exp(-(s * x[held] + b)))
-    before = binary_metrics(mean, y).to_dict()
+        w, s, b = _fit(method, {m: p[~held] for m, p in probs.items()}, y[~held])
+        part = EnsembleCalibration(sha, s, b, member_weights=w)
+        predicted[held] = part.apply({m: p[held] for m, p in probs.items()})
+    before = binary_metrics(np.mean(list(probs.values()), axis=0), y).to_dict()
     cv = binary_metrics(predicted, y).to_dict()
+    weights, slope, bias = _fit(method, probs, y)
     calibration = EnsembleCalibration(
-        members={m: table.weights[m] for m in members},
+        members=sha,
         slope=slope,
         bias=bias,
         metrics={"n": len(y), "folds": k, "before": before, "cross_validated": cv},
         provenance=dict(provenance or {}),
+        member_weights=weights,
     )
-    in_sample = binary_metrics(calibration.apply(mean), y).to_dict()
+    in_sample = binary_metrics(calibration.apply(probs), y).to_dict()
     return EnsembleFit(calibration, before, in_sample, cv)

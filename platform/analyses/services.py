@@ -141,10 +141,18 @@ def runtime_status() -> RuntimeStatus:
             if "log_loss" in cv and "ece" in cv
             else ""
         )
-        combination = (
-            f"mean of the members, recalibrated: sigmoid({c.slope:.3f} * logit(mean) "
-            f"+ {c.bias:.3f}){figures}"
-        )
+        bias = f"{'+' if c.bias >= 0 else '-'} {abs(c.bias):.3f}"
+        if c.member_weights is None:
+            combination = (
+                f"mean of the members, recalibrated: sigmoid({c.slope:.3f} * logit(mean) "
+                f"{bias}){figures}"
+            )
+        else:
+            terms = " + ".join(f"{w:.2f} * logit({m})" for m, w in sorted(c.member_weights.items()))
+            combination = (
+                f"weighted mean of the members' logits, recalibrated: "
+                f"sigmoid({c.slope:.3f} * ({terms}) {bias}){figures}"
+            )
     elif combiner.skipped:
         combination = f"mean of the members (ensemble calibration not applied: {combiner.skipped})"
     else:

@@ -16,9 +16,10 @@ from ensemble.calibration import (
     write_calibration,
 )
 from ensemble.config import AnalysisConfig
+from ensemble.evaluation import roc_auc
 from ensemble.faces import FaceDetector
 from ensemble.pipeline import analyze
-from ensemble.training.calibrate import CalibrationError, fit_platt
+from ensemble.training.calibrate import CalibrationError, fit_platt, fit_weighted_platt
 from ensemble.training.data import DatasetError
 from ensemble.training.ensemble_fit import fit_ensemble, folds, read_scores
 from tests import media_factory as mf
@@ -32,14 +33,35 @@ def _cal(**kw: object) -> EnsembleCalibration:
 
 def test_calibration_is_platt_on_the_logit_of_the_mean() -> None:
     cal = _cal()
-    p = np.array([0.1, 0.5, 0.8])
+    a, b = np.array([0.1, 0.5, 0.8]), np.array([0.3, 0.5, 0.6])
+    p = (a + b) / 2
     expected = 1 / (1 + np.exp(-(2.0 * np.log(p / (1 - p)) + 0.5)))
-    assert cal.apply(p) == pytest.approx(expected)
-    # Monotone: the ranking (and so AUC) never changes.
+    assert cal.method == "platt_on_mean"
+    assert cal.apply({"a": a, "b": b}) == pytest.approx(expected)
+    # Monotone in the mean: the ranking (and so AUC) never changes.
     q = np.linspace(0.01, 0.99, 50)
-    assert np.all(np.diff(cal.apply(q)) > 0)
+    assert np.all(np.diff(cal.apply({"a": q, "b": q})) > 0)
     # Extreme means stay finite.
-    assert np.isfinite(cal.apply(np.array([0.0, 1.0]))).all()
+    assert np.isfinite(cal.apply({"a": np.array([0.0, 1.0]), "b": np.array([0.0, 1.0])})).all()
+    with pytest.raises(ValueError, match="no probabilities for b"):
+        cal.apply({"a": a})
+
+
+def test_weighted_calibration_is_platt_on_a_weighted_mean_of_logits() -> None:
+    cal = _cal(member_weights={"a": 0.75, "b": 0.25})
+    assert cal.method == "platt_on_weighted_logits"
+    a, b = np.array([0.1, 0.5, 0.8]), np.array([0.3, 0.5, 0.6])
+    x = 0.75 * np.log(a / (1 - a)) + 0.25 * np.log(b / (1 - b))
+    assert cal.apply({"a": a, "b": b}) == pytest.approx(1 / (1 + np.exp(-(2.0 * x + 0.5))))
+    # A member with weight 0 changes nothing.
+    only_a = _cal(member_weights={"a": 1.0, "b": 0.0})
+    assert only_a.apply({"a": a, "b": b}) == pytest.approx(only_a.apply({"a": a, "b": 1 - b}))
+    with pytest.raises(ValueError, match="exactly the calibrated members"):
+        _cal(member_weights={"a": 1.0})
+    with pytest.raises(ValueError, match="not negative"):
+        _cal(member_weights={"a": 1.5, "b": -0.5})
+    with pytest.raises(ValueError, match="sum to 1"):
+        _cal(member_weights={"a": 0.5, "b": 0.6})
 
 
 def test_calibration_refuses_a_reversing_or_infinite_map() -> None:
@@ -66,8 +88,19 @@ def test_combiner_applies_only_a_matching_calibration() -> None:
     assert plain(probs) == pytest.approx([0.3, 0.8])
     assert plain.describe() == {"method": "mean"}
     fitted = Combiner.for_members(_cal(), {"a": "sha-a", "b": "sha-b"})
-    assert fitted(probs) == pytest.approx(_cal().apply(np.array([0.3, 0.8])))
+    assert fitted(probs) == pytest.approx(_cal().score(logit([0.3, 0.8])))
     assert fitted.describe() == {"method": "mean, then platt", "slope": 2.0, "bias": 0.5}
+    weighted = Combiner.for_members(
+        _cal(member_weights={"a": 0.75, "b": 0.25}), {"a": "sha-a", "b": "sha-b"}
+    )
+    x = 0.75 * logit([0.2, 0.9]) + 0.25 * logit([0.4, 0.7])
+    assert weighted(probs) == pytest.approx(_cal().score(x))
+    assert weighted.describe() == {
+        "method": "weighted mean of logits, then platt",
+        "weights": {"a": 0.75, "b": 0.25},
+        "slope": 2.0,
+        "bias": 0.5,
+    }
     stale = Combiner.for_members(_cal(), {"a": "new", "b": "sha-b"})
     assert stale(probs) == pytest.approx([0.3, 0.8])
     assert stale.describe()["calibration_not_applied"] == "fitted for other weights of a"
@@ -91,6 +124,15 @@ def test_calibration_file_round_trips_and_bad_files_are_refused(tmp_path: Path) 
     data["method"] = "stacking"
     path.write_text(json.dumps(data))
     with pytest.raises(EnsembleCalibrationError, match="unknown method"):
+        read_calibration(tmp_path)
+    weighted = _cal(member_weights={"a": 0.25, "b": 0.75})
+    write_calibration(tmp_path, weighted)
+    assert read_calibration(tmp_path) == weighted
+    assert json.loads(path.read_text())["method"] == "platt_on_weighted_logits"
+    data = weighted.to_dict()
+    del data["member_weights"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(EnsembleCalibrationError, match="needs weights"):
         read_calibration(tmp_path)
 
 
@@ -137,13 +179,49 @@ def test_fit_ensemble_on_under_confident_members_improves_log_loss(tmp_path: Pat
         ]
     )
     assert table.weights == {"a": "sha-a", "b": "sha-b"}
-    fit = fit_ensemble(table, ["a", "b"], {"data": "toy"})
+    fit = fit_ensemble(table, ["a", "b"], {"data": "toy"}, method="platt_on_mean")
     assert fit.calibration.slope > 1.5  # sharpened
     assert fit.cross_validated["log_loss"] < fit.before["log_loss"] - 0.05
     assert fit.cross_validated["ece"] < fit.before["ece"]
     assert fit.in_sample["auc"] == pytest.approx(fit.before["auc"])
     assert fit.calibration.metrics["folds"] == 5
     assert fit.calibration.members == {"a": "sha-a", "b": "sha-b"}
+
+
+def test_fit_weighted_platt_recovers_the_generating_weights() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 2, (20_000, 3))
+    z = 1.6 * (0.7 * x[:, 0] + 0.3 * x[:, 1]) - 0.2  # the third member is noise
+    y = (rng.random(len(z)) < 1 / (1 + np.exp(-z))).astype(float)
+    weights, slope, bias = fit_weighted_platt(x, y)
+    assert weights == pytest.approx((0.7, 0.3, 0.0), abs=0.03)
+    assert slope == pytest.approx(1.6, abs=0.08) and bias == pytest.approx(-0.2, abs=0.05)
+    with pytest.raises(CalibrationError, match="score matrix"):
+        fit_weighted_platt(x[:, 0], y)
+    with pytest.raises(CalibrationError, match="both real and fake"):
+        fit_weighted_platt(x[:10], np.zeros(10))
+
+
+def test_weighted_fit_lets_the_stronger_member_count_more(tmp_path: Path) -> None:
+    # One member sees the label clearly, the other barely: the plain mean
+    # ranks below the strong member alone; the weighted fit should not.
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = (rng.random(n) < 0.5).astype(float)
+    signal = np.where(y == 1, 1.0, -1.0)
+    strong = 1 / (1 + np.exp(-(1.5 * signal + rng.normal(0, 1.0, n))))
+    weak = 1 / (1 + np.exp(-(0.2 * signal + rng.normal(0, 1.5, n))))
+    table = read_scores([_scores_csv(tmp_path / "s.csv", {"a": strong, "b": weak}, y)])
+    fit = fit_ensemble(table, ["a", "b"])
+    weights = fit.calibration.member_weights
+    assert weights is not None and weights["a"] > 0.7 > weights["b"]
+    alone = roc_auc(strong, y)
+    assert fit.before["auc"] < alone  # the plain mean is dragged down
+    assert fit.cross_validated["auc"] > fit.before["auc"]
+    assert fit.cross_validated["auc"] >= alone - 0.005
+    assert fit.cross_validated["log_loss"] < fit.before["log_loss"]
+    with pytest.raises(ValueError, match="unknown ensemble method"):
+        fit_ensemble(table, ["a", "b"], method="stacking")
 
 
 def test_folds_keep_a_group_together_and_are_stable() -> None:
@@ -183,7 +261,7 @@ def test_pipeline_scores_faces_with_the_combiner(
     result = analyze(path, config, members=members, detector=detector, combiner=combiner)
     face = result.faces[0]
     mean = np.mean(list(face.members.values()))
-    assert face.score == pytest.approx(float(cal.apply(np.array([mean]))[0]))
+    assert face.score == pytest.approx(float(cal.score(logit([mean]))[0]))
     assert result.score == pytest.approx(face.score)
     assert result.to_dict()["combination"]["method"] == "mean, then platt"
     # Without one, the plain mean, and the result says so.

@@ -47,6 +47,13 @@ def _check_models_page_runtime(weights: Path, clients) -> None:
     write_calibration(weights, EnsembleCalibration(shas, 1.87, 0.47, {"cross_validated": cv}))
     page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
     assert "sigmoid(1.870 * logit(mean) + 0.470)" in page and "ECE 0.027" in page
+    share = 1 / len(shas)
+    weighted = EnsembleCalibration(shas, 1.5, -0.2, member_weights=dict.fromkeys(shas, share))
+    write_calibration(weights, weighted)
+    page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
+    terms = " + ".join(f"{share:.2f} * logit({m})" for m in sorted(shas))
+    expected = f"logits, recalibrated: sigmoid(1.500 * ({terms}) - 0.200)"
+    assert "weighted mean of the members&#x27; " + expected in page
     first = next(iter(shas))
     write_calibration(weights, EnsembleCalibration({**shas, first: "0" * 64}, 1.87, 0.47))
     page = clients["anonymous"].get(reverse("analyses:models")).content.decode()

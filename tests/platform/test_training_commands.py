@@ -170,13 +170,18 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     call_command("calibrate_ensemble", "--scores", str(scores), "--dry-run")
     assert "cross-validated" in capsys.readouterr().out
     assert not (site / "ensemble.json").exists()  # a dry run writes nothing
+    call_command("calibrate_ensemble", "--scores", str(scores), "--method", "mean")
+    assert json.loads((site / "ensemble.json").read_text())["method"] == "platt_on_mean"
     call_command("calibrate_ensemble", "--scores", str(scores), "--description", "greys")
     fitted = json.loads((site / "ensemble.json").read_text())
+    assert fitted["method"] == "platt_on_weighted_logits"
     assert fitted["members"] == {"bright": sha} and fitted["provenance"]["data"] == "greys"
     assert fitted["metrics"]["before"]["log_loss"] == pytest.approx(before["ensemble"]["log_loss"])
     call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "after.json"))
     after = json.loads((tmp_path / "after.json").read_text())
-    assert after["combination"]["method"] == "mean, then platt"
+    # One member: the weighted mean of logits is its logit, so the ranking holds.
+    assert after["combination"]["method"] == "weighted mean of logits, then platt"
+    assert after["combination"]["weights"] == {"bright": pytest.approx(1.0)}
     assert after["ensemble"]["auc"] == pytest.approx(before["ensemble"]["auc"])
     assert after["ensemble"]["log_loss"] < before["ensemble"]["log_loss"]  # fitted in-sample
     assert after["members"] == before["members"]  # members are untouched

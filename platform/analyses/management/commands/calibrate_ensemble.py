@@ -7,7 +7,10 @@ the configured ensemble (or ``--members``) must be scored, with the weights
 installed now: a table scored with other weights is refused, so the file
 always describes the members that will use it.
 
-Prints the plain mean's metrics, the calibrated ensemble's cross-validated
+``--method weighted`` (the default) fits a weighted mean of the members'
+logits before the Platt layer; ``--method mean`` only recalibrates the plain
+mean (no ranking changes). Prints the plain mean's metrics, the calibrated
+ensemble's cross-validated
 metrics (5 folds by source video: the honest figures) and the in-sample
 ones, then writes the file (not with ``--dry-run``). Analyses pick it up on
 the worker's next start.
@@ -32,13 +35,18 @@ class Command(BaseCommand):
             help="CSVs written by evaluate --faces ... --scores",
         )  # fmt: skip
         parser.add_argument("--members", help="comma-separated members (default from settings)")
+        parser.add_argument(
+            "--method", choices=["weighted", "mean"], default="weighted",
+            help="weighted: a fitted weighted mean of the members' logits, then Platt "
+            "(default); mean: Platt on the logit of the plain mean",
+        )  # fmt: skip
         parser.add_argument("--description", default="", help="what the scores were computed on")
         parser.add_argument("--json", type=Path, help="also write the fit's report to FILE")
         parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
-        from ensemble.calibration import write_calibration
+        from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, write_calibration
         from ensemble.errors import TrusttraceError
         from ensemble.training.calibrate import CalibrationError
         from ensemble.training.ensemble_fit import fit_ensemble, read_scores
@@ -68,14 +76,20 @@ class Command(BaseCommand):
                 "scores": [p.name for p in o["scores"]],
                 "data": o["description"],
             }
-            fit = fit_ensemble(table, config.members, provenance)
+            method = WEIGHTED_METHOD if o["method"] == "weighted" else MEAN_METHOD
+            fit = fit_ensemble(table, config.members, provenance, method=method)
         except (TrusttraceError, CalibrationError) as e:
             raise CommandError(str(e)) from e
         c = fit.calibration
         self.stdout.write(
             f"{len(table.files)} crops, members {', '.join(config.members)}: "
-            f"slope {c.slope:.4f}, bias {c.bias:.4f}"
+            f"{c.method}, slope {c.slope:.4f}, bias {c.bias:.4f}"
         )
+        if c.member_weights is not None:
+            self.stdout.write(
+                "member weights: "
+                + ", ".join(f"{m} {w:.3f}" for m, w in sorted(c.member_weights.items()))
+            )
         for label, m in [
             ("plain mean", fit.before),
             (f"calibrated, {c.metrics['folds']}-fold cross-validated", fit.cross_validated),
