@@ -84,7 +84,7 @@ def test_moderator_rerun_queues_with_current_models(clients, users, finished, mo
     from analyses import services
 
     queued = []
-    monkeypatch.setattr(services, "enqueue", queued.append)
+    monkeypatch.setattr(services.queue, "enqueue", queued.append)
     sub = finished(users["submitter"])
     clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]))
     sub.refresh_from_db()

@@ -73,7 +73,7 @@ def test_general_pages_matrix(clients: dict[str, Client], users, site) -> None:
 def test_post_actions_matrix(clients: dict[str, Client], users, finished, monkeypatch) -> None:
     from analyses import services
 
-    monkeypatch.setattr(services, "enqueue", lambda sub: None)
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
     for role in ROLES:
         sub = finished(users["submitter"])
         delete = clients[role].post(reverse("analyses:delete", args=[sub.pk]))

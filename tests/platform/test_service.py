@@ -51,7 +51,7 @@ def test_video_analysis_goes_running_then_done_with_scores_and_versions(
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "person.mp4")
     seen: list[tuple[str, str, int]] = []
-    real_writer = services._progress_writer
+    real_writer = services.running._progress_writer
 
     def spy_writer(sub_id: Any):
         write = real_writer(sub_id)
@@ -63,7 +63,7 @@ def test_video_analysis_goes_running_then_done_with_scores_and_versions(
 
         return report
 
-    monkeypatch.setattr(services, "_progress_writer", spy_writer)
+    monkeypatch.setattr(services.running, "_progress_writer", spy_writer)
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.DONE, sub.reason
@@ -107,7 +107,7 @@ def test_crash_is_failed_with_logged_traceback_never_a_score(
         ) -> Any:
             raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(services, "_explainer", lambda: Boom())
+    monkeypatch.setattr(services.running, "_explainer", lambda: Boom())
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.FAILED and sub.score is None and sub.verdict == ""
@@ -120,7 +120,9 @@ def test_failed_submission_can_be_rerun_and_then_succeeds(
     site: Path, users, media_dir: Path, monkeypatch
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "face.png")
-    monkeypatch.setattr(services, "_explainer", lambda: (_ for _ in ()).throw(OSError("disk")))
+    monkeypatch.setattr(
+        services.running, "_explainer", lambda: (_ for _ in ()).throw(OSError("disk"))
+    )
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.FAILED
@@ -207,7 +209,7 @@ def test_explainer_output_is_stored_as_artifacts(
             frames = tuple(sorted({r["frame"] for r in result.frame_rows()}))
             return result, _FakeIndex(out_dir, frames)
 
-    monkeypatch.setattr(services, "_explainer", Explainer)
+    monkeypatch.setattr(services.running, "_explainer", Explainer)
     sub = _submit(users["submitter"], media_dir / "face.png")
     services.run_submission(sub.pk)
     sub.refresh_from_db()
@@ -224,7 +226,7 @@ def test_unusable_reference_is_rejected_not_failed(
         def run(self, path, out_dir, reference=None, progress=None):
             raise InvalidReferenceError("The reference shows no face.", "reference_no_face")
 
-    monkeypatch.setattr(services, "_explainer", Explainer)
+    monkeypatch.setattr(services.running, "_explainer", Explainer)
     sub = services.create_submission(
         users["submitter"], upload(media_dir / "face.png"), reference=upload(media_dir / "face.png")
     )
@@ -262,7 +264,7 @@ def test_worker_death_is_run_once_more_then_failed_not_looped(
             seen.append(1)
             raise SystemExit("worker killed")
 
-    monkeypatch.setattr(services, "_explainer", lambda: DiesWithTheWorker())
+    monkeypatch.setattr(services.running, "_explainer", lambda: DiesWithTheWorker())
     for _ in range(2):  # the worker dies during the first two deliveries
         with pytest.raises(SystemExit):
             services.run_submission(sub.pk)
@@ -293,7 +295,7 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
             services.delete_submission(Submission.objects.get(pk=sub.pk))
             return result, None
 
-    monkeypatch.setattr(services, "_explainer", lambda: DeletedMeanwhile())
+    monkeypatch.setattr(services.running, "_explainer", lambda: DeletedMeanwhile())
     services.run_submission(sub.pk)
     assert not Submission.objects.filter(pk=sub.pk).exists()
     assert not services.artifact_dir(sub).exists()

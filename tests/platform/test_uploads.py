@@ -76,7 +76,7 @@ def test_path_traversal_name_is_display_text_only(
 ) -> None:
     from analyses import services
 
-    monkeypatch.setattr(services, "enqueue", lambda sub: None)
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
     fake = SimpleUploadedFile("../../../../etc/passwd.png", (media_dir / "face.png").read_bytes())
     fake.name = "../../../../etc/passwd.png"  # as a hostile client would send it
     sub = services.create_submission(_user(), fake)
@@ -96,7 +96,7 @@ def test_path_traversal_name_through_the_form_never_escapes(
 ) -> None:
     from analyses import services
 
-    monkeypatch.setattr(services, "enqueue", lambda sub: None)
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
     body = _multipart("..%2F..%2F/x/../../evil.png", (media_dir / "face.png").read_bytes())
     response = clients["submitter"].generic(
         "POST", reverse("analyses:submit"), data=body,
@@ -135,7 +135,7 @@ def test_type_comes_from_content_not_extension(
 ) -> None:
     from analyses import services
 
-    monkeypatch.setattr(services, "enqueue", lambda sub: None)
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
     with (media_dir / "face.png").open("rb") as fh:
         upload = SimpleUploadedFile("holiday.mp4", fh.read())
     response = clients["submitter"].post(reverse("analyses:submit"), {"file": upload})

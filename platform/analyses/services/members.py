@@ -1,0 +1,136 @@
+"""Which models the site runs: the configured members, their installed
+weights, and the backend and combination a worker would use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from analyses.config import analysis_config, analysis_registry
+from analyses.models import WeightsVersion
+from analyses.services.errors import ModelsUnavailable
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One ensemble member as installed on this site."""
+
+    name: str
+    installed: bool
+    weights_sha256: str | None
+    architecture: str
+    input_size: int
+    provenance: dict[str, Any]
+    problem: str | None
+
+
+def models_status() -> list[MemberStatus]:
+    """Every configured member with its installed weights (manifest only: cheap)."""
+    from ensemble.errors import TrusttraceError
+    from ensemble.weights import read_manifest
+
+    config = analysis_config()
+    registry = analysis_registry()
+    out = []
+    for name in config.members:
+        try:
+            registry.get(name)
+            manifest = read_manifest(config.weights_dir, name)
+        except TrusttraceError as e:
+            out.append(MemberStatus(name, False, None, "", 0, {}, str(e)))
+            continue
+        out.append(
+            MemberStatus(
+                name,
+                True,
+                manifest.weights_sha256,
+                manifest.architecture,
+                manifest.input_size,
+                dict(manifest.provenance),
+                None,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """What a worker started with these settings on this machine runs the
+    members on, and how their scores are combined."""
+
+    backend: str
+    precision: str
+    combination: str
+    problem: str | None = None
+
+
+def runtime_status() -> RuntimeStatus:
+    """The backend and precision the settings resolve to here, and whether
+    ``weights/ensemble.json`` fits the installed members."""
+    from ensemble.calibration import Combiner, read_calibration
+    from ensemble.errors import TrusttraceError
+    from ensemble.runtime import resolve_backend, resolve_precision
+    from ensemble.weights import read_manifest
+
+    config = analysis_config()
+    try:
+        backend = resolve_backend(config.backend, config.device)
+        precision = resolve_precision(config.precision, backend, config.device)
+    except ValueError as e:
+        return RuntimeStatus(config.backend, config.precision, "", str(e))
+    try:
+        installed = {n: read_manifest(config.weights_dir, n).weights_sha256 for n in config.members}
+        combiner = Combiner.for_members(read_calibration(config.weights_dir), installed)
+    except TrusttraceError as e:
+        return RuntimeStatus(backend, precision, "mean of the members", str(e))
+    if combiner.calibration is not None:
+        c = combiner.calibration
+        cv = c.metrics.get("cross_validated", {})
+        figures = (
+            f" (validation log loss {cv['log_loss']:.3f}, ECE {cv['ece']:.3f}, cross-validated)"
+            if "log_loss" in cv and "ece" in cv
+            else ""
+        )
+        bias = f"{'+' if c.bias >= 0 else '-'} {abs(c.bias):.3f}"
+        if c.member_weights is None:
+            combination = (
+                f"mean of the members, recalibrated: sigmoid({c.slope:.3f} * logit(mean) "
+                f"{bias}){figures}"
+            )
+        else:
+            terms = " + ".join(f"{w:.2f} * logit({m})" for m, w in sorted(c.member_weights.items()))
+            combination = (
+                f"weighted mean of the members' logits, recalibrated: "
+                f"sigmoid({c.slope:.3f} * ({terms}) {bias}){figures}"
+            )
+    elif combiner.skipped:
+        combination = f"mean of the members (ensemble calibration not applied: {combiner.skipped})"
+    else:
+        combination = "mean of the members (no ensemble calibration installed)"
+    return RuntimeStatus(backend, precision, combination)
+
+
+def require_models() -> list[MemberStatus]:
+    """The members, or :class:`ModelsUnavailable` saying what is missing."""
+    members = models_status()
+    problems = [m.problem for m in members if m.problem]
+    if problems:
+        raise ModelsUnavailable(
+            "This site cannot analyse media yet: " + " ".join(problems), "no_weights"
+        )
+    return members
+
+
+def record_weights_versions(members: list[MemberStatus]) -> None:
+    """Remember each weights version seen (shown read-only in the admin)."""
+    for m in members:
+        if m.weights_sha256:
+            WeightsVersion.objects.get_or_create(
+                member=m.name,
+                weights_sha256=m.weights_sha256,
+                defaults={
+                    "architecture": m.architecture,
+                    "input_size": m.input_size,
+                    "provenance": m.provenance,
+                },
+            )

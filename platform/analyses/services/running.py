@@ -1,0 +1,301 @@
+"""Running an analysis: the Celery task's body. The only place the site meets
+the detection core (``ensemble`` and ``explain``, imported lazily, in the
+worker child only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from analyses.config import analysis_config, analysis_registry, trusttrace_setting
+from analyses.models import Artifact, ArtifactKind, Status, Submission
+from analyses.services.storage import artifact_dir, media_root
+
+logger = logging.getLogger(__name__)
+
+# Explanation index versions this site stores (explain/index.py writes the newest).
+INDEX_VERSIONS = (1, 2)
+INTERNAL_ERROR_REASON = (
+    "The analysis stopped because of an internal error ({name}). This is our fault, "
+    "not your file's; it was logged and a moderator can run it again."
+)
+
+_ANALYZERS: dict[Any, Any] = {}
+
+
+def _analyzer() -> Any:
+    """One loaded :class:`ensemble.pipeline.Analyzer` per worker process and
+    configuration: models load on the first job, in the child process."""
+    from ensemble.pipeline import Analyzer
+
+    config = analysis_config()
+    key = (config, trusttrace_setting("REGISTRY"))
+    analyzer = _ANALYZERS.get(key)
+    if analyzer is None:
+        analyzer = Analyzer(config, analysis_registry())
+        analyzer.prepare()
+        _ANALYZERS.clear()  # settings changed: drop the old models
+        _ANALYZERS[key] = analyzer
+    return analyzer
+
+
+class _RejectedInput(Exception):  # noqa: N818 (a verdict on the input, not our error)
+    """Bad input found during the job (e.g. an unusable reference): final."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+_EXPLAINERS: dict[Any, Any] = {}
+
+
+def _explainer() -> Any:
+    """One ``explain.Explainer`` per worker process around :func:`_analyzer`."""
+    from explain import ExplainConfig, Explainer
+
+    analyzer = _analyzer()
+    explainer = _EXPLAINERS.get(id(analyzer))
+    if explainer is None:
+        _EXPLAINERS.clear()
+        explainer = _EXPLAINERS[id(analyzer)] = Explainer(analyzer, ExplainConfig())
+    return explainer
+
+
+def _analyse(
+    path: Path, out_dir: Path, reference: Path | None, progress: Callable[[str, float], None]
+) -> tuple[Any, dict[str, Any] | None]:
+    """Run the analysis with its explanations.
+
+    Returns the AnalysisResult and the explanation index (index.json as a
+    dict) when there is one (only for a "done" result). An unusable
+    reference is bad input: :class:`_RejectedInput` with its reason.
+    """
+    from explain import InvalidReferenceError
+
+    explainer = _explainer()
+    try:
+        result, index = explainer.run(path, out_dir, reference=reference, progress=progress)
+    except InvalidReferenceError as e:
+        raise _RejectedInput(str(e), e.code) from e
+    if index is None:
+        return result, None
+    index_path = index.write(out_dir)
+    return result, json.loads(Path(index_path).read_text(encoding="utf-8"))
+
+
+def _progress_writer(sub_id: Any) -> Callable[[str, float], None]:
+    interval = float(trusttrace_setting("PROGRESS_INTERVAL_S"))
+    last = [0.0, -1]
+
+    def report(stage: str, fraction: float) -> None:
+        percent = max(0, min(100, int(fraction * 100)))
+        now = time.monotonic()
+        if percent != last[1] and (now - last[0] >= interval or percent >= 100):
+            last[0], last[1] = now, percent
+            Submission.objects.filter(pk=sub_id).update(stage=stage[:64], percent=percent)
+
+    return report
+
+
+def series_from_result(result: dict[str, Any]) -> dict[str, Any]:
+    """The chart data of index.json's ``series`` built from a result dict
+    (used when no explanation index exists)."""
+    persons: dict[int, list[dict[str, Any]]] = {}
+    for row in result.get("frames", []):
+        persons.setdefault(int(row["person"]), []).append(
+            {
+                "frame": row["frame"],
+                "time": row["time"],
+                "score": row["score"],
+                "members": row["members"],
+            }
+        )
+    return {
+        "threshold": result.get("threshold"),
+        "uncertain_band": result.get("uncertain_band"),
+        "persons": [{"id": pid, "points": pts} for pid, pts in sorted(persons.items())],
+    }
+
+
+WORKER_LOST_CODE = "worker_lost"
+WORKER_LOST_REASON = (
+    "The analysis stopped twice because its worker process died (out of memory or over the "
+    "time limit). This was logged; a moderator can run it again."
+)
+
+
+def run_submission(submission_id: Any) -> None:
+    """Analyse one submission and store the outcome (the Celery task's body).
+
+    A message redelivered while the submission is still ``running`` means the
+    worker died mid-job (acks_late + reject_on_worker_lost): it is run once
+    more, and failed the second time, so a file that kills the worker cannot
+    loop forever. A submission deleted during its analysis is left deleted
+    and the files the job wrote are removed.
+    """
+    sub = Submission.objects.filter(pk=submission_id).first()
+    if sub is None:
+        logger.warning("submission %s vanished before its analysis", submission_id)
+        return
+    if sub.status not in (Status.PENDING, Status.RUNNING):
+        logger.info("submission %s is %s; not analysing again", sub.pk, sub.status)
+        return
+    if sub.status == Status.RUNNING:
+        if sub.reason_code == WORKER_LOST_CODE:
+            logger.error("submission %s: worker died twice; marking it failed", sub.pk)
+            _fail(sub, WORKER_LOST_REASON, WORKER_LOST_CODE)
+            return
+        logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
+        sub.reason_code = WORKER_LOST_CODE
+    sub.status, sub.stage, sub.percent = Status.RUNNING, "queued", 0
+    sub.started, sub.finished = timezone.now(), None
+    sub.attempts += 1
+    sub.save(
+        update_fields=[
+            "status",
+            "stage",
+            "percent",
+            "started",
+            "finished",
+            "attempts",
+            "reason_code",
+        ]
+    )
+    out_dir = artifact_dir(sub)
+    try:
+        try:
+            reference = Path(sub.reference_file.path) if sub.reference_file else None
+            result, index = _analyse(
+                Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
+            )
+            _store(sub, result.to_dict(), index, out_dir)
+        except _RejectedInput as e:
+            logger.info("submission %s rejected: %s", sub.pk, e)
+            _finish_rejected(sub, str(e), e.code)
+        except Submission.DoesNotExist:
+            raise
+        except Exception as e:
+            if not Submission.objects.filter(pk=sub.pk).exists():
+                raise Submission.DoesNotExist from e
+            logger.exception("analysis of submission %s failed", sub.pk)
+            _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+    except Submission.DoesNotExist:
+        logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _save_existing(sub: Submission) -> None:
+    """Save a row that must still exist (never re-insert a deleted submission)."""
+    try:
+        sub.save(force_update=True)
+    except DatabaseError as e:
+        if Submission.objects.filter(pk=sub.pk).exists():
+            raise
+        raise Submission.DoesNotExist from e
+
+
+def _finish_rejected(sub: Submission, reason: str, code: str) -> None:
+    sub.refresh_from_db()
+    sub.status, sub.reason, sub.reason_code = Status.REJECTED, reason, code
+    sub.verdict, sub.score = "", None
+    sub.finished = timezone.now()
+    _save_existing(sub)
+
+
+def _fail(sub: Submission, reason: str, code: str) -> None:
+    sub.refresh_from_db()
+    sub.status, sub.reason, sub.reason_code = Status.FAILED, reason, code
+    sub.verdict, sub.score = "", None
+    sub.finished = timezone.now()
+    _save_existing(sub)
+
+
+def _store(
+    sub: Submission, result: dict[str, Any], index: dict[str, Any] | None, out_dir: Path
+) -> None:
+    sub.refresh_from_db()
+    status = result["status"]
+    sub.result = result
+    sub.reason = result.get("reason") or ""
+    sub.reason_code = result.get("reason_code") or ""
+    sub.timings = result.get("timings", {})
+    sub.model_versions = {m["name"]: m["weights_sha256"] for m in result.get("models", [])}
+    sub.threshold = result.get("threshold")
+    sub.uncertain_band = result.get("uncertain_band")
+    sub.finished = timezone.now()
+    if status == "done":
+        sub.status = Status.DONE
+        sub.verdict = result.get("verdict") or ""
+        sub.score = result.get("score")
+        sub.members = result.get("members", {})
+        sub.stage, sub.percent = "done", 100
+    elif status == "rejected":
+        sub.status = Status.REJECTED
+    else:
+        sub.status = Status.FAILED
+    with transaction.atomic():
+        sub.artifacts.all().delete()
+        if index is not None and sub.status == Status.DONE:
+            store_index(sub, index, out_dir)
+        elif sub.status == Status.DONE:
+            sub.series = series_from_result(result)
+        _save_existing(sub)
+
+
+def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[Artifact]:
+    """Artifacts and chart series from an explainer index.json (version 1 or 2).
+
+    Paths must stay inside ``out_dir``; entries of unknown kind or pointing
+    outside are skipped with a warning.
+    """
+    if index.get("version") not in INDEX_VERSIONS:
+        raise ValueError(f"unsupported explanation index version {index.get('version')}")
+    root = out_dir.resolve()
+    kinds = set(ArtifactKind.values)
+    rows = []
+    for entry in index.get("artifacts", []):
+        target = (root / str(entry["path"])).resolve()
+        if (
+            entry.get("kind") not in kinds
+            or not target.is_relative_to(root)
+            or not target.is_file()
+        ):
+            logger.warning("skipping artifact %r of submission %s", entry.get("path"), sub.pk)
+            continue
+        rows.append(
+            Artifact(
+                submission=sub,
+                kind=entry["kind"],
+                file=target.relative_to(media_root().resolve()).as_posix(),
+                frame=entry.get("frame"),
+                time=entry.get("time"),
+                person=entry.get("person"),
+                member=entry.get("member") or "",
+                caption=str(entry.get("caption") or "")[:300],
+                width=int(entry.get("width") or 0),
+                height=int(entry.get("height") or 0),
+                media_type=str(entry.get("media_type") or "image/png"),
+            )
+        )
+    Artifact.objects.bulk_create(rows)
+    sub.series = index.get("series") or series_from_result(sub.result)
+    return rows
+
+
+def load_index_file(sub: Submission, out_dir: Path) -> list[Artifact]:
+    """Read ``out_dir/index.json`` and store it (see :func:`store_index`)."""
+    index = json.loads((out_dir / "index.json").read_text(encoding="utf-8"))
+    with transaction.atomic():
+        sub.artifacts.all().delete()
+        rows = store_index(sub, index, out_dir)
+        sub.save(update_fields=["series"])
+    return rows

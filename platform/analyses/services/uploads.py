@@ -1,0 +1,157 @@
+"""Uploads: checked at the edge (name, size, type by content, a decode probe),
+stored under a random name, then queued."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from analyses.config import analysis_config, trusttrace_setting
+from analyses.models import Submission
+from analyses.services import queue
+from analyses.services.errors import UploadRejected
+from analyses.services.members import record_weights_versions, require_models
+from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
+
+logger = logging.getLogger(__name__)
+
+# Frames decoded by the upload probe: enough to prove the file decodes.
+PROBE_FRAMES = 1
+_COPY_CHUNK = 1 << 20
+_SUFFIX = {
+    "jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "mp4": ".mp4",
+    "mov": ".mov", "webm": ".webm", "mkv": ".mkv", "avi": ".avi",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What the edge check learnt about an upload."""
+
+    kind: str
+    format: str
+    sha256: str
+    size_bytes: int
+
+
+def display_name(name: str | None) -> str:
+    """The client's file name as harmless display text (never a path)."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(c for c in base if c.isprintable()).strip()
+    return clean[:255] or "upload"
+
+
+def check_name(name: str | None) -> None:
+    """Refuse file names that did not survive decoding (non-UTF-8 bytes)."""
+    if name and "\ufffd" in name:
+        raise UploadRejected(
+            "The file name is not valid UTF-8 text; please rename the file and try again.",
+            "bad_name",
+        )
+
+
+def _limits_text(limit: int) -> str:
+    return f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit} bytes"
+
+
+def check_size(size: int | None) -> None:
+    """Refuse anything over ``MAX_UPLOAD_BYTES`` (checked before saving)."""
+    limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+    if size is not None and size > limit:
+        raise UploadRejected(
+            f"The upload is {_limits_text(size)}; the limit is {_limits_text(limit)}.",
+            "too_large",
+        )
+
+
+def probe(path: Path) -> Probed:
+    """Type by content, a decode probe and the pixel/duration limits."""
+    from ensemble.errors import InvalidMediaError
+    from ensemble.media import load_media
+
+    config = analysis_config()
+    try:
+        media = load_media(path, config.limits, PROBE_FRAMES)
+    except InvalidMediaError as e:
+        raise UploadRejected(str(e), e.code) from e
+    info = media.info
+    return Probed(info.kind, info.format, info.sha256, info.size_bytes)
+
+
+def _stage(upload: UploadedFile) -> Path:
+    folder = media_root() / STAGING_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / uuid.uuid4().hex
+    with path.open("wb") as fh:
+        for chunk in upload.chunks(_COPY_CHUNK):
+            fh.write(chunk)
+    return path
+
+
+def _accept(upload: UploadedFile) -> tuple[Path, Probed]:
+    """Stage, check and move one upload under a random name; nothing is left
+    behind when it is refused."""
+    check_name(upload.name)
+    check_size(upload.size)
+    staged = _stage(upload)
+    try:
+        check_size(staged.stat().st_size)
+        probed = probe(staged)
+        final = media_root() / UPLOAD_DIR / f"{uuid.uuid4().hex}{_SUFFIX[probed.format]}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(final)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return final, probed
+
+
+def create_submission(
+    owner: Any,
+    upload: UploadedFile,
+    *,
+    title: str = "",
+    reference: UploadedFile | None = None,
+) -> Submission:
+    """Check an upload at the edge, save it, then queue its analysis.
+
+    Raises :class:`UploadRejected` (nothing saved) when the models are missing
+    or the file is refused.
+    """
+    record_weights_versions(require_models())
+    path, probed = _accept(upload)
+    ref_path: Path | None = None
+    try:
+        ref_probed: Probed | None = None
+        if reference is not None:
+            ref_path, ref_probed = _accept(reference)
+        with transaction.atomic():
+            sub = Submission(
+                owner=owner,
+                title=title.strip()[:200],
+                original_name=display_name(upload.name),
+                sha256=probed.sha256,
+                size_bytes=probed.size_bytes,
+                kind=probed.kind,
+                media_format=probed.format,
+            )
+            sub.file.name = path.relative_to(media_root()).as_posix()
+            if ref_path is not None and ref_probed is not None and reference is not None:
+                sub.reference_file.name = ref_path.relative_to(media_root()).as_posix()
+                sub.reference_name = display_name(reference.name)
+                sub.reference_sha256 = ref_probed.sha256
+            sub.save()
+            queue.enqueue(sub)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        if ref_path is not None:
+            ref_path.unlink(missing_ok=True)
+        raise
+    logger.info("submission %s saved (%s, %s)", sub.pk, sub.kind, sub.sha256[:12])
+    return sub
