@@ -28,19 +28,23 @@ PANEL_GAP = 0.35  # share of a panel's height between panels (room for titles)
 
 def score_series(result: AnalysisResult) -> dict[str, Any]:
     """The chart data: per person, one point per sampled frame where the
-    person was seen, with the ensemble score and each member's."""
+    person was seen, with the ensemble score, each member's and (when the
+    frame size is known) the face box as fractions of the frame."""
     frames = {f.position: f for f in result.frames}
     persons: dict[int, list[dict[str, Any]]] = {p.id: [] for p in result.persons}
     for face in sorted(result.faces, key=lambda f: (f.person, f.position)):
         frame = frames[face.position]
-        persons.setdefault(face.person, []).append(
-            {
-                "frame": frame.index,
-                "time": round(frame.time_s, 4),
-                "score": face.score,
-                "members": dict(face.members),
-            }
-        )
+        point: dict[str, Any] = {
+            "frame": frame.index,
+            "time": round(frame.time_s, 4),
+            "score": face.score,
+            "members": dict(face.members),
+        }
+        if result.media is not None and result.media.width and result.media.height:
+            w, h = result.media.width, result.media.height
+            x0, y0, x1, y1 = face.box
+            point["box"] = [round(x0 / w, 4), round(y0 / h, 4), round(x1 / w, 4), round(y1 / h, 4)]
+        persons.setdefault(face.person, []).append(point)
     return {
         "threshold": result.threshold,
         "uncertain_band": result.uncertain_band,

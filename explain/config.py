@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ArtifactKind = Literal["gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"]
+ArtifactKind = Literal[
+    "face", "frame", "gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"
+]
 ALL_KINDS: tuple[ArtifactKind, ...] = (
+    "face",
+    "frame",
     "gradcam",
     "attention",
     "ssim_temporal",
@@ -18,6 +22,8 @@ ImageFormat = Literal["jpeg", "webp"]
 MAX_TOP_K = 64
 MIN_SIDE = 64
 MAX_SIDE = 4096
+MIN_FACE_SIDE = 64
+MAX_FACE_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,11 @@ class ExplainConfig:
     ``top_k`` most suspicious frames per person (plus the least suspicious one
     when ``include_least_suspicious``) get a Grad-CAM overlay from every
     member; every analysed face gets an attention overlay from members that
-    have an attention map. Images are at most ``max_side`` pixels on their
+    have an attention map. Heat maps are drawn on the face crop (``face``:
+    a square of ``face_side`` pixels around the face box, ``face_margin`` of
+    the box's longer side added on each side), the crop a viewer shows them
+    on; ``frame`` images (the whole sampled frame, at most ``frame_side``
+    pixels) give the context. Images are at most ``max_side`` pixels on their
     longer side, encoded as ``image_format`` at ``quality``.
     """
 
@@ -39,6 +49,11 @@ class ExplainConfig:
     quality: int = 85
     # Weight of the colour map where it is laid over the face (0: invisible, 1: opaque).
     overlay_alpha: float = 0.45
+    # Side of the face crops the heat maps are drawn on, and the margin around the box.
+    face_side: int = 256
+    face_margin: float = 0.3
+    # Longer side of the whole-frame context images.
+    frame_side: int = 480
     # Side of the keypoint-aligned face crops compared by SSIM.
     ssim_size: int = 224
     # Crops per Grad-CAM forward/backward pass.
@@ -62,6 +77,12 @@ class ExplainConfig:
             raise ValueError(f"quality must be between 1 and 100, got {self.quality}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if not MIN_FACE_SIDE <= self.face_side <= MAX_SIDE:
+            raise ValueError(f"face_side must be between {MIN_FACE_SIDE} and {MAX_SIDE}")
+        if not 0.0 <= self.face_margin <= MAX_FACE_MARGIN:
+            raise ValueError(f"face_margin must be in [0, {MAX_FACE_MARGIN}]")
+        if not MIN_SIDE <= self.frame_side <= MAX_SIDE:
+            raise ValueError(f"frame_side must be between {MIN_SIDE} and {MAX_SIDE}")
         if not 32 <= self.ssim_size <= 1024:
             raise ValueError(f"ssim_size must be between 32 and 1024, got {self.ssim_size}")
         if self.gradcam_batch < 1:

@@ -21,7 +21,16 @@ from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
 from explain.index import Artifact, ExplanationIndex
 from explain.reference import check_reference, frames_at
-from explain.render import fit, image_media_type, image_suffix, overlay_on_frame, write_image
+from explain.render import (
+    cut_square,
+    face_square,
+    fit,
+    heat_on_square,
+    image_media_type,
+    image_suffix,
+    resized,
+    write_image,
+)
 from explain.ssim import matching_face, ssim_mask
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,8 @@ logger = logging.getLogger(__name__)
 ANALYSIS_SHARE = 0.6
 # How the rest is shared between the explanation stages (by expected cost).
 _STAGE_WEIGHT: dict[ArtifactKind, float] = {
+    "face": 0.05,
+    "frame": 0.05,
     "gradcam": 0.5,
     "attention": 0.25,
     "ssim_temporal": 0.1,
@@ -37,7 +48,8 @@ _STAGE_WEIGHT: dict[ArtifactKind, float] = {
     "chart": 0.05,
 }
 
-LOOKED = "where the model looked, not proof of where the face was manipulated"
+# Kinds drawn on the face crop (the ``face`` artifact of the same person and frame).
+HEAT_KINDS: tuple[ArtifactKind, ...] = ("gradcam", "attention")
 
 
 def _when(result: AnalysisResult, face: FaceResult) -> tuple[int, float]:
@@ -150,7 +162,11 @@ class Explainer:
             if kind == "chart":
                 self._chart(writer, series, [m.name for m in members])
             elif data is not None:
-                if kind == "gradcam":
+                if kind == "face":
+                    self._faces(writer, result, data)
+                elif kind == "frame":
+                    self._whole_frames(writer, result, data)
+                elif kind == "gradcam":
                     self._gradcam(writer, result, data, members)
                 elif kind == "attention":
                     self._attention(writer, result, data, members)
@@ -171,17 +187,14 @@ class Explainer:
         report("done", 1.0)
         return result, index
 
-    # -- frames at output size -------------------------------------------------
+    # -- face crops -------------------------------------------------------------
 
-    def _frames(self, data: AnalysisData) -> Callable[[int], tuple[RGBImage, float]]:
-        cache: dict[int, tuple[RGBImage, float]] = {}
-
-        def get(position: int) -> tuple[RGBImage, float]:
-            if position not in cache:
-                cache[position] = fit(data.media.frames[position].image, self.config.max_side)
-            return cache[position]
-
-        return get
+    def _face_crop(
+        self, data: AnalysisData, face: FaceResult
+    ) -> tuple[RGBImage, tuple[int, int, int]]:
+        """The face's square crop (before resizing) and its square in the frame."""
+        square = face_square(face.box, self.config.face_margin)
+        return cut_square(data.media.frames[face.position].image, square), square
 
     def _overlays(
         self,
@@ -194,18 +207,18 @@ class Explainer:
         maps: Sequence[FloatMap],
         caption: Callable[[int, FaceResult, int, float], str],
     ) -> None:
-        frames = self._frames(data)
+        """Heat maps on the face crops, at the face crops' size and framing."""
         for i, heat in zip(faces, maps, strict=True):
             face = result.faces[i]
-            image, factor = frames(face.position)
+            crop, square = self._face_crop(data, face)
             full = data.media.frames[face.position].image
             where = placement(full.shape, face.box, member.crop, member.input_size)
-            overlay = overlay_on_frame(image, heat, where.scaled(factor), self.config.overlay_alpha)
+            layer = heat_on_square(crop, square, heat, where)
             frame, t = _when(result, face)
             writer.image(
                 kind,
                 f"{kind}/{member.name}/p{face.person}_f{frame:06d}",
-                overlay,
+                resized(layer, self.config.face_side),
                 frame=frame,
                 time_s=t,
                 person=face.person,
@@ -214,6 +227,39 @@ class Explainer:
             )
 
     # -- the kinds ---------------------------------------------------------------
+
+    def _faces(self, writer: _Writer, result: AnalysisResult, data: AnalysisData) -> None:
+        """Every analysed face, cropped as the heat maps are drawn."""
+        for face in result.faces:
+            crop, _ = self._face_crop(data, face)
+            frame, t = _when(result, face)
+            writer.image(
+                "face",
+                f"face/p{face.person}_f{frame:06d}",
+                resized(crop, self.config.face_side),
+                frame=frame,
+                time_s=t,
+                person=face.person,
+                member=None,
+                caption=f"Person {face.person} at {t:.2f} s (frame {frame}), as analysed.",
+            )
+
+    def _whole_frames(self, writer: _Writer, result: AnalysisResult, data: AnalysisData) -> None:
+        """Each sampled frame with a face, small: the context of the face crops."""
+        for position in sorted({f.position for f in result.faces}):
+            info = result.frames[position]
+            image, _ = fit(data.media.frames[position].image, self.config.frame_side)
+            t = round(info.time_s, 4)
+            writer.image(
+                "frame",
+                f"frame/f{info.index:06d}",
+                image,
+                frame=info.index,
+                time_s=t,
+                person=None,
+                member=None,
+                caption=f"The whole frame at {t:.2f} s (frame {info.index}).",
+            )
 
     def _gradcam(
         self,
@@ -250,10 +296,8 @@ class Explainer:
             ) -> str:
                 which = "least suspicious" if i in least else "one of the most suspicious"
                 return (
-                    f"Grad-CAM of {name} on person {face.person} at {t:.2f} s (frame {frame}), "
-                    f"{which} frames (ensemble score {face.score:.2f}, {name} "
-                    f"{face.members[name]:.2f}). Red marks {LOOKED}; colours are relative "
-                    "to this face."
+                    f"Grad-CAM: where {name} looked (red most), person {face.person}, "
+                    f"{which} frames ({name} {face.members[name]:.2f})."
                 )
 
             self._overlays(writer, "gradcam", result, data, member, faces, maps, caption)
@@ -280,9 +324,8 @@ class Explainer:
                 i: int, face: FaceResult, frame: int, t: float, name: str = member.name
             ) -> str:
                 return (
-                    f"Attention map of {name} on person {face.person} at {t:.2f} s "
-                    f"(frame {frame}; {name} score {face.members[name]:.2f}): the model's own "
-                    f"learned weighting of the face, red = high. It shows {LOOKED}."
+                    f"Attention: {name}'s own learned weighting, where it looked (red most), "
+                    f"person {face.person} ({name} {face.members[name]:.2f})."
                 )
 
             self._overlays(writer, "attention", result, data, member, faces, maps, caption)
@@ -302,7 +345,7 @@ class Explainer:
                     self.config.ssim_size,
                 )
                 frame, t = _when(result, face)
-                prev_frame, prev_t = _when(result, prev)
+                prev_frame, _ = _when(result, prev)
                 writer.image(
                     "ssim_temporal",
                     f"ssim_temporal/p{person}_f{frame:06d}",
@@ -312,11 +355,8 @@ class Explainer:
                     person=person,
                     member=None,
                     caption=(
-                        f"Person {person}: face at {prev_t:.2f} s (frame {prev_frame}), face at "
-                        f"{t:.2f} s (frame {frame}), both aligned by their landmarks, and the "
-                        f"structural (SSIM) difference between them, red = changed (mean "
-                        f"{mask.mean:.3f}). Motion, expression and light change faces too; "
-                        "changes confined to the face's inner region are worth a look."
+                        f"SSIM: frame {prev_frame} | frame {frame} | what changed (red), "
+                        f"aligned by landmarks (mean {mask.mean:.3f})."
                     ),
                 )
 
@@ -350,11 +390,8 @@ class Explainer:
                 person=face.person,
                 member=None,
                 caption=(
-                    f"Person {face.person} at {t:.2f} s (frame {frame}): the submitted face, "
-                    f"the reference's face at the same time, both aligned by their landmarks, "
-                    f"and the structural (SSIM) difference between them, red = differs (mean "
-                    f"{mask.mean:.3f}). Differences show where the two copies disagree; which "
-                    "one is original is for the reviewer to judge."
+                    f"SSIM: submitted | reference at {t:.2f} s | where they differ (red), "
+                    f"aligned by landmarks (mean {mask.mean:.3f})."
                 ),
             )
 

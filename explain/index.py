@@ -1,17 +1,29 @@
 """The index of an explanation: every artifact file and the chart series.
 
-``index.json`` (version 1)::
+``index.json`` (version 2)::
 
-    {"version": 1,
+    {"version": 2,
      "artifacts": [{"kind", "path", "frame", "time", "person", "member",
                     "caption", "width", "height", "media_type"}],
      "series": {"threshold", "uncertain_band",
                 "persons": [{"id", "points": [{"frame", "time", "score",
-                                               "members": {name: score}}]}]}}
+                                               "members": {name: score},
+                                               "box": [x0, y0, x1, y1]}]}]}}
 
 ``path`` is relative to the folder holding ``index.json``. ``frame``,
 ``time`` and ``person`` are ``null`` for the chart, which covers them all;
-``member`` is ``null`` for artifacts not made by one member.
+``person`` is ``null`` for ``frame`` (a whole sampled frame, the context);
+``member`` is ``null`` for artifacts not made by one member. ``box`` is the
+face box as fractions of the frame's width and height.
+
+Kinds: ``face`` is a person's face crop in a frame; ``gradcam`` and
+``attention`` are that same crop (same framing and size) with a member's map
+drawn at full strength over the region the member saw, so a viewer lays
+them over the ``face`` of the same person and frame at any opacity;
+``ssim_temporal`` and ``ssim_reference`` are three aligned faces side by
+side (first, second, their difference); ``chart`` covers the whole analysis.
+Version 1 had no ``face``, ``frame`` or ``box``, and its ``gradcam`` and
+``attention`` images were whole frames.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from typing import Any
 
 from explain.config import ALL_KINDS, ArtifactKind
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_NAME = "index.json"
 
 

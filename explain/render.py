@@ -102,3 +102,52 @@ def write_image(path: Path, image: RGBImage, config: ExplainConfig) -> tuple[int
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return width, height
+
+
+def face_square(box: tuple[float, float, float, float], margin: float) -> tuple[int, int, int]:
+    """The square ``(x0, y0, side)`` in frame pixels around ``box``: its
+    longer side plus ``margin`` of it on each side, centred on the box."""
+    x0, y0, x1, y1 = box
+    side = max(round(max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)), 2)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return round(cx - side / 2.0), round(cy - side / 2.0), side
+
+
+def cut_square(frame: RGBImage, square: tuple[int, int, int]) -> RGBImage:
+    """The square region of ``frame``; parts outside the frame are black."""
+    x0, y0, side = square
+    h, w = frame.shape[:2]
+    out: RGBImage = np.zeros((side, side, 3), dtype=np.uint8)
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if fx1 > fx0 and fy1 > fy0:
+        out[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] = frame[fy0:fy1, fx0:fx1]
+    return out
+
+
+def heat_on_square(
+    face: RGBImage, square: tuple[int, int, int], heat: FloatMap, where: Placement
+) -> RGBImage:
+    """``face`` (the :func:`cut_square` of ``square``) with the crop map
+    ``heat`` as a full-strength colour map where the crop placed by ``where``
+    shows the frame; unchanged elsewhere. A viewer lays it over ``face`` at
+    the opacity it chooses."""
+    sx0, sy0, side = square
+    x0, y0, x1, y1 = where.roi
+    x0, y0 = max(x0, sx0, 0), max(y0, sy0, 0)
+    x1, y1 = min(x1, sx0 + side), min(y1, sy0 + side)
+    out = face.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    clipped = Placement(where.sx, where.sy, where.bx, where.by, (x0, y0, x1, y1))
+    out[y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0] = colorize(crop_map_to_roi(heat, clipped))
+    return out
+
+
+def resized(image: RGBImage, side: int) -> RGBImage:
+    """A square ``image`` at ``side`` x ``side`` pixels."""
+    if image.shape[0] == side and image.shape[1] == side:
+        return image
+    shrink = image.shape[0] > side
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    out: RGBImage = np.asarray(cv2.resize(image, (side, side), interpolation=interpolation))
+    return out

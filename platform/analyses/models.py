@@ -104,6 +104,8 @@ class Submission(models.Model):
 
 
 class ArtifactKind(models.TextChoices):
+    FACE = "face", "Face"
+    FRAME = "frame", "Whole frame"
     GRADCAM = "gradcam", "Grad-CAM"
     ATTENTION = "attention", "Attention map"
     SSIM_TEMPORAL = "ssim_temporal", "SSIM (temporal)"

@@ -88,7 +88,7 @@ def test_index_round_trips_through_index_json(tmp_path: Path) -> None:
     index = ExplanationIndex((art,), score_series(_result()))
     path = index.write(tmp_path)
     data = json.loads(path.read_text())
-    assert data["version"] == 1 and set(data) == {"version", "artifacts", "series"}
+    assert data["version"] == 2 and set(data) == {"version", "artifacts", "series"}
     assert set(data["artifacts"][0]) == {
         "kind", "path", "frame", "time", "person", "member", "caption", "width", "height",
         "media_type",

@@ -13,13 +13,19 @@ from PIL import Image
 from ensemble.pipeline import Analyzer
 from explain import ExplainConfig, Explainer, ExplanationIndex, InvalidReferenceError
 from explain.explainer import select_faces
+from explain.render import cut_square, face_square, resized
 from tests import media_factory as mf
 
-KINDS = {"gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"}
+KINDS = {"face", "frame", "gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"}
 
 
 def _check_files(out: Path, index: ExplanationIndex, max_side: int) -> None:
+    faces = {(a.person, a.frame): a for a in index.artifacts if a.kind == "face"}
     for art in index.artifacts:
+        if art.kind in ("gradcam", "attention"):
+            # Drawn on the face crop of the same person and frame, at its size.
+            face = faces[(art.person, art.frame)]
+            assert (art.width, art.height) == (face.width, face.height) == (face.width, face.width)
         path = out / art.path
         assert path.is_file(), art.path
         if art.media_type in ("image/jpeg", "image/webp", "image/png"):
@@ -37,7 +43,7 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
                          face_at=(60, 30, 170))  # fmt: skip
     reference = mf.write_clip(tmp_path / "original.mp4", frames=24, width=320, height=240,
                               face_at=(60, 30, 170), gop=5)  # fmt: skip
-    config = ExplainConfig(top_k=2, max_side=200)
+    config = ExplainConfig(top_k=2, max_side=200, face_side=96)
     stages: list[tuple[str, float]] = []
     out = tmp_path / "out"
     result, index = Explainer(tiny_analyzer, config).run(
@@ -53,13 +59,21 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
     assert counts["gradcam"] == 2 * min(n_faces, 3 * persons)
     gradcam_captions = [a.caption for a in index.artifacts if a.kind == "gradcam"]
     assert sum("least suspicious" in c for c in gradcam_captions) == 2 * persons
-    assert all("where the model looked" in c for c in gradcam_captions)
+    assert all("looked" in c and "\n" not in c for c in gradcam_captions)
     assert counts["attention"] == n_faces  # only tiny_att has an attention map
     assert {a.member for a in index.artifacts if a.kind == "attention"} == {"tiny_att"}
     assert counts["ssim_temporal"] == n_faces - persons
     assert counts["ssim_reference"] == n_faces
     assert counts["chart"] == 2
+    assert counts["face"] == n_faces
+    assert counts["frame"] == len({f.position for f in result.faces})
+    assert all(a.person is None for a in index.artifacts if a.kind == "frame")
     _check_files(out, index, 200)
+    # The chart series carries each face's box for the viewer's whole-frame inset.
+    for person in index.series["persons"]:
+        for point in person["points"]:
+            x0, y0, x1, y1 = point["box"]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
     on_disk = json.loads((out / "index.json").read_text())
     assert on_disk == index.to_dict()
     frames = {f.index: f.time_s for f in result.frames}
@@ -85,17 +99,27 @@ def test_an_image_gets_overlays_but_no_temporal_masks(
     )
     assert index is not None and result.verdict in ("fake", "real", "uncertain")
     counts = Counter(a.kind for a in index.artifacts)
-    assert counts == {"gradcam": 2, "attention": 1, "chart": 2}
+    assert counts == {"face": 1, "frame": 1, "gradcam": 2, "attention": 1, "chart": 2}
+    config = ExplainConfig()
     gradcam = next(a for a in index.artifacts if a.kind == "gradcam")
     assert gradcam.frame == 0 and gradcam.time == 0.0 and gradcam.media_type == "image/webp"
-    assert (gradcam.width, gradcam.height) == (400, 300)
-    # The overlay changed the face region of the frame and nothing far from it.
-    with Image.open(tmp_path / "out" / gradcam.path) as im:
-        drawn = np.asarray(im.convert("RGB")).astype(int)
-    assert np.abs(drawn[:20, :40] - image[:20, :40]).mean() < 6
+    assert (gradcam.width, gradcam.height) == (config.face_side, config.face_side)
+    whole = next(a for a in index.artifacts if a.kind == "frame")
+    assert (whole.width, whole.height) == (400, 300)
+
+    def decoded(kind: str) -> np.ndarray:
+        art = next(a for a in index.artifacts if a.kind == kind)
+        with Image.open(tmp_path / "out" / art.path) as im:
+            return np.asarray(im.convert("RGB")).astype(int)
+
+    # The face crop is the frame around the face box, enlarged to face_side.
     face = result.faces[0]
-    x0, y0, x1, y1 = (int(v) for v in face.box)
-    assert np.abs(drawn[y0:y1, x0:x1] - image[y0:y1, x0:x1]).mean() > 15
+    square = face_square(face.box, config.face_margin)
+    expected = resized(cut_square(image, square), config.face_side).astype(int)
+    assert np.abs(decoded("face") - expected).mean() < 6
+    # The Grad-CAM layer is that crop with the colour map over the face.
+    centre = slice(config.face_side // 3, 2 * config.face_side // 3)
+    assert np.abs(decoded("gradcam")[centre, centre] - expected[centre, centre]).mean() > 15
 
 
 def test_kinds_can_be_chosen(tiny_analyzer: Analyzer, tmp_path: Path) -> None:

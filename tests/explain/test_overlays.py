@@ -12,7 +12,14 @@ from ensemble.members import LoadedMember
 from explain.attention import attention_maps, has_attention
 from explain.config import ExplainConfig
 from explain.geometry import crop_map_to_roi, placement
-from explain.render import encode, fit, overlay_on_frame
+from explain.render import (
+    cut_square,
+    encode,
+    face_square,
+    fit,
+    heat_on_square,
+    overlay_on_frame,
+)
 from tests.explain.tiny import tiny_attention_spec
 
 POLICIES = [
@@ -82,6 +89,34 @@ def test_overlay_changes_only_the_face_region_and_scales_with_the_frame() -> Non
     x0, y0, x1, y1 = where.scaled(factor).roi
     assert xs.min() >= x0 - 1 and xs.max() <= x1 and ys.min() >= y0 - 1 and ys.max() <= y1
     assert changed[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].all()
+
+
+def test_face_square_centres_the_box_and_pads_outside_the_frame() -> None:
+    frame = _smooth_frame()
+    x0, y0, side = face_square((10.0, 20.0, 50.0, 40.0), margin=0.5)
+    assert side == 80 and (x0 + side / 2, y0 + side / 2) == (30.0, 30.0)
+    crop = cut_square(frame, (x0, y0, side))
+    assert crop.shape == (80, 80, 3)
+    assert (crop[:, :-x0] == 0).all() and (
+        crop[-y0:, -x0:] == frame[: side + y0, : side + x0]
+    ).all()
+
+
+def test_heat_on_the_face_crop_changes_only_the_region_the_member_saw() -> None:
+    frame = _smooth_frame()
+    box, policy, size = BOXES[0], CropPolicy("square", 0.1), 64
+    where = placement(frame.shape, box, policy, size)
+    square = face_square(box, margin=0.5)
+    face = cut_square(frame, square)
+    layer = heat_on_square(face, square, np.ones((size, size), np.float32), where)
+    changed = np.any(layer != face, axis=2)
+    ys, xs = np.nonzero(changed)
+    rx0, ry0, rx1, ry1 = where.roi
+    sx0, sy0, _ = square
+    assert xs.min() >= rx0 - sx0 and xs.max() < rx1 - sx0
+    assert ys.min() >= ry0 - sy0 and ys.max() < ry1 - sy0
+    assert changed[ry0 - sy0 + 1 : ry1 - sy0 - 1, rx0 - sx0 + 1 : rx1 - sx0 - 1].all()
+    assert not changed[:2].any() and not changed[:, :2].any()  # the margin is left as it was
 
 
 def test_encoded_images_respect_max_side_and_format() -> None:

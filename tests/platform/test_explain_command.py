@@ -40,7 +40,7 @@ def test_one_file_writes_artifacts_and_index_into_dir(explain_site: Path, capsys
     call_command("analyze", str(clip), "--explain", str(out), "--json", str(out / "r.json"))
     index = _index(out)
     kinds = {a["kind"] for a in index["artifacts"]}
-    assert kinds == {"gradcam", "attention", "ssim_temporal", "chart"}
+    assert kinds == {"face", "frame", "gradcam", "attention", "ssim_temporal", "chart"}
     for art in index["artifacts"]:
         assert (out / art["path"]).is_file()
     [result] = json.loads((out / "r.json").read_text())["results"]
