@@ -72,6 +72,11 @@ class Submission(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     series = models.JSONField(default=dict, blank=True)  # index.json "series" (chart data)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The job's last sign of life (analyses.services.reaper): when its message
+    # was last sent while pending (null: never sent, the broker was down), the
+    # worker's last heartbeat while running.
+    heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)
+    worker = models.CharField(max_length=128, blank=True)  # "host:pid" that claimed it
 
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     started = models.DateTimeField(null=True, blank=True)

@@ -86,6 +86,9 @@ def submit(request: HttpRequest) -> HttpResponse:
                 )
             except services.UploadRejected as e:
                 error, status = f"Upload refused: {e}", 400
+            except services.QueueUnavailable as e:
+                # Saved and kept, pending: the reaper queues it when the broker is back.
+                error, status = str(e), 503
             else:
                 messages.success(request, "Uploaded. The analysis is queued.")
                 return redirect("analyses:detail", pk=sub.pk)

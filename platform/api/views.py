@@ -71,6 +71,12 @@ class SubmissionViewSet(
             return Response(
                 {"detail": str(e), "code": e.code}, status=status.HTTP_503_SERVICE_UNAVAILABLE
             )
+        except services.QueueUnavailable as e:
+            # Saved and kept, pending: the reaper queues it when the broker is back.
+            return Response(
+                {"detail": str(e), "code": e.code, "id": e.submission_id},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         except services.UploadRejected as e:
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_400_BAD_REQUEST)
         return Response(

@@ -106,6 +106,8 @@ def rerun(request: HttpRequest, pk: str) -> HttpResponse:
         analyses_services.rerun(sub)
     except (analyses_services.UploadRejected, analyses_services.RerunRefused) as e:
         messages.error(request, str(e))
+    except analyses_services.QueueUnavailable as e:
+        messages.warning(request, str(e))
     else:
         messages.success(request, "Queued again with the current models.")
     return redirect("analyses:detail", pk=sub.pk)

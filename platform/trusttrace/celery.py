@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
 
@@ -22,6 +23,22 @@ app.autodiscover_tasks()
 @app.on_after_configure.connect
 def _on_configured(sender: Celery, **kwargs: Any) -> None:
     ensure_queue_folders(sender)
+
+
+@worker_ready.connect
+def _start_reaper(**kwargs: Any) -> None:
+    """Every worker re-queues or fails stuck jobs at start and periodically
+    (``analyses.services.reaper``)."""
+    from analyses.services import start_reaper
+
+    start_reaper()
+
+
+@worker_shutting_down.connect
+def _stop_reaper(**kwargs: Any) -> None:
+    from analyses.services.reaper import stop_reaper
+
+    stop_reaper()
 
 
 def ensure_queue_folders(celery_app: Celery = app) -> None:

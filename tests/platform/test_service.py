@@ -26,7 +26,9 @@ def test_submission_is_saved_pending_and_queued_after_commit(
     queued: list[str] = []
     from analyses import tasks
 
-    monkeypatch.setattr(tasks.analyse_submission, "delay", queued.append)
+    monkeypatch.setattr(
+        tasks.analyse_submission, "apply_async", lambda args, **kw: queued.append(args[0])
+    )
     with django_capture_on_commit_callbacks(execute=True):
         sub = _submit(users["submitter"], media_dir / "person.mp4", title="My clip")
         assert queued == []  # not before the row is committed
@@ -241,8 +243,14 @@ def test_unusable_reference_is_rejected_not_failed(
 def test_rerun_is_refused_for_rejected_and_unfinished_submissions(
     site: Path, users, media_dir: Path, status: str, django_capture_on_commit_callbacks
 ) -> None:
+    from django.utils import timezone
+
     sub = _submit(users["submitter"], media_dir / "face.png")
-    Submission.objects.filter(pk=sub.pk).update(status=status, reason="kept")
+    # A live job: queued or beating a moment ago in this (alive) process.
+    Submission.objects.filter(pk=sub.pk).update(
+        status=status, reason="kept", heartbeat=timezone.now(),
+        worker=services.running.worker_id(),
+    )  # fmt: skip
     sub.refresh_from_db()
     with django_capture_on_commit_callbacks() as queued, pytest.raises(services.RerunRefused):
         services.rerun(sub)

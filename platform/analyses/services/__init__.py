@@ -12,12 +12,18 @@ One module per concern; the public names are re-exported here:
 - :mod:`.uploads`: the edge check of an upload and the new submission;
 - :mod:`.queue`: sending the worker its message;
 - :mod:`.running`: running an analysis and storing its outcome;
-- :mod:`.rerun`: re-running and deleting.
+- :mod:`.reaper`: jobs that never finish (queued again or failed);
+- :mod:`.reruns`: re-running and deleting.
 """
 
 from __future__ import annotations
 
-from analyses.services.errors import ModelsUnavailable, RerunRefused, UploadRejected
+from analyses.services.errors import (
+    ModelsUnavailable,
+    QueueUnavailable,
+    RerunRefused,
+    UploadRejected,
+)
 from analyses.services.members import (
     MemberStatus,
     RuntimeStatus,
@@ -26,15 +32,19 @@ from analyses.services.members import (
     require_models,
     runtime_status,
 )
-from analyses.services.queue import enqueue
-from analyses.services.rerun import RERUNNABLE, delete_submission, rerun
+from analyses.services.queue import QUEUE_DOWN_REASON, enqueue, send
+from analyses.services.reaper import WORKER_STOPPED_REASON, Reaped, is_stale, reap, start_reaper
+from analyses.services.reruns import RERUNNABLE, delete_submission, rerun
 from analyses.services.running import (
     _ANALYZERS,
     INDEX_VERSIONS,
     INTERNAL_ERROR_REASON,
+    TIMED_OUT_CODE,
     WORKER_LOST_CODE,
     WORKER_LOST_REASON,
     _analyzer,
+    is_abandoned,
+    job_timed_out,
     load_index_file,
     run_submission,
     series_from_result,
@@ -60,14 +70,19 @@ __all__ = [
     "INDEX_VERSIONS",
     "INTERNAL_ERROR_REASON",
     "PROBE_FRAMES",
+    "QUEUE_DOWN_REASON",
     "RERUNNABLE",
+    "TIMED_OUT_CODE",
     "UPLOAD_DIR",
     "WORKER_LOST_CODE",
     "WORKER_LOST_REASON",
+    "WORKER_STOPPED_REASON",
     "_ANALYZERS",
     "MemberStatus",
     "ModelsUnavailable",
     "Probed",
+    "QueueUnavailable",
+    "Reaped",
     "RerunRefused",
     "RuntimeStatus",
     "UploadRejected",
@@ -81,15 +96,21 @@ __all__ = [
     "delete_submission",
     "display_name",
     "enqueue",
+    "is_abandoned",
+    "is_stale",
+    "job_timed_out",
     "load_index_file",
     "media_root",
     "models_status",
     "probe",
+    "reap",
     "record_weights_versions",
     "require_models",
     "rerun",
     "run_submission",
     "runtime_status",
+    "send",
     "series_from_result",
+    "start_reaper",
     "store_index",
 ]

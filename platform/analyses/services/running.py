@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from analyses.config import analysis_config, analysis_registry, trusttrace_setting
@@ -101,7 +108,9 @@ def _progress_writer(sub_id: Any) -> Callable[[str, float], None]:
         now = time.monotonic()
         if percent != last[1] and (now - last[0] >= interval or percent >= 100):
             last[0], last[1] = now, percent
-            Submission.objects.filter(pk=sub_id).update(stage=stage[:64], percent=percent)
+            Submission.objects.filter(pk=sub_id).update(
+                stage=stage[:64], percent=percent, heartbeat=timezone.now()
+            )
 
     return report
 
@@ -131,16 +140,51 @@ WORKER_LOST_REASON = (
     "The analysis stopped twice because its worker process died (out of memory or over the "
     "time limit). This was logged; a moderator can run it again."
 )
+TIMED_OUT_CODE = "timed_out"
+TIMED_OUT_REASON = (
+    "The analysis took longer than the {limit:.0f}-second time limit and was stopped. This "
+    "was logged; a moderator can run it again."
+)
+_HOST = socket.gethostname()
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on the job it claims."""
+    return f"{_HOST}:{os.getpid()}"[:128]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_abandoned(sub: Submission, now: datetime | None = None) -> bool:
+    """Whether the worker that claimed this ``running`` job is gone: its
+    heartbeat is older than ``STALE_RUNNING_S``, or it ran on this host and
+    its process no longer exists."""
+    now = now or timezone.now()
+    stale_s = float(trusttrace_setting("STALE_RUNNING_S"))
+    if sub.heartbeat is None or (now - sub.heartbeat).total_seconds() > stale_s:
+        return True
+    host, _, pid = sub.worker.rpartition(":")
+    return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def run_submission(submission_id: Any) -> None:
     """Analyse one submission and store the outcome (the Celery task's body).
 
-    A message redelivered while the submission is still ``running`` means the
-    worker died mid-job (acks_late + reject_on_worker_lost): it is run once
-    more, and failed the second time, so a file that kills the worker cannot
-    loop forever. A submission deleted during its analysis is left deleted
-    and the files the job wrote are removed.
+    A message for a submission still ``running`` is either a duplicate (its
+    worker is alive: dropped) or a redelivery after that worker died
+    (acks_late + reject_on_worker_lost, or the reaper): it is run once more,
+    and failed the second time, so a file that kills the worker cannot loop
+    forever. The claim is atomic, so two workers never run one job. A
+    submission deleted during its analysis is left deleted and the files the
+    job wrote are removed.
     """
     sub = Submission.objects.filter(pk=submission_id).first()
     if sub is None:
@@ -149,48 +193,101 @@ def run_submission(submission_id: Any) -> None:
     if sub.status not in (Status.PENDING, Status.RUNNING):
         logger.info("submission %s is %s; not analysing again", sub.pk, sub.status)
         return
+    reason_code = sub.reason_code
     if sub.status == Status.RUNNING:
+        if sub.worker != worker_id() and not is_abandoned(sub):
+            logger.info("submission %s is running in %s; duplicate message dropped", sub.pk,
+                        sub.worker)  # fmt: skip
+            return
         if sub.reason_code == WORKER_LOST_CODE:
             logger.error("submission %s: worker died twice; marking it failed", sub.pk)
             _fail(sub, WORKER_LOST_REASON, WORKER_LOST_CODE)
             return
         logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
-        sub.reason_code = WORKER_LOST_CODE
-    sub.status, sub.stage, sub.percent = Status.RUNNING, "queued", 0
-    sub.started, sub.finished = timezone.now(), None
-    sub.attempts += 1
-    sub.save(
-        update_fields=[
-            "status",
-            "stage",
-            "percent",
-            "started",
-            "finished",
-            "attempts",
-            "reason_code",
-        ]
-    )
+        reason_code = WORKER_LOST_CODE
+    now = timezone.now()
+    claimed = Submission.objects.filter(
+        pk=sub.pk, status=sub.status, attempts=sub.attempts, worker=sub.worker
+    ).update(
+        status=Status.RUNNING, stage="queued", percent=0, started=now, finished=None,
+        attempts=F("attempts") + 1, reason_code=reason_code, heartbeat=now, worker=worker_id(),
+    )  # fmt: skip
+    if not claimed:
+        logger.info("submission %s was claimed by another worker meanwhile", sub.pk)
+        return
+    sub.refresh_from_db()
     out_dir = artifact_dir(sub)
     try:
-        try:
-            reference = Path(sub.reference_file.path) if sub.reference_file else None
-            result, index = _analyse(
-                Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
-            )
-            _store(sub, result.to_dict(), index, out_dir)
-        except _RejectedInput as e:
-            logger.info("submission %s rejected: %s", sub.pk, e)
-            _finish_rejected(sub, str(e), e.code)
-        except Submission.DoesNotExist:
-            raise
-        except Exception as e:
-            if not Submission.objects.filter(pk=sub.pk).exists():
-                raise Submission.DoesNotExist from e
-            logger.exception("analysis of submission %s failed", sub.pk)
-            _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+        with _heartbeat(sub.pk):
+            try:
+                reference = Path(sub.reference_file.path) if sub.reference_file else None
+                result, index = _analyse(
+                    Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
+                )
+                _store(sub, result.to_dict(), index, out_dir)
+            except _RejectedInput as e:
+                logger.info("submission %s rejected: %s", sub.pk, e)
+                _finish_rejected(sub, str(e), e.code)
+            except Submission.DoesNotExist:
+                raise
+            except SoftTimeLimitExceeded as e:
+                if not Submission.objects.filter(pk=sub.pk).exists():
+                    raise Submission.DoesNotExist from e
+                logger.error("submission %s: soft time limit reached; marking it failed", sub.pk)
+                _fail(sub, _timed_out_reason(), TIMED_OUT_CODE)
+            except Exception as e:
+                if not Submission.objects.filter(pk=sub.pk).exists():
+                    raise Submission.DoesNotExist from e
+                logger.exception("analysis of submission %s failed", sub.pk)
+                _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
     except Submission.DoesNotExist:
         logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _timed_out_reason() -> str:
+    from django.conf import settings
+
+    return TIMED_OUT_REASON.format(limit=float(settings.CELERY_TASK_SOFT_TIME_LIMIT))
+
+
+def job_timed_out(submission_id: Any) -> None:
+    """The hard time limit killed the job's process (called in the worker
+    parent): mark it failed, never leave it ``running``."""
+    done = Submission.objects.filter(pk=submission_id, status=Status.RUNNING).update(
+        status=Status.FAILED, reason=_timed_out_reason(), reason_code=TIMED_OUT_CODE,
+        verdict="", score=None, finished=timezone.now(),
+    )  # fmt: skip
+    if done:
+        logger.error("submission %s: hard time limit reached; marked failed", submission_id)
+
+
+@contextmanager
+def _heartbeat(sub_id: Any) -> Iterator[None]:
+    """Touch the job's ``heartbeat`` every ``HEARTBEAT_S`` from a thread while
+    the body runs (model loading and long stages report no progress)."""
+    interval = float(trusttrace_setting("HEARTBEAT_S"))
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    Submission.objects.filter(pk=sub_id, status=Status.RUNNING).update(
+                        heartbeat=timezone.now()
+                    )
+                except DatabaseError as e:
+                    logger.warning("heartbeat of submission %s not written: %s", sub_id, e)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{sub_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 5)
 
 
 def _save_existing(sub: Submission) -> None:

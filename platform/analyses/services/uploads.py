@@ -122,7 +122,8 @@ def create_submission(
     """Check an upload at the edge, save it, then queue its analysis.
 
     Raises :class:`UploadRejected` (nothing saved) when the models are missing
-    or the file is refused.
+    or the file is refused, and :class:`QueueUnavailable` (saved, pending, its
+    file kept; the reaper queues it later) when the broker refuses the message.
     """
     record_weights_versions(require_models())
     path, probed = _accept(upload)
@@ -147,11 +148,12 @@ def create_submission(
                 sub.reference_name = display_name(reference.name)
                 sub.reference_sha256 = ref_probed.sha256
             sub.save()
-            queue.enqueue(sub)
     except BaseException:
         path.unlink(missing_ok=True)
         if ref_path is not None:
             ref_path.unlink(missing_ok=True)
         raise
     logger.info("submission %s saved (%s, %s)", sub.pk, sub.kind, sub.sha256[:12])
+    # Outside the try: the row and its files are kept whatever the broker says.
+    queue.enqueue(sub)
     return sub

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import django_stubs_ext
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 # Lets the typed generics of django-stubs (ModelAdmin[Model], ...) run.
 django_stubs_ext.monkeypatch()
@@ -195,6 +196,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long jobs: never hoard messages
 CELERY_TASK_SOFT_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_SOFT_LIMIT_S", "1800"))
 CELERY_TASK_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_LIMIT_S", "1900"))
+# Checked here, so every process (web, worker, manage.py) refuses to start: a
+# soft limit at or above the hard one made the worker raise on every message.
+if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"TRUSTTRACE_TASK_SOFT_LIMIT_S ({CELERY_TASK_SOFT_TIME_LIMIT}) must be above 0 and "
+        f"below TRUSTTRACE_TASK_LIMIT_S ({CELERY_TASK_TIME_LIMIT}): the soft limit lets a "
+        "job fail cleanly before the hard limit kills its process."
+    )
 CELERY_WORKER_MAX_TASKS_PER_CHILD = int(os.environ.get("TRUSTTRACE_MAX_TASKS_PER_CHILD", "200"))
 CELERY_WORKER_CONCURRENCY = int(os.environ.get("TRUSTTRACE_WORKER_CONCURRENCY", "1"))
 CELERY_TASK_DEFAULT_QUEUE = "trusttrace"
@@ -246,4 +255,13 @@ TRUSTTRACE = {
     "MAX_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_FRAMES", "256")),
     # How often (seconds) a running job may write its progress to the database.
     "PROGRESS_INTERVAL_S": float(os.environ.get("TRUSTTRACE_PROGRESS_INTERVAL_S", "0.5")),
+    # Jobs that never finish (analyses.services.reaper): a running job writes a
+    # heartbeat every HEARTBEAT_S; one silent for STALE_RUNNING_S lost its worker.
+    # A pending job whose message went out STALE_PENDING_S ago is queued again
+    # (a lost message; duplicates are dropped). The reaper runs in every worker
+    # at start and every REAPER_INTERVAL_S.
+    "HEARTBEAT_S": float(os.environ.get("TRUSTTRACE_HEARTBEAT_S", "15")),
+    "STALE_RUNNING_S": float(os.environ.get("TRUSTTRACE_STALE_RUNNING_S", "120")),
+    "STALE_PENDING_S": float(os.environ.get("TRUSTTRACE_STALE_PENDING_S", "900")),
+    "REAPER_INTERVAL_S": float(os.environ.get("TRUSTTRACE_REAPER_INTERVAL_S", "60")),
 }

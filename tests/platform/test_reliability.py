@@ -1,0 +1,318 @@
+"""Jobs that never finish (issue 17): the reaper, time limits, the broker
+down at upload, duplicate messages and stuck jobs re-run by moderators.
+
+The service is called directly here; tests/platform/test_worker_recovery.py
+does the same against real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from django.urls import reverse
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from analyses import services, tasks
+from analyses.models import Status, Submission
+from tests.platform.conftest import upload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Outbox:
+    """Stands in for the broker: records messages, or refuses them while down."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down = False
+
+    def apply_async(self, args: tuple[str, ...], **kwargs: Any) -> None:
+        if self.down:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.sent.append(args[0])
+
+
+@pytest.fixture
+def outbox(monkeypatch: pytest.MonkeyPatch) -> Outbox:
+    box = Outbox()
+    monkeypatch.setattr(tasks.analyse_submission, "apply_async", box.apply_async)
+    return box
+
+
+def _pending(owner: Any, media_dir: Path) -> Submission:
+    """A saved submission whose message was never sent (as after a broker outage)."""
+    sub = services.create_submission(owner, upload(media_dir / "face.png"))
+    Submission.objects.filter(pk=sub.pk).update(heartbeat=None)
+    sub.refresh_from_db()
+    return sub
+
+
+def _age(sub: Submission, **fields: Any) -> Submission:
+    Submission.objects.filter(pk=sub.pk).update(**fields)
+    sub.refresh_from_db()
+    return sub
+
+
+def _ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+# --- The broker down at upload -------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_while_the_broker_is_down_is_503_keeps_the_file_and_is_queued_later(
+    site: Path, users, clients, media_dir: Path, outbox: Outbox
+) -> None:
+    outbox.down = True
+    with (media_dir / "face.png").open("rb") as fh:
+        response = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
+    # Before: a 500, the row left pending and its file deleted.
+    assert response.status_code == 503
+    assert "queue is unavailable" in response.content.decode()
+    sub = Submission.objects.get()
+    assert sub.status == Status.PENDING and Path(sub.file.path).is_file()
+    assert sub.heartbeat is None and sub.reason_code == "queue_unavailable"
+    progress = clients["submitter"].get(reverse("analyses:progress", args=[sub.pk])).json()
+    assert "queued automatically" in progress["reason"]
+
+    _age(sub, created=_ago(60))
+    assert services.reap().broker_down  # still down: kept for the next pass
+    outbox.down = False
+    assert services.reap().queued == [str(sub.pk)]
+    sub.refresh_from_db()
+    assert outbox.sent == [str(sub.pk)] and sub.heartbeat is not None
+    assert sub.reason == "" and sub.reason_code == "" and sub.status == Status.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_upload_while_the_broker_is_down_is_503_with_the_saved_id(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(users["submitter"])
+    outbox.down = True
+    with (media_dir / "face.png").open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh}, format="multipart")
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["code"] == "queue_unavailable"
+    sub = Submission.objects.get(pk=body["id"])
+    assert sub.status == Status.PENDING and Path(sub.file.path).is_file()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rerun_while_the_broker_is_down_is_kept_pending_for_the_reaper(
+    site: Path, users, clients, finished, outbox: Outbox
+) -> None:
+    sub = finished(users["submitter"])
+    outbox.down = True
+    response = clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]), follow=True)
+    assert response.status_code == 200 and "queue is unavailable" in response.content.decode()
+    sub.refresh_from_db()
+    assert sub.status == Status.PENDING and sub.heartbeat is None
+    assert Path(sub.file.path).is_file()
+    outbox.down = False
+    _age(sub, created=_ago(60))
+    assert services.reap().queued == [str(sub.pk)]
+
+
+# --- The reaper -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    stale = float(services.running.trusttrace_setting("STALE_RUNNING_S"))
+    _age(sub, status=Status.RUNNING, stage="detect", percent=39, heartbeat=_ago(stale + 1),
+         worker="gone-host:4242", attempts=1, created=_ago(3600))  # fmt: skip
+    out = services.reap()
+    # Before: nothing looked at it; it stayed running at 39% forever.
+    assert out.requeued == [str(sub.pk)] and out.queued == [str(sub.pk)]
+    sub.refresh_from_db()
+    assert sub.status == Status.PENDING and sub.reason == services.WORKER_STOPPED_REASON
+    assert sub.reason_code == services.WORKER_LOST_CODE and outbox.sent == [str(sub.pk)]
+
+    # The next worker claims it and dies too: the second loss is final.
+    _age(sub, status=Status.RUNNING, heartbeat=_ago(stale + 1), attempts=2)
+    out = services.reap()
+    sub.refresh_from_db()
+    assert out.failed == [str(sub.pk)] and sub.status == Status.FAILED
+    assert sub.reason == services.WORKER_LOST_REASON and sub.score is None
+
+
+@pytest.mark.django_db
+def test_reaper_requeues_a_running_job_of_a_dead_process_on_this_host_at_once(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = services.running.worker_id().rpartition(":")[0]
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{host}:{dead.pid}")
+    assert services.reap().requeued == [str(sub.pk)]
+
+
+@pytest.mark.django_db
+def test_reaper_leaves_live_and_recently_queued_jobs_alone(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    running = _pending(users["submitter"], media_dir)
+    _age(running, status=Status.RUNNING, heartbeat=timezone.now(),
+         worker=services.running.worker_id(), created=_ago(3600))  # fmt: skip
+    queued = _pending(users["submitter"], media_dir)
+    _age(queued, heartbeat=_ago(5), created=_ago(3600))
+    just_saved = _pending(users["submitter"], media_dir)  # its message is on its way
+    out = services.reap()
+    assert out.requeued == out.failed == out.queued == [] and outbox.sent == []
+    running.refresh_from_db()
+    assert running.status == Status.RUNNING
+    assert {s.status for s in (queued, just_saved)} == {Status.PENDING}
+
+
+@pytest.mark.django_db
+def test_reaper_sends_a_pending_message_again_after_the_stale_period(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    stale = float(services.running.trusttrace_setting("STALE_PENDING_S"))
+    _age(sub, heartbeat=_ago(stale + 1), created=_ago(stale + 60))
+    # A message lost with its worker (the embedded transport on SIGKILL).
+    assert services.reap().queued == [str(sub.pk)] and outbox.sent == [str(sub.pk)]
+
+
+@pytest.mark.django_db
+def test_reap_command_reports_what_it_did(
+    site: Path, users, media_dir: Path, outbox: Outbox
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    _age(_pending(users["submitter"], media_dir), created=_ago(60))
+    out = StringIO()
+    call_command("reap", stdout=out)
+    assert "queued 1," in out.getvalue()
+
+
+# --- Duplicate and redelivered messages -------------------------------------------
+
+
+@pytest.mark.django_db
+def test_duplicate_message_for_a_job_running_elsewhere_is_dropped(
+    site: Path, users, media_dir: Path
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = services.running.worker_id().rpartition(":")[0]
+        _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), attempts=1,
+             worker=f"{host}:{alive.pid}")  # fmt: skip
+        services.run_submission(sub.pk)
+    finally:
+        alive.kill()
+        alive.wait()
+    sub.refresh_from_db()
+    # Before: taken for a redelivery after a worker death and run a second time.
+    assert sub.status == Status.RUNNING and sub.attempts == 1 and sub.reason_code == ""
+
+
+@pytest.mark.django_db
+def test_message_redelivered_after_its_worker_process_died_runs_once_more(
+    site: Path, users, media_dir: Path
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = services.running.worker_id().rpartition(":")[0]
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), attempts=1,
+         worker=f"{host}:{dead.pid}")  # fmt: skip
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE and sub.attempts == 2, sub.reason
+    assert sub.worker == services.running.worker_id()
+
+
+# --- Time limits ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_soft_time_limit_fails_the_job_with_a_time_limit_reason(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+
+    class Slow:
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(services.running, "_explainer", Slow)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    # Before: "internal error (SoftTimeLimitExceeded)".
+    assert sub.status == Status.FAILED and sub.reason_code == services.TIMED_OUT_CODE
+    assert "time limit" in sub.reason and "moderator can run it again" in sub.reason
+
+
+@pytest.mark.django_db
+def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_dir: Path) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker="w:1")
+    # What the worker parent calls when it kills the child at the hard limit.
+    tasks.analyse_submission.on_failure(TimeLimitExceeded(1900), "task-id", [str(sub.pk)], {}, None)
+    sub.refresh_from_db()
+    # Before: the message was acknowledged and the job stayed running.
+    assert sub.status == Status.FAILED and sub.reason_code == services.TIMED_OUT_CODE
+
+
+def test_soft_limit_not_below_the_hard_limit_refuses_to_start() -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+           "TRUSTTRACE_TASK_SOFT_LIMIT_S": "2000", "TRUSTTRACE_TASK_LIMIT_S": "1900",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # fmt: skip
+    code = "import django; django.setup(); from trusttrace.celery import app; print('started')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=False)  # fmt: skip
+    # Before: it started, and the worker then raised on every message.
+    assert out.returncode != 0 and "started" not in out.stdout
+    assert "TRUSTTRACE_TASK_SOFT_LIMIT_S (2000) must be above 0 and below" in out.stderr
+
+
+# --- Moderators re-run stuck jobs ----------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_moderator_can_rerun_a_stuck_running_job_but_not_a_live_one(
+    site: Path,
+    users,
+    clients,
+    media_dir: Path,
+    outbox: Outbox,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    sub = _pending(users["submitter"], media_dir)
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(),
+         worker=services.running.worker_id(), percent=39)  # fmt: skip
+    url = reverse("moderation:rerun", args=[sub.pk])
+    clients["moderator"].post(url)
+    sub.refresh_from_db()
+    assert sub.status == Status.RUNNING and sub.percent == 39  # alive: refused
+
+    stale = float(services.running.trusttrace_setting("STALE_RUNNING_S"))
+    _age(sub, heartbeat=_ago(stale + 1))
+    with django_capture_on_commit_callbacks(execute=True):
+        clients["moderator"].post(url)
+    sub.refresh_from_db()
+    # Before: "This submission is running; only finished ... can be run again".
+    assert sub.status == Status.PENDING and sub.percent == 0
+    assert outbox.sent == [str(sub.pk)]
