@@ -101,13 +101,15 @@ def reap(now: datetime | None = None) -> Reaped:
     pending = Submission.objects.filter(status=Status.PENDING).filter(
         Q(heartbeat__isnull=True, created__lt=grace) | Q(heartbeat__lt=stale_pending)
     )
-    for sub_id in pending.order_by("created").values_list("pk", flat=True):
+    due = [*out.requeued]  # queued again at once, whatever their age
+    due += [str(pk) for pk in pending.order_by("created").values_list("pk", flat=True)]
+    for sub_id in dict.fromkeys(due):
         try:
             queue.send(sub_id)
         except QueueUnavailable:
             out.broker_down = True
             break  # the next pass tries again
-        out.queued.append(str(sub_id))
+        out.queued.append(sub_id)
     if out.queued or out.failed or out.requeued:
         logger.info(
             "reaper: %d queued, %d re-queued after their worker died, %d failed",
