@@ -16,6 +16,7 @@ from analyses import services
 from analyses.access import get_owned, get_visible
 from analyses.config import trusttrace_setting
 from analyses.forms import SubmissionForm
+from analyses.limits import upload_over_limit
 from analyses.models import Artifact, ArtifactKind, Submission
 
 
@@ -76,6 +77,10 @@ def submit(request: HttpRequest) -> HttpResponse:
         if problems:
             error = "This site cannot analyse media yet: " + " ".join(problems)
             status = 503
+        elif upload_over_limit(request):
+            # LimitedUploadHandler stopped reading a file: the partial file is gone.
+            error = f"Upload refused: a file is larger than the {_limit_text()} upload limit."
+            status = 413
         elif form.is_valid():
             try:
                 sub = services.create_submission(

@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from analyses import services
 from analyses.access import get_visible, visible_submissions
 from analyses.config import trusttrace_setting
+from analyses.limits import too_large_message, upload_over_limit
 from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
 from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
@@ -59,6 +60,12 @@ class SubmissionViewSet(
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )  # fmt: skip
         form = SubmitSerializer(data=request.data)
+        if upload_over_limit(request._request):
+            # LimitedUploadHandler stopped reading a file: the partial file is gone.
+            return Response(
+                {"detail": too_large_message(request._request), "code": "too_large"},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
         form.is_valid(raise_exception=True)
         try:
             sub = services.create_submission(
@@ -117,6 +124,15 @@ class SubmissionViewSet(
         """The explanation images of a submission."""
         sub = self.get_object()
         return Response(ArtifactSerializer(sub.artifacts.all(), many=True).data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"])
+    def index(self, request: Request, pk: str | None = None) -> Response:
+        """The explanation index (the explainer's index.json, as the result page
+        reads it): every artifact with its ``id`` and ``url``, and the chart series."""
+        sub = self.get_object()
+        artifacts = ArtifactSerializer(sub.artifacts.all(), many=True).data
+        return Response({"artifacts": artifacts, "series": sub.series})
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     @action(detail=True, methods=["get"], url_path="frames-csv")

@@ -53,8 +53,9 @@ def test_upload_over_the_size_limit_is_refused_before_saving(site: Path, clients
     limit = settings.TRUSTTRACE["MAX_UPLOAD_BYTES"]
     big = SimpleUploadedFile("big.mp4", b"\x00" * (limit + 1))
     response = clients["submitter"].post(reverse("analyses:submit"), {"file": big})
-    assert response.status_code == 400
-    assert "the limit is 2 MiB" in response.content.decode()
+    # Stopped while reading (analyses.limits.LimitedUploadHandler), not after.
+    assert response.status_code == 413
+    assert "larger than the 2 MiB upload limit" in response.content.decode()
     assert not _files_under(site)
 
 

@@ -49,6 +49,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before CsrfViewMiddleware, which reads the whole body of every POST.
+    "analyses.limits.UploadLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -123,6 +125,12 @@ MEDIA_ROOT = env_path("TRUSTTRACE_MEDIA_ROOT", VAR_DIR / "media")
 # Uploads above this many bytes go to a temporary file, not memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 2**20
 FILE_UPLOAD_PERMISSIONS = 0o640
+# The first handler stops reading a file part at the upload limit.
+FILE_UPLOAD_HANDLERS = [
+    "analyses.limits.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": f"django.contrib.auth.password_validation.{name}"}
