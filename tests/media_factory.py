@@ -36,10 +36,12 @@ def write_clip(
     face_at: tuple[int, int, int] | None = None,
     codec: str | None = None,
     audio: bool = False,
+    more_faces: tuple[tuple[int, int, int], ...] = (),
 ) -> Path:
     """A clip of moving noise, optionally with a face of ``size`` pixels at
-    ``(x, y, size)``, moving slightly from frame to frame. Frame ``i``'s red
-    channel in two 16x16 blocks at the top left encodes ``i`` (see :func:`marker`)."""
+    ``(x, y, size)`` (and one more at each of ``more_faces``), moving slightly
+    from frame to frame. Frame ``i``'s red channel in two 16x16 blocks at the
+    top left encodes ``i`` (see :func:`marker`)."""
     fmt = path.suffix.lstrip(".")
     container = av.open(str(path), mode="w")
     stream = container.add_stream(codec or CODECS[fmt], rate=fps)
@@ -51,11 +53,10 @@ def write_clip(
     else:
         stream.bit_rate = 20_000_000
     stream.codec_context.time_base = Fraction(1, fps)
-    face = face_image(face_at[2]) if face_at else None
+    placed = [(at, face_image(at[2])) for at in ((face_at,) if face_at else ()) + more_faces]
     for i in range(frames):
         img = noise_frame(width, height, seed=i % 7)
-        if face is not None and face_at is not None:
-            x, y, s = face_at
+        for (x, y, s), face in placed:
             dx = i % 5
             img[y : y + s, x + dx : x + dx + s] = face
         img[:16, :16] = (i % 32) * MARKER_STEP

@@ -17,7 +17,15 @@ from analyses.access import get_owned, get_visible
 from analyses.config import trusttrace_setting
 from analyses.forms import SubmissionForm
 from analyses.limits import upload_over_limit
-from analyses.models import Artifact, ArtifactKind, Submission
+from analyses.models import Artifact, Submission
+from analyses.viewer import (
+    HEAT_NOTE,
+    badge,
+    band_percent,
+    build_viewer,
+    score_bars,
+    verdict_sentence,
+)
 
 
 def models_page(request: HttpRequest) -> HttpResponse:
@@ -134,30 +142,59 @@ def progress(request: HttpRequest, pk: str) -> JsonResponse:
     return JsonResponse(progress_payload(get_visible(request.user, pk)))
 
 
+def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
+    """The context of the result body (``analyses/_result.html``), shared by the
+    result and review pages."""
+    from django.urls import reverse
+
+    stored = list(sub.artifacts.all())
+
+    def url(a: Artifact) -> str:
+        return reverse("analyses:artifact", args=[sub.pk, a.pk])
+
+    shown = build_viewer(sub.series, [a for a in stored if a.media_type in INLINE_TYPES], url)
+    person = request.GET.get("person", "")
+    if person.isdigit():
+        shown.select_person(int(person))
+    current = shown.current
+    first = next((t for t in shown.tabs if current is not None and t.key in current.layers), None)
+    everything = request.GET.get("frames") == "all"
+    low, width, threshold = band_percent(sub)
+    return {
+        "sub": sub,
+        "badge": badge(sub),
+        "sentence": verdict_sentence(sub),
+        "bars": score_bars(sub),
+        "band_low": low,
+        "band_width": width,
+        "threshold_at": threshold,
+        "viewer": shown,
+        "current": current,
+        "current_tab": first,
+        "current_layer": current.layers[first.key] if current and first else None,
+        "filmstrip": shown.filmstrip(current.person if current else None, everything),
+        "all_frames": everything,
+        "frame_count": shown.count(current.person if current else None),
+        "heat_note": HEAT_NOTE,
+        "viewer_data": shown.as_json(),
+        # Types the browser may not show inline (SVG can carry scripts) are links.
+        "artifact_downloads": [a for a in stored if a.media_type not in INLINE_TYPES],
+        "member_names": sorted(sub.members),
+        "person_rows": person_rows(sub),
+        "series_id": f"series-{sub.pk}",
+    }
+
+
 @login_required
 def detail(request: HttpRequest, pk: str) -> HttpResponse:
     """The result page (or the progress bar while running)."""
     from moderation.services import decision_for
 
     sub = get_visible(request.user, pk)
-    stored = list(sub.artifacts.all())
-    # Types the browser may not show inline (SVG can carry scripts) are links.
-    artifacts = [a for a in stored if a.media_type in INLINE_TYPES]
-    downloads = [a for a in stored if a.media_type not in INLINE_TYPES]
-    kinds = sorted({a.kind for a in artifacts})
-    members_in_artifacts = sorted({a.member for a in artifacts if a.member})
     context = {
-        "sub": sub,
-        "artifacts": artifacts,
-        "artifact_downloads": downloads,
-        "artifact_kinds": [(k, ArtifactKind(k).label) for k in kinds],
-        "artifact_members": members_in_artifacts,
+        **result_context(request, sub),
         "decision": decision_for(sub, request.user),
         "is_owner": sub.owner_id == request.user.pk,
-        "member_names": sorted(sub.members),
-        "person_rows": person_rows(sub),
-        "series_id": f"series-{sub.pk}",
-        "timings": sorted(sub.timings.items()),
     }
     return render(request, "analyses/detail.html", context)
 

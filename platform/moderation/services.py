@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Abs
 
 from analyses.models import Status, Submission, Verdict
 from moderation.models import Action, Decision, Label, Report
@@ -98,13 +99,25 @@ def annotated(*, for_submitter: bool = False) -> QuerySet[Submission]:
 
 QUEUE_STATES = ("todo", "escalated", "reviewed", "all")
 SORTS = {"score": "score", "-score": "-score", "date": "created", "-date": "-created"}
+# What needs a human most comes first: uncertain verdicts, then scores closest
+# to the threshold, then the longest waiting.
+PRIORITY = "priority"
+
+
+def _by_priority(qs: QuerySet[Submission]) -> QuerySet[Submission]:
+    return qs.annotate(
+        not_uncertain=Case(When(verdict=Verdict.UNCERTAIN, then=Value(0)), default=Value(1)),
+        distance=Abs(F("score") - F("threshold")),
+    ).order_by("not_uncertain", F("distance").asc(nulls_last=True), "created", "pk")
 
 
 def review_queue(
-    *, state: str = "todo", verdict: str = "", sort: str = "-date"
+    *, state: str = "todo", verdict: str = "", sort: str = PRIORITY
 ) -> QuerySet[Submission]:
     """The moderation queue. ``todo``: fake/uncertain verdicts and open reports
-    without a decision; ``escalated``; ``reviewed``; ``all`` of them."""
+    without a decision; ``escalated``; ``reviewed``; ``all`` of them. Sorted
+    by priority (uncertain first, then by the score's distance to the
+    threshold, then oldest first) unless ``sort`` names another order."""
     qs = annotated().filter(
         Q(status=Status.DONE) & (Q(verdict__in=REVIEW_VERDICTS) | Q(has_open_report=True))
     )
@@ -116,7 +129,18 @@ def review_queue(
         qs = qs.filter(**{f"{DECISION}__isnull": False}).exclude(**{DECISION: Label.ESCALATED})
     if verdict:
         qs = qs.filter(verdict=verdict)
-    return qs.order_by(SORTS.get(sort, "-created"), "-created")
+    if sort not in SORTS:
+        return _by_priority(qs)
+    return qs.order_by(SORTS[sort], "-created")
+
+
+def next_in_queue(sub: Submission, *, state: str = "todo") -> Submission | None:
+    """The queue item after ``sub`` (priority order); the first item other than
+    ``sub`` when ``sub`` is not in the queue; ``None`` at the end."""
+    order = list(review_queue(state=state).values_list("pk", flat=True))
+    following = order[order.index(sub.pk) + 1 :] if sub.pk in order else order
+    pk = next((k for k in following if k != sub.pk), None)
+    return None if pk is None else Submission.objects.get(pk=pk)
 
 
 # Why a decided submission is left out of the metrics (dashboard wording).

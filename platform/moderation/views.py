@@ -12,12 +12,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from analyses import services as analyses_services
 from analyses.access import get_visible
-from analyses.models import ArtifactKind, Status, Verdict
-from analyses.views import person_rows
+from analyses.models import Status, Verdict
+from analyses.viewer import thumbnails
+from analyses.views import result_context
 from moderation import services
 from moderation.models import Action, Label
 
@@ -45,11 +47,14 @@ def queue(request: HttpRequest) -> HttpResponse:
     state = state if state in services.QUEUE_STATES else "todo"
     verdict = request.GET.get("verdict", "")
     verdict = verdict if verdict in Verdict.values else ""
-    sort = request.GET.get("sort", "-date")
+    sort = request.GET.get("sort", services.PRIORITY)
+    sort = sort if sort in services.SORTS else services.PRIORITY
     qs = services.review_queue(state=state, verdict=verdict, sort=sort)
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    thumbs = thumbnails(list(page))
     context = {
         "page": page,
+        "rows": [(s, thumbs.get(s.pk)) for s in page],
         "state": state,
         "verdict": verdict,
         "sort": sort,
@@ -61,22 +66,39 @@ def queue(request: HttpRequest) -> HttpResponse:
     return render(request, "moderation/queue.html", context)
 
 
+def _state(request: HttpRequest) -> str:
+    state = request.GET.get("state") or request.POST.get("state") or "todo"
+    return state if state in services.QUEUE_STATES else "todo"
+
+
+# Keys of the decision form's shortcuts (review.js reads them from the page).
+SHORTCUTS = {
+    Action.CONFIRM: "c",
+    Action.OVERRIDE_REAL: "r",
+    Action.OVERRIDE_FAKE: "f",
+    Action.ESCALATE: "e",
+}
+NEEDS_NOTE = (*services.OVERRIDES, Action.ESCALATE)
+
+
 @moderator_required
 def review(request: HttpRequest, pk: str) -> HttpResponse:
-    """One submission with its heatmaps, history and the decision form."""
+    """The result page of one submission with the decision form beside the
+    viewer, its reports and its audit log."""
     sub = get_visible(request.user, pk)
-    artifacts = list(sub.artifacts.all())
+    state = _state(request)
+    following = services.next_in_queue(sub, state=state)
     context = {
-        "sub": sub,
-        "artifacts": artifacts,
-        "artifact_kinds": [(k, ArtifactKind(k).label) for k in sorted({a.kind for a in artifacts})],
-        "artifact_members": sorted({a.member for a in artifacts if a.member}),
+        **result_context(request, sub),
+        "review": True,
+        "state": state,
+        "next_sub": following,
         "decisions": sub.decisions.select_related("moderator"),
         "reports": sub.reports.select_related("reporter"),
-        "actions": Action.choices,
-        "member_names": sorted(sub.members),
-        "person_rows": person_rows(sub),
-        "series_id": f"series-{sub.pk}",
+        "actions": [
+            (value, label, SHORTCUTS[Action(value)], value in NEEDS_NOTE)
+            for value, label in Action.choices
+        ],
     }
     return render(request, "moderation/review.html", context)
 
@@ -84,17 +106,22 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
 @moderator_required
 @require_POST
 def decide(request: HttpRequest, pk: str) -> HttpResponse:
-    """Record a decision (a note is required for overrides)."""
+    """Record a decision (a note is required for overrides), then open the
+    next queue item (the queue when there is none)."""
     sub = get_visible(request.user, pk)
+    state = _state(request)
+    following = services.next_in_queue(sub, state=state)
     try:
         services.decide(
             sub, request.user, str(request.POST.get("action", "")), request.POST.get("note", "")
         )
     except services.DecisionError as e:
         messages.error(request, str(e))
-        return redirect("moderation:review", pk=sub.pk)
-    messages.success(request, "Decision recorded.")
-    return redirect("moderation:queue")
+        return redirect(f"{reverse('moderation:review', args=[sub.pk])}?state={state}")
+    messages.success(request, f"Decision recorded on {sub.display_title}.")
+    if following is None:
+        return redirect("moderation:queue")
+    return redirect(f"{reverse('moderation:review', args=[following.pk])}?state={state}")
 
 
 @moderator_required

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -16,6 +17,8 @@ from tests.platform import stack
 from tests.platform.conftest import install_tiny_weights, media_dir  # noqa: F401 (fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Frames sampled per video: the site's default, so the pages are measured as users see them.
+FRAMES = 32
 ARTIFACTS = Path(os.environ.get("TRUSTTRACE_TEST_ARTIFACTS", stack.ROOT / "test-artifacts"))
 
 
@@ -48,6 +51,7 @@ def live_stack(
     root = tmp_path_factory.mktemp("stack")
     weights = install_tiny_weights(root / "weights")
     env = stack.site_env(root / "var", weights, blazeface_cache)
+    env["TRUSTTRACE_FRAMES"] = str(FRAMES)
     stack.manage(env, "migrate", "--noinput")
     port = stack.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -72,16 +76,29 @@ def live_stack(
 
 
 @pytest.fixture
-def browser_page(chromium: Path) -> Iterator[Any]:
+def browser_page(chromium: Path, live_stack: Stack) -> Iterator[Any]:
+    """A page in a fresh browser context. Every request it makes is recorded,
+    and the test fails if any went to another host than the site's own."""
     from playwright.sync_api import sync_playwright
+
+    site = urlsplit(live_stack.url).netloc
+    elsewhere: list[str] = []
+
+    def record(request: Any) -> None:
+        parts = urlsplit(request.url)
+        # data:, blob: and about: URLs stay inside the page; anything else must be the site.
+        if parts.scheme not in ("data", "blob", "about") and parts.netloc != site:
+            elsewhere.append(request.url)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
         context = browser.new_context(accept_downloads=True)
         context.set_default_timeout(30_000)
+        context.on("request", record)
         page = context.new_page()
         try:
             yield page
         finally:
             context.close()
             browser.close()
+    assert elsewhere == [], f"requests to other hosts: {elsewhere}"

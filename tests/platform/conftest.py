@@ -122,15 +122,18 @@ def png_bytes(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
 
 
 def write_index(out_dir: Path, frames: tuple[int, ...] = (0, 5)) -> dict[str, Any]:
-    """An explainer-style index.json with real PNG files (schema of the common brief)."""
+    """An explainer-style index.json (version 2) with real PNG files: per frame
+    the face crop, the whole frame, a Grad-CAM layer per member and an SSIM panel."""
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts = []
+    layers = (("face", None, 0), ("frame", None, None), ("gradcam", "tiny_a", 0),
+              ("gradcam", "tiny_b", 0), ("ssim_temporal", None, 0))  # fmt: skip
     for frame in frames:
-        for kind, member in (("gradcam", "tiny_a"), ("gradcam", "tiny_b"), ("ssim_temporal", None)):
+        for kind, member, person in layers:
             rel = f"{kind}-{member or 'all'}-{frame}.png"
             (out_dir / rel).write_bytes(png_bytes(seed=frame))
             artifacts.append(
-                {"kind": kind, "path": rel, "frame": frame, "time": frame / 10, "person": 0,
+                {"kind": kind, "path": rel, "frame": frame, "time": frame / 10, "person": person,
                  "member": member, "caption": f"{kind} of frame {frame}", "width": 32,
                  "height": 32, "media_type": "image/png"}
             )  # fmt: skip
@@ -140,12 +143,12 @@ def write_index(out_dir: Path, frames: tuple[int, ...] = (0, 5)) -> dict[str, An
         "persons": [
             {"id": 0, "points": [
                 {"frame": f, "time": f / 10, "score": 0.8,
-                 "members": {"tiny_a": 0.7, "tiny_b": 0.9}}
+                 "members": {"tiny_a": 0.7, "tiny_b": 0.9}, "box": [0.2, 0.1, 0.6, 0.7]}
                 for f in frames
             ]}
         ],
     }  # fmt: skip
-    index = {"version": 1, "artifacts": artifacts, "series": series}
+    index = {"version": 2, "artifacts": artifacts, "series": series}
     (out_dir / "index.json").write_text(json.dumps(index))
     return index
 

@@ -81,10 +81,34 @@ def test_no_weights_is_503(api: Client, no_weights_site: Path, media_dir: Path) 
 def test_artifacts_list_and_file(api: Client, users, finished) -> None:
     sub = finished(users["submitter"])
     arts = api.get(f"/api/submissions/{sub.pk}/artifacts/").json()
-    assert len(arts) == 6 and {a["kind"] for a in arts} == {"gradcam", "ssim_temporal"}
+    kinds = {"face", "frame", "gradcam", "ssim_temporal"}
+    assert len(arts) == 10 and {a["kind"] for a in arts} == kinds
     image = api.get(arts[0]["url"])
     assert image.status_code == 200 and image["Content-Type"] == "image/png"
     assert b"".join(image.streaming_content).startswith(b"\x89PNG")
+
+
+def test_index_lists_the_artifacts_as_the_explainer_wrote_them(
+    api: Client, users, finished
+) -> None:
+    import json
+
+    from analyses import services
+
+    sub = finished(users["submitter"])
+    written = json.loads((services.artifact_dir(sub) / "index.json").read_text())
+    index = api.get(f"/api/submissions/{sub.pk}/index/").json()
+    assert index["series"] == written["series"]
+    fields = ("kind", "frame", "time", "person", "member", "caption", "width", "height")
+
+    def key(entry: dict) -> tuple:
+        return tuple(entry[f] or None for f in fields)
+
+    assert sorted(map(key, index["artifacts"]), key=str) == sorted(
+        map(key, written["artifacts"]), key=str
+    )
+    face = next(a for a in index["artifacts"] if a["kind"] == "face")
+    assert api.get(face["url"]).status_code == 200
 
 
 def test_schema_documents_the_endpoints(api: Client) -> None:

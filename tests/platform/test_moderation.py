@@ -113,3 +113,83 @@ def test_submitter_sees_the_last_real_decision_not_an_escalation_note(
     response = clients["submitter"].get(reverse("reports:submissions"))
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert [(r["decision"], r["decision_note"]) for r in rows] == [("real", "A known actor.")]
+
+
+def _aged(sub, minutes: int):
+    """Make ``sub`` look ``minutes`` old (the queue breaks ties by age)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from analyses.models import Submission
+
+    Submission.objects.filter(pk=sub.pk).update(created=timezone.now() - timedelta(minutes=minutes))
+    return sub
+
+
+def test_queue_puts_uncertain_first_then_closest_to_threshold_then_oldest(
+    clients, users, finished
+) -> None:
+    owner = users["submitter"]
+    # Scores that are exact binary fractions, so equal distances tie exactly.
+    far_fake = _aged(finished(owner, verdict="fake", score=0.9375, title="far"), 50)
+    near_fake = _aged(finished(owner, verdict="fake", score=0.6875, title="near"), 40)
+    unsure_new = _aged(finished(owner, verdict="uncertain", score=0.5625, title="new"), 10)
+    unsure_old = _aged(finished(owner, verdict="uncertain", score=0.4375, title="old"), 30)
+    unsure_close = _aged(finished(owner, verdict="uncertain", score=0.53125, title="c"), 5)
+    expected = [unsure_close.pk, unsure_old.pk, unsure_new.pk, near_fake.pk, far_fake.pk]
+    assert [s.pk for s in review_queue()] == expected
+    page = clients["moderator"].get(reverse("moderation:queue")).content.decode()
+    rows = [page.index(f'data-id="{pk}"') for pk in expected]
+    assert rows == sorted(rows) and '<option value="priority" selected>' in page
+
+
+def test_queue_shows_the_most_suspicious_face_of_each_item(clients, users, finished) -> None:
+    from analyses.models import Submission
+
+    sub = finished(users["submitter"], verdict="fake")
+    series = dict(sub.series)
+    series["persons"][0]["points"][1]["score"] = 0.95  # frame 5
+    Submission.objects.filter(pk=sub.pk).update(series=series)
+    face = sub.artifacts.get(kind="face", frame=5, person=0)
+    page = clients["moderator"].get(reverse("moderation:queue")).content.decode()
+    assert f'<img src="/s/{sub.pk}/artifacts/{face.pk}"' in page and 'class="queue-thumb"' in page
+
+
+def test_review_page_is_the_result_page_with_the_decision_form_and_shortcuts(
+    clients, users, finished
+) -> None:
+    first = _aged(finished(users["submitter"], verdict="uncertain", score=0.5625), 20)
+    second = _aged(finished(users["submitter"], verdict="fake", score=0.9375), 10)
+    page = clients["moderator"].get(reverse("moderation:review", args=[first.pk])).content.decode()
+    assert 'id="viewer"' in page and 'id="member-bars"' in page and 'id="filmstrip"' in page
+    viewer, form = page.index('class="viewer-side"'), page.index('id="decide-form"')
+    assert viewer < form < page.index('id="heat-note"')  # beside the viewer
+    for key, action in (("c", "confirm"), ("r", "override_real"), ("f", "override_fake"),
+                        ("e", "escalate")):  # fmt: skip
+        assert f'value="{action}" data-key="{key}"' in page
+    next_url = reverse("moderation:review", args=[second.pk])
+    assert f'href="{next_url}?state=todo" id="next-item"' in page
+    assert "/static/trusttrace/review.js" in page
+    last = clients["moderator"].get(reverse("moderation:review", args=[second.pk])).content.decode()
+    assert f'href="{reverse("moderation:queue")}" id="next-item"' in last
+
+
+def test_a_decision_opens_the_next_queue_item(clients, users, finished) -> None:
+    first = _aged(finished(users["submitter"], verdict="uncertain", score=0.5625), 30)
+    second = _aged(finished(users["submitter"], verdict="fake", score=0.6875), 20)
+    third = _aged(finished(users["submitter"], verdict="fake", score=0.9375), 10)
+    url = reverse("moderation:decide", args=[first.pk])
+    response = clients["moderator"].post(url, {"action": "confirm", "state": "todo"})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("moderation:review", args=[second.pk]) + "?state=todo"
+    assert Decision.objects.get().submission_id == first.pk
+    # A refused decision stays on the same item.
+    url = reverse("moderation:decide", args=[second.pk])
+    response = clients["moderator"].post(url, {"action": "override_real", "note": ""})
+    assert response["Location"] == reverse("moderation:review", args=[second.pk]) + "?state=todo"
+    response = clients["moderator"].post(url, {"action": "override_real", "note": "An actor."})
+    assert response["Location"] == reverse("moderation:review", args=[third.pk]) + "?state=todo"
+    url = reverse("moderation:decide", args=[third.pk])
+    response = clients["moderator"].post(url, {"action": "escalate", "note": "ask legal"})
+    assert response["Location"] == reverse("moderation:queue")  # the last one

@@ -97,11 +97,101 @@ def test_rejected_and_failed_show_their_reason_and_no_score(
     assert shown in page and 'id="score"' not in page and "<progress" not in page
 
 
-def test_result_page_shows_scores_chart_data_gallery_and_versions(clients, users, finished) -> None:
-    sub = finished(users["submitter"], score=0.8)
+def _with_scores(sub: Submission, scores: dict[int, float]) -> Submission:
+    """Give the chart points of ``sub`` (person 0) the frame -> score map ``scores``."""
+    series = dict(sub.series)
+    series["persons"] = [
+        {"id": 0, "points": [{**pt, "score": scores[pt["frame"]]} for pt in p["points"]]}
+        for p in series["persons"]
+    ]
+    Submission.objects.filter(pk=sub.pk).update(series=series)
+    sub.refresh_from_db()
+    return sub
+
+
+def test_result_page_leads_with_the_badge_score_sentence_and_member_bars(
+    clients, users, finished
+) -> None:
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
-    assert 'id="verdict"' in page and "0.800" in page and "0.700" in page  # ensemble, tiny_a
-    assert f'id="series-{sub.pk}"' in page and '"threshold": 0.5' in page
-    assert page.count('class="artifact"') == 6 and 'data-toggle-member="tiny_b"' in page
+    assert '<span class="badge badge-fake" id="verdict">Fake</span>' in page
+    assert '<span class="big-score" id="score"' in page and "0.800" in page
+    assert 'id="sentence"' in page and "above the uncertain band" in page
+    # tiny_a 0.7 and tiny_b 0.9 against 0.5 +- 0.1: on the fake side, bars 70% and 90% wide.
+    assert 'data-member="tiny_a" data-score="0.700" data-side="fake"' in page
+    assert 'data-member="tiny_b" data-score="0.900" data-side="fake"' in page
+    assert 'style="width: 70.0%"' in page and 'style="width: 90.0%"' in page
+    assert 'style="left: 40.0%; width: 20.0%"' in page  # the uncertain band
+    assert "Status:" not in page and 'id="status"' not in page  # said once: the badge
     assert "a" * 64 in page and "b" * 64 in page
-    assert "chart.js" in page and "progress.js" in page and "cdn" not in page.lower()
+
+
+def test_result_page_has_one_viewer_on_the_most_suspicious_face_not_a_gallery(
+    clients, users, finished
+) -> None:
+    sub = _with_scores(finished(users["submitter"]), {0: 0.6, 5: 0.9})
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    face5 = sub.artifacts.get(kind="face", frame=5)
+    gradcam5 = sub.artifacts.get(kind="gradcam", frame=5, member="tiny_a")
+    assert 'data-frame="5" data-person="0"' in page  # the viewer starts on the top frame
+    assert f'id="viewer-face" src="/s/{sub.pk}/artifacts/{face5.pk}"' in page
+    assert f'src="/s/{sub.pk}/artifacts/{gradcam5.pk}"' in page  # first tab, over the face
+    tabs = ['data-tab="gradcam:tiny_a"', 'data-tab="gradcam:tiny_b"', 'data-tab="ssim_temporal"']
+    assert all(t in page for t in tabs)
+    assert page.index(tabs[0]) < page.index(tabs[1]) < page.index(tabs[2])
+    assert page.count("not proof of where") == 1  # the long text, once
+    assert 'id="opacity"' in page and 'id="show-overlay"' in page and 'id="inset-img"' in page
+    # The filmstrip: most suspicious first; no wall of overlays.
+    strip = page[page.index('id="filmstrip"') : page.index('id="all-frames"')]
+    assert strip.index('data-frame="5"') < strip.index('data-frame="0"')
+    assert page.count("<img") <= 8
+    link = 'href="?frames=all&amp;person=0#filmstrip" id="all-frames">Show all 2 frames of person 0'
+    assert link in page
+    assert f'id="series-{sub.pk}"' in page and 'id="viewer-data"' in page
+    for script in ("chart.js", "viewer.js", "progress.js"):
+        assert f"/static/trusttrace/{script}" in page
+    assert "cdn" not in page.lower() and "https://" not in page
+
+
+def test_viewer_data_describes_every_face_with_its_layers(clients, users, finished) -> None:
+    import json
+    import re
+
+    sub = finished(users["submitter"])
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    raw = re.search(r'<script id="viewer-data" type="application/json">(.*?)</script>', page, re.S)
+    assert raw is not None
+    data = json.loads(raw.group(1))
+    assert [(e["person"], e["frame"]) for e in data["entries"]] == [(0, 0), (0, 5)]
+    entry = data["entries"][0]
+    assert entry["box"] == [0.2, 0.1, 0.6, 0.7] and entry["members"] == {
+        "tiny_a": 0.7,
+        "tiny_b": 0.9,
+    }
+    assert set(entry["layers"]) == {"gradcam:tiny_a", "gradcam:tiny_b", "ssim_temporal"}
+    assert entry["face"] and entry["whole"] and data["persons"] == [0]
+    assert [t["overlay"] for t in data["tabs"]] == [True, True, False]
+
+
+def test_show_all_frames_lists_every_frame_in_time_order(clients, users, finished) -> None:
+    sub = _with_scores(finished(users["submitter"]), {0: 0.6, 5: 0.9})
+    url = reverse("analyses:detail", args=[sub.pk]) + "?frames=all"
+    page = clients["submitter"].get(url).content.decode()
+    strip = page[page.index('id="filmstrip"') : page.index('id="top-frames"')]
+    assert strip.index('data-frame="0"') < strip.index('data-frame="5"')
+    assert 'data-all="1"' in page
+
+
+def test_an_image_gets_the_same_viewer_with_one_frame_and_no_chart(
+    clients, users, finished, site
+) -> None:
+    from analyses import services
+    from tests.platform.conftest import write_index
+
+    sub = finished(users["submitter"])
+    out = services.artifact_dir(sub)
+    write_index(out, frames=(0,))
+    services.load_index_file(sub, out)
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert 'id="viewer"' in page and 'id="viewer-face"' in page
+    assert 'id="chart"' not in page and 'id="filmstrip"' not in page

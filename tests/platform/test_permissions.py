@@ -106,7 +106,7 @@ def test_api_matrix(users, finished) -> None:
     art = sub.artifacts.first()
     base = f"/api/submissions/{sub.pk}/"
     urls = [base, base + "progress/", base + "result/", base + "frames/", base + "artifacts/",
-            base + "frames-csv/", base + f"artifacts/{art.pk}/file/"]  # fmt: skip
+            base + "frames-csv/", base + f"artifacts/{art.pk}/file/", base + "index/"]  # fmt: skip
     for url in urls:
         for role in ROLES:
             response = api[role].get(url)

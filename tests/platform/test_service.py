@@ -155,8 +155,10 @@ def test_missing_weights_refuse_uploads_clearly_and_save_nothing(
 def test_explanation_index_becomes_artifacts_and_series(site: Path, finished, users) -> None:
     sub = finished(users["submitter"])
     arts = list(sub.artifacts.all())
-    assert len(arts) == 6 and {a.kind for a in arts} == {"gradcam", "ssim_temporal"}
+    kinds = {"face", "frame", "gradcam", "ssim_temporal"}
+    assert len(arts) == 10 and {a.kind for a in arts} == kinds
     assert {a.member for a in arts} == {"tiny_a", "tiny_b", ""}
+    assert {a.person for a in arts if a.kind == "frame"} == {None}
     assert all(Path(a.file.path).is_file() for a in arts)
     assert sub.series["persons"][0]["points"][1]["frame"] == 5
 
@@ -218,7 +220,7 @@ def test_explainer_output_is_stored_as_artifacts(
     assert sub.status == Status.DONE, sub.reason
     assert calls == [(Path(sub.file.path), services.artifact_dir(sub), None)]
     if sub.verdict != "no_face":
-        assert sub.artifacts.count() == 3 and sub.series["persons"]
+        assert sub.artifacts.count() == 5 and sub.series["persons"]
 
 
 def test_unusable_reference_is_rejected_not_failed(

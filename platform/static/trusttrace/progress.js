@@ -1,4 +1,5 @@
-// Polls the submission's progress JSON and updates the bar; reloads when finished.
+// Polls the submission's progress JSON and updates the bar and the stage
+// name; reloads when the analysis is finished.
 (function () {
   "use strict";
   var box = document.getElementById("status-box");
@@ -9,14 +10,18 @@
   var status = document.getElementById("status");
   var stage = document.getElementById("stage");
   var POLL_MS = 1000;
+  function label(s) { return s ? s.charAt(0).toUpperCase() + s.slice(1) : ""; }
   function poll() {
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.json(); })
       .then(function (p) {
         if (bar) { bar.value = p.percent; }
         if (percent) { percent.textContent = p.percent + "%"; }
-        status.textContent = p.status;
-        stage.textContent = p.stage || "";
+        if (status) {
+          status.textContent = label(p.status);
+          status.className = "badge badge-" + p.status;
+        }
+        if (stage) { stage.textContent = p.stage || ""; }
         if (p.finished) { window.location.reload(); } else { window.setTimeout(poll, POLL_MS); }
       })
       .catch(function () { window.setTimeout(poll, POLL_MS * 3); });

@@ -1,0 +1,77 @@
+"""The frame viewer's data (analyses.viewer): entries, tabs, top-k, bars."""
+
+from __future__ import annotations
+
+from analyses.models import Artifact, Submission
+from analyses.viewer import TOP_K, band_percent, build_viewer, most_suspicious, score_bars
+
+
+def _series(scores: dict[int, list[float]]) -> dict:
+    return {
+        "threshold": 0.5,
+        "uncertain_band": 0.1,
+        "persons": [
+            {"id": person, "points": [
+                {"frame": 10 * i, "time": i / 2, "score": s, "members": {"m": s}}
+                for i, s in enumerate(values)
+            ]}
+            for person, values in scores.items()
+        ],
+    }  # fmt: skip
+
+
+def _art(
+    kind: str, frame: int | None, person: int | None, member: str = "", pk: int = 0
+) -> Artifact:
+    return Artifact(pk=pk, kind=kind, frame=frame, person=person, member=member, caption=kind)
+
+
+def test_the_most_suspicious_face_is_selected_and_the_filmstrip_keeps_the_top_k() -> None:
+    scores = [0.1 + 0.02 * i for i in range(20)]
+    scores[3] = 0.99
+    viewer = build_viewer(_series({0: scores, 1: [0.2, 0.3]}), [], lambda a: "")
+    assert len(viewer.entries) == 22 and viewer.persons == [0, 1]
+    current = viewer.current
+    assert current is not None and (current.person, current.frame) == (0, 30)
+    strip = viewer.filmstrip(0)
+    assert len(strip) == TOP_K and strip[0].frame == 30
+    assert [e.score for e in strip] == sorted((e.score for e in strip), reverse=True)
+    assert [e.frame for e in viewer.filmstrip(1)] == [10, 0]
+    assert len(viewer.filmstrip(0, everything=True)) == 20 and viewer.count(1) == 2
+    viewer.select_person(1)  # the result page's ?person=1
+    assert viewer.current is not None and (viewer.current.person, viewer.current.frame) == (1, 10)
+    viewer.select_person(7)
+    assert viewer.current.person == 1
+
+
+def test_layers_attach_to_their_person_and_frame_and_tabs_follow_the_kinds() -> None:
+    arts = [
+        _art("ssim_temporal", 10, 0, pk=1), _art("gradcam", 10, 0, "b", pk=2),
+        _art("gradcam", 0, 0, "a", pk=3), _art("face", 10, 0, pk=4), _art("frame", 10, None, pk=5),
+        _art("attention", 10, 1, "a", pk=6), _art("chart", None, None, pk=7),
+    ]  # fmt: skip
+    viewer = build_viewer(_series({0: [0.2, 0.4], 1: [0.3, 0.1]}), arts, lambda a: f"/a/{a.pk}")
+    assert [t.key for t in viewer.tabs] == [
+        "gradcam:a",
+        "gradcam:b",
+        "attention:a",
+        "ssim_temporal",
+    ]
+    assert [t.overlay for t in viewer.tabs] == [True, True, True, False]
+    by = {(e.person, e.frame): e for e in viewer.entries}
+    assert set(by[(0, 10)].layers) == {"gradcam:b", "ssim_temporal"}
+    assert by[(0, 10)].face == "/a/4" and by[(0, 10)].whole == by[(1, 10)].whole == "/a/5"
+    assert set(by[(1, 10)].layers) == {"attention:a"} and by[(0, 0)].face == ""
+
+
+def test_member_bars_say_which_side_of_the_band_each_score_is_on() -> None:
+    sub = Submission(threshold=0.5, uncertain_band=0.1, members={"c": 0.55, "a": 0.9, "b": 0.2})
+    assert [(b.name, b.side, b.percent) for b in score_bars(sub)] == [
+        ("a", "fake", 90.0), ("b", "real", 20.0), ("c", "uncertain", 55.0),
+    ]  # fmt: skip
+    assert band_percent(sub) == (40.0, 20.0, 50.0)
+
+
+def test_most_suspicious_point_of_a_series() -> None:
+    assert most_suspicious(_series({0: [0.2, 0.4], 1: [0.9, 0.1]})) == (1, 0)
+    assert most_suspicious({}) is None
