@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django import forms
-from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm, UserCreationForm, UsernameField
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import (
+    AuthenticationForm,
+    UserCreationForm,
+    UsernameField,
+)
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
 
 from accounts import throttle
 
@@ -25,24 +30,37 @@ class SignUpForm(UserCreationForm[User]):
         fields = ("username", "email")
         field_classes: ClassVar[dict[str, type[UsernameField]]] = {"username": UsernameField}
 
+    def clean_email(self) -> str:
+        """One account per address, whatever its case (password resets go there)."""
+        email = str(self.cleaned_data["email"]).strip()
+        if User.objects.filter(email__iexact=email).exists():
+            raise ValidationError(
+                "An account already uses this e-mail address; log in or reset its password.",
+                code="email_taken",
+            )
+        return email
 
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Refuses a username+IP after too many failures, before checking the password."""
+
+class ThrottledLoginMixin:
+    """Counts the attempt before the password is checked and refuses it when
+    the user name+IP or the IP is locked (``accounts.throttle``)."""
+
+    request: HttpRequest | None
+    data: Any
 
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
         ip = throttle.client_ip(self.request) if self.request else "unknown"
-        if throttle.is_locked(username, ip):
-            minutes = max(1, int(settings.LOGIN_LOCKOUT_S) // 60)
-            raise ValidationError(
-                f"Too many failed log-ins for this account from your address; "
-                f"try again in {minutes} minutes or reset your password.",
-                code="throttled",
-            )
-        try:
-            cleaned = super().clean()
-        except ValidationError:
-            throttle.record_failure(username, ip)
-            raise
-        throttle.clear(username, ip)
+        if not throttle.begin_attempt(username, ip):
+            raise ValidationError(throttle.locked_message(), code="throttled")
+        cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
+        throttle.succeeded(username, ip)
         return cleaned
+
+
+class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
+    """The site's log-in form, throttled."""
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The admin site's log-in form (staff only), throttled like the site's."""

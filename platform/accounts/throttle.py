@@ -1,12 +1,22 @@
-"""Login throttling: a cache counter of failures per (username, IP).
+"""Log-in throttling: cache counters of attempts per (username, IP) and per IP.
 
-After ``LOGIN_MAX_FAILURES`` failures within ``LOGIN_LOCKOUT_S`` seconds the
-pair is locked until the window expires; a success clears the counter. Keyed
-on the pair so that one attacker cannot lock a user out from everywhere.
+Every attempt is counted *before* the password is checked (an atomic cache
+increment), so parallel guesses cannot all slip through one check. After
+``LOGIN_MAX_FAILURES`` attempts within ``LOGIN_LOCKOUT_S`` seconds the pair
+is locked until the window expires; a success clears the pair's counter.
+Keyed on the pair so that one attacker cannot lock a user out from
+everywhere. The per-IP counter (``LOGIN_MAX_FAILURES_PER_IP``, across user
+names) counts failures only: a success takes its own attempt back.
+
+The client address is ``REMOTE_ADDR``, or, behind a reverse proxy, the
+entry of ``TRUSTED_PROXY_HEADER`` (e.g. ``X-Forwarded-For``) that the
+``TRUSTED_PROXY_COUNT``-th proxy from the site appended: entries further
+left are written by the client and cannot be trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import unicodedata
 
@@ -15,10 +25,19 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 _PREFIX = "login-failures:"
+_IP_PREFIX = "login-failures-ip:"
 
 
 def client_ip(request: HttpRequest) -> str:
-    """The peer address (proxies must set REMOTE_ADDR via their own middleware)."""
+    """The client's address: the trusted proxy's header entry when one is
+    configured, else the peer address."""
+    header = str(getattr(settings, "TRUSTED_PROXY_HEADER", "") or "")
+    if header:
+        key = "HTTP_" + header.upper().replace("-", "_")
+        entries = [e.strip() for e in str(request.META.get(key, "")).split(",") if e.strip()]
+        count = max(1, int(getattr(settings, "TRUSTED_PROXY_COUNT", 1)))
+        if len(entries) >= count:
+            return entries[-count]
     return str(request.META.get("REMOTE_ADDR", "unknown"))
 
 
@@ -37,23 +56,60 @@ def _key(username: str, ip: str) -> str:
     return _PREFIX + digest
 
 
-def is_locked(username: str, ip: str) -> bool:
-    """Whether this username+IP has used up its failures."""
-    return int(cache.get(_key(username, ip), 0)) >= int(settings.LOGIN_MAX_FAILURES)
+def _ip_key(ip: str) -> str:
+    return _IP_PREFIX + hashlib.sha256(ip.encode()).hexdigest()
 
 
-def record_failure(username: str, ip: str) -> int:
-    """Count one failed login; returns the failures so far in the window."""
-    key = _key(username, ip)
-    if cache.add(key, 1, timeout=int(settings.LOGIN_LOCKOUT_S)):
+def _window() -> int:
+    return int(settings.LOGIN_LOCKOUT_S)
+
+
+def count(key: str, window_s: int) -> int:
+    """Add one to a counter that expires ``window_s`` after its first use;
+    atomic (``cache.add`` then ``cache.incr``) in Redis and the local cache."""
+    if cache.add(key, 1, timeout=window_s):
         return 1
     try:
         return int(cache.incr(key))
     except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=int(settings.LOGIN_LOCKOUT_S))
+        cache.add(key, 1, timeout=window_s)
         return 1
 
 
-def clear(username: str, ip: str) -> None:
-    """Forget failures after a successful login."""
+def begin_attempt(username: str, ip: str) -> bool:
+    """Count one log-in attempt before its password is checked; whether it
+    may be checked (False: this user+IP or this IP is locked)."""
+    per_user = count(_key(username, ip), _window())
+    per_ip = count(_ip_key(ip), _window())
+    return per_user <= int(settings.LOGIN_MAX_FAILURES) and per_ip <= int(
+        settings.LOGIN_MAX_FAILURES_PER_IP
+    )
+
+
+def succeeded(username: str, ip: str) -> None:
+    """A successful log-in: clear the pair, take the attempt back from the IP."""
     cache.delete(_key(username, ip))
+    with contextlib.suppress(ValueError):  # expired meanwhile
+        cache.decr(_ip_key(ip))
+
+
+def is_locked(username: str, ip: str) -> bool:
+    """Whether this username+IP (or this IP) has used up its attempts (read only)."""
+    return int(cache.get(_key(username, ip), 0)) >= int(settings.LOGIN_MAX_FAILURES) or int(
+        cache.get(_ip_key(ip), 0)
+    ) >= int(settings.LOGIN_MAX_FAILURES_PER_IP)
+
+
+def clear(username: str, ip: str) -> None:
+    """Forget the pair's attempts."""
+    cache.delete(_key(username, ip))
+
+
+LOCKED_MESSAGE = (
+    "Too many failed log-ins for this account or from your address; try again in "
+    "{minutes} minutes or reset your password."
+)
+
+
+def locked_message() -> str:
+    return LOCKED_MESSAGE.format(minutes=max(1, _window() // 60))

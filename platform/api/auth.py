@@ -1,4 +1,6 @@
-"""The API's token endpoint, throttled like the site's log-in form.
+"""The API's tokens: issued by a throttled endpoint (like the site's log-in
+form), expiring after ``API_TOKEN_TTL_S``, revocable by their owner, and
+deleted when the owner's password changes (:mod:`api.signals`).
 
 DRF's stock ``obtain_auth_token`` checks passwords without any limit, which
 would let anyone bypass the log-in throttle by guessing through the API.
@@ -10,33 +12,32 @@ from typing import Any
 
 from accounts import throttle
 from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.exceptions import Throttled
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.authentication import token_expired
 
 
 class ThrottledAuthTokenSerializer(AuthTokenSerializer):
-    """Refuses a username+IP after too many failures, before checking the password."""
+    """Counts the attempt before the password is checked and refuses a locked
+    user name+IP or IP (``accounts.throttle``, the log-in form's counters)."""
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         request = self.context.get("request")
         username = str(attrs.get("username", ""))
         ip = throttle.client_ip(request._request) if request is not None else "unknown"
-        if throttle.is_locked(username, ip):
-            minutes = max(1, int(settings.LOGIN_LOCKOUT_S) // 60)
-            raise Throttled(
-                wait=int(settings.LOGIN_LOCKOUT_S),
-                detail=(
-                    "Too many failed log-ins for this account from your address; "
-                    f"try again in {minutes} minutes or reset your password."
-                ),
-            )
-        try:
-            validated: dict[str, Any] = super().validate(attrs)
-        except ValidationError:
-            throttle.record_failure(username, ip)
-            raise
-        throttle.clear(username, ip)
+        if not throttle.begin_attempt(username, ip):
+            raise Throttled(wait=int(settings.LOGIN_LOCKOUT_S), detail=throttle.locked_message())
+        validated: dict[str, Any] = super().validate(attrs)
+        throttle.succeeded(username, ip)
         return validated
 
 
@@ -46,5 +47,33 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
 
     serializer_class = ThrottledAuthTokenSerializer
 
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The user's token; an expired one is replaced by a new one."""
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = serializer.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        if token_expired(token):
+            token.delete()
+            token = Token.objects.create(user=user)
+        return Response({"token": token.key})
+
 
 obtain_auth_token = ThrottledObtainAuthToken.as_view()
+
+
+class RevokeToken(APIView):
+    """``POST /api/token/revoke/``: delete the caller's token (204); the next
+    ``POST /api/token/`` issues a new one."""
+
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request: Request) -> Response:
+        user_id = request.user.pk
+        if user_id is not None:
+            Token.objects.filter(user_id=user_id).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+revoke_token = RevokeToken.as_view()

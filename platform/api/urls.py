@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from api.auth import obtain_auth_token
+from api.auth import obtain_auth_token, revoke_token
 from api.views import SubmissionViewSet
 
 app_name = "api"
@@ -16,6 +16,7 @@ router.register("submissions", SubmissionViewSet, basename="submission")
 
 urlpatterns = [
     path("token/", obtain_auth_token, name="token"),
+    path("token/revoke/", revoke_token, name="token-revoke"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include(router.urls)),
 ]

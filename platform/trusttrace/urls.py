@@ -3,8 +3,12 @@ is never served; permission-checked views stream the files."""
 
 from __future__ import annotations
 
+from accounts.forms import ThrottledAdminAuthenticationForm
 from django.contrib import admin
 from django.urls import include, path
+
+# The admin's log-in shares the site's throttle (it is the most valuable one).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -153,6 +153,19 @@ DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "trusttrace@loc
 # Login throttling (accounts.throttle): failures per username+IP in a window.
 LOGIN_MAX_FAILURES = int(os.environ.get("TRUSTTRACE_LOGIN_MAX_FAILURES", "5"))
 LOGIN_LOCKOUT_S = int(os.environ.get("TRUSTTRACE_LOGIN_LOCKOUT_S", "900"))
+# Failed log-ins from one address across all user names, in the same window.
+LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("TRUSTTRACE_LOGIN_MAX_FAILURES_PER_IP", "50"))
+# Behind a reverse proxy: the header it appends the client address to (e.g.
+# X-Forwarded-For) and how many proxies append to it; empty: REMOTE_ADDR.
+TRUSTED_PROXY_HEADER = os.environ.get("TRUSTTRACE_TRUSTED_PROXY_HEADER", "")
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTTRACE_TRUSTED_PROXY_COUNT", "1"))
+# Password reset e-mails per hour: per client address (then 429), per address
+# asked for (then silently not sent again: no enumeration, no mail bombing).
+PASSWORD_RESET_MAX_PER_IP = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_IP", "5"))
+PASSWORD_RESET_MAX_PER_EMAIL = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL", "3"))
+# API tokens expire this many seconds after they were issued (0: never); a
+# password change or reset deletes the user's token (api.signals).
+API_TOKEN_TTL_S = int(os.environ.get("TRUSTTRACE_API_TOKEN_TTL_S", str(30 * 86400)))
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -167,7 +180,7 @@ if os.environ.get("REDIS_CACHE_URL"):
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

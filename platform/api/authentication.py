@@ -1,0 +1,33 @@
+"""Token authentication with an expiry (``API_TOKEN_TTL_S``).
+
+Kept apart from the views: DRF imports its authentication classes while
+``rest_framework.views`` is still loading.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import AuthenticationFailed
+
+
+def token_expired(token: Token) -> bool:
+    """Whether ``token`` is older than ``API_TOKEN_TTL_S`` (0: tokens never expire)."""
+    ttl = int(settings.API_TOKEN_TTL_S)
+    return bool(ttl) and token.created < timezone.now() - timedelta(seconds=ttl)
+
+
+class ExpiringTokenAuthentication(TokenAuthentication):
+    """``Authorization: Token <key>``, refused (and deleted) once expired."""
+
+    def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        user, token = super().authenticate_credentials(key)
+        if token_expired(token):
+            token.delete()
+            raise AuthenticationFailed("The token has expired; get a new one from /api/token/.")
+        return user, token
