@@ -19,3 +19,9 @@ class SubmissionForm(forms.Form):
         label="Reference (optional)",
         help_text="The claimed original, for a side-by-side comparison.",
     )
+    reuse = forms.BooleanField(
+        required=False,
+        label="Reuse an earlier result",
+        help_text="If you analysed this same file before, show that result instead of "
+        "analysing it again.",
+    )

@@ -91,19 +91,25 @@ def submit(request: HttpRequest) -> HttpResponse:
             status = 413
         elif form.is_valid():
             try:
-                sub = services.create_submission(
+                sub, reused = services.submit(
                     request.user,
                     form.cleaned_data["file"],
                     title=form.cleaned_data["title"],
                     reference=form.cleaned_data.get("reference"),
+                    reuse=bool(form.cleaned_data.get("reuse")),
                 )
+            except services.QuotaExceeded as e:
+                error, status = f"Upload refused: {e}", 429
             except services.UploadRejected as e:
                 error, status = f"Upload refused: {e}", 400
             except services.QueueUnavailable as e:
                 # Saved and kept, pending: the reaper queues it when the broker is back.
                 error, status = str(e), 503
             else:
-                messages.success(request, "Uploaded. The analysis is queued.")
+                if reused:
+                    messages.info(request, "You analysed this file before: here is that result.")
+                else:
+                    messages.success(request, "Uploaded. The analysis is queued.")
                 return redirect("analyses:detail", pk=sub.pk)
         else:
             status = 400

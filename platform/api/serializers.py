@@ -36,11 +36,17 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
 
 
 class SubmitSerializer(serializers.Serializer[Any]):
-    """Multipart upload: ``file`` (required), ``reference`` and ``title``."""
+    """Multipart upload: ``file`` (required), ``reference``, ``title``, ``reuse``."""
 
     file = serializers.FileField()
     reference = serializers.FileField(required=False)
     title = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    reuse = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Return your earlier finished analysis of the same file (200) instead of "
+        "analysing it again (201).",
+    )
 
 
 class ArtifactSerializer(serializers.ModelSerializer[Artifact]):

@@ -68,11 +68,16 @@ class SubmissionViewSet(
             )
         form.is_valid(raise_exception=True)
         try:
-            sub = services.create_submission(
+            sub, reused = services.submit(
                 request.user,
                 form.validated_data["file"],
                 title=form.validated_data.get("title", ""),
                 reference=form.validated_data.get("reference"),
+                reuse=bool(form.validated_data.get("reuse")),
+            )
+        except services.QuotaExceeded as e:
+            return Response(
+                {"detail": str(e), "code": e.code}, status=status.HTTP_429_TOO_MANY_REQUESTS
             )
         except services.ModelsUnavailable as e:
             return Response(
@@ -88,7 +93,7 @@ class SubmissionViewSet(
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_400_BAD_REQUEST)
         return Response(
             SubmissionSerializer(sub, context={"request": request}).data,
-            status=status.HTTP_201_CREATED,
+            status=status.HTTP_200_OK if reused else status.HTTP_201_CREATED,
         )
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:

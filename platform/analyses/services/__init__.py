@@ -10,6 +10,7 @@ One module per concern; the public names are re-exported here:
 
 - :mod:`.members`: which models the site runs (weights, backend, combination);
 - :mod:`.uploads`: the edge check of an upload and the new submission;
+- :mod:`.quotas`: per-user limits, and an earlier result of the same file;
 - :mod:`.queue`: sending the worker its message;
 - :mod:`.running`: running an analysis and storing its outcome;
 - :mod:`.reaper`: jobs that never finish (queued again or failed);
@@ -21,6 +22,7 @@ from __future__ import annotations
 from analyses.services.errors import (
     ModelsUnavailable,
     QueueUnavailable,
+    QuotaExceeded,
     RerunRefused,
     UploadRejected,
 )
@@ -33,6 +35,7 @@ from analyses.services.members import (
     runtime_status,
 )
 from analyses.services.queue import QUEUE_DOWN_REASON, enqueue, send
+from analyses.services.quotas import check_quotas, previous_result
 from analyses.services.reaper import WORKER_STOPPED_REASON, Reaped, is_stale, reap, start_reaper
 from analyses.services.reruns import RERUNNABLE, delete_submission, rerun
 from analyses.services.running import (
@@ -60,6 +63,7 @@ from analyses.services.uploads import (
     create_submission,
     display_name,
     probe,
+    submit,
 )
 
 # Older name of media_root (tests and scripts used it).
@@ -82,6 +86,7 @@ __all__ = [
     "ModelsUnavailable",
     "Probed",
     "QueueUnavailable",
+    "QuotaExceeded",
     "Reaped",
     "RerunRefused",
     "RuntimeStatus",
@@ -91,6 +96,7 @@ __all__ = [
     "_media_root",
     "artifact_dir",
     "check_name",
+    "check_quotas",
     "check_size",
     "create_submission",
     "delete_submission",
@@ -102,6 +108,7 @@ __all__ = [
     "load_index_file",
     "media_root",
     "models_status",
+    "previous_result",
     "probe",
     "reap",
     "record_weights_versions",
@@ -113,4 +120,5 @@ __all__ = [
     "series_from_result",
     "start_reaper",
     "store_index",
+    "submit",
 ]

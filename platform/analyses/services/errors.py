@@ -28,3 +28,7 @@ class QueueUnavailable(Exception):  # noqa: N818 (a state of the site, shown to 
     def __init__(self, reason: str, submission_id: str) -> None:
         super().__init__(reason)
         self.submission_id = submission_id
+
+
+class QuotaExceeded(UploadRejected):
+    """A per-user limit (jobs waiting, uploads per hour, storage) is reached."""

@@ -4,11 +4,13 @@ stored under a random name, then queued."""
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
@@ -17,6 +19,7 @@ from analyses.models import Submission
 from analyses.services import queue
 from analyses.services.errors import UploadRejected
 from analyses.services.members import record_weights_versions, require_models
+from analyses.services.quotas import check_quotas, previous_result
 from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
 
 logger = logging.getLogger(__name__)
@@ -88,7 +91,12 @@ def _stage(upload: UploadedFile) -> Path:
     folder = media_root() / STAGING_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / uuid.uuid4().hex
-    with path.open("wb") as fh:
+    # Created with the configured mode (0640): open() would give 0644 under
+    # the usual umask, and the file keeps its mode when moved into uploads/.
+    mode = int(settings.FILE_UPLOAD_PERMISSIONS or 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(fd, mode)
+    with os.fdopen(fd, "wb") as fh:
         for chunk in upload.chunks(_COPY_CHUNK):
             fh.write(chunk)
     return path
@@ -119,19 +127,51 @@ def create_submission(
     title: str = "",
     reference: UploadedFile | None = None,
 ) -> Submission:
-    """Check an upload at the edge, save it, then queue its analysis.
+    """Check an upload at the edge, save it, then queue its analysis (see
+    :func:`submit`, which can reuse an earlier result instead)."""
+    sub, _ = submit(owner, upload, title=title, reference=reference)
+    return sub
 
-    Raises :class:`UploadRejected` (nothing saved) when the models are missing
-    or the file is refused, and :class:`QueueUnavailable` (saved, pending, its
-    file kept; the reaper queues it later) when the broker refuses the message.
+
+def submit(
+    owner: Any,
+    upload: UploadedFile,
+    *,
+    title: str = "",
+    reference: UploadedFile | None = None,
+    reuse: bool = False,
+) -> tuple[Submission, bool]:
+    """Check an upload at the edge, save it, then queue its analysis; returns
+    the submission and whether it is an earlier one reused.
+
+    With ``reuse``, the owner's latest finished analysis of the same file (and
+    reference) is returned instead and nothing is stored
+    (:func:`.quotas.previous_result`).
+
+    Raises :class:`UploadRejected` (nothing saved) when the models are missing,
+    a per-user limit is reached (:class:`QuotaExceeded`) or the file is
+    refused, and :class:`QueueUnavailable` (saved, pending, its file kept; the
+    reaper queues it later) when the broker refuses the message.
     """
     record_weights_versions(require_models())
+    check_quotas(owner, int(upload.size or 0) + int(reference.size or 0 if reference else 0))
     path, probed = _accept(upload)
     ref_path: Path | None = None
     try:
         ref_probed: Probed | None = None
         if reference is not None:
             ref_path, ref_probed = _accept(reference)
+        previous = (
+            previous_result(owner, probed.sha256, ref_probed.sha256 if ref_probed else "")
+            if reuse
+            else None
+        )
+        if previous is not None:
+            path.unlink(missing_ok=True)
+            if ref_path is not None:
+                ref_path.unlink(missing_ok=True)
+            logger.info("upload of %s reuses submission %s", probed.sha256[:12], previous.pk)
+            return previous, True
         with transaction.atomic():
             sub = Submission(
                 owner=owner,
@@ -156,4 +196,4 @@ def create_submission(
     logger.info("submission %s saved (%s, %s)", sub.pk, sub.kind, sub.sha256[:12])
     # Outside the try: the row and its files are kept whatever the broker says.
     queue.enqueue(sub)
-    return sub
+    return sub, False

@@ -187,6 +187,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # Requests per signed-in user (uploads have their own limits: quotas).
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": os.environ.get("TRUSTTRACE_API_RATE", "2000/hour")},
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT if TRUSTED_PROXY_HEADER else None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trusttrace API",
@@ -285,4 +289,11 @@ TRUSTTRACE = {
     "STALE_RUNNING_S": float(os.environ.get("TRUSTTRACE_STALE_RUNNING_S", "120")),
     "STALE_PENDING_S": float(os.environ.get("TRUSTTRACE_STALE_PENDING_S", "900")),
     "REAPER_INTERVAL_S": float(os.environ.get("TRUSTTRACE_REAPER_INTERVAL_S", "60")),
+    # Per-user limits (analyses.services.quotas; 0 disables one): analyses
+    # waiting or running, uploads in the last hour, bytes stored.
+    "MAX_PENDING_PER_USER": int(os.environ.get("TRUSTTRACE_MAX_PENDING_PER_USER", "5")),
+    "MAX_UPLOADS_PER_HOUR": int(os.environ.get("TRUSTTRACE_MAX_UPLOADS_PER_HOUR", "30")),
+    "MAX_STORAGE_PER_USER_BYTES": int(
+        os.environ.get("TRUSTTRACE_MAX_STORAGE_PER_USER_BYTES", str(10 * 1024**3))
+    ),
 }

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import TRUSTTRACE
+from .base import REST_FRAMEWORK, TRUSTTRACE
 
 SECRET_KEY = "test-only-not-secret"  # noqa: S105
 DEBUG = False
@@ -19,3 +19,6 @@ MEDIA_ROOT = _TMP / "media"
 CELERY_BROKER_URL = "memory://"
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
 TRUSTTRACE["PROGRESS_INTERVAL_S"] = 0.0
+# The request rate limit counts in the shared local cache across tests (user
+# ids repeat after each rollback); tests/platform/test_quotas.py sets a rate.
+REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"user": None}}

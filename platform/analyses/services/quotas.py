@@ -1,0 +1,70 @@
+"""Per-user limits on uploads, checked before a byte is stored: jobs waiting
+or running, stored bytes, uploads in the last hour. A refusal says which
+limit and what to do (:class:`QuotaExceeded`, shown to the user, 429)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from analyses.config import trusttrace_setting
+from analyses.models import Status, Submission
+from analyses.services.errors import QuotaExceeded
+
+HOUR_S = 3600
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def check_quotas(owner: Any, incoming_bytes: int) -> None:
+    """Refuse an upload of ``incoming_bytes`` that would take ``owner`` over a
+    limit (``MAX_PENDING_PER_USER``, ``MAX_STORAGE_PER_USER_BYTES``,
+    ``MAX_UPLOADS_PER_HOUR``; 0 disables one)."""
+    mine = Submission.objects.filter(owner_id=owner.pk)
+    max_pending = int(trusttrace_setting("MAX_PENDING_PER_USER"))
+    if max_pending:
+        waiting = mine.filter(status__in=(Status.PENDING, Status.RUNNING)).count()
+        if waiting >= max_pending:
+            raise QuotaExceeded(
+                f"You have {waiting} analyses waiting or running; the limit is {max_pending}. "
+                "Upload more once some have finished.",
+                "quota_pending",
+            )
+    max_per_hour = int(trusttrace_setting("MAX_UPLOADS_PER_HOUR"))
+    if max_per_hour:
+        recent = mine.filter(created__gte=timezone.now() - timedelta(seconds=HOUR_S)).count()
+        if recent >= max_per_hour:
+            raise QuotaExceeded(
+                f"You uploaded {recent} files in the last hour; the limit is {max_per_hour} "
+                "an hour. Please try again later.",
+                "quota_rate",
+            )
+    max_storage = int(trusttrace_setting("MAX_STORAGE_PER_USER_BYTES"))
+    if max_storage:
+        stored = int(mine.aggregate(total=Sum("size_bytes"))["total"] or 0)
+        if stored + incoming_bytes > max_storage:
+            raise QuotaExceeded(
+                f"Your submissions take {_mib(stored)}; with this file they would exceed your "
+                f"{_mib(max_storage)} of storage. Delete old submissions to make room.",
+                "quota_storage",
+            )
+
+
+def previous_result(owner: Any, sha256: str, reference_sha256: str = "") -> Submission | None:
+    """The owner's latest finished analysis of the same file (and reference),
+    offered instead of analysing it again."""
+    return (
+        Submission.objects.filter(
+            owner_id=owner.pk,
+            sha256=sha256,
+            reference_sha256=reference_sha256,
+            status=Status.DONE,
+        )
+        .order_by("-created")
+        .first()
+    )

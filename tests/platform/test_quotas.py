@@ -1,0 +1,135 @@
+"""Per-user limits, an earlier result offered for the same file, the API's
+request rate and the mode of stored uploads (issue 17)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from analyses import services
+from analyses.models import Status, Submission
+from tests.platform.conftest import upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def quiet_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
+
+
+def _limits(settings: Any, **values: int) -> None:
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, **values}
+
+
+def _api(user: User) -> APIClient:
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+def test_uploads_are_stored_with_the_configured_mode(
+    site: Path, users: dict[str, User], media_dir: Path, quiet_queue: None
+) -> None:
+    sub = services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    # Before: 0644 (open() under the usual umask), not FILE_UPLOAD_PERMISSIONS.
+    assert stat.S_IMODE(Path(sub.file.path).stat().st_mode) == 0o640
+
+
+def test_too_many_waiting_analyses_are_refused_with_429(
+    site: Path, users: dict[str, User], clients: dict[str, Client], media_dir: Path,
+    settings: Any, quiet_queue: None,
+) -> None:  # fmt: skip
+    _limits(settings, MAX_PENDING_PER_USER=2)
+    for _ in range(2):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    with (media_dir / "face.png").open("rb") as fh:
+        response = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
+    # Before: no limit; one user could fill the FIFO queue.
+    assert response.status_code == 429
+    assert "2 analyses waiting or running; the limit is 2" in response.content.decode()
+    assert Submission.objects.count() == 2
+    # Someone else's queue is theirs.
+    services.create_submission(users["other"], upload(media_dir / "face.png"))
+    # A finished job frees its place.
+    Submission.objects.filter(owner=users["submitter"]).update(status=Status.DONE)
+    services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+
+
+def test_uploads_per_hour_are_limited(
+    site: Path, users: dict[str, User], media_dir: Path, settings: Any, quiet_queue: None
+) -> None:
+    _limits(settings, MAX_UPLOADS_PER_HOUR=2, MAX_PENDING_PER_USER=0)
+    for _ in range(2):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    with pytest.raises(services.QuotaExceeded, match="2 files in the last hour"):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+
+
+def test_storage_per_user_is_limited_on_the_api(
+    site: Path, users: dict[str, User], media_dir: Path, settings: Any, quiet_queue: None
+) -> None:
+    size = (media_dir / "face.png").stat().st_size
+    _limits(settings, MAX_STORAGE_PER_USER_BYTES=size + size // 2)
+    services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    with (media_dir / "face.png").open("rb") as fh:
+        response = _api(users["submitter"]).post(
+            "/api/submissions/", {"file": fh}, format="multipart"
+        )
+    assert response.status_code == 429 and response.json()["code"] == "quota_storage"
+    assert "Delete old submissions" in response.json()["detail"]
+
+
+def test_an_earlier_result_of_the_same_file_is_offered_not_forced(
+    site: Path, users: dict[str, User], clients: dict[str, Client], media_dir: Path,
+    finished: Any, quiet_queue: None,
+) -> None:  # fmt: skip
+    earlier = finished(users["submitter"])
+    url = reverse("analyses:submit")
+    with (media_dir / "face.png").open("rb") as fh:
+        reused = clients["submitter"].post(url, {"file": fh, "reuse": "on"})
+    # Before: the same file was always analysed again.
+    assert reused.status_code == 302 and reused["Location"].endswith(f"/s/{earlier.pk}/")
+    assert Submission.objects.count() == 1
+    with (media_dir / "face.png").open("rb") as fh:
+        again = clients["submitter"].post(url, {"file": fh})
+    assert again.status_code == 302 and Submission.objects.count() == 2
+    # Only the owner's own results are reused.
+    with (media_dir / "face.png").open("rb") as fh:
+        theirs = clients["other"].post(url, {"file": fh, "reuse": "on"})
+    assert not theirs["Location"].endswith(f"/s/{earlier.pk}/")
+
+
+def test_the_api_reuses_an_earlier_result_when_asked(
+    site: Path, users: dict[str, User], media_dir: Path, finished: Any, quiet_queue: None
+) -> None:
+    earlier = finished(users["submitter"])
+    api = _api(users["submitter"])
+    with (media_dir / "face.png").open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh, "reuse": True}, format="multipart")
+    assert response.status_code == 200 and response.json()["id"] == str(earlier.pk)
+    with (media_dir / "face.png").open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh}, format="multipart")
+    assert response.status_code == 201 and response.json()["id"] != str(earlier.pk)
+
+
+def test_api_requests_are_rate_limited_per_user(
+    users: dict[str, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rest_framework.throttling import UserRateThrottle
+
+    monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "3/minute"})
+    cache.clear()
+    api = _api(users["submitter"])
+    codes = [api.get("/api/submissions/").status_code for _ in range(4)]
+    cache.clear()
+    # Before: no throttle on the API.
+    assert codes == [200, 200, 200, 429]
