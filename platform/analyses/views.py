@@ -18,6 +18,7 @@ from analyses.config import trusttrace_setting
 from analyses.forms import SubmissionForm
 from analyses.limits import upload_over_limit
 from analyses.models import Artifact, Submission
+from analyses.ranges import open_range
 from analyses.viewer import (
     HEAT_NOTE,
     badge,
@@ -219,14 +220,23 @@ INLINE_TYPES = frozenset({
 })  # fmt: skip
 
 
-def serve_private(path: Path, download_name: str, content_type: str | None = None) -> FileResponse:
-    """Stream a stored file to an already authorised user: never cached, never sniffed."""
+def serve_private(
+    path: Path,
+    download_name: str,
+    content_type: str | None = None,
+    request: HttpRequest | None = None,
+) -> FileResponse:
+    """Stream a stored file to an already authorised user: never cached, never
+    sniffed; one byte range when ``request`` asks for it (206)."""
     if not path.is_file():
         raise Http404("The file is gone.")
     content_type = content_type or mimetypes.guess_type(path.name)[0]
     if content_type not in INLINE_TYPES:
         content_type = "application/octet-stream"
-    response = FileResponse(path.open("rb"), content_type=content_type)
+    body, status, range_headers = open_range(request, path)
+    response = FileResponse(body, content_type=content_type, status=status)
+    for name, value in range_headers.items():
+        response[name] = value
     response["Content-Disposition"] = f'inline; filename="{download_name}"'
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, no-store"
@@ -241,7 +251,9 @@ def submission_file(request: HttpRequest, pk: str, which: str = "file") -> FileR
     field = sub.reference_file if which == "reference" else sub.file
     if not field:
         raise Http404("No such file.")
-    return serve_private(Path(field.path), f"{sub.pk}{Path(field.name or '').suffix}")
+    return serve_private(
+        Path(field.path), f"{sub.pk}{Path(field.name or '').suffix}", request=request
+    )
 
 
 @login_required
@@ -251,7 +263,9 @@ def artifact_file(request: HttpRequest, pk: str, artifact_id: int) -> FileRespon
     sub = get_visible(request.user, pk)
     artifact: Artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
     path = Path(artifact.file.path)
-    return serve_private(path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type)
+    return serve_private(
+        path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type, request
+    )
 
 
 @login_required

@@ -169,5 +169,6 @@ class SubmissionViewSet(
         artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
         path = Path(artifact.file.path)
         return serve_private(
-            path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type
-        )
+            path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type,
+            request._request,
+        )  # fmt: skip
