@@ -14,11 +14,12 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from analyses.config import analysis_config, trusttrace_setting
+from analyses.config import trusttrace_setting
 from analyses.models import Submission
 from analyses.services import queue
 from analyses.services.errors import UploadRejected
 from analyses.services.members import record_weights_versions, require_models
+from analyses.services.probing import probe_media
 from analyses.services.quotas import check_quotas, previous_result
 from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
 
@@ -74,16 +75,9 @@ def check_size(size: int | None) -> None:
 
 
 def probe(path: Path) -> Probed:
-    """Type by content, a decode probe and the pixel/duration limits."""
-    from ensemble.errors import InvalidMediaError
-    from ensemble.media import load_media
-
-    config = analysis_config()
-    try:
-        media = load_media(path, config.limits, PROBE_FRAMES)
-    except InvalidMediaError as e:
-        raise UploadRejected(str(e), e.code) from e
-    info = media.info
+    """Type by content, a decode probe and the pixel, duration and frame-rate
+    limits, in a child process with a time and a memory cap (:mod:`.probing`)."""
+    info = probe_media(path, PROBE_FRAMES)
     return Probed(info.kind, info.format, info.sha256, info.size_bytes)
 
 

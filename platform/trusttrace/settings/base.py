@@ -278,6 +278,15 @@ TRUSTTRACE = {
     "MAX_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_PIXELS", "40000000")),
     "MAX_DURATION_S": float(os.environ.get("TRUSTTRACE_MAX_DURATION_S", "900")),
     "MAX_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_FRAMES", "256")),
+    # Uploads only (analyses.services.probing): a video's frames are held in
+    # memory by the analysis, so they get a lower pixel bound than images
+    # (3840x2160); frame rate and frame count no camera makes are refused; the
+    # probe runs in a child stopped after PROBE_TIMEOUT_S or PROBE_MAX_RSS_BYTES.
+    "MAX_VIDEO_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_PIXELS", str(3840 * 2160))),
+    "MAX_FPS": float(os.environ.get("TRUSTTRACE_MAX_FPS", "240")),
+    "MAX_VIDEO_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_FRAMES", str(900 * 240))),
+    "PROBE_TIMEOUT_S": float(os.environ.get("TRUSTTRACE_PROBE_TIMEOUT_S", "20")),
+    "PROBE_MAX_RSS_BYTES": int(os.environ.get("TRUSTTRACE_PROBE_MAX_RSS_BYTES", str(1024**3))),
     # How often (seconds) a running job may write its progress to the database.
     "PROGRESS_INTERVAL_S": float(os.environ.get("TRUSTTRACE_PROGRESS_INTERVAL_S", "0.5")),
     # Jobs that never finish (analyses.services.reaper): a running job writes a

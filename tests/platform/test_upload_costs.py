@@ -1,0 +1,125 @@
+"""Uploads that cost far more than their size (issue 17), generated here,
+each refused at the edge with its limit; the probe runs in a capped child."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from django.urls import reverse
+from PIL import Image
+
+from analyses.models import Submission
+
+pytestmark = pytest.mark.django_db
+
+
+def many_tiny_frames(path: Path, frames: int, fps: int) -> Path:
+    """Tiny 16x16 frames at a frame rate no camera makes (the issue's file
+    had 3 M of them at 50,000 fps in 37 MB)."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width = stream.height = 16
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = Fraction(1, fps)
+    image = np.zeros((16, 16, 3), np.uint8)
+    for _ in range(frames):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def large_video(path: Path, width: int, height: int, frames: int = 2) -> Path:
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    image = np.zeros((height, width, 3), np.uint8)
+    for _ in range(frames):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def flat_png(path: Path, width: int, height: int) -> Path:
+    Image.new("RGB", (width, height)).save(path, "PNG")
+    return path
+
+
+def _post(clients: dict[str, Any], path: Path) -> Any:
+    with path.open("rb") as fh:
+        return clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
+
+
+def _limits(settings: Any, **values: Any) -> None:
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, **values}
+
+
+def _refused(response: Any, site: Path, text: str) -> None:
+    page = response.content.decode()
+    assert response.status_code == 400 and "Upload refused" in page, page[-2000:]
+    assert text in page, page[-2000:]
+    assert not Submission.objects.exists()
+    assert not any(p.is_file() for p in (site / "uploads").rglob("*"))
+    assert not any(p.is_file() for p in (site / "staging").rglob("*"))
+
+
+def test_video_at_50000_fps_is_refused_by_the_frame_rate_limit(
+    site: Path, clients: dict[str, Any], tmp_path: Path
+) -> None:
+    clip = many_tiny_frames(tmp_path / "tiny.mp4", frames=2000, fps=50_000)
+    # Before: accepted, and the worker walked every packet of it.
+    _refused(_post(clients, clip), site, "50000 frames per second; the limit is 240")
+
+
+def test_video_with_more_frames_than_the_limit_is_refused(
+    site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    _limits(settings, MAX_VIDEO_FRAMES=1000, MAX_FPS=0)
+    clip = many_tiny_frames(tmp_path / "long.mp4", frames=2000, fps=200)
+    _refused(_post(clients, clip), site, "has 2000 frames; the limit is 1000")
+
+
+def test_video_frames_have_a_lower_pixel_bound_than_images(
+    site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    # 4096x2304 (9.4 Mpx) is above the video bound (3840x2160, 8.3 Mpx)...
+    clip = large_video(tmp_path / "big.mkv", 4096, 2304)
+    # Before: accepted; a 6400x6000 MKV then took 3.96 GB to decode 32 frames.
+    _refused(_post(clients, clip), site, "megapixels")
+    # ...and below the image bound (40 Mpx): the same size as a PNG is accepted.
+    response = _post(clients, flat_png(tmp_path / "big.png", 4096, 2304))
+    assert response.status_code == 302, response.content.decode()[-2000:]
+
+
+def test_probe_past_its_memory_cap_is_stopped_and_refused(
+    site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    # A cap below what any decoder process holds: the child is stopped at once.
+    _limits(settings, PROBE_MAX_RSS_BYTES=1)
+    _refused(_post(clients, flat_png(tmp_path / "a.png", 64, 64)), site, "of memory")
+
+
+def test_probe_past_its_time_cap_is_stopped_and_refused(
+    site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    _limits(settings, PROBE_TIMEOUT_S=1e-9)
+    _refused(_post(clients, flat_png(tmp_path / "a.png", 64, 64)), site, "took longer than")
+
+
+def test_probe_child_reports_the_decoders_reason(
+    site: Path, clients: dict[str, Any], tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n" * 20)
+    _refused(_post(clients, notes), site, "text file")
