@@ -49,6 +49,9 @@ def _wsgi_post(path: str, body: CountingInput, declared: int) -> tuple[int, byte
         "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
         "CONTENT_LENGTH": str(declared), "wsgi.input": io.BufferedReader(body),
         "wsgi.errors": io.StringIO(),
+        # With a CSRF cookie (any visitor gets one) CsrfViewMiddleware reads
+        # the body to find the form's token.
+        "HTTP_COOKIE": "csrftoken=" + "a" * 32,
     }  # fmt: skip
     status: list[str] = []
     chunks = WSGIHandler()(environ, lambda s, h, *a: status.append(s))
