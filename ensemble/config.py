@@ -25,6 +25,16 @@ class MediaLimits:
     max_duration_s: float = 15 * 60.0
     # Upper bound on the number of frames one analysis may sample.
     max_frames: int = 256
+    # Sampled video frames larger than this (pixels) are downscaled while
+    # decoding, keeping their aspect ratio, so a huge frame never sits in
+    # memory at full size (32 frames of 6400x6000 RGB are 3.7 GB). The
+    # default, 3840x2160, leaves every frame up to 4K UHD untouched. 0: never.
+    max_video_pixels: int = 3840 * 2160
+    # A frame rate no camera makes (frames per second) and more frames than
+    # a video of the longest duration at that rate are refused: every frame
+    # is a packet the index pass reads. 0 disables either.
+    max_fps: float = 240.0
+    max_video_frames: int = 900 * 240
 
 
 @dataclass(frozen=True)

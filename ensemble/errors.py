@@ -39,6 +39,18 @@ class MediaLimitError(InvalidMediaError):
     code = "too_large"
 
 
+class FrameRateLimitError(MediaLimitError):
+    """The video declares or shows more frames per second than the limit."""
+
+    code = "frame_rate"
+
+
+class FrameCountLimitError(MediaLimitError):
+    """The video declares or holds more frames than the limit."""
+
+    code = "frame_count"
+
+
 class EmptyMediaError(UnreadableMediaError):
     """A well-formed container that holds no frame."""
 

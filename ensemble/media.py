@@ -9,6 +9,15 @@ lists every frame's timestamp and the key frames; then, for each requested
 frame, the decoder seeks to the key frame before it and decodes forward only
 until that frame. Frames that are decoded on the way are never converted to
 RGB, and stretches of the video holding no requested frame are never decoded.
+
+What a video may cost is bounded before and during that work: the frame rate
+and frame count the container declares are checked before the demux pass
+(for MP4 and MOV from the sample tables, before FFmpeg even opens the file:
+its MP4 demuxer builds an index entry per sample as it opens it);
+the pass stops at ``max_video_frames`` packets and as soon as the timestamps
+show a rate above ``max_fps``; and a frame larger than ``max_video_pixels`` is
+downscaled while it is converted to RGB, so it never exists in memory at full
+size as RGB (see :class:`~ensemble.config.MediaLimits`).
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import math
+import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +41,8 @@ from PIL import Image, ImageOps
 from ensemble.config import MediaLimits
 from ensemble.errors import (
     EmptyMediaError,
+    FrameCountLimitError,
+    FrameRateLimitError,
     MediaLimitError,
     NoVideoStreamError,
     UnreadableMediaError,
@@ -55,6 +68,18 @@ _SNIFF_BYTES = 4096
 # Mean distance (in frames) between sampled frames from which non-reference
 # frames are skipped while decoding.
 SPARSE_GAP_FRAMES = 3
+# The index pass refuses a video once it has read more than ``max_fps`` frames
+# per second of timestamps covered plus this many seconds' worth: a camera at
+# the limit, timestamp jitter included, never gets there.
+RATE_SLACK_S = 1.0
+# Packets the demuxer yields besides the frames: its end-of-stream flush packet.
+FLUSH_PACKETS = 1
+# The MP4/MOV sample-table walk gives up (FFmpeg's own reading then decides)
+# after this many boxes: a real file has a few dozen.
+MAX_MP4_BOXES = 10_000
+# Resampling used when a frame is downscaled while decoding (swscale's area
+# averaging, like cv2.INTER_AREA elsewhere in the pipeline).
+DOWNSCALE_INTERPOLATION = "AREA"
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,16 @@ class MediaInfo:
     duration_s: float | None = None
     fps: float | None = None
     frame_count: int | None = None
+    # Set when the sampled frames were downscaled while decoding (a video
+    # frame over ``MediaLimits.max_video_pixels``): their size, in which face
+    # boxes are given. ``width`` and ``height`` stay the source's.
+    decoded_width: int | None = None
+    decoded_height: int | None = None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the analysed frames: face boxes are in these pixels."""
+        return (self.decoded_width or self.width, self.decoded_height or self.height)
 
 
 @dataclass(frozen=True)
@@ -263,6 +298,8 @@ def read_video(
     size = _check_size(path, limits)
     if n_frames > limits.max_frames:
         raise MediaLimitError(f"{n_frames} frames requested; the limit is {limits.max_frames}.")
+    if media_type.format in ("mp4", "mov"):
+        _check_mp4_tables(path, limits)
     container = _open_container(path)
     try:
         if not container.streams.video:
@@ -275,6 +312,7 @@ def read_video(
         duration = _declared_duration(container, stream)
         if duration is not None and duration > limits.max_duration_s:
             raise _duration_error(duration, limits)
+        _check_declared_rate(stream, limits)
         index = _index_video(container, stream, limits)
         if not index.pts:
             raise EmptyMediaError("The video contains no frames.")
@@ -283,7 +321,7 @@ def read_video(
             raise _duration_error(span, limits)
         targets = [index.pts[i] for i in sample_indices(len(index.pts), n_frames)]
         stream.thread_type = "AUTO"
-        frames, stats = _decode_targets(container, stream, index, targets)
+        frames, stats = _decode_targets(container, stream, index, targets, limits.max_video_pixels)
     except av.error.FFmpegError as e:
         raise UnreadableMediaError(
             "The video could not be read: the file is corrupt or truncated."
@@ -299,9 +337,13 @@ def read_video(
         duration = span
     rate = stream.average_rate
     fps = float(rate) if rate else (count / duration if duration else None)
+    decoded_h, decoded_w = frames[0].image.shape[:2]
+    downscaled = (decoded_w, decoded_h) != (width, height)
     info = MediaInfo(
         kind="video", format=media_type.format, width=width, height=height, size_bytes=size,
         sha256=file_sha256(path), duration_s=duration, fps=fps, frame_count=count,
+        decoded_width=decoded_w if downscaled else None,
+        decoded_height=decoded_h if downscaled else None,
     )  # fmt: skip
     return LoadedMedia(info, tuple(frames), stats)
 
@@ -311,6 +353,119 @@ def _duration_error(duration: float, limits: MediaLimits) -> MediaLimitError:
         f"The video lasts {duration / 60:.1f} minutes; the limit is "
         f"{limits.max_duration_s / 60:.1f} minutes."
     )
+
+
+def _rate_error(fps: float | None, frames: int, limits: MediaLimits) -> FrameRateLimitError:
+    if fps is None:
+        return FrameRateLimitError(
+            f"The video holds {frames} frames at a single instant; the limit is "
+            f"{limits.max_fps:.0f} frames per second."
+        )
+    return FrameRateLimitError(
+        f"The video runs at {fps:.0f} frames per second; the limit is {limits.max_fps:.0f}."
+    )
+
+
+def _count_error(frames: str, limits: MediaLimits) -> FrameCountLimitError:
+    return FrameCountLimitError(
+        f"The video has {frames} frames; the limit is {limits.max_video_frames}."
+    )
+
+
+def _check_declared_rate(stream: Any, limits: MediaLimits) -> None:
+    """The frame rate and frame count the container declares, checked before
+    the demux pass reads a packet. MP4 and MOV declare both; Matroska and
+    AVI may declare neither, and :func:`_index_video` then checks what the
+    timestamps show."""
+    rate = stream.average_rate
+    # Rounded as the message shows it: 240.2 fps (rounding in the container's
+    # durations) is a 240 fps camera.
+    if limits.max_fps and rate and round(float(rate)) > limits.max_fps:
+        raise _rate_error(float(rate), 0, limits)
+    count = stream.frames
+    if limits.max_video_frames and count and count > limits.max_video_frames:
+        raise _count_error(str(count), limits)
+
+
+def _check_mp4_tables(path: Path, limits: MediaLimits) -> None:
+    """Frame count and rate of each video track from an MP4/MOV's sample
+    tables, before FFmpeg opens the file: its demuxer builds an index entry
+    for every sample while opening (245 MB for an MP4 of 3 M tiny frames)."""
+    for frames, duration_s in _mp4_video_tracks(path):
+        if limits.max_video_frames and frames > limits.max_video_frames:
+            raise _count_error(str(frames), limits)
+        if limits.max_fps and duration_s and frames > limits.max_fps * (duration_s + RATE_SLACK_S):
+            raise _rate_error(frames / duration_s, frames, limits)
+
+
+def _mp4_boxes(
+    fh: Any, start: int, end: int, budget: list[int]
+) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, payload start, payload end)`` of each box between ``start``
+    and ``end``, read from headers only (ISO/IEC 14496-12, 4.2)."""
+    pos = start
+    while pos + 8 <= end and budget[0] > 0:
+        budget[0] -= 1
+        fh.seek(pos)
+        head = fh.read(16)
+        if len(head) < 8:
+            return
+        size, kind = struct.unpack(">I4s", head[:8])
+        header = 8
+        if size == 1 and len(head) == 16:
+            size, header = struct.unpack(">Q", head[8:16])[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header:
+            return  # damaged: FFmpeg says what is wrong
+        yield kind, pos + header, min(pos + size, end)
+        pos += size
+
+
+def _mp4_leaves(fh: Any, start: int, end: int, budget: list[int], out: dict[bytes, bytes]) -> None:
+    for kind, payload, stop in _mp4_boxes(fh, start, end, budget):
+        if kind in (b"mdia", b"minf", b"stbl"):
+            _mp4_leaves(fh, payload, stop, budget, out)
+        elif kind in (b"mdhd", b"hdlr", b"stsz", b"stz2"):
+            fh.seek(payload)
+            out[kind] = fh.read(min(stop - payload, 32))
+
+
+def _mp4_video_tracks(path: Path) -> list[tuple[int, float | None]]:
+    """``(samples, duration in seconds or None)`` of each video track the
+    ``moov`` box of an MP4/MOV declares; empty when there is none to read."""
+    tracks: list[tuple[int, float | None]] = []
+    budget = [MAX_MP4_BOXES]
+    with path.open("rb") as fh:
+        end = fh.seek(0, 2)
+        for kind, start, stop in _mp4_boxes(fh, 0, end, budget):
+            if kind != b"moov":
+                continue
+            for kind, payload, trak_end in _mp4_boxes(fh, start, stop, budget):
+                if kind != b"trak":
+                    continue
+                leaves: dict[bytes, bytes] = {}
+                _mp4_leaves(fh, payload, trak_end, budget, leaves)
+                hdlr, mdhd = leaves.get(b"hdlr", b""), leaves.get(b"mdhd", b"")
+                sizes = leaves.get(b"stsz") or leaves.get(b"stz2") or b""
+                if hdlr[8:12] != b"vide" or len(sizes) < 12:
+                    continue
+                # Version/flags and one 32-bit field precede the sample count.
+                (samples,) = struct.unpack(">I", sizes[8:12])
+                tracks.append((samples, _mdhd_seconds(mdhd)))
+            break
+    return tracks
+
+
+def _mdhd_seconds(mdhd: bytes) -> float | None:
+    """The media duration an ``mdhd`` box declares (version 0 or 1)."""
+    if mdhd[:1] == b"\x01" and len(mdhd) >= 32:
+        timescale, duration = struct.unpack(">IQ", mdhd[20:32])
+    elif len(mdhd) >= 20:
+        timescale, duration = struct.unpack(">II", mdhd[12:20])
+    else:
+        return None
+    return duration / timescale if timescale else None
 
 
 def _declared_duration(container: object, stream: object) -> float | None:
@@ -326,32 +481,90 @@ def _declared_duration(container: object, stream: object) -> float | None:
 
 def _index_video(container: Any, stream: Any, limits: MediaLimits) -> _VideoIndex:
     """One demux pass: every frame's pts and which are key frames. Reads
-    packets only; nothing is decoded."""
+    packets only; nothing is decoded.
+
+    The pass stops, refusing the video, at the first packet past any limit:
+    more than ``max_video_frames`` packets read (those without data or
+    timestamp count too), timestamps spanning more than ``max_duration_s``,
+    or more frames than ``max_fps`` allows for the time their timestamps
+    cover (plus ``RATE_SLACK_S``). So it keeps at most ``max_video_frames``
+    timestamps, whatever the file holds or declares.
+    """
     pts: list[int] = []
     keys: list[int] = []
     time_base: Fraction = stream.time_base
-    max_ticks = limits.max_duration_s / float(time_base) if time_base else None
+    seconds_per_tick = float(time_base) if time_base else 0.0
+    max_ticks = limits.max_duration_s / seconds_per_tick if seconds_per_tick else None
+    max_frames = limits.max_video_frames
+    max_fps = limits.max_fps if seconds_per_tick else 0.0
+    read = 0
+    low = high = 0
     for packet in container.demux(stream):
+        read += 1
+        if max_frames and read > max_frames + FLUSH_PACKETS:
+            raise _count_error(f"more than {max_frames}", limits)
         if packet.size == 0:
             continue  # the demuxer's flush packet
         ts = packet.pts if packet.pts is not None else packet.dts
         if ts is None:
             continue
-        pts.append(int(ts))
+        if max_frames and len(pts) == max_frames:
+            raise _count_error(f"more than {max_frames}", limits)
+        ts = int(ts)
+        if not pts:
+            low = high = ts
+        low, high = min(low, ts), max(high, ts)
+        pts.append(ts)
         if packet.is_keyframe:
-            keys.append(int(ts))
-        if max_ticks is not None and ts - pts[0] > max_ticks:
-            raise _duration_error(float((ts - pts[0]) * time_base), limits)
+            keys.append(ts)
+        if max_ticks is not None and high - low > max_ticks:
+            raise _duration_error((high - low) * seconds_per_tick, limits)
+        if max_fps and len(pts) > max_fps * ((high - low) * seconds_per_tick + RATE_SLACK_S):
+            span = (high - low) * seconds_per_tick
+            raise _rate_error((len(pts) - 1) / span if span else None, len(pts), limits)
     pts.sort()
     keys.sort()
     start = pts[0] if pts else 0
     return _VideoIndex(tuple(pts), tuple(keys) or (start,), time_base, start)
 
 
+def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest ``(width, height)`` with the same aspect ratio and at most
+    ``max_pixels`` pixels (the size itself when it fits or ``max_pixels`` is 0)."""
+    if not max_pixels or width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    w, h = max(int(width * scale), 1), max(int(height * scale), 1)
+    while w * h > max_pixels:  # float rounding
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
+
+
+def _to_rgb(frame: Any, max_pixels: int) -> RGBImage:
+    """A decoded frame as RGB, downscaled in the same swscale pass when it has
+    more than ``max_pixels`` pixels: no full-size RGB copy is ever made."""
+    width, height = fit_pixels(frame.width, frame.height, max_pixels)
+    if (width, height) == (frame.width, frame.height):
+        image: RGBImage = frame.to_ndarray(format="rgb24")
+    else:
+        image = frame.to_ndarray(
+            format="rgb24", width=width, height=height, interpolation=DOWNSCALE_INTERPOLATION
+        )
+    return image
+
+
 def _decode_targets(
-    container: Any, stream: Any, index: _VideoIndex, targets: Sequence[int]
+    container: Any,
+    stream: Any,
+    index: _VideoIndex,
+    targets: Sequence[int],
+    max_pixels: int = 0,
 ) -> tuple[list[Frame], DecodeStats]:
-    """Decode only what is needed to reach each target frame.
+    """Decode only what is needed to reach each target frame, as RGB of at
+    most ``max_pixels`` pixels (0: the decoded size).
 
     When the targets are sparse, the decoder also skips frames that no other
     frame references (FFmpeg's ``skip_frame=NONREF``): that saves their decoding
@@ -372,7 +585,7 @@ def _decode_targets(
 
     def take(frame: Any) -> None:
         nonlocal i, converted
-        image = frame.to_ndarray(format="rgb24")
+        image = _to_rgb(frame, max_pixels)
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
         time_s = float((frame.pts - index.start_pts) * index.time_base)

@@ -41,7 +41,9 @@ def score_series(result: AnalysisResult) -> dict[str, Any]:
             "members": dict(face.members),
         }
         if result.media is not None and result.media.width and result.media.height:
-            w, h = result.media.width, result.media.height
+            # Boxes are in the analysed frames' pixels (smaller than the
+            # source's when a huge video frame was downscaled while decoding).
+            w, h = result.media.frame_size
             x0, y0, x1, y1 = face.box
             point["box"] = [round(x0 / w, 4), round(y0 / h, 4), round(x1 / w, 4), round(y1 / h, 4)]
         persons.setdefault(face.person, []).append(point)

@@ -162,3 +162,21 @@ def zero_frame_video(path: Path) -> Path:
         container.mux(packet)
     container.close()
     return path
+
+
+def tiny_frames_clip(path: Path, frames: int, fps: int, size: int = 16) -> Path:
+    """Black ``size``x``size`` frames at ``fps`` (issue 17's hostile file had
+    3 M of them at 50,000 fps in 37 MB); the container follows the suffix."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = Fraction(1, fps)
+    image = np.zeros((size, size, 3), np.uint8)
+    for _ in range(frames):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path

@@ -34,6 +34,9 @@ def analysis_config(
             max_pixels=int(s["MAX_PIXELS"]),
             max_duration_s=float(s["MAX_DURATION_S"]),
             max_frames=int(s["MAX_FRAMES"]),
+            max_video_pixels=int(s["MAX_VIDEO_PIXELS"]),
+            max_fps=float(s["MAX_FPS"]),
+            max_video_frames=int(s["MAX_VIDEO_FRAMES"]),
         ),
         faces=FaceConfig(),
         scoring=ScoringConfig(

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import av
+import cv2
 import numpy as np
 import pytest
 
+from ensemble import media
 from ensemble.config import MediaLimits
 from ensemble.errors import (
     EmptyMediaError,
+    FrameCountLimitError,
+    FrameRateLimitError,
     MediaLimitError,
     NoVideoStreamError,
     UnreadableMediaError,
@@ -190,3 +197,133 @@ def test_truncated_jpeg_is_unreadable(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableMediaError, match="corrupt or truncated"):
         load_media(path, LIMITS, 1)
+
+
+# --- decoding costs (issue 17) ----------------------------------------------------
+
+
+class _CountingContainer:
+    """An open container whose demuxed packets are counted."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.read = 0
+
+    def demux(self, stream: Any) -> Iterator[Any]:
+        for packet in self.container.demux(stream):
+            self.read += 1
+            yield packet
+
+
+def _index(path: Path, limits: MediaLimits) -> tuple[int, Any]:
+    """Packets the index pass read, and its index or the error it raised."""
+    container = av.open(str(path))
+    counting = _CountingContainer(container)
+    try:
+        outcome: Any = media._index_video(counting, container.streams.video[0], limits)
+    except MediaLimitError as e:
+        outcome = e
+    finally:
+        container.close()
+    return counting.read, outcome
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("reached a step the limits should have stopped before")
+
+
+def test_mp4_declaring_more_frames_than_the_limit_is_refused_before_it_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = mf.tiny_frames_clip(tmp_path / "many.mp4", frames=300, fps=25)
+    # FFmpeg's MP4 demuxer indexes every sample as it opens a file (245 MB
+    # for 3 M frames): the sample table is read before it.
+    monkeypatch.setattr(media, "_open_container", _never)
+    with pytest.raises(FrameCountLimitError, match="has 300 frames; the limit is 200") as e:
+        load_media(path, MediaLimits(max_video_frames=200), 8)
+    assert e.value.code == "frame_count"
+
+
+def test_mp4_declaring_50000_fps_is_refused_before_it_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = mf.tiny_frames_clip(tmp_path / "fast.mp4", frames=2000, fps=50_000)
+    monkeypatch.setattr(media, "_open_container", _never)
+    with pytest.raises(FrameRateLimitError, match="50000 frames per second; the limit is 240"):
+        load_media(path, LIMITS, 8)
+
+
+@pytest.mark.parametrize("limits,reason", [
+    (MediaLimits(), "1000 frames per second; the limit is 240"),
+    (MediaLimits(max_fps=0, max_video_frames=400), "has 500 frames; the limit is 400"),
+])  # fmt: skip
+def test_avi_declared_rate_and_count_are_refused_before_the_demux_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: MediaLimits, reason: str
+) -> None:
+    # (The AVI muxer takes no more than a few thousand frames per second.)
+    path = mf.tiny_frames_clip(tmp_path / "fast.avi", frames=500, fps=1000)
+    monkeypatch.setattr(media, "_index_video", _never)
+    with pytest.raises(MediaLimitError, match=reason):
+        load_media(path, limits, 8)
+
+
+def test_index_pass_keeps_no_more_packets_than_the_frame_limit(tmp_path: Path) -> None:
+    path = mf.tiny_frames_clip(tmp_path / "many.mkv", frames=300, fps=25)
+    read, outcome = _index(path, MediaLimits(max_video_frames=100))
+    assert isinstance(outcome, FrameCountLimitError), outcome
+    assert "more than 100 frames; the limit is 100" in str(outcome)
+    assert read == 101  # before: all 300 (and the flush packet), every one kept
+    # A video of exactly the limit passes, every frame indexed.
+    read, outcome = _index(path, MediaLimits(max_video_frames=300))
+    assert len(outcome.pts) == 300 and read == 301
+
+
+def test_index_pass_stops_when_timestamps_show_a_rate_over_the_limit(tmp_path: Path) -> None:
+    # Whatever the container declares, 50,000 fps timestamps stop the pass
+    # within its first 240 frames (plus one second's worth of slack).
+    path = mf.tiny_frames_clip(tmp_path / "fast.mp4", frames=2000, fps=50_000)
+    read, outcome = _index(path, MediaLimits(max_video_frames=0))
+    assert isinstance(outcome, FrameRateLimitError), outcome
+    assert read <= 242, read  # before: all 2000
+
+
+def test_a_240_fps_camera_is_within_the_rate_limit(tmp_path: Path) -> None:
+    path = mf.tiny_frames_clip(tmp_path / "slowmo.mp4", frames=600, fps=240)
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.info.frame_count == 600 and loaded.info.fps == pytest.approx(240)
+
+
+def test_fit_pixels_keeps_the_aspect_ratio_within_the_bound() -> None:
+    bound = 3840 * 2160
+    assert media.fit_pixels(1920, 1080, bound) == (1920, 1080)
+    assert media.fit_pixels(3840, 2160, bound) == (3840, 2160)
+    w, h = media.fit_pixels(6400, 6000, bound)
+    assert w * h <= bound and w * h > 0.999 * bound
+    assert w / h == pytest.approx(6400 / 6000, rel=1e-3)
+    assert media.fit_pixels(6400, 6000, 0) == (6400, 6000)
+
+
+def test_video_frames_over_the_pixel_bound_are_downscaled_while_decoding(tmp_path: Path) -> None:
+    path = mf.write_clip(tmp_path / "wide.mp4", frames=12, width=320, height=240)
+    full = load_media(path, MediaLimits(max_video_pixels=0), 4)
+    small = load_media(path, MediaLimits(max_video_pixels=160 * 120), 4)
+    assert [f.image.shape for f in small.frames] == [(120, 160, 3)] * 4
+    assert (small.info.width, small.info.height) == (320, 240)  # the source's size
+    assert small.info.frame_size == (160, 120)
+    assert [f.index for f in small.frames] == [f.index for f in full.frames]
+    for a, b in zip(small.frames, full.frames, strict=True):
+        # The whole picture at half size (swscale converts the colours at
+        # the new size, so it differs a little from resizing the RGB frame)...
+        expected = cv2.resize(b.image, (160, 120), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(a.image.astype(int) - expected).mean() < 10
+        # ...not a part of it at full size.
+        assert np.abs(b.image[:120, :160].astype(int) - expected).mean() > 30
+
+
+def test_video_frames_within_the_pixel_bound_are_decoded_unchanged(tmp_path: Path) -> None:
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=12, width=320, height=240)
+    full = load_media(path, MediaLimits(max_video_pixels=0), 4)
+    same = load_media(path, MediaLimits(max_video_pixels=320 * 240), 4)
+    assert same.info.decoded_width is None and same.info.frame_size == (320, 240)
+    for a, b in zip(same.frames, full.frames, strict=True):
+        assert np.array_equal(a.image, b.image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ensemble.media import MediaInfo
 from ensemble.results import AnalysisResult, FaceResult, FrameInfo, PersonResult
 from explain.charts import chart_size, render_png, render_svg, score_figure, score_series
 from explain.config import ExplainConfig
@@ -110,3 +112,15 @@ def test_config_refuses_nonsense_with_reasons() -> None:
         ExplainConfig(kinds=("gradcam", "xray"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="quality"):
         ExplainConfig(quality=101)
+
+
+def test_series_boxes_are_fractions_of_the_analysed_frame() -> None:
+    # A 6400x6000 video analysed from frames downscaled to 2974x2788 while
+    # decoding: its face boxes are in the small frames' pixels.
+    media = MediaInfo(
+        kind="video", format="mkv", width=6400, height=6000, size_bytes=1, sha256="0",
+        decoded_width=2974, decoded_height=2788,
+    )  # fmt: skip
+    result = dataclasses.replace(_result(), media=media)
+    box = score_series(result)["persons"][0]["points"][0]["box"]
+    assert box == [0.0, 0.0, round(10 / 2974, 4), round(10 / 2788, 4)]

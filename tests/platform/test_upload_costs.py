@@ -1,9 +1,10 @@
 """Uploads that cost far more than their size (issue 17), generated here,
-each refused at the edge with its limit; the probe runs in a capped child."""
+each refused at the edge with its limit; the probe runs in a capped child.
+The frame-rate and frame-count limits are ensemble.media's, so the worker
+applies them too."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +14,12 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from analyses.models import Submission
+from analyses import services
+from analyses.models import Status, Submission
+from tests import media_factory as mf
+from tests.platform.conftest import upload
 
 pytestmark = pytest.mark.django_db
-
-
-def many_tiny_frames(path: Path, frames: int, fps: int) -> Path:
-    """Tiny 16x16 frames at a frame rate no camera makes (the issue's file
-    had 3 M of them at 50,000 fps in 37 MB)."""
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("mpeg4", rate=fps)
-    stream.width = stream.height = 16
-    stream.pix_fmt = "yuv420p"
-    stream.codec_context.time_base = Fraction(1, fps)
-    image = np.zeros((16, 16, 3), np.uint8)
-    for _ in range(frames):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
 
 
 def large_video(path: Path, width: int, height: int, frames: int = 2) -> Path:
@@ -77,7 +63,7 @@ def _refused(response: Any, site: Path, text: str) -> None:
 def test_video_at_50000_fps_is_refused_by_the_frame_rate_limit(
     site: Path, clients: dict[str, Any], tmp_path: Path
 ) -> None:
-    clip = many_tiny_frames(tmp_path / "tiny.mp4", frames=2000, fps=50_000)
+    clip = mf.tiny_frames_clip(tmp_path / "tiny.mp4", frames=2000, fps=50_000)
     # Before: accepted, and the worker walked every packet of it.
     _refused(_post(clients, clip), site, "50000 frames per second; the limit is 240")
 
@@ -86,7 +72,7 @@ def test_video_with_more_frames_than_the_limit_is_refused(
     site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
 ) -> None:
     _limits(settings, MAX_VIDEO_FRAMES=1000, MAX_FPS=0)
-    clip = many_tiny_frames(tmp_path / "long.mp4", frames=2000, fps=200)
+    clip = mf.tiny_frames_clip(tmp_path / "long.mp4", frames=2000, fps=200)
     _refused(_post(clients, clip), site, "has 2000 frames; the limit is 1000")
 
 
@@ -123,3 +109,18 @@ def test_probe_child_reports_the_decoders_reason(
     notes = tmp_path / "notes.mp4"
     notes.write_text("not a video\n" * 20)
     _refused(_post(clients, notes), site, "text file")
+
+
+def test_worker_refuses_a_stored_video_over_the_frame_rate_limit(
+    site: Path, users: Any, media_dir: Path, tmp_path: Path
+) -> None:
+    sub = services.create_submission(users["submitter"], upload(media_dir / "person.mp4"))
+    # Stored before the limit existed (or under another setting): the
+    # analysis refuses it from the declared rate instead of walking every
+    # packet (before: done; the issue's 3 M-frame file took 19 s in the worker).
+    fast = mf.tiny_frames_clip(tmp_path / "fast.mp4", frames=2000, fps=50_000)
+    Path(sub.file.path).write_bytes(fast.read_bytes())
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.REJECTED and sub.reason_code == "frame_rate", sub.reason
+    assert "50000 frames per second; the limit is 240" in sub.reason

@@ -7,8 +7,10 @@ size to read: a 37 MB MP4 of 3 M tiny frames took 10 s and 326 MB, a 114 KB
 Django, no database connection inherited) such a file is stopped at
 ``PROBE_TIMEOUT_S`` or ``PROBE_MAX_RSS_BYTES`` and refused with its reason,
 and whatever it allocated goes with the child instead of staying in the web
-process. The packet and frame-rate caps of the demuxer itself belong in
-``ensemble.media``; the site checks the frame rate and frame count it reports.
+process. The frame-rate and frame-count limits (``MAX_FPS``,
+``MAX_VIDEO_FRAMES``) reach ``ensemble.media`` through ``analysis_config``,
+which refuses such a video from what the container declares, before it is
+opened or demuxed, and stops its demux pass at those limits.
 """
 
 from __future__ import annotations
@@ -120,9 +122,7 @@ def probe_media(path: Path, n_frames: int) -> Any:
         raise UploadRejected(
             "This file could not be read (the decoder failed); it was logged.", "probe_failed"
         )
-    info = message[1]
-    _check_rate(info)
-    return info
+    return message[1]
 
 
 def _is_video(path: Path) -> bool:
@@ -133,21 +133,3 @@ def _is_video(path: Path) -> bool:
         return sniff(path).kind == "video"
     except InvalidMediaError:
         return False  # the child says why
-
-
-def _check_rate(info: Any) -> None:
-    """Refuse frame rates and frame counts no camera makes (each frame is a
-    packet the demuxer indexes and the worker walks)."""
-    if info.kind != "video":
-        return
-    max_fps = float(trusttrace_setting("MAX_FPS"))
-    if max_fps and info.fps and info.fps > max_fps:
-        raise UploadRejected(
-            f"The video runs at {info.fps:.0f} frames per second; the limit is {max_fps:.0f}.",
-            "frame_rate",
-        )
-    max_count = int(trusttrace_setting("MAX_VIDEO_FRAMES"))
-    if max_count and info.frame_count and info.frame_count > max_count:
-        raise UploadRejected(
-            f"The video has {info.frame_count} frames; the limit is {max_count}.", "frame_count"
-        )

@@ -278,10 +278,14 @@ TRUSTTRACE = {
     "MAX_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_PIXELS", "40000000")),
     "MAX_DURATION_S": float(os.environ.get("TRUSTTRACE_MAX_DURATION_S", "900")),
     "MAX_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_FRAMES", "256")),
-    # Uploads only (analyses.services.probing): a video's frames are held in
-    # memory by the analysis, so they get a lower pixel bound than images
-    # (3840x2160); frame rate and frame count no camera makes are refused; the
-    # probe runs in a child stopped after PROBE_TIMEOUT_S or PROBE_MAX_RSS_BYTES.
+    # A video's frames are held in memory by the analysis, so they get a lower
+    # pixel bound than images (3840x2160): uploads above it are refused
+    # (analyses.services.probing), and ensemble.media downscales any larger
+    # frame while decoding (a file analysed from the command line). Frame rate
+    # and frame count no camera makes are refused by ensemble.media from what
+    # the container declares, and its demux pass stops at them (0 disables).
+    # The upload probe runs in a child stopped after PROBE_TIMEOUT_S or
+    # PROBE_MAX_RSS_BYTES.
     "MAX_VIDEO_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_PIXELS", str(3840 * 2160))),
     "MAX_FPS": float(os.environ.get("TRUSTTRACE_MAX_FPS", "240")),
     "MAX_VIDEO_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_FRAMES", str(900 * 240))),
