@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import (
     AuthenticationForm,
+    PasswordResetForm,
     UserCreationForm,
     UsernameField,
 )
@@ -15,13 +17,16 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from accounts import throttle
+from accounts import throttle, verification
 
 
 class SignUpForm(UserCreationForm[User]):
     """A new submitter: user name, e-mail (for password resets) and password."""
 
-    email = forms.EmailField(required=True, help_text="Used only for password resets.")
+    email = forms.EmailField(
+        required=True,
+        help_text="Used only for password resets. We mail it a link to verify it.",
+    )
 
     # Written out rather than inherited from UserCreationForm.Meta, which the
     # pinned django-stubs do not declare; same model and username field class.
@@ -64,3 +69,19 @@ class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
 
 class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
     """The admin site's log-in form (staff only), throttled like the site's."""
+
+
+class VerifiedPasswordResetForm(PasswordResetForm):
+    """Reset links go only to verified addresses (``accounts.verification``);
+    the view mails an account whose address is not verified yet a new
+    verification link instead (:meth:`send_verification_links`), so nobody is
+    left without a way back. The page answers the same either way."""
+
+    def get_users(self, email: str) -> Iterator[Any]:
+        return (u for u in super().get_users(email) if verification.is_verified(u))
+
+    def send_verification_links(self, request: HttpRequest) -> None:
+        """A verification link to each unverified account of the address asked for."""
+        for user in super().get_users(self.cleaned_data["email"]):
+            if not verification.is_verified(user):
+                verification.send_link(request, user)

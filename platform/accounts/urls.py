@@ -1,4 +1,5 @@
-"""Account pages: sign up, log in/out, password change and reset."""
+"""Account pages: the account, sign up and e-mail verification, log in/out,
+password change and reset."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from accounts import views
 app_name = "accounts"
 
 urlpatterns = [
+    path("", views.account, name="account"),
     path("signup/", views.signup, name="signup"),
+    path("verify/<str:token>/", views.verify_email, name="verify_email"),
     path("login/", views.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

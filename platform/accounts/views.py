@@ -1,4 +1,5 @@
-"""Sign up, and the throttled log-in view."""
+"""Sign up, e-mail verification, the account page, and the throttled log-in
+and password reset views."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import hashlib
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
+from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView, PasswordResetView
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
 
-from accounts import throttle
-from accounts.forms import SignUpForm, ThrottledAuthenticationForm
+from accounts import throttle, verification
+from accounts.forms import SignUpForm, ThrottledAuthenticationForm, VerifiedPasswordResetForm
 
 RESET_WINDOW_S = 3600
+# Verification links one account may ask for per hour from its account page.
+RESEND_MAX_PER_HOUR = 3
 
 
 class ThrottledLoginView(LoginView):
@@ -28,7 +34,10 @@ class ThrottledLoginView(LoginView):
 class ThrottledPasswordResetView(PasswordResetView):
     """Password reset with hourly limits: per client address (then 429 and a
     message), per e-mail address asked for (then the same "sent" page as
-    always, but no mail: no enumeration, no mail bombing)."""
+    always, but no mail: no enumeration, no mail bombing). Links go only to
+    verified addresses (:class:`VerifiedPasswordResetForm`)."""
+
+    form_class = VerifiedPasswordResetForm
 
     def form_valid(self, form: PasswordResetForm) -> HttpResponse:
         ip = throttle.client_ip(self.request)
@@ -43,18 +52,73 @@ class ThrottledPasswordResetView(PasswordResetView):
         key = "reset-email:" + hashlib.sha256(email.encode()).hexdigest()
         if throttle.count(key, RESET_WINDOW_S) > settings.PASSWORD_RESET_MAX_PER_EMAIL:
             return HttpResponseRedirect(self.get_success_url())
+        if isinstance(form, VerifiedPasswordResetForm):
+            form.send_verification_links(self.request)
         return super().form_valid(form)
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create a submitter account and sign it in."""
+    """Create a submitter account, sign it in and mail its address a
+    verification link."""
     if request.method == "POST":
         form = SignUpForm(request.POST)
         if form.is_valid():
             user = form.save()
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {user.username}. You can submit media now.")
+            _say_sent(request, user, verification.send_link(request, user))
             return redirect("analyses:list")
     else:
         form = SignUpForm()
     return render(request, "accounts/signup.html", {"form": form})
+
+
+def _say_sent(request: HttpRequest, user: User, sent: bool) -> None:
+    if sent:
+        messages.info(
+            request,
+            f"We sent a link to {user.email}: follow it to verify your address "
+            "(password resets are only mailed to verified addresses).",
+        )
+    else:
+        messages.warning(
+            request,
+            "The verification e-mail could not be sent; ask for a new one from your account page.",
+        )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: HttpRequest) -> HttpResponse:
+    """The signed-in account: name, role, e-mail and whether it is verified;
+    POST mails a new verification link."""
+    user = request.user
+    assert isinstance(user, User)  # login_required
+    verified = verification.is_verified(user)
+    if request.method == "POST" and not verified:
+        key = f"verify-resend:{user.pk}"
+        if throttle.count(key, RESET_WINDOW_S) > RESEND_MAX_PER_HOUR:
+            messages.error(
+                request, "Too many verification e-mails asked for; try again in an hour."
+            )
+        else:
+            _say_sent(request, user, verification.send_link(request, user))
+        return redirect("accounts:account")
+    return render(request, "accounts/account.html", {"account": user, "verified": verified})
+
+
+_LINK_STATUS = {"valid": 200, "verified": 200, "already_used": 200, "expired": 400, "invalid": 400}
+
+
+@require_http_methods(["GET", "POST"])
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
+    """A verification link: GET says what it is worth and, when valid, offers
+    a button; POST verifies (so a mail scanner fetching the link uses nothing)."""
+    if request.method == "POST":
+        checked = verification.verify(token)
+    else:
+        checked = verification.check_token(token)
+    context = {"outcome": checked.outcome, "email": checked.email}
+    response = render(request, "accounts/verify_email.html", context)
+    response.status_code = _LINK_STATUS[checked.outcome]
+    return response

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from accounts import verification
 from accounts.roles import role_of
+from accounts.views import RESEND_MAX_PER_HOUR
 from django.contrib.auth.models import User
-from django.core import mail
+from django.core import mail, signing
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
@@ -119,3 +123,145 @@ def test_demo_accounts_are_refused_outside_local_runs(settings) -> None:
     with pytest.raises(CommandError, match="local runs only"):
         call_command("demo_accounts")
     assert not User.objects.exists()
+
+
+# --- e-mail verification ------------------------------------------------------------
+
+
+def _sign_up(c: Client, name: str = "carol") -> User:
+    response = c.post(
+        reverse("accounts:signup"),
+        {"username": name, "email": f"{name}@example.org", "password1": PASSWORD,
+         "password2": PASSWORD},
+    )  # fmt: skip
+    assert response.status_code == 302
+    return User.objects.get(username=name)
+
+
+def _link_path(message: mail.EmailMessage) -> str:
+    link = next(w for w in message.body.split() if "/accounts/verify/" in w)
+    return "/" + link.split("://", 1)[-1].split("/", 1)[1]
+
+
+def _old_token(user: User, age_s: int) -> str:
+    """A verification token signed ``age_s`` seconds ago."""
+
+    class Past(signing.TimestampSigner):
+        def timestamp(self) -> str:
+            return signing.b62_encode(int(time.time()) - age_s)
+
+    return Past(salt=verification.SALT).sign_object({"u": user.pk, "e": user.email})
+
+
+def test_signup_mails_a_verification_link_and_the_account_shows_unverified(site) -> None:
+    c = Client()
+    user = _sign_up(c)
+    assert [m.to for m in mail.outbox] == [["carol@example.org"]]
+    assert "/accounts/verify/" in mail.outbox[0].body
+    assert not verification.is_verified(user)
+    # Unverified accounts may use the site...
+    assert c.get(reverse("analyses:list")).status_code == 200
+    page = c.get(reverse("accounts:account")).content.decode()
+    # ...and their account page says the address is not verified.
+    assert "carol@example.org" in page and "(not verified)" in page and 'id="resend"' in page
+
+
+def test_verification_link_verifies_the_address_once(site) -> None:
+    c = Client()
+    user = _sign_up(c)
+    path = _link_path(mail.outbox[0])
+    # Opening the link (a mail scanner does) changes nothing; its button verifies.
+    shown = c.get(path)
+    assert shown.status_code == 200 and "Verify carol@example.org" in shown.content.decode()
+    assert not verification.is_verified(user)
+    done = c.post(path)
+    assert done.status_code == 200 and "carol@example.org is verified" in done.content.decode()
+    assert verification.is_verified(user)
+    assert "(verified)" in c.get(reverse("accounts:account")).content.decode()
+    # Already used: said so, from another browser too, and nothing changes.
+    again = Client().post(path)
+    assert again.status_code == 200 and "was used already" in again.content.decode()
+
+
+def test_expired_verification_link_is_refused(site, settings) -> None:
+    user = _sign_up(Client())
+    age = settings.EMAIL_VERIFICATION_MAX_AGE_S + 60
+    path = reverse("accounts:verify_email", args=[_old_token(user, age)])
+    response = Client().post(path)
+    assert response.status_code == 400 and "has expired" in response.content.decode()
+    assert not verification.is_verified(user)
+    # The same link a minute inside its lifetime works.
+    fresh = _old_token(user, settings.EMAIL_VERIFICATION_MAX_AGE_S - 60)
+    assert Client().post(reverse("accounts:verify_email", args=[fresh])).status_code == 200
+    assert verification.is_verified(user)
+
+
+def test_tampered_verification_link_is_refused(site) -> None:
+    c = Client()
+    user = _sign_up(c)
+    other = _sign_up(Client(), "mallory")
+    token = _link_path(mail.outbox[1]).rstrip("/").rsplit("/", 1)[-1]
+    payload, stamp, signature = token.split(":")
+    # mallory's link rewritten to name carol's account, mallory's signature kept...
+    carol = signing.dumps({"u": user.pk, "e": user.email}, salt=verification.SALT)
+    forged = ":".join((carol.split(":")[0], stamp, signature))
+    # ...and mallory's own link with its signature altered.
+    altered = ":".join((payload, stamp, signature[:-1] + ("A" if signature[-1] != "A" else "B")))
+    for bad in (forged, altered):
+        response = c.post(reverse("accounts:verify_email", args=[bad]))
+        assert response.status_code == 400 and "not valid" in response.content.decode()
+    assert not verification.is_verified(user) and not verification.is_verified(other)
+
+
+def test_verification_link_for_a_changed_address_is_refused(site) -> None:
+    c = Client()
+    user = _sign_up(c)
+    path = _link_path(mail.outbox[0])
+    user.email = "elsewhere@example.org"
+    user.save()
+    assert c.post(path).status_code == 400
+    assert not verification.is_verified(user)
+
+
+def test_password_reset_goes_only_to_verified_addresses(site) -> None:
+    c = Client()
+    user = _sign_up(c)
+    path = _link_path(mail.outbox[0])
+    mail.outbox.clear()
+    Client().post(reverse("accounts:password_reset"), {"email": "carol@example.org"})
+    # Not verified: a new verification link, no reset link.
+    assert len(mail.outbox) == 1 and "/accounts/verify/" in mail.outbox[0].body
+    assert "/accounts/reset/" not in mail.outbox[0].body
+    c.post(path)
+    assert verification.is_verified(user)
+    mail.outbox.clear()
+    Client().post(reverse("accounts:password_reset"), {"email": "carol@example.org"})
+    assert len(mail.outbox) == 1 and "/accounts/reset/" in mail.outbox[0].body
+
+
+def test_account_page_sends_a_new_link_a_few_times_an_hour(site) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    c = Client()
+    _sign_up(c)
+    for _ in range(RESEND_MAX_PER_HOUR):
+        c.post(reverse("accounts:account"))
+    assert len(mail.outbox) == 1 + RESEND_MAX_PER_HOUR
+    refused = c.post(reverse("accounts:account"), follow=True).content.decode()
+    assert "Too many verification e-mails" in refused and len(mail.outbox) == 4
+    cache.clear()
+
+
+def test_accounts_created_by_operators_count_as_verified(users, settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    settings.DEBUG = True
+    call_command("demo_accounts")
+    for name in ("submitter", "moderator", "admin"):
+        assert verification.is_verified(User.objects.get(username=name))
+    c = Client()
+    c.force_login(User.objects.get(username="submitter"))
+    page = c.get(reverse("accounts:account")).content.decode()
+    assert "(verified)" in page and 'id="resend"' not in page
+    # Like users made with create_user (the admin, createsuperuser).
+    assert verification.is_verified(users["submitter"])

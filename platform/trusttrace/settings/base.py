@@ -163,6 +163,11 @@ TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTTRACE_TRUSTED_PROXY_COUNT", "1"))
 # asked for (then silently not sent again: no enumeration, no mail bombing).
 PASSWORD_RESET_MAX_PER_IP = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_IP", "5"))
 PASSWORD_RESET_MAX_PER_EMAIL = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL", "3"))
+# A sign-up's e-mail verification link (accounts.verification) is refused
+# once older than this.
+EMAIL_VERIFICATION_MAX_AGE_S = int(
+    os.environ.get("TRUSTTRACE_EMAIL_VERIFICATION_MAX_AGE_S", str(3 * 86400))
+)
 # API tokens expire this many seconds after they were issued (0: never); a
 # password change or reset deletes the user's token (api.signals).
 API_TOKEN_TTL_S = int(os.environ.get("TRUSTTRACE_API_TOKEN_TTL_S", str(30 * 86400)))
