@@ -494,34 +494,47 @@ def _index_video(container: Any, stream: Any, limits: MediaLimits) -> _VideoInde
     keys: list[int] = []
     time_base: Fraction = stream.time_base
     seconds_per_tick = float(time_base) if time_base else 0.0
-    max_ticks = limits.max_duration_s / seconds_per_tick if seconds_per_tick else None
-    max_frames = limits.max_video_frames
-    max_fps = limits.max_fps if seconds_per_tick else 0.0
+    # The loop runs once per packet (216,000 times at the limits): its
+    # bounds are worked out here, with "no limit" as an unreachable value.
+    unbounded = float("inf")
+    max_ticks = limits.max_duration_s / seconds_per_tick if seconds_per_tick else unbounded
+    max_frames = limits.max_video_frames or -1
+    max_read = max_frames + FLUSH_PACKETS if limits.max_video_frames else unbounded
+    # More than rate_base + rate_per_tick * span frames: over max_fps.
+    rated = bool(limits.max_fps and seconds_per_tick)
+    rate_base = limits.max_fps * RATE_SLACK_S if rated else unbounded
+    rate_per_tick = limits.max_fps * seconds_per_tick if rated else 0.0
     read = 0
     low = high = 0
     for packet in container.demux(stream):
         read += 1
-        if max_frames and read > max_frames + FLUSH_PACKETS:
-            raise _count_error(f"more than {max_frames}", limits)
+        if read > max_read:
+            raise _count_error(f"more than {limits.max_video_frames}", limits)
         if packet.size == 0:
             continue  # the demuxer's flush packet
-        ts = packet.pts if packet.pts is not None else packet.dts
+        ts = packet.pts
         if ts is None:
-            continue
-        if max_frames and len(pts) == max_frames:
-            raise _count_error(f"more than {max_frames}", limits)
-        ts = int(ts)
-        if not pts:
+            ts = packet.dts
+            if ts is None:
+                continue
+        n = len(pts)
+        if n == max_frames:
+            raise _count_error(f"more than {limits.max_video_frames}", limits)
+        if n == 0:
             low = high = ts
-        low, high = min(low, ts), max(high, ts)
+        elif ts > high:
+            high = ts
+        elif ts < low:
+            low = ts
         pts.append(ts)
         if packet.is_keyframe:
             keys.append(ts)
-        if max_ticks is not None and high - low > max_ticks:
-            raise _duration_error((high - low) * seconds_per_tick, limits)
-        if max_fps and len(pts) > max_fps * ((high - low) * seconds_per_tick + RATE_SLACK_S):
-            span = (high - low) * seconds_per_tick
-            raise _rate_error((len(pts) - 1) / span if span else None, len(pts), limits)
+        span = high - low
+        if span > max_ticks:
+            raise _duration_error(span * seconds_per_tick, limits)
+        if n + 1 > rate_base + rate_per_tick * span:
+            seconds = span * seconds_per_tick
+            raise _rate_error(n / seconds if seconds else None, n + 1, limits)
     pts.sort()
     keys.sort()
     start = pts[0] if pts else 0
