@@ -32,17 +32,17 @@ def _twins(
     return torch_member, other
 
 
-def test_auto_backend_is_onnxruntime_then_openvino_on_cpu_and_torch_elsewhere(
+def test_auto_backend_is_openvino_then_onnxruntime_on_cpu_and_torch_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert resolve_backend("auto", "cpu") == "onnxruntime"  # both are dependencies
-    assert resolve_backend("openvino", "cpu") == "openvino"
-    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
-    assert resolve_backend("auto", "cpu") == "openvino"
+    assert resolve_backend("auto", "cpu") == "openvino"  # both are dependencies
+    assert resolve_backend("onnxruntime", "cpu") == "onnxruntime"
     monkeypatch.setattr(runtime, "openvino_available", lambda: False)
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == "onnxruntime"
     with pytest.raises(ValueError, match="openvino is not installed"):
         resolve_backend("openvino", "cpu")
+    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
+    assert resolve_backend("auto", "cpu") == "torch"
     monkeypatch.undo()
     assert resolve_backend("auto", "cuda") == "torch"
     assert resolve_backend("torch", "cpu") == "torch"

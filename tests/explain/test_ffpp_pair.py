@@ -74,10 +74,18 @@ def test_explainer_on_the_pair_writes_every_kind(
         "ssim_temporal": FRAMES - 1,
         "ssim_reference": FRAMES,
         "chart": 2,
+        "face": FRAMES,  # the face crop each overlay is drawn on
+        "frame": FRAMES,  # the whole frame, for the viewer's inset
     }
     for art in index.artifacts:
         if art.media_type == "image/jpeg":
             with Image.open(out / art.path) as im:
                 assert im.size == (art.width, art.height)
+    # Grad-CAM is drawn on the face crop, the same framing and size as ``face``.
     gradcam = next(a for a in index.artifacts if a.kind == "gradcam")
-    assert (gradcam.width, gradcam.height) == (640, 480)  # the frame, not just the face
+    face = next(
+        a for a in index.artifacts
+        if a.kind == "face" and (a.frame, a.person) == (gradcam.frame, gradcam.person)
+    )  # fmt: skip
+    assert (gradcam.width, gradcam.height) == (face.width, face.height)
+    assert face.width == face.height

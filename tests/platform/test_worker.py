@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble.runtime import resolve_backend
 from tests.platform import stack
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,9 @@ def _run_driver(env: dict[str, str], clip: Path) -> dict:
 def _check(result: dict, log: Path) -> None:
     assert result["status"] == "done", (result, log.read_text()[-3000:])
     assert set(result["model_versions"]) == {"tiny_a", "tiny_b"}
+    # The worker runs the production default backend (OpenVINO on this CPU).
+    expected = resolve_backend(os.environ.get("TRUSTTRACE_BACKEND", "auto"), "cpu")
+    assert result["backends"] == [expected], result
     assert result["frames"] > 0 and result["series_persons"] >= 1
     assert 0.0 <= result["score"] <= 1.0
     # The worker ran the real explainer: Grad-CAM of each member, and the chart.

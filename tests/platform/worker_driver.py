@@ -41,6 +41,7 @@ def main() -> None:
         "members": sub.members, "model_versions": sub.model_versions, "stages": stages,
         "frames": len(sub.frame_rows), "series_persons": len(sub.series.get("persons", [])),
         "artifacts": sorted({f"{a.kind}:{a.member}" for a in sub.artifacts.all()}),
+        "backends": sorted({m.get("backend") for m in (sub.result or {}).get("models", [])}),
     }  # fmt: skip
     sys.stdout.write(json.dumps(out) + "\n")
 

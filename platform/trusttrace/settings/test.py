@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,16 @@ DEBUG = False
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 _TMP = Path(tempfile.gettempdir()) / "trusttrace-test"
-TRUSTTRACE = {**TRUSTTRACE, "CACHE_DIR": _TMP / "cache"}
+# The in-process tests run the members on ONNX Runtime: this one process
+# compiles and frees hundreds of tiny models, and with OpenVINO (the
+# production default on CPU) such a process crashed at a later fork. The
+# real-worker tests (tests/platform/test_worker.py, tests/e2e) start their
+# workers with the default, and tests marked ``openvino`` cover it in-process.
+TRUSTTRACE = {
+    **TRUSTTRACE,
+    "CACHE_DIR": _TMP / "cache",
+    "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "onnxruntime"),
+}
 MEDIA_ROOT = _TMP / "media"
 # Unit tests call the service directly; the worker tests start their own broker.
 CELERY_BROKER_URL = "memory://"
