@@ -1,0 +1,74 @@
+"""Where a worker's memory goes: resident set after each stage of an analysis.
+
+    python bench/analyzer_memory.py ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
+        [--repeats 2] [--json var/bench/memory.json]
+
+Builds the site's ``Analyzer`` exactly as a worker does (the settings'
+members, weights, backend and precision), then analyses the file
+``--repeats`` times, printing the process's VmRSS and VmHWM (peak) from
+/proc/self/status after importing, after loading the members, and after each
+analysis. Issue 15's target is a peak of at most 2 GB for the 32-frame clip.
+Linux only (it reads /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
+
+
+def memory_mb() -> dict[str, float]:
+    """VmRSS and VmHWM of this process, in MB."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("media", type=Path)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    stages: list[dict[str, object]] = []
+
+    def record(stage: str, **extra: object) -> None:
+        row = {"stage": stage, **memory_mb(), **extra}
+        stages.append(row)
+        print(f"{stage:<24} RSS {row['VmRSS']:8.0f} MB   peak {row['VmHWM']:8.0f} MB", flush=True)
+
+    record("start")
+    import django
+
+    django.setup()
+    from analyses.config import analysis_config, analysis_registry
+    from ensemble.pipeline import Analyzer
+
+    record("imports")
+    config = analysis_config()
+    analyzer = Analyzer(config, analysis_registry())
+    members = analyzer.members
+    backends = sorted({f"{m.backend}/{m.compute_precision}" for m in members.values()})
+    record("members loaded", members=sorted(members), backends=backends)
+    for i in range(args.repeats):
+        result = analyzer.analyze(args.media)
+        record(f"analysis {i + 1}", status=result.status, faces=len(result.faces))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"media": str(args.media), "backends": backends, "stages": stages}
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
