@@ -14,7 +14,6 @@ input.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import math
@@ -31,6 +30,7 @@ import torch.nn.functional as F  # noqa: N812  (the usual name)
 from torch import Tensor, nn
 
 from ensemble.errors import WeightsError
+from ensemble.media import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -199,15 +199,7 @@ def default_tflite_path() -> Path:
 
 def tflite_sha256(path: Path) -> str:
     """The sha256 of a BlazeFace ``.tflite`` file (names its caches)."""
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def convert_tflite(path: Path) -> dict[str, Tensor]:
@@ -283,7 +275,7 @@ def load_blazeface_net(
     from safetensors.torch import load_file, save_file
 
     source = tflite_path or default_tflite_path()
-    digest = _sha256(source)
+    digest = file_sha256(source)
     net = BlazeFaceNet()
     cached = cache_dir / f"blazeface_front_{digest[:16]}.safetensors" if cache_dir else None
     if cached is not None and cached.is_file():

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from accounts.roles import is_moderator
 from django.db.models import QuerySet
 from django.http import Http404
 
+from accounts.roles import is_moderator
 from analyses.models import Submission
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from accounts import throttle
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -23,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import throttle
 from api.authentication import token_expired
 
 

@@ -14,9 +14,6 @@ from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
-from reports.csvexport import submission_rows as csv_rows
-from reports.views import filtered_submissions
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -30,6 +27,9 @@ from analyses.limits import too_large_message, upload_over_limit
 from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
 from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
+from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
+from reports.csvexport import submission_rows as csv_rows
+from reports.views import filtered_submissions
 
 
 class SubmissionViewSet(

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from accounts.roles import is_moderator
 from django.contrib.auth.decorators import login_required
 from django.db.models import QuerySet, Subquery
 from django.http import HttpRequest, QueryDict, StreamingHttpResponse
 from django.views.decorators.http import require_GET
-from moderation.models import Label
-from moderation.services import DECISION, annotated, latest_decisions
 
+from accounts.roles import is_moderator
 from analyses.access import get_visible
 from analyses.models import Status, Submission, Verdict
+from moderation.models import Label
+from moderation.services import DECISION, annotated, latest_decisions
 from reports.csvexport import (
     SUBMISSION_COLUMNS,
     frame_header,

@@ -3,9 +3,10 @@ is never served; permission-checked views stream the files."""
 
 from __future__ import annotations
 
-from accounts.forms import ThrottledAdminAuthenticationForm
 from django.contrib import admin
 from django.urls import include, path
+
+from accounts.forms import ThrottledAdminAuthenticationForm
 
 # The admin's log-in shares the site's throttle (it is the most valuable one).
 admin.site.login_form = ThrottledAdminAuthenticationForm

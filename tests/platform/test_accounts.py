@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from accounts import verification
-from accounts.roles import role_of
-from accounts.views import RESEND_MAX_PER_HOUR
 from django.contrib.auth.models import User
 from django.core import mail, signing
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
+from accounts import verification
+from accounts.roles import role_of
+from accounts.views import RESEND_MAX_PER_HOUR
 from tests.platform.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -49,8 +49,9 @@ def test_admin_login_is_throttled_like_the_site(users: dict[str, User]) -> None:
 def test_parallel_attempts_after_failures_are_counted_before_the_password_check(
     users: dict[str, User], settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from accounts.forms import ThrottledAuthenticationForm
     from django.contrib.auth import forms as auth_forms
+
+    from accounts.forms import ThrottledAuthenticationForm
 
     settings.LOGIN_MAX_FAILURES = 5
     request = RequestFactory().post("/accounts/login/", REMOTE_ADDR="10.1.0.2")

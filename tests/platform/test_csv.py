@@ -8,10 +8,10 @@ import json
 
 import pytest
 from django.urls import reverse
-from moderation.services import decide
-from reports.csvexport import SUBMISSION_COLUMNS, safe_cell
 
 from analyses.models import Submission
+from moderation.services import decide
+from reports.csvexport import SUBMISSION_COLUMNS, safe_cell
 
 pytestmark = pytest.mark.django_db
 

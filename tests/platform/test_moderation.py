@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 from django.urls import reverse
+
 from moderation.models import Decision
 from moderation.services import DecisionError, decide, metrics, review_queue
 
