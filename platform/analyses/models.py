@@ -30,6 +30,9 @@ class Kind(models.TextChoices):
 
 
 FINISHED = (Status.DONE, Status.REJECTED, Status.FAILED)
+# Content Credentials states (ensemble.provenance.STATES) whose signature and
+# binding to the file check out.
+PROVENANCE_INTACT = ("valid", "untrusted")
 
 
 class Submission(models.Model):
@@ -71,6 +74,9 @@ class Submission(models.Model):
     model_versions = models.JSONField(default=dict, blank=True)  # member -> weights sha256
     timings = models.JSONField(default=dict, blank=True)
     series = models.JSONField(default=dict, blank=True)  # index.json "series" (chart data)
+    # The file's C2PA Content Credentials as read at upload
+    # (ensemble.provenance.ProvenanceSummary.to_dict(); empty: never read).
+    provenance = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     # The job's last sign of life (analyses.services.reaper): when its message
     # was last sent while pending (null: never sent, the broker was down), the
@@ -101,6 +107,20 @@ class Submission(models.Model):
     def persons(self) -> list[dict[str, Any]]:
         persons = self.result.get("persons", []) if isinstance(self.result, dict) else []
         return list(persons)
+
+    @property
+    def provenance_state(self) -> str:
+        """``valid``, ``untrusted``, ``invalid``, ``absent``, ``unchecked``; ``""``
+        when the file's Content Credentials were never read (uploaded before)."""
+        p = self.provenance if isinstance(self.provenance, dict) else {}
+        return str(p.get("state") or "")
+
+    @property
+    def provenance_says_ai(self) -> bool:
+        """An intact manifest (valid, or signed by a signer not on the trust
+        list) declares that a trained model made or changed the media."""
+        p = self.provenance if isinstance(self.provenance, dict) else {}
+        return bool(p.get("ai_generated")) and self.provenance_state in PROVENANCE_INTACT
 
     @property
     def frame_rows(self) -> list[dict[str, Any]]:

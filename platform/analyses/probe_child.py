@@ -11,21 +11,53 @@ from pathlib import Path
 from typing import Any
 
 
-def probe(path: str, limits: Any, n_frames: int, conn: Connection) -> None:
+def probe(
+    path: str,
+    limits: Any,
+    n_frames: int,
+    conn: Connection,
+    provenance: dict[str, Any] | None = None,
+) -> None:
     """``load_media`` on ``path``; sends ``("ok", MediaInfo)``, ``("invalid",
-    reason, code)`` or ``("error", text)``."""
+    reason, code)`` or ``("error", text)``.
+
+    With ``provenance`` (the reader's options: ``trust_anchors``), a file that
+    decodes also gets its C2PA Content Credentials read, after the media
+    answer went out: ``("provenance", summary dict)``. The parent accepts the
+    upload on the media answer alone, so however that read ends (an error, a
+    crash, past a cap) it cannot refuse the file.
+    """
     from ensemble.errors import InvalidMediaError
     from ensemble.media import load_media
 
     try:
-        media = load_media(Path(path), limits, n_frames)
-    except InvalidMediaError as e:
-        conn.send(("invalid", str(e), e.code))
-    except MemoryError:
-        conn.send(("error", "MemoryError"))
-    except Exception as e:  # reported by the parent; the child just ends
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    else:
-        conn.send(("ok", media.info))
+        try:
+            media = load_media(Path(path), limits, n_frames)
+        except InvalidMediaError as e:
+            conn.send(("invalid", str(e), e.code))
+            return
+        except MemoryError:
+            conn.send(("error", "MemoryError"))
+            return
+        except Exception as e:  # reported by the parent; the child just ends
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+            return
+        info = media.info
+        del media  # the decoded frame is not needed for the manifest
+        conn.send(("ok", info))
+        if provenance is not None:
+            conn.send(("provenance", _provenance(Path(path), info.format, provenance)))
     finally:
         conn.close()
+
+
+def _provenance(path: Path, media_format: str, options: dict[str, Any]) -> dict[str, Any]:
+    from ensemble.provenance import read_provenance, unchecked
+
+    try:
+        summary = read_provenance(
+            path, media_format, trust_anchors=options.get("trust_anchors") or None
+        )
+    except Exception as e:  # read_provenance does not raise; a bug must not either
+        summary = unchecked(f"Reading the Content Credentials failed ({type(e).__name__}).")
+    return summary.to_dict()

@@ -20,9 +20,12 @@ import logging
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, SpawnContext
 from pathlib import Path
 from typing import Any
+
+from django.conf import settings
 
 from analyses.config import analysis_config, trusttrace_setting
 from analyses.services.errors import UploadRejected
@@ -41,7 +44,11 @@ def _context() -> ForkServerContext | SpawnContext:
         )
         if method == "forkserver":
             ctx: ForkServerContext | SpawnContext = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["analyses.probe_child", "ensemble.media"])
+            # c2pa loads its native library once, in the server, not per upload
+            # (a missing c2pa is skipped here and reported by the probe).
+            ctx.set_forkserver_preload(
+                ["analyses.probe_child", "ensemble.media", "ensemble.provenance", "c2pa"]
+            )
         else:
             ctx = multiprocessing.get_context("spawn")
         _CONTEXT.append(ctx)
@@ -61,12 +68,50 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What the upload probe learnt: the media's ``MediaInfo`` and its C2PA
+    Content Credentials (``ensemble.provenance`` summary dict; empty when not
+    read)."""
+
+    info: Any
+    provenance: dict[str, Any]
+
+
 def probe_media(path: Path, n_frames: int) -> Any:
     """``ensemble.media.load_media(path)`` in a capped child; its ``MediaInfo``.
 
     Raises :class:`UploadRejected` with the decoder's reason, or when the
     child runs past a cap (``probe_timeout``, ``probe_memory``).
     """
+    return _run_probe(path, n_frames, provenance=False).info
+
+
+def probe_upload(path: Path, n_frames: int) -> ProbeOutcome:
+    """:func:`probe_media`, then the file's C2PA Content Credentials read and
+    verified in the same child (``ensemble.provenance.read_provenance``).
+
+    The media answer decides whether the upload is accepted; the manifest
+    read never refuses it: past its own time or memory cap, or when the child
+    dies while reading, the summary is ``unchecked`` with the reason.
+    """
+    return _run_probe(path, n_frames, provenance=True)
+
+
+def _trust_anchors() -> str | None:
+    """PEM root certificates trusted for C2PA signers on top of the library's
+    defaults: the file named by ``TRUSTTRACE["C2PA_TRUST_ANCHORS"]`` (unset: none)."""
+    name = str(getattr(settings, "TRUSTTRACE", {}).get("C2PA_TRUST_ANCHORS") or "")
+    if not name:
+        return None
+    try:
+        return Path(name).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        logger.exception("C2PA trust anchors %s unreadable; using the library's defaults", name)
+        return None
+
+
+def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
     from analyses import probe_child
 
     config = analysis_config()
@@ -77,44 +122,38 @@ def probe_media(path: Path, n_frames: int) -> Any:
     if video_pixels and _is_video(path):
         # Every sampled frame of a video is held in memory by the analysis.
         limits = dataclasses.replace(limits, max_pixels=min(limits.max_pixels, video_pixels))
+    options = {"trust_anchors": _trust_anchors()} if provenance else None
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=probe_child.probe, args=(str(path), limits, n_frames, send))
+    proc = ctx.Process(target=probe_child.probe, args=(str(path), limits, n_frames, send, options))
+    child = _Child(proc, receive, max_rss)
     started = time.monotonic()
-    peak = 0
     proc.start()
     send.close()
+    summary: dict[str, Any] = {}
     try:
-        while True:
-            # The caps first: an answer that comes after them is not waited for.
-            peak = max(peak, _rss(proc.pid or 0))
-            if max_rss and peak > max_rss:
-                raise UploadRejected(
-                    f"Reading this file needs more than {_mib(max_rss)} of memory, the "
-                    "limit for one upload; try a smaller or lower-resolution version.",
-                    "probe_memory",
-                )
-            if time.monotonic() - started > timeout_s:
-                raise UploadRejected(
-                    f"Reading this file took longer than {timeout_s:g} s, the limit for one "
-                    "upload; try a shorter or re-encoded version.",
-                    "probe_timeout",
-                )
-            if receive.poll(POLL_S):
-                message = receive.recv()
-                break
-            if not proc.is_alive():
-                message = ("error", f"the probe process ended with code {proc.exitcode}")
-                break
-    except EOFError:
-        message = ("error", "the probe process ended without an answer")
+        message = child.answer(started + timeout_s)
+        if message[0] == "cap":
+            raise UploadRejected(
+                f"Reading this file {message[2]}, the limit for one upload; "
+                + (
+                    "try a smaller or lower-resolution version."
+                    if message[1] == "probe_memory"
+                    else "try a shorter or re-encoded version."
+                ),
+                message[1],
+            )
+        if message[0] == "ok" and provenance:
+            # The media answer is in: from here on nothing refuses the upload.
+            # The manifest read gets caps of its own, as long as the probe's.
+            summary = _provenance_answer(child.answer(time.monotonic() + timeout_s))
     finally:
         if proc.is_alive():
             proc.kill()
         proc.join()
         receive.close()
     logger.info("probe of %s: %.2f s, peak RSS %s", path.name, time.monotonic() - started,
-                _mib(peak))  # fmt: skip
+                _mib(child.peak))  # fmt: skip
     if message[0] == "invalid":
         raise UploadRejected(message[1], message[2])
     if message[0] != "ok":
@@ -122,7 +161,54 @@ def probe_media(path: Path, n_frames: int) -> Any:
         raise UploadRejected(
             "This file could not be read (the decoder failed); it was logged.", "probe_failed"
         )
-    return message[1]
+    return ProbeOutcome(message[1], summary)
+
+
+class _Child:
+    """The probe's child process as its parent watches it: its messages, and
+    its resident memory (the peak is logged)."""
+
+    def __init__(self, proc: Any, receive: Any, max_rss: int) -> None:
+        self.proc, self.receive, self.max_rss = proc, receive, max_rss
+        self.peak = 0
+
+    def answer(self, deadline: float) -> tuple[Any, ...]:
+        """The child's next message; ``("cap", code, why)`` past the memory cap
+        or ``deadline``; ``("error", why)`` when it ended without one."""
+        try:
+            while True:
+                # The caps first: an answer that comes after them is not waited for.
+                self.peak = max(self.peak, _rss(self.proc.pid or 0))
+                if self.max_rss and self.peak > self.max_rss:
+                    return (
+                        "cap",
+                        "probe_memory",
+                        f"needs more than {_mib(self.max_rss)} of memory",
+                    )
+                if time.monotonic() > deadline:
+                    timeout_s = float(trusttrace_setting("PROBE_TIMEOUT_S"))
+                    return ("cap", "probe_timeout", f"took longer than {timeout_s:g} s")
+                if self.receive.poll(POLL_S):
+                    message: tuple[Any, ...] = self.receive.recv()
+                    return message
+                if not self.proc.is_alive():
+                    return ("error", f"the probe process ended with code {self.proc.exitcode}")
+        except EOFError:
+            return ("error", "the probe process ended without an answer")
+
+
+def _provenance_answer(message: tuple[Any, ...]) -> dict[str, Any]:
+    """The child's Content Credentials summary; an ``unchecked`` one saying why
+    when it did not come (a cap, the child died)."""
+    from ensemble.provenance import unchecked
+
+    if message[0] == "provenance" and isinstance(message[1], dict):
+        return dict(message[1])
+    why = str(message[-1])
+    logger.warning("Content Credentials of an upload not read: %s", why)
+    if message[0] == "cap":
+        return unchecked(f"Reading the Content Credentials stopped: it {why}.").to_dict()
+    return unchecked(f"Reading the Content Credentials failed: {why}.").to_dict()
 
 
 def _is_video(path: Path) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from analyses.models import Submission
 from analyses.services import queue
 from analyses.services.errors import UploadRejected
 from analyses.services.members import record_weights_versions, require_models
-from analyses.services.probing import probe_media
+from analyses.services.probing import probe_upload
 from analyses.services.quotas import check_quotas, previous_result
 from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
 
@@ -42,6 +42,7 @@ class Probed:
     format: str
     sha256: str
     size_bytes: int
+    provenance: dict[str, Any] = field(default_factory=dict)  # C2PA summary
 
 
 def display_name(name: str | None) -> str:
@@ -76,9 +77,11 @@ def check_size(size: int | None) -> None:
 
 def probe(path: Path) -> Probed:
     """Type by content, a decode probe and the pixel, duration and frame-rate
-    limits, in a child process with a time and a memory cap (:mod:`.probing`)."""
-    info = probe_media(path, PROBE_FRAMES)
-    return Probed(info.kind, info.format, info.sha256, info.size_bytes)
+    limits, in a child process with a time and a memory cap (:mod:`.probing`);
+    then the file's C2PA Content Credentials, which never refuse it."""
+    outcome = probe_upload(path, PROBE_FRAMES)
+    info = outcome.info
+    return Probed(info.kind, info.format, info.sha256, info.size_bytes, outcome.provenance)
 
 
 def _stage(upload: UploadedFile) -> Path:
@@ -175,6 +178,7 @@ def submit(
                 size_bytes=probed.size_bytes,
                 kind=probed.kind,
                 media_format=probed.format,
+                provenance=probed.provenance,
             )
             sub.file.name = path.relative_to(media_root()).as_posix()
             if ref_path is not None and ref_probed is not None and reference is not None:
