@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from skimage.metrics import structural_similarity
 
+from ensemble.errors import TrusttraceError
 from ensemble.media import RGBImage
 
 FloatArray = npt.NDArray[np.float64]
@@ -57,7 +58,7 @@ ECC_MAX_SHIFT_FRACTION = 0.15
 ECC_MAX_LINEAR_DEVIATION = 0.25
 
 
-class AlignmentError(ValueError):
+class AlignmentError(TrusttraceError, ValueError):
     """Keypoints from which no similarity transform can be estimated."""
 
 

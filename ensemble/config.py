@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from ensemble.errors import ConfigError
 
 DEFAULT_MEMBERS: tuple[str, ...] = ("resnet50", "effnet_b7", "effnet_autoatt_b4")
 
 Aggregation = Literal["mean", "confident"]
+AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
+# What runs the members and in which precision (ensemble.runtime resolves "auto").
+Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,13 @@ class ScoringConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.uncertain_band < 0.5:
-            raise ValueError(f"uncertain_band must be in [0, 0.5), got {self.uncertain_band}")
-        if self.aggregation not in ("mean", "confident"):
-            raise ValueError(f"aggregation must be 'mean' or 'confident', got {self.aggregation!r}")
+            raise ConfigError(f"uncertain_band must be in [0, 0.5), got {self.uncertain_band}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"aggregation must be 'mean' or 'confident', got {self.aggregation!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,13 @@ class AnalysisConfig:
     batch_size: int = 8
     # Number of intra-op threads for torch on CPU; 0 leaves torch's default.
     threads: int = 0
-    # What runs the members: "auto" (ONNX Runtime on CPU when installed, else
-    # OpenVINO, else torch), "torch", "onnxruntime" or "openvino"; see
+    # What runs the members: "auto" (on CPU OpenVINO when installed, else ONNX
+    # Runtime, else torch), "torch", "onnxruntime" or "openvino"; see
     # ensemble.runtime.
-    backend: str = "auto"
+    backend: Backend = "auto"
     # "auto" (bf16 on OpenVINO where the CPU has bf16 kernels, else fp32),
     # "fp32" or "bf16"; see ensemble.runtime.
-    precision: str = "auto"
+    precision: Precision = "auto"
     # Where converted BlazeFace weights are cached (sha256-keyed file names).
     cache_dir: Path = Path("var/cache")
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -102,18 +112,18 @@ class AnalysisConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "onnxruntime", "openvino"):
-            raise ValueError(
+        if self.backend not in BACKENDS:
+            raise ConfigError(
                 "backend must be 'auto', 'torch', 'onnxruntime' or 'openvino', "
                 f"got {self.backend!r}"
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not self.members:
-            raise ValueError("select at least one detector member")
+            raise ConfigError("select at least one detector member")
         if len(set(self.members)) != len(self.members):
-            raise ValueError(f"members listed twice: {self.members}")
+            raise ConfigError(f"members listed twice: {self.members}")
         if not 1 <= self.frames <= self.limits.max_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"frames must be between 1 and {self.limits.max_frames}, got {self.frames}"
             )

@@ -9,7 +9,29 @@ from __future__ import annotations
 
 
 class TrusttraceError(Exception):
-    """Base class of every error raised on purpose by the detection core."""
+    """Base class of every error raised on purpose (the detection core's, the
+    explanations' and the site's).
+
+    As DRF's ``APIException``: ``code`` is a short machine-readable name set
+    on the class, which one call may override (``MyError(message, code=...)``);
+    ``str(error)`` is the message for a person. The site maps errors to HTTP
+    statuses in one table (``analyses.services.errors.HTTP_STATUS``).
+    """
+
+    code: str = "error"
+
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(TrusttraceError, ValueError):
+    """A configuration value out of range or unknown (a member list, a backend
+    or precision this machine cannot run). Still a ``ValueError`` for callers
+    that caught that before it existed."""
+
+    code = "config"
 
 
 # --- Media -----------------------------------------------------------------
@@ -84,3 +106,10 @@ class WeightsIntegrityError(WeightsError):
 
 class IncompatibleCheckpointError(WeightsError):
     """A checkpoint's keys or shapes do not match the member's architecture."""
+
+
+# --- Training --------------------------------------------------------------
+
+
+class TrainingError(TrusttraceError):
+    """A training run that cannot start or continue, with the reason in words."""

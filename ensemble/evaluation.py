@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ensemble.errors import TrusttraceError
+
 FloatArray = npt.NDArray[np.float64]
 
 # Probabilities are clipped this far from 0 and 1 before the log loss, so a
@@ -36,7 +38,7 @@ FIGURE_FORMATS = {".png": "png", ".svg": "svg"}
 REPORT_FIGURE_SUFFIXES = (".png", ".svg")
 
 
-class MetricsError(ValueError):
+class MetricsError(TrusttraceError, ValueError):
     """Scores and labels that no metric can be computed from."""
 
 

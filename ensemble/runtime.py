@@ -39,12 +39,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from ensemble.config import BACKENDS, PRECISIONS
+from ensemble.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 # Opset the exporter writes; ONNX Runtime >= 1.18 runs it.
 ONNX_OPSET = 17
 
@@ -62,16 +61,16 @@ def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime"
     when that is, else torch (on CUDA torch runs the models; the CUDA builds
     of the other two are not dependencies)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return "torch"
     if backend in ("onnxruntime", "openvino"):
         available = onnxruntime_available() if backend == "onnxruntime" else openvino_available()
         if not available:
-            raise ValueError(f"backend {backend!r} was asked for but {backend} is not installed")
+            raise ConfigError(f"backend {backend!r} was asked for but {backend} is not installed")
         if device != "cpu":
-            raise ValueError(f"backend {backend!r} runs on the CPU only, not on {device!r}")
-        return backend  # type: ignore[return-value]
+            raise ConfigError(f"backend {backend!r} runs on the CPU only, not on {device!r}")
+        return backend
     if device != "cpu":
         return "torch"
     # OpenVINO first: bf16 on AMX makes it the fastest here (README,
@@ -107,18 +106,18 @@ def resolve_precision(precision: str, backend: str, device: str) -> Literal["fp3
     backend where the CPU has bf16 kernels, fp32 otherwise. ``bf16`` is
     refused where it would be emulated or is not implemented (ONNX Runtime)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return "fp32"
     if backend == "onnxruntime":
         if precision == "bf16":
-            raise ValueError("precision 'bf16' needs the openvino or torch backend")
+            raise ConfigError("precision 'bf16' needs the openvino or torch backend")
         return "fp32"
     if backend == "openvino":
         if cpu_has_bf16():
             return "bf16"
         if precision == "bf16":
-            raise ValueError("precision 'bf16' was asked for but this CPU has no bf16 kernels")
+            raise ConfigError("precision 'bf16' was asked for but this CPU has no bf16 kernels")
         return "fp32"
     # torch: bf16 autocast only on request (on CPU eager bf16 is far slower
     # than OpenVINO's, and on CUDA the caller asks for it explicitly).
@@ -300,5 +299,5 @@ def runner_for_module(
                 output_names,
             )  # fmt: skip
         if precision != "fp32":
-            raise ValueError(f"ONNX Runtime members run in fp32, not {precision}")
+            raise ConfigError(f"ONNX Runtime members run in fp32, not {precision}")
         return OnnxRunner(path, threads)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from ensemble.errors import TrusttraceError
 
-class ExplainError(Exception):
+
+class ExplainError(TrusttraceError):
     """Explanations could not be made."""
+
+    code = "explain"
 
 
 class InvalidReferenceError(ExplainError):
     """The reference (claimed original) media cannot be used; the message says why."""
 
-    def __init__(self, reason: str, code: str = "invalid_reference") -> None:
-        super().__init__(reason)
-        self.code = code
+    code = "invalid_reference"
+
+    def __init__(self, reason: str, code: str | None = None) -> None:
+        super().__init__(reason, code=code)

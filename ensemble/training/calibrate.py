@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ensemble.errors import TrusttraceError
+
 # Temperatures are kept in this range: a validation set that is separated
 # perfectly would otherwise drive T towards 0.
 MIN_TEMPERATURE = 0.05
@@ -21,7 +23,7 @@ MAX_TEMPERATURE = 20.0
 LBFGS_STEPS = 100
 
 
-class CalibrationError(ValueError):
+class CalibrationError(TrusttraceError, ValueError):
     """Logits and labels that no temperature can be fitted to."""
 
 

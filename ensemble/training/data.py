@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from ensemble.errors import TrusttraceError
 from ensemble.media import RGBImage
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ N_KEYPOINTS = 6
 Keypoints = tuple[tuple[float, float], ...]
 
 
-class DatasetError(ValueError):
+class DatasetError(TrusttraceError, ValueError):
     """A dataset that cannot be read, with what is wrong in words."""
 
 

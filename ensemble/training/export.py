@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ensemble.crops import CropPolicy
+from ensemble.errors import TrusttraceError
 from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
@@ -55,7 +56,7 @@ EVAL_BATCH = 64
 COMMITTED_WEIGHTS_LIMIT = 150 * 1000 * 1000
 
 
-class ExportError(RuntimeError):
+class ExportError(TrusttraceError, RuntimeError):
     """Export that cannot be completed, with the reason in words."""
 
 

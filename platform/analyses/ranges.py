@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 from django.http import HttpRequest
 
+from ensemble.errors import TrusttraceError
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -39,8 +41,10 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-class RangeNotSatisfiable(Exception):  # noqa: N818 (an answer, 416)
+class RangeNotSatisfiable(TrusttraceError):  # noqa: N818 (an answer, 416)
     """The range lies outside the file."""
+
+    code = "range_not_satisfiable"
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:

@@ -99,13 +99,12 @@ def submit(request: HttpRequest) -> HttpResponse:
                     reference=form.cleaned_data.get("reference"),
                     reuse=bool(form.cleaned_data.get("reuse")),
                 )
-            except services.QuotaExceeded as e:
-                error, status = f"Upload refused: {e}", 429
-            except services.UploadRejected as e:
-                error, status = f"Upload refused: {e}", 400
-            except services.QueueUnavailable as e:
-                # Saved and kept, pending: the reaper queues it when the broker is back.
-                error, status = str(e), 503
+            except services.Refusal as e:
+                status = services.http_status(e)
+                # A refusal of this upload reads "Upload refused: ..."; a site
+                # that cannot take one now (503) says why in its own words. The
+                # queue being down keeps the file, pending: the reaper queues it.
+                error = f"Upload refused: {e}" if status < 500 else str(e)
             else:
                 if reused:
                     messages.info(request, "You analysed this file before: here is that result.")

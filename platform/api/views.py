@@ -19,6 +19,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from analyses import services
 from analyses.access import get_visible, visible_submissions
@@ -30,6 +31,15 @@ from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSeri
 from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
 from reports.csvexport import submission_rows as csv_rows
 from reports.views import filtered_submissions
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, and a :class:`services.Refusal` as ``{"detail", "code"}``
+    (a queued-later upload adds its ``id``) with the status of
+    :data:`services.HTTP_STATUS`, the table the upload page uses too."""
+    if isinstance(exc, services.Refusal):
+        return Response(exc.payload(), status=services.http_status(exc))
+    return drf_exception_handler(exc, context)
 
 
 class SubmissionViewSet(
@@ -67,30 +77,14 @@ class SubmissionViewSet(
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
         form.is_valid(raise_exception=True)
-        try:
-            sub, reused = services.submit(
-                request.user,
-                form.validated_data["file"],
-                title=form.validated_data.get("title", ""),
-                reference=form.validated_data.get("reference"),
-                reuse=bool(form.validated_data.get("reuse")),
-            )
-        except services.QuotaExceeded as e:
-            return Response(
-                {"detail": str(e), "code": e.code}, status=status.HTTP_429_TOO_MANY_REQUESTS
-            )
-        except services.ModelsUnavailable as e:
-            return Response(
-                {"detail": str(e), "code": e.code}, status=status.HTTP_503_SERVICE_UNAVAILABLE
-            )
-        except services.QueueUnavailable as e:
-            # Saved and kept, pending: the reaper queues it when the broker is back.
-            return Response(
-                {"detail": str(e), "code": e.code, "id": e.submission_id},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
-        except services.UploadRejected as e:
-            return Response({"detail": str(e), "code": e.code}, status=status.HTTP_400_BAD_REQUEST)
+        # A refusal (services.Refusal) becomes its answer in exception_handler.
+        sub, reused = services.submit(
+            request.user,
+            form.validated_data["file"],
+            title=form.validated_data.get("title", ""),
+            reference=form.validated_data.get("reference"),
+            reuse=bool(form.validated_data.get("reuse")),
+        )
         return Response(
             SubmissionSerializer(sub, context={"request": request}).data,
             status=status.HTTP_200_OK if reused else status.HTTP_201_CREATED,

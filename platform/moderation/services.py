@@ -10,16 +10,13 @@ from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, V
 from django.db.models.functions import Abs
 
 from analyses.models import Status, Submission, Verdict
+from analyses.services.errors import DecisionError as DecisionError  # re-exported
 from moderation.models import Action, Decision, Label, Report
 
 # The annotation carrying a submission's latest decision label (see annotated()).
 DECISION = "decision_label"
 REVIEW_VERDICTS = (Verdict.FAKE, Verdict.UNCERTAIN)
 OVERRIDES = (Action.OVERRIDE_REAL, Action.OVERRIDE_FAKE)
-
-
-class DecisionError(ValueError):
-    """A decision that cannot be recorded; ``str(error)`` is shown to the moderator."""
 
 
 def final_decision(sub: Submission) -> Decision | None:

@@ -20,11 +20,15 @@ One module per concern; the public names are re-exported here:
 from __future__ import annotations
 
 from analyses.services.errors import (
+    HTTP_STATUS,
+    DecisionError,
     ModelsUnavailable,
     QueueUnavailable,
     QuotaExceeded,
+    Refusal,
     RerunRefused,
     UploadRejected,
+    http_status,
 )
 from analyses.services.members import (
     MemberStatus,
@@ -71,6 +75,7 @@ _media_root = media_root
 
 __all__ = [
     "ARTIFACT_DIR",
+    "HTTP_STATUS",
     "INDEX_VERSIONS",
     "INTERNAL_ERROR_REASON",
     "PROBE_FRAMES",
@@ -82,12 +87,14 @@ __all__ = [
     "WORKER_LOST_REASON",
     "WORKER_STOPPED_REASON",
     "_ANALYZERS",
+    "DecisionError",
     "MemberStatus",
     "ModelsUnavailable",
     "Probed",
     "QueueUnavailable",
     "QuotaExceeded",
     "Reaped",
+    "Refusal",
     "RerunRefused",
     "RuntimeStatus",
     "UploadRejected",
@@ -102,6 +109,7 @@ __all__ = [
     "delete_submission",
     "display_name",
     "enqueue",
+    "http_status",
     "is_abandoned",
     "is_stale",
     "job_timed_out",

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from analyses.config import analysis_config, analysis_registry, trusttrace_setting
 from analyses.models import Artifact, ArtifactKind, Status, Submission
+from analyses.services.errors import Refusal
 from analyses.services.storage import artifact_dir, media_root
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,8 @@ def _analyzer() -> Any:
     return analyzer
 
 
-class _RejectedInput(Exception):  # noqa: N818 (a verdict on the input, not our error)
+class _RejectedInput(Refusal):
     """Bad input found during the job (e.g. an unusable reference): final."""
-
-    def __init__(self, reason: str, code: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 _EXPLAINERS: dict[Any, Any] = {}

@@ -196,6 +196,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": os.environ.get("TRUSTTRACE_API_RATE", "2000/hour")},
     "NUM_PROXIES": TRUSTED_PROXY_COUNT if TRUSTED_PROXY_HEADER else None,
+    # Refusals (analyses.services.Refusal) answered with their status and code.
+    "EXCEPTION_HANDLER": "api.views.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trusttrace API",

@@ -48,14 +48,13 @@ class Command(BaseCommand):
         from analyses.config import analysis_config, analysis_registry
         from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, write_calibration
         from ensemble.errors import TrusttraceError
-        from ensemble.training.calibrate import CalibrationError
         from ensemble.training.ensemble_fit import fit_ensemble, read_scores
         from ensemble.weights import read_manifest
 
         members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
         try:
             config = analysis_config(members=members)
-        except ValueError as e:
+        except TrusttraceError as e:
             raise CommandError(str(e)) from e
         registry = analysis_registry()
         try:
@@ -78,7 +77,7 @@ class Command(BaseCommand):
             }
             method = WEIGHTED_METHOD if o["method"] == "weighted" else MEAN_METHOD
             fit = fit_ensemble(table, config.members, provenance, method=method)
-        except (TrusttraceError, CalibrationError) as e:
+        except TrusttraceError as e:
             raise CommandError(str(e)) from e
         c = fit.calibration
         self.stdout.write(

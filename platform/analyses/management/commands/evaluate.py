@@ -102,9 +102,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
-        from ensemble.errors import RegistryError, WeightsError
-        from ensemble.evaluation import MetricsError, choose_threshold, report, write_report_figures
-        from ensemble.training.data import DatasetError
+        from ensemble.errors import TrusttraceError
+        from ensemble.evaluation import choose_threshold, report, write_report_figures
 
         if bool(o["faces"]) == bool(o["videos"]):
             raise CommandError("give either --faces or --videos (with --labels)")
@@ -116,7 +115,7 @@ class Command(BaseCommand):
         try:
             overrides = {"precision": o["precision"]} if o["precision"] else {}
             config = analysis_config(members=members, frames=o["frames"], **overrides)
-        except ValueError as e:
+        except TrusttraceError as e:
             raise CommandError(str(e)) from e
         threshold = o["threshold"] if o["threshold"] is not None else config.scoring.threshold
         out = figures_dir(o["out"], o["json"])
@@ -139,8 +138,9 @@ class Command(BaseCommand):
                 result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
             choice = choose_threshold(ensemble_probs, labels)
-        except (RegistryError, WeightsError, DatasetError, MetricsError, ValueError) as e:
-            # ValueError: a backend or precision this machine cannot run.
+        except TrusttraceError as e:
+            # Registry, weights, dataset and metrics errors, and a backend or
+            # precision this machine cannot run (ConfigError).
             raise CommandError(str(e)) from e
         (out / "threshold.json").write_text(
             json.dumps(choice.__dict__, indent=2) + "\n", encoding="utf-8"

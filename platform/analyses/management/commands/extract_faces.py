@@ -38,7 +38,7 @@ class Command(BaseCommand):
         import cv2
 
         from analyses.config import analysis_config, analysis_registry
-        from ensemble.errors import InvalidMediaError, RegistryError, WeightsError
+        from ensemble.errors import InvalidMediaError, TrusttraceError, WeightsError
         from ensemble.faces import FaceDetector
         from ensemble.training.data import DatasetError, format_keypoints, parse_label
         from ensemble.training.extract import extract_faces
@@ -49,7 +49,7 @@ class Command(BaseCommand):
             config = analysis_config(members=members, frames=o["frames"])
             registry = analysis_registry()
             specs = [registry.get(m) for m in config.members]
-        except (ValueError, RegistryError) as e:
+        except TrusttraceError as e:  # a bad member list or frame count, an unknown member
             raise CommandError(str(e)) from e
         sizes = []
         for spec in specs:
