@@ -218,3 +218,27 @@ def truncate_jpeg_manifest(path: Path, dst: Path) -> Path:
         raise ValueError(f"{path} has no APP11 segment")
     dst.write_bytes(bytes(out))
     return dst
+
+
+def state_summaries(folder: Path) -> dict[str, dict[str, Any]]:
+    """One real summary dict (``ensemble.provenance``) per state, read by the
+    library from files made here: ``valid`` (an AI-generated JPEG, its CA
+    trusted), ``untrusted`` (the same, CA not trusted), ``invalid`` (a tampered
+    copy), ``absent`` (a plain JPEG), ``unchecked`` (an MKV)."""
+    from ensemble.provenance import read_provenance
+    from tests.media_factory import face_image, write_clip, write_image
+
+    pki = make_pki()
+    plain = write_image(folder / "plain.jpg", face_image(64), "JPEG")
+    ai = sign(plain, folder / "ai.jpg", pki, actions=[created_action(when="2026-11-30T08:00:00Z")])
+    mkv = write_clip(folder / "clip.mkv", frames=4, width=64, height=64)
+    out = {
+        "valid": read_provenance(ai, trust_anchors=pki.ca_pem),
+        "untrusted": read_provenance(ai),
+        "invalid": read_provenance(tamper_jpeg(ai, folder / "tampered.jpg")),
+        "absent": read_provenance(plain),
+        "unchecked": read_provenance(mkv),
+    }
+    for state, summary in out.items():
+        assert summary.state == state, (state, summary.reason)
+    return {state: s.to_dict() for state, s in out.items()}

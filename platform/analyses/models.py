@@ -30,8 +30,10 @@ class Kind(models.TextChoices):
 
 
 FINISHED = (Status.DONE, Status.REJECTED, Status.FAILED)
-# Content Credentials states (ensemble.provenance.STATES) whose signature and
-# binding to the file check out.
+# Content Credentials states (ensemble.provenance.STATES; the site does not
+# import the detection core outside analyses.services), and those whose
+# signature and binding to the file check out.
+PROVENANCE_STATES = ("valid", "untrusted", "invalid", "absent", "unchecked")
 PROVENANCE_INTACT = ("valid", "untrusted")
 
 
@@ -121,6 +123,13 @@ class Submission(models.Model):
         list) declares that a trained model made or changed the media."""
         p = self.provenance if isinstance(self.provenance, dict) else {}
         return bool(p.get("ai_generated")) and self.provenance_state in PROVENANCE_INTACT
+
+    @property
+    def provenance_ai_partly(self) -> bool:
+        """Every AI action of the manifest is a composite (part of the media)."""
+        p = self.provenance if isinstance(self.provenance, dict) else {}
+        kinds = {a.get("source_type") for a in p.get("actions") or [] if a.get("ai")}
+        return kinds == {"compositeWithTrainedAlgorithmicMedia"}
 
     @property
     def frame_rows(self) -> list[dict[str, Any]]:

@@ -5,15 +5,74 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from analyses.models import Artifact, Submission
+from analyses.models import PROVENANCE_STATES, Artifact, Submission
+
+
+class ProvenanceActionSerializer(serializers.Serializer[Any]):
+    """One action of the active C2PA manifest."""
+
+    action = serializers.CharField(help_text="e.g. c2pa.created, c2pa.edited, c2pa.opened")
+    source_type = serializers.CharField(
+        help_text="IPTC digital source type code (trainedAlgorithmicMedia, digitalCapture, ...) "
+        "or the raw value; empty when the action has none"
+    )
+    software = serializers.CharField(help_text="the software agent named by the action")
+    when = serializers.CharField(help_text="the action's own time, when given")
+    ai = serializers.BooleanField(
+        help_text="the source type says a trained model made (part of) the media"
+    )
+
+
+class ProvenanceSerializer(serializers.Serializer[Any]):
+    """The file's C2PA Content Credentials as read and verified at upload."""
+
+    version = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=PROVENANCE_STATES,
+        help_text="valid: signature, certificate chain (trusted) and binding to the file check "
+        "out; untrusted: signature and binding check out, the signer is not on the trust list; "
+        "invalid: the manifest does not verify or cannot be read (see reason); absent: none "
+        "(not evidence of anything); unchecked: could not be checked (see reason)",
+    )
+    reason = serializers.CharField()
+    codes = serializers.ListField(
+        child=serializers.CharField(), help_text="the active manifest's validation failure codes"
+    )
+    signer = serializers.CharField(help_text="signing certificate subject: CN (O)")
+    issuer = serializers.CharField(help_text="signing certificate issuer: CN (O)")
+    claim_generator = serializers.CharField(help_text="the tool that made the claim")
+    title = serializers.CharField()
+    signed_at = serializers.CharField(help_text="trusted timestamp of the signature, if any")
+    created_at = serializers.CharField(help_text="time of the c2pa.created action, if given")
+    ai_generated = serializers.BooleanField(
+        help_text="a manifest in the store declares a trained generative model made or changed "
+        "the media (IPTC trainedAlgorithmicMedia or compositeWithTrainedAlgorithmicMedia); "
+        "worth what state says"
+    )
+    ai_generated_in = serializers.ChoiceField(
+        choices=("", "active", "ingredient"),
+        help_text="whose manifest declares it: this file's (active) or an ingredient's",
+    )
+    actions = ProvenanceActionSerializer(many=True, help_text="at most 20")
+    actions_total = serializers.IntegerField()
+    ingredients = serializers.ListField(
+        child=serializers.CharField(), help_text="ingredient titles, at most 20"
+    )
+    ingredients_total = serializers.IntegerField()
+    manifests = serializers.IntegerField(help_text="manifests in the store")
+    remote_url = serializers.CharField(help_text="a remote manifest's URL (never fetched)")
+    mime_type = serializers.CharField()
+    library = serializers.CharField(help_text="the c2pa-python and c2pa-rs versions that read it")
 
 
 class SubmissionSerializer(serializers.ModelSerializer[Submission]):
     """A submission's status, progress and headline result."""
 
     decision = serializers.SerializerMethodField()
+    provenance = serializers.SerializerMethodField()
 
     class Meta:
         model = Submission
@@ -21,9 +80,14 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
             "id", "title", "original_name", "kind", "media_format", "sha256", "size_bytes",
             "status", "stage", "percent", "reason", "reason_code", "verdict", "score",
             "threshold", "uncertain_band", "members", "model_versions", "timings",
-            "created", "started", "finished", "decision",
+            "created", "started", "finished", "decision", "provenance",
         )  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(ProvenanceSerializer(allow_null=True))
+    def get_provenance(self, obj: Submission) -> dict[str, Any] | None:
+        """The Content Credentials summary; null when they were never read."""
+        return provenance_payload(obj)
 
     def get_decision(self, obj: Submission) -> dict[str, Any] | None:
         from moderation.services import decision_for
@@ -33,6 +97,35 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
         if d is None:
             return None
         return {"action": d.action, "label": d.to_label, "note": d.note, "at": d.created}
+
+
+def provenance_payload(sub: Submission) -> dict[str, Any] | None:
+    """``sub.provenance`` in :class:`ProvenanceSerializer` form (``None``:
+    uploaded before Content Credentials were read)."""
+    if not sub.provenance_state:
+        return None
+    stored = sub.provenance
+    # A summary of an older version may lack fields: they get empty values.
+    filled = {
+        name: stored.get(name, _empty(f)) for name, f in ProvenanceSerializer().fields.items()
+    }
+    filled["actions"] = [
+        {name: a.get(name, _empty(f)) for name, f in ProvenanceActionSerializer().fields.items()}
+        for a in filled["actions"]
+        if isinstance(a, dict)
+    ]
+    data: dict[str, Any] = ProvenanceSerializer(filled).data
+    return data
+
+
+def _empty(f: serializers.Field[Any, Any, Any, Any]) -> Any:
+    if isinstance(f, serializers.ListField | serializers.ListSerializer):
+        return []
+    if isinstance(f, serializers.BooleanField):
+        return False
+    if isinstance(f, serializers.IntegerField):
+        return 0
+    return ""
 
 
 class SubmitSerializer(serializers.Serializer[Any]):

@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,7 +18,7 @@ from django.views.decorators.http import require_POST
 from accounts.roles import is_moderator
 from analyses import services as analyses_services
 from analyses.access import get_visible
-from analyses.models import Status, Verdict
+from analyses.models import PROVENANCE_INTACT, Status, Submission, Verdict
 from analyses.viewer import thumbnails
 from analyses.views import result_context
 from moderation import services
@@ -25,6 +26,30 @@ from moderation.models import Action, Label
 
 View = Callable[..., HttpResponse]
 PAGE_SIZE = 50
+# The queue's Content Credentials filter (``?provenance=``): a state of
+# ensemble.provenance, or ``ai_generated`` (an intact manifest says a
+# generative model made or changed the media).
+AI_GENERATED = "ai_generated"
+PROVENANCE_FILTERS = (
+    (AI_GENERATED, "AI-generated (signed)"),
+    ("valid", "valid"),
+    ("untrusted", "signer not verified"),
+    ("invalid", "invalid"),
+    ("absent", "none"),
+    ("unchecked", "not checked"),
+)
+
+
+def filter_provenance(qs: QuerySet[Submission], value: str) -> QuerySet[Submission]:
+    """``qs`` narrowed to the Content Credentials filter ``value`` (unknown: all)."""
+    if value == AI_GENERATED:
+        return qs.filter(provenance__ai_generated=True, provenance__state__in=PROVENANCE_INTACT)
+    if value == "unchecked":
+        # Submissions uploaded before the manifests were read have none.
+        return qs.filter(Q(provenance__state="unchecked") | Q(provenance={}))
+    if value in dict(PROVENANCE_FILTERS):
+        return qs.filter(provenance__state=value)
+    return qs
 
 
 def moderator_required(view: View) -> View:
@@ -49,7 +74,11 @@ def queue(request: HttpRequest) -> HttpResponse:
     verdict = verdict if verdict in Verdict.values else ""
     sort = request.GET.get("sort", services.PRIORITY)
     sort = sort if sort in services.SORTS else services.PRIORITY
-    qs = services.review_queue(state=state, verdict=verdict, sort=sort)
+    provenance = request.GET.get("provenance", "")
+    provenance = provenance if provenance in dict(PROVENANCE_FILTERS) else ""
+    qs = filter_provenance(
+        services.review_queue(state=state, verdict=verdict, sort=sort), provenance
+    )
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
     thumbs = thumbnails(list(page))
     context = {
@@ -58,6 +87,8 @@ def queue(request: HttpRequest) -> HttpResponse:
         "state": state,
         "verdict": verdict,
         "sort": sort,
+        "provenance": provenance,
+        "provenance_filters": PROVENANCE_FILTERS,
         "states": services.QUEUE_STATES,
         "verdicts": Verdict.choices,
         "statuses": Status.choices,

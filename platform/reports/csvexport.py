@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
-from analyses.models import Submission
+from analyses.models import PROVENANCE_INTACT, Submission
 
 # A cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -21,6 +21,10 @@ SUBMISSION_COLUMNS = (
     "sha256", "status", "reason_code", "reason", "verdict", "score", "threshold",
     "uncertain_band", "member_scores", "model_versions", "model_backends", "combination",
     "decision", "decision_note",
+    # The file's C2PA Content Credentials as read at upload (empty: never read).
+    "provenance", "provenance_reason", "provenance_signer", "provenance_issuer",
+    "provenance_claim_generator", "provenance_created", "provenance_ai_generated",
+    "provenance_actions", "provenance_ingredients",
 )  # fmt: skip
 
 
@@ -76,7 +80,29 @@ def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[Any]]:
             json.dumps(model_backends(s.result), sort_keys=True),
             json.dumps((s.result or {}).get("combination", {}), sort_keys=True),
             getattr(s, "decision_label", None) or "", getattr(s, "decision_note", None) or "",
+            *provenance_cells(s.provenance),
         ]  # fmt: skip
+
+
+def provenance_cells(p: dict[str, Any] | None) -> list[Any]:
+    """The ``provenance*`` columns of one submission: state, reason, signer,
+    issuer, claim generator, creation time, whether a manifest whose signature
+    and binding check out declares AI (``true``/``false``), the actions as a
+    JSON list of ``"action (source type)"``, the ingredient titles as JSON."""
+    if not isinstance(p, dict) or not p.get("state"):
+        return [""] * 9
+    actions = [
+        a.get("action", "") + (f" ({a['source_type']})" if a.get("source_type") else "")
+        for a in p.get("actions") or []
+        if isinstance(a, dict)
+    ]
+    intact = p["state"] in PROVENANCE_INTACT
+    return [
+        p["state"], p.get("reason", ""), p.get("signer", ""), p.get("issuer", ""),
+        p.get("claim_generator", ""), p.get("created_at") or p.get("signed_at", ""),
+        bool(p.get("ai_generated")) and intact,
+        json.dumps(actions), json.dumps(list(p.get("ingredients") or [])),
+    ]  # fmt: skip
 
 
 def model_backends(result: dict[str, Any] | None) -> dict[str, str]:

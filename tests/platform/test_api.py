@@ -155,3 +155,33 @@ def test_schema_validates_against_openapi_without_warnings(tmp_path: Path) -> No
     # drf-spectacular guess (an undocumented view, say) into a failure.
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yml"))
     assert "/api/submissions/{id}/frames-csv/" in (tmp_path / "s.yml").read_text()
+
+
+def test_submission_carries_its_content_credentials_and_the_schema_documents_them(
+    api: Client, users, finished, tmp_path: Path
+) -> None:
+    from tests.c2pa_signing import state_summaries
+
+    summaries = state_summaries(tmp_path)
+    sub = finished(users["submitter"])
+    assert api.get(f"/api/submissions/{sub.pk}/").json()["provenance"] is None  # never read
+    sub.provenance = summaries["valid"]
+    sub.save(update_fields=["provenance"])
+    p = api.get(f"/api/submissions/{sub.pk}/").json()["provenance"]
+    assert p["state"] == "valid" and p["ai_generated"] is True
+    assert p["actions"][0]["source_type"] == "trainedAlgorithmicMedia" and p["actions"][0]["ai"]
+    assert p["signer"].startswith("Trusttrace test signer") and p["library"]
+    listed = api.get("/api/submissions/").json()["results"]
+    assert listed[0]["provenance"]["state"] == "valid"
+    # An older summary missing fields is filled with empty values, not an error.
+    sub.provenance = {"state": "absent"}
+    sub.save(update_fields=["provenance"])
+    p = api.get(f"/api/submissions/{sub.pk}/").json()["provenance"]
+    assert p["state"] == "absent" and p["actions"] == [] and p["signer"] == ""
+    schema = api.get("/api/schema/?format=json").json()
+    props = schema["components"]["schemas"]["Provenance"]["properties"]
+    ref = props["state"]["allOf"][0]["$ref"].rsplit("/", 1)[-1]
+    states = schema["components"]["schemas"][ref]["enum"]
+    assert states == ["valid", "untrusted", "invalid", "absent", "unchecked"]
+    assert {"signer", "issuer", "claim_generator", "actions", "ingredients"} <= set(props)
+    assert "provenance" in schema["components"]["schemas"]["Submission"]["properties"]

@@ -88,3 +88,34 @@ def test_frame_csv_has_one_row_per_frame_and_person(clients, users, finished) ->
     assert [r["frame"] for r in rows] == ["0", "5"]
     assert float(rows[0]["tiny_a"]) == pytest.approx(0.6)
     assert float(rows[0]["score"]) == pytest.approx(0.7)
+
+
+def test_submissions_csv_has_the_content_credentials_columns(
+    clients, users, finished, tmp_path
+) -> None:
+    from tests.c2pa_signing import state_summaries
+
+    summaries = state_summaries(tmp_path)
+    for state in ("valid", "invalid", "absent"):
+        sub = finished(users["submitter"], title=state)
+        sub.provenance = summaries[state]
+        sub.save(update_fields=["provenance"])
+    finished(users["submitter"], title="before")  # uploaded before they were read
+    rows = {r["title"]: r for r in _rows(clients["submitter"].get(reverse("reports:submissions")))}
+    valid = rows["valid"]
+    assert valid["provenance"] == "valid" and valid["provenance_ai_generated"] == "true"
+    assert valid["provenance_signer"].startswith("Trusttrace test signer")
+    assert valid["provenance_issuer"].startswith("Trusttrace test root CA")
+    assert valid["provenance_claim_generator"] == "trusttrace-tests 1.0"
+    assert valid["provenance_created"] == "2026-11-30T08:00:00Z"
+    assert json.loads(valid["provenance_actions"]) == ["c2pa.created (trainedAlgorithmicMedia)"]
+    assert json.loads(valid["provenance_ingredients"]) == []
+    invalid = rows["invalid"]
+    assert (
+        invalid["provenance"] == "invalid" and "dataHash.mismatch" in invalid["provenance_reason"]
+    )
+    # A declaration in a manifest that does not match the file is not counted.
+    assert invalid["provenance_ai_generated"] == "false"
+    assert rows["absent"]["provenance"] == "absent"
+    assert rows["absent"]["provenance_ai_generated"] == "false"
+    assert rows["before"]["provenance"] == "" and rows["before"]["provenance_ai_generated"] == ""

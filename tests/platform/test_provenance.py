@@ -155,3 +155,121 @@ def test_media_probe_alone_reads_no_credentials(site: Path, signed) -> None:
     info = probing.probe_media(signed["ai"], 1)
     assert info.format == "jpeg"
     assert probing.probe_upload(signed["plain"], 1).provenance["state"] == "absent"
+
+
+# --- The result page, the review page and the queue --------------------------------
+
+
+@pytest.fixture(scope="module")
+def summaries(tmp_path_factory) -> dict[str, dict[str, Any]]:
+    from tests.c2pa_signing import state_summaries
+
+    return state_summaries(tmp_path_factory.mktemp("c2pa-states"))
+
+
+def _with_provenance(sub: Submission, summary: dict[str, Any]) -> Submission:
+    sub.provenance = summary
+    sub.save(update_fields=["provenance"])
+    return sub
+
+
+PANEL_TEXT = {
+    "valid": "Signed, unchanged since signing, by a signer on the trust list.",
+    "untrusted": "the signer's certificate is not on the trust list",
+    "invalid": "Content Credentials that do not verify",
+    "absent": "their absence says nothing about whether it is real or fake",
+    "unchecked": "Not checked: The C2PA library does not read Content Credentials from MKV",
+}
+
+
+@pytest.mark.parametrize("state", sorted(PANEL_TEXT))
+def test_result_page_shows_the_content_credentials_panel_for_each_state(
+    state: str, clients, users, finished, summaries
+) -> None:
+    from django.urls import reverse
+
+    sub = _with_provenance(finished(users["submitter"], verdict="real", score=0.2),
+                           summaries[state])  # fmt: skip
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert f'id="provenance" data-state="{state}"' in page
+    assert PANEL_TEXT[state] in page
+    # The detectors' verdict stays; the manifest never replaces it.
+    assert 'id="verdict"' in page
+    says_ai = state in ("valid", "untrusted")
+    assert ('id="provenance-ai"' in page) is says_ai
+    assert ("made by a generative AI model" in page) is says_ai
+    if state in ("valid", "untrusted", "invalid"):
+        assert "Trusttrace test signer" in page and "trainedAlgorithmicMedia" in page
+    if state == "invalid":
+        assert 'role="alert"' in page and "assertion.dataHash.mismatch" in page
+
+
+def test_submission_uploaded_before_credentials_were_read_says_not_checked(
+    clients, users, finished
+) -> None:
+    from django.urls import reverse
+
+    sub = finished(users["submitter"])
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert 'data-state="none"' in page
+    assert "uploaded before Content Credentials were read" in page
+
+
+def test_review_page_shows_the_panel_and_the_queue_filters_on_it(
+    clients, users, finished, summaries
+) -> None:
+    from django.urls import reverse
+
+    subs = {
+        state: _with_provenance(finished(users["submitter"], title=state), summaries[state])
+        for state in ("valid", "untrusted", "invalid", "absent", "unchecked")
+    }
+    old = finished(users["submitter"], title="before")  # never read
+    review = clients["moderator"].get(reverse("moderation:review", args=[subs["invalid"].pk]))
+    assert 'data-state="invalid"' in review.content.decode()
+
+    def listed(value: str) -> set[str]:
+        page = clients["moderator"].get(
+            reverse("moderation:queue"), {"state": "all", "provenance": value}
+        )
+        assert page.status_code == 200
+        return {s.title for s, _ in page.context["rows"]}
+
+    assert listed("ai_generated") == {"valid", "untrusted"}
+    assert listed("valid") == {"valid"}
+    assert listed("untrusted") == {"untrusted"}
+    assert listed("invalid") == {"invalid"}
+    assert listed("absent") == {"absent"}
+    assert listed("unchecked") == {"unchecked", old.title}
+    assert listed("nonsense") == {*subs, old.title}
+    page = clients["moderator"].get(reverse("moderation:queue"), {"state": "all"}).content
+    assert b'id="provenance-filter"' in page and b"badge-c2pa-ai" in page
+
+
+def test_analyze_json_has_a_provenance_object_per_file(
+    site: Path, signed, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from django.core.management import call_command
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("ai", "plain", "truncated"):
+        (folder / f"{name}.jpg").write_bytes(signed[name].read_bytes())
+    out = tmp_path / "o.json"
+    call_command("analyze", str(folder), "--json", str(out))
+    results = {Path(r["file"]).stem: r for r in json.loads(out.read_text())["results"]}
+    assert results["ai"]["provenance"]["state"] == "untrusted"
+    assert results["ai"]["provenance"]["ai_generated"] is True
+    assert results["plain"]["provenance"]["state"] == "absent"
+    assert results["truncated"]["provenance"]["state"] == "invalid"
+    assert results["truncated"]["status"] == "done"  # analysed all the same
+    assert "ai.jpg: Content Credentials untrusted, says AI-generated" in capsys.readouterr().out
+
+
+def test_site_states_match_the_detection_core() -> None:
+    from analyses.models import PROVENANCE_STATES
+    from ensemble.provenance import STATES
+
+    assert tuple(PROVENANCE_STATES) == tuple(STATES)

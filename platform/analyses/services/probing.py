@@ -98,7 +98,7 @@ def probe_upload(path: Path, n_frames: int) -> ProbeOutcome:
     return _run_probe(path, n_frames, provenance=True)
 
 
-def _trust_anchors() -> str | None:
+def c2pa_trust_anchors() -> str | None:
     """PEM root certificates trusted for C2PA signers on top of the library's
     defaults: the file named by ``TRUSTTRACE["C2PA_TRUST_ANCHORS"]`` (unset: none)."""
     name = str(getattr(settings, "TRUSTTRACE", {}).get("C2PA_TRUST_ANCHORS") or "")
@@ -122,7 +122,7 @@ def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
     if video_pixels and _is_video(path):
         # Every sampled frame of a video is held in memory by the analysis.
         limits = dataclasses.replace(limits, max_pixels=min(limits.max_pixels, video_pixels))
-    options = {"trust_anchors": _trust_anchors()} if provenance else None
+    options = {"trust_anchors": c2pa_trust_anchors()} if provenance else None
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=probe_child.probe, args=(str(path), limits, n_frames, send, options))

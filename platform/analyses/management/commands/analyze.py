@@ -5,6 +5,10 @@ media) and media without faces are reported with their reason; an internal
 error is reported as ``failed`` (and makes the command exit non-zero), never as
 a score.
 
+Every file's C2PA Content Credentials are read and verified too
+(``ensemble.provenance``); ``--json`` gives each result a ``provenance``
+object (its ``state``: valid, untrusted, invalid, absent or unchecked).
+
 ``--explain DIR`` also writes the explanations (Grad-CAM and attention
 overlays, SSIM masks, charts) and their ``index.json`` into DIR, in one
 subfolder per input file when there are several; ``--reference REF`` adds SSIM
@@ -88,9 +92,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
+        from analyses.services.probing import c2pa_trust_anchors
         from ensemble.errors import RegistryError, TrusttraceError, WeightsError
         from ensemble.media import list_media
         from ensemble.pipeline import Analyzer
+        from ensemble.provenance import read_provenance
         from ensemble.results import AnalysisResult
 
         try:
@@ -116,6 +122,8 @@ class Command(BaseCommand):
         run = self._analysis(analyzer, explain_dir, reference, files)
 
         results: list[AnalysisResult] = []
+        provenance: dict[str, dict[str, Any]] = {}
+        anchors = c2pa_trust_anchors()
         for path in files:
             try:
                 result = run(path)
@@ -134,10 +142,16 @@ class Command(BaseCommand):
                 )
             results.append(result)
             self.stdout.write(self._summary(result))
+            # Never raises: an unreadable manifest is reported in the summary.
+            summary = read_provenance(path, trust_anchors=anchors)
+            provenance[result.file] = summary.to_dict()
+            if summary.present:
+                ai = ", says AI-generated" if summary.ai_generated else ""
+                self.stdout.write(f"{path.name}: Content Credentials {summary.state}{ai}")
 
         members = list(config.members)
         if options["json"]:
-            self._write(options["json"], lambda fh: self._json(fh, results))
+            self._write(options["json"], lambda fh: self._json(fh, results, provenance))
         if options["csv"]:
             self._write(options["csv"], lambda fh: self._csv(fh, results, members))
         failed = sum(r.status == "failed" for r in results)
@@ -191,8 +205,9 @@ class Command(BaseCommand):
             writer(fh)
 
     @staticmethod
-    def _json(fh: TextIO, results: Sequence[Any]) -> None:
-        json.dump({"results": [r.to_dict() for r in results]}, fh, indent=2)
+    def _json(fh: TextIO, results: Sequence[Any], provenance: dict[str, Any]) -> None:
+        rows = [{**r.to_dict(), "provenance": provenance.get(r.file)} for r in results]
+        json.dump({"results": rows}, fh, indent=2)
         fh.write("\n")
 
     @staticmethod
