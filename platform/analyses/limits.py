@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils.html import escape
 
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def upload_paths() -> frozenset[str]:
 
 
 def max_upload_bytes() -> int:
-    return int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+    return trusttrace_settings().max_upload_bytes
 
 
 def limit_text(limit: int) -> str:

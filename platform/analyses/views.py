@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from analyses import services
 from analyses.access import get_owned, get_visible
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 from analyses.forms import SubmissionForm
 from analyses.limits import upload_over_limit
 from analyses.models import Artifact, Submission
@@ -47,7 +47,7 @@ def submission_list(request: HttpRequest) -> HttpResponse:
 
 
 def _limit_text() -> str:
-    return f"{int(trusttrace_setting('MAX_UPLOAD_BYTES')) / 2**20:.0f} MiB"
+    return f"{trusttrace_settings().max_upload_bytes / 2**20:.0f} MiB"
 
 
 NO_FILE_ARRIVED = (
@@ -65,7 +65,7 @@ def declared_too_large(request: HttpRequest) -> bool:
         declared = int(str(request.META.get("CONTENT_LENGTH") or 0))
     except ValueError:
         return False
-    limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+    limit = trusttrace_settings().max_upload_bytes
     # A reference may accompany the file: two files at most.
     return declared > 2 * limit + MULTIPART_SLACK_BYTES
 

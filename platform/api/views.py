@@ -23,7 +23,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from analyses import services
 from analyses.access import get_visible, visible_submissions
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 from analyses.limits import too_large_message, upload_over_limit
 from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
@@ -63,7 +63,7 @@ class SubmissionViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Upload media; it is checked at the edge, saved, then queued."""
         if declared_too_large(request._request):
-            limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+            limit = trusttrace_settings().max_upload_bytes
             return Response(
                 {"detail": f"The request is larger than the {limit} byte upload limit.",
                  "code": "too_large"},

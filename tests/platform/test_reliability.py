@@ -134,7 +134,7 @@ def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
     site: Path, users, media_dir: Path, outbox: Outbox
 ) -> None:
     sub = _pending(users["submitter"], media_dir)
-    stale = float(services.running.trusttrace_setting("STALE_RUNNING_S"))
+    stale = services.running.trusttrace_settings().stale_running_s
     _age(sub, status=Status.RUNNING, stage="detect", percent=39, heartbeat=_ago(stale + 1),
          worker="gone-host:4242", attempts=1, created=_ago(3600))  # fmt: skip
     out = services.reap()
@@ -186,7 +186,7 @@ def test_reaper_sends_a_pending_message_again_after_the_stale_period(
     site: Path, users, media_dir: Path, outbox: Outbox
 ) -> None:
     sub = _pending(users["submitter"], media_dir)
-    stale = float(services.running.trusttrace_setting("STALE_PENDING_S"))
+    stale = services.running.trusttrace_settings().stale_pending_s
     _age(sub, heartbeat=_ago(stale + 1), created=_ago(stale + 60))
     # A message lost with its worker (the embedded transport on SIGKILL).
     assert services.reap().queued == [str(sub.pk)] and outbox.sent == [str(sub.pk)]
@@ -308,7 +308,7 @@ def test_moderator_can_rerun_a_stuck_running_job_but_not_a_live_one(
     sub.refresh_from_db()
     assert sub.status == Status.RUNNING and sub.percent == 39  # alive: refused
 
-    stale = float(services.running.trusttrace_setting("STALE_RUNNING_S"))
+    stale = services.running.trusttrace_settings().stale_running_s
     _age(sub, heartbeat=_ago(stale + 1))
     with django_capture_on_commit_callbacks(execute=True):
         clients["moderator"].post(url)

@@ -10,7 +10,7 @@ from typing import Any
 from django.db.models import Sum
 from django.utils import timezone
 
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 from analyses.models import Status, Submission
 from analyses.services.errors import QuotaExceeded
 
@@ -26,7 +26,8 @@ def check_quotas(owner: Any, incoming_bytes: int) -> None:
     limit (``MAX_PENDING_PER_USER``, ``MAX_STORAGE_PER_USER_BYTES``,
     ``MAX_UPLOADS_PER_HOUR``; 0 disables one)."""
     mine = Submission.objects.filter(owner_id=owner.pk)
-    max_pending = int(trusttrace_setting("MAX_PENDING_PER_USER"))
+    limits = trusttrace_settings()
+    max_pending = limits.max_pending_per_user
     if max_pending:
         waiting = mine.filter(status__in=(Status.PENDING, Status.RUNNING)).count()
         if waiting >= max_pending:
@@ -35,7 +36,7 @@ def check_quotas(owner: Any, incoming_bytes: int) -> None:
                 "Upload more once some have finished.",
                 "quota_pending",
             )
-    max_per_hour = int(trusttrace_setting("MAX_UPLOADS_PER_HOUR"))
+    max_per_hour = limits.max_uploads_per_hour
     if max_per_hour:
         recent = mine.filter(created__gte=timezone.now() - timedelta(seconds=HOUR_S)).count()
         if recent >= max_per_hour:
@@ -44,7 +45,7 @@ def check_quotas(owner: Any, incoming_bytes: int) -> None:
                 "an hour. Please try again later.",
                 "quota_rate",
             )
-    max_storage = int(trusttrace_setting("MAX_STORAGE_PER_USER_BYTES"))
+    max_storage = limits.max_storage_per_user_bytes
     if max_storage:
         stored = int(mine.aggregate(total=Sum("size_bytes"))["total"] or 0)
         if stored + incoming_bytes > max_storage:

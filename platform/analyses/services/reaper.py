@@ -25,7 +25,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 from analyses.models import Status, Submission
 from analyses.services import queue
 from analyses.services.errors import QueueUnavailable
@@ -65,7 +65,7 @@ def is_stale(sub: Submission, now: datetime | None = None) -> bool:
     if sub.status == Status.PENDING:
         if sub.heartbeat is None:
             return (now - sub.created).total_seconds() > UNQUEUED_GRACE_S
-        stale_s = float(trusttrace_setting("STALE_PENDING_S"))
+        stale_s = trusttrace_settings().stale_pending_s
         return (now - sub.heartbeat).total_seconds() > stale_s
     return False
 
@@ -97,7 +97,7 @@ def reap(now: datetime | None = None) -> Reaped:
             logger.warning("submission %s: its worker is gone; queued again", sub.pk)
             out.requeued.append(str(sub.pk))
     grace = now - timedelta(seconds=UNQUEUED_GRACE_S)
-    stale_pending = now - timedelta(seconds=float(trusttrace_setting("STALE_PENDING_S")))
+    stale_pending = now - timedelta(seconds=trusttrace_settings().stale_pending_s)
     pending = Submission.objects.filter(status=Status.PENDING).filter(
         Q(heartbeat__isnull=True, created__lt=grace) | Q(heartbeat__lt=stale_pending)
     )
@@ -121,7 +121,7 @@ def reap(now: datetime | None = None) -> Reaped:
 def start_reaper(interval_s: float | None = None) -> threading.Thread:
     """Run :func:`reap` now and every ``REAPER_INTERVAL_S`` in a daemon thread
     (started by the worker's ``worker_ready`` signal)."""
-    interval = float(interval_s or trusttrace_setting("REAPER_INTERVAL_S"))
+    interval = interval_s or trusttrace_settings().reaper_interval_s
     _STOP.clear()
 
     def loop() -> None:

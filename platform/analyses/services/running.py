@@ -22,7 +22,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from analyses.config import analysis_config, analysis_registry, trusttrace_setting
+from analyses.config import analysis_config, analysis_registry, trusttrace_settings
 from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
 from analyses.services.storage import artifact_dir, media_root
@@ -45,7 +45,7 @@ def _analyzer() -> Any:
     from ensemble.pipeline import Analyzer
 
     config = analysis_config()
-    key = (config, trusttrace_setting("REGISTRY"))
+    key = (config, trusttrace_settings().registry)
     analyzer = _ANALYZERS.get(key)
     if analyzer is None:
         analyzer = Analyzer(config, analysis_registry())
@@ -97,7 +97,7 @@ def _analyse(
 
 
 def _progress_writer(sub_id: Any) -> Callable[[str, float], None]:
-    interval = float(trusttrace_setting("PROGRESS_INTERVAL_S"))
+    interval = trusttrace_settings().progress_interval_s
     last = [0.0, -1]
 
     def report(stage: str, fraction: float) -> None:
@@ -165,7 +165,7 @@ def is_abandoned(sub: Submission, now: datetime | None = None) -> bool:
     heartbeat is older than ``STALE_RUNNING_S``, or it ran on this host and
     its process no longer exists."""
     now = now or timezone.now()
-    stale_s = float(trusttrace_setting("STALE_RUNNING_S"))
+    stale_s = trusttrace_settings().stale_running_s
     if sub.heartbeat is None or (now - sub.heartbeat).total_seconds() > stale_s:
         return True
     host, _, pid = sub.worker.rpartition(":")
@@ -263,7 +263,7 @@ def job_timed_out(submission_id: Any) -> None:
 def _heartbeat(sub_id: Any) -> Iterator[None]:
     """Touch the job's ``heartbeat`` every ``HEARTBEAT_S`` from a thread while
     the body runs (model loading and long stages report no progress)."""
-    interval = float(trusttrace_setting("HEARTBEAT_S"))
+    interval = trusttrace_settings().heartbeat_s
     stop = threading.Event()
 
     def beat() -> None:

@@ -10,25 +10,18 @@ import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from ensemble.config import AGGREGATIONS, BACKENDS, DEFAULT_MEMBERS, PRECISIONS
+
+from .env import env_bool, env_choice, env_float, env_int, env_list, env_path, env_str
+
 # Lets the typed generics of django-stubs (ModelAdmin[Model], ...) run.
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parents[3]  # the repository root
 
-
-def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    return Path(value) if value else default
-
-
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if h]
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -91,11 +84,11 @@ elif os.environ.get("POSTGRES_DB"):
         "default": {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": os.environ["POSTGRES_DB"],
-            "USER": os.environ.get("POSTGRES_USER", "trusttrace"),
-            "PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
-            "HOST": os.environ.get("POSTGRES_HOST", "localhost"),
-            "PORT": os.environ.get("POSTGRES_PORT", "5432"),
-            "CONN_MAX_AGE": int(os.environ.get("POSTGRES_CONN_MAX_AGE", "60")),
+            "USER": env_str("POSTGRES_USER", "trusttrace"),
+            "PASSWORD": env_str("POSTGRES_PASSWORD", ""),
+            "HOST": env_str("POSTGRES_HOST", "localhost"),
+            "PORT": env_str("POSTGRES_PORT", "5432"),
+            "CONN_MAX_AGE": env_int("POSTGRES_CONN_MAX_AGE", 60),
             "CONN_HEALTH_CHECKS": True,
         }
     }
@@ -145,32 +138,28 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "analyses:list"
 LOGOUT_REDIRECT_URL = "accounts:login"
-EMAIL_BACKEND = os.environ.get(
-    "DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
-)
-DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "trusttrace@localhost")
+EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "trusttrace@localhost")
 
 # Login throttling (accounts.throttle): failures per username+IP in a window.
-LOGIN_MAX_FAILURES = int(os.environ.get("TRUSTTRACE_LOGIN_MAX_FAILURES", "5"))
-LOGIN_LOCKOUT_S = int(os.environ.get("TRUSTTRACE_LOGIN_LOCKOUT_S", "900"))
+LOGIN_MAX_FAILURES = env_int("TRUSTTRACE_LOGIN_MAX_FAILURES", 5)
+LOGIN_LOCKOUT_S = env_int("TRUSTTRACE_LOGIN_LOCKOUT_S", 900)
 # Failed log-ins from one address across all user names, in the same window.
-LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("TRUSTTRACE_LOGIN_MAX_FAILURES_PER_IP", "50"))
+LOGIN_MAX_FAILURES_PER_IP = env_int("TRUSTTRACE_LOGIN_MAX_FAILURES_PER_IP", 50)
 # Behind a reverse proxy: the header it appends the client address to (e.g.
 # X-Forwarded-For) and how many proxies append to it; empty: REMOTE_ADDR.
-TRUSTED_PROXY_HEADER = os.environ.get("TRUSTTRACE_TRUSTED_PROXY_HEADER", "")
-TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTTRACE_TRUSTED_PROXY_COUNT", "1"))
+TRUSTED_PROXY_HEADER = env_str("TRUSTTRACE_TRUSTED_PROXY_HEADER", "")
+TRUSTED_PROXY_COUNT = env_int("TRUSTTRACE_TRUSTED_PROXY_COUNT", 1)
 # Password reset e-mails per hour: per client address (then 429), per address
 # asked for (then silently not sent again: no enumeration, no mail bombing).
-PASSWORD_RESET_MAX_PER_IP = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_IP", "5"))
-PASSWORD_RESET_MAX_PER_EMAIL = int(os.environ.get("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL", "3"))
+PASSWORD_RESET_MAX_PER_IP = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_IP", 5)
+PASSWORD_RESET_MAX_PER_EMAIL = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL", 3)
 # A sign-up's e-mail verification link (accounts.verification) is refused
 # once older than this.
-EMAIL_VERIFICATION_MAX_AGE_S = int(
-    os.environ.get("TRUSTTRACE_EMAIL_VERIFICATION_MAX_AGE_S", str(3 * 86400))
-)
+EMAIL_VERIFICATION_MAX_AGE_S = env_int("TRUSTTRACE_EMAIL_VERIFICATION_MAX_AGE_S", 3 * 86400)
 # API tokens expire this many seconds after they were issued (0: never); a
 # password change or reset deletes the user's token (api.signals).
-API_TOKEN_TTL_S = int(os.environ.get("TRUSTTRACE_API_TOKEN_TTL_S", str(30 * 86400)))
+API_TOKEN_TTL_S = env_int("TRUSTTRACE_API_TOKEN_TTL_S", 30 * 86400)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -194,7 +183,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     # Requests per signed-in user (uploads have their own limits: quotas).
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"user": os.environ.get("TRUSTTRACE_API_RATE", "2000/hour")},
+    "DEFAULT_THROTTLE_RATES": {"user": env_str("TRUSTTRACE_API_RATE", "2000/hour")},
     "NUM_PROXIES": TRUSTED_PROXY_COUNT if TRUSTED_PROXY_HEADER else None,
     # Refusals (analyses.services.Refusal) answered with their status and code.
     "EXCEPTION_HANDLER": "api.views.exception_handler",
@@ -210,7 +199,7 @@ SPECTACULAR_SETTINGS = {
 # the broker is kombu's filesystem transport under var/queue, so a single
 # machine needs no server (see README, "The embedded transport").
 QUEUE_DIR = env_path("TRUSTTRACE_QUEUE_DIR", VAR_DIR / "queue")
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     {
         "data_folder_in": str(QUEUE_DIR / "out"),
@@ -226,8 +215,8 @@ CELERY_TASK_IGNORE_RESULT = True  # the service writes status into the database
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-job leaves the message queued
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long jobs: never hoard messages
-CELERY_TASK_SOFT_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_SOFT_LIMIT_S", "1800"))
-CELERY_TASK_TIME_LIMIT = int(os.environ.get("TRUSTTRACE_TASK_LIMIT_S", "1900"))
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("TRUSTTRACE_TASK_SOFT_LIMIT_S", 1800)
+CELERY_TASK_TIME_LIMIT = env_int("TRUSTTRACE_TASK_LIMIT_S", 1900)
 # Checked here, so every process (web, worker, manage.py) refuses to start: a
 # soft limit at or above the hard one made the worker raise on every message.
 if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT:
@@ -236,23 +225,26 @@ if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT:
         f"below TRUSTTRACE_TASK_LIMIT_S ({CELERY_TASK_TIME_LIMIT}): the soft limit lets a "
         "job fail cleanly before the hard limit kills its process."
     )
-CELERY_WORKER_MAX_TASKS_PER_CHILD = int(os.environ.get("TRUSTTRACE_MAX_TASKS_PER_CHILD", "200"))
-CELERY_WORKER_CONCURRENCY = int(os.environ.get("TRUSTTRACE_WORKER_CONCURRENCY", "1"))
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("TRUSTTRACE_MAX_TASKS_PER_CHILD", 200)
+CELERY_WORKER_CONCURRENCY = env_int("TRUSTTRACE_WORKER_CONCURRENCY", 1)
 CELERY_TASK_DEFAULT_QUEUE = "trusttrace"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+LOG_LEVEL = env_choice(
+    "TRUSTTRACE_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO"
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("TRUSTTRACE_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
 # The detection core's settings; analyses.config turns them into one frozen
 # ensemble.config.AnalysisConfig.
 TRUSTTRACE = {
-    "REGISTRY": os.environ.get("TRUSTTRACE_REGISTRY", "ensemble.registry.REGISTRY"),
+    "REGISTRY": env_str("TRUSTTRACE_REGISTRY", "ensemble.registry.REGISTRY"),
     "WEIGHTS_DIR": env_path("TRUSTTRACE_WEIGHTS_DIR", BASE_DIR / "weights"),
     "CACHE_DIR": env_path("TRUSTTRACE_CACHE_DIR", VAR_DIR / "cache"),
     # Training runs and their decoded crops live outside the work tree, so a
@@ -261,30 +253,24 @@ TRUSTTRACE = {
     "CROPS_CACHE_DIR": env_path(
         "TRUSTTRACE_CROPS_CACHE_DIR", Path.home() / ".cache" / "trusttrace" / "crops"
     ),
-    "MEMBERS": tuple(
-        m
-        for m in os.environ.get("TRUSTTRACE_MEMBERS", "resnet50,effnet_b7,effnet_autoatt_b4").split(
-            ","
-        )
-        if m
-    ),
-    "DEVICE": os.environ.get("TRUSTTRACE_DEVICE", "cpu"),
-    "THREADS": int(os.environ.get("TRUSTTRACE_THREADS", "0")),
-    # "auto": ONNX Runtime on CPU, torch on CUDA. Or "torch", "onnxruntime",
-    # "openvino" (fastest here in bf16 but opt-in: README, "Speed").
-    "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "auto"),
+    "MEMBERS": tuple(env_list("TRUSTTRACE_MEMBERS", DEFAULT_MEMBERS)),
+    "DEVICE": env_str("TRUSTTRACE_DEVICE", "cpu"),
+    "THREADS": env_int("TRUSTTRACE_THREADS", 0),
+    # "auto": on CPU OpenVINO where installed, else ONNX Runtime, else torch;
+    # torch on CUDA. Or "torch", "onnxruntime", "openvino" (README, "Speed").
+    "BACKEND": env_choice("TRUSTTRACE_BACKEND", BACKENDS, "auto"),
     # "auto": bf16 on OpenVINO where the CPU has bf16 kernels (AMX or AVX-512
     # BF16), else fp32. Or "fp32", "bf16" (README, "Speed").
-    "PRECISION": os.environ.get("TRUSTTRACE_PRECISION", "auto"),
-    "FRAMES": int(os.environ.get("TRUSTTRACE_FRAMES", "32")),
-    "BATCH_SIZE": int(os.environ.get("TRUSTTRACE_BATCH_SIZE", "8")),
-    "THRESHOLD": float(os.environ.get("TRUSTTRACE_THRESHOLD", "0.5")),
-    "UNCERTAIN_BAND": float(os.environ.get("TRUSTTRACE_UNCERTAIN_BAND", "0.1")),
-    "AGGREGATION": os.environ.get("TRUSTTRACE_AGGREGATION", "mean"),
-    "MAX_UPLOAD_BYTES": int(os.environ.get("TRUSTTRACE_MAX_UPLOAD_BYTES", str(1024**3))),
-    "MAX_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_PIXELS", "40000000")),
-    "MAX_DURATION_S": float(os.environ.get("TRUSTTRACE_MAX_DURATION_S", "900")),
-    "MAX_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_FRAMES", "256")),
+    "PRECISION": env_choice("TRUSTTRACE_PRECISION", PRECISIONS, "auto"),
+    "FRAMES": env_int("TRUSTTRACE_FRAMES", 32),
+    "BATCH_SIZE": env_int("TRUSTTRACE_BATCH_SIZE", 8),
+    "THRESHOLD": env_float("TRUSTTRACE_THRESHOLD", 0.5),
+    "UNCERTAIN_BAND": env_float("TRUSTTRACE_UNCERTAIN_BAND", 0.1),
+    "AGGREGATION": env_choice("TRUSTTRACE_AGGREGATION", AGGREGATIONS, "mean"),
+    "MAX_UPLOAD_BYTES": env_int("TRUSTTRACE_MAX_UPLOAD_BYTES", 1024**3),
+    "MAX_PIXELS": env_int("TRUSTTRACE_MAX_PIXELS", 40_000_000),
+    "MAX_DURATION_S": env_float("TRUSTTRACE_MAX_DURATION_S", 900.0),
+    "MAX_FRAMES": env_int("TRUSTTRACE_MAX_FRAMES", 256),
     # A video's frames are held in memory by the analysis, so they get a lower
     # pixel bound than images (3840x2160): uploads above it are refused
     # (analyses.services.probing), and ensemble.media downscales any larger
@@ -293,27 +279,25 @@ TRUSTTRACE = {
     # the container declares, and its demux pass stops at them (0 disables).
     # The upload probe runs in a child stopped after PROBE_TIMEOUT_S or
     # PROBE_MAX_RSS_BYTES.
-    "MAX_VIDEO_PIXELS": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_PIXELS", str(3840 * 2160))),
-    "MAX_FPS": float(os.environ.get("TRUSTTRACE_MAX_FPS", "240")),
-    "MAX_VIDEO_FRAMES": int(os.environ.get("TRUSTTRACE_MAX_VIDEO_FRAMES", str(900 * 240))),
-    "PROBE_TIMEOUT_S": float(os.environ.get("TRUSTTRACE_PROBE_TIMEOUT_S", "20")),
-    "PROBE_MAX_RSS_BYTES": int(os.environ.get("TRUSTTRACE_PROBE_MAX_RSS_BYTES", str(1024**3))),
+    "MAX_VIDEO_PIXELS": env_int("TRUSTTRACE_MAX_VIDEO_PIXELS", 3840 * 2160),
+    "MAX_FPS": env_float("TRUSTTRACE_MAX_FPS", 240.0),
+    "MAX_VIDEO_FRAMES": env_int("TRUSTTRACE_MAX_VIDEO_FRAMES", 900 * 240),
+    "PROBE_TIMEOUT_S": env_float("TRUSTTRACE_PROBE_TIMEOUT_S", 20.0),
+    "PROBE_MAX_RSS_BYTES": env_int("TRUSTTRACE_PROBE_MAX_RSS_BYTES", 1024**3),
     # How often (seconds) a running job may write its progress to the database.
-    "PROGRESS_INTERVAL_S": float(os.environ.get("TRUSTTRACE_PROGRESS_INTERVAL_S", "0.5")),
+    "PROGRESS_INTERVAL_S": env_float("TRUSTTRACE_PROGRESS_INTERVAL_S", 0.5),
     # Jobs that never finish (analyses.services.reaper): a running job writes a
     # heartbeat every HEARTBEAT_S; one silent for STALE_RUNNING_S lost its worker.
     # A pending job whose message went out STALE_PENDING_S ago is queued again
     # (a lost message; duplicates are dropped). The reaper runs in every worker
     # at start and every REAPER_INTERVAL_S.
-    "HEARTBEAT_S": float(os.environ.get("TRUSTTRACE_HEARTBEAT_S", "15")),
-    "STALE_RUNNING_S": float(os.environ.get("TRUSTTRACE_STALE_RUNNING_S", "120")),
-    "STALE_PENDING_S": float(os.environ.get("TRUSTTRACE_STALE_PENDING_S", "900")),
-    "REAPER_INTERVAL_S": float(os.environ.get("TRUSTTRACE_REAPER_INTERVAL_S", "60")),
+    "HEARTBEAT_S": env_float("TRUSTTRACE_HEARTBEAT_S", 15.0),
+    "STALE_RUNNING_S": env_float("TRUSTTRACE_STALE_RUNNING_S", 120.0),
+    "STALE_PENDING_S": env_float("TRUSTTRACE_STALE_PENDING_S", 900.0),
+    "REAPER_INTERVAL_S": env_float("TRUSTTRACE_REAPER_INTERVAL_S", 60.0),
     # Per-user limits (analyses.services.quotas; 0 disables one): analyses
     # waiting or running, uploads in the last hour, bytes stored.
-    "MAX_PENDING_PER_USER": int(os.environ.get("TRUSTTRACE_MAX_PENDING_PER_USER", "5")),
-    "MAX_UPLOADS_PER_HOUR": int(os.environ.get("TRUSTTRACE_MAX_UPLOADS_PER_HOUR", "30")),
-    "MAX_STORAGE_PER_USER_BYTES": int(
-        os.environ.get("TRUSTTRACE_MAX_STORAGE_PER_USER_BYTES", str(10 * 1024**3))
-    ),
+    "MAX_PENDING_PER_USER": env_int("TRUSTTRACE_MAX_PENDING_PER_USER", 5),
+    "MAX_UPLOADS_PER_HOUR": env_int("TRUSTTRACE_MAX_UPLOADS_PER_HOUR", 30),
+    "MAX_STORAGE_PER_USER_BYTES": env_int("TRUSTTRACE_MAX_STORAGE_PER_USER_BYTES", 10 * 1024**3),
 }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
+from ensemble.config import BACKENDS
+
 from .base import *  # noqa: F403
 from .base import REST_FRAMEWORK, TRUSTTRACE
+from .env import env_choice
 
 SECRET_KEY = "test-only-not-secret"  # noqa: S105
 DEBUG = False
@@ -22,7 +24,7 @@ _TMP = Path(tempfile.gettempdir()) / "trusttrace-test"
 TRUSTTRACE = {
     **TRUSTTRACE,
     "CACHE_DIR": _TMP / "cache",
-    "BACKEND": os.environ.get("TRUSTTRACE_BACKEND", "onnxruntime"),
+    "BACKEND": env_choice("TRUSTTRACE_BACKEND", BACKENDS, "onnxruntime"),
 }
 MEDIA_ROOT = _TMP / "media"
 # Unit tests call the service directly; the worker tests start their own broker.

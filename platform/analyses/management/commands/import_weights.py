@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
@@ -33,11 +32,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from analyses.config import analysis_registry
+        from analyses.config import analysis_registry, trusttrace_settings
         from ensemble.errors import TrusttraceError
         from ensemble.weights import import_checkpoint
 
-        weights_dir = options["weights_dir"] or Path(str(settings.TRUSTTRACE["WEIGHTS_DIR"]))
+        weights_dir = options["weights_dir"] or trusttrace_settings().weights_dir
         try:
             spec = analysis_registry().get(options["member"])
             manifest = import_checkpoint(

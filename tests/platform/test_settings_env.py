@@ -1,0 +1,194 @@
+"""Typed settings: environment variables that do not parse stop every process
+with the variable's name; good values parse; settings.TRUSTTRACE is read
+through one typed object."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from analyses.config import TrusttraceSettings, trusttrace_setting, trusttrace_settings
+from trusttrace.settings.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+VAR = "TRUSTTRACE_TEST_VALUE"
+
+
+@pytest.fixture
+def var(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def set_to(value: str) -> None:
+        monkeypatch.setenv(VAR, value)
+
+    monkeypatch.delenv(VAR, raising=False)
+    return set_to
+
+
+def _refused(read: Any, *args: Any) -> str:
+    with pytest.raises(ImproperlyConfigured) as caught:
+        read(VAR, *args)
+    assert VAR in str(caught.value)
+    return str(caught.value)
+
+
+def test_unset_variables_give_the_defaults(var: Any) -> None:
+    assert env_int(VAR, 7) == 7
+    assert env_float(VAR, 900) == 900.0 and isinstance(env_float(VAR, 900), float)
+    assert env_bool(VAR, True) is True and env_bool(VAR, False) is False
+    assert env_list(VAR, ("a", "b")) == ["a", "b"]
+    assert env_choice(VAR, ("auto", "torch"), "auto") == "auto"
+    assert env_str(VAR, "x") == "x"
+    assert env_path(VAR, Path("/d")) == Path("/d")
+
+
+@pytest.mark.parametrize("text, value", [("32", 32), (" 5 ", 5), ("-1", -1), ("1_000", 1000)])
+def test_whole_numbers_parse(var: Any, text: str, value: int) -> None:
+    var(text)
+    assert env_int(VAR, 0) == value
+
+
+@pytest.mark.parametrize("text", ["3.5", "many", "", "32 frames", "1e3"])
+def test_an_int_that_is_not_one_is_refused_with_the_name(var: Any, text: str) -> None:
+    var(text)
+    assert "is not a whole number" in _refused(env_int, 0)
+
+
+@pytest.mark.parametrize("text, value", [("0.25", 0.25), ("900", 900.0), ("1e3", 1000.0)])
+def test_numbers_parse(var: Any, text: str, value: float) -> None:
+    var(text)
+    assert env_float(VAR, 0.0) == value
+
+
+@pytest.mark.parametrize("text", ["0.5abc", "half", "", "nan", "1,5"])
+def test_a_float_that_is_not_one_is_refused_with_the_name(var: Any, text: str) -> None:
+    # django-environ's Env.float reads "0.5abc" as 0.5 and "1e3" as 13.0.
+    var(text)
+    assert "is not a number" in _refused(env_float, 0.0)
+
+
+@pytest.mark.parametrize("text", ["1", "true", "YES", " on ", "y", "ok"])
+def test_true_words_are_true(var: Any, text: str) -> None:
+    var(text)
+    assert env_bool(VAR, False) is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "No", "off", "n", ""])
+def test_false_words_are_false(var: Any, text: str) -> None:
+    var(text)
+    assert env_bool(VAR, True) is False
+
+
+@pytest.mark.parametrize("text", ["yes-please", "ture", "2", "enabled"])
+def test_a_typo_in_a_boolean_is_refused_not_read_as_false(var: Any, text: str) -> None:
+    var(text)
+    message = _refused(env_bool, False)
+    assert repr(text) in message and "true or false" in message
+
+
+def test_lists_drop_blanks_and_empty_items(var: Any) -> None:
+    var(" resnet50, effnet_b7,,")
+    assert env_list(VAR, ()) == ["resnet50", "effnet_b7"]
+    var("")
+    assert env_list(VAR, ("a",)) == []
+
+
+def test_a_choice_outside_the_literal_is_refused_with_the_choices(var: Any) -> None:
+    var("openvino")
+    assert env_choice(VAR, ("auto", "openvino"), "auto") == "openvino"
+    var("OpenVINO")
+    message = _refused(env_choice, ("auto", "openvino"), "auto")
+    assert "one of auto, openvino" in message
+
+
+def _start(**env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]), **env}  # fmt: skip
+    code = "import django; django.setup(); print('started')"
+    return subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("TRUSTTRACE_FRAMES", "thirty-two", "is not a whole number"),
+        ("DJANGO_DEBUG", "yes-please", "is not true or false"),
+        ("TRUSTTRACE_THRESHOLD", "0.5abc", "is not a number"),
+        ("TRUSTTRACE_PRECISION", "fp16", "is not one of auto, fp32, bf16"),
+        ("TRUSTTRACE_AGGREGATION", "median", "is not one of mean, confident"),
+    ],
+)
+def test_a_bad_variable_stops_django_from_starting(name: str, value: str, says: str) -> None:
+    out = _start(**{name: value})
+    assert out.returncode != 0 and "started" not in out.stdout
+    assert "ImproperlyConfigured" in out.stderr and f"{name}={value!r} {says}" in out.stderr
+
+
+def test_good_variables_reach_the_typed_settings() -> None:
+    code = (
+        "import django; django.setup(); from analyses.config import trusttrace_settings as t; "
+        "s = t(); print(s.frames, s.threshold, s.members, s.backend, s.precision)"
+    )
+    env = {"TRUSTTRACE_FRAMES": "12", "TRUSTTRACE_THRESHOLD": "0.6",
+           "TRUSTTRACE_MEMBERS": "tiny_a, tiny_b", "TRUSTTRACE_BACKEND": "torch",
+           "TRUSTTRACE_PRECISION": "fp32", "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "12 0.6 ('tiny_a', 'tiny_b') torch fp32"
+
+
+# --- settings.TRUSTTRACE, typed ------------------------------------------------
+
+
+def test_the_typed_settings_convert_paths_numbers_and_lists(settings: Any) -> None:
+    changed = {"WEIGHTS_DIR": "/srv/weights", "STALE_RUNNING_S": 30, "MEMBERS": ["tiny_a"],
+               "BACKEND": "torch"}  # fmt: skip
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, **changed}
+    s = trusttrace_settings()
+    assert s.weights_dir == Path("/srv/weights") and isinstance(s.weights_dir, Path)
+    assert s.stale_running_s == 30.0 and isinstance(s.stale_running_s, float)
+    assert s.members == ("tiny_a",) and s.backend == "torch"
+    assert trusttrace_setting("STALE_RUNNING_S") == 30.0
+
+
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("MAX_UPLOAD_BYTES", "1 GiB", "must be a whole number, got '1 GiB'"),
+        ("MAX_UPLOAD_BYTES", True, "must be a whole number, got True"),
+        ("BACKEND", "gpu", "must be one of 'auto', 'torch', 'onnxruntime', 'openvino'"),
+        ("MEMBERS", "tiny_a,tiny_b", "must be a list or tuple of names"),
+        ("HEARTBEAT_S", None, "must be a number, got None"),
+    ],
+)
+def test_a_wrong_type_in_settings_trusttrace_is_refused_with_the_key(
+    settings: Any, key: str, value: object, says: str
+) -> None:
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, key: value}
+    with pytest.raises(ImproperlyConfigured, match=f"TRUSTTRACE\\['{key}'\\]") as caught:
+        trusttrace_settings()
+    assert says in str(caught.value)
+
+
+def test_a_missing_key_is_named_and_backend_and_precision_default_to_auto(settings: Any) -> None:
+    values = {k: v for k, v in settings.TRUSTTRACE.items() if k not in ("BACKEND", "PRECISION")}
+    s = TrusttraceSettings.from_mapping(values)
+    assert (s.backend, s.precision) == ("auto", "auto")
+    del values["FRAMES"]
+    with pytest.raises(ImproperlyConfigured, match=r"settings\.TRUSTTRACE has no FRAMES"):
+        TrusttraceSettings.from_mapping(values)
