@@ -198,7 +198,7 @@ def run_submission(submission_id: Any) -> None:
             return
         if sub.reason_code == WORKER_LOST_CODE:
             logger.error("submission %s: worker died twice; marking it failed", sub.pk)
-            _fail(sub, WORKER_LOST_REASON, WORKER_LOST_CODE)
+            _finish_without_result(sub, Status.FAILED, WORKER_LOST_REASON, WORKER_LOST_CODE)
             return
         logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
         reason_code = WORKER_LOST_CODE
@@ -224,19 +224,24 @@ def run_submission(submission_id: Any) -> None:
                 _store(sub, result.to_dict(), index, out_dir)
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
-                _finish_rejected(sub, str(e), e.code)
+                _finish_without_result(sub, Status.REJECTED, e.reason, e.code)
             except Submission.DoesNotExist:
                 raise
             except SoftTimeLimitExceeded as e:
                 if not Submission.objects.filter(pk=sub.pk).exists():
                     raise Submission.DoesNotExist from e
                 logger.error("submission %s: soft time limit reached; marking it failed", sub.pk)
-                _fail(sub, _timed_out_reason(), TIMED_OUT_CODE)
+                _finish_without_result(sub, Status.FAILED, _timed_out_reason(), TIMED_OUT_CODE)
             except Exception as e:
                 if not Submission.objects.filter(pk=sub.pk).exists():
                     raise Submission.DoesNotExist from e
                 logger.exception("analysis of submission %s failed", sub.pk)
-                _fail(sub, INTERNAL_ERROR_REASON.format(name=type(e).__name__), "internal_error")
+                _finish_without_result(
+                    sub,
+                    Status.FAILED,
+                    INTERNAL_ERROR_REASON.format(name=type(e).__name__),
+                    "internal_error",
+                )
     except Submission.DoesNotExist:
         logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -297,17 +302,11 @@ def _save_existing(sub: Submission) -> None:
         raise Submission.DoesNotExist from e
 
 
-def _finish_rejected(sub: Submission, reason: str, code: str) -> None:
+def _finish_without_result(sub: Submission, status: Status, reason: str, code: str) -> None:
+    """End the job ``rejected`` (bad input) or ``failed`` (our fault) with the
+    reason shown to the user, and no verdict or score."""
     sub.refresh_from_db()
-    sub.status, sub.reason, sub.reason_code = Status.REJECTED, reason, code
-    sub.verdict, sub.score = "", None
-    sub.finished = timezone.now()
-    _save_existing(sub)
-
-
-def _fail(sub: Submission, reason: str, code: str) -> None:
-    sub.refresh_from_db()
-    sub.status, sub.reason, sub.reason_code = Status.FAILED, reason, code
+    sub.status, sub.reason, sub.reason_code = status, reason, code
     sub.verdict, sub.score = "", None
     sub.finished = timezone.now()
     _save_existing(sub)
