@@ -299,3 +299,131 @@ def test_review_keyboard_decisions_open_the_next_item(
     page.goto(url + f"/moderation/s/{second}/")
     audit = page.inner_text("#audit")
     assert "Override: fake" in audit and "Swapped face." in audit
+
+
+# --- Content Credentials (issue 18) -------------------------------------------------
+
+PANEL = {
+    "valid": "Signed, unchanged since signing, by a signer on the trust list.",
+    "untrusted": "the signer's certificate is not on the trust list",
+    "invalid": "Content Credentials that do not verify",
+    "absent": "their absence says nothing about whether it is real or fake",
+    "unchecked": "does not read Content Credentials from MKV",
+}
+
+
+@pytest.fixture(scope="module")
+def credentials_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Files for each Content Credentials state, signed here with the library
+    and a throwaway CA (tests/c2pa_signing.py), and the CA."""
+    from tests.c2pa_signing import (
+        created_action,
+        make_pki,
+        sign,
+        tamper_jpeg,
+        truncate_jpeg_manifest,
+    )
+
+    folder = tmp_path_factory.mktemp("credentials")
+    pki = make_pki()
+    plain = mf.write_image(folder / "plain.jpg", mf.face_image(160), "JPEG")
+    ai = sign(plain, folder / "generated.jpg", pki, actions=[created_action()])
+    return {
+        "pki": pki,
+        "untrusted": ai,
+        "invalid": tamper_jpeg(ai, folder / "tampered.jpg"),
+        "truncated": truncate_jpeg_manifest(ai, folder / "truncated.jpg"),
+        "absent": plain,
+        "unchecked": mf.write_clip(folder / "clip.mkv", frames=8, width=192, height=144),
+    }
+
+
+def panel_state(page: Any) -> str:
+    return str(page.get_attribute("#provenance", "data-state"))
+
+
+def test_content_credentials_panel_for_each_state(
+    live_stack, browser_page, screenshots: Path, credentials_media: dict[str, Any]
+) -> None:
+    from ensemble.provenance import read_provenance
+
+    page, url = browser_page, live_stack.url
+    page.set_viewport_size(DESKTOP)
+    sign_up(page, url, "cora")
+    ids: dict[str, str] = {}
+    for state in ("untrusted", "invalid", "truncated", "absent", "unchecked"):
+        ids[state] = upload(page, url, credentials_media[state], f"credentials {state}")
+        expected = "invalid" if state == "truncated" else state
+        panel = page.locator("#provenance")
+        assert panel.is_visible() and panel_state(page) == expected
+        assert PANEL[expected] in page.inner_text("#provenance")
+        # The detectors' verdict is there whatever the manifest says.
+        assert page.locator("#verdict").is_visible()
+        says_ai = state == "untrusted"
+        assert page.locator("#provenance-ai").count() == int(says_ai)
+        if says_ai:
+            # Prominent, in the verdict's own row, and both kept.
+            badge, verdict = page.locator("#provenance-ai"), page.locator("#verdict")
+            assert badge.is_visible() and "AI-generated" in badge.inner_text()
+            assert abs(badge.bounding_box()["y"] - verdict.bounding_box()["y"]) < 40
+            assert "(the signer is not verified)" in page.inner_text("#provenance-ai-note")
+            page.click("#provenance-details summary")
+            assert "trainedAlgorithmicMedia" in page.inner_text("#provenance-actions")
+            assert "Trusttrace test signer" in page.inner_text("#provenance-signer")
+        if expected == "invalid":
+            assert page.locator("#provenance [role=alert]").is_visible()
+            reason = page.inner_text("#provenance .provenance-reason")
+            if state == "truncated":
+                assert reason.startswith("The Content Credentials could not be read:")
+            else:
+                assert "dataHash.mismatch" in reason
+        page.screenshot(path=str(screenshots / f"provenance-{state}-1280x800.png"))
+
+    # The state a trusted signer gives: the site's trust list does not hold the
+    # test CA, so the summary the library gives with it trusted is stored.
+    summary = read_provenance(
+        credentials_media["untrusted"], trust_anchors=credentials_media["pki"].ca_pem
+    )
+    assert summary.state == "valid"
+    stored = live_stack.var / "valid-summary.json"
+    stored.write_text(json.dumps(summary.to_dict()))
+    live_stack.manage(
+        "shell", "-c",
+        "import json, pathlib; from analyses.models import Submission; "
+        f"s = Submission.objects.get(pk='{ids['untrusted']}'); "
+        f"s.provenance = json.loads(pathlib.Path(r'{stored}').read_text()); s.save()",
+    )  # fmt: skip
+    page.goto(url + f"/s/{ids['untrusted']}/")
+    assert panel_state(page) == "valid" and PANEL["valid"] in page.inner_text("#provenance")
+    assert page.locator("#provenance-ai").is_visible()
+    assert "not verified" not in page.inner_text("#provenance-ai-note")
+    page.screenshot(path=str(screenshots / "provenance-valid-1280x800.png"))
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    page.screenshot(path=str(screenshots / "provenance-valid-390x844.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+    # Moderators: the panel on the review page, and the queue's filter. A
+    # report puts a submission in the queue whatever its verdict.
+    for state in ("untrusted", "absent"):
+        page.goto(url + f"/s/{ids[state]}/")
+        page.fill("input[name=reason]", "Is this generated?")
+        page.click("text=Ask for review")
+        page.wait_for_load_state()
+    live_stack.manage("demo_accounts")
+    log_in(page, url, "moderator", "moderate-demo-2026")
+    page.goto(url + f"/moderation/s/{ids['invalid']}/")
+    assert panel_state(page) == "invalid"
+    page.goto(url + "/moderation/?state=all")
+    page.select_option("#provenance-filter", "ai_generated")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*provenance=ai_generated.*"))
+    rows = page.locator("#queue .queue-item")
+    listed = {rows.nth(i).get_attribute("data-id") for i in range(rows.count())}
+    assert listed == {ids["untrusted"]}  # now valid, and says AI-generated
+    assert "AI-generated" in page.inner_text("#queue")
+    page.screenshot(path=str(screenshots / "provenance-queue-1280x800.png"))
+    page.goto(url + "/moderation/?state=all&provenance=absent")
+    rows = page.locator("#queue .queue-item")
+    absent = {rows.nth(i).get_attribute("data-id") for i in range(rows.count())}
+    assert ids["absent"] in absent and ids["untrusted"] not in absent
