@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,16 @@ _DATAPARALLEL_PREFIX = "module."
 INT8_SCALE_SUFFIX = ":int8_scale"
 INT8_MAX = 127
 # "none": tensors kept as the source checkpoint stored them (imports).
-QUANTIZATIONS = ("fp16", "fp32", "int8", "none")
+Quantization = Literal["fp16", "fp32", "int8", "none"]
+QUANTIZATIONS: tuple[Quantization, ...] = get_args(Quantization)
+
+
+def parse_quantization(value: str) -> Quantization:
+    """``value`` as a :data:`Quantization`, or ``ValueError`` naming the known ones."""
+    for known in QUANTIZATIONS:
+        if value == known:
+            return known
+    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class Manifest:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     # How floating-point tensors are stored: "fp16", "fp32", or "int8"
     # (per-output-channel symmetric int8 with fp32 scales, dequantised at load).
-    quantization: str = "fp16"
+    quantization: Quantization = "fp16"
     version: int = MANIFEST_VERSION
     # The face crop the weights were trained for (``CropPolicy.to_dict``);
     # None: the registry's policy for the member.
@@ -127,7 +136,7 @@ class Manifest:
                 threshold=float(data.get("threshold", 0.5)),
                 provenance=dict(data.get("provenance", {})),
                 metrics=dict(data.get("metrics", {})),
-                quantization=str(data.get("quantization", "fp16")),
+                quantization=parse_quantization(str(data.get("quantization", "fp16"))),
                 crop=None if data.get("crop") is None else dict(data["crop"]),
             )
             manifest.crop_policy(CropPolicy("square", 0.0))  # refuse a malformed policy
@@ -351,8 +360,8 @@ def save_weights(
     """
     from safetensors.torch import save_file
 
-    quant = quantization or ("fp32" if dtype == torch.float32 else "fp16")
-    if quant not in QUANTIZATIONS or quant == "none":
+    quant = parse_quantization(quantization or ("fp32" if dtype == torch.float32 else "fp16"))
+    if quant == "none":
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quant!r}")
     folder = member_dir(weights_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
