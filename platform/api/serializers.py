@@ -99,6 +99,17 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
         return {"action": d.action, "label": d.to_label, "note": d.note, "at": d.created}
 
 
+class ResultSerializer(serializers.Serializer[Any]):
+    """``GET /api/submissions/<id>/result/``."""
+
+    status = serializers.CharField()
+    result = serializers.DictField(help_text="the analysis result, as analyze --json writes it")
+    series = serializers.DictField(help_text="the per-frame chart series")
+    provenance = ProvenanceSerializer(
+        allow_null=True, help_text="the file's C2PA Content Credentials; null when never read"
+    )
+
+
 def provenance_payload(sub: Submission) -> dict[str, Any] | None:
     """``sub.provenance`` in :class:`ProvenanceSerializer` form (``None``:
     uploaded before Content Credentials were read)."""

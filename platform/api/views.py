@@ -27,7 +27,13 @@ from analyses.config import trusttrace_settings
 from analyses.limits import too_large_message, upload_over_limit
 from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
-from api.serializers import ArtifactSerializer, SubmissionSerializer, SubmitSerializer
+from api.serializers import (
+    ArtifactSerializer,
+    ResultSerializer,
+    SubmissionSerializer,
+    SubmitSerializer,
+    provenance_payload,
+)
 from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
 from reports.csvexport import submission_rows as csv_rows
 from reports.views import filtered_submissions
@@ -104,12 +110,16 @@ class SubmissionViewSet(
         """Status, stage and percent (poll this)."""
         return Response(progress_payload(self.get_object()))
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: ResultSerializer})
     @action(detail=True, methods=["get"])
     def result(self, request: Request, pk: str | None = None) -> Response:
-        """The full analysis result (the CLI's JSON form) and chart series."""
+        """The full analysis result (the CLI's JSON form), chart series and the
+        file's Content Credentials."""
         sub = self.get_object()
-        return Response({"status": sub.status, "result": sub.result, "series": sub.series})
+        return Response(
+            {"status": sub.status, "result": sub.result, "series": sub.series,
+             "provenance": provenance_payload(sub)}
+        )  # fmt: skip
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"])

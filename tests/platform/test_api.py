@@ -173,6 +173,8 @@ def test_submission_carries_its_content_credentials_and_the_schema_documents_the
     assert p["signer"].startswith("Trusttrace test signer") and p["library"]
     listed = api.get("/api/submissions/").json()["results"]
     assert listed[0]["provenance"]["state"] == "valid"
+    result = api.get(f"/api/submissions/{sub.pk}/result/").json()
+    assert result["provenance"] == p and result["result"]["status"] == "done"
     # An older summary missing fields is filled with empty values, not an error.
     sub.provenance = {"state": "absent"}
     sub.save(update_fields=["provenance"])
@@ -185,3 +187,4 @@ def test_submission_carries_its_content_credentials_and_the_schema_documents_the
     assert states == ["valid", "untrusted", "invalid", "absent", "unchecked"]
     assert {"signer", "issuer", "claim_generator", "actions", "ingredients"} <= set(props)
     assert "provenance" in schema["components"]["schemas"]["Submission"]["properties"]
+    assert "provenance" in schema["components"]["schemas"]["Result"]["properties"]
