@@ -28,6 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ensemble.errors import ConfigError
 from ensemble.media import RGBImage
 
 Box = tuple[float, float, float, float]
@@ -48,21 +49,21 @@ class CropPolicy:
 
     def __post_init__(self) -> None:
         if self.kind not in ("square", "isotropic"):
-            raise ValueError(f"unknown crop policy {self.kind!r}")
+            raise ConfigError(f"unknown crop policy {self.kind!r}")
         if not MIN_MARGIN <= self.margin <= MAX_MARGIN:
-            raise ValueError(f"margin must be in [{MIN_MARGIN}, {MAX_MARGIN}], got {self.margin}")
+            raise ConfigError(f"margin must be in [{MIN_MARGIN}, {MAX_MARGIN}], got {self.margin}")
         if not -MAX_SHIFT <= self.shift <= MAX_SHIFT:
-            raise ValueError(f"shift must be in [-{MAX_SHIFT}, {MAX_SHIFT}], got {self.shift}")
+            raise ConfigError(f"shift must be in [-{MAX_SHIFT}, {MAX_SHIFT}], got {self.shift}")
 
     def to_dict(self) -> dict[str, float | str]:
         return {"kind": self.kind, "margin": self.margin, "shift": self.shift}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> CropPolicy:
-        """The policy a manifest's ``crop`` entry names (ValueError if malformed)."""
+        """The policy a manifest's ``crop`` entry names (ConfigError if malformed)."""
         kind = str(data.get("kind"))
         if kind not in ("square", "isotropic"):
-            raise ValueError(f"unknown crop policy {kind!r}")
+            raise ConfigError(f"unknown crop policy {kind!r}")
         return cls(
             "square" if kind == "square" else "isotropic",
             float(str(data.get("margin"))),
@@ -71,14 +72,14 @@ class CropPolicy:
 
     @classmethod
     def parse(cls, text: str) -> CropPolicy:
-        """``KIND:MARGIN[:SHIFT]``, e.g. ``square:0.05:-0.06`` (ValueError if malformed)."""
+        """``KIND:MARGIN[:SHIFT]``, e.g. ``square:0.05:-0.06`` (ConfigError if malformed)."""
         parts = text.split(":")
         if len(parts) not in (2, 3):
-            raise ValueError(f"crop policy {text!r} is not KIND:MARGIN[:SHIFT]")
+            raise ConfigError(f"crop policy {text!r} is not KIND:MARGIN[:SHIFT]")
         try:
             numbers = [float(p) for p in parts[1:]]
         except ValueError:
-            raise ValueError(f"crop policy {text!r}: margin and shift must be numbers") from None
+            raise ConfigError(f"crop policy {text!r}: margin and shift must be numbers") from None
         return cls.from_dict(
             {"kind": parts[0], "margin": numbers[0], "shift": numbers[1] if len(numbers) > 1 else 0}
         )

@@ -76,7 +76,7 @@ def runtime_status() -> RuntimeStatus:
     try:
         backend = resolve_backend(config.backend, config.device)
         precision = resolve_precision(config.precision, backend, config.device)
-    except ValueError as e:
+    except TrusttraceError as e:  # a ConfigError: this machine cannot run them
         return RuntimeStatus(config.backend, config.precision, "", str(e))
     try:
         installed = {n: read_manifest(config.weights_dir, n).weights_sha256 for n in config.members}
