@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from analyses.config import trusttrace_setting
+from analyses.config import trusttrace_settings
 from analyses.models import Submission
 from analyses.services import queue
 from analyses.services.errors import UploadRejected
@@ -67,7 +67,7 @@ def _limits_text(limit: int) -> str:
 
 def check_size(size: int | None) -> None:
     """Refuse anything over ``MAX_UPLOAD_BYTES`` (checked before saving)."""
-    limit = int(trusttrace_setting("MAX_UPLOAD_BYTES"))
+    limit = trusttrace_settings().max_upload_bytes
     if size is not None and size > limit:
         raise UploadRejected(
             f"The upload is {_limits_text(size)}; the limit is {_limits_text(limit)}.",
