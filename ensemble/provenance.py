@@ -31,6 +31,7 @@ over the network (no remote manifests, no OCSP).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -171,13 +172,29 @@ def unchecked(reason: str, *, mime_type: str = "") -> ProvenanceSummary:
     )
 
 
+def _load_library() -> tuple[Any, str]:
+    """The ``c2pa`` module and ``""``, or ``None`` and why it cannot be loaded.
+
+    Loaded when this module is imported (the upload probe's forkserver
+    preloads it, so each probe child starts with the native library mapped),
+    and never raising: a missing wheel or a native library that fails to load
+    on this platform (c2pa raises RuntimeError or OSError then, which a
+    forkserver preload would not survive) becomes ``unchecked`` summaries.
+    """
+    try:
+        return importlib.import_module("c2pa"), ""
+    except Exception as e:
+        logger.warning("c2pa unavailable: %s", e)
+        return None, _error_text(e)
+
+
 def library_version() -> str:
     """``c2pa-python X (c2pa-rs Y)``, or ``""`` when the library cannot be loaded."""
+    if _C2PA is None:
+        return ""
     try:
-        import c2pa  # type: ignore[import-untyped]
-
-        return f"c2pa-python {c2pa.__version__} (c2pa-rs {c2pa.sdk_version()})"
-    except Exception:  # the library's absence is reported by read_provenance
+        return f"c2pa-python {_C2PA.__version__} (c2pa-rs {_C2PA.sdk_version()})"
+    except Exception:
         return ""
 
 
@@ -203,16 +220,11 @@ def read_provenance(
             f"The C2PA library does not read Content Credentials from {media_format.upper()} "
             "files.",
         )
-    try:
-        import c2pa
-    except Exception as e:  # ImportError, or OSError loading the native library
-        logger.warning("c2pa unavailable: %s", e)
-        return unchecked(
-            f"The C2PA library is not available here ({_error_text(e)}).", mime_type=mime
-        )
+    if _C2PA is None:
+        return unchecked(f"The C2PA library is not available here ({_C2PA_ERROR}).", mime_type=mime)
     library = library_version()
     try:
-        summary = _read(c2pa, path, mime, trust_anchors)
+        summary = _read(_C2PA, path, mime, trust_anchors)
     except Exception as e:  # a bug here must never refuse an upload
         logger.exception("reading the Content Credentials of %s failed", path)
         summary = unchecked(
@@ -434,3 +446,6 @@ def _text(value: Any, limit: int = MAX_TEXT) -> str:
 
 def _error_text(error: BaseException) -> str:
     return _text(str(error) or type(error).__name__, MAX_REASON)
+
+
+_C2PA, _C2PA_ERROR = _load_library()

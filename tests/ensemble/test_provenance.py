@@ -229,3 +229,20 @@ def test_store_without_an_active_manifest_is_invalid():
 
 def test_signed_file_read_by_path_only_is_sniffed(ai_jpeg: Path, pki):
     assert read_provenance(ai_jpeg, "jpeg").state == read_provenance(ai_jpeg).state
+
+
+def test_a_library_that_cannot_load_gives_unchecked_with_the_reason(ai_jpeg, monkeypatch):
+    import ensemble.provenance as provenance
+
+    monkeypatch.setattr(provenance, "_C2PA", None)
+    monkeypatch.setattr(provenance, "_C2PA_ERROR", "OSError: libc2pa_c.so: cannot open")
+    p = read_provenance(ai_jpeg)
+    assert p.state == "unchecked" and "libc2pa_c.so" in p.reason
+    assert provenance.library_version() == ""
+
+
+def test_the_real_library_is_loaded():
+    # These tests must not pass without c2pa: every other one reads real files.
+    import ensemble.provenance as provenance
+
+    assert provenance._C2PA is not None, provenance._C2PA_ERROR

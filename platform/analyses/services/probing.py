@@ -44,10 +44,10 @@ def _context() -> ForkServerContext | SpawnContext:
         )
         if method == "forkserver":
             ctx: ForkServerContext | SpawnContext = multiprocessing.get_context("forkserver")
-            # c2pa loads its native library once, in the server, not per upload
-            # (a missing c2pa is skipped here and reported by the probe).
+            # ensemble.provenance loads c2pa's native library once, in the
+            # server, not per upload (and never raises if it cannot).
             ctx.set_forkserver_preload(
-                ["analyses.probe_child", "ensemble.media", "ensemble.provenance", "c2pa"]
+                ["analyses.probe_child", "ensemble.media", "ensemble.provenance"]
             )
         else:
             ctx = multiprocessing.get_context("spawn")
