@@ -41,8 +41,9 @@ from torch import nn  # noqa: E402
 
 from ensemble.registry import REGISTRY  # noqa: E402
 from ensemble.training.augment import augment, build_augment  # noqa: E402
+from ensemble.training.batches import CropStore  # noqa: E402
 from ensemble.training.data import load_samples, read_rgb, resize_to, select  # noqa: E402
-from ensemble.training.loop import CropStore, cpu_has_bf16  # noqa: E402
+from ensemble.training.loop import cpu_has_bf16  # noqa: E402
 
 MODES = ("fp32", "bf16", "bf16-compile")
 DEFAULT_SIZES = {"resnet50": (128, 224), "effnet_autoatt_b4": (160, 224), "effnet_b7": (128, 224)}

@@ -31,9 +31,10 @@ from ensemble.errors import TrusttraceError
 from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
+from ensemble.training.batches import FaceDataset
 from ensemble.training.calibrate import fit_temperature
 from ensemble.training.data import Sample, limit_balanced, load_samples, select
-from ensemble.training.loop import FaceDataset, load_best, predict
+from ensemble.training.loop import load_best, predict
 from ensemble.weights import (
     MANIFEST_NAME,
     MAX_SHARD_BYTES,

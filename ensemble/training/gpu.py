@@ -57,20 +57,20 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from ensemble.errors import TrainingError
 from ensemble.evaluation import log_loss, roc_auc
 from ensemble.registry import REGISTRY, MemberSpec
 from ensemble.training import augment as aug
+from ensemble.training.batches import real_fake_pairs
 from ensemble.training.data import Sample, load_samples, read_rgb, resize_to, select
-from ensemble.training.loop import (
+from ensemble.training.optim import (
     Ema,
-    TrainingError,
-    _param_groups,
     apply_drop_path,
-    code_version,
-    real_fake_pairs,
+    param_groups,
     set_head_dropout,
     smooth_targets,
 )
+from ensemble.training.runfiles import code_version
 from ensemble.training.ssim_blackout import DIFF_THRESHOLD, MIN_REGION_FRACTION, OPEN_KERNEL
 
 logger = logging.getLogger(__name__)
@@ -600,7 +600,7 @@ def train_gpu(
     for name, blackout in variants:
         model = _build(spec, recipe, dev, seed, init_from)
         optimizer = torch.optim.AdamW(
-            _param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999),
+            param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999),
             fused=dev.type == "cuda",
         )  # fmt: skip
         trainees.append(Trainee(name, model, optimizer, FastEma(model, recipe.ema_decay), blackout))

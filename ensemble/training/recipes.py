@@ -35,7 +35,7 @@ class Recipe:
     # Share of fake samples with part of their manipulated region blacked out.
     blackout_prob: float = 0.0
     grad_clip: float = 1.0
-    # Batches of real/fake pairs from the same source (loop.epoch_plan).
+    # Batches of real/fake pairs from the same source (batches.epoch_plan).
     paired: bool = False
     # Dropout rate set on every nn.Dropout of the model (None: the architecture's).
     head_dropout: float | None = None

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from ensemble.align import ssim_difference
+from ensemble.errors import TrainingError
 from ensemble.registry import tiny_spec
 from ensemble.training import augment as aug
 from ensemble.training import gpu
 from ensemble.training.export import export_run, roundtrip
-from ensemble.training.loop import TrainingError
 from tests.training_toys import write_dataset
 
 CPU = torch.device("cpu")

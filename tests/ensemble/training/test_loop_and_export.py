@@ -11,26 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ensemble.errors import WeightsIntegrityError
+from ensemble.errors import TrainingError, WeightsIntegrityError
 from ensemble.members import load_member
 from ensemble.registry import REGISTRY as CORE_REGISTRY
 from ensemble.registry import Registry
+from ensemble.training.batches import CropStore, FaceDataset, epoch_plan
 from ensemble.training.data import load_samples, read_rgb, resize_to, select
 from ensemble.training.export import export_run, installed_bytes, roundtrip
-from ensemble.training.loop import (
-    CropStore,
-    Ema,
-    FaceDataset,
-    TrainConfig,
-    TrainingError,
-    apply_drop_path,
-    epoch_plan,
-    resolve_precision,
-    resolve_recipe,
-    smooth_targets,
-    train,
-    warmup_cosine,
-)
+from ensemble.training.loop import TrainConfig, resolve_precision, resolve_recipe, train
+from ensemble.training.optim import Ema, apply_drop_path, smooth_targets, warmup_cosine
 from ensemble.training.recipes import RECIPES
 from ensemble.weights import dequantize_int8, quantize_int8, read_manifest
 from tests.training_toys import REGISTRY, write_dataset

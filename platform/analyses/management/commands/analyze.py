@@ -93,7 +93,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
         from analyses.services.probing import c2pa_trust_anchors
-        from ensemble.errors import RegistryError, TrusttraceError, WeightsError
+        from ensemble.errors import TrusttraceError
         from ensemble.media import list_media
         from ensemble.pipeline import Analyzer
         from ensemble.provenance import read_provenance
@@ -104,7 +104,7 @@ class Command(BaseCommand):
             config = analysis_config(
                 members=options["members"], frames=options["frames"], **overrides
             )
-        except ValueError as e:
+        except TrusttraceError as e:
             raise CommandError(str(e)) from e
         files = list_media(options["paths"])
         if not files:
@@ -116,8 +116,9 @@ class Command(BaseCommand):
         analyzer = Analyzer(config, analysis_registry())
         try:
             analyzer.prepare()
-        except (RegistryError, WeightsError, ValueError) as e:
-            # ValueError: a backend or precision this machine cannot run.
+        except TrusttraceError as e:
+            # A missing member or weights, or a backend or precision this
+            # machine cannot run (ConfigError).
             raise CommandError(str(e)) from e
         run = self._analysis(analyzer, explain_dir, reference, files)
 

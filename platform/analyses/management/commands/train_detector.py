@@ -120,10 +120,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_registry
         from ensemble.crops import CropPolicy
-        from ensemble.errors import RegistryError, WeightsError
-        from ensemble.training.data import DatasetError, blazeface_keypoints
-        from ensemble.training.export import ExportError, export_run
-        from ensemble.training.loop import TrainConfig, TrainingError, resolve_recipe, train
+        from ensemble.errors import RegistryError, TrusttraceError
+        from ensemble.training.data import blazeface_keypoints
+        from ensemble.training.export import export_run
+        from ensemble.training.loop import TrainConfig, resolve_recipe, train
 
         try:
             spec = analysis_registry().get(o["member"])
@@ -140,23 +140,40 @@ class Command(BaseCommand):
                 )
             try:
                 crop = CropPolicy.parse(o["crop"])
-            except ValueError as e:
+            except TrusttraceError as e:
                 raise CommandError(str(e)) from e
         try:
             if not o["export_only"]:
                 config = TrainConfig(
-                    member=spec.name, data=o["data"], out=o["out"], epochs=o["epochs"],
-                    batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"],
-                    sbi_prob=o["sbi"], blackout_prob=o["ssim_blackout"], no_ema=o["no_ema"],
-                    ema_decay=o["ema_decay"], warmup_epochs=o["warmup_epochs"],
-                    patience=o["patience"], input_size=o["input_size"], device=o["device"],
-                    limit=o["limit"], val_limit=o["val_limit"], num_workers=o["workers"],
-                    augment=not o["no_augment"], resume=o["resume"], command=command,
-                    precision=o["precision"], time_budget=o["time_budget"],
+                    member=spec.name,
+                    data=o["data"],
+                    out=o["out"],
+                    epochs=o["epochs"],
+                    batch_size=o["batch_size"],
+                    lr=o["lr"],
+                    seed=o["seed"],
+                    sbi_prob=o["sbi"],
+                    blackout_prob=o["ssim_blackout"],
+                    no_ema=o["no_ema"],
+                    ema_decay=o["ema_decay"],
+                    warmup_epochs=o["warmup_epochs"],
+                    patience=o["patience"],
+                    input_size=o["input_size"],
+                    device=o["device"],
+                    limit=o["limit"],
+                    val_limit=o["val_limit"],
+                    num_workers=o["workers"],
+                    augment=not o["no_augment"],
+                    resume=o["resume"],
+                    command=command,
+                    precision=o["precision"],
+                    time_budget=o["time_budget"],
                     checkpoint_minutes=o["checkpoint_minutes"],
-                    cache_dir=_settings("CROPS_CACHE_DIR"), init_from=o["init_from"],
-                    compile=o["compile"], paired=o["paired"],
-                )  # fmt: skip
+                    cache_dir=_settings("CROPS_CACHE_DIR"),
+                    init_from=o["init_from"],
+                    compile=o["compile"],
+                    paired=o["paired"],
+                )
                 # Keypoints are needed whenever the run uses SBI or the
                 # blackout, from a flag or from the recipe (B7's blackout).
                 recipe = resolve_recipe(config, spec)
@@ -182,16 +199,20 @@ class Command(BaseCommand):
                 if not o["export"]:
                     raise CommandError("--export-only needs --export WEIGHTS_DIR")
                 report = export_run(
-                    o["out"], spec, o["export"], data=o["data"], description=o["description"],
+                    o["out"],
+                    spec,
+                    o["export"],
+                    data=o["data"],
+                    description=o["description"],
                     val_limit=o["val_limit"],
                     crop=crop,
-                )  # fmt: skip
+                )
                 self.stdout.write(
                     f"Exported {spec.name} to {o['export'] / spec.name} as {report.quantization} "
                     f"(temperature {report.temperature:.3f}, threshold {report.threshold:.3f}, "
                     f"val AUC fp32/int8/fp16 {report.auc})"
                 )
-        except (DatasetError, TrainingError, ExportError, WeightsError, ValueError) as e:
+        except TrusttraceError as e:
             raise CommandError(str(e)) from e
 
     @staticmethod

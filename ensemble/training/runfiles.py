@@ -1,0 +1,127 @@
+"""What a training run writes into its folder besides checkpoints: the code
+version, per-epoch logs and curves, validation predictions; and atomic saves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ensemble.evaluation import save_figure
+from ensemble.training.data import Sample
+
+
+@dataclass
+class EpochLog:
+    """One row of ``log.csv``: an epoch's training and validation figures."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    val_auc: float | None
+    lr: float
+    seconds: float
+
+
+LOG_FIELDS = tuple(f.name for f in fields(EpochLog))
+
+
+def code_version(root: Path | None = None) -> str:
+    """``git describe``-like revision of the code (``+dirty`` when modified), or "unknown"."""
+    import shutil
+
+    cwd = root or Path(__file__).resolve().parents[2]
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    try:
+        rev = subprocess.run(  # noqa: S603 (fixed arguments, git from PATH)
+            [git, "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603
+            [git, "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def write_predictions(
+    path: Path, samples: Sequence[Sample], logits: npt.NDArray[np.float64]
+) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label", "logit"])
+        for s, z in zip(samples, logits, strict=True):
+            writer.writerow([str(s.path), s.label, f"{z:.6f}"])
+
+
+def read_predictions(path: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``(logits, labels)`` from ``val_predictions.csv``."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return (
+        np.asarray([float(r["logit"]) for r in rows]),
+        np.asarray([float(r["label"]) for r in rows]),
+    )
+
+
+def write_logs(out: Path, history: Sequence[EpochLog], run_info: dict[str, Any]) -> None:
+    with (out / "log.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for h in history:
+            writer.writerow(asdict(h))
+    (out / "log.json").write_text(
+        json.dumps([asdict(h) for h in history], indent=2) + "\n", encoding="utf-8"
+    )
+    (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    save_figure(curves_figure(history), out / "curves.png")
+
+
+def curves_figure(history: Sequence[EpochLog]) -> Any:
+    """Loss, accuracy and validation AUC per epoch (written after every epoch)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 4), dpi=100)
+    epochs = [h.epoch for h in history]
+    ax_loss, ax_acc, ax_auc = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [h.train_loss for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h.val_loss for h in history], marker="o", label="validation")
+    ax_loss.set_title("loss")
+    ax_acc.plot(epochs, [h.train_acc for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [h.val_acc for h in history], marker="o", label="validation")
+    ax_acc.set_title("accuracy")
+    aucs = [(h.epoch, h.val_auc) for h in history if h.val_auc is not None]
+    ax_auc.plot([e for e, _ in aucs], [a for _, a in aucs], marker="o", label="validation")
+    ax_auc.set_title("ROC AUC")
+    for ax in (ax_loss, ax_acc, ax_auc):
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return fig
