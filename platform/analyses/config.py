@@ -4,6 +4,7 @@ and the typed view of ``settings.TRUSTTRACE`` the rest of the site reads."""
 from __future__ import annotations
 
 import os
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
@@ -63,6 +64,7 @@ class TrusttraceSettings:
     max_storage_per_user_bytes: int
     backend: Backend = "auto"
     precision: Precision = "auto"
+    c2pa_trust_anchors: Path | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> TrusttraceSettings:
@@ -85,6 +87,12 @@ _WANTED: dict[object, str] = {Path: "a path", int: "a whole number", float: "a n
 
 def _typed(key: str, value: object, hint: Any) -> object:
     origin = get_origin(hint)
+    if origin is types.UnionType and type(None) in get_args(hint):
+        # An optional setting: None or empty text is "not set".
+        if value is None or value == "":
+            return None
+        (hint,) = (a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
     if hint is Path and isinstance(value, str | os.PathLike):
         return Path(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -145,12 +153,6 @@ def analysis_config(
         ),
     )
     return AnalysisConfig(**{**fields_, **overrides})
-
-
-def trusttrace_setting(name: str) -> Any:
-    """One value of ``settings.TRUSTTRACE``, typed as :class:`TrusttraceSettings`
-    has it. Kept for callers not yet moved to :func:`trusttrace_settings`."""
-    return getattr(trusttrace_settings(), name.lower())
 
 
 def analysis_registry() -> Registry:

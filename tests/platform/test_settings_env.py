@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from analyses.config import TrusttraceSettings, trusttrace_setting, trusttrace_settings
+from analyses.config import TrusttraceSettings, trusttrace_settings
 from trusttrace.settings.env import (
     env_bool,
     env_choice,
@@ -140,16 +140,19 @@ def test_a_bad_variable_stops_django_from_starting(name: str, value: str, says: 
 def test_good_variables_reach_the_typed_settings() -> None:
     code = (
         "import django; django.setup(); from analyses.config import trusttrace_settings as t; "
-        "s = t(); print(s.frames, s.threshold, s.members, s.backend, s.precision)"
+        "s = t(); print(s.frames, s.threshold, s.members, s.backend, s.precision, "
+        "s.c2pa_trust_anchors)"
     )
     env = {"TRUSTTRACE_FRAMES": "12", "TRUSTTRACE_THRESHOLD": "0.6",
            "TRUSTTRACE_MEMBERS": "tiny_a, tiny_b", "TRUSTTRACE_BACKEND": "torch",
-           "TRUSTTRACE_PRECISION": "fp32", "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+           "TRUSTTRACE_PRECISION": "fp32", "TRUSTTRACE_C2PA_TRUST_ANCHORS": "/etc/c2pa/anchors.pem",
+           "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[-2] == "12 0.6 ('tiny_a', 'tiny_b') torch fp32"
+    last = out.stdout.split("\n")[-2]
+    assert last == "12 0.6 ('tiny_a', 'tiny_b') torch fp32 /etc/c2pa/anchors.pem"
 
 
 # --- settings.TRUSTTRACE, typed ------------------------------------------------
@@ -163,7 +166,6 @@ def test_the_typed_settings_convert_paths_numbers_and_lists(settings: Any) -> No
     assert s.weights_dir == Path("/srv/weights") and isinstance(s.weights_dir, Path)
     assert s.stale_running_s == 30.0 and isinstance(s.stale_running_s, float)
     assert s.members == ("tiny_a",) and s.backend == "torch"
-    assert trusttrace_setting("STALE_RUNNING_S") == 30.0
 
 
 @pytest.mark.parametrize(
@@ -183,6 +185,24 @@ def test_a_wrong_type_in_settings_trusttrace_is_refused_with_the_key(
     with pytest.raises(ImproperlyConfigured, match=f"TRUSTTRACE\\['{key}'\\]") as caught:
         trusttrace_settings()
     assert says in str(caught.value)
+
+
+def test_c2pa_trust_anchors_is_an_optional_path(settings: Any, tmp_path: Path) -> None:
+    from analyses.services.probing import c2pa_trust_anchors
+
+    values = {k: v for k, v in settings.TRUSTTRACE.items() if k != "C2PA_TRUST_ANCHORS"}
+    assert TrusttraceSettings.from_mapping(values).c2pa_trust_anchors is None
+    for unset in (None, ""):
+        s = TrusttraceSettings.from_mapping({**values, "C2PA_TRUST_ANCHORS": unset})
+        assert s.c2pa_trust_anchors is None
+    pem = tmp_path / "anchors.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    settings.TRUSTTRACE = {**values, "C2PA_TRUST_ANCHORS": str(pem)}
+    assert trusttrace_settings().c2pa_trust_anchors == pem
+    assert c2pa_trust_anchors() == "-----BEGIN CERTIFICATE-----\n"
+    settings.TRUSTTRACE = {**values, "C2PA_TRUST_ANCHORS": 42}
+    with pytest.raises(ImproperlyConfigured, match="'C2PA_TRUST_ANCHORS'\\] must be a path"):
+        trusttrace_settings()
 
 
 def test_a_missing_key_is_named_and_backend_and_precision_default_to_auto(settings: Any) -> None:

@@ -21,14 +21,17 @@ import multiprocessing
 import os
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-
-from analyses.config import analysis_config, trusttrace_setting
+from analyses.config import analysis_config, trusttrace_settings
 from analyses.services.errors import UploadRejected
+
+if TYPE_CHECKING:
+    from ensemble.media import MediaInfo
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +77,11 @@ class ProbeOutcome:
     Content Credentials (``ensemble.provenance`` summary dict; empty when not
     read)."""
 
-    info: Any
+    info: MediaInfo
     provenance: dict[str, Any]
 
 
-def probe_media(path: Path, n_frames: int) -> Any:
+def probe_media(path: Path, n_frames: int) -> MediaInfo:
     """``ensemble.media.load_media(path)`` in a capped child; its ``MediaInfo``.
 
     Raises :class:`UploadRejected` with the decoder's reason, or when the
@@ -101,13 +104,13 @@ def probe_upload(path: Path, n_frames: int) -> ProbeOutcome:
 def c2pa_trust_anchors() -> str | None:
     """PEM root certificates trusted for C2PA signers on top of the library's
     defaults: the file named by ``TRUSTTRACE["C2PA_TRUST_ANCHORS"]`` (unset: none)."""
-    name = str(getattr(settings, "TRUSTTRACE", {}).get("C2PA_TRUST_ANCHORS") or "")
-    if not name:
+    path = trusttrace_settings().c2pa_trust_anchors
+    if path is None:
         return None
     try:
-        return Path(name).read_text(encoding="ascii")
+        return path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
-        logger.exception("C2PA trust anchors %s unreadable; using the library's defaults", name)
+        logger.exception("C2PA trust anchors %s unreadable; using the library's defaults", path)
         return None
 
 
@@ -116,9 +119,8 @@ def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
 
     config = analysis_config()
     limits = config.limits
-    timeout_s = float(trusttrace_setting("PROBE_TIMEOUT_S"))
-    max_rss = int(trusttrace_setting("PROBE_MAX_RSS_BYTES"))
-    video_pixels = int(trusttrace_setting("MAX_VIDEO_PIXELS"))
+    s = trusttrace_settings()
+    timeout_s, max_rss, video_pixels = s.probe_timeout_s, s.probe_max_rss_bytes, s.max_video_pixels
     if video_pixels and _is_video(path):
         # Every sampled frame of a video is held in memory by the analysis.
         limits = dataclasses.replace(limits, max_pixels=min(limits.max_pixels, video_pixels))
@@ -168,7 +170,7 @@ class _Child:
     """The probe's child process as its parent watches it: its messages, and
     its resident memory (the peak is logged)."""
 
-    def __init__(self, proc: Any, receive: Any, max_rss: int) -> None:
+    def __init__(self, proc: BaseProcess, receive: Connection, max_rss: int) -> None:
         self.proc, self.receive, self.max_rss = proc, receive, max_rss
         self.peak = 0
 
@@ -186,7 +188,7 @@ class _Child:
                         f"needs more than {_mib(self.max_rss)} of memory",
                     )
                 if time.monotonic() > deadline:
-                    timeout_s = float(trusttrace_setting("PROBE_TIMEOUT_S"))
+                    timeout_s = trusttrace_settings().probe_timeout_s
                     return ("cap", "probe_timeout", f"took longer than {timeout_s:g} s")
                 if self.receive.poll(POLL_S):
                     message: tuple[Any, ...] = self.receive.recv()

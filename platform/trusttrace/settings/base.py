@@ -300,4 +300,8 @@ TRUSTTRACE = {
     "MAX_PENDING_PER_USER": env_int("TRUSTTRACE_MAX_PENDING_PER_USER", 5),
     "MAX_UPLOADS_PER_HOUR": env_int("TRUSTTRACE_MAX_UPLOADS_PER_HOUR", 30),
     "MAX_STORAGE_PER_USER_BYTES": env_int("TRUSTTRACE_MAX_STORAGE_PER_USER_BYTES", 10 * 1024**3),
+    # A PEM file of root certificates trusted for C2PA signers on top of the
+    # c2pa library's defaults (unset: the defaults only); an unreadable file is
+    # logged and the defaults are used (analyses.services.probing).
+    "C2PA_TRUST_ANCHORS": env_path("TRUSTTRACE_C2PA_TRUST_ANCHORS", None),
 }

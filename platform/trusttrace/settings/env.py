@@ -30,6 +30,8 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y", "ok"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
 
 C = TypeVar("C", bound=str)
+# A path setting's default: a path, or None for an optional file.
+P = TypeVar("P", Path, None)
 
 
 def _bad(name: str, what: str) -> ImproperlyConfigured:
@@ -98,7 +100,7 @@ def env_choice(name: str, choices: Sequence[C], default: C) -> C:
     raise _bad(name, f"one of {', '.join(choices)}")
 
 
-def env_path(name: str, default: Path) -> Path:
-    """A path; unset or empty means ``default``."""
+def env_path(name: str, default: P) -> Path | P:
+    """A path; unset or empty means ``default`` (``None`` for an optional file)."""
     value = os.environ.get(name)
     return Path(value) if value else default
