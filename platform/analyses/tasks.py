@@ -25,9 +25,19 @@ class AnalysisTask(Task[Any, None]):
             job_timed_out(args[0])
 
 
-@shared_task(base=AnalysisTask, name="analyses.analyse_submission", ignore_result=True)
-def analyse_submission(submission_id: str) -> None:
-    """Analyse one submission (models load lazily inside the worker child)."""
+TASK_NAME = "analyses.analyze_submission"
+# The task's name before issue 19 spelt it "analyse". Messages queued under it
+# before an upgrade still run; remove it once no queue holds one (the reaper
+# re-sends a pending job under the new name after STALE_PENDING_S anyway).
+OLD_TASK_NAME = "analyses.analyse_submission"
+
+
+def _analyze(submission_id: str) -> None:
+    """Analyze one submission (models load lazily inside the worker child)."""
     from analyses.services import run_submission
 
     run_submission(submission_id)
+
+
+analyze_submission = shared_task(base=AnalysisTask, name=TASK_NAME, ignore_result=True)(_analyze)
+_old_name = shared_task(base=AnalysisTask, name=OLD_TASK_NAME, ignore_result=True)(_analyze)

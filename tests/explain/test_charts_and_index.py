@@ -114,7 +114,7 @@ def test_config_refuses_nonsense_with_reasons() -> None:
         ExplainConfig(quality=101)
 
 
-def test_series_boxes_are_fractions_of_the_analysed_frame() -> None:
+def test_series_boxes_are_fractions_of_the_analyzed_frame() -> None:
     # A 6400x6000 video analysed from frames downscaled to 2974x2788 while
     # decoding: its face boxes are in the small frames' pixels.
     media = MediaInfo(

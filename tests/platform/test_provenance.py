@@ -68,7 +68,7 @@ def _submit_and_run(owner: Any, path: Path) -> Submission:
     return sub
 
 
-def test_ai_generated_jpeg_from_a_trusted_signer_is_valid_and_still_analysed(
+def test_ai_generated_jpeg_from_a_trusted_signer_is_valid_and_still_analyzed(
     site: Path, trusted: Path, users, signed
 ) -> None:
     sub = _submit_and_run(users["submitter"], signed["ai"])
@@ -97,7 +97,7 @@ def test_unreadable_trust_anchor_file_falls_back_to_the_library_defaults(
     assert sub.provenance["state"] == "untrusted"
 
 
-def test_tampered_jpeg_is_invalid_and_analysed(site: Path, trusted: Path, users, signed) -> None:
+def test_tampered_jpeg_is_invalid_and_analyzed(site: Path, trusted: Path, users, signed) -> None:
     sub = _submit_and_run(users["submitter"], signed["tampered"])
     assert sub.provenance["state"] == "invalid"
     assert "assertion.dataHash.mismatch" in sub.provenance["codes"]
@@ -120,7 +120,7 @@ def test_upload_without_a_manifest_is_absent(site: Path, users, signed) -> None:
     assert sub.provenance["state"] == "absent" and not sub.provenance_says_ai
 
 
-def test_signed_mp4_upload_is_read_and_analysed(site: Path, trusted: Path, users, signed) -> None:
+def test_signed_mp4_upload_is_read_and_analyzed(site: Path, trusted: Path, users, signed) -> None:
     sub = _submit_and_run(users["submitter"], signed["mp4"])
     assert sub.kind == "video"
     assert sub.provenance["state"] == "valid", sub.provenance["reason"]

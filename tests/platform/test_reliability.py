@@ -42,7 +42,7 @@ class Outbox:
 @pytest.fixture
 def outbox(monkeypatch: pytest.MonkeyPatch) -> Outbox:
     box = Outbox()
-    monkeypatch.setattr(tasks.analyse_submission, "apply_async", box.apply_async)
+    monkeypatch.setattr(tasks.analyze_submission, "apply_async", box.apply_async)
     return box
 
 
@@ -270,10 +270,29 @@ def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_d
     sub = _pending(users["submitter"], media_dir)
     _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker="w:1")
     # What the worker parent calls when it kills the child at the hard limit.
-    tasks.analyse_submission.on_failure(TimeLimitExceeded(1900), "task-id", [str(sub.pk)], {}, None)
+    tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "task-id", [str(sub.pk)], {}, None)
     sub.refresh_from_db()
     # Before: the message was acknowledged and the job stayed running.
     assert sub.status == Status.FAILED and sub.reason_code == services.TIMED_OUT_CODE
+
+
+def test_the_old_task_name_runs_the_same_job_until_its_messages_have_drained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trusttrace.celery import app
+
+    # A message queued before the rename names the task by its old spelling.
+    new, old = app.tasks["analyses.analyze_submission"], app.tasks["analyses.analyse_submission"]
+    assert old is not new and old.run is new.run
+    # Under either name a hard time limit marks the job failed.
+    assert isinstance(old, tasks.AnalysisTask) and old.ignore_result
+    ran: list[str] = []
+    monkeypatch.setattr(services, "run_submission", ran.append)
+    old("queued-before-the-rename")
+    new("queued-after-it")
+    assert ran == ["queued-before-the-rename", "queued-after-it"]
+    # What is sent now goes out under the new name only.
+    assert tasks.analyze_submission.name == "analyses.analyze_submission"
 
 
 def test_soft_limit_not_below_the_hard_limit_refuses_to_start() -> None:

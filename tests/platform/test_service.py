@@ -27,7 +27,7 @@ def test_submission_is_saved_pending_and_queued_after_commit(
     from analyses import tasks
 
     monkeypatch.setattr(
-        tasks.analyse_submission, "apply_async", lambda args, **kw: queued.append(args[0])
+        tasks.analyze_submission, "apply_async", lambda args, **kw: queued.append(args[0])
     )
     with django_capture_on_commit_callbacks(execute=True):
         sub = _submit(users["submitter"], media_dir / "person.mp4", title="My clip")

@@ -39,7 +39,7 @@ def _check(result: dict, log: Path) -> None:
     statuses = [s for s, _ in result["stages"]]
     assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "done"
     text = log.read_text()
-    assert "analyses.analyse_submission" in text and "succeeded" in text
+    assert "analyses.analyze_submission" in text and "succeeded" in text
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def clip(media_dir: Path) -> Path:
     return media_dir / "person.mp4"
 
 
-def test_worker_over_redis_analyses_a_clip(
+def test_worker_over_redis_analyzes_a_clip(
     tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, clip: Path
 ) -> None:
     if not Path(stack.REDIS).exists():
@@ -61,7 +61,7 @@ def test_worker_over_redis_analyses_a_clip(
     _check(result, log)
 
 
-def test_worker_over_the_embedded_transport_analyses_a_clip(
+def test_worker_over_the_embedded_transport_analyzes_a_clip(
     tmp_path: Path, tiny_weights: Path, blazeface_cache: Path, clip: Path
 ) -> None:
     env = stack.site_env(tmp_path / "var", tiny_weights, blazeface_cache)
@@ -74,11 +74,11 @@ def test_worker_over_the_embedded_transport_analyses_a_clip(
 
 
 def test_worker_settings_suit_long_jobs() -> None:
-    from analyses.tasks import analyse_submission
+    from analyses.tasks import analyze_submission
     from trusttrace.celery import app
 
     conf = app.conf
-    assert analyse_submission.name == "analyses.analyse_submission"
+    assert analyze_submission.name == "analyses.analyze_submission"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert 0 < conf.task_soft_time_limit < conf.task_time_limit

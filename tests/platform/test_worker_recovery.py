@@ -181,7 +181,7 @@ def _pings(client: Any) -> bool:
         return False
 
 
-def test_upload_while_redis_is_stopped_is_kept_and_analysed_once_it_is_back(
+def test_upload_while_redis_is_stopped_is_kept_and_analyzed_once_it_is_back(
     tmp_path: Path, held_weights: Path, blazeface_cache: Path, clip: Path
 ) -> None:
     if not Path(stack.REDIS).exists():

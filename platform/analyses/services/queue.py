@@ -40,10 +40,10 @@ def enqueue(sub: Submission) -> None:
 
 def send(sub_id: Any) -> None:
     """Publish the message for one pending submission and stamp its heartbeat."""
-    from analyses.tasks import analyse_submission
+    from analyses.tasks import analyze_submission
 
     try:
-        analyse_submission.apply_async(
+        analyze_submission.apply_async(
             (str(sub_id),), retry=True, retry_policy=PUBLISH_RETRY_POLICY
         )
     except Exception as e:  # any broker failure: the reaper sends it later

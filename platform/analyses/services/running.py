@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, connection, transaction
@@ -27,6 +27,13 @@ from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
 from analyses.services.storage import artifact_dir, media_root
 
+if TYPE_CHECKING:
+    # Loaded in the worker child on the first job, never by the web process.
+    from ensemble.config import AnalysisConfig
+    from ensemble.pipeline import Analyzer
+    from ensemble.results import AnalysisResult
+    from explain import Explainer
+
 logger = logging.getLogger(__name__)
 
 # Explanation index versions this site stores (explain/index.py writes the newest).
@@ -36,10 +43,10 @@ INTERNAL_ERROR_REASON = (
     "not your file's; it was logged and a moderator can run it again."
 )
 
-_ANALYZERS: dict[Any, Any] = {}
+_ANALYZERS: dict[tuple[AnalysisConfig, str], Analyzer] = {}
 
 
-def _analyzer() -> Any:
+def _analyzer() -> Analyzer:
     """One loaded :class:`ensemble.pipeline.Analyzer` per worker process and
     configuration: models load on the first job, in the child process."""
     from ensemble.pipeline import Analyzer
@@ -59,10 +66,10 @@ class _RejectedInput(Refusal):
     """Bad input found during the job (e.g. an unusable reference): final."""
 
 
-_EXPLAINERS: dict[Any, Any] = {}
+_EXPLAINERS: dict[int, Explainer] = {}
 
 
-def _explainer() -> Any:
+def _explainer() -> Explainer:
     """One ``explain.Explainer`` per worker process around :func:`_analyzer`."""
     from explain import ExplainConfig, Explainer
 
@@ -74,9 +81,9 @@ def _explainer() -> Any:
     return explainer
 
 
-def _analyse(
+def _analyze(
     path: Path, out_dir: Path, reference: Path | None, progress: Callable[[str, float], None]
-) -> tuple[Any, dict[str, Any] | None]:
+) -> tuple[AnalysisResult, dict[str, Any] | None]:
     """Run the analysis with its explanations.
 
     Returns the AnalysisResult and the explanation index (index.json as a
@@ -218,7 +225,7 @@ def run_submission(submission_id: Any) -> None:
         with _heartbeat(sub.pk):
             try:
                 reference = Path(sub.reference_file.path) if sub.reference_file else None
-                result, index = _analyse(
+                result, index = _analyze(
                     Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
                 )
                 _store(sub, result.to_dict(), index, out_dir)
