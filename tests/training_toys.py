@@ -1,4 +1,5 @@
-"""Generated face-crop datasets and toy members for the training tests."""
+"""Generated face-crop datasets for the training tests (their toy members are
+in ``tests.tiny_registry``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
-from ensemble.crops import CropPolicy
-from ensemble.registry import MemberSpec, Registry, tiny_spec
 from tests import media_factory as mf
 
 # Six BlazeFace keypoints of the astronaut crop made by face_crop(size), as
@@ -78,61 +75,3 @@ def write_dataset(
         writer.writeheader()
         writer.writerows(rows)
     return root
-
-
-class Brightness(nn.Module):
-    """logit = 4 * (mean input - 0.5): with mean 0 and std 1 normalisation
-    the input is pixel / 255, so a grey crop's score is known by hand."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gain = nn.Parameter(torch.tensor(4.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.gain * (x.mean(dim=(1, 2, 3)) - 0.5)).reshape(-1, 1)
-
-
-BRIGHTNESS = MemberSpec(
-    name="bright",
-    build=Brightness,
-    crop=CropPolicy("square", margin=0.2),
-    input_size=16,
-    gradcam_layer="",
-    description="brightness, tests only",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-)
-
-
-class DropNet(nn.Module):
-    """A toy with BatchNorm and dropout: its training steps use the torch RNG
-    and running statistics, as ResNet-50's do (resume tests need both)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        )  # fmt: skip
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
-                                  nn.Linear(8, 1))  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.pool(self.features(x)).flatten(1))
-        return out
-
-
-DROPNET = MemberSpec(
-    name="toy_drop",
-    build=DropNet,
-    crop=CropPolicy("square", margin=0.2),
-    input_size=32,
-    gradcam_layer="features.2",
-    description="BatchNorm and dropout toy, tests only",
-)
-
-REGISTRY = Registry()
-REGISTRY.register(DROPNET)
-REGISTRY.register(tiny_spec("toy_a", 32))
-REGISTRY.register(tiny_spec("toy_b", 24))
-REGISTRY.register(BRIGHTNESS)

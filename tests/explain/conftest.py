@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from ensemble.pipeline import Analyzer
-from tests.explain.tiny import REGISTRY, install_weights, tiny_config
+from tests.tiny_registry import EXPLAIN_MEMBERS, REGISTRY, explain_config, install_weights
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_weights(tmp_path_factory.mktemp("tiny-weights"))
+    return install_weights(tmp_path_factory.mktemp("tiny-weights"), EXPLAIN_MEMBERS)
 
 
 @pytest.fixture
 def tiny_analyzer(tiny_weights: Path, blazeface_cache: Path) -> Analyzer:
-    return Analyzer(tiny_config(tiny_weights, blazeface_cache), REGISTRY)
+    return Analyzer(explain_config(tiny_weights, blazeface_cache), REGISTRY)

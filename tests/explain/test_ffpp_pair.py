@@ -18,7 +18,7 @@ from ensemble.pipeline import Analyzer
 from explain import ExplainConfig, Explainer
 from explain.reference import frames_at
 from explain.ssim import matching_face, ssim_mask
-from tests.explain.tiny import REGISTRY, tiny_config
+from tests.tiny_registry import REGISTRY, explain_config
 
 FAKE = "tranthuhoai3786_000_003.mp4"
 REAL = "cyshih704_real.mp4"
@@ -60,7 +60,7 @@ def test_explainer_on_the_pair_writes_every_kind(
     shared: Path, tiny_weights: Path, blazeface_cache: Path, tmp_path: Path
 ) -> None:
     videos = shared / "media" / "videos"
-    analyzer = Analyzer(tiny_config(tiny_weights, blazeface_cache, frames=FRAMES), REGISTRY)
+    analyzer = Analyzer(explain_config(tiny_weights, blazeface_cache, frames=FRAMES), REGISTRY)
     out = tmp_path / "out"
     result, index = Explainer(analyzer, ExplainConfig(top_k=2)).run(
         videos / FAKE, out, reference=videos / REAL

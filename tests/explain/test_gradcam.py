@@ -167,7 +167,7 @@ def _onnx_twin(member: LoadedMember, backend: str = "onnxruntime") -> LoadedMemb
 )
 @pytest.mark.parametrize("maker", ["plain", "attention"])
 def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker, backend) -> None:
-    from tests.explain.tiny import tiny_attention_spec
+    from tests.tiny_registry import tiny_attention_spec
 
     if maker == "plain":
         member = tiny_member("t", input_size=64)
@@ -212,7 +212,7 @@ class WithAttentionMap(nn.Module):
 
 def test_onnx_attention_equals_the_models_own_map() -> None:
     from explain.attention import attention_maps
-    from tests.explain.tiny import tiny_attention_spec
+    from tests.tiny_registry import tiny_attention_spec
 
     spec = tiny_attention_spec("att", 56)
     torch.manual_seed(0)
@@ -258,7 +258,7 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
 
 def test_gradcam_still_works_after_an_attention_export_under_inference_mode() -> None:
     from explain.attention import attention_maps
-    from tests.explain.tiny import tiny_attention_spec
+    from tests.tiny_registry import tiny_attention_spec
 
     spec = tiny_attention_spec("att", 56)
     spec = MemberSpec(**{**spec.__dict__, "gradcam_layer": "inner.head.0"})

@@ -20,7 +20,7 @@ from explain.render import (
     heat_on_square,
     overlay_on_frame,
 )
-from tests.explain.tiny import tiny_attention_spec
+from tests.tiny_registry import tiny_attention_spec
 
 POLICIES = [
     CropPolicy("square", 0.3),

@@ -10,26 +10,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
 from PIL import Image
 
-from ensemble.weights import save_weights
 from tests import media_factory as mf
-from tests.tiny_registry import REGISTRY
+from tests.tiny_registry import SITE_MEMBERS, install_weights
 
-TINY_MEMBERS = ("tiny_a", "tiny_b")
+TINY_MEMBERS = SITE_MEMBERS
 PASSWORD = "a-Long-test-passw0rd"
 
 
 def install_tiny_weights(folder: Path) -> Path:
-    torch.manual_seed(0)
-    for name in TINY_MEMBERS:
-        spec = REGISTRY.get(name)
-        save_weights(spec.build().state_dict(), spec, folder, provenance={"data": "random, tests"})
-    return folder
+    return install_weights(folder, TINY_MEMBERS)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from torch import Tensor
 
 from ensemble.detectors import TinyDetector
-from ensemble.registry import Registry, tiny_spec
+from ensemble.registry import Registry
+from tests import tiny_registry
 
 POLL_S = 0.2
 
@@ -33,6 +34,7 @@ class HeldTiny(TinyDetector):
         return super().forward(x)
 
 
+# The site's tiny members of tests.tiny_registry, held.
 REGISTRY = Registry()
-REGISTRY.register(dataclasses.replace(tiny_spec("tiny_a", 64), build=HeldTiny))
-REGISTRY.register(dataclasses.replace(tiny_spec("tiny_b", 48), build=HeldTiny))
+for _name in tiny_registry.SITE_MEMBERS:
+    REGISTRY.register(dataclasses.replace(tiny_registry.REGISTRY.get(_name), build=HeldTiny))

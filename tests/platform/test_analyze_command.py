@@ -10,9 +10,8 @@ import torch
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from ensemble.weights import save_weights
 from tests import media_factory as mf
-from tests.tiny_registry import REGISTRY
+from tests.tiny_registry import REGISTRY, install_weights
 
 
 @pytest.fixture
@@ -20,10 +19,7 @@ def tiny_site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
     from django.conf import settings
 
     weights = tmp_path / "weights"
-    torch.manual_seed(0)
-    for name in ("tiny_a", "tiny_b"):
-        spec = REGISTRY.get(name)
-        save_weights(spec.build().state_dict(), spec, weights, provenance={"data": "random, tests"})
+    install_weights(weights)
     trusttrace = {
         **settings.TRUSTTRACE,
         "REGISTRY": "tests.tiny_registry.REGISTRY",
@@ -105,7 +101,10 @@ def test_frames_and_member_subset(tiny_site: Path, corpus: Path, tmp_path: Path)
 
 
 def test_unknown_member_lists_the_known_ones(tiny_site: Path, corpus: Path) -> None:
-    with pytest.raises(CommandError, match="known detectors: tiny_a, tiny_b"):
+    with pytest.raises(
+        CommandError,
+        match="known detectors: bright, tiny_a, tiny_att, tiny_b, toy_a, toy_b, toy_drop",
+    ):
         call_command("analyze", str(corpus), "--members", "nope")
 
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from tests import media_factory as mf
-from tests.explain.tiny import install_weights
+from tests.tiny_registry import EXPLAIN_MEMBERS, install_weights
 
 
 @pytest.fixture
@@ -20,10 +20,10 @@ def explain_site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
 
     trusttrace = {
         **settings.TRUSTTRACE,
-        "REGISTRY": "tests.explain.tiny.REGISTRY",
-        "WEIGHTS_DIR": install_weights(tmp_path / "weights"),
+        "REGISTRY": "tests.tiny_registry.REGISTRY",
+        "WEIGHTS_DIR": install_weights(tmp_path / "weights", EXPLAIN_MEMBERS),
         "CACHE_DIR": blazeface_cache,
-        "MEMBERS": ("tiny_a", "tiny_att"),
+        "MEMBERS": EXPLAIN_MEMBERS,
         "FRAMES": 4,
     }
     with override_settings(TRUSTTRACE=trusttrace):

@@ -15,7 +15,8 @@ from django.test import override_settings
 
 from ensemble.weights import read_manifest, save_weights
 from tests import media_factory as mf
-from tests.training_toys import BRIGHTNESS, write_dataset
+from tests.tiny_registry import BRIGHTNESS
+from tests.training_toys import write_dataset
 
 # Grey levels of the generated crops: reals, then fakes.
 REAL_GREYS = (40, 100, 200)
@@ -29,7 +30,7 @@ def site(tmp_path: Path, blazeface_cache: Path) -> Iterator[Path]:
     weights = tmp_path / "weights"
     trusttrace = {
         **settings.TRUSTTRACE,
-        "REGISTRY": "tests.training_toys.REGISTRY",
+        "REGISTRY": "tests.tiny_registry.REGISTRY",
         "WEIGHTS_DIR": weights,
         "CACHE_DIR": blazeface_cache,
         "MEMBERS": ("bright",),

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from ensemble.weights import save_weights
 from tests.platform import hang_registry, stack
+from tests.tiny_registry import SITE_MEMBERS, install_weights
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +36,7 @@ FAST_REAPER = {
 @pytest.fixture(scope="session")
 def held_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("held-weights")
-    torch.manual_seed(0)
-    for name in ("tiny_a", "tiny_b"):
-        spec = hang_registry.REGISTRY.get(name)
-        save_weights(spec.build().state_dict(), spec, folder, provenance={"data": "random"})
-    return folder
+    return install_weights(folder, SITE_MEMBERS, hang_registry.REGISTRY)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from ensemble.training.loop import TrainConfig, resolve_precision, resolve_recip
 from ensemble.training.optim import Ema, apply_drop_path, smooth_targets, warmup_cosine
 from ensemble.training.recipes import RECIPES
 from ensemble.weights import dequantize_int8, quantize_int8, read_manifest
-from tests.training_toys import REGISTRY, write_dataset
+from tests.tiny_registry import REGISTRY
+from tests.training_toys import write_dataset
 
 SPEC = REGISTRY.get("toy_a")
 
