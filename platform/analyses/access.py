@@ -3,25 +3,25 @@ Anything else is a 404 (never a 403), so ids leak nothing."""
 
 from __future__ import annotations
 
-from typing import Any
+from uuid import UUID
 
 from django.db.models import QuerySet
 from django.http import Http404
 
-from accounts.roles import is_moderator
+from accounts.roles import AnyUser, is_moderator
 from analyses.models import Submission
 
 
-def visible_submissions(user: Any) -> QuerySet[Submission]:
+def visible_submissions(user: AnyUser) -> QuerySet[Submission]:
     """The submissions ``user`` may see."""
     if not user.is_authenticated:
         return Submission.objects.none()
     if is_moderator(user):
         return Submission.objects.all()
-    return Submission.objects.filter(owner=user)
+    return Submission.objects.filter(owner_id=user.pk)
 
 
-def get_visible(user: Any, pk: Any) -> Submission:
+def get_visible(user: AnyUser, pk: UUID | str) -> Submission:
     """One visible submission, or :class:`Http404`."""
     try:
         return visible_submissions(user).get(pk=pk)
@@ -29,11 +29,11 @@ def get_visible(user: Any, pk: Any) -> Submission:
         raise Http404("No such submission.") from e
 
 
-def get_owned(user: Any, pk: Any) -> Submission:
+def get_owned(user: AnyUser, pk: UUID | str) -> Submission:
     """A submission ``user`` owns, or :class:`Http404`."""
     if not user.is_authenticated:
         raise Http404("No such submission.")
     try:
-        return Submission.objects.get(pk=pk, owner=user)
+        return Submission.objects.get(pk=pk, owner_id=user.pk)
     except (Submission.DoesNotExist, ValueError) as e:
         raise Http404("No such submission.") from e

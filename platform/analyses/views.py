@@ -12,6 +12,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.roles import signed_in
 from analyses import services
 from analyses.access import get_owned, get_visible
 from analyses.config import trusttrace_settings
@@ -93,7 +94,7 @@ def submit(request: HttpRequest) -> HttpResponse:
         elif form.is_valid():
             try:
                 sub, reused = services.submit(
-                    request.user,
+                    signed_in(request.user),
                     form.cleaned_data["file"],
                     title=form.cleaned_data["title"],
                     reference=form.cleaned_data.get("reference"),
@@ -284,6 +285,6 @@ def report(request: HttpRequest, pk: str) -> HttpResponse:
     from moderation.services import file_report
 
     sub = get_owned(request.user, pk)
-    file_report(sub, request.user, str(request.POST.get("reason", "")))
+    file_report(sub, signed_in(request.user), str(request.POST.get("reason", "")))
     messages.success(request, "Thank you; a moderator will review this submission.")
     return redirect("analyses:detail", pk=sub.pk)

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from accounts.roles import signed_in
 from analyses import services
 from analyses.access import get_visible, visible_submissions
 from analyses.config import trusttrace_settings
@@ -85,7 +86,7 @@ class SubmissionViewSet(
         form.is_valid(raise_exception=True)
         # A refusal (services.Refusal) becomes its answer in exception_handler.
         sub, reused = services.submit(
-            request.user,
+            signed_in(request.user),
             form.validated_data["file"],
             title=form.validated_data.get("title", ""),
             reference=form.validated_data.get("reference"),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Abs
 
+from accounts.roles import AnyUser, is_moderator
 from analyses.models import Status, Submission, Verdict
 from analyses.services.errors import DecisionError as DecisionError  # re-exported
 from moderation.models import Action, Decision, Label, Report
@@ -24,12 +25,10 @@ def final_decision(sub: Submission) -> Decision | None:
     return sub.decisions.select_related("moderator").first()
 
 
-def decision_for(sub: Submission, viewer: Any) -> Decision | None:
+def decision_for(sub: Submission, viewer: AnyUser | None) -> Decision | None:
     """The decision ``viewer`` may see: the latest for moderators; for the
     submitter the latest that is not an escalation (an escalation is not a
     decision yet, and its note is addressed to other moderators)."""
-    from accounts.roles import is_moderator
-
     if viewer is not None and is_moderator(viewer):
         return final_decision(sub)
     return sub.decisions.exclude(action=Action.ESCALATE).select_related("moderator").first()
@@ -41,7 +40,7 @@ def current_label(sub: Submission) -> str:
     return last.to_label if last else (sub.verdict or "")
 
 
-def decide(sub: Submission, moderator: Any, action: str, note: str) -> Decision:
+def decide(sub: Submission, moderator: User, action: str, note: str) -> Decision:
     """Record a decision; overrides (and escalations) need a note."""
     if action not in Action.values:
         raise DecisionError(f"Unknown decision '{action}'.")
@@ -71,7 +70,7 @@ def decide(sub: Submission, moderator: Any, action: str, note: str) -> Decision:
     return decision
 
 
-def file_report(sub: Submission, reporter: Any, reason: str) -> Report:
+def file_report(sub: Submission, reporter: User, reason: str) -> Report:
     """A user disputes a verdict."""
     return Report.objects.create(submission=sub, reporter=reporter, reason=reason.strip()[:2000])
 

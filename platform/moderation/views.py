@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.roles import is_moderator
+from accounts.roles import is_moderator, signed_in
 from analyses import services as analyses_services
 from analyses.access import get_visible
 from analyses.models import PROVENANCE_INTACT, Status, Submission, Verdict
@@ -144,7 +144,10 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
     following = services.next_in_queue(sub, state=state)
     try:
         services.decide(
-            sub, request.user, str(request.POST.get("action", "")), request.POST.get("note", "")
+            sub,
+            signed_in(request.user),
+            str(request.POST.get("action", "")),
+            request.POST.get("note", ""),
         )
     except services.DecisionError as e:
         messages.error(request, str(e))

@@ -157,3 +157,18 @@ def test_files_have_no_public_url_and_ids_cannot_be_mixed(
     _expect(clients["other"].post(reverse("analyses:delete", args=[sub.pk])), 404)
     assert Path(sub.file.path).is_file() and Path(sub.reference_file.path).is_file()
     assert services.artifact_dir(sub).is_dir()
+
+
+def test_services_acting_for_a_user_get_the_signed_in_account_or_a_403(users) -> None:
+    from django.contrib.auth.models import AnonymousUser
+    from django.core.exceptions import PermissionDenied
+    from django.utils.functional import SimpleLazyObject
+
+    from accounts.roles import signed_in
+
+    alice = users["submitter"]
+    assert signed_in(alice) is alice
+    # request.user is a lazy object around the account.
+    assert signed_in(SimpleLazyObject(lambda: alice)).pk == alice.pk  # type: ignore[arg-type]
+    with pytest.raises(PermissionDenied, match="Sign in first"):
+        signed_in(AnonymousUser())

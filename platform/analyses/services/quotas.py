@@ -5,8 +5,8 @@ limit and what to do (:class:`QuotaExceeded`, shown to the user, 429)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
+from django.contrib.auth.models import User
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -21,7 +21,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-def check_quotas(owner: Any, incoming_bytes: int) -> None:
+def check_quotas(owner: User, incoming_bytes: int) -> None:
     """Refuse an upload of ``incoming_bytes`` that would take ``owner`` over a
     limit (``MAX_PENDING_PER_USER``, ``MAX_STORAGE_PER_USER_BYTES``,
     ``MAX_UPLOADS_PER_HOUR``; 0 disables one)."""
@@ -56,7 +56,7 @@ def check_quotas(owner: Any, incoming_bytes: int) -> None:
             )
 
 
-def previous_result(owner: Any, sha256: str, reference_sha256: str = "") -> Submission | None:
+def previous_result(owner: User, sha256: str, reference_sha256: str = "") -> Submission | None:
     """The owner's latest finished analysis of the same file (and reference),
     offered instead of analysing it again."""
     return (

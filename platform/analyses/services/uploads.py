@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
@@ -118,7 +119,7 @@ def _accept(upload: UploadedFile) -> tuple[Path, Probed]:
 
 
 def create_submission(
-    owner: Any,
+    owner: User,
     upload: UploadedFile,
     *,
     title: str = "",
@@ -131,7 +132,7 @@ def create_submission(
 
 
 def submit(
-    owner: Any,
+    owner: User,
     upload: UploadedFile,
     *,
     title: str = "",
