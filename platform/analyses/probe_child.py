@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ensemble.config import MediaLimits
 
 
 def probe(
     path: str,
-    limits: Any,
+    limits: MediaLimits,
     n_frames: int,
     conn: Connection,
     provenance: dict[str, Any] | None = None,

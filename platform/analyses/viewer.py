@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from analyses.models import Artifact, ArtifactKind, Submission
 
@@ -260,13 +261,13 @@ def most_suspicious(series: dict[str, Any]) -> tuple[int, int] | None:
     return None if best is None else (best[2], -best[1])
 
 
-def thumbnails(subs: Sequence[Submission]) -> dict[Any, int]:
+def thumbnails(subs: Sequence[Submission]) -> dict[UUID, int]:
     """Submission pk -> the artifact id of its most suspicious face crop."""
     wanted = {s.pk: most_suspicious(s.series) for s in subs}
     rows = Artifact.objects.filter(
         submission__in=[pk for pk, w in wanted.items() if w], kind=ArtifactKind.FACE
     ).values_list("submission_id", "person", "frame", "pk")
-    out: dict[Any, int] = {}
+    out: dict[UUID, int] = {}
     for sub_id, person, frame, pk in rows:
         if wanted.get(sub_id) == (person, frame):
             out[sub_id] = pk

@@ -8,7 +8,7 @@ while pending means it was never sent (the broker was down), and the reaper
 from __future__ import annotations
 
 import logging
-from typing import Any
+from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
@@ -38,7 +38,7 @@ def enqueue(sub: Submission) -> None:
     transaction.on_commit(lambda: send(sub_id))
 
 
-def send(sub_id: Any) -> None:
+def send(sub_id: UUID | str) -> None:
     """Publish the message for one pending submission and stamp its heartbeat."""
     from analyses.tasks import analyze_submission
 

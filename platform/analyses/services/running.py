@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, connection, transaction
@@ -103,7 +104,7 @@ def _analyze(
     return result, json.loads(Path(index_path).read_text(encoding="utf-8"))
 
 
-def _progress_writer(sub_id: Any) -> Callable[[str, float], None]:
+def _progress_writer(sub_id: UUID | str) -> Callable[[str, float], None]:
     interval = trusttrace_settings().progress_interval_s
     last = [0.0, -1]
 
@@ -179,7 +180,7 @@ def is_abandoned(sub: Submission, now: datetime | None = None) -> bool:
     return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
 
 
-def run_submission(submission_id: Any) -> None:
+def run_submission(submission_id: UUID | str) -> None:
     """Analyse one submission and store the outcome (the Celery task's body).
 
     A message for a submission still ``running`` is either a duplicate (its
@@ -260,7 +261,7 @@ def _timed_out_reason() -> str:
     return TIMED_OUT_REASON.format(limit=float(settings.CELERY_TASK_SOFT_TIME_LIMIT))
 
 
-def job_timed_out(submission_id: Any) -> None:
+def job_timed_out(submission_id: UUID | str) -> None:
     """The hard time limit killed the job's process (called in the worker
     parent): mark it failed, never leave it ``running``."""
     done = Submission.objects.filter(pk=submission_id, status=Status.RUNNING).update(
@@ -272,7 +273,7 @@ def job_timed_out(submission_id: Any) -> None:
 
 
 @contextmanager
-def _heartbeat(sub_id: Any) -> Iterator[None]:
+def _heartbeat(sub_id: UUID | str) -> Iterator[None]:
     """Touch the job's ``heartbeat`` every ``HEARTBEAT_S`` from a thread while
     the body runs (model loading and long stages report no progress)."""
     interval = trusttrace_settings().heartbeat_s

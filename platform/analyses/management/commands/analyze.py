@@ -21,11 +21,16 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+if TYPE_CHECKING:
+    # Loaded in handle(): web processes that import the commands never load torch.
+    from ensemble.pipeline import Analyzer
+    from ensemble.results import AnalysisResult
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +165,12 @@ class Command(BaseCommand):
             raise CommandError(f"{failed} of {len(results)} files failed; see the log")
 
     def _analysis(
-        self, analyzer: Any, explain_dir: Path | None, reference: Path | None, files: list[Path]
-    ) -> Any:
+        self,
+        analyzer: Analyzer,
+        explain_dir: Path | None,
+        reference: Path | None,
+        files: list[Path],
+    ) -> Callable[[Path], AnalysisResult]:
         """``path -> AnalysisResult``: the analysis alone, or with explanations."""
         if explain_dir is None:
             return analyzer.analyze
@@ -176,7 +185,7 @@ class Command(BaseCommand):
         explainer = Explainer(analyzer)
         folders = _explain_folders(explain_dir, files)
 
-        def run(path: Path) -> Any:
+        def run(path: Path) -> AnalysisResult:
             result, index = explainer.run(path, folders[path], reference=reference)
             if index is not None:
                 self.stdout.write(
@@ -187,7 +196,7 @@ class Command(BaseCommand):
         return run
 
     @staticmethod
-    def _summary(result: Any) -> str:
+    def _summary(result: AnalysisResult) -> str:
         name = Path(result.file).name
         if result.status != "done":
             return f"{name}: {result.status}: {result.reason}"
@@ -196,7 +205,7 @@ class Command(BaseCommand):
         members = ", ".join(f"{k} {v:.3f}" for k, v in result.members.items())
         return f"{name}: {result.verdict} (score {result.score:.3f}; {members})"
 
-    def _write(self, target: str, writer: Any) -> None:
+    def _write(self, target: str, writer: Callable[[TextIO], None]) -> None:
         if target == "-":
             writer(sys.stdout)
             return
@@ -206,13 +215,13 @@ class Command(BaseCommand):
             writer(fh)
 
     @staticmethod
-    def _json(fh: TextIO, results: Sequence[Any], provenance: dict[str, Any]) -> None:
+    def _json(fh: TextIO, results: Sequence[AnalysisResult], provenance: dict[str, Any]) -> None:
         rows = [{**r.to_dict(), "provenance": provenance.get(r.file)} for r in results]
         json.dump({"results": rows}, fh, indent=2)
         fh.write("\n")
 
     @staticmethod
-    def _csv(fh: TextIO, results: Sequence[Any], members: list[str]) -> None:
+    def _csv(fh: TextIO, results: Sequence[AnalysisResult], members: list[str]) -> None:
         writer = csv.writer(fh)
         writer.writerow([*CSV_FIELDS, *members])
         for r in results:

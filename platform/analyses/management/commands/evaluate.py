@@ -30,10 +30,19 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+if TYPE_CHECKING:
+    from ensemble.calibration import Combiner
+    from ensemble.config import AnalysisConfig
+    from ensemble.registry import Registry
+
+Probs = dict[str, npt.NDArray[np.float64]]
+Labels = npt.NDArray[np.float64]
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +72,6 @@ def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
 
 class Command(BaseCommand):
     help = "Evaluate the installed detectors on labelled face crops or videos."
-    # How --faces combines the members (ensemble.calibration.Combiner), set by _faces.
-    combiner: Any = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--faces", type=Path, help="face-crop dataset (CSV or folder)")
@@ -123,17 +130,17 @@ class Command(BaseCommand):
         ensemble_probs = None
         try:
             if o["faces"]:
-                probs, labels, rows = self._faces(config, registry, o)
+                probs, labels, rows, combiner = self._faces(config, registry, o)
                 if o["scores"]:
                     write_scores(o["scores"], rows)
                 # The ensemble as analyses combine it: the calibration of
                 # weights/ensemble.json when it fits these members.
-                ensemble_probs = self.combiner(probs)
+                ensemble_probs = combiner(probs)
             else:
                 probs, labels, ensemble_probs, videos = self._videos(config, registry, o)
             result = report(probs, labels, threshold, ensemble_probs)
             if o["faces"]:
-                result["combination"] = self.combiner.describe()
+                result["combination"] = combiner.describe()
             if o["videos"]:
                 result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
@@ -172,8 +179,10 @@ class Command(BaseCommand):
         )
 
     def _faces(
-        self, config: Any, registry: Any, o: dict[str, Any]
-    ) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+        self, config: AnalysisConfig, registry: Registry, o: dict[str, Any]
+    ) -> tuple[Probs, Labels, list[dict[str, Any]], Combiner]:
+        """Each member's calibrated probabilities on the crops, their labels,
+        one score row per crop, and how analyses combine these members."""
         from ensemble.calibration import Combiner, read_calibration
         from ensemble.members import load_member
         from ensemble.scoring import calibrate
@@ -191,9 +200,9 @@ class Command(BaseCommand):
         per_member = root.is_dir() and all(
             (root / m / "metadata.csv").is_file() for m in config.members
         )
-        probs: dict[str, Any] = {}
+        probs: Probs = {}
         reference: list[str] | None = None
-        labels = None
+        labels: Labels = np.zeros(0)
         rows: list[dict[str, Any]] = []
         shas: dict[str, str | None] = {}
         for name in config.members:
@@ -232,12 +241,12 @@ class Command(BaseCommand):
                 row[f"prob:{name}"] = float(p)
                 row[f"weights:{name}"] = member.weights_sha256
             shas[name] = member.weights_sha256
-        self.combiner = Combiner.for_members(read_calibration(config.weights_dir), shas)
-        return probs, labels, rows
+        combiner = Combiner.for_members(read_calibration(config.weights_dir), shas)
+        return probs, labels, rows, combiner
 
     def _videos(
-        self, config: Any, registry: Any, o: dict[str, Any]
-    ) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]]:
+        self, config: AnalysisConfig, registry: Registry, o: dict[str, Any]
+    ) -> tuple[Probs, Labels, npt.NDArray[np.float64], list[dict[str, Any]]]:
         from ensemble.pipeline import Analyzer
         from ensemble.training.data import parse_label
 
