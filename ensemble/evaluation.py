@@ -14,12 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ensemble.errors import TrusttraceError
+
+if TYPE_CHECKING:
+    # matplotlib is imported where a figure is drawn, not with the module.
+    from matplotlib.figure import Figure
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -311,7 +315,7 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
 # --- Figures ----------------------------------------------------------------
 
 
-def roc_figure(curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], title: str) -> Any:
+def roc_figure(curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], title: str) -> Figure:
     """ROC curves, one per name: ``{name: (scores, labels)}``."""
     from matplotlib.figure import Figure
 
@@ -334,7 +338,7 @@ def reliability_figure(
     curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
     title: str,
     n_bins: int = ECE_BINS,
-) -> Any:
+) -> Figure:
     """Reliability diagram, one curve per name: ``{name: (probs, labels)}``.
 
     Top: observed fake rate against mean predicted fake probability in each
@@ -369,7 +373,7 @@ def reliability_figure(
     return fig
 
 
-def confusion_figure(confusion: Sequence[Sequence[int]], title: str) -> Any:
+def confusion_figure(confusion: Sequence[Sequence[int]], title: str) -> Figure:
     """A 2x2 confusion matrix with counts (rows: true real/fake)."""
     from matplotlib.figure import Figure
 
@@ -387,7 +391,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], title: str) -> Any:
     return fig
 
 
-def save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Render a Figure without pyplot or a display (Agg canvas): PNG or SVG,
     by the suffix of ``path`` (``FIGURE_FORMATS``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

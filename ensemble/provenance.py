@@ -37,6 +37,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def unchecked(reason: str, *, mime_type: str = "") -> ProvenanceSummary:
     )
 
 
-def _load_library() -> tuple[Any, str]:
+def _load_library() -> tuple[ModuleType | None, str]:
     """The ``c2pa`` module and ``""``, or ``None`` and why it cannot be loaded.
 
     Loaded when this module is imported (the upload probe's forkserver
@@ -233,7 +234,7 @@ def read_provenance(
     return replace(summary, library=library, mime_type=mime)
 
 
-def _read(c2pa: Any, path: Path, mime: str, trust_anchors: str | None) -> ProvenanceSummary:
+def _read(c2pa: ModuleType, path: Path, mime: str, trust_anchors: str | None) -> ProvenanceSummary:
     settings: dict[str, Any] = json.loads(json.dumps(READER_SETTINGS))
     if trust_anchors:
         settings["trust"] = {"user_anchors": trust_anchors}
@@ -394,7 +395,7 @@ def _actions(manifest: Mapping[str, Any]) -> list[ProvenanceAction]:
     return out
 
 
-def _source_type(value: Any) -> str:
+def _source_type(value: object) -> str:
     """The IPTC code of a digital source type URI (the URI itself otherwise)."""
     text = _text(value or "")
     if IPTC_SOURCE_TYPE in text:
@@ -402,7 +403,7 @@ def _source_type(value: Any) -> str:
     return text
 
 
-def _software(agent: Any) -> str:
+def _software(agent: object) -> str:
     if isinstance(agent, Mapping):
         return _text(" ".join(str(agent.get(k) or "") for k in ("name", "version")).strip())
     return _text(agent or "")
@@ -430,7 +431,7 @@ def _certificates(crjson: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _name(common_name: Any, organisation: Any) -> str:
+def _name(common_name: object, organisation: object) -> str:
     """``CN (O)``, or whichever of the two is there."""
     cn, org = _text(common_name or ""), _text(organisation or "")
     if cn and org and org != cn:
@@ -438,7 +439,7 @@ def _name(common_name: Any, organisation: Any) -> str:
     return cn or org
 
 
-def _text(value: Any, limit: int = MAX_TEXT) -> str:
+def _text(value: object, limit: int = MAX_TEXT) -> str:
     """Printable text of at most ``limit`` characters (manifests are untrusted input)."""
     text = "".join(c if c.isprintable() else " " for c in str(value)).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"

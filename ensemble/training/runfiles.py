@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,9 @@ import torch
 
 from ensemble.evaluation import save_figure
 from ensemble.training.data import Sample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -105,7 +108,7 @@ def write_logs(out: Path, history: Sequence[EpochLog], run_info: dict[str, Any])
     save_figure(curves_figure(history), out / "curves.png")
 
 
-def curves_figure(history: Sequence[EpochLog]) -> Any:
+def curves_figure(history: Sequence[EpochLog]) -> Figure:
     """Loss, accuracy and validation AUC per epoch (written after every epoch)."""
     from matplotlib.figure import Figure
 

@@ -77,7 +77,7 @@ class VerifiedPasswordResetForm(PasswordResetForm):
     verification link instead (:meth:`send_verification_links`), so nobody is
     left without a way back. The page answers the same either way."""
 
-    def get_users(self, email: str) -> Iterator[Any]:
+    def get_users(self, email: str) -> Iterator[User]:
         return (u for u in super().get_users(email) if verification.is_verified(u))
 
     def send_verification_links(self, request: HttpRequest) -> None:

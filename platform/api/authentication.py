@@ -7,9 +7,9 @@ Kept apart from the views: DRF imports its authentication classes while
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -25,7 +25,7 @@ def token_expired(token: Token) -> bool:
 class ExpiringTokenAuthentication(TokenAuthentication):
     """``Authorization: Token <key>``, refused (and deleted) once expired."""
 
-    def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+    def authenticate_credentials(self, key: str) -> tuple[User, Token]:
         user, token = super().authenticate_credentials(key)
         if token_expired(token):
             token.delete()

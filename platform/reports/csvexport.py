@@ -28,7 +28,7 @@ SUBMISSION_COLUMNS = (
 )  # fmt: skip
 
 
-def safe_cell(value: Any) -> str:
+def safe_cell(value: object) -> str:
     """Text for one CSV cell; formula-like text gets a leading apostrophe.
 
     Numbers are written as numbers (a negative number is data, not a formula).

@@ -12,10 +12,17 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+if TYPE_CHECKING:
+    from analyses.config import TrusttraceSettings
+    from ensemble.faces import FaceDetector
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ class Command(BaseCommand):
         except RegistryError as e:
             raise CommandError(str(e)) from e
         command = _command_line(o)
-        o["out"] = o["out"] or _settings("RUNS_DIR") / spec.name
+        o["out"] = o["out"] or _trusttrace().runs_dir / spec.name
         # Checked before hours of training, not after.
         crop = None
         if o["crop"]:
@@ -169,7 +176,7 @@ class Command(BaseCommand):
                     precision=o["precision"],
                     time_budget=o["time_budget"],
                     checkpoint_minutes=o["checkpoint_minutes"],
-                    cache_dir=_settings("CROPS_CACHE_DIR"),
+                    cache_dir=_trusttrace().crops_cache_dir,
                     init_from=o["init_from"],
                     compile=o["compile"],
                     paired=o["paired"],
@@ -216,7 +223,7 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from e
 
     @staticmethod
-    def _detector(make: Any) -> Any:
+    def _detector(make: Callable[[FaceDetector], T]) -> T:
         from analyses.config import analysis_config
         from ensemble.faces import FaceDetector
 
@@ -224,10 +231,10 @@ class Command(BaseCommand):
         return make(FaceDetector.load(config.faces, config.cache_dir, config.device))
 
 
-def _settings(key: str) -> Path:
-    from django.conf import settings
+def _trusttrace() -> TrusttraceSettings:
+    from analyses.config import trusttrace_settings
 
-    return Path(str(settings.TRUSTTRACE[key]))
+    return trusttrace_settings()
 
 
 def _command_line(options: dict[str, Any]) -> str:
