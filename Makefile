@@ -19,7 +19,7 @@ help:
 	@echo "make test-fast  tests without the slow full-size architecture checks"
 	@echo "make run        the site: migrate, demo accounts, web server + Celery worker (Ctrl-C stops)"
 	@echo "make analyze    analyse MEDIA=$(MEDIA) with the installed detectors (CLI)"
-	@echo "make bench      speed benchmark (bench/speed.py) on MEDIA, JSON in var/bench.json"
+	@echo "make bench      speed benchmark (python -m bench.speed) on MEDIA, JSON in var/bench.json"
 
 $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,7 +72,7 @@ analyze: install
 	$(BIN)/python manage.py analyze $(MEDIA) --json var/run.json --csv var/run.csv
 
 bench: install
-	$(BIN)/python bench/speed.py --videos $(MEDIA) --json var/bench.json
+	$(BIN)/python -m bench.speed --videos $(MEDIA) --json var/bench.json
 
 clean:
 	rm -rf $(VENV) var test-artifacts .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,6 @@
 """Is the learned attention map of EfficientNetAutoAttB4 informative? Measured.
 
-    python bench/attention_entropy.py --data ../shared/datasets/dfdc_faces --split val \
+    python -m bench.attention_entropy --data ../shared/datasets/dfdc_faces --split val \
         --limit 512 --json var/eval/attention_entropy.json --grid var/eval/attention_grid.png
 
 Runs the installed member's attention (blocks 0-9 and the 1x1 attention
@@ -14,20 +14,16 @@ writes the first crops with their maps overlaid, to look at.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ensemble.members import load_member  # noqa: E402
-from ensemble.training.data import limit_balanced, load_samples, read_rgb, resize_to, select  # noqa: E402
-from explain.attention import attention_maps, attention_spread  # noqa: E402
+from bench import common
+from ensemble.members import load_member
+from ensemble.training.data import limit_balanced, load_samples, read_rgb, resize_to, select
+from explain.attention import attention_maps, attention_spread
 
 BATCH = 32
 
@@ -44,16 +40,12 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--member", default="effnet_autoatt_b4")
-    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/dfdc_faces")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=512)
-    parser.add_argument("--json", type=Path)
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
+    common.add_member(parser, "effnet_autoatt_b4")
+    common.add_dataset(parser, split="val", limit=512)
     parser.add_argument("--grid", type=Path, help="PNG of the first 16 crops with their maps")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     member = load_member(args.member, args.weights, backend="torch")
     samples = limit_balanced(select(load_samples(args.data), args.split), args.limit, 0)
@@ -80,11 +72,8 @@ def main() -> int:
     for label, name in ((None, "all"), (0, "real"), (1, "fake")):
         picked = [s for s, smp in zip(spreads, samples, strict=True) if label in (None, smp.label)]
         result[name] = {key: _summary([p[key] for p in picked]) for key in picked[0]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    common.write_json(args.json, result)
     if args.grid:
         maps = attention_maps(member, crops[:16], BATCH, raw=raw[:16])
         tiles = []

@@ -1,6 +1,6 @@
 """How a dataset's face crops are framed, measured in BlazeFace's terms.
 
-    python bench/crop_framing.py --data ../shared/datasets/dfdc_faces --limit 400 \
+    python -m bench.crop_framing --data ../shared/datasets/dfdc_faces --limit 400 \
         --json var/crop_framing.json
 
 Each crop is put on a black border (``--pad`` of its side on every side, so
@@ -17,20 +17,16 @@ box centre (``ensemble.crops.CropPolicy`` ``margin = (side - 1) / 2``,
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ensemble.config import FaceConfig  # noqa: E402
-from ensemble.faces import FaceDetector  # noqa: E402
-from ensemble.training.data import (  # noqa: E402
+from bench import common
+from ensemble.config import FaceConfig
+from ensemble.faces import FaceDetector
+from ensemble.training.data import (
     limit_balanced,
     load_samples,
     pad_crop,
@@ -44,7 +40,7 @@ BATCH = 32
 def measure(data: Path, limit: int, pad: float, split: str, seed: int) -> dict[str, Any]:
     """The framing statistics of up to ``limit`` crops of ``split``."""
     samples = limit_balanced(select(load_samples(data), split), limit, seed)
-    detector = FaceDetector.load(FaceConfig(), ROOT / "var" / "cache")
+    detector = FaceDetector.load(FaceConfig(), common.ROOT / "var" / "cache")
     rows: list[tuple[float, float, float, float]] = []
     missed = 0
     for start in range(0, len(samples), BATCH):
@@ -90,20 +86,14 @@ def measure(data: Path, limit: int, pad: float, split: str, seed: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/dfdc_faces")
-    parser.add_argument("--limit", type=int, default=400)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--pad", type=float, default=0.25)
+    parser = common.parser(__doc__)
+    common.add_dataset(parser, split="train", limit=400)
+    parser.add_argument("--pad", type=float, default=0.25, help="black border, share of the side")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = measure(args.data, args.limit, args.pad, args.split, args.seed)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    common.write_json(args.json, result)
     return 0
 
 

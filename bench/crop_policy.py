@@ -1,14 +1,14 @@
 """Which face crop should analysis cut for a trained member? Measured both ways.
 
-    python bench/crop_policy.py --member resnet50 --json var/crop_policy.json
+    python -m bench.crop_policy --member resnet50 --json var/crop_policy.json
 
 For each candidate policy (default: the one the member's manifest records and
 the registry's), with the installed weights:
 
 - validation AUC / log loss / ECE on the dataset's validation crops framed as
   that policy would frame them. The training crops are tight (about 1.1
-  BlazeFace box widths, ``bench/crop_framing.py``); a wider policy shows the
-  face smaller with context around it, which the dataset cannot supply, so
+  BlazeFace box widths, ``python -m bench.crop_framing``); a wider policy
+  shows the face smaller with context around it, which the dataset cannot supply, so
   the crop is shrunk onto a black canvas by the ratio of the two framings
   (what the model would see if it were served that crop of that face);
 - the full pipeline (BlazeFace, tracks, crops, calibrated scores) on the
@@ -16,39 +16,34 @@ the registry's), with the installed weights:
   by the policy in a temporary copy of the weights folder.
 
 The dataset framing is read from ``--framing`` (the JSON written by
-``bench/crop_framing.py``).
+``python -m bench.crop_framing``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ensemble.config import AnalysisConfig  # noqa: E402
-from ensemble.crops import CropPolicy  # noqa: E402
-from ensemble.evaluation import binary_metrics  # noqa: E402
-from ensemble.media import RGBImage  # noqa: E402
-from ensemble.members import load_member  # noqa: E402
-from ensemble.pipeline import Analyzer  # noqa: E402
-from ensemble.registry import REGISTRY  # noqa: E402
-from ensemble.scoring import calibrate  # noqa: E402
-from ensemble.training.data import labels_array, load_samples, read_rgb, select  # noqa: E402
-from ensemble.weights import MANIFEST_NAME, read_manifest  # noqa: E402
+from bench import common
+from ensemble.config import AnalysisConfig
+from ensemble.crops import CropPolicy
+from ensemble.evaluation import binary_metrics
+from ensemble.media import RGBImage
+from ensemble.members import load_member
+from ensemble.pipeline import Analyzer
+from ensemble.registry import REGISTRY
+from ensemble.scoring import calibrate
+from ensemble.training.data import labels_array, load_samples, read_rgb, select
+from ensemble.weights import MANIFEST_NAME, read_manifest
 
 BATCH = 64
-SHARED = ROOT.parent / "shared"
 
 
 def reframe(image: RGBImage, framing: dict[str, float], policy: CropPolicy, size: int) -> RGBImage:
@@ -100,7 +95,7 @@ def video_scores(
         manifest["crop"] = policy.to_dict()
         (copy / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
         config = AnalysisConfig(
-            weights_dir=Path(tmp), members=(member_name,), cache_dir=ROOT / "var" / "cache"
+            weights_dir=Path(tmp), members=(member_name,), cache_dir=common.ROOT / "var" / "cache"
         )
         analyzer = Analyzer(config, REGISTRY)
         analyzer.prepare()
@@ -116,16 +111,14 @@ def video_scores(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--member", default="resnet50")
-    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
-    parser.add_argument("--data", type=Path, default=SHARED / "datasets/dfdc_faces")
-    parser.add_argument("--videos", type=Path, default=SHARED / "media/videos")
-    parser.add_argument("--framing", type=Path, default=ROOT / "var/crop_framing.json")
+    parser = common.parser(__doc__)
+    common.add_member(parser, "resnet50")
+    parser.add_argument("--data", type=Path, default=common.DFDC_FACES, help="face-crop dataset")
+    parser.add_argument("--videos", type=Path, default=common.VIDEOS, help="labelled videos")
+    parser.add_argument("--framing", type=Path, default=common.ROOT / "var/crop_framing.json")
     parser.add_argument(
         "--policies", help="comma-separated KIND:MARGIN[:SHIFT] (default: manifest's, registry's)"
     )
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     spec = REGISTRY.get(args.member)
     manifest = read_manifest(args.weights, args.member)
@@ -150,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(entry), flush=True)
         results.append(entry)
-    out = {"member": args.member, "weights": manifest.weights_sha256, "framing": framing,
-           "results": results}  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    out = {
+        "member": args.member,
+        "weights": manifest.weights_sha256,
+        "framing": framing,
+        "results": results,
+    }
+    common.write_json(args.json, out)
     return 0
 
 

@@ -1,10 +1,10 @@
 """Explanation overhead: seconds per video for the analysis alone against the
 analysis followed by every explanation at the default settings.
 
-    python bench/explain_cost.py --videos ../shared/media/videos --json var/explain_cost.json
+    python -m bench.explain_cost --videos ../shared/media/videos --json var/explain_cost.json
 
 Members are the real architectures with random weights (time does not depend
-on the weights), made by ``bench/speed.py``'s member factory and installed in
+on the weights), made by ``bench.speed``'s member factory and installed in
 a temporary weights folder, so the Analyzer loads them the way a worker does.
 For every video the analysis runs alone, then ``Explainer.run`` (which
 repeats the same analysis and adds the explanations) on the same loaded
@@ -19,7 +19,6 @@ which other processes on a shared machine disturb less.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
@@ -30,19 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from bench.speed import random_member  # noqa: E402
-from ensemble.config import AnalysisConfig  # noqa: E402
-from ensemble.media import list_media, sniff  # noqa: E402
-from ensemble.pipeline import Analyzer  # noqa: E402
-from ensemble.registry import REGISTRY  # noqa: E402
-from ensemble.weights import save_weights  # noqa: E402
-from explain import ExplainConfig, Explainer  # noqa: E402
+from bench import common
+from bench.speed import random_member
+from ensemble.config import AnalysisConfig
+from ensemble.media import list_media, sniff
+from ensemble.pipeline import Analyzer
+from ensemble.registry import REGISTRY
+from ensemble.weights import save_weights
+from explain import ExplainConfig, Explainer
 
 # Explanations may add at most this share of the analysis time (issue 3).
 TARGET_OVERHEAD = 0.5
@@ -138,27 +135,19 @@ def measure(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "media" / "videos")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--members", default=",".join(REGISTRY.names()))
-    parser.add_argument("--threads", type=int, default=0)
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
+    common.add_analysis(parser, common.VIDEOS, REGISTRY.names())
     parser.add_argument("--reference", type=Path, help="reference media for every video")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     videos = [p for p in list_media([args.videos]) if sniff(p).kind == "video"]
     if not videos:
         sys.exit(f"no videos in {args.videos}")
-    names = [n.strip() for n in args.members.split(",") if n.strip()]
+    names = common.names(args.members)
     report = measure(videos, args.frames, names, threads=args.threads, reference=args.reference)
     print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What reading C2PA Content Credentials adds to the upload probe, per file.
 
-    python bench/provenance_cost.py [PATH ...] [--images 20] [--repeats 3] \
+    python -m bench.provenance_cost [PATH ...] [--images 20] [--repeats 3] \
         [--no-signed] [--json var/bench/provenance_cost.json]
 
 The upload probe (``analyses/probe_child.py``) decodes one frame, sends its
@@ -28,31 +28,19 @@ reads /proc).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import multiprocessing
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import c2pa
 
-import c2pa  # noqa: E402
-
-import ensemble.media as media  # noqa: E402
-from ensemble.config import MediaLimits  # noqa: E402
-from ensemble.provenance import library_version, read_provenance  # noqa: E402
-
-SHARED = ROOT.parent / "shared"
-# Other processes using more than this much CPU in all (percent of one core)
-# make the machine busy for this measurement.
-BUSY_PERCENT = 20.0
+import ensemble.media as media
+from bench import common
+from ensemble.config import MediaLimits
+from ensemble.provenance import library_version, read_provenance
 
 
 def status_kb(key: str) -> int:
@@ -103,45 +91,17 @@ def measure(path: Path) -> dict[str, Any]:
     return row
 
 
-def cpu_snapshot(seconds: float = 2.0) -> dict[str, Any]:
-    """Other processes' CPU use over ``seconds`` and the load average."""
-    import psutil
-
-    me = os.getpid()
-    procs = [p for p in psutil.process_iter() if p.pid != me]
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.cpu_percent(None)
-    time.sleep(seconds)
-    busy = []
-    for p in procs:
-        try:
-            pct = p.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if pct >= 5.0:
-            busy.append({"pid": p.pid, "name": p.name()[:40], "cpu_percent": round(pct, 1)})
-    other = sum(b["cpu_percent"] for b in busy)
-    return {
-        "idle": other < BUSY_PERCENT,
-        "other_processes_cpu_percent": round(other, 1),
-        "busy_processes": sorted(busy, key=lambda b: -b["cpu_percent"])[:5],
-        "loadavg_1min": os.getloadavg()[0],
-        "cpu_count": os.cpu_count(),
-    }
-
-
 def corpus(paths: list[Path], images: int) -> list[Path]:
     if paths:
         return media.list_media(paths)
-    files = media.list_media([SHARED / "media" / "videos"]) if (SHARED / "media").is_dir() else []
-    faces = SHARED / "datasets" / "gan_faces"
+    files = media.list_media([common.VIDEOS]) if common.VIDEOS.parent.is_dir() else []
+    faces = common.SHARED / "datasets" / "gan_faces"
     for label in ("real", "fake"):
         folder = faces / label
         if folder.is_dir() and images:
             files += sorted(folder.iterdir())[: images // 2]
     if not files:
-        raise SystemExit(f"no media: give PATHs, or put the shared folder at {SHARED}")
+        raise SystemExit(f"no media: give PATHs, or put the shared folder at {common.SHARED}")
     return files
 
 
@@ -161,21 +121,20 @@ def signed_copies(files: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
     parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: ../shared)")
     parser.add_argument("--images", type=int, default=20, help="gan_faces images (default 20)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-signed", action="store_true", help="skip the signed copies")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     files = corpus(args.paths, args.images)
     with tempfile.TemporaryDirectory(prefix="provenance-cost-") as tmp:
         if not args.no_signed:
             files = files + signed_copies(files, Path(tmp))
         print(f"{library_version()}; {len(files)} files, {args.repeats} runs each", flush=True)
-        cpu_before = cpu_snapshot()
+        cpu_before = common.cpu_snapshot()
         measure(files[0])  # warm the page cache and the library once, untimed
         rows = []
         for path in files:
@@ -201,7 +160,7 @@ def main() -> None:
                 f"+c2pa {row['c2pa_s'] * 1000:7.1f} ms  +peak {row['c2pa_peak_mb']:6.1f} MB",
                 flush=True,
             )
-        cpu_after = cpu_snapshot()
+        cpu_after = common.cpu_snapshot()
 
     def medians(selected: list[dict[str, Any]]) -> dict[str, float]:
         return {
@@ -231,7 +190,6 @@ def main() -> None:
             f"{cpu['loadavg_1min']:.2f} on {cpu['cpu_count']} CPUs"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "library": library_version(),
             "c2pa_python": c2pa.__version__,
@@ -240,7 +198,7 @@ def main() -> None:
             "medians": summary,
             "cpu": {"before": cpu_before, "after": cpu_after},
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput per member and mode, in images per second.
 
-    python bench/train_speed.py --json var/train_speed.json
-    python bench/train_speed.py --members resnet50 --sizes 128,224 --modes fp32,bf16
+    python -m bench.train_speed --json var/train_speed.json
+    python -m bench.train_speed --members resnet50 --sizes 128,224 --modes fp32,bf16
 
 Modes (one optimizer step = forward, BCE loss, backward, AdamW step; random
 init and random inputs, which cost the same as real ones):
@@ -23,27 +23,23 @@ training before benchmarking.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from ensemble.registry import REGISTRY  # noqa: E402
-from ensemble.training.augment import augment, build_augment  # noqa: E402
-from ensemble.training.batches import CropStore  # noqa: E402
-from ensemble.training.data import load_samples, read_rgb, resize_to, select  # noqa: E402
-from ensemble.training.loop import cpu_has_bf16  # noqa: E402
+from bench import common
+from ensemble.registry import REGISTRY
+from ensemble.training.augment import augment, build_augment
+from ensemble.training.batches import CropStore
+from ensemble.training.data import load_samples, read_rgb, resize_to, select
+from ensemble.training.loop import cpu_has_bf16
 
 MODES = ("fp32", "bf16", "bf16-compile")
 DEFAULT_SIZES = {"resnet50": (128, 224), "effnet_autoatt_b4": (160, 224), "effnet_b7": (128, 224)}
@@ -120,17 +116,16 @@ def data_speed(data: Path, size: int, n: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--members", default="resnet50,effnet_autoatt_b4,effnet_b7")
     parser.add_argument("--sizes", help="comma-separated input sizes (default per member)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/dfdc_faces")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--data", type=Path, default=common.DFDC_FACES, help="face-crop dataset")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    for name in args.members.split(","):
+    for name in common.names(args.members):
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else DEFAULT_SIZES[name]
         for size in sizes:
             fp32 = None
@@ -156,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    common.write_json(args.json, result)
     return 0
 
 
