@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -12,6 +14,16 @@ from PIL import Image
 from skimage.data import astronaut
 
 CODECS = {"mp4": "libx264", "mov": "libx264", "mkv": "libx264", "webm": "libvpx", "avi": "mpeg4"}
+
+
+def _write(container: Any, stream: Any, frames: Iterable[Any]) -> None:
+    """Encode ``frames`` into ``stream``, flush the encoder and close the file."""
+    for frame in frames:
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
 
 
 def face_image(size: int = 256) -> np.ndarray:
@@ -54,19 +66,17 @@ def write_clip(
         stream.bit_rate = 20_000_000
     stream.codec_context.time_base = Fraction(1, fps)
     placed = [(at, face_image(at[2])) for at in ((face_at,) if face_at else ()) + more_faces]
-    for i in range(frames):
+
+    def frame(i: int) -> av.VideoFrame:
         img = noise_frame(width, height, seed=i % 7)
         for (x, y, s), face in placed:
             dx = i % 5
             img[y : y + s, x + dx : x + dx + s] = face
         img[:16, :16] = (i % 32) * MARKER_STEP
         img[:16, 16:32] = (i // 32) * MARKER_STEP
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        return av.VideoFrame.from_ndarray(img, format="rgb24")
+
+    _write(container, stream, (frame(i) for i in range(frames)))
     return path
 
 
@@ -138,16 +148,15 @@ def audio_only_mp4(path: Path, seconds: float = 1.0) -> Path:
     samples = int(44100 * seconds)
     t = np.arange(samples) / 44100
     data = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-    for start in range(0, samples, 1024):
-        frame = av.AudioFrame.from_ndarray(
+
+    def frame(start: int) -> av.AudioFrame:
+        out = av.AudioFrame.from_ndarray(
             data[:, start : start + 1024].copy(), format="fltp", layout="mono"
         )
-        frame.sample_rate = 44100
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        out.sample_rate = 44100
+        return out
+
+    _write(container, stream, (frame(start) for start in range(0, samples, 1024)))
     return path
 
 
@@ -158,25 +167,24 @@ def zero_frame_video(path: Path) -> Path:
     stream.width, stream.height = 64, 64
     stream.pix_fmt = "yuv420p"
     container.start_encoding()
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    _write(container, stream, ())
+    return path
+
+
+def black_video(path: Path, width: int, height: int, frames: int, fps: int = 10) -> Path:
+    """``frames`` black frames (MPEG-4 Part 2) at ``fps``; the container follows
+    the suffix."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = Fraction(1, fps)
+    black = np.zeros((height, width, 3), np.uint8)
+    _write(container, stream, (av.VideoFrame.from_ndarray(black, "rgb24") for _ in range(frames)))
     return path
 
 
 def tiny_frames_clip(path: Path, frames: int, fps: int, size: int = 16) -> Path:
     """Black ``size``x``size`` frames at ``fps`` (issue 17's hostile file had
-    3 M of them at 50,000 fps in 37 MB); the container follows the suffix."""
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("mpeg4", rate=fps)
-    stream.width = stream.height = size
-    stream.pix_fmt = "yuv420p"
-    stream.codec_context.time_base = Fraction(1, fps)
-    image = np.zeros((size, size, 3), np.uint8)
-    for _ in range(frames):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    3 M of them at 50,000 fps in 37 MB)."""
+    return black_video(path, size, size, frames, fps)

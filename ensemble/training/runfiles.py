@@ -47,23 +47,15 @@ def code_version(root: Path | None = None) -> str:
     git = shutil.which("git")
     if git is None:
         return "unknown"
+
+    def run(*args: str) -> str:
+        return subprocess.run(  # noqa: S603 (fixed arguments, git from PATH)
+            [git, *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
-        rev = subprocess.run(  # noqa: S603 (fixed arguments, git from PATH)
-            [git, "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(  # noqa: S603
-            [git, "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        rev = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")

@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
 from django.urls import reverse
 from PIL import Image
@@ -20,21 +18,6 @@ from tests import media_factory as mf
 from tests.platform.conftest import upload
 
 pytestmark = pytest.mark.django_db
-
-
-def large_video(path: Path, width: int, height: int, frames: int = 2) -> Path:
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("mpeg4", rate=10)
-    stream.width, stream.height = width, height
-    stream.pix_fmt = "yuv420p"
-    image = np.zeros((height, width, 3), np.uint8)
-    for _ in range(frames):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
 
 
 def flat_png(path: Path, width: int, height: int) -> Path:
@@ -80,7 +63,7 @@ def test_video_frames_have_a_lower_pixel_bound_than_images(
     site: Path, clients: dict[str, Any], tmp_path: Path, settings: Any
 ) -> None:
     # 4096x2304 (9.4 Mpx) is above the video bound (3840x2160, 8.3 Mpx)...
-    clip = large_video(tmp_path / "big.mkv", 4096, 2304)
+    clip = mf.black_video(tmp_path / "big.mkv", 4096, 2304, frames=2)
     # Before: accepted; a 6400x6000 MKV then took 3.96 GB to decode 32 frames.
     _refused(_post(clients, clip), site, "megapixels")
     # ...and below the image bound (40 Mpx): the same size as a PNG is accepted.
