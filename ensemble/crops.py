@@ -15,7 +15,7 @@ crop geometry; feeding it another degrades it. The policies:
 ``shift`` moves the box up (negative) or down by that many box heights before
 either policy applies, and a negative ``margin`` shrinks the box: together
 they frame a crop like a training set that was cut around another detector's
-boxes (``bench/crop_framing.py`` measures a dataset's framing; a member's
+boxes (``python -m bench.crop_framing`` measures a dataset's framing; a member's
 manifest records the policy its weights were trained for).
 """
 

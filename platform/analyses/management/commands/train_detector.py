@@ -96,7 +96,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--crop", metavar="KIND:MARGIN[:SHIFT]",
             help="the face crop analysis cuts for the exported weights, framed like the "
-            "training crops (bench/crop_framing.py measures it; default: the registry's)",
+            "training crops (python -m bench.crop_framing measures it; default: the registry's)",
         )  # fmt: skip
         parser.add_argument(
             "--precision", default="auto", choices=("auto", "bf16", "fp32"),
