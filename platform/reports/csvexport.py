@@ -53,7 +53,7 @@ class _Echo:
 
 
 def stream_csv(
-    filename: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
+    filename: str, header: Sequence[str], rows: Iterable[Sequence[object]]
 ) -> StreamingHttpResponse:
     """A streaming CSV download; every cell goes through :func:`safe_cell`."""
     writer = csv.writer(_Echo())
@@ -68,7 +68,7 @@ def stream_csv(
     return response
 
 
-def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[Any]]:
+def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[object]]:
     """One row per submission, in :data:`SUBMISSION_COLUMNS` order (``qs`` must
     carry the moderation annotations ``decision_label`` and ``decision_note``)."""
     for s in qs.iterator(chunk_size=500):
@@ -118,7 +118,7 @@ def frame_header(members: Sequence[str]) -> list[str]:
     return ["frame", "time", "person", *members, "score"]
 
 
-def frame_rows(sub: Submission, members: Sequence[str]) -> Iterator[list[Any]]:
+def frame_rows(sub: Submission, members: Sequence[str]) -> Iterator[list[object]]:
     """One row per sampled frame and person."""
     for r in sub.frame_rows:
         yield [

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import FrameType
 from typing import Any
 
 from django.conf import settings
@@ -64,7 +65,7 @@ class Command(BaseCommand):
         }
         stopping = False
 
-        def on_term(signum: int, frame: Any) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt
 
         # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored.
