@@ -17,8 +17,14 @@ from bench import common
 
 ROOT = Path(__file__).resolve().parents[2]
 # bench.speed and bench.analyzer_memory join this list once converted (issue 19).
-CONVERTED = ("attention_entropy", "crop_framing", "crop_policy", "explain_cost",
-             "provenance_cost", "train_speed")  # fmt: skip
+CONVERTED = (
+    "attention_entropy",
+    "crop_framing",
+    "crop_policy",
+    "explain_cost",
+    "provenance_cost",
+    "train_speed",
+)
 
 
 @pytest.mark.parametrize("name", CONVERTED)
@@ -38,8 +44,13 @@ def test_a_benchmark_runs_as_a_module_from_the_repository_root() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
         [sys.executable, "-m", "bench.provenance_cost", "--help"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--no-signed" in out.stdout
 
