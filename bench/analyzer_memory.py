@@ -7,8 +7,8 @@ Builds the site's ``Analyzer`` exactly as a worker does (the settings'
 members, weights, backend and precision), then analyses the file
 ``--repeats`` times, printing the process's VmRSS and VmHWM (peak) from
 /proc/self/status after importing, after loading the members, and after each
-analysis. Issue 15's target is a peak of at most 2 GB for the 32-frame clip.
-Linux only (it reads /proc).
+analysis (with its seconds per stage). Issue 15's target is a peak of at
+most 2 GB for the 32-frame clip. Linux only (it reads /proc).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def main() -> None:
     record("members loaded", members=sorted(members), backends=backends)
     for i in range(args.repeats):
         result = analyzer.analyze(args.media)
-        record(f"analysis {i + 1}", status=result.status, faces=len(result.faces))
+        timings = {k: round(v, 3) for k, v in result.timings.items()}
+        record(f"analysis {i + 1}", status=result.status, faces=len(result.faces), timings=timings)
+        print("    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {"media": str(args.media), "backends": backends, "stages": stages}

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ensemble.crops import CropPolicy
+from ensemble.errors import WeightsError
 from ensemble.media import RGBImage
 from ensemble.registry import REGISTRY, MemberSpec, Registry
 from ensemble.runtime import (
@@ -30,6 +31,73 @@ from ensemble.weights import load_model
 # not ask for them, and ONNX Runtime does not copy out what is not asked for.
 TAP_GRADCAM = "gradcam_layer"
 TAP_ATTENTION = "attention"
+
+# The image the layers before the Grad-CAM layer see when explanations
+# replay a member's head (``explain.replay``), and when the member finds out
+# which of its modules run after that layer: one small image, always the same
+# shape, so oneDNN sets its kernels up once.
+DUMMY_SIDE = 32
+
+
+def _placeholder(t: Tensor) -> Tensor:
+    """A tensor of ``t``'s shape and dtype that holds one element: zeros
+    with every stride 0 (a kernel that wants it contiguous copies it for the
+    call only)."""
+    return torch.zeros((), dtype=t.dtype, device=t.device).expand(t.shape)
+
+
+def _when_modules_run(model: nn.Module, layer: nn.Module) -> tuple[set[int], set[int]]:
+    """The ids of the modules of ``model`` that start running before
+    ``layer`` has returned (``layer`` itself and everything above it
+    included), and of those that start after it, in one forward pass on a
+    dummy image."""
+    before: set[int] = set()
+    after: set[int] = set()
+    done = [False]
+
+    def pre(module: nn.Module, args: object) -> None:
+        (after if done[0] else before).add(id(module))
+
+    def post(module: nn.Module, args: object, output: object) -> None:
+        done[0] = True
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles.append(layer.register_forward_hook(post))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, DUMMY_SIDE, DUMMY_SIDE, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return before, after
+
+
+def keep_head_only(model: nn.Module, layer: nn.Module) -> int:
+    """Free the weights of every module of ``model`` that runs before
+    ``layer`` returns (``layer`` included), keeping those of the modules
+    that run after it: all a Grad-CAM replay needs, since it replaces the
+    layer's output with the activations the compiled graph returned and the
+    layers before it compute on a dummy image whose result is discarded.
+    Each freed parameter and buffer becomes a one-element placeholder of the
+    same shape (:func:`_placeholder`), so the network still runs (on zeros).
+    A module that also runs after the layer, or never runs, keeps its
+    weights. Returns the bytes freed."""
+    before, after = _when_modules_run(model, layer)
+    early = [m for m in model.modules() if id(m) in before and id(m) not in after]
+    freed = 0
+    for module in early:
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.numel() > 1:
+                freed += param.numel() * param.element_size()
+                module._parameters[name] = nn.Parameter(
+                    _placeholder(param.detach()), requires_grad=param.requires_grad
+                )
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.numel() > 1:
+                freed += buf.numel() * buf.element_size()
+                module._buffers[name] = _placeholder(buf)
+    return freed
 
 
 class _Tapped(nn.Module):
@@ -81,7 +149,11 @@ class LoadedMember:
     models made in tests and benchmarks.
 
     ``backend`` picks what computes :meth:`logits` (see :mod:`ensemble.runtime`);
-    ``model`` is always the torch module, for Grad-CAM and training.
+    ``model`` is always the torch module, for Grad-CAM and training. On the
+    compiled backends, a member that can ``reload`` its model (one loaded
+    from installed weights) keeps in ``model`` only the weights of the layers
+    after its Grad-CAM layer, all the Grad-CAM replay needs
+    (:func:`keep_head_only`); :meth:`full_model` brings the others back.
     """
 
     spec: MemberSpec
@@ -103,10 +175,14 @@ class LoadedMember:
     # The face crop the weights were trained for (their manifest's); None:
     # the registry's policy for the member.
     crop_override: CropPolicy | None = None
+    # Builds the model again with its weights (``load_member`` sets it).
+    reload: Callable[[], nn.Module] | None = field(default=None, repr=False)
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
     _runner: OnnxRunner | OpenVinoRunner | None = field(init=False, repr=False, default=None)
     compute_precision: str = field(init=False, default="fp32")
+    # Whether ``model`` holds only the weights after the Grad-CAM layer.
+    head_only: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         # Outside inference mode even when made inside it: converting the
@@ -145,6 +221,21 @@ class LoadedMember:
                 )
             if self.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
+            if self.reload is not None and layer is not None:
+                keep_head_only(self.model, layer)
+                self.head_only = True
+
+    def full_model(self) -> nn.Module:
+        """The torch module with all its weights (:attr:`model`, reloaded
+        first when it holds only the head): for plain PyTorch Grad-CAM."""
+        if self.head_only:
+            assert self.reload is not None
+            with torch.inference_mode(False):
+                model = self.reload().to(self.device).eval()
+                if self.channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+            self.model, self.head_only = model, False
+        return self.model
 
     @property
     def crop(self) -> CropPolicy:
@@ -236,6 +327,13 @@ def load_member(
     """The named member with its installed, hash-checked weights."""
     spec = registry.get(name)
     model, manifest = load_model(spec, weights_dir)
+
+    def reload() -> nn.Module:
+        again, again_manifest = load_model(spec, weights_dir)
+        if again_manifest.weights_sha256 != manifest.weights_sha256:
+            raise WeightsError(f"the weights of '{name}' changed since the worker loaded them")
+        return again
+
     return LoadedMember(
         spec=spec,
         model=model,
@@ -250,4 +348,5 @@ def load_member(
         threads=threads,
         precision=precision,
         crop_override=None if manifest.crop is None else manifest.crop_policy(spec.crop),
+        reload=reload,
     )

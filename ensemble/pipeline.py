@@ -38,6 +38,7 @@ from ensemble.results import (
     ModelInfo,
     PersonResult,
 )
+from ensemble.runtime import release_memory
 from ensemble.scoring import aggregate, calibrate, verdict_for
 from ensemble.tracks import link_tracks
 from ensemble.weights import read_manifest
@@ -293,6 +294,10 @@ class Analyzer:
                     threads=self.config.threads,
                     precision=self.config.precision,
                 )
+                # Loading freed the weights the compiled graph and the
+                # Grad-CAM replay do not need, and compiling left duplicates
+                # mapped: handed back before the next member's are read.
+                release_memory()
         if self._combiner is None:
             self._combiner = Combiner.for_members(
                 read_calibration(self.config.weights_dir),
@@ -318,15 +323,22 @@ class Analyzer:
         and, with ``keep_taps``, the members' taps."""
         self.prepare()
         assert self._detector is not None
-        return analyze_with_data(
-            path,
-            self.config,
-            members=self._members,
-            detector=self._detector,
-            progress=progress,
-            keep_taps=keep_taps,
-            combiner=self._combiner,
-        )
+        # A worker's memory between jobs: what the last analysis freed (its
+        # frames, crops and buffers) goes back to the OS before this one
+        # allocates its own, and afterwards.
+        release_memory()
+        try:
+            return analyze_with_data(
+                path,
+                self.config,
+                members=self._members,
+                detector=self._detector,
+                progress=progress,
+                keep_taps=keep_taps,
+                combiner=self._combiner,
+            )
+        finally:
+            release_memory()
 
     @property
     def detector(self) -> FaceDetector:

@@ -5,9 +5,10 @@ the members two to four times faster than ONNX Runtime in fp32, which runs
 them about twice as fast as eager PyTorch (``bench/speed.py`` measures all
 of them): both fuse batch norm and activations into the convolutions and
 plan memory once, and OpenVINO's bf16 kernels use AMX tiles (or AVX-512 BF16)
-where the CPU has them. OpenVINO is opt-in for now (``resolve_backend``).
-The torch module is kept beside the compiled graph: Grad-CAM and training
-need it.
+where the CPU has them. OpenVINO is the default on CPU (``resolve_backend``).
+Beside the compiled graph, the torch module keeps what Grad-CAM needs (the
+weights after the Grad-CAM layer, ``ensemble.members.keep_head_only``), and
+:func:`release_memory` drops what compilation leaves duplicated.
 
 Precision: ``auto`` is bf16 where the CPU plugin reports BF16 among its
 optimisation capabilities (AMX or AVX-512 BF16) and the backend is OpenVINO,
@@ -22,6 +23,7 @@ benchmarks) are exported to a temporary file that is not kept.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import importlib.util
@@ -191,12 +193,76 @@ class OnnxRunner:
         return result
 
 
+# madvise(2) advice that drops a mapping's pages from the process (Linux).
+MADV_DONTNEED = 4
+# OpenVINO's model cache folders in use by this process (see OpenVinoRunner).
+_OPENVINO_CACHE_DIRS: set[Path] = set()
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library when it is glibc on Linux (``None`` elsewhere)."""
+    if not Path("/proc/self/maps").exists():
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
+
+
+def _cached_blob_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's read-only mappings of OpenVINO's
+    cached compiled models."""
+    if not _OPENVINO_CACHE_DIRS:
+        return []
+    folders = tuple(str(d) + os.sep for d in _OPENVINO_CACHE_DIRS)
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or "w" in parts[1] or not parts[5].startswith(folders):
+            continue
+        start, end = (int(v, 16) for v in parts[0].split("-"))
+        ranges.append((start, end))
+    return ranges
+
+
+def release_memory() -> int:
+    """Hand back to the OS memory this process holds but does not use.
+
+    - OpenVINO maps its cached compiled model (the fp32 weights) and, at the
+      first inference, repacks the weights into its own buffers (bf16 where
+      it computes in bf16); the mapped pages then duplicate them (about the
+      size of the ONNX graphs). They are dropped from the process; being
+      read-only pages of a file, any page touched again is read back from it.
+    - glibc keeps freed heap memory (freed weights, the previous analysis's
+      frames) for reuse; ``malloc_trim`` returns it.
+
+    Does nothing where /proc or glibc are missing. Returns the bytes of
+    mappings dropped."""
+    libc = _libc()
+    if libc is None:
+        return 0
+    dropped = 0
+    for start, end in _cached_blob_mappings():
+        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            dropped += end - start
+        else:
+            logger.debug("madvise failed on a cached model mapping: errno %s", ctypes.get_errno())
+    libc.malloc_trim(0)
+    return dropped
+
+
 class OpenVinoRunner:
     """A compiled OpenVINO model for one exported ONNX graph.
 
     ``cache_dir`` turns on OpenVINO's model cache: the compiled blob is kept
     under a key of the graph file and the compile options, so a worker that
-    restarts loads it instead of compiling again.
+    restarts loads it instead of compiling again. ``warmup``, an input, is
+    run once at once: the first inference repacks the weights, after which
+    :func:`release_memory` can drop the cached blob's pages.
     """
 
     def __init__(
@@ -206,6 +272,7 @@ class OpenVinoRunner:
         precision: Literal["fp32", "bf16"] = "fp32",
         cache_dir: Path | None = None,
         output_names: Sequence[str] | None = None,
+        warmup: npt.NDArray[np.float32] | None = None,
     ) -> None:
 
         # One Core per process, kept by every compiled model made from it: a
@@ -219,6 +286,7 @@ class OpenVinoRunner:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
+            _OPENVINO_CACHE_DIRS.add(Path(cache_dir).resolve())
         # A path (not a read model) lets a cached blob skip reading the graph.
         self._compiled = self._core.compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
@@ -235,6 +303,8 @@ class OpenVinoRunner:
             raise ValueError(
                 f"{path} has {len(self._compiled.outputs)} outputs, not {output_names}"
             )
+        if warmup is not None:
+            self._request.infer({"x": warmup})
 
     def __call__(
         self, x: npt.NDArray[np.float32], outputs: Sequence[str] | None = None
@@ -296,7 +366,7 @@ def runner_for_module(
             compiled = None if weights_sha256 is None or cache_dir is None else cache_dir
             return OpenVinoRunner(
                 path, threads, precision, None if compiled is None else compiled / "openvino",
-                output_names,
+                output_names, warmup=example.contiguous().numpy(),
             )  # fmt: skip
         if precision != "fp32":
             raise ConfigError(f"ONNX Runtime members run in fp32, not {precision}")

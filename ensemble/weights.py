@@ -11,6 +11,7 @@ and never on random weights outside tests.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import pickle
@@ -246,9 +247,12 @@ def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
     for wf in manifest.files:
         path = _verified(folder / wf.path, wf)
         if manifest.format == "safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            part: dict[str, Tensor] = load_file(str(path))
+            # From bytes, not load_file: its tensors keep the file mapped,
+            # and every page of it resident, for as long as any one of them
+            # lives (a member keeps only some, ``ensemble.members``).
+            part: dict[str, Tensor] = load(path.read_bytes())
         elif manifest.format == "pytorch":
             try:
                 part = normalize_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
@@ -325,10 +329,18 @@ def _header_entry_bytes(key: str, tensor: Tensor) -> int:
 def load_model(spec: MemberSpec, weights_dir: Path) -> tuple[nn.Module, Manifest]:
     """Build the member's architecture and load its installed weights strictly."""
     manifest = read_manifest(weights_dir, spec.name)
-    model = spec.build()
     state = load_state(weights_dir, manifest)
+    # Built on the meta device (shapes, no memory), the loaded tensors then
+    # become its parameters: one copy of the weights in memory, not two.
+    with torch.device("meta"):
+        model = spec.build()
     check_fits(model, state, f"the weights of '{spec.name}'")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        # Tensors a state_dict does not hold (non-persistent buffers) need
+        # the real constructor.
+        model = spec.build()
+        model.load_state_dict(state, strict=True)
     return model.eval(), manifest
 
 

@@ -48,12 +48,13 @@ def attention_maps(
     pass kept it (the member's attention tap); otherwise it is computed now,
     by the member's ONNX graph when it has the tap, else by the model (only
     as far as the attention layer when it can)."""
-    model = member.model
-    if not isinstance(model, HasAttention):
+    if not isinstance(member.model, HasAttention):
         raise TypeError(f"member {member.name} has no attention map")
     if raw is None and TAP_ATTENTION in member.tap_names:
         raw = member.infer(crops, batch_size, taps=(TAP_ATTENTION,)).taps[TAP_ATTENTION]
     if raw is None:
+        model = member.full_model()
+        assert isinstance(model, HasAttention)  # the same class, reloaded
         parts = []
         for start in range(0, len(crops), batch_size):
             x = member.to_tensor(crops[start : start + batch_size])

@@ -113,16 +113,17 @@ def gradcam_maps(
         if len(logits) != len(crops) or len(activations) != len(crops):
             raise ValueError("logits and activations must have one entry per crop")
         done = _replayed_maps(member, layer, crops, batch_size, logits, activations)
-    return done + _torch_maps(member, layer, crops[len(done) :], batch_size)
+    return done + _torch_maps(member, crops[len(done) :], batch_size)
 
 
-def _torch_maps(
-    member: LoadedMember, layer: nn.Module, crops: Sequence[RGBImage], batch_size: int
-) -> list[FloatMap]:
+def _torch_maps(member: LoadedMember, crops: Sequence[RGBImage], batch_size: int) -> list[FloatMap]:
+    """Plain PyTorch Grad-CAM, on the model with all its weights."""
     if not crops:
         return []
+    model = member.full_model()
+    layer = target_layer(model, member.spec.gradcam_layer)
     maps: list[FloatMap] = []
-    with _grad_cam(member.model, layer) as cam:
+    with _grad_cam(model, layer) as cam:
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
             x = member.to_tensor(chunk)

@@ -9,6 +9,9 @@ to ``A``. That gradient only involves the layers after the target layer, so
 PyTorch replays the model with the target layer's output *replaced* by ``A``
 (a forward hook) while the layers before it see a tiny dummy image whose
 result is discarded (the activations set the batch size from there on).
+A member loaded from installed weights keeps only the weights after the
+target layer on these backends (``ensemble.members.keep_head_only``): the
+layers before it run on placeholders.
 ``pytorch_grad_cam`` then runs on that replay as usual, inside its ``with``
 block. The replayed logits are checked against the scoring pass's; on any
 mismatch (a model whose later layers also read earlier tensors) the plain
@@ -22,10 +25,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-# The dummy input the layers before the target layer see in a replay: one
-# small image, always the same shape, so oneDNN sets its kernels up once
-# (every new input shape costs a slow first call or two).
-DUMMY_SIDE = 32
+from ensemble.members import DUMMY_SIDE
+
 # Replayed logits must match the scoring pass's this closely (absolute, plus
 # relative) ...
 LOGIT_ATOL = 1e-3
