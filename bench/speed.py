@@ -10,8 +10,9 @@ architectures (speed does not depend on the weights):
 (a) naive: every frame decoded and converted to RGB, then N picked; BlazeFace
     run frame by frame in NCHW with every tile resized on its own; each member
     run eagerly in fp32 NCHW, one crop at a time, under no_grad;
-(b) ``ensemble.pipeline.analyze`` as shipped (key-frame seeking, NONREF
-    skipping, pyramid tiles, batches) with the members on each backend and
+(b) ``ensemble.pipeline.Analyzer`` as a worker builds it (key-frame
+    seeking, NONREF skipping, pyramid tiles, batches; the face detector on
+    the members' backend) with the members on each backend and
     precision in turn (``--backends``): torch fp32, ONNX Runtime fp32,
     OpenVINO fp32 and bf16 (where the CPU has bf16 kernels). Each runs in a
     fresh process, as a worker does: the members are installed (random
@@ -59,8 +60,8 @@ from ensemble.config import AnalysisConfig, FaceConfig  # noqa: E402
 from ensemble.crops import crop_face  # noqa: E402
 from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views  # noqa: E402
 from ensemble.media import MediaLimits, list_media, sample_indices, sniff  # noqa: E402
-from ensemble.members import LoadedMember, load_member  # noqa: E402
-from ensemble.pipeline import analyze  # noqa: E402
+from ensemble.members import LoadedMember  # noqa: E402
+from ensemble.pipeline import Analyzer  # noqa: E402
 from ensemble.registry import REGISTRY  # noqa: E402
 from ensemble.runtime import cpu_has_bf16  # noqa: E402
 from ensemble.scoring import calibrate  # noqa: E402
@@ -349,29 +350,28 @@ def backend_child(
     cache: str,
     repeats: int,
 ) -> dict[str, Any]:
-    """Runs in a fresh process, as a worker does: loads the installed members
-    on ``backend``/``precision`` (ONNX export and compilation come from the
-    cache when it has them), then times the first analysis (cold) and
-    ``repeats`` warm ones."""
+    """Runs in a fresh process, as a worker does: an ``Analyzer`` loads the
+    face detector and the installed members on ``backend``/``precision``
+    (ONNX export and compilation come from the cache when it has them), then
+    times the first analysis (cold) and ``repeats`` warm ones."""
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
     cfg = AnalysisConfig(
         members=tuple(names), frames=frames, cache_dir=Path(cache), limits=MediaLimits(),
         batch_size=batch_size, backend=backend, precision=precision, weights_dir=Path(weights),
+        threads=threads,
     )  # fmt: skip
-    detector = FaceDetector.load(FaceConfig(), Path(cache))
-    members = {
-        n: load_member(n, Path(weights), backend=backend, cache_dir=Path(cache),
-                       precision=precision, threads=threads)
-        for n in names
-    }  # fmt: skip
+    analyzer = Analyzer(cfg)
+    analyzer.prepare()
+    members = analyzer.members
     load_s = time.perf_counter() - started
-    first = analyze(Path(video), cfg, members=members, detector=detector)
-    warm = [analyze(Path(video), cfg, members=members, detector=detector) for _ in range(repeats)]
+    first = analyzer.analyze(Path(video))
+    warm = [analyzer.analyze(Path(video)) for _ in range(repeats)]
     best = min(warm, key=lambda r: r.timings["total"])
     out: dict[str, Any] = {
         "backend": next(iter(members.values())).backend,
+        "detector_backend": analyzer.detector.backend,
         "precision": next(iter(members.values())).compute_precision,
         "load_s": round(load_s, 3),
         "cold_first_analysis_s": round(first.timings["total"], 3),
@@ -381,8 +381,8 @@ def backend_child(
         "faces": len(best.faces),
     }
     if image is not None:
-        analyze(Path(image), cfg, members=members, detector=detector)
-        runs = [analyze(Path(image), cfg, members=members, detector=detector) for _ in range(3)]
+        analyzer.analyze(Path(image))
+        runs = [analyzer.analyze(Path(image)) for _ in range(3)]
         out["image_warm_s"] = round(min(r.timings["total"] for r in runs), 3)
     out["peak_rss_mb"] = round(own_peak_rss_mb(), 1)
     return out

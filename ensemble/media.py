@@ -26,6 +26,7 @@ import bisect
 import hashlib
 import logging
 import math
+import os
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -77,6 +78,11 @@ FLUSH_PACKETS = 1
 # The MP4/MOV sample-table walk gives up (FFmpeg's own reading then decides)
 # after this many boxes: a real file has a few dozen.
 MAX_MP4_BOXES = 10_000
+# Decoder threads per CPU core. With frame threading a thread often waits
+# for the frame it references, so two per core keep the cores busy: 1080p
+# H.264 on 2 cores decoded in 0.46 s with 4 threads, 0.54 s with 2 and
+# 0.61 s with FFmpeg's own choice (3).
+DECODE_THREADS_PER_CORE = 2
 # Resampling used when a frame is downscaled while decoding (swscale's area
 # averaging, like cv2.INTER_AREA elsewhere in the pipeline).
 DOWNSCALE_INTERPOLATION = "AREA"
@@ -321,6 +327,7 @@ def read_video(
             raise _duration_error(span, limits)
         targets = [index.pts[i] for i in sample_indices(len(index.pts), n_frames)]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, stats = _decode_targets(container, stream, index, targets, limits.max_video_pixels)
     except av.error.FFmpegError as e:
         raise UnreadableMediaError(
@@ -539,6 +546,14 @@ def _index_video(container: Any, stream: Any, limits: MediaLimits) -> _VideoInde
     keys.sort()
     start = pts[0] if pts else 0
     return _VideoIndex(tuple(pts), tuple(keys) or (start,), time_base, start)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
