@@ -418,8 +418,8 @@ def table(report: dict[str, Any]) -> str:
     """The README's table, from a report written by this script."""
     naive = report["naive"]["total"]
     lines = [
-        "| path | backend / precision | decode | detect | members | total (warm) | vs naive "
-        "| cold first | image | peak RSS |",
+        "| path | backend / precision (members, BlazeFace) | decode | detect | members "
+        "| total (warm) | vs naive | cold first | image | peak RSS |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -437,8 +437,11 @@ def table(report: dict[str, Any]) -> str:
         st = b["stages"]
         image = f"{b['image_warm_s']:.2f} s" if "image_warm_s" in b else ""
         name = f"**{label}**" if is_default else label
+        runs = f"{b['backend']} {b['precision']}"
+        if "detector_backend" in b:  # reports from before it was recorded ran torch
+            runs += f", BlazeFace {b['detector_backend']}"
         lines.append(
-            f"| {name} | {b['backend']} {b['precision']} | {st['decode']:.2f} | {st['detect']:.2f} "
+            f"| {name} | {runs} | {st['decode']:.2f} | {st['detect']:.2f} "
             f"| {members_s(st):.2f} | {b['warm_s']:.2f} s | {naive / b['warm_s']:.1f}x "
             f"| {b['cold_first_analysis_s']:.2f} s | {image} | {b['peak_rss_mb'] / 1024:.2f} GB |"
         )
