@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -18,9 +19,11 @@ from ensemble.registry import REGISTRY, MemberSpec, Registry
 from ensemble.runtime import (
     OnnxRunner,
     OpenVinoRunner,
+    exported_graph,
+    release_memory,
     resolve_backend,
     resolve_precision,
-    runner_for_module,
+    runner_for_graph,
 )
 from ensemble.weights import load_model
 
@@ -192,38 +195,55 @@ class LoadedMember:
             self._prepare()
 
     def _prepare(self) -> None:
+        backend = resolve_backend(self.backend, self.device)
+        precision = resolve_precision(self.precision, backend, self.device)
+        self.backend, self.compute_precision = backend, precision
         self.model = self.model.to(self.device).eval()
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.backend = resolve_backend(self.backend, self.device)
-        self.compute_precision = resolve_precision(self.precision, self.backend, self.device)
-        if self.backend in ("onnxruntime", "openvino"):
-            example = torch.zeros(2, 3, self.input_size, self.input_size)
-            model = self.model.to(memory_format=torch.contiguous_format)
-            try:
-                layer: nn.Module | None = model.get_submodule(self.spec.gradcam_layer)
-            except AttributeError:
-                layer = None
-            attention = self.spec.has_attention and hasattr(model, "forward_with_attention")
-            with torch.no_grad():
-                self._runner = runner_for_module(
-                    self.backend,
-                    _Tapped(model, layer, attention),
-                    example,
-                    tag=f"{self.name}_{self.input_size}",
-                    weights_sha256=self.weights_sha256,
-                    cache_dir=self.cache_dir,
-                    output_names=_Tapped.outputs(layer, attention),
-                    threads=self.threads,
-                    precision=self.compute_precision,
-                )
+        if backend != "torch":
+            self._compile(backend, precision)
+        elif self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _compile(
+        self, backend: Literal["onnxruntime", "openvino"], precision: Literal["fp32", "bf16"]
+    ) -> None:
+        """The runner of the exported graph. A member that can reload its
+        weights drops those before its Grad-CAM layer once the graph holds
+        them, before the graph is compiled, so the two never coexist."""
+        example = torch.zeros(2, 3, self.input_size, self.input_size)
+        model = self.model.to(memory_format=torch.contiguous_format)
+        try:
+            layer: nn.Module | None = model.get_submodule(self.spec.gradcam_layer)
+        except AttributeError:
+            layer = None
+        attention = self.spec.has_attention and hasattr(model, "forward_with_attention")
+        outputs = _Tapped.outputs(layer, attention)
+        with (
+            torch.no_grad(),
+            exported_graph(
+                _Tapped(model, layer, attention), example, tag=f"{self.name}_{self.input_size}",
+                weights_sha256=self.weights_sha256, cache_dir=self.cache_dir, output_names=outputs,
+            ) as path,
+        ):  # fmt: skip
             if self.channels_last:
+                # Before keep_head_only: converting a placeholder would make
+                # it full size again.
                 self.model = self.model.to(memory_format=torch.channels_last)
             if self.reload is not None and layer is not None:
                 keep_head_only(self.model, layer)
                 self.head_only = True
+                release_memory()
+            self._runner = runner_for_graph(
+                backend,
+                path,
+                cache_dir=None if self.weights_sha256 is None else self.cache_dir,
+                output_names=outputs,
+                threads=self.threads,
+                precision=precision,
+                warmup=example.numpy(),
+            )
 
     def full_model(self) -> nn.Module:
         """The torch module with all its weights (:attr:`model`, reloaded

@@ -344,6 +344,29 @@ def exported_graph(
     yield path
 
 
+def runner_for_graph(
+    backend: Literal["onnxruntime", "openvino"],
+    path: Path,
+    *,
+    cache_dir: Path | None,
+    output_names: Sequence[str] = ("y",),
+    threads: int = 0,
+    precision: Literal["fp32", "bf16"] = "fp32",
+    warmup: npt.NDArray[np.float32] | None = None,
+) -> OnnxRunner | OpenVinoRunner:
+    """A runner for the exported graph at ``path`` on ``backend``. With a
+    cache folder (a graph of known weights), OpenVINO keeps its compiled
+    model under ``cache_dir/openvino``; it runs ``warmup`` once."""
+    if backend == "openvino":
+        return OpenVinoRunner(
+            path, threads, precision, None if cache_dir is None else cache_dir / "openvino",
+            output_names, warmup=warmup,
+        )  # fmt: skip
+    if precision != "fp32":
+        raise ConfigError(f"ONNX Runtime members run in fp32, not {precision}")
+    return OnnxRunner(path, threads)
+
+
 def runner_for_module(
     backend: Literal["onnxruntime", "openvino"],
     model: nn.Module,
@@ -362,12 +385,8 @@ def runner_for_module(
         model, example, tag=tag, weights_sha256=weights_sha256, cache_dir=cache_dir,
         output_names=output_names,
     ) as path:  # fmt: skip
-        if backend == "openvino":
-            compiled = None if weights_sha256 is None or cache_dir is None else cache_dir
-            return OpenVinoRunner(
-                path, threads, precision, None if compiled is None else compiled / "openvino",
-                output_names, warmup=example.contiguous().numpy(),
-            )  # fmt: skip
-        if precision != "fp32":
-            raise ConfigError(f"ONNX Runtime members run in fp32, not {precision}")
-        return OnnxRunner(path, threads)
+        return runner_for_graph(
+            backend, path, cache_dir=None if weights_sha256 is None else cache_dir,
+            output_names=output_names, threads=threads, precision=precision,
+            warmup=example.contiguous().numpy(),
+        )  # fmt: skip
