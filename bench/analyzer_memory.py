@@ -1,14 +1,16 @@
 """Where a worker's memory goes: resident set after each stage of an analysis.
 
     python bench/analyzer_memory.py ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
-        [--repeats 2] [--json var/bench/memory.json]
+        [--repeats 2] [--explain] [--json var/bench/memory.json]
 
 Builds the site's ``Analyzer`` exactly as a worker does (the settings'
 members, weights, backend and precision), then analyses the file
 ``--repeats`` times, printing the process's VmRSS and VmHWM (peak) from
 /proc/self/status after importing, after loading the members, and after each
-analysis (with its seconds per stage). Issue 15's target is a peak of at
-most 2 GB for the 32-frame clip. Linux only (it reads /proc).
+analysis (with its seconds per stage); with ``--explain``, each analysis
+also writes its explanations (to a temporary folder), as a worker's job
+does. Issue 15's target is a peak of at most 2 GB for the 32-frame clip.
+Linux only (it reads /proc).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,11 @@ def main() -> None:
     parser.add_argument("media", type=Path)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="run the analyses with their explanations, as the worker does (explain.Explainer)",
+    )
     args = parser.parse_args()
 
     stages: list[dict[str, object]] = []
@@ -55,20 +63,33 @@ def main() -> None:
     from analyses.config import analysis_config, analysis_registry
     from ensemble.pipeline import Analyzer
 
+    if args.explain:
+        from explain import ExplainConfig, Explainer
+
     record("imports")
     config = analysis_config()
     analyzer = Analyzer(config, analysis_registry())
     members = analyzer.members
     backends = sorted({f"{m.backend}/{m.compute_precision}" for m in members.values()})
     record("members loaded", members=sorted(members), backends=backends)
+    explainer = Explainer(analyzer, ExplainConfig()) if args.explain else None
     for i in range(args.repeats):
-        result = analyzer.analyze(args.media)
+        if explainer is None:
+            result = analyzer.analyze(args.media)
+        else:
+            with tempfile.TemporaryDirectory() as out:
+                result, _ = explainer.run(args.media, Path(out))
         timings = {k: round(v, 3) for k, v in result.timings.items()}
         record(f"analysis {i + 1}", status=result.status, faces=len(result.faces), timings=timings)
         print("    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"media": str(args.media), "backends": backends, "stages": stages}
+        report = {
+            "media": str(args.media),
+            "backends": backends,
+            "explain": args.explain,
+            "stages": stages,
+        }
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
