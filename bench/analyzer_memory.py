@@ -1,6 +1,6 @@
 """Where a worker's memory goes: resident set after each stage of an analysis.
 
-    python bench/analyzer_memory.py ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
+    python -m bench.analyzer_memory ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
         [--repeats 2] [--explain] [--json var/bench/memory.json]
 
 Builds the site's ``Analyzer`` exactly as a worker does (the settings'
@@ -15,16 +15,13 @@ Linux only (it reads /proc).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
+from bench import common
+
+common.use_site()  # the Django site, as manage.py finds it
 
 
 def memory_mb() -> dict[str, float]:
@@ -37,17 +34,16 @@ def memory_mb() -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
     parser.add_argument("media", type=Path)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--explain",
         action="store_true",
         help="run the analyses with their explanations, as the worker does (explain.Explainer)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     stages: list[dict[str, object]] = []
 

@@ -1,8 +1,8 @@
 """Speed benchmark: seconds per video on every backend, against the naive path.
 
-    python bench/speed.py --videos ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
+    python -m bench.speed --videos ../shared/media/videos/aaronchong888_abofeumbvv.mp4 \
         --json var/bench/speed.json
-    python bench/speed.py --table var/bench/speed.json   # the README's table
+    python -m bench.speed --table var/bench/speed.json   # the README's table
 
 In one run, on the same clip, with random-init members of the real
 architectures (speed does not depend on the weights):
@@ -37,7 +37,6 @@ bf16 beat it (README, "Speed"). Writes JSON with top level
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -49,23 +48,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ensemble.config import AnalysisConfig, FaceConfig  # noqa: E402
-from ensemble.crops import crop_face  # noqa: E402
-from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views  # noqa: E402
-from ensemble.media import MediaLimits, list_media, sample_indices, sniff  # noqa: E402
-from ensemble.members import LoadedMember  # noqa: E402
-from ensemble.pipeline import Analyzer  # noqa: E402
-from ensemble.registry import REGISTRY  # noqa: E402
-from ensemble.runtime import cpu_has_bf16  # noqa: E402
-from ensemble.scoring import calibrate  # noqa: E402
-from ensemble.tracks import link_tracks  # noqa: E402
+from bench import common
+from ensemble.config import AnalysisConfig, FaceConfig
+from ensemble.crops import crop_face
+from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views
+from ensemble.media import MediaLimits, list_media, sample_indices, sniff
+from ensemble.members import LoadedMember
+from ensemble.pipeline import Analyzer
+from ensemble.registry import REGISTRY
+from ensemble.runtime import cpu_has_bf16
+from ensemble.scoring import calibrate
+from ensemble.tracks import link_tracks
 
 
 def peak_rss_mb() -> float:
@@ -455,22 +452,11 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--videos", type=Path,
-        default=ROOT.parent / "shared" / "media" / "videos" / "aaronchong888_abofeumbvv.mp4",
-        help="the clip (or a folder: its first video)",
-    )  # fmt: skip
-    parser.add_argument("--json", type=Path)
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
+    # --videos: the clip, or a folder whose first video is timed.
+    common.add_analysis(parser, common.CLIP, REGISTRY.names())
     parser.add_argument("--table", type=Path, help="print the README table of a JSON report")
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--members", default=",".join(REGISTRY.names()))
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
-    )
     parser.add_argument(
         "--backends",
         default="torch:fp32,onnxruntime:fp32,openvino:fp32,openvino:bf16",
@@ -491,7 +477,7 @@ def main() -> None:
     parser.add_argument(
         "--explain",
         action="store_true",
-        help="also measure what explanations add (bench/explain_cost.py), as 'explain' in the JSON",
+        help="also measure what explanations add (bench.explain_cost), as 'explain' in the JSON",
     )
     parser.add_argument(
         "--batch-size", type=int, default=AnalysisConfig.batch_size, help="crops per forward"
@@ -499,7 +485,7 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs of the naive path before timing it"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return

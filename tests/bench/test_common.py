@@ -16,18 +16,19 @@ import pytest
 from bench import common
 
 ROOT = Path(__file__).resolve().parents[2]
-# bench.speed and bench.analyzer_memory join this list once converted (issue 19).
-CONVERTED = (
+BENCHMARKS = (
+    "analyzer_memory",
     "attention_entropy",
     "crop_framing",
     "crop_policy",
     "explain_cost",
     "provenance_cost",
+    "speed",
     "train_speed",
 )
 
 
-@pytest.mark.parametrize("name", CONVERTED)
+@pytest.mark.parametrize("name", BENCHMARKS)
 def test_each_benchmark_shows_its_module_command_line_and_json_option(
     name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
