@@ -81,8 +81,13 @@ def val_metrics(
         logits.append(member.logits(crops, BATCH))
     probs = calibrate(np.concatenate(logits), member.temperature)
     m = binary_metrics(probs, labels_array(samples))
-    return {"auc": m.auc, "log_loss": m.log_loss, "ece": m.ece, "accuracy": m.accuracy,
-            "n": len(samples)}  # fmt: skip
+    return {
+        "auc": m.auc,
+        "log_loss": m.log_loss,
+        "ece": m.ece,
+        "accuracy": m.accuracy,
+        "n": len(samples),
+    }
 
 
 def video_scores(
@@ -103,9 +108,14 @@ def video_scores(
         with labels.open(newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 result = analyzer.analyze(videos / row["file"])
-                entry = {"file": row["file"], "label": row["label"], "status": result.status,
-                         "score": result.score, "verdict": result.verdict,
-                         "faces": len(result.faces)}  # fmt: skip
+                entry = {
+                    "file": row["file"],
+                    "label": row["label"],
+                    "status": result.status,
+                    "score": result.score,
+                    "verdict": result.verdict,
+                    "faces": len(result.faces),
+                }
                 rows.append(entry)
         return rows
 

@@ -50,8 +50,12 @@ def install_random_members(names: Sequence[str], weights_dir: Path) -> None:
     torch.manual_seed(0)
     for name in names:
         member = random_member(REGISTRY.get(name).build().eval(), name, channels_last=True)
-        save_weights(member.model.state_dict(), member.spec, weights_dir,
-                     provenance={"data": "random init, benchmark only"})  # fmt: skip
+        save_weights(
+            member.model.state_dict(),
+            member.spec,
+            weights_dir,
+            provenance={"data": "random init, benchmark only"},
+        )
 
 
 def _warm_up(analyzer: Analyzer, explainer: Explainer, video: Path, tmp: Path) -> None:

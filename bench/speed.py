@@ -37,7 +37,6 @@ bf16 beat it (README, "Speed"). Writes JSON with top level
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import platform
@@ -217,9 +216,15 @@ def member_options(
         from ensemble.runtime import runner_for_module
 
         runner = runner_for_module(
-            backend, nchw, x_nchw[:2], tag=spec_name, weights_sha256=None,  # type: ignore[arg-type]
-            cache_dir=None, threads=threads, precision=precision,  # type: ignore[arg-type]
-        )  # fmt: skip
+            backend,
+            nchw,
+            x_nchw[:2],
+            tag=spec_name,
+            weights_sha256=None,  # type: ignore[arg-type]
+            cache_dir=None,
+            threads=threads,
+            precision=precision,  # type: ignore[arg-type]
+        )
         x = x_nchw.numpy()
         return time_call(lambda: runner(x))
 
@@ -279,9 +284,14 @@ def onnx_int8(
         start = time.perf_counter()
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(
-            str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
+            str(prepared),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         results["int8_calibration_s"] = round(time.perf_counter() - start, 1)
         runner, reference = OnnxRunner(int8, threads), OnnxRunner(fp32, threads)
     xs = x.numpy()
@@ -304,34 +314,9 @@ def cuda_half(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def cpu_snapshot(seconds: float = 2.0) -> dict[str, Any]:
-    """CPU use of every other process over ``seconds`` (psutil), and the load."""
-    import os
-
-    import psutil
-
-    me = os.getpid()
-    procs = [p for p in psutil.process_iter() if p.pid != me]
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.cpu_percent(None)
-    time.sleep(seconds)
-    busy = []
-    for proc in procs:
-        try:
-            pct = proc.cpu_percent(None)
-            if pct >= 5.0:
-                busy.append({"pid": proc.pid, "name": proc.name()[:40], "cpu_percent": pct})
-        except psutil.Error:
-            pass
-    other = sum(b["cpu_percent"] for b in busy)
-    return {
-        "idle": other < 20.0,
-        "other_processes_cpu_percent": round(other, 1),
-        "busy_processes": busy,
-        "loadavg_1min": os.getloadavg()[0],
-        "cpu_count": os.cpu_count(),
-        "bf16_kernels": cpu_has_bf16(),
-    }
+    """Other processes' CPU use (:func:`bench.common.cpu_snapshot`) and whether
+    this CPU computes bf16 natively."""
+    return {**common.cpu_snapshot(seconds), "bf16_kernels": cpu_has_bf16()}
 
 
 def backend_child(
@@ -355,10 +340,16 @@ def backend_child(
         torch.set_num_threads(threads)
     started = time.perf_counter()
     cfg = AnalysisConfig(
-        members=tuple(names), frames=frames, cache_dir=Path(cache), limits=MediaLimits(),
-        batch_size=batch_size, backend=backend, precision=precision, weights_dir=Path(weights),
+        members=tuple(names),
+        frames=frames,
+        cache_dir=Path(cache),
+        limits=MediaLimits(),
+        batch_size=batch_size,
+        backend=backend,
+        precision=precision,
+        weights_dir=Path(weights),
         threads=threads,
-    )  # fmt: skip
+    )
     analyzer = Analyzer(cfg)
     analyzer.prepare()
     members = analyzer.members
@@ -502,9 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="trusttrace-bench-"))
     cache = work / "cache"
     cfg = AnalysisConfig(
-        members=tuple(names), frames=args.frames, cache_dir=cache, limits=MediaLimits(),
+        members=tuple(names),
+        frames=args.frames,
+        cache_dir=cache,
+        limits=MediaLimits(),
         batch_size=args.batch_size,
-    )  # fmt: skip
+    )
     detector = FaceDetector.load(FaceConfig(), cache)
     net_nchw = copy.deepcopy(detector.net).to(memory_format=torch.contiguous_format)
 
@@ -535,9 +529,20 @@ def main(argv: list[str] | None = None) -> None:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             out: dict[str, Any] = pool.apply(
                 backend_child,
-                (str(video), str(image) if with_image and image else None, names, args.frames,
-                 backend, precision, args.threads, args.batch_size, str(w), str(c), args.repeats),
-            )  # fmt: skip
+                (
+                    str(video),
+                    str(image) if with_image and image else None,
+                    names,
+                    args.frames,
+                    backend,
+                    precision,
+                    args.threads,
+                    args.batch_size,
+                    str(w),
+                    str(c),
+                    args.repeats,
+                ),
+            )
         print(f"{backend} {precision}: {out}", flush=True)
         return out
 

@@ -111,8 +111,12 @@ def data_speed(data: Path, size: int, n: int) -> dict[str, float]:
         assert stored is not None
         augment(compose, stored[0], i)
     from_store = len(paths) / (time.perf_counter() - t)
-    return {"size": size, "crops": len(paths), "jpeg_per_s": round(from_files, 1),
-            "store_per_s": round(from_store, 1)}  # fmt: skip
+    return {
+        "size": size,
+        "crops": len(paths),
+        "jpeg_per_s": round(from_files, 1),
+        "store_per_s": round(from_store, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

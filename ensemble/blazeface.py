@@ -52,12 +52,25 @@ TFLITE_FILE = "face_detection_front.tflite"
 
 # (in_channels, out_channels, stride) of each BlazeBlock, in graph order.
 _BLOCKS_16: tuple[tuple[int, int, int], ...] = (
-    (24, 24, 1), (24, 28, 1), (28, 32, 2), (32, 36, 1), (36, 42, 1), (42, 48, 2),
-    (48, 56, 1), (56, 64, 1), (64, 72, 1), (72, 80, 1), (80, 88, 1),
-)  # fmt: skip
+    (24, 24, 1),
+    (24, 28, 1),
+    (28, 32, 2),
+    (32, 36, 1),
+    (36, 42, 1),
+    (42, 48, 2),
+    (48, 56, 1),
+    (56, 64, 1),
+    (64, 72, 1),
+    (72, 80, 1),
+    (80, 88, 1),
+)
 _BLOCKS_8: tuple[tuple[int, int, int], ...] = (
-    (88, 96, 2), (96, 96, 1), (96, 96, 1), (96, 96, 1), (96, 96, 1),
-)  # fmt: skip
+    (88, 96, 2),
+    (96, 96, 1),
+    (96, 96, 1),
+    (96, 96, 1),
+    (96, 96, 1),
+)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

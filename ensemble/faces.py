@@ -222,9 +222,14 @@ class FaceDetector:
     ) -> FaceDetector:
         source = default_tflite_path()
         return cls(
-            load_blazeface_net(source, cache_dir=cache_dir), config, device, backend=backend,
-            cache_dir=cache_dir, weights_sha256=tflite_sha256(source), threads=threads,
-        )  # fmt: skip
+            load_blazeface_net(source, cache_dir=cache_dir),
+            config,
+            device,
+            backend=backend,
+            cache_dir=cache_dir,
+            weights_sha256=tflite_sha256(source),
+            threads=threads,
+        )
 
     @torch.inference_mode()
     def _run(

@@ -252,9 +252,14 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
         ) from e
     height, width = rgb.shape[:2]
     info = MediaInfo(
-        kind="image", format=fmt, width=width, height=height, size_bytes=size,
-        sha256=file_sha256(path), frame_count=1,
-    )  # fmt: skip
+        kind="image",
+        format=fmt,
+        width=width,
+        height=height,
+        size_bytes=size,
+        sha256=file_sha256(path),
+        frame_count=1,
+    )
     frame = Frame(index=0, time_s=0.0, image=np.ascontiguousarray(rgb))
     return LoadedMedia(info, (frame,), DecodeStats(packets=0, decoded=1, converted=1, seeks=0))
 
@@ -347,11 +352,18 @@ def read_video(
     decoded_h, decoded_w = frames[0].image.shape[:2]
     downscaled = (decoded_w, decoded_h) != (width, height)
     info = MediaInfo(
-        kind="video", format=media_type.format, width=width, height=height, size_bytes=size,
-        sha256=file_sha256(path), duration_s=duration, fps=fps, frame_count=count,
+        kind="video",
+        format=media_type.format,
+        width=width,
+        height=height,
+        size_bytes=size,
+        sha256=file_sha256(path),
+        duration_s=duration,
+        fps=fps,
+        frame_count=count,
         decoded_width=decoded_w if downscaled else None,
         decoded_height=decoded_h if downscaled else None,
-    )  # fmt: skip
+    )
     return LoadedMedia(info, tuple(frames), stats)
 
 

@@ -133,8 +133,11 @@ class _Tapped(nn.Module):
 
     @staticmethod
     def outputs(layer: nn.Module | None, attention: bool) -> tuple[str, ...]:
-        return ("y", *((TAP_GRADCAM,) if layer is not None else ()),
-                *((TAP_ATTENTION,) if attention else ()))  # fmt: skip
+        return (
+            "y",
+            *((TAP_GRADCAM,) if layer is not None else ()),
+            *((TAP_ATTENTION,) if attention else ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,10 +226,14 @@ class LoadedMember:
         with (
             torch.no_grad(),
             exported_graph(
-                _Tapped(model, layer, attention), example, tag=f"{self.name}_{self.input_size}",
-                weights_sha256=self.weights_sha256, cache_dir=self.cache_dir, output_names=outputs,
+                _Tapped(model, layer, attention),
+                example,
+                tag=f"{self.name}_{self.input_size}",
+                weights_sha256=self.weights_sha256,
+                cache_dir=self.cache_dir,
+                output_names=outputs,
             ) as path,
-        ):  # fmt: skip
+        ):
             if self.channels_last:
                 # Before keep_head_only: converting a placeholder would make
                 # it full size again.

@@ -279,9 +279,12 @@ class Analyzer:
                 read_manifest(self.config.weights_dir, name)  # so do missing weights
         if self._detector is None:
             self._detector = FaceDetector.load(
-                self.config.faces, self.config.cache_dir, self.config.device,
-                backend=self.config.backend, threads=self.config.threads,
-            )  # fmt: skip
+                self.config.faces,
+                self.config.cache_dir,
+                self.config.device,
+                backend=self.config.backend,
+                threads=self.config.threads,
+            )
         for name in self.config.members:
             if name not in self._members:
                 self._members[name] = load_member(

@@ -301,9 +301,11 @@ def summarise(
     if any(a.ai for a in actions):
         ai_in = "active"
     elif any(
-        a.ai for k, m in manifests.items() if k != label and isinstance(m, Mapping)
+        a.ai
+        for k, m in manifests.items()
+        if k != label and isinstance(m, Mapping)
         for a in _actions(m)
-    ):  # fmt: skip
+    ):
         ai_in = "ingredient"
     ingredients = [
         _text(i.get("title") or i.get("label") or "untitled")

@@ -359,9 +359,13 @@ def runner_for_graph(
     model under ``cache_dir/openvino``; it runs ``warmup`` once."""
     if backend == "openvino":
         return OpenVinoRunner(
-            path, threads, precision, None if cache_dir is None else cache_dir / "openvino",
-            output_names, warmup=warmup,
-        )  # fmt: skip
+            path,
+            threads,
+            precision,
+            None if cache_dir is None else cache_dir / "openvino",
+            output_names,
+            warmup=warmup,
+        )
     if precision != "fp32":
         raise ConfigError(f"ONNX Runtime members run in fp32, not {precision}")
     return OnnxRunner(path, threads)
@@ -382,11 +386,19 @@ def runner_for_module(
     """A runner for ``model`` on ``backend``. With a weights hash and a cache
     folder, OpenVINO also keeps its compiled model under ``cache_dir/openvino``."""
     with exported_graph(
-        model, example, tag=tag, weights_sha256=weights_sha256, cache_dir=cache_dir,
+        model,
+        example,
+        tag=tag,
+        weights_sha256=weights_sha256,
+        cache_dir=cache_dir,
         output_names=output_names,
-    ) as path:  # fmt: skip
+    ) as path:
         return runner_for_graph(
-            backend, path, cache_dir=None if weights_sha256 is None else cache_dir,
-            output_names=output_names, threads=threads, precision=precision,
+            backend,
+            path,
+            cache_dir=None if weights_sha256 is None else cache_dir,
+            output_names=output_names,
+            threads=threads,
+            precision=precision,
             warmup=example.contiguous().numpy(),
-        )  # fmt: skip
+        )

@@ -400,8 +400,11 @@ def save_weights(
             # Only a single state_dict entry larger than the limit gets here.
             logger.warning(
                 "%s is %d bytes, over the %d-byte shard limit: tensor %s alone is that large",
-                path.name, nbytes, max_shard_bytes, sorted(shard)[0],
-            )  # fmt: skip
+                path.name,
+                nbytes,
+                max_shard_bytes,
+                sorted(shard)[0],
+            )
         files.append(WeightFile(path.name, file_sha256(path), nbytes))
     manifest = Manifest(
         member=spec.name,

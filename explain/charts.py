@@ -59,15 +59,22 @@ def _panel(ax: Axes, title: str, series: dict[str, Any], member: str | None) -> 
     band = series["uncertain_band"] or 0.0
     if threshold is not None:
         if band:
-            ax.axhspan(threshold - band, threshold + band, color=BAND_COLOUR, alpha=BAND_ALPHA,
-                       label="uncertain")  # fmt: skip
-        ax.axhline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1,
-                   label="threshold")  # fmt: skip
+            ax.axhspan(
+                threshold - band,
+                threshold + band,
+                color=BAND_COLOUR,
+                alpha=BAND_ALPHA,
+                label="uncertain",
+            )
+        ax.axhline(
+            threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label="threshold"
+        )
     for person in series["persons"]:
         times = [p["time"] for p in person["points"]]
         scores = [p["score"] if member is None else p["members"][member] for p in person["points"]]
-        ax.plot(times, scores, marker="o", markersize=3, linewidth=1.5,
-                label=f"person {person['id']}")  # fmt: skip
+        ax.plot(
+            times, scores, marker="o", markersize=3, linewidth=1.5, label=f"person {person['id']}"
+        )
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("P(fake)")
     ax.set_title(title, fontsize=10, loc="left")

@@ -100,8 +100,15 @@ class _Writer:
         entry = Artifact(kind, rel, frame, time_s, person, member, caption, *size, media_type)
         self.artifacts.append(entry)
 
-    def raw(self, kind: ArtifactKind, rel: str, data: bytes, media_type: str,
-            size: tuple[int, int], caption: str) -> None:  # fmt: skip
+    def raw(
+        self,
+        kind: ArtifactKind,
+        rel: str,
+        data: bytes,
+        media_type: str,
+        size: tuple[int, int],
+        caption: str,
+    ) -> None:
         path = self.out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

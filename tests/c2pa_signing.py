@@ -33,9 +33,13 @@ SIGNER_NAME = "Trusttrace test signer"
 ORG = "Trusttrace tests"
 GENERATOR = "trusttrace-tests"
 _KU_OFF = dict(
-    content_commitment=False, key_encipherment=False, data_encipherment=False,
-    key_agreement=False, encipher_only=False, decipher_only=False,
-)  # fmt: skip
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,11 @@ def make_pki(alg: str = "es256") -> TestPKI:
     now = dt.datetime.now(dt.UTC)
     ca_key, key = new_key(), new_key()
     ca_subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
-         x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG)]
-    )  # fmt: skip
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+        ]
+    )
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_subject)
@@ -81,9 +87,11 @@ def make_pki(alg: str = "es256") -> TestPKI:
         .sign(ca_key, hashes.SHA256())
     )
     subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, SIGNER_NAME),
-         x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG)]
-    )  # fmt: skip
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, SIGNER_NAME),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -116,9 +124,13 @@ def make_pki(alg: str = "es256") -> TestPKI:
 
 
 MIME = {
-    ".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".mp4": "video/mp4",
-    ".mov": "video/quicktime", ".avi": "video/x-msvideo",
-}  # fmt: skip
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".avi": "video/x-msvideo",
+}
 
 
 def created_action(source_type: str = AI_MEDIA, when: str = "") -> dict[str, Any]:
@@ -163,11 +175,14 @@ def sign(
         for i, (ingredient_title, path) in enumerate(ingredients):
             with path.open("rb") as fh:
                 b.add_ingredient(
-                    {"title": ingredient_title, "label": f"ingredient{i}",
-                     "relationship": "parentOf" if i == 0 else "componentOf"},
+                    {
+                        "title": ingredient_title,
+                        "label": f"ingredient{i}",
+                        "relationship": "parentOf" if i == 0 else "componentOf",
+                    },
                     MIME[path.suffix],
                     fh,
-                )  # fmt: skip
+                )
         if remote_url:
             b.set_no_embed()
             b.set_remote_url(remote_url)

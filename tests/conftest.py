@@ -57,9 +57,13 @@ def tiny_member() -> Callable[..., LoadedMember]:
         torch.manual_seed(0)
         model = spec.build() if logit is None else ConstantLogit(logit)
         return LoadedMember(
-            spec=spec, model=model, input_size=input_size, mean=spec.mean, std=spec.std,
+            spec=spec,
+            model=model,
+            input_size=input_size,
+            mean=spec.mean,
+            std=spec.std,
             temperature=temperature,
-        )  # fmt: skip
+        )
 
     return make
 

@@ -67,8 +67,15 @@ def write_dataset(
             )
             kp = " ".join(f"{v:.1f}" for p in face_keypoints(size) for v in p) if keypoints else ""
             original = rows[-1]["file"] if label and originals else ""
-            rows.append({"file": rel.as_posix(), "label": "FAKE" if label else "REAL",
-                         "split": split, "keypoints": kp, "original": original})  # fmt: skip
+            rows.append(
+                {
+                    "file": rel.as_posix(),
+                    "label": "FAKE" if label else "REAL",
+                    "split": split,
+                    "keypoints": kp,
+                    "original": original,
+                }
+            )
             index += 1
     with (root / "metadata.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["file", "label", "split", "keypoints", "original"])

@@ -245,10 +245,16 @@ def export_run(
         logger.warning(
             "the members under %s take %.1f MB together, over the %.0f MB that may be "
             "committed (README, Export format)",
-            weights_dir, total / 1e6, COMMITTED_WEIGHTS_LIMIT / 1e6,
-        )  # fmt: skip
+            weights_dir,
+            total / 1e6,
+            COMMITTED_WEIGHTS_LIMIT / 1e6,
+        )
     logger.info(
         "exported %s as %s (T=%.3f, threshold %.3f, AUC %s)",
-        spec.name, quant, temperature, choice.threshold, auc,
-    )  # fmt: skip
+        spec.name,
+        quant,
+        temperature,
+        choice.threshold,
+        auc,
+    )
     return ExportReport(manifest, quant, temperature, choice.threshold, auc)

@@ -492,9 +492,12 @@ def transfer_state(
 
 
 def write_transfer(
-    folder: Path, member: str, tensors: Mapping[str, Tensor], info: Mapping[str, Any],
+    folder: Path,
+    member: str,
+    tensors: Mapping[str, Tensor],
+    info: Mapping[str, Any],
     max_file_bytes: int = MAX_TRANSFER_FILE,
-) -> list[Path]:  # fmt: skip
+) -> list[Path]:
     """``tensors`` as safetensors files of at most ``max_file_bytes`` plus
     ``transfer.json``; returns the files written."""
     from safetensors.torch import save_file
@@ -534,9 +537,12 @@ def schedule_factor(progress: float, warmup: float, min_ratio: float) -> float:
 
 
 def _build(
-    spec: MemberSpec, recipe: GpuRecipe, device: torch.device, seed: int,
+    spec: MemberSpec,
+    recipe: GpuRecipe,
+    device: torch.device,
+    seed: int,
     init_from: Path | None = None,
-) -> nn.Module:  # fmt: skip
+) -> nn.Module:
     torch.manual_seed(seed)
     model = spec.build()
     if init_from is not None:
@@ -600,9 +606,11 @@ def train_gpu(
     for name, blackout in variants:
         model = _build(spec, recipe, dev, seed, init_from)
         optimizer = torch.optim.AdamW(
-            param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999),
+            param_groups(model, recipe.weight_decay),
+            lr=recipe.lr,
+            betas=(0.9, 0.999),
             fused=dev.type == "cuda",
-        )  # fmt: skip
+        )
         trainees.append(Trainee(name, model, optimizer, FastEma(model, recipe.ema_decay), blackout))
 
     gen = torch.Generator(device=dev)
@@ -627,12 +635,17 @@ def train_gpu(
             )
             losses[t.name].clear()
             row = {
-                "point": point, "progress": round(progress, 4), "images_seen": seen,
-                "epochs": round(seen / (2 * n_pairs), 3), "step": step,
-                "seconds": round(clock() - start, 1), "train_loss": mean_loss,
-                "val_auc": metrics["auc"], "val_log_loss": metrics["log_loss"],
+                "point": point,
+                "progress": round(progress, 4),
+                "images_seen": seen,
+                "epochs": round(seen / (2 * n_pairs), 3),
+                "step": step,
+                "seconds": round(clock() - start, 1),
+                "train_loss": mean_loss,
+                "val_auc": metrics["auc"],
+                "val_log_loss": metrics["log_loss"],
                 "lr": t.optimizer.param_groups[0]["lr"],
-            }  # fmt: skip
+            }
             t.history.append(row)
             logger.info("%s %s: %s", spec.name, t.name, row)
             if t.best_point is None or metrics["log_loss"] < t.best_point["val_log_loss"]:
@@ -730,9 +743,14 @@ def train_gpu(
 
 
 def _finish(
-    t: Trainee, spec: MemberSpec, recipe: GpuRecipe, val: DeviceCrops,
-    val_labels: npt.NDArray[np.float64], out: Path, dev: torch.device,
-) -> dict[str, Any]:  # fmt: skip
+    t: Trainee,
+    spec: MemberSpec,
+    recipe: GpuRecipe,
+    val: DeviceCrops,
+    val_labels: npt.NDArray[np.float64],
+    out: Path,
+    dev: torch.device,
+) -> dict[str, Any]:
     """Measure the best weights at full precision and as int8, write the transfer."""
     from ensemble.training.export import AUC_TOLERANCE, roundtrip
 
@@ -894,10 +912,18 @@ def _present_rows_csv(data: Path) -> Path:
 
 
 def session(
-    zips: Path, work: Path, dest: Path, *, seconds: float, members: Sequence[str],
-    partial: bool = False, max_mib: float = 62.0, max_files: int = 8, device: str = "cuda",
+    zips: Path,
+    work: Path,
+    dest: Path,
+    *,
+    seconds: float,
+    members: Sequence[str],
+    partial: bool = False,
+    max_mib: float = 62.0,
+    max_files: int = 8,
+    device: str = "cuda",
     init_from: Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One call on a lent machine: unpack the uploaded dataset zips into
     ``work``, train ``members`` side by side (each in its own process; the B7
     with ``--compare-blackout``), write ``summary.json`` and ``logs.txt`` into
@@ -915,10 +941,23 @@ def session(
             shutil.rmtree(out)
         out.mkdir(parents=True)
         cmd = [
-            sys.executable, "-m", "ensemble.training.gpu", "train", "--member", member,
-            "--data", str(source), "--out", str(out), "--seconds", str(seconds),
-            "--epochs", str(SESSION_EPOCHS.get(member, 30.0)), "--device", device,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "ensemble.training.gpu",
+            "train",
+            "--member",
+            member,
+            "--data",
+            str(source),
+            "--out",
+            str(out),
+            "--seconds",
+            str(seconds),
+            "--epochs",
+            str(SESSION_EPOCHS.get(member, 30.0)),
+            "--device",
+            device,
+        ]
         if member == "effnet_b7":
             cmd.append("--compare-blackout")
         if init_from is not None:
@@ -997,17 +1036,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verb == "train":
         train_gpu(
-            REGISTRY.get(args.member), args.data, args.out, seconds=args.seconds,
-            epochs=args.epochs, seed=args.seed, device=args.device,
-            compare_blackout=args.compare_blackout, workers=args.workers,
+            REGISTRY.get(args.member),
+            args.data,
+            args.out,
+            seconds=args.seconds,
+            epochs=args.epochs,
+            seed=args.seed,
+            device=args.device,
+            compare_blackout=args.compare_blackout,
+            workers=args.workers,
             init_from=args.init_from,
-        )  # fmt: skip
+        )
     elif args.verb == "session":
         session(
-            args.zips, args.work, args.dest, seconds=args.seconds,
-            members=args.members.split(","), partial=args.partial, device=args.device,
-            max_mib=args.max_mib, init_from=args.init_from,
-        )  # fmt: skip
+            args.zips,
+            args.work,
+            args.dest,
+            seconds=args.seconds,
+            members=args.members.split(","),
+            partial=args.partial,
+            device=args.device,
+            max_mib=args.max_mib,
+            init_from=args.init_from,
+        )
     elif args.verb == "unpack":
         print(unpack(args.transfer, args.out, args.run_json, data=args.data))  # noqa: T201 (a CLI's answer)
     else:

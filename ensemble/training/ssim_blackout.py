@@ -55,9 +55,12 @@ def _warp_onto(
 
     matrix = similarity_transform(kp_original, kp_fake)
     out = cv2.warpAffine(
-        original, matrix, (shape[1], shape[0]), flags=cv2.INTER_LINEAR,
+        original,
+        matrix,
+        (shape[1], shape[0]),
+        flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT,
-    )  # fmt: skip
+    )
     return np.asarray(out, np.uint8)
 
 

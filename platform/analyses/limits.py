@@ -99,9 +99,11 @@ class UploadLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.method in ("POST", "PUT", "PATCH") and declared_too_large(request):
             logger.warning(
-                "refused %s %s: declared %s bytes", request.method, request.path,
+                "refused %s %s: declared %s bytes",
+                request.method,
+                request.path,
                 request.META.get("CONTENT_LENGTH"),
-            )  # fmt: skip
+            )
             return too_large_response(request)
         return self.get_response(request)
 

@@ -84,10 +84,16 @@ class Entry:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "person": self.person, "frame": self.frame, "time": self.time, "score": self.score,
-            "members": self.members, "box": self.box, "face": self.face, "whole": self.whole,
+            "person": self.person,
+            "frame": self.frame,
+            "time": self.time,
+            "score": self.score,
+            "members": self.members,
+            "box": self.box,
+            "face": self.face,
+            "whole": self.whole,
             "layers": self.layers,
-        }  # fmt: skip
+        }
 
 
 @dataclass

@@ -214,10 +214,20 @@ def person_rows(sub: Submission) -> list[tuple[dict[str, Any], list[float | None
 
 # Types a browser may render inline; anything else (SVG and HTML included: they
 # can carry scripts) is served as opaque bytes.
-INLINE_TYPES = frozenset({
-    "image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "video/mp4",
-    "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo",
-})  # fmt: skip
+INLINE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/bmp",
+        "image/gif",
+        "video/mp4",
+        "video/quicktime",
+        "video/webm",
+        "video/x-matroska",
+        "video/x-msvideo",
+    }
+)
 
 
 def serve_private(

@@ -77,11 +77,31 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
     class Meta:
         model = Submission
         fields = (
-            "id", "title", "original_name", "kind", "media_format", "sha256", "size_bytes",
-            "status", "stage", "percent", "reason", "reason_code", "verdict", "score",
-            "threshold", "uncertain_band", "members", "model_versions", "timings",
-            "created", "started", "finished", "decision", "provenance",
-        )  # fmt: skip
+            "id",
+            "title",
+            "original_name",
+            "kind",
+            "media_format",
+            "sha256",
+            "size_bytes",
+            "status",
+            "stage",
+            "percent",
+            "reason",
+            "reason_code",
+            "verdict",
+            "score",
+            "threshold",
+            "uncertain_band",
+            "members",
+            "model_versions",
+            "timings",
+            "created",
+            "started",
+            "finished",
+            "decision",
+            "provenance",
+        )
         read_only_fields = fields
 
     @extend_schema_field(ProvenanceSerializer(allow_null=True))
@@ -161,9 +181,18 @@ class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
     class Meta:
         model = Artifact
         fields = (
-            "id", "kind", "frame", "time", "person", "member", "caption", "width", "height",
-            "media_type", "url",
-        )  # fmt: skip
+            "id",
+            "kind",
+            "frame",
+            "time",
+            "person",
+            "member",
+            "caption",
+            "width",
+            "height",
+            "media_type",
+            "url",
+        )
         read_only_fields = fields
 
     def get_url(self, obj: Artifact) -> str:

@@ -72,10 +72,12 @@ class SubmissionViewSet(
         if declared_too_large(request._request):
             limit = trusttrace_settings().max_upload_bytes
             return Response(
-                {"detail": f"The request is larger than the {limit} byte upload limit.",
-                 "code": "too_large"},
+                {
+                    "detail": f"The request is larger than the {limit} byte upload limit.",
+                    "code": "too_large",
+                },
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            )  # fmt: skip
+            )
         form = SubmitSerializer(data=request.data)
         if upload_over_limit(request._request):
             # LimitedUploadHandler stopped reading a file: the partial file is gone.
@@ -118,9 +120,13 @@ class SubmissionViewSet(
         file's Content Credentials."""
         sub = self.get_object()
         return Response(
-            {"status": sub.status, "result": sub.result, "series": sub.series,
-             "provenance": provenance_payload(sub)}
-        )  # fmt: skip
+            {
+                "status": sub.status,
+                "result": sub.result,
+                "series": sub.series,
+                "provenance": provenance_payload(sub),
+            }
+        )
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"])
@@ -174,6 +180,8 @@ class SubmissionViewSet(
         artifact = get_object_or_404(sub.artifacts, pk=artifact_id)
         path = Path(artifact.file.path)
         return serve_private(
-            path, f"{artifact.kind}-{artifact.pk}{path.suffix}", artifact.media_type,
+            path,
+            f"{artifact.kind}-{artifact.pk}{path.suffix}",
+            artifact.media_type,
             request._request,
-        )  # fmt: skip
+        )

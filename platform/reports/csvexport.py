@@ -17,15 +17,39 @@ from analyses.models import PROVENANCE_INTACT, Submission
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 SUBMISSION_COLUMNS = (
-    "id", "created", "finished", "owner", "title", "original_name", "kind", "format",
-    "sha256", "status", "reason_code", "reason", "verdict", "score", "threshold",
-    "uncertain_band", "member_scores", "model_versions", "model_backends", "combination",
-    "decision", "decision_note",
+    "id",
+    "created",
+    "finished",
+    "owner",
+    "title",
+    "original_name",
+    "kind",
+    "format",
+    "sha256",
+    "status",
+    "reason_code",
+    "reason",
+    "verdict",
+    "score",
+    "threshold",
+    "uncertain_band",
+    "member_scores",
+    "model_versions",
+    "model_backends",
+    "combination",
+    "decision",
+    "decision_note",
     # The file's C2PA Content Credentials as read at upload (empty: never read).
-    "provenance", "provenance_reason", "provenance_signer", "provenance_issuer",
-    "provenance_claim_generator", "provenance_created", "provenance_ai_generated",
-    "provenance_actions", "provenance_ingredients",
-)  # fmt: skip
+    "provenance",
+    "provenance_reason",
+    "provenance_signer",
+    "provenance_issuer",
+    "provenance_claim_generator",
+    "provenance_created",
+    "provenance_ai_generated",
+    "provenance_actions",
+    "provenance_ingredients",
+)
 
 
 def safe_cell(value: object) -> str:
@@ -73,15 +97,30 @@ def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[object]]:
     carry the moderation annotations ``decision_label`` and ``decision_note``)."""
     for s in qs.iterator(chunk_size=500):
         yield [
-            str(s.pk), s.created, s.finished, s.owner.username, s.title, s.original_name,
-            s.kind, s.media_format, s.sha256, s.status, s.reason_code, s.reason,
-            s.verdict, s.score, s.threshold, s.uncertain_band,
-            json.dumps(s.members, sort_keys=True), json.dumps(s.model_versions, sort_keys=True),
+            str(s.pk),
+            s.created,
+            s.finished,
+            s.owner.username,
+            s.title,
+            s.original_name,
+            s.kind,
+            s.media_format,
+            s.sha256,
+            s.status,
+            s.reason_code,
+            s.reason,
+            s.verdict,
+            s.score,
+            s.threshold,
+            s.uncertain_band,
+            json.dumps(s.members, sort_keys=True),
+            json.dumps(s.model_versions, sort_keys=True),
             json.dumps(model_backends(s.result), sort_keys=True),
             json.dumps((s.result or {}).get("combination", {}), sort_keys=True),
-            getattr(s, "decision_label", None) or "", getattr(s, "decision_note", None) or "",
+            getattr(s, "decision_label", None) or "",
+            getattr(s, "decision_note", None) or "",
             *provenance_cells(s.provenance),
-        ]  # fmt: skip
+        ]
 
 
 def provenance_cells(p: dict[str, Any] | None) -> list[Any]:
@@ -98,11 +137,16 @@ def provenance_cells(p: dict[str, Any] | None) -> list[Any]:
     ]
     intact = p["state"] in PROVENANCE_INTACT
     return [
-        p["state"], p.get("reason", ""), p.get("signer", ""), p.get("issuer", ""),
-        p.get("claim_generator", ""), p.get("created_at") or p.get("signed_at", ""),
+        p["state"],
+        p.get("reason", ""),
+        p.get("signer", ""),
+        p.get("issuer", ""),
+        p.get("claim_generator", ""),
+        p.get("created_at") or p.get("signed_at", ""),
         bool(p.get("ai_generated")) and intact,
-        json.dumps(actions), json.dumps(list(p.get("ingredients") or [])),
-    ]  # fmt: skip
+        json.dumps(actions),
+        json.dumps(list(p.get("ingredients") or [])),
+    ]
 
 
 def model_backends(result: dict[str, Any] | None) -> dict[str, str]:

@@ -78,8 +78,14 @@ def page_height(page: Any) -> int:
 def two_people(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clip of 48 frames (more than FRAMES) with two faces side by side."""
     folder = tmp_path_factory.mktemp("two")
-    return mf.write_clip(folder / "two.mp4", frames=48, width=480, height=240,
-                         face_at=(30, 40, 150), more_faces=((280, 40, 150),))  # fmt: skip
+    return mf.write_clip(
+        folder / "two.mp4",
+        frames=48,
+        width=480,
+        height=240,
+        face_at=(30, 40, 150),
+        more_faces=((280, 40, 150),),
+    )
 
 
 def test_submit_watch_result_download_and_moderate(
@@ -172,8 +178,10 @@ def test_result_page_header_chart_viewer_people_and_filmstrip(
     page.screenshot(path=str(screenshots / "result-1280x800.png"), full_page=True)
     height = page_height(page)
     # The measured height is part of what this test reports (issue 16 asks for it).
-    print(f"\nresult page height at 1280x800, {FRAMES} frames: {height} px "  # noqa: T201
-          f"({height / DESKTOP['height']:.2f} screens)")  # fmt: skip
+    print(  # noqa: T201
+        f"\nresult page height at 1280x800, {FRAMES} frames: {height} px "
+        f"({height / DESKTOP['height']:.2f} screens)"
+    )
     assert height <= MAX_SCREENS * DESKTOP["height"]
 
     # The chart shows the selected person only; clicking a point selects that frame.
@@ -204,8 +212,10 @@ def test_result_page_header_chart_viewer_people_and_filmstrip(
     thumbs = page.locator("#filmstrip .thumb")
     assert thumbs.count() == TOP_K
     strip = thumbs.evaluate_all("ts => ts.map(t => [+t.dataset.person, +t.dataset.frame])")
-    mine = sorted((e for e in data["entries"] if e["person"] == person),
-                  key=lambda e: (-e["score"], e["frame"]))  # fmt: skip
+    mine = sorted(
+        (e for e in data["entries"] if e["person"] == person),
+        key=lambda e: (-e["score"], e["frame"]),
+    )
     assert strip == [[person, e["frame"]] for e in mine[:TOP_K]]
     thumbs.nth(1).click()
     assert viewing(page) == (mine[1]["frame"], person)
@@ -388,11 +398,12 @@ def test_content_credentials_panel_for_each_state(
     stored = live_stack.var / "valid-summary.json"
     stored.write_text(json.dumps(summary.to_dict()))
     live_stack.manage(
-        "shell", "-c",
+        "shell",
+        "-c",
         "import json, pathlib; from analyses.models import Submission; "
         f"s = Submission.objects.get(pk='{ids['untrusted']}'); "
         f"s.provenance = json.loads(pathlib.Path(r'{stored}').read_text()); s.save()",
-    )  # fmt: skip
+    )
     page.goto(url + f"/s/{ids['untrusted']}/")
     assert panel_state(page) == "valid" and PANEL["valid"] in page.inner_text("#provenance")
     assert page.locator("#provenance-ai").is_visible()

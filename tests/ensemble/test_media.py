@@ -253,10 +253,13 @@ def test_mp4_declaring_50000_fps_is_refused_before_it_is_opened(
         load_media(path, LIMITS, 8)
 
 
-@pytest.mark.parametrize("limits,reason", [
-    (MediaLimits(), "1000 frames per second; the limit is 240"),
-    (MediaLimits(max_fps=0, max_video_frames=400), "has 500 frames; the limit is 400"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "limits,reason",
+    [
+        (MediaLimits(), "1000 frames per second; the limit is 240"),
+        (MediaLimits(max_fps=0, max_video_frames=400), "has 500 frames; the limit is 400"),
+    ],
+)
 def test_avi_declared_rate_and_count_are_refused_before_the_demux_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: MediaLimits, reason: str
 ) -> None:

@@ -85,9 +85,13 @@ def test_a_compiled_member_keeps_only_its_head_and_can_reload_the_rest(
     save_weights(spec.build().state_dict(), spec, tmp_path / "w", input_size=48)
     plain = load_member("tiny", tmp_path / "w", registry=registry)
     member = load_member(
-        "tiny", tmp_path / "w", registry=registry, backend=backend,
-        cache_dir=tmp_path / "cache", precision="fp32",
-    )  # fmt: skip
+        "tiny",
+        tmp_path / "w",
+        registry=registry,
+        backend=backend,
+        cache_dir=tmp_path / "cache",
+        precision="fp32",
+    )
     assert member.head_only and not plain.head_only
     state, full_state = member.model.state_dict(), plain.model.state_dict()
     # TinyDetector: features.2 is the Grad-CAM layer; fc runs after it.
@@ -113,9 +117,13 @@ def test_release_memory_drops_the_cached_blob_and_the_model_still_runs(tmp_path:
 
     def load() -> object:
         return load_member(
-            "tiny", tmp_path / "w", registry=registry, backend="openvino",
-            cache_dir=tmp_path / "cache", precision="fp32",
-        )  # fmt: skip
+            "tiny",
+            tmp_path / "w",
+            registry=registry,
+            backend="openvino",
+            cache_dir=tmp_path / "cache",
+            precision="fp32",
+        )
 
     first = load()  # compiles and writes the cache
     member = load()  # maps the cached blob

@@ -57,10 +57,11 @@ def test_known_member_scores_give_the_expected_verdicts(
     assert soft.score == pytest.approx(1 / (1 + np.exp(-0.5)))
     # Members are averaged: one fake member and one real member meet in the middle.
     both = analyze(
-        path, config("f", "r"),
+        path,
+        config("f", "r"),
         members={"f": tiny_member("f", logit=3.0), "r": tiny_member("r", logit=-3.0)},
         detector=detector,
-    )  # fmt: skip
+    )
     assert both.score == pytest.approx(0.5) and both.verdict == "uncertain"
 
 
@@ -163,8 +164,14 @@ def test_kept_taps_are_per_face_and_the_gradcam_layer_is_bounded(
     from ensemble.members import TAP_GRADCAM, LoadedMember
 
     plain = tiny_member("a")
-    member = LoadedMember(spec=plain.spec, model=plain.model, input_size=64, mean=plain.mean,
-                          std=plain.std, backend="onnxruntime")  # fmt: skip
+    member = LoadedMember(
+        spec=plain.spec,
+        model=plain.model,
+        input_size=64,
+        mean=plain.mean,
+        std=plain.std,
+        backend="onnxruntime",
+    )
     path = mf.write_clip(tmp_path / "person.mp4", frames=20, face_at=(60, 40, 160))
     cfg = config("a", frames=6)
     result, data = pipeline.analyze_with_data(

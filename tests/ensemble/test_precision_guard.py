@@ -53,8 +53,9 @@ def test_bf16_scores_stay_with_fp32_on_the_shipped_weights(
     paths, labels = crops_and_labels
     probs = {}
     for precision in ("fp32", "bf16"):
-        member = load_member(name, weights, backend="openvino", precision=precision,
-                             cache_dir=tmp_path)  # fmt: skip
+        member = load_member(
+            name, weights, backend="openvino", precision=precision, cache_dir=tmp_path
+        )
         assert member.compute_precision == precision
         crops = [resize_to(read_rgb(p), None, member.input_size)[0] for p in paths]
         probs[precision] = calibrate(member.logits(crops, 16), member.temperature)

@@ -62,9 +62,12 @@ def media(tmp_path_factory):
 def ai_jpeg(pki, media, tmp_path_factory):
     out = tmp_path_factory.mktemp("signed") / "ai.jpg"
     return sign(
-        media["jpg"], out, pki, actions=[created_action(when="2026-11-30T08:00:00Z")],
+        media["jpg"],
+        out,
+        pki,
+        actions=[created_action(when="2026-11-30T08:00:00Z")],
         title="made by a model",
-    )  # fmt: skip
+    )
 
 
 def test_ai_generated_jpeg_signed_by_a_trusted_ca_is_valid_and_says_so(ai_jpeg, pki):
@@ -140,14 +143,19 @@ def test_formats_the_library_cannot_read_are_unchecked_not_absent(fmt, media):
 
 def test_composite_ai_edit_and_ingredient_titles(media, pki, tmp_path):
     signed = sign(
-        media["jpg"], tmp_path / "edit.jpg", pki,
+        media["jpg"],
+        tmp_path / "edit.jpg",
+        pki,
         actions=[
             opened(),
-            {"action": "c2pa.edited", "digitalSourceType": AI_COMPOSITE,
-             "softwareAgent": {"name": "Fill tool", "version": "2"}},
+            {
+                "action": "c2pa.edited",
+                "digitalSourceType": AI_COMPOSITE,
+                "softwareAgent": {"name": "Fill tool", "version": "2"},
+            },
         ],
         ingredients=[("holiday.jpg", media["jpg"]), ("sky.png", media["png"])],
-    )  # fmt: skip
+    )
     p = read_provenance(signed, trust_anchors=pki.ca_pem)
     assert p.state == "valid", p.reason
     assert [a.action for a in p.actions] == ["c2pa.opened", "c2pa.edited"]
@@ -162,10 +170,12 @@ def test_ai_declared_by_an_ingredients_manifest_is_flagged_as_from_the_ingredien
     ai_jpeg, media, pki, tmp_path
 ):
     edited = sign(
-        media["jpg"], tmp_path / "crop.jpg", pki,
+        media["jpg"],
+        tmp_path / "crop.jpg",
+        pki,
         actions=[opened(), {"action": "c2pa.cropped"}],
         ingredients=[("generated.jpg", ai_jpeg)],
-    )  # fmt: skip
+    )
     p = read_provenance(edited, trust_anchors=pki.ca_pem)
     assert p.state == "valid", p.reason
     assert not any(a.ai for a in p.actions)
@@ -201,17 +211,24 @@ def test_summary_is_bounded_and_json_serialisable():
                 "signature_info": {"common_name": "\x00evil\nname", "issuer": long},
                 "ingredients": [{"title": f"i{n}"} for n in range(500)],
                 "assertions": [
-                    {"label": "c2pa.actions.v2", "data": {"actions": [
-                        {"action": "c2pa.edited", "softwareAgent": long} for _ in range(500)
-                    ]}}
+                    {
+                        "label": "c2pa.actions.v2",
+                        "data": {
+                            "actions": [
+                                {"action": "c2pa.edited", "softwareAgent": long} for _ in range(500)
+                            ]
+                        },
+                    }
                 ],
             }
         },
         "validation_state": "Invalid",
-        "validation_results": {"activeManifest": {"failure": [
-            {"code": f"c{n}", "explanation": long} for n in range(100)
-        ]}},
-    }  # fmt: skip
+        "validation_results": {
+            "activeManifest": {
+                "failure": [{"code": f"c{n}", "explanation": long} for n in range(100)]
+            }
+        },
+    }
     p = summarise(store)
     assert p.state == "invalid"
     assert len(p.actions) == MAX_ACTIONS and p.actions_total == 500

@@ -26,9 +26,14 @@ def _twins(
     torch_member = tiny_member("tiny", 64)
     spec = torch_member.spec
     other = LoadedMember(
-        spec=spec, model=torch_member.model, input_size=64, mean=spec.mean, std=spec.std,
-        backend=backend, precision=precision,
-    )  # fmt: skip
+        spec=spec,
+        model=torch_member.model,
+        input_size=64,
+        mean=spec.mean,
+        std=spec.std,
+        backend=backend,
+        precision=precision,
+    )
     return torch_member, other
 
 

@@ -100,8 +100,9 @@ def test_crop_policy_parses_from_the_command_line(text: str, policy: CropPolicy)
     assert CropPolicy.from_dict(policy.to_dict()) == policy
 
 
-@pytest.mark.parametrize("text", ["square", "square:x", "square:0.1:0.2:0.3", "oval:0.1",
-                                  "square:-0.9", "square:0.1:3"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text", ["square", "square:x", "square:0.1:0.2:0.3", "oval:0.1", "square:-0.9", "square:0.1:3"]
+)
 def test_malformed_crop_policies_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"crop policy|margin|shift"):
         CropPolicy.parse(text)

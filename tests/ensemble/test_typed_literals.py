@@ -53,10 +53,15 @@ def test_parse_quantization() -> None:
 
 def test_a_manifest_with_an_unknown_quantization_is_refused_when_read(tmp_path: Path) -> None:
     manifest = Manifest(
-        member="m", architecture="a", format="safetensors",
+        member="m",
+        architecture="a",
+        format="safetensors",
         files=(WeightFile("m-00001.safetensors", "0" * 64, 1),),
-        input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), quantization="int8",
-    )  # fmt: skip
+        input_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        quantization="int8",
+    )
     data = json.loads(manifest.to_json())
     assert Manifest.from_json(json.dumps(data), tmp_path).quantization == "int8"
     data["quantization"] = "int4"

@@ -28,9 +28,14 @@ def test_saved_weights_load_back_strictly_and_hash_checked(
     torch.manual_seed(1)
     model = spec.build()
     manifest = save_weights(
-        model.state_dict(), spec, tmp_path, dtype=torch.float32, temperature=1.7,
-        provenance={"data": "unit test"}, max_shard_bytes=2048,
-    )  # fmt: skip
+        model.state_dict(),
+        spec,
+        tmp_path,
+        dtype=torch.float32,
+        temperature=1.7,
+        provenance={"data": "unit test"},
+        max_shard_bytes=2048,
+    )
     assert len(manifest.files) > 1  # sharded
     member = load_member("tiny", tmp_path, registry=registry)
     assert member.temperature == 1.7

@@ -30,9 +30,16 @@ def _result() -> AnalysisResult:
         PersonResult(p, (0, 1, 2, 3), {"m1": 0.5, "m2": 0.5}, 0.5, "uncertain") for p in (0, 1)
     )
     return AnalysisResult(
-        file="x.mp4", status="done", frames=frames, faces=tuple(faces), persons=persons,
-        threshold=0.5, uncertain_band=0.1, score=0.7, verdict="fake",
-    )  # fmt: skip
+        file="x.mp4",
+        status="done",
+        frames=frames,
+        faces=tuple(faces),
+        persons=persons,
+        threshold=0.5,
+        uncertain_band=0.1,
+        score=0.7,
+        verdict="fake",
+    )
 
 
 def test_series_match_the_analysis_face_by_face() -> None:
@@ -85,16 +92,34 @@ def test_chart_module_never_imports_pyplot() -> None:
 
 
 def test_index_round_trips_through_index_json(tmp_path: Path) -> None:
-    art = Artifact("gradcam", "gradcam/m1/p0_f000010.jpg", 10, 0.4, 0, "m1",
-                   "where the model looked", 320, 240, "image/jpeg")  # fmt: skip
+    art = Artifact(
+        "gradcam",
+        "gradcam/m1/p0_f000010.jpg",
+        10,
+        0.4,
+        0,
+        "m1",
+        "where the model looked",
+        320,
+        240,
+        "image/jpeg",
+    )
     index = ExplanationIndex((art,), score_series(_result()))
     path = index.write(tmp_path)
     data = json.loads(path.read_text())
     assert data["version"] == 2 and set(data) == {"version", "artifacts", "series"}
     assert set(data["artifacts"][0]) == {
-        "kind", "path", "frame", "time", "person", "member", "caption", "width", "height",
+        "kind",
+        "path",
+        "frame",
+        "time",
+        "person",
+        "member",
+        "caption",
+        "width",
+        "height",
         "media_type",
-    }  # fmt: skip
+    }
     assert ExplanationIndex.read(tmp_path) == index
 
 
@@ -118,9 +143,15 @@ def test_series_boxes_are_fractions_of_the_analyzed_frame() -> None:
     # A 6400x6000 video analysed from frames downscaled to 2974x2788 while
     # decoding: its face boxes are in the small frames' pixels.
     media = MediaInfo(
-        kind="video", format="mkv", width=6400, height=6000, size_bytes=1, sha256="0",
-        decoded_width=2974, decoded_height=2788,
-    )  # fmt: skip
+        kind="video",
+        format="mkv",
+        width=6400,
+        height=6000,
+        size_bytes=1,
+        sha256="0",
+        decoded_width=2974,
+        decoded_height=2788,
+    )
     result = dataclasses.replace(_result(), media=media)
     box = score_series(result)["persons"][0]["points"][0]["box"]
     assert box == [0.0, 0.0, round(10 / 2974, 4), round(10 / 2788, 4)]

@@ -39,10 +39,12 @@ def _check_files(out: Path, index: ExplanationIndex, max_side: int) -> None:
 def test_a_video_gets_every_kind_of_artifact_and_an_index(
     tiny_analyzer: Analyzer, tmp_path: Path
 ) -> None:
-    clip = mf.write_clip(tmp_path / "person.mp4", frames=24, width=320, height=240,
-                         face_at=(60, 30, 170))  # fmt: skip
-    reference = mf.write_clip(tmp_path / "original.mp4", frames=24, width=320, height=240,
-                              face_at=(60, 30, 170), gop=5)  # fmt: skip
+    clip = mf.write_clip(
+        tmp_path / "person.mp4", frames=24, width=320, height=240, face_at=(60, 30, 170)
+    )
+    reference = mf.write_clip(
+        tmp_path / "original.mp4", frames=24, width=320, height=240, face_at=(60, 30, 170), gop=5
+    )
     config = ExplainConfig(top_k=2, max_side=200, face_side=96)
     stages: list[tuple[str, float]] = []
     out = tmp_path / "out"

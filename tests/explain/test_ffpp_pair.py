@@ -84,8 +84,9 @@ def test_explainer_on_the_pair_writes_every_kind(
     # Grad-CAM is drawn on the face crop, the same framing and size as ``face``.
     gradcam = next(a for a in index.artifacts if a.kind == "gradcam")
     face = next(
-        a for a in index.artifacts
+        a
+        for a in index.artifacts
         if a.kind == "face" and (a.frame, a.person) == (gradcam.frame, gradcam.person)
-    )  # fmt: skip
+    )
     assert (gradcam.width, gradcam.height) == (face.width, face.height)
     assert face.width == face.height

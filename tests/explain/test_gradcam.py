@@ -18,8 +18,9 @@ from explain.gradcam import gradcam_maps
 
 
 def _member(model: nn.Module, spec: MemberSpec, size: int) -> LoadedMember:
-    return LoadedMember(spec=spec, model=model, input_size=size, mean=(0.5, 0.5, 0.5),
-                        std=(0.25, 0.25, 0.25))  # fmt: skip
+    return LoadedMember(
+        spec=spec, model=model, input_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+    )
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -80,9 +81,13 @@ def test_hooks_are_released_and_memory_does_not_grow_over_50_runs(tiny_member) -
 
 def test_unknown_gradcam_layer_is_a_clear_error(tiny_member) -> None:
     spec = MemberSpec(
-        name="bad", build=tiny_spec().build, crop=CropPolicy("square", 0.2), input_size=32,
-        gradcam_layer="features.nope", description="",
-    )  # fmt: skip
+        name="bad",
+        build=tiny_spec().build,
+        crop=CropPolicy("square", 0.2),
+        input_size=32,
+        gradcam_layer="features.nope",
+        description="",
+    )
     member = _member(spec.build(), spec, 32)
     with pytest.raises(ExplainError, match=r"no layer 'features.nope'"):
         gradcam_maps(member, _crops(1, 32), batch_size=1)
@@ -94,10 +99,15 @@ class PatchNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,9 +135,13 @@ def test_gradcam_peak_falls_on_the_planted_patch_the_model_learnt_to_detect() ->
     rng = np.random.default_rng(0)
     model = PatchNet()
     spec = MemberSpec(
-        name="patch", build=PatchNet, crop=CropPolicy("square", 0.0), input_size=SIZE,
-        gradcam_layer="features.6", description="",
-    )  # fmt: skip
+        name="patch",
+        build=PatchNet,
+        crop=CropPolicy("square", 0.0),
+        input_size=SIZE,
+        gradcam_layer="features.6",
+        description="",
+    )
     member = _member(model, spec, SIZE)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -157,9 +171,15 @@ def test_gradcam_peak_falls_on_the_planted_patch_the_model_learnt_to_detect() ->
 
 
 def _onnx_twin(member: LoadedMember, backend: str = "onnxruntime") -> LoadedMember:
-    return LoadedMember(spec=member.spec, model=member.model, input_size=member.input_size,
-                        mean=member.mean, std=member.std, backend=backend,
-                        precision="fp32")  # fmt: skip
+    return LoadedMember(
+        spec=member.spec,
+        model=member.model,
+        input_size=member.input_size,
+        mean=member.mean,
+        std=member.std,
+        backend=backend,
+        precision="fp32",
+    )
 
 
 @pytest.mark.parametrize(
@@ -243,9 +263,13 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
             return self.fc(self.features(x).mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
 
     spec = MemberSpec(
-        name="skip", build=SkipsTheTarget, crop=CropPolicy("square", 0.2), input_size=32,
-        gradcam_layer="features.0", description="",
-    )  # fmt: skip
+        name="skip",
+        build=SkipsTheTarget,
+        crop=CropPolicy("square", 0.2),
+        input_size=32,
+        gradcam_layer="features.0",
+        description="",
+    )
     torch.manual_seed(0)
     member = _member(SkipsTheTarget(), spec, 32)
     crops = [np.clip(c.astype(int) + 100, 0, 255).astype(np.uint8) for c in _crops(3, 32, 7)]

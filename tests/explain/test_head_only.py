@@ -25,9 +25,13 @@ def _pair(tmp_path: Path, name: str, backend: str) -> tuple[LoadedMember, Loaded
     weights = install_weights(tmp_path / "w", (name,))
     plain = load_member(name, weights, registry=REGISTRY)
     member = load_member(
-        name, weights, registry=REGISTRY, backend=backend, cache_dir=tmp_path / "cache",
+        name,
+        weights,
+        registry=REGISTRY,
+        backend=backend,
+        cache_dir=tmp_path / "cache",
         precision="fp32",
-    )  # fmt: skip
+    )
     assert member.head_only
     return plain, member
 

@@ -130,8 +130,9 @@ def test_encoded_images_respect_max_side_and_format() -> None:
 def test_attention_maps_are_the_models_own_map_upsampled() -> None:
     spec = tiny_attention_spec("att", 56)
     torch.manual_seed(0)
-    member = LoadedMember(spec=spec, model=spec.build(), input_size=56, mean=spec.mean,
-                          std=spec.std)  # fmt: skip
+    member = LoadedMember(
+        spec=spec, model=spec.build(), input_size=56, mean=spec.mean, std=spec.std
+    )
     assert has_attention(member)
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(3)]

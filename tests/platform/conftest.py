@@ -120,28 +120,50 @@ def write_index(out_dir: Path, frames: tuple[int, ...] = (0, 5)) -> dict[str, An
     the face crop, the whole frame, a Grad-CAM layer per member and an SSIM panel."""
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts = []
-    layers = (("face", None, 0), ("frame", None, None), ("gradcam", "tiny_a", 0),
-              ("gradcam", "tiny_b", 0), ("ssim_temporal", None, 0))  # fmt: skip
+    layers = (
+        ("face", None, 0),
+        ("frame", None, None),
+        ("gradcam", "tiny_a", 0),
+        ("gradcam", "tiny_b", 0),
+        ("ssim_temporal", None, 0),
+    )
     for frame in frames:
         for kind, member, person in layers:
             rel = f"{kind}-{member or 'all'}-{frame}.png"
             (out_dir / rel).write_bytes(png_bytes(seed=frame))
             artifacts.append(
-                {"kind": kind, "path": rel, "frame": frame, "time": frame / 10, "person": person,
-                 "member": member, "caption": f"{kind} of frame {frame}", "width": 32,
-                 "height": 32, "media_type": "image/png"}
-            )  # fmt: skip
+                {
+                    "kind": kind,
+                    "path": rel,
+                    "frame": frame,
+                    "time": frame / 10,
+                    "person": person,
+                    "member": member,
+                    "caption": f"{kind} of frame {frame}",
+                    "width": 32,
+                    "height": 32,
+                    "media_type": "image/png",
+                }
+            )
     series = {
         "threshold": 0.5,
         "uncertain_band": 0.1,
         "persons": [
-            {"id": 0, "points": [
-                {"frame": f, "time": f / 10, "score": 0.8,
-                 "members": {"tiny_a": 0.7, "tiny_b": 0.9}, "box": [0.2, 0.1, 0.6, 0.7]}
-                for f in frames
-            ]}
+            {
+                "id": 0,
+                "points": [
+                    {
+                        "frame": f,
+                        "time": f / 10,
+                        "score": 0.8,
+                        "members": {"tiny_a": 0.7, "tiny_b": 0.9},
+                        "box": [0.2, 0.1, 0.6, 0.7],
+                    }
+                    for f in frames
+                ],
+            }
         ],
-    }  # fmt: skip
+    }
     index = {"version": 2, "artifacts": artifacts, "series": series}
     (out_dir / "index.json").write_text(json.dumps(index))
     return index
@@ -158,28 +180,62 @@ def finished(site: Path, media_dir: Path) -> Callable[..., Any]:
     ) -> Submission:
         path, probed = services._accept(upload(media_dir / "face.png"))
         sub = Submission(
-            owner=owner, title=title, original_name="face.png", sha256=probed.sha256,
-            kind=probed.kind, media_format=probed.format, size_bytes=probed.size_bytes,
-            status="done", verdict=verdict, score=score, threshold=0.5, uncertain_band=0.1,
+            owner=owner,
+            title=title,
+            original_name="face.png",
+            sha256=probed.sha256,
+            kind=probed.kind,
+            media_format=probed.format,
+            size_bytes=probed.size_bytes,
+            status="done",
+            verdict=verdict,
+            score=score,
+            threshold=0.5,
+            uncertain_band=0.1,
             members={"tiny_a": score - 0.1, "tiny_b": score + 0.1},
             model_versions={"tiny_a": "a" * 64, "tiny_b": "b" * 64},
             timings={"total": 1.0},
-        )  # fmt: skip
+        )
         sub.file.name = path.relative_to(site).as_posix()
         sub.result = {
-            "status": "done", "verdict": verdict, "score": score, "threshold": 0.5,
-            "uncertain_band": 0.1, "members": dict(sub.members),
+            "status": "done",
+            "verdict": verdict,
+            "score": score,
+            "threshold": 0.5,
+            "uncertain_band": 0.1,
+            "members": dict(sub.members),
             "frames": [
-                {"frame": f, "time": f / 10, "person": 0, "score": score,
-                 "members": dict(sub.members)} for f in (0, 5)
+                {
+                    "frame": f,
+                    "time": f / 10,
+                    "person": 0,
+                    "score": score,
+                    "members": dict(sub.members),
+                }
+                for f in (0, 5)
             ],
-            "persons": [{"id": 0, "frames": [0, 5], "score": score, "verdict": verdict,
-                         "members": dict(sub.members)}],
-            "models": [{"name": n, "weights_sha256": sha, "input_size": 64, "temperature": 1.0,
-                        "backend": "openvino", "precision": "bf16"}
-                       for n, sha in sub.model_versions.items()],
+            "persons": [
+                {
+                    "id": 0,
+                    "frames": [0, 5],
+                    "score": score,
+                    "verdict": verdict,
+                    "members": dict(sub.members),
+                }
+            ],
+            "models": [
+                {
+                    "name": n,
+                    "weights_sha256": sha,
+                    "input_size": 64,
+                    "temperature": 1.0,
+                    "backend": "openvino",
+                    "precision": "bf16",
+                }
+                for n, sha in sub.model_versions.items()
+            ],
             "combination": {"method": "mean"},
-        }  # fmt: skip
+        }
         sub.save()
         out = services.artifact_dir(sub)
         write_index(out)

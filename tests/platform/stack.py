@@ -46,8 +46,13 @@ def site_env(var: Path, weights: Path, cache: Path, broker: str | None = None) -
 def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     out = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -74,8 +79,19 @@ def redis_server(tmp: Path) -> Iterator[str]:
     import redis
 
     port = free_port()
-    args = [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-            "no", "--dir", str(tmp)]  # fmt: skip
+    args = [
+        REDIS,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp),
+    ]
     with process(args, dict(os.environ), tmp / "redis.log"):
         client = redis.Redis(port=port)
         deadline = time.monotonic() + 20
@@ -91,9 +107,22 @@ def redis_server(tmp: Path) -> Iterator[str]:
 
 
 def worker_args() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "trusttrace", "worker", "--pool=solo",
-            "--concurrency=1", "-Q", "trusttrace", "--loglevel=INFO", "--without-gossip",
-            "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "trusttrace",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "-Q",
+        "trusttrace",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

@@ -23,9 +23,13 @@ def test_signup_creates_a_signed_in_submitter(site) -> None:
     c = Client()
     response = c.post(
         reverse("accounts:signup"),
-        {"username": "carol", "email": "c@example.org", "password1": PASSWORD,
-         "password2": PASSWORD},
-    )  # fmt: skip
+        {
+            "username": "carol",
+            "email": "c@example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
     assert response.status_code == 302
     assert role_of(User.objects.get(username="carol")) == "submitter"
     assert c.get(reverse("analyses:list")).status_code == 200
@@ -60,9 +64,12 @@ def test_password_reset_sends_a_mail_with_a_working_link(users) -> None:
 def test_password_change(users, clients) -> None:
     response = clients["submitter"].post(
         reverse("accounts:password_change"),
-        {"old_password": PASSWORD, "new_password1": "An0ther-long-pass",
-         "new_password2": "An0ther-long-pass"},
-    )  # fmt: skip
+        {
+            "old_password": PASSWORD,
+            "new_password1": "An0ther-long-pass",
+            "new_password2": "An0ther-long-pass",
+        },
+    )
     assert response.status_code == 302
     assert User.objects.get(username="alice").check_password("An0ther-long-pass")
 
@@ -109,9 +116,13 @@ def test_password_reset_answers_the_same_for_unknown_addresses(users) -> None:
 def test_signup_refuses_a_weak_password(site) -> None:
     response = Client().post(
         reverse("accounts:signup"),
-        {"username": "dave", "email": "d@example.org", "password1": "12345678",
-         "password2": "12345678"},
-    )  # fmt: skip
+        {
+            "username": "dave",
+            "email": "d@example.org",
+            "password1": "12345678",
+            "password2": "12345678",
+        },
+    )
     assert response.status_code == 200 and not User.objects.filter(username="dave").exists()
     assert "too common" in response.content.decode()
 
@@ -131,9 +142,13 @@ def test_demo_accounts_are_refused_outside_local_runs(settings) -> None:
 def _sign_up(c: Client, name: str = "carol") -> User:
     response = c.post(
         reverse("accounts:signup"),
-        {"username": name, "email": f"{name}@example.org", "password1": PASSWORD,
-         "password2": PASSWORD},
-    )  # fmt: skip
+        {
+            "username": name,
+            "email": f"{name}@example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
     assert response.status_code == 302
     return User.objects.get(username=name)
 

@@ -54,8 +54,9 @@ def test_submit_poll_and_read_result(api: Client, site: Path, media_dir: Path) -
     assert progress["status"] == "done" and progress["percent"] == 100 and progress["finished"]
     result = api.get(f"/api/submissions/{body['id']}/result/").json()
     assert result["result"]["status"] == "done" and set(result["result"]["members"]) == {
-        "tiny_a", "tiny_b",
-    }  # fmt: skip
+        "tiny_a",
+        "tiny_b",
+    }
     frames = api.get(f"/api/submissions/{body['id']}/frames/").json()["frames"]
     assert frames and {"frame", "time", "person", "score", "members"} <= set(frames[0])
     csv_text = b"".join(api.get(f"/api/submissions/{body['id']}/frames-csv/").streaming_content)
@@ -113,17 +114,25 @@ def test_index_lists_the_artifacts_as_the_explainer_wrote_them(
 
 def test_schema_documents_the_endpoints(api: Client) -> None:
     schema = api.get("/api/schema/").content.decode()
-    for path in ("/api/submissions/", "/api/submissions/{id}/progress/",
-                 "/api/submissions/{id}/result/", "/api/submissions/{id}/frames-csv/",
-                 "/api/submissions/{id}/artifacts/", "/api/token/"):  # fmt: skip
+    for path in (
+        "/api/submissions/",
+        "/api/submissions/{id}/progress/",
+        "/api/submissions/{id}/result/",
+        "/api/submissions/{id}/frames-csv/",
+        "/api/submissions/{id}/artifacts/",
+        "/api/token/",
+    ):
         assert path in schema
 
 
 def test_huge_request_is_413_before_reading(api: Client, site: Path) -> None:
     response = api.generic(
-        "POST", "/api/submissions/", data=b"x" * 16,
-        content_type="multipart/form-data; boundary=zz", CONTENT_LENGTH=str(50 * 2**20),
-    )  # fmt: skip
+        "POST",
+        "/api/submissions/",
+        data=b"x" * 16,
+        content_type="multipart/form-data; boundary=zz",
+        CONTENT_LENGTH=str(50 * 2**20),
+    )
     assert response.status_code == 413 and response.json()["code"] == "too_large"
     assert not any(p.is_file() for p in site.rglob("*"))
 

@@ -62,13 +62,25 @@ def test_production_settings_with_the_compose_defaults_pass_check_deploy() -> No
     env["DJANGO_ALLOWED_HOSTS"] = "trusttrace.example.org"
     out = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-    code = "from django.conf import settings; print(settings.TRUSTED_PROXY_HEADER, " \
-           "settings.SECURE_SSL_REDIRECT, settings.SESSION_COOKIE_SECURE)"  # fmt: skip
+    code = (
+        "from django.conf import settings; print(settings.TRUSTED_PROXY_HEADER, "
+        "settings.SECURE_SSL_REDIRECT, settings.SESSION_COOKIE_SECURE)"
+    )
     shown = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert shown.stdout.split()[-3:] == ["X-Forwarded-For", "True", "True"], shown.stderr

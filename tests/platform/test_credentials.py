@@ -147,9 +147,12 @@ def test_password_change_deletes_the_api_token(
     assert _api(token).get("/api/submissions/").status_code == 200
     clients["submitter"].post(
         reverse("accounts:password_change"),
-        {"old_password": PASSWORD, "new_password1": "An0ther-long-pass",
-         "new_password2": "An0ther-long-pass"},
-    )  # fmt: skip
+        {
+            "old_password": PASSWORD,
+            "new_password1": "An0ther-long-pass",
+            "new_password2": "An0ther-long-pass",
+        },
+    )
     # Before: the old token kept working after the password changed.
     assert _api(token).get("/api/submissions/").status_code == 401
     assert not Token.objects.filter(user=users["submitter"]).exists()
@@ -227,9 +230,13 @@ def test_password_reset_mails_one_address_a_limited_number_of_times(
 def test_signup_refuses_an_e_mail_already_used_in_another_case(users: dict[str, User]) -> None:
     response = Client().post(
         reverse("accounts:signup"),
-        {"username": "alice2", "email": "ALICE@Example.org", "password1": PASSWORD,
-         "password2": PASSWORD},
-    )  # fmt: skip
+        {
+            "username": "alice2",
+            "email": "ALICE@Example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
     # Before: a second account got the same address (and its password resets).
     assert response.status_code == 200 and not User.objects.filter(username="alice2").exists()
     assert "already uses this e-mail address" in response.content.decode()

@@ -17,13 +17,22 @@ SECRET = "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz-_+=!"
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _prod_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.production",
-           "DJANGO_ALLOWED_HOSTS": "trusttrace.example.org", **extra}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.production",
+        "DJANGO_ALLOWED_HOSTS": "trusttrace.example.org",
+        **extra,
+    }
     env.pop("DJANGO_SECRET_KEY", None)
     env.update(extra)
     return env
@@ -55,8 +64,11 @@ def test_compose_file_validates() -> None:
         pytest.skip("docker-compose is not installed")
     out = subprocess.run(
         [tool, "-f", str(ROOT / "docker" / "compose.yml"), "config"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     for service in ("postgres:", "redis:", "web:", "worker:"):
         assert service in out.stdout

@@ -97,8 +97,10 @@ def test_the_scan_finds_an_error_that_is_not_a_trusttrace_error(tmp_path: Path) 
         "class Plain:\n    pass\n",
         encoding="utf-8",
     )
-    assert list(exception_classes(tmp_path, "pkg")) == [("pkg.mod", "ParseError"),
-                                                        ("pkg.mod", "Worse")]  # fmt: skip
+    assert list(exception_classes(tmp_path, "pkg")) == [
+        ("pkg.mod", "ParseError"),
+        ("pkg.mod", "Worse"),
+    ]
 
 
 def refusal_classes(root: type[Refusal] = Refusal) -> Iterator[type[Refusal]]:

@@ -58,9 +58,16 @@ def test_a_range_beyond_the_end_is_416_and_others_still_get_404(
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("", None), ("bytes=0-0", (0, 0)), ("bytes=5-1000", (5, 99)), ("bytes=-200", (0, 99)),
-     ("bytes=0-1,5-6", None), ("items=0-1", None), ("bytes=9-3", None)],
-)  # fmt: skip
+    [
+        ("", None),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=5-1000", (5, 99)),
+        ("bytes=-200", (0, 99)),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=9-3", None),
+    ],
+)
 def test_range_header_parsing(header: str, expected: tuple[int, int] | None) -> None:
     assert parse_range(header, 100) == expected
 

@@ -34,8 +34,12 @@ def test_override_needs_a_note_and_is_audited(clients, users, finished) -> None:
     clients["moderator"].post(url, {"action": "override_real", "note": "A known actor."})
     d = Decision.objects.get()
     assert (d.moderator.username, d.action, d.from_label, d.to_label, d.note) == (
-        "mona", "override_real", "fake", "real", "A known actor.",
-    )  # fmt: skip
+        "mona",
+        "override_real",
+        "fake",
+        "real",
+        "A known actor.",
+    )
     assert sub.pk not in {s.pk for s in review_queue()}
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert "Moderator decision" in page and "A known actor." in page
@@ -57,9 +61,13 @@ def test_confirm_and_escalate(users, finished) -> None:
 def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> None:
     mod = users["moderator"]
     cases = [
-        ("fake", "confirm"), ("fake", "override_real"), ("real", "confirm"),
-        ("real", "override_fake"), ("uncertain", "override_fake"), ("fake", "confirm"),
-    ]  # fmt: skip
+        ("fake", "confirm"),
+        ("fake", "override_real"),
+        ("real", "confirm"),
+        ("real", "override_fake"),
+        ("uncertain", "override_fake"),
+        ("fake", "confirm"),
+    ]
     for verdict, action in cases:
         decide(finished(users["submitter"], verdict=verdict), mod, action, "n")
     finished(users["submitter"], verdict="fake")  # not reviewed: not counted
@@ -166,8 +174,12 @@ def test_review_page_is_the_result_page_with_the_decision_form_and_shortcuts(
     assert 'id="viewer"' in page and 'id="member-bars"' in page and 'id="filmstrip"' in page
     viewer, form = page.index('class="viewer-side"'), page.index('id="decide-form"')
     assert viewer < form < page.index('id="heat-note"')  # beside the viewer
-    for key, action in (("c", "confirm"), ("r", "override_real"), ("f", "override_fake"),
-                        ("e", "escalate")):  # fmt: skip
+    for key, action in (
+        ("c", "confirm"),
+        ("r", "override_real"),
+        ("f", "override_fake"),
+        ("e", "escalate"),
+    ):
         assert f'value="{action}" data-key="{key}"' in page
     next_url = reverse("moderation:review", args=[second.pk])
     assert f'href="{next_url}?state=todo" id="next-item"' in page

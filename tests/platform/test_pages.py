@@ -70,9 +70,15 @@ def test_progress_json_and_bar_while_running(clients, users, finished) -> None:
     Submission.objects.filter(pk=sub.pk).update(status="running", stage="tiny_a", percent=42)
     data = clients["submitter"].get(reverse("analyses:progress", args=[sub.pk])).json()
     assert data == {
-        "id": str(sub.pk), "status": "running", "stage": "tiny_a", "percent": 42,
-        "finished": False, "verdict": "fake", "score": 0.8, "reason": None,
-    }  # fmt: skip
+        "id": str(sub.pk),
+        "status": "running",
+        "stage": "tiny_a",
+        "percent": 42,
+        "finished": False,
+        "verdict": "fake",
+        "score": 0.8,
+        "reason": None,
+    }
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert '<progress id="progress" max="100" value="42">' in page
     assert 'id="verdict"' not in page  # no result shown before it is done
@@ -82,10 +88,13 @@ def test_progress_json_and_bar_while_running(clients, users, finished) -> None:
     ("status", "reason", "shown"),
     [
         ("rejected", "The file is empty.", "Rejected: The file is empty."),
-        ("failed", "The analysis stopped because of an internal error (OSError).",
-         "internal error (OSError)"),
+        (
+            "failed",
+            "The analysis stopped because of an internal error (OSError).",
+            "internal error (OSError)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_rejected_and_failed_show_their_reason_and_no_score(
     clients, users, finished, status: str, reason: str, shown: str
 ) -> None:

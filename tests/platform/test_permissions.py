@@ -105,8 +105,16 @@ def test_api_matrix(users, finished) -> None:
     sub = finished(users["submitter"])
     art = sub.artifacts.first()
     base = f"/api/submissions/{sub.pk}/"
-    urls = [base, base + "progress/", base + "result/", base + "frames/", base + "artifacts/",
-            base + "frames-csv/", base + f"artifacts/{art.pk}/file/", base + "index/"]  # fmt: skip
+    urls = [
+        base,
+        base + "progress/",
+        base + "result/",
+        base + "frames/",
+        base + "artifacts/",
+        base + "frames-csv/",
+        base + f"artifacts/{art.pk}/file/",
+        base + "index/",
+    ]
     for url in urls:
         for role in ROLES:
             response = api[role].get(url)

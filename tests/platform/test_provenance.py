@@ -188,8 +188,9 @@ def test_result_page_shows_the_content_credentials_panel_for_each_state(
 ) -> None:
     from django.urls import reverse
 
-    sub = _with_provenance(finished(users["submitter"], verdict="real", score=0.2),
-                           summaries[state])  # fmt: skip
+    sub = _with_provenance(
+        finished(users["submitter"], verdict="real", score=0.2), summaries[state]
+    )
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert f'id="provenance" data-state="{state}"' in page
     assert PANEL_TEXT[state] in page

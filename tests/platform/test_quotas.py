@@ -45,9 +45,13 @@ def test_uploads_are_stored_with_the_configured_mode(
 
 
 def test_too_many_waiting_analyses_are_refused_with_429(
-    site: Path, users: dict[str, User], clients: dict[str, Client], media_dir: Path,
-    settings: Any, quiet_queue: None,
-) -> None:  # fmt: skip
+    site: Path,
+    users: dict[str, User],
+    clients: dict[str, Client],
+    media_dir: Path,
+    settings: Any,
+    quiet_queue: None,
+) -> None:
     _limits(settings, MAX_PENDING_PER_USER=2)
     for _ in range(2):
         services.create_submission(users["submitter"], upload(media_dir / "face.png"))
@@ -89,9 +93,13 @@ def test_storage_per_user_is_limited_on_the_api(
 
 
 def test_an_earlier_result_of_the_same_file_is_offered_not_forced(
-    site: Path, users: dict[str, User], clients: dict[str, Client], media_dir: Path,
-    finished: Any, quiet_queue: None,
-) -> None:  # fmt: skip
+    site: Path,
+    users: dict[str, User],
+    clients: dict[str, Client],
+    media_dir: Path,
+    finished: Any,
+    quiet_queue: None,
+) -> None:
     earlier = finished(users["submitter"])
     url = reverse("analyses:submit")
     with (media_dir / "face.png").open("rb") as fh:

@@ -135,8 +135,16 @@ def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
 ) -> None:
     sub = _pending(users["submitter"], media_dir)
     stale = services.running.trusttrace_settings().stale_running_s
-    _age(sub, status=Status.RUNNING, stage="detect", percent=39, heartbeat=_ago(stale + 1),
-         worker="gone-host:4242", attempts=1, created=_ago(3600))  # fmt: skip
+    _age(
+        sub,
+        status=Status.RUNNING,
+        stage="detect",
+        percent=39,
+        heartbeat=_ago(stale + 1),
+        worker="gone-host:4242",
+        attempts=1,
+        created=_ago(3600),
+    )
     out = services.reap()
     # Before: nothing looked at it; it stayed running at 39% forever.
     assert out.requeued == [str(sub.pk)] and out.queued == [str(sub.pk)]
@@ -169,8 +177,13 @@ def test_reaper_leaves_live_and_recently_queued_jobs_alone(
     site: Path, users, media_dir: Path, outbox: Outbox
 ) -> None:
     running = _pending(users["submitter"], media_dir)
-    _age(running, status=Status.RUNNING, heartbeat=timezone.now(),
-         worker=services.running.worker_id(), created=_ago(3600))  # fmt: skip
+    _age(
+        running,
+        status=Status.RUNNING,
+        heartbeat=timezone.now(),
+        worker=services.running.worker_id(),
+        created=_ago(3600),
+    )
     queued = _pending(users["submitter"], media_dir)
     _age(queued, heartbeat=_ago(5), created=_ago(3600))
     just_saved = _pending(users["submitter"], media_dir)  # its message is on its way
@@ -217,8 +230,13 @@ def test_duplicate_message_for_a_job_running_elsewhere_is_dropped(
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         host = services.running.worker_id().rpartition(":")[0]
-        _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), attempts=1,
-             worker=f"{host}:{alive.pid}")  # fmt: skip
+        _age(
+            sub,
+            status=Status.RUNNING,
+            heartbeat=timezone.now(),
+            attempts=1,
+            worker=f"{host}:{alive.pid}",
+        )
         services.run_submission(sub.pk)
     finally:
         alive.kill()
@@ -236,8 +254,13 @@ def test_message_redelivered_after_its_worker_process_died_runs_once_more(
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = services.running.worker_id().rpartition(":")[0]
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), attempts=1,
-         worker=f"{host}:{dead.pid}")  # fmt: skip
+    _age(
+        sub,
+        status=Status.RUNNING,
+        heartbeat=timezone.now(),
+        attempts=1,
+        worker=f"{host}:{dead.pid}",
+    )
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.DONE and sub.attempts == 2, sub.reason
@@ -296,12 +319,23 @@ def test_the_old_task_name_runs_the_same_job_until_its_messages_have_drained(
 
 
 def test_soft_limit_not_below_the_hard_limit_refuses_to_start() -> None:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
-           "TRUSTTRACE_TASK_SOFT_LIMIT_S": "2000", "TRUSTTRACE_TASK_LIMIT_S": "1900",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+        "TRUSTTRACE_TASK_SOFT_LIMIT_S": "2000",
+        "TRUSTTRACE_TASK_LIMIT_S": "1900",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+    }
     code = "import django; django.setup(); from trusttrace.celery import app; print('started')"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     # Before: it started, and the worker then raised on every message.
     assert out.returncode != 0 and "started" not in out.stdout
     assert "TRUSTTRACE_TASK_SOFT_LIMIT_S (2000) must be above 0 and below" in out.stderr
@@ -320,8 +354,13 @@ def test_moderator_can_rerun_a_stuck_running_job_but_not_a_live_one(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     sub = _pending(users["submitter"], media_dir)
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(),
-         worker=services.running.worker_id(), percent=39)  # fmt: skip
+    _age(
+        sub,
+        status=Status.RUNNING,
+        heartbeat=timezone.now(),
+        worker=services.running.worker_id(),
+        percent=39,
+    )
     url = reverse("moderation:rerun", args=[sub.pk])
     clients["moderator"].post(url)
     sub.refresh_from_db()

@@ -250,9 +250,11 @@ def test_rerun_is_refused_for_rejected_and_unfinished_submissions(
     sub = _submit(users["submitter"], media_dir / "face.png")
     # A live job: queued or beating a moment ago in this (alive) process.
     Submission.objects.filter(pk=sub.pk).update(
-        status=status, reason="kept", heartbeat=timezone.now(),
+        status=status,
+        reason="kept",
+        heartbeat=timezone.now(),
         worker=services.running.worker_id(),
-    )  # fmt: skip
+    )
     sub.refresh_from_db()
     with django_capture_on_commit_callbacks() as queued, pytest.raises(services.RerunRefused):
         services.rerun(sub)

@@ -114,11 +114,22 @@ def test_a_choice_outside_the_literal_is_refused_with_the_choices(var: Any) -> N
 
 
 def _start(**env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]), **env}  # fmt: skip
+    full = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+        **env,
+    }
     code = "import django; django.setup(); print('started')"
-    return subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,13 +154,25 @@ def test_good_variables_reach_the_typed_settings() -> None:
         "s = t(); print(s.frames, s.threshold, s.members, s.backend, s.precision, "
         "s.c2pa_trust_anchors)"
     )
-    env = {"TRUSTTRACE_FRAMES": "12", "TRUSTTRACE_THRESHOLD": "0.6",
-           "TRUSTTRACE_MEMBERS": "tiny_a, tiny_b", "TRUSTTRACE_BACKEND": "torch",
-           "TRUSTTRACE_PRECISION": "fp32", "TRUSTTRACE_C2PA_TRUST_ANCHORS": "/etc/c2pa/anchors.pem",
-           "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    env = {
+        "TRUSTTRACE_FRAMES": "12",
+        "TRUSTTRACE_THRESHOLD": "0.6",
+        "TRUSTTRACE_MEMBERS": "tiny_a, tiny_b",
+        "TRUSTTRACE_BACKEND": "torch",
+        "TRUSTTRACE_PRECISION": "fp32",
+        "TRUSTTRACE_C2PA_TRUST_ANCHORS": "/etc/c2pa/anchors.pem",
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     last = out.stdout.split("\n")[-2]
     assert last == "12 0.6 ('tiny_a', 'tiny_b') torch fp32 /etc/c2pa/anchors.pem"
@@ -159,8 +182,12 @@ def test_good_variables_reach_the_typed_settings() -> None:
 
 
 def test_the_typed_settings_convert_paths_numbers_and_lists(settings: Any) -> None:
-    changed = {"WEIGHTS_DIR": "/srv/weights", "STALE_RUNNING_S": 30, "MEMBERS": ["tiny_a"],
-               "BACKEND": "torch"}  # fmt: skip
+    changed = {
+        "WEIGHTS_DIR": "/srv/weights",
+        "STALE_RUNNING_S": 30,
+        "MEMBERS": ["tiny_a"],
+        "BACKEND": "torch",
+    }
     settings.TRUSTTRACE = {**settings.TRUSTTRACE, **changed}
     s = trusttrace_settings()
     assert s.weights_dir == Path("/srv/weights") and isinstance(s.weights_dir, Path)

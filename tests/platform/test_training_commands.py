@@ -64,8 +64,17 @@ def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path
     save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
     data = _grey_dataset(tmp_path / "greys")
     out_json = tmp_path / "eval.json"
-    call_command("evaluate", "--faces", str(data), "--split", "val", "--json", str(out_json),
-                 "--out", str(tmp_path / "figs"))  # fmt: skip
+    call_command(
+        "evaluate",
+        "--faces",
+        str(data),
+        "--split",
+        "val",
+        "--json",
+        str(out_json),
+        "--out",
+        str(tmp_path / "figs"),
+    )
     result = json.loads(out_json.read_text())
     assert set(result) == {"ensemble", "members", "n", "combination"}
     assert result["combination"] == {"method": "mean"}  # no weights/ensemble.json
@@ -93,8 +102,15 @@ def test_evaluate_faces_reports_hand_computed_metrics(site: Path, tmp_path: Path
     # One member: the ensemble's score is that member's.
     assert result["ensemble"] == m
     # --out given: the figures go there, not beside the JSON.
-    for name in ("roc.png", "roc.svg", "reliability.png", "reliability.svg",
-                 "confusion-bright.png", "confusion-ensemble.png", "threshold.json"):  # fmt: skip
+    for name in (
+        "roc.png",
+        "roc.svg",
+        "reliability.png",
+        "reliability.svg",
+        "confusion-bright.png",
+        "confusion-ensemble.png",
+        "threshold.json",
+    ):
         assert (tmp_path / "figs" / name).is_file()
     assert not (tmp_path / "reliability.png").exists()
     assert "bright: AUC 0.6667" in capsys.readouterr().out
@@ -128,8 +144,17 @@ def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
     labels.write_text("file,label\na.mp4,REAL\nb.mp4,FAKE\nempty.mp4,FAKE\n")
     out_json = tmp_path / "v.json"
     call_command("analyze", str(videos / "a.mp4"), "--json", str(tmp_path / "a.json"))
-    call_command("evaluate", "--videos", str(videos), "--labels", str(labels), "--json",
-                 str(out_json), "--out", str(tmp_path / "vf"))  # fmt: skip
+    call_command(
+        "evaluate",
+        "--videos",
+        str(videos),
+        "--labels",
+        str(labels),
+        "--json",
+        str(out_json),
+        "--out",
+        str(tmp_path / "vf"),
+    )
     result = json.loads(out_json.read_text())
     assert result["n"] == {"real": 1, "fake": 1}  # the faceless clip is left out
     analyzed = json.loads((tmp_path / "a.json").read_text())["results"][0]
@@ -158,8 +183,15 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     # Enough crops for 5 folds: darker ones mostly real, brighter mostly fake.
     data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
     scores = tmp_path / "scores.csv"
-    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "before.json"),
-                 "--scores", str(scores))  # fmt: skip
+    call_command(
+        "evaluate",
+        "--faces",
+        str(data),
+        "--json",
+        str(tmp_path / "before.json"),
+        "--scores",
+        str(scores),
+    )
     rows = list(csv.DictReader(scores.open()))
     assert len(rows) == 40 and {r["weights:bright"] for r in rows} == {sha}
     assert {r["label"] for r in rows} == {"0", "1"}
@@ -218,9 +250,24 @@ def test_evaluate_needs_one_source(site: Path):
 def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path, capsys):
     data = write_dataset(tmp_path / "toy", n_train=16, n_val=8)
     run = tmp_path / "run"
-    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
-                 "--epochs", "2", "--batch-size", "8", "--sbi", "0.2", "--ssim-blackout",
-                 "--export", str(site))  # fmt: skip
+    call_command(
+        "train_detector",
+        "--member",
+        "toy_b",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--sbi",
+        "0.2",
+        "--ssim-blackout",
+        "--export",
+        str(site),
+    )
     printed = capsys.readouterr().out
     assert "toy_b: best epoch" in printed and "Exported toy_b" in printed
     manifest = read_manifest(site, "toy_b")
@@ -230,8 +277,19 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["recipe"]["sbi_prob"] == 0.2 and run_info["recipe"]["blackout_prob"] == 0.5
     out_json = tmp_path / "e.json"
-    call_command("evaluate", "--faces", str(data), "--split", "val", "--members", "toy_b",
-                 "--json", str(out_json), "--out", str(tmp_path / "ef"))  # fmt: skip
+    call_command(
+        "evaluate",
+        "--faces",
+        str(data),
+        "--split",
+        "val",
+        "--members",
+        "toy_b",
+        "--json",
+        str(out_json),
+        "--out",
+        str(tmp_path / "ef"),
+    )
     result = json.loads(out_json.read_text())
     assert result["n"] == {"real": 4, "fake": 4} and set(result["members"]) == {"toy_b"}
 
@@ -248,8 +306,19 @@ def test_train_detector_finds_keypoints_when_the_recipe_blacks_out(
     monkeypatch.setitem(recipes.RECIPES, "toy_b", toy)
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, keypoints=False)
     run = tmp_path / "run"
-    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out", str(run),
-                 "--epochs", "1", "--batch-size", "8")  # fmt: skip
+    call_command(
+        "train_detector",
+        "--member",
+        "toy_b",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    )
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["recipe"]["blackout_prob"] == 0.5
     # --device auto (the default): the CPU on a machine without CUDA.
@@ -260,11 +329,25 @@ def test_train_detector_finds_keypoints_when_the_recipe_blacks_out(
 
 def test_train_detector_refuses_unknown_member_and_bad_data(site: Path, tmp_path: Path):
     with pytest.raises(CommandError, match="known detectors"):
-        call_command("train_detector", "--member", "nope", "--data", str(tmp_path), "--out",
-                     str(tmp_path / "o"))  # fmt: skip
+        call_command(
+            "train_detector",
+            "--member",
+            "nope",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        )
     with pytest.raises(CommandError, match="neither a dataset folder nor a metadata CSV"):
-        call_command("train_detector", "--member", "toy_a", "--data", str(tmp_path / "missing"),
-                     "--out", str(tmp_path / "o"))  # fmt: skip
+        call_command(
+            "train_detector",
+            "--member",
+            "toy_a",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+        )
 
 
 def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_path: Path):
@@ -280,8 +363,17 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
         "file,label,split,original\nreal.mp4,REAL,train,\nfake.mp4,FAKE,train,real.mp4\n"
     )
     out = tmp_path / "faces"
-    call_command("extract_faces", "--videos", str(videos), "--labels", str(labels), "--out",
-                 str(out), "--members", "toy_a,toy_b")  # fmt: skip
+    call_command(
+        "extract_faces",
+        "--videos",
+        str(videos),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--members",
+        "toy_a,toy_b",
+    )
     for name, size in (("toy_a", 32), ("toy_b", 24)):
         rows = list(csv.DictReader((out / name / "metadata.csv").open()))
         assert {r["label"] for r in rows} == {"REAL", "FAKE"}
@@ -303,8 +395,12 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
     point = (150.0, 100.0)
     cv2.circle(frame, (150, 100), 3, (255, 255, 255), -1)
     box = (110.0, 60.0, 210.0, 180.0)
-    policies = (CropPolicy("square", 0.3), CropPolicy("isotropic", 1 / 3),
-                CropPolicy("square", 0.05, -0.06), CropPolicy("isotropic", 0.2, 0.1))  # fmt: skip
+    policies = (
+        CropPolicy("square", 0.3),
+        CropPolicy("isotropic", 1 / 3),
+        CropPolicy("square", 0.05, -0.06),
+        CropPolicy("isotropic", 0.2, 0.1),
+    )
     for policy in policies:
         crop = crop_face(frame, box, policy, 128)
         ys, xs = np.nonzero(crop[..., 0] > 100)
@@ -314,9 +410,26 @@ def test_extract_faces_writes_member_datasets_with_keypoints(site: Path, tmp_pat
 
 def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(site: Path, tmp_path: Path):
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, originals=True)
-    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
-                 "--batch-size", "4", "--paired", "--precision", "fp32", "--time-budget", "60",
-                 "--export", str(site), "--crop", "square:0.05:-0.06")  # fmt: skip
+    call_command(
+        "train_detector",
+        "--member",
+        "toy_b",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--paired",
+        "--precision",
+        "fp32",
+        "--time-budget",
+        "60",
+        "--export",
+        str(site),
+        "--crop",
+        "square:0.05:-0.06",
+    )
     run = tmp_path / "runs" / "toy_b"
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["paired"] is True and run_info["precision"] == "fp32"
@@ -327,14 +440,35 @@ def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(site: Pa
     assert manifest.provenance["training"]["precision"] == "fp32"
     assert manifest.metrics["ece"] >= 0
     # Resuming a finished run trains no further; a new run may not overwrite it.
-    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--epochs", "1",
-                 "--batch-size", "4", "--paired", "--precision", "fp32", "--resume")  # fmt: skip
+    call_command(
+        "train_detector",
+        "--member",
+        "toy_b",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--paired",
+        "--precision",
+        "fp32",
+        "--resume",
+    )
     assert len(json.loads((run / "log.json").read_text())) == 1
     with pytest.raises(CommandError, match="--resume"):
         call_command("train_detector", "--member", "toy_b", "--data", str(data))
     # A re-export without --crop keeps the installed crop.
-    call_command("train_detector", "--member", "toy_b", "--data", str(data), "--export-only",
-                 "--export", str(site))  # fmt: skip
+    call_command(
+        "train_detector",
+        "--member",
+        "toy_b",
+        "--data",
+        str(data),
+        "--export-only",
+        "--export",
+        str(site),
+    )
     assert read_manifest(site, "toy_b").crop == {"kind": "square", "margin": 0.05, "shift": -0.06}
 
 
@@ -342,18 +476,51 @@ def test_train_detector_refuses_a_malformed_crop_before_training(site: Path, tmp
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4)
     run = tmp_path / "run"
     with pytest.raises(CommandError, match="crop policy"):
-        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
-                     str(run), "--epochs", "1", "--export", str(site),
-                     "--crop", "oval:0.1")  # fmt: skip
+        call_command(
+            "train_detector",
+            "--member",
+            "toy_b",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--export",
+            str(site),
+            "--crop",
+            "oval:0.1",
+        )
     with pytest.raises(CommandError, match="--export"):
-        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
-                     str(run), "--epochs", "1", "--crop", "square:0.1")  # fmt: skip
+        call_command(
+            "train_detector",
+            "--member",
+            "toy_b",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--crop",
+            "square:0.1",
+        )
     assert not run.exists()
 
 
 def test_train_detector_init_from_missing_weights_says_so(site: Path, tmp_path: Path):
     data = write_dataset(tmp_path / "toy", n_train=8, n_val=4)
     with pytest.raises(CommandError, match="toy_b"):
-        call_command("train_detector", "--member", "toy_b", "--data", str(data), "--out",
-                     str(tmp_path / "run"), "--epochs", "1",
-                     "--init-from", str(tmp_path / "nothing"))  # fmt: skip
+        call_command(
+            "train_detector",
+            "--member",
+            "toy_b",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--init-from",
+            str(tmp_path / "nothing"),
+        )

@@ -44,15 +44,20 @@ class CountingInput(io.RawIOBase):
 
 def _wsgi_post(path: str, body: CountingInput, declared: int) -> tuple[int, bytes]:
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.url_scheme": "http",
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "wsgi.url_scheme": "http",
         "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
-        "CONTENT_LENGTH": str(declared), "wsgi.input": io.BufferedReader(body),
+        "CONTENT_LENGTH": str(declared),
+        "wsgi.input": io.BufferedReader(body),
         "wsgi.errors": io.StringIO(),
         # With a CSRF cookie (any visitor gets one) CsrfViewMiddleware reads
         # the body to find the form's token.
         "HTTP_COOKIE": "csrftoken=" + "a" * 32,
-    }  # fmt: skip
+    }
     status: list[str] = []
     chunks = WSGIHandler()(environ, lambda s, h, *a: status.append(s))
     return int(status[0].split()[0]), b"".join(chunks)

@@ -100,9 +100,11 @@ def test_path_traversal_name_through_the_form_never_escapes(
     monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
     body = _multipart("..%2F..%2F/x/../../evil.png", (media_dir / "face.png").read_bytes())
     response = clients["submitter"].generic(
-        "POST", reverse("analyses:submit"), data=body,
+        "POST",
+        reverse("analyses:submit"),
+        data=body,
         content_type="multipart/form-data; boundary=BOUNDARY",
-    )  # fmt: skip
+    )
     assert response.status_code == 302
     sub = Submission.objects.get()
     assert "/" not in sub.original_name and ".." not in Path(sub.file.name).name
@@ -123,9 +125,11 @@ def _multipart(filename: str | bytes, payload: bytes) -> bytes:
 def test_non_utf8_file_name_is_refused_with_reason(site: Path, clients, media_dir: Path) -> None:
     body = _multipart(b"caf\xe9\xff.png", (media_dir / "face.png").read_bytes())
     response = clients["submitter"].generic(
-        "POST", reverse("analyses:submit"), data=body,
+        "POST",
+        reverse("analyses:submit"),
+        data=body,
         content_type="multipart/form-data; boundary=BOUNDARY",
-    )  # fmt: skip
+    )
     assert response.status_code == 400
     assert "file name may not be valid UTF-8" in response.content.decode()
     assert not _files_under(site) and not Submission.objects.exists()

@@ -11,13 +11,16 @@ def _series(scores: dict[int, list[float]]) -> dict:
         "threshold": 0.5,
         "uncertain_band": 0.1,
         "persons": [
-            {"id": person, "points": [
-                {"frame": 10 * i, "time": i / 2, "score": s, "members": {"m": s}}
-                for i, s in enumerate(values)
-            ]}
+            {
+                "id": person,
+                "points": [
+                    {"frame": 10 * i, "time": i / 2, "score": s, "members": {"m": s}}
+                    for i, s in enumerate(values)
+                ],
+            }
             for person, values in scores.items()
         ],
-    }  # fmt: skip
+    }
 
 
 def _art(
@@ -46,10 +49,14 @@ def test_the_most_suspicious_face_is_selected_and_the_filmstrip_keeps_the_top_k(
 
 def test_layers_attach_to_their_person_and_frame_and_tabs_follow_the_kinds() -> None:
     arts = [
-        _art("ssim_temporal", 10, 0, pk=1), _art("gradcam", 10, 0, "b", pk=2),
-        _art("gradcam", 0, 0, "a", pk=3), _art("face", 10, 0, pk=4), _art("frame", 10, None, pk=5),
-        _art("attention", 10, 1, "a", pk=6), _art("chart", None, None, pk=7),
-    ]  # fmt: skip
+        _art("ssim_temporal", 10, 0, pk=1),
+        _art("gradcam", 10, 0, "b", pk=2),
+        _art("gradcam", 0, 0, "a", pk=3),
+        _art("face", 10, 0, pk=4),
+        _art("frame", 10, None, pk=5),
+        _art("attention", 10, 1, "a", pk=6),
+        _art("chart", None, None, pk=7),
+    ]
     viewer = build_viewer(_series({0: [0.2, 0.4], 1: [0.3, 0.1]}), arts, lambda a: f"/a/{a.pk}")
     assert [t.key for t in viewer.tabs] == [
         "gradcam:a",
@@ -67,8 +74,10 @@ def test_layers_attach_to_their_person_and_frame_and_tabs_follow_the_kinds() -> 
 def test_member_bars_say_which_side_of_the_band_each_score_is_on() -> None:
     sub = Submission(threshold=0.5, uncertain_band=0.1, members={"c": 0.55, "a": 0.9, "b": 0.2})
     assert [(b.name, b.side, b.percent) for b in score_bars(sub)] == [
-        ("a", "fake", 90.0), ("b", "real", 20.0), ("c", "uncertain", 55.0),
-    ]  # fmt: skip
+        ("a", "fake", 90.0),
+        ("b", "real", 20.0),
+        ("c", "uncertain", 55.0),
+    ]
     assert band_percent(sub) == (40.0, 20.0, 50.0)
 
 

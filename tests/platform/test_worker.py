@@ -20,8 +20,13 @@ pytestmark = pytest.mark.slow
 def _run_driver(env: dict[str, str], clip: Path) -> dict:
     out = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("worker_driver.py")), str(clip)],
-        env=env, cwd=stack.ROOT, capture_output=True, text=True, timeout=200, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=stack.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -90,12 +95,18 @@ def test_worker_settings_suit_long_jobs() -> None:
         "app.loader.import_default_modules(); import analyses.tasks; "
         "print('ensemble.pipeline' in sys.modules, 'explain' in sys.modules)"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
-           "PYTHONPATH": os.pathsep.join(["platform", "."])}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
+        "PYTHONPATH": os.pathsep.join(["platform", "."]),
+    }
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]

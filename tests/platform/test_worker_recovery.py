@@ -62,8 +62,14 @@ def _worker(env: dict, log: Path, pool: str = "solo") -> Iterator[subprocess.Pop
     """A worker in its own process group (so a test can SIGKILL all of it)."""
     args = [a if a != "--pool=solo" else f"--pool={pool}" for a in stack.worker_args()]
     with log.open("ab") as fh:
-        proc = subprocess.Popen(args, env=env, cwd=stack.ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=stack.ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -77,8 +83,15 @@ def _worker(env: dict, log: Path, pool: str = "solo") -> Iterator[subprocess.Pop
 
 
 def _submit(env: dict, media: Path) -> dict:
-    out = subprocess.run([sys.executable, str(DRIVER), str(media)], env=env, cwd=stack.ROOT,
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(DRIVER), str(media)],
+        env=env,
+        cwd=stack.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -140,9 +153,15 @@ def test_worker_killed_mid_job_over_redis_is_recovered(
 def test_job_over_the_hard_time_limit_is_failed_not_left_running(
     tmp_path: Path, held_weights: Path, blazeface_cache: Path, clip: Path
 ) -> None:
-    env = _env(tmp_path, held_weights, blazeface_cache, None,
-               TRUSTTRACE_TASK_SOFT_LIMIT_S="15", TRUSTTRACE_TASK_LIMIT_S="20",
-               TRUSTTRACE_TEST_IGNORE_SOFT_LIMIT="1")  # fmt: skip
+    env = _env(
+        tmp_path,
+        held_weights,
+        blazeface_cache,
+        None,
+        TRUSTTRACE_TASK_SOFT_LIMIT_S="15",
+        TRUSTTRACE_TASK_LIMIT_S="20",
+        TRUSTTRACE_TEST_IGNORE_SOFT_LIMIT="1",
+    )
     (tmp_path / "hold").touch()
     log = tmp_path / "worker.log"
     with _worker(env, log, pool="prefork"):
@@ -159,8 +178,19 @@ def test_job_over_the_hard_time_limit_is_failed_not_left_running(
 def _redis_on(port: int, tmp: Path) -> Iterator[None]:
     import redis
 
-    args = [stack.REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(tmp)]  # fmt: skip
+    args = [
+        stack.REDIS,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp),
+    ]
     with stack.process(args, dict(os.environ), tmp / f"redis-{uuid.uuid4().hex[:6]}.log"):
         client = redis.Redis(port=port)
         stack.wait_for(lambda: _pings(client), 20, "redis-server")

@@ -37,12 +37,18 @@ def main() -> None:
             break
         time.sleep(0.1)
     out = {
-        "status": sub.status, "verdict": sub.verdict, "score": sub.score, "reason": sub.reason,
-        "members": sub.members, "model_versions": sub.model_versions, "stages": stages,
-        "frames": len(sub.frame_rows), "series_persons": len(sub.series.get("persons", [])),
+        "status": sub.status,
+        "verdict": sub.verdict,
+        "score": sub.score,
+        "reason": sub.reason,
+        "members": sub.members,
+        "model_versions": sub.model_versions,
+        "stages": stages,
+        "frames": len(sub.frame_rows),
+        "series_persons": len(sub.series.get("persons", [])),
         "artifacts": sorted({f"{a.kind}:{a.member}" for a in sub.artifacts.all()}),
         "backends": sorted({m.get("backend") for m in (sub.result or {}).get("models", [])}),
-    }  # fmt: skip
+    }
     sys.stdout.write(json.dumps(out) + "\n")
 
 

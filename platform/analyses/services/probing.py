@@ -154,8 +154,9 @@ def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
             proc.kill()
         proc.join()
         receive.close()
-    logger.info("probe of %s: %.2f s, peak RSS %s", path.name, time.monotonic() - started,
-                _mib(child.peak))  # fmt: skip
+    logger.info(
+        "probe of %s: %.2f s, peak RSS %s", path.name, time.monotonic() - started, _mib(child.peak)
+    )
     if message[0] == "invalid":
         raise UploadRejected(message[1], message[2])
     if message[0] != "ok":

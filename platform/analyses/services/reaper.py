@@ -84,16 +84,23 @@ def reap(now: datetime | None = None) -> Reaped:
         )
         if sub.reason_code == WORKER_LOST_CODE:
             if claimed.update(
-                status=Status.FAILED, reason=WORKER_LOST_REASON, verdict="", score=None,
+                status=Status.FAILED,
+                reason=WORKER_LOST_REASON,
+                verdict="",
+                score=None,
                 finished=now,
-            ):  # fmt: skip
+            ):
                 logger.error("submission %s: worker lost twice; failed by the reaper", sub.pk)
                 out.failed.append(str(sub.pk))
             continue
         if claimed.update(
-            status=Status.PENDING, stage="", percent=0, heartbeat=None,
-            reason=WORKER_STOPPED_REASON, reason_code=WORKER_LOST_CODE,
-        ):  # fmt: skip
+            status=Status.PENDING,
+            stage="",
+            percent=0,
+            heartbeat=None,
+            reason=WORKER_STOPPED_REASON,
+            reason_code=WORKER_LOST_CODE,
+        ):
             logger.warning("submission %s: its worker is gone; queued again", sub.pk)
             out.requeued.append(str(sub.pk))
     grace = now - timedelta(seconds=UNQUEUED_GRACE_S)
@@ -113,8 +120,10 @@ def reap(now: datetime | None = None) -> Reaped:
     if out.queued or out.failed or out.requeued:
         logger.info(
             "reaper: %d queued, %d re-queued after their worker died, %d failed",
-            len(out.queued), len(out.requeued), len(out.failed),
-        )  # fmt: skip
+            len(out.queued),
+            len(out.requeued),
+            len(out.failed),
+        )
     return out
 
 

@@ -201,8 +201,9 @@ def run_submission(submission_id: UUID | str) -> None:
     reason_code = sub.reason_code
     if sub.status == Status.RUNNING:
         if sub.worker != worker_id() and not is_abandoned(sub):
-            logger.info("submission %s is running in %s; duplicate message dropped", sub.pk,
-                        sub.worker)  # fmt: skip
+            logger.info(
+                "submission %s is running in %s; duplicate message dropped", sub.pk, sub.worker
+            )
             return
         if sub.reason_code == WORKER_LOST_CODE:
             logger.error("submission %s: worker died twice; marking it failed", sub.pk)
@@ -214,9 +215,16 @@ def run_submission(submission_id: UUID | str) -> None:
     claimed = Submission.objects.filter(
         pk=sub.pk, status=sub.status, attempts=sub.attempts, worker=sub.worker
     ).update(
-        status=Status.RUNNING, stage="queued", percent=0, started=now, finished=None,
-        attempts=F("attempts") + 1, reason_code=reason_code, heartbeat=now, worker=worker_id(),
-    )  # fmt: skip
+        status=Status.RUNNING,
+        stage="queued",
+        percent=0,
+        started=now,
+        finished=None,
+        attempts=F("attempts") + 1,
+        reason_code=reason_code,
+        heartbeat=now,
+        worker=worker_id(),
+    )
     if not claimed:
         logger.info("submission %s was claimed by another worker meanwhile", sub.pk)
         return
@@ -265,9 +273,13 @@ def job_timed_out(submission_id: UUID | str) -> None:
     """The hard time limit killed the job's process (called in the worker
     parent): mark it failed, never leave it ``running``."""
     done = Submission.objects.filter(pk=submission_id, status=Status.RUNNING).update(
-        status=Status.FAILED, reason=_timed_out_reason(), reason_code=TIMED_OUT_CODE,
-        verdict="", score=None, finished=timezone.now(),
-    )  # fmt: skip
+        status=Status.FAILED,
+        reason=_timed_out_reason(),
+        reason_code=TIMED_OUT_CODE,
+        verdict="",
+        score=None,
+        finished=timezone.now(),
+    )
     if done:
         logger.error("submission %s: hard time limit reached; marked failed", submission_id)
 

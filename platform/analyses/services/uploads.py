@@ -30,9 +30,16 @@ logger = logging.getLogger(__name__)
 PROBE_FRAMES = 1
 _COPY_CHUNK = 1 << 20
 _SUFFIX = {
-    "jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "mp4": ".mp4",
-    "mov": ".mov", "webm": ".webm", "mkv": ".mkv", "avi": ".avi",
-}  # fmt: skip
+    "jpeg": ".jpg",
+    "png": ".png",
+    "webp": ".webp",
+    "bmp": ".bmp",
+    "mp4": ".mp4",
+    "mov": ".mov",
+    "webm": ".webm",
+    "mkv": ".mkv",
+    "avi": ".avi",
+}
 
 
 @dataclass(frozen=True)

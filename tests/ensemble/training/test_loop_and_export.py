@@ -38,16 +38,31 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(member=SPEC.name, data=data, out=out, epochs=3, batch_size=8, lr=3e-3, seed=3,
-                command="pytest")  # fmt: skip
+    base = dict(
+        member=SPEC.name,
+        data=data,
+        out=out,
+        epochs=3,
+        batch_size=8,
+        lr=3e-3,
+        seed=3,
+        command="pytest",
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def test_toy_run_writes_logs_curves_checkpoints_and_provenance(dataset: Path, tmp_path: Path):
     result = train(_config(dataset, tmp_path, epochs=2), SPEC, progress=False)
     assert [h.epoch for h in result.history] == [1, 2]
-    for name in ("last.pt", "best.pt", "log.csv", "log.json", "curves.png", "run.json",
-                 "val_predictions.csv"):  # fmt: skip
+    for name in (
+        "last.pt",
+        "best.pt",
+        "log.csv",
+        "log.json",
+        "curves.png",
+        "run.json",
+        "val_predictions.csv",
+    ):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert len(rows) == 2 and float(rows[0]["val_loss"]) > 0
@@ -58,8 +73,9 @@ def test_toy_run_writes_logs_curves_checkpoints_and_provenance(dataset: Path, tm
 
 
 def test_toy_model_learns_a_visible_artefact(dataset: Path, tmp_path: Path):
-    result = train(_config(dataset, tmp_path, epochs=6, lr=1e-2, augment=False), SPEC,
-                   progress=False)  # fmt: skip
+    result = train(
+        _config(dataset, tmp_path, epochs=6, lr=1e-2, augment=False), SPEC, progress=False
+    )
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert max(h.val_acc for h in result.history) >= 0.9
 
@@ -73,10 +89,15 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset: Path, tmp_path: Path):
             raise SimulatedCrashError
 
     with pytest.raises(SimulatedCrashError):
-        train(_config(dataset, tmp_path / "cut", **settings), SPEC, on_epoch=stop_after_first,
-              progress=False)  # fmt: skip
-    resumed = train(_config(dataset, tmp_path / "cut", resume=True, **settings), SPEC,
-                    progress=False)  # fmt: skip
+        train(
+            _config(dataset, tmp_path / "cut", **settings),
+            SPEC,
+            on_epoch=stop_after_first,
+            progress=False,
+        )
+    resumed = train(
+        _config(dataset, tmp_path / "cut", resume=True, **settings), SPEC, progress=False
+    )
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert a.train_loss == b.train_loss and a.val_loss == b.val_loss
@@ -90,8 +111,9 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset: Path, tmp_path: Path):
 def test_loader_worker_processes_do_not_change_the_run(dataset: Path, tmp_path: Path):
     settings = dict(epochs=1, sbi_prob=0.3, blackout_prob=0.5)
     alone = train(_config(dataset, tmp_path / "w0", **settings), SPEC, progress=False)
-    workers = train(_config(dataset, tmp_path / "w2", num_workers=2, **settings), SPEC,
-                    progress=False)  # fmt: skip
+    workers = train(
+        _config(dataset, tmp_path / "w2", num_workers=2, **settings), SPEC, progress=False
+    )
     assert [(h.train_loss, h.val_loss) for h in alone.history] == [
         (h.train_loss, h.val_loss) for h in workers.history
     ]
@@ -99,8 +121,11 @@ def test_loader_worker_processes_do_not_change_the_run(dataset: Path, tmp_path: 
 
 def test_early_stopping_ends_the_run_when_val_loss_stops_improving(dataset: Path, tmp_path: Path):
     # A learning rate too small to move the weights: validation loss cannot improve.
-    result = train(_config(dataset, tmp_path, epochs=6, lr=1e-12, patience=2, augment=False),
-                   SPEC, progress=False)  # fmt: skip
+    result = train(
+        _config(dataset, tmp_path, epochs=6, lr=1e-12, patience=2, augment=False),
+        SPEC,
+        progress=False,
+    )
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
     assert json.loads((tmp_path / "run.json").read_text())["stopped_early"] is True
 
@@ -158,8 +183,15 @@ def test_run_overrides_replace_the_recipes_warmup_and_ema(tmp_path: Path):
     base = RECIPES["effnet_b7"]
     kept = resolve_recipe(TrainConfig(member=spec.name, data=tmp_path, out=tmp_path), spec)
     assert (kept.warmup_epochs, kept.ema_decay) == (base.warmup_epochs, base.ema_decay)
-    config = TrainConfig(member=spec.name, data=tmp_path, out=tmp_path, epochs=1,
-                         warmup_epochs=0.0, ema_decay=0.99, input_size=128)  # fmt: skip
+    config = TrainConfig(
+        member=spec.name,
+        data=tmp_path,
+        out=tmp_path,
+        epochs=1,
+        warmup_epochs=0.0,
+        ema_decay=0.99,
+        input_size=128,
+    )
     r = resolve_recipe(config, spec)
     assert (r.epochs, r.warmup_epochs, r.ema_decay, r.input_size) == (1, 0.0, 0.99, 128)
     off = resolve_recipe(replace(config, no_ema=True), spec)
@@ -196,8 +228,9 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
     train(_config(dataset, run, epochs=2), SPEC, progress=False)
     weights = tmp_path / "weights"
     limit = 1024
-    report = export_run(run, SPEC, weights, data=dataset, description="toy squares",
-                        max_shard_bytes=limit)  # fmt: skip
+    report = export_run(
+        run, SPEC, weights, data=dataset, description="toy squares", max_shard_bytes=limit
+    )
     manifest = read_manifest(weights, SPEC.name)
     assert manifest.quantization == report.quantization in ("int8", "fp16")
     assert len(manifest.files) > 1
@@ -388,8 +421,11 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch):
 
 
 def test_run_records_its_precision_and_pairing(paired_dataset: Path, tmp_path: Path):
-    train(_config(paired_dataset, tmp_path, epochs=1, precision="bf16", paired=True), SPEC,
-          progress=False)  # fmt: skip
+    train(
+        _config(paired_dataset, tmp_path, epochs=1, precision="bf16", paired=True),
+        SPEC,
+        progress=False,
+    )
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["precision"] == "bf16" and run["paired"] is True and run["status"] == "finished"
     assert run["images_seen"] == 24 and run["images_per_second"] > 0
@@ -417,13 +453,23 @@ class StepClock:
 def test_run_stopped_mid_epoch_resumes_to_the_same_weights(
     paired_dataset: Path, tmp_path: Path, how: str
 ):
-    settings: dict = dict(epochs=2, batch_size=4, paired=True, ema_decay=0.9, blackout_prob=0.5,
-                          checkpoint_minutes=2.0)  # fmt: skip
+    settings: dict = dict(
+        epochs=2,
+        batch_size=4,
+        paired=True,
+        ema_decay=0.9,
+        blackout_prob=0.5,
+        checkpoint_minutes=2.0,
+    )
     # BatchNorm and dropout: the steps use running statistics and the torch RNG.
     spec = REGISTRY.get("toy_drop")
     settings["member"] = spec.name
-    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), spec,
-                  progress=False, clock=StepClock())  # fmt: skip
+    whole = train(
+        _config(paired_dataset, tmp_path / "whole", **settings),
+        spec,
+        progress=False,
+        clock=StepClock(),
+    )
     cut_config = _config(paired_dataset, tmp_path / "cut", **settings)
     if how == "time budget":
         cut = train(replace(cut_config, time_budget=4.0), spec, progress=False, clock=StepClock())
@@ -456,8 +502,19 @@ def test_mid_epoch_checkpoints_are_written_on_the_interval(paired_dataset: Path,
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "save", spy)
-        train(_config(paired_dataset, tmp_path, epochs=1, batch_size=4, paired=True,
-                      checkpoint_minutes=2.0), SPEC, progress=False, clock=StepClock())  # fmt: skip
+        train(
+            _config(
+                paired_dataset,
+                tmp_path,
+                epochs=1,
+                batch_size=4,
+                paired=True,
+                checkpoint_minutes=2.0,
+            ),
+            SPEC,
+            progress=False,
+            clock=StepClock(),
+        )
     # Six batches, one clock reading a minute per batch: mid-epoch checkpoints,
     # then the end-of-epoch one (step 0 of the next epoch).
     assert len(seen) >= 3 and seen[-1] == 0 and all(0 < s < 6 for s in seen[:-1])
@@ -483,10 +540,15 @@ def test_run_stopped_after_an_epoch_s_last_batch_validates_that_epoch_on_resume(
     paired_dataset: Path, tmp_path: Path
 ):
     spec = REGISTRY.get("toy_drop")
-    settings: dict = dict(member=spec.name, epochs=2, batch_size=4, paired=True,
-                          checkpoint_minutes=100.0)  # fmt: skip
-    whole = train(_config(paired_dataset, tmp_path / "whole", **settings), spec,
-                  progress=False, clock=StepClock())  # fmt: skip
+    settings: dict = dict(
+        member=spec.name, epochs=2, batch_size=4, paired=True, checkpoint_minutes=100.0
+    )
+    whole = train(
+        _config(paired_dataset, tmp_path / "whole", **settings),
+        spec,
+        progress=False,
+        clock=StepClock(),
+    )
     # One clock reading a minute: the sixth and last batch of epoch 1 ends
     # 8 minutes in; with the slowest step as margin, a budget of 8.5 minutes
     # stops there, before validating.
@@ -502,8 +564,9 @@ def test_run_stopped_after_an_epoch_s_last_batch_validates_that_epoch_on_resume(
 
 def test_paired_batches_refuse_sbi_and_data_without_fakes(paired_dataset: Path, tmp_path: Path):
     with pytest.raises(TrainingError, match="SBI"):
-        train(_config(paired_dataset, tmp_path / "a", paired=True, sbi_prob=0.3), SPEC,
-              progress=False)  # fmt: skip
+        train(
+            _config(paired_dataset, tmp_path / "a", paired=True, sbi_prob=0.3), SPEC, progress=False
+        )
     reals = tmp_path / "reals"
     write_dataset(reals)
     rows = (reals / "metadata.csv").read_text().splitlines()

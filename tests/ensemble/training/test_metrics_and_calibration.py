@@ -32,10 +32,17 @@ def test_metrics_match_hand_computed_values() -> None:
     assert m.f1 == pytest.approx(2 / 3)
     # Fake beats real in 3 + 3 + 2 of 9 pairs.
     assert m.auc == pytest.approx(8 / 9)
-    expected = -(
-        math.log(0.9) + math.log(0.8) + math.log(0.3) + math.log(0.4) + math.log(0.8)
-        + math.log(0.9)
-    ) / 6  # fmt: skip
+    expected = (
+        -(
+            math.log(0.9)
+            + math.log(0.8)
+            + math.log(0.3)
+            + math.log(0.4)
+            + math.log(0.8)
+            + math.log(0.9)
+        )
+        / 6
+    )
     assert m.log_loss == pytest.approx(expected)
 
 
@@ -61,9 +68,14 @@ def test_report_has_the_documented_schema_and_figures(tmp_path) -> None:
     assert result["members"]["a"]["confusion"] == [[2, 1], [1, 2]]
     paths = write_report_figures(probs, LABELS, result, tmp_path)
     assert {p.name for p in paths} == {
-        "roc.png", "roc.svg", "reliability.png", "reliability.svg",
-        "confusion-ensemble.png", "confusion-a.png", "confusion-b.png",
-    }  # fmt: skip
+        "roc.png",
+        "roc.svg",
+        "reliability.png",
+        "reliability.svg",
+        "confusion-ensemble.png",
+        "confusion-a.png",
+        "confusion-b.png",
+    }
     for path in paths:
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

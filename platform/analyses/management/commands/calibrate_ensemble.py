@@ -31,15 +31,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--scores", type=Path, nargs="+", required=True,
+            "--scores",
+            type=Path,
+            nargs="+",
+            required=True,
             help="CSVs written by evaluate --faces ... --scores",
-        )  # fmt: skip
+        )
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument(
-            "--method", choices=["weighted", "mean"], default="weighted",
+            "--method",
+            choices=["weighted", "mean"],
+            default="weighted",
             help="weighted: a fitted weighted mean of the members' logits, then Platt "
             "(default); mean: Platt on the logit of the plain mean",
-        )  # fmt: skip
+        )
         parser.add_argument("--description", default="", help="what the scores were computed on")
         parser.add_argument("--json", type=Path, help="also write the fit's report to FILE")
         parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")

@@ -81,31 +81,35 @@ class Command(BaseCommand):
         parser.add_argument("--members", help="comma-separated members (default from settings)")
         parser.add_argument("--frames", type=int, help="frames sampled per video")
         parser.add_argument(
-            "--precision", choices=["auto", "fp32", "bf16"],
+            "--precision",
+            choices=["auto", "fp32", "bf16"],
             help="member precision (default: settings; auto: bf16 where the CPU has it)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--limit", type=int,
+            "--limit",
+            type=int,
             help="at most N samples (--faces: balanced, seed 0; --videos: the first N rows)",
-        )  # fmt: skip
+        )
         parser.add_argument(
             "--threshold", type=float, help="decision threshold (default: settings)"
         )
         parser.add_argument("--json", help="write the metrics JSON to FILE ('-' for stdout)")
         parser.add_argument(
-            "--scores", type=Path,
+            "--scores",
+            type=Path,
             help=(
                 "with --faces: write each crop's raw logit and calibrated probability per "
                 "member to this CSV (the input of calibrate_ensemble)"
             ),
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--out", type=Path,
+            "--out",
+            type=Path,
             help=(
                 "folder for the figures and threshold.json (default: the folder of "
                 f"--json FILE, else {DEFAULT_OUT})"
             ),
-        )  # fmt: skip
+        )
 
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_config, analysis_registry
@@ -207,9 +211,15 @@ class Command(BaseCommand):
         shas: dict[str, str | None] = {}
         for name in config.members:
             member = load_member(
-                name, config.weights_dir, config.device, registry, backend=config.backend,
-                cache_dir=config.cache_dir, threads=config.threads, precision=config.precision,
-            )  # fmt: skip
+                name,
+                config.weights_dir,
+                config.device,
+                registry,
+                backend=config.backend,
+                cache_dir=config.cache_dir,
+                threads=config.threads,
+                precision=config.precision,
+            )
             source = root / name if per_member else root
             samples = select(load_samples(source), o["split"])
             samples = limit_balanced(samples, o["limit"], seed=0)

@@ -88,12 +88,16 @@ class Command(BaseCommand):
                 target = out / c.member / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(target), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
-                table[c.member].append({
-                    "file": rel.as_posix(), "label": kind.upper(),
-                    "split": (row.get("split") or "").strip(),
-                    "original": (row.get("original") or "").strip(),
-                    "video": row["file"].strip(), "keypoints": format_keypoints(c.keypoints),
-                })  # fmt: skip
+                table[c.member].append(
+                    {
+                        "file": rel.as_posix(),
+                        "label": kind.upper(),
+                        "split": (row.get("split") or "").strip(),
+                        "original": (row.get("original") or "").strip(),
+                        "video": row["file"].strip(),
+                        "keypoints": format_keypoints(c.keypoints),
+                    }
+                )
         for name, entries in table.items():
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,12 @@ class Command(BaseCommand):
         try:
             spec = analysis_registry().get(options["member"])
             manifest = import_checkpoint(
-                spec, options["checkpoint"], weights_dir,
-                input_size=options["input_size"], note=options["note"],
-            )  # fmt: skip
+                spec,
+                options["checkpoint"],
+                weights_dir,
+                input_size=options["input_size"],
+                note=options["note"],
+            )
         except TrusttraceError as e:
             raise CommandError(str(e)) from e
         self.stdout.write(

@@ -47,14 +47,25 @@ class Command(BaseCommand):
         python = sys.executable
         commands = {
             "worker": [
-                python, "-m", "celery", "-A", "trusttrace", "worker", "--loglevel=INFO",
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "trusttrace",
+                "worker",
+                "--loglevel=INFO",
                 f"--concurrency={options['concurrency']}",
-                "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
+                "-Q",
+                settings.CELERY_TASK_DEFAULT_QUEUE,
             ],
             "web": [
-                python, str(root / "manage.py"), "runserver", "--noreload", options["addrport"],
+                python,
+                str(root / "manage.py"),
+                "runserver",
+                "--noreload",
+                options["addrport"],
             ],
-        }  # fmt: skip
+        }
         self.stdout.write(f"broker: {settings.CELERY_BROKER_URL.split('@')[-1]}")
         # Each child leads its own process group, so that a worker stuck past
         # STOP_TIMEOUT_S is killed with its pool children (no orphans left

@@ -39,21 +39,28 @@ class Command(BaseCommand):
             "--data", required=True, type=Path, help="dataset folder or metadata.csv"
         )
         parser.add_argument(
-            "--out", type=Path,
+            "--out",
+            type=Path,
             help="run folder (default: TRUSTTRACE_RUNS_DIR/<member>, outside the work tree)",
-        )  # fmt: skip
+        )
         parser.add_argument("--epochs", type=int)
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--lr", type=float)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
-            "--sbi", type=float, nargs="?", const=DEFAULT_SBI_PROB,
+            "--sbi",
+            type=float,
+            nargs="?",
+            const=DEFAULT_SBI_PROB,
             help=f"share of reals turned into self-blended fakes (flag alone: {DEFAULT_SBI_PROB})",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--ssim-blackout", type=float, nargs="?", const=DEFAULT_BLACKOUT_PROB,
+            "--ssim-blackout",
+            type=float,
+            nargs="?",
+            const=DEFAULT_BLACKOUT_PROB,
             help="share of fakes with part of the manipulated region blacked out",
-        )  # fmt: skip
+        )
         parser.add_argument("--no-ema", action="store_true", help="turn the recipe's EMA off")
         parser.add_argument(
             "--ema-decay", type=float, help="EMA decay per step (default: the recipe's)"
@@ -67,61 +74,80 @@ class Command(BaseCommand):
         parser.add_argument("--input-size", type=int)
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
         parser.add_argument(
-            "--device", default="auto",
+            "--device",
+            default="auto",
             help="auto (CUDA when available, else CPU), cpu or cuda[:N]",
-        )  # fmt: skip
+        )
         parser.add_argument("--limit", type=int, help="at most N training samples (balanced)")
         parser.add_argument(
-            "--val-limit", type=int,
+            "--val-limit",
+            type=int,
             help="at most N validation samples (export: the run's own limit by default)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--workers", type=int, default=0,
+            "--workers",
+            type=int,
+            default=0,
             help="validation data loader processes (training batches are built in-process "
             "from the in-memory crops)",
-        )  # fmt: skip
+        )
         parser.add_argument("--no-augment", action="store_true")
         parser.add_argument(
-            "--no-keypoints", action="store_true",
+            "--no-keypoints",
+            action="store_true",
             help="do not run BlazeFace on crops without keypoints (SBI uses an ellipse)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--export", type=Path, metavar="WEIGHTS_DIR",
+            "--export",
+            type=Path,
+            metavar="WEIGHTS_DIR",
             help="calibrate the best model and install it under WEIGHTS_DIR/<member>/",
-        )  # fmt: skip
+        )
         parser.add_argument(
             "--export-only", action="store_true", help="export an existing run, no training"
         )
         parser.add_argument("--description", default="", help="data description for the manifest")
         parser.add_argument(
-            "--crop", metavar="KIND:MARGIN[:SHIFT]",
+            "--crop",
+            metavar="KIND:MARGIN[:SHIFT]",
             help="the face crop analysis cuts for the exported weights, framed like the "
             "training crops (python -m bench.crop_framing measures it; default: the registry's)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+            "--precision",
+            default="auto",
+            choices=("auto", "bf16", "fp32"),
             help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX-512 BF16, else fp32",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--time-budget", type=float, metavar="MINUTES",
+            "--time-budget",
+            type=float,
+            metavar="MINUTES",
             help="checkpoint and stop cleanly after this many minutes (resume with --resume)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--checkpoint-minutes", type=float, default=10.0,
+            "--checkpoint-minutes",
+            type=float,
+            default=10.0,
             help="write a mid-epoch checkpoint at least this often (default 10)",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--init-from", type=Path, metavar="WEIGHTS_DIR",
+            "--init-from",
+            type=Path,
+            metavar="WEIGHTS_DIR",
             help="start a new run from the member installed under WEIGHTS_DIR",
-        )  # fmt: skip
+        )
         parser.add_argument(
             "--compile", action="store_true", help="torch.compile the model for training"
         )
         pairing = parser.add_mutually_exclusive_group()
         pairing.add_argument(
-            "--paired", dest="paired", action="store_true", default=None,
+            "--paired",
+            dest="paired",
+            action="store_true",
+            default=None,
             help="batches of real/fake pairs from the same source (the recipe decides by default)",
-        )  # fmt: skip
+        )
         pairing.add_argument("--no-paired", dest="paired", action="store_false")
 
     def handle(self, *args: Any, **o: Any) -> None:
@@ -254,6 +280,15 @@ def _command_line(options: dict[str, Any]) -> str:
 
 # Options every Django command has; not part of a training run's settings.
 _DJANGO_OPTIONS = frozenset(
-    {"verbosity", "settings", "pythonpath", "traceback", "no_color", "force_color",
-     "skip_checks", "stdout", "stderr"}
-)  # fmt: skip
+    {
+        "verbosity",
+        "settings",
+        "pythonpath",
+        "traceback",
+        "no_color",
+        "force_color",
+        "skip_checks",
+        "stdout",
+        "stderr",
+    }
+)
