@@ -546,10 +546,9 @@ def _build(
     torch.manual_seed(seed)
     model = spec.build()
     if init_from is not None:
-        from ensemble.weights import load_model
+        from ensemble.training.loop import initial_model
 
-        model, manifest = load_model(spec, init_from)
-        logger.info("starting from %s (weights %s)", init_from, manifest.weights_sha256)
+        model = initial_model(spec, init_from)
     if recipe.drop_path:
         apply_drop_path(model, recipe.drop_path)
     if recipe.head_dropout is not None:

@@ -133,7 +133,8 @@ class TrainConfig:
     checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
     # Where decoded crops are cached between runs (None: decoded every run).
     cache_dir: Path | None = None
-    # A weights folder whose installed member starts a new run (not a resume).
+    # What a new run (not a resume) starts from: a weights folder with the
+    # member installed, a run folder (its best.pt) or a checkpoint file.
     init_from: Path | None = None
     # torch.compile the training model (measured in bench/train_speed.py).
     compile: bool = False
@@ -386,10 +387,7 @@ def _build(
     EMA, AdamW and the warm-up/cosine schedule over the run's steps."""
     model = spec.build()
     if config.init_from is not None and not config.resume:
-        from ensemble.weights import load_model
-
-        model, manifest = load_model(spec, config.init_from)
-        logger.info("starting from %s (weights %s)", config.init_from, manifest.weights_sha256)
+        model = initial_model(spec, config.init_from)
     drop_path_applied = apply_drop_path(model, recipe.drop_path) if recipe.drop_path else False
     if recipe.head_dropout is not None:
         set_head_dropout(model, recipe.head_dropout)
@@ -872,6 +870,44 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         elif saved.get(key) != value:
             changed.append(f"{key} {saved.get(key)!r} -> {value!r}")
     return changed
+
+
+def initial_model(spec: MemberSpec, source: Path) -> nn.Module:
+    """The model a new run starts from: ``source`` is a weights folder with
+    the member installed, a run folder (its ``best.pt``, the weights as
+    validated) or a checkpoint file (``best.pt`` or ``last.pt``). A run goes on
+    from another run's weights without exporting them first, which for the
+    larger members takes longer than an epoch's validation."""
+    path = source / BEST if (source / BEST).is_file() else source
+    if not path.is_file():
+        from ensemble.weights import load_model
+
+        model, manifest = load_model(spec, source)
+        logger.info("starting from %s (weights %s)", source, manifest.weights_sha256)
+        return model
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file gets the same refusal
+        raise TrainingError(f"{path} is not a training checkpoint: {exc}") from exc
+    # best.pt keeps the validated weights as state_dict; last.pt keeps the
+    # trained ones as model and the EMA (what was validated) apart.
+    state = (
+        ckpt.get("ema") or ckpt.get("state_dict") or ckpt.get("model")
+        if isinstance(ckpt, dict)
+        else None
+    )
+    if not state:
+        raise TrainingError(f"{path} is not a training checkpoint (no weights in it)")
+    member = ckpt.get("member")
+    if member is not None and member != spec.name:
+        raise TrainingError(f"{path} holds {member} weights, not {spec.name}")
+    model = spec.build()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainingError(f"{path} does not fit {spec.name}: {exc}") from exc
+    logger.info("starting from %s (epoch %s)", path, ckpt.get("epoch"))
+    return model
 
 
 def load_best(out: Path, spec: MemberSpec) -> tuple[nn.Module, int]:

@@ -134,8 +134,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--init-from",
             type=Path,
-            metavar="WEIGHTS_DIR",
-            help="start a new run from the member installed under WEIGHTS_DIR",
+            metavar="SOURCE",
+            help="start a new run from the member installed under a weights folder, "
+            "or from a run folder's best.pt or a checkpoint file",
         )
         parser.add_argument(
             "--compile", action="store_true", help="torch.compile the model for training"
