@@ -18,7 +18,13 @@ from ensemble.registry import Registry
 from ensemble.training.batches import CropStore, FaceDataset, epoch_plan
 from ensemble.training.data import load_samples, read_rgb, resize_to, select
 from ensemble.training.export import export_run, installed_bytes, roundtrip
-from ensemble.training.loop import TrainConfig, resolve_precision, resolve_recipe, train
+from ensemble.training.loop import (
+    TrainConfig,
+    initial_model,
+    resolve_precision,
+    resolve_recipe,
+    train,
+)
 from ensemble.training.optim import Ema, apply_drop_path, smooth_targets, warmup_cosine
 from ensemble.training.recipes import RECIPES
 from ensemble.weights import dequantize_int8, quantize_int8, read_manifest
@@ -534,6 +540,42 @@ def test_new_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path)
     assert again.history[0].val_auc == pytest.approx(first["val_auc"], abs=0.05)
     fresh = train(_config(dataset, tmp_path / "fresh", epochs=1, lr=1e-12), SPEC, progress=False)
     assert fresh.history[0].val_loss != again.history[0].val_loss
+
+
+def test_new_run_can_start_from_another_run_without_exporting_it(dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    first = json.loads((run / "log.json").read_text())[0]
+    validated = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    # The run folder (its best.pt) and the checkpoint files themselves; last.pt
+    # starts from its EMA, which is what best.pt holds after the one epoch.
+    for source in (run, run / "best.pt", run / "last.pt"):
+        model = initial_model(SPEC, source)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, validated[key]), (source, key)
+    again = train(
+        _config(dataset, tmp_path / "again", epochs=1, lr=1e-12, init_from=run),
+        SPEC,
+        progress=False,
+    )
+    # Nothing moves at this learning rate: the new run validates as the old.
+    assert again.history[0].val_auc == pytest.approx(first["val_auc"], abs=1e-6)
+    assert again.history[0].val_loss == pytest.approx(first["val_loss"], abs=1e-4)
+
+
+def test_init_from_refuses_what_is_not_this_member_s_checkpoint(dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    with pytest.raises(TrainingError, match="toy_a weights, not toy_b"):
+        initial_model(REGISTRY.get("toy_b"), run)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="not a training checkpoint"):
+        initial_model(SPEC, junk)
+    empty = tmp_path / "empty.pt"
+    torch.save({"epoch": 1}, empty)
+    with pytest.raises(TrainingError, match="no weights in it"):
+        initial_model(SPEC, empty)
 
 
 def test_run_stopped_after_an_epoch_s_last_batch_validates_that_epoch_on_resume(
