@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,7 @@ from ensemble.blazeface import (
     INPUT_SIZE,
     BlazeFaceNet,
     Detection,
+    box_iou,
     decode,
     default_tflite_path,
     load_blazeface_net,
@@ -48,6 +49,10 @@ MIN_TILE = 400
 TILE_STRIDE_FRACTION = 2 / 3
 # A detection closer than this share of the tile to an inner tile edge is cut.
 EDGE_MARGIN_FRACTION = 0.01
+# The finest tiles are probed on every this-many-th frame (FaceDetector.detect):
+# a face kept by tracking is in at least min_track_fraction (0.15) of the
+# frames, 5 of 32, and any 4 frames in a row hold a probed one.
+FINE_PROBE_EVERY = 4
 # Frames are fed to the detector in batches of this many views.
 DETECT_BATCH = 32
 # Calls that TorchScript's profiling executor needs before its graph is final.
@@ -106,25 +111,30 @@ def plan_views(height: int, width: int) -> list[View]:
     return views
 
 
-def _render_views(frame: RGBImage, views: Sequence[View]) -> list[RGBImage]:
-    """Each view at 128x128. The frame is resized once per level and the tiles
-    are cut from that, rather than resizing every tile on its own."""
+def _levels(frame: RGBImage, sides: Iterable[int]) -> dict[int, RGBImage]:
+    """The frame resized once per pyramid level (tile side), so that a tile
+    of that level is 128x128 there."""
     h, w = frame.shape[:2]
     scaled: dict[int, RGBImage] = {}
     # Finest level first; each coarser level is resized from the one before it
     # rather than from the full frame (area averaging composes, and a 1080p
     # frame is then read once instead of once per level).
     source = frame
-    for side in sorted({v.side for v in views}):
+    for side in sorted(set(sides)):
         scale = INPUT_SIZE / side
         size = (max(round(w * scale), 1), max(round(h * scale), 1))
         interp = cv2.INTER_AREA if size[0] < source.shape[1] else cv2.INTER_LINEAR
         source = np.asarray(cv2.resize(source, size, interpolation=interp), np.uint8)
         scaled[side] = source
+    return scaled
+
+
+def _render_views(levels: dict[int, RGBImage], views: Sequence[View]) -> list[RGBImage]:
+    """Each view at 128x128, cut from its level rather than resized on its own."""
     out: list[RGBImage] = []
     for view in views:
         scale = INPUT_SIZE / view.side
-        level = scaled[view.side]
+        level = levels[view.side]
         x0, y0 = round(view.x0 * scale), round(view.y0 * scale)
         tile = level[y0 : y0 + INPUT_SIZE, x0 : x0 + INPUT_SIZE]
         if tile.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
@@ -147,6 +157,33 @@ def _is_cut(row: npt.NDArray[np.floating], view: View, h: int, w: int) -> bool:
         or (x1 > 1 - m and view.x0 + view.side < w)
         or (y1 > 1 - m and view.y0 + view.side < h)
     )
+
+
+def _is_fine(view: View, height: int, width: int) -> bool:
+    """A tile of the finest level: smaller than the frame's short side."""
+    return view.is_tile and view.side < min(height, width)
+
+
+def fine_probe_frames(n: int) -> list[int]:
+    """The frames whose finest tiles are detected first: every
+    ``FINE_PROBE_EVERY``-th one, from the first."""
+    return list(range(0, n, FINE_PROBE_EVERY))
+
+
+# Detections in some views of a frame: rows in frame pixels, and their scores.
+_Found = tuple[list[npt.NDArray[np.float64]], list[float]]
+
+
+def _joined(a: _Found, b: _Found) -> _Found:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _has_new_face(faces: Sequence[Detection], known: Sequence[Detection], iou: float) -> bool:
+    """Is any of ``faces`` at none of the places of ``known``?"""
+    if not known:
+        return bool(faces)
+    boxes = np.array([d.box for d in known], dtype=np.float64)
+    return any(box_iou(np.array(d.box, dtype=np.float64), boxes).max() < iou for d in faces)
 
 
 class FaceDetector:
@@ -247,14 +284,60 @@ class FaceDetector:
         return out
 
     def detect(self, frames: Sequence[RGBImage]) -> list[list[Detection]]:
-        """Faces in each frame, best first, in frame pixel coordinates."""
-        plans = [plan_views(*f.shape[:2]) for f in frames]
-        tiles = [t for f, views in zip(frames, plans, strict=True) for t in _render_views(f, views)]
+        """Faces in each frame, best first, in frame pixel coordinates.
+
+        The finest tiles (on frames large enough to have them) are most of
+        the views: 15 of a 1080p frame's 19. They matter only for faces too
+        small for the coarser views, and such a face stays in the picture
+        for a while, so the finest tiles run first on every
+        ``FINE_PROBE_EVERY``-th frame only. When there they find no face
+        the coarser views missed, every frame is detected without them;
+        otherwise the rest of the frames get them too, and every frame is
+        detected with the whole pyramid, as if there were no probe."""
+        n = len(frames)
+        sizes = [(f.shape[0], f.shape[1]) for f in frames]
+        plans = [plan_views(h, w) for h, w in sizes]
+        levels = [_levels(f, (v.side for v in plan)) for f, plan in zip(frames, plans, strict=True)]
+        coarse = [[v for v in plans[i] if not _is_fine(v, *sizes[i])] for i in range(n)]
+        fine = [[v for v in plans[i] if _is_fine(v, *sizes[i])] for i in range(n)]
+        probes = [i for i in fine_probe_frames(n) if fine[i]]
+        # One pass for the coarse views of every frame and the probes' finest tiles.
+        jobs = [(i, coarse[i]) for i in range(n)] + [(i, fine[i]) for i in probes]
+        first = self._detect_views(levels, sizes, jobs)
+        found, found_fine = first[:n], dict(zip(probes, first[n:], strict=True))
+        coarse_faces = [self._merge(*found[i], *sizes[i]) for i in range(n)]
+        if not any(
+            _has_new_face(
+                self._merge(*_joined(found[i], extra), *sizes[i]),
+                coarse_faces[i],
+                self.config.nms_iou,
+            )
+            for i, extra in found_fine.items()
+        ):
+            return coarse_faces
+        rest = [i for i in range(n) if fine[i] and i not in found_fine]
+        more = self._detect_views(levels, sizes, [(i, fine[i]) for i in rest])
+        found_fine.update(zip(rest, more, strict=True))
+        return [
+            self._merge(*_joined(found[i], found_fine.get(i, ([], []))), *sizes[i])
+            for i in range(n)
+        ]
+
+    def _detect_views(
+        self,
+        levels: Sequence[dict[int, RGBImage]],
+        sizes: Sequence[tuple[int, int]],
+        jobs: Sequence[tuple[int, Sequence[View]]],
+    ) -> list[_Found]:
+        """Detections (frame pixel rows, scores) for each job (a frame's index
+        and some of its views), all views in one batch through the network;
+        faces cut at an inner tile edge are left out."""
+        tiles = [t for i, views in jobs for t in _render_views(levels[i], views)]
         batch = np.stack(tiles) if tiles else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
         raw = iter(self._run(batch))
-        results: list[list[Detection]] = []
-        for frame, views in zip(frames, plans, strict=True):
-            h, w = frame.shape[:2]
+        out: list[_Found] = []
+        for i, views in jobs:
+            h, w = sizes[i]
             rows: list[npt.NDArray[np.float64]] = []
             scores: list[float] = []
             for view in views:
@@ -267,8 +350,8 @@ class FaceDetector:
                     px[1::2] += view.y0
                     rows.append(px)
                     scores.append(float(score))
-            results.append(self._merge(rows, scores, h, w))
-        return results
+            out.append((rows, scores))
+        return out
 
     def _merge(
         self, rows: list[npt.NDArray[np.float64]], scores: list[float], h: int, w: int

@@ -21,6 +21,7 @@ BENCHMARKS = (
     "attention_entropy",
     "crop_framing",
     "crop_policy",
+    "detect_probe",
     "explain_cost",
     "provenance_cost",
     "speed",

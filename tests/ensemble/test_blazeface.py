@@ -164,3 +164,62 @@ def test_frozen_cpu_graph_matches_the_eager_network(detector: FaceDetector) -> N
     for a, b in zip(eager, frozen, strict=True):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def _counting(detector: FaceDetector, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records how many views each network pass of ``detector`` gets."""
+    seen: list[int] = []
+    run = detector._run
+
+    def counted(batch: np.ndarray) -> list:
+        seen.append(len(batch))
+        return run(batch)
+
+    monkeypatch.setattr(detector, "_run", counted)
+    return seen
+
+
+def _boxes(faces: list[Detection]) -> list[tuple[float, ...]]:
+    return [tuple(round(v, 3) for v in f.box) for f in faces]
+
+
+def test_finest_tiles_run_on_probe_frames_only_when_they_find_nothing_new(
+    detector: FaceDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A face large enough for the coarse views, in 8 frames of 1080p.
+    frame = mf.noise_frame(1920, 1080) // 3
+    frame[200:800, 600:1200] = mf.face_image(600)
+    frames = [frame.copy() for _ in range(8)]
+    views = plan_views(1080, 1920)
+    n_fine = sum(v.is_tile and v.side == 540 for v in views)
+    seen = _counting(detector, monkeypatch)
+    faces = detector.detect(frames)
+    assert all(len(f) == 1 for f in faces)
+    # Coarse views of all 8 frames, then the finest tiles of frames 0 and 4.
+    assert sum(seen) == 8 * (len(views) - n_fine) + 2 * n_fine
+
+
+def test_small_face_seen_by_a_probe_gets_the_whole_pyramid_on_every_frame(
+    detector: FaceDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A face only the finest tiles see, in frames 2-9 of 12 (probes: 0, 4, 8).
+    empty = mf.noise_frame(1920, 1080) // 3
+    with_face = empty.copy()
+    with_face[600:840, 1400:1640] = mf.face_image(240)
+    frames = [with_face.copy() if 2 <= i <= 9 else empty.copy() for i in range(12)]
+    seen = _counting(detector, monkeypatch)
+    faces = detector.detect(frames)
+    assert sum(seen) == 12 * len(plan_views(1080, 1920))
+    assert [bool(f) for f in faces] == [2 <= i <= 9 for i in range(12)]
+    # The same as probing every frame: the whole pyramid everywhere.
+    monkeypatch.setattr("ensemble.faces.FINE_PROBE_EVERY", 1)
+    every = detector.detect(frames)
+    assert [_boxes(f) for f in faces] == [_boxes(f) for f in every]
+
+
+def test_small_frames_have_no_finest_level_to_probe(
+    detector: FaceDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _counting(detector, monkeypatch)
+    detector.detect([mf.noise_frame(1280, 720)] * 3)
+    assert sum(seen) == 3 * len(plan_views(720, 1280))
