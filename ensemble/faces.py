@@ -8,7 +8,8 @@ square tiles, each detected on its own. Here the tiles form a small pyramid
 whole (letterboxed) frame is detected too, for faces larger than a tile.
 Detections touching a tile edge inside the frame are dropped (the face is cut;
 a neighbouring tile or the whole frame sees it entire), and weighted NMS merges
-the rest.
+the rest. In a video the finest tiles run on every fourth frame, and on the
+others only around the small faces those frames show (``FaceDetector.detect``).
 """
 
 from __future__ import annotations
@@ -178,12 +179,39 @@ def _joined(a: _Found, b: _Found) -> _Found:
     return a[0] + b[0], a[1] + b[1]
 
 
-def _has_new_face(faces: Sequence[Detection], known: Sequence[Detection], iou: float) -> bool:
-    """Is any of ``faces`` at none of the places of ``known``?"""
+def _flat(per_view: Sequence[_Found]) -> _Found:
+    """The detections of several views together."""
+    return [r for rows, _ in per_view for r in rows], [s for _, scores in per_view for s in scores]
+
+
+def _new_faces(
+    faces: Sequence[Detection], known: Sequence[Detection], iou: float
+) -> list[Detection]:
+    """Those of ``faces`` at none of the places of ``known``."""
     if not known:
-        return bool(faces)
+        return list(faces)
     boxes = np.array([d.box for d in known], dtype=np.float64)
-    return any(box_iou(np.array(d.box, dtype=np.float64), boxes).max() < iou for d in faces)
+    return [d for d in faces if box_iou(np.array(d.box, dtype=np.float64), boxes).max() < iou]
+
+
+def _faces_near(small: dict[int, list[Detection]], frame: int) -> list[Detection]:
+    """The faces found by probes less than a probe interval from ``frame``."""
+    return [d for i, faces in small.items() if abs(i - frame) < FINE_PROBE_EVERY for d in faces]
+
+
+def _reaches(view: View, faces: Sequence[Detection]) -> bool:
+    """Could any of ``faces``, moved by up to its own size, lie whole in ``view``?"""
+    for d in faces:
+        x0, y0, x1, y1 = d.box
+        w, h = x1 - x0, y1 - y0
+        if (
+            view.x0 <= x0 + w
+            and x1 - w <= view.x0 + view.side
+            and view.y0 <= y0 + h
+            and y1 - h <= view.y0 + view.side
+        ):
+            return True
+    return False
 
 
 class FaceDetector:
@@ -288,12 +316,13 @@ class FaceDetector:
 
         The finest tiles (on frames large enough to have them) are most of
         the views: 15 of a 1080p frame's 19. They matter only for faces too
-        small for the coarser views, and such a face stays in the picture
-        for a while, so the finest tiles run first on every
-        ``FINE_PROBE_EVERY``-th frame only. When there they find no face
-        the coarser views missed, every frame is detected without them;
-        otherwise the rest of the frames get them too, and every frame is
-        detected with the whole pyramid, as if there were no probe."""
+        small for the coarser views, and such a face stays in the picture,
+        near where it was, for a while. So they run first on every
+        ``FINE_PROBE_EVERY``-th frame only (the probes). Where the probes find
+        no face the coarser views missed, no frame uses them. Otherwise each
+        frame uses those of its finest tiles in which such a face, found by
+        the probes on either side of it (or by itself, for a probe), could
+        lie whole after moving by up to its own size; and no others."""
         n = len(frames)
         sizes = [(f.shape[0], f.shape[1]) for f in frames]
         plans = [plan_views(h, w) for h, w in sizes]
@@ -304,23 +333,33 @@ class FaceDetector:
         # One pass for the coarse views of every frame and the probes' finest tiles.
         jobs = [(i, coarse[i]) for i in range(n)] + [(i, fine[i]) for i in probes]
         first = self._detect_views(levels, sizes, jobs)
-        found, found_fine = first[:n], dict(zip(probes, first[n:], strict=True))
+        found = [_flat(hits) for hits in first[:n]]
         coarse_faces = [self._merge(*found[i], *sizes[i]) for i in range(n)]
-        if not any(
-            _has_new_face(
-                self._merge(*_joined(found[i], extra), *sizes[i]),
+        probed = dict(zip(probes, first[n:], strict=True))
+        # The faces only the finest tiles find, in each probe.
+        small = {
+            i: _new_faces(
+                self._merge(*_joined(found[i], _flat(hits)), *sizes[i]),
                 coarse_faces[i],
                 self.config.nms_iou,
             )
-            for i, extra in found_fine.items()
-        ):
+            for i, hits in probed.items()
+        }
+        if not any(small.values()):
             return coarse_faces
-        rest = [i for i in range(n) if fine[i] and i not in found_fine]
-        more = self._detect_views(levels, sizes, [(i, fine[i]) for i in rest])
-        found_fine.update(zip(rest, more, strict=True))
-        return [
-            self._merge(*_joined(found[i], found_fine.get(i, ([], []))), *sizes[i])
+        near = [
+            [v for v in fine[i] if _reaches(v, _faces_near(small, i))] if fine[i] else []
             for i in range(n)
+        ]
+        extra = {
+            i: _flat([h for v, h in zip(fine[i], hits, strict=True) if v in near[i]])
+            for i, hits in probed.items()
+        }
+        rest = [i for i in range(n) if near[i] and i not in probed]
+        more = self._detect_views(levels, sizes, [(i, near[i]) for i in rest])
+        extra.update((i, _flat(hits)) for i, hits in zip(rest, more, strict=True))
+        return [
+            self._merge(*_joined(found[i], extra.get(i, ([], []))), *sizes[i]) for i in range(n)
         ]
 
     def _detect_views(
@@ -328,19 +367,20 @@ class FaceDetector:
         levels: Sequence[dict[int, RGBImage]],
         sizes: Sequence[tuple[int, int]],
         jobs: Sequence[tuple[int, Sequence[View]]],
-    ) -> list[_Found]:
-        """Detections (frame pixel rows, scores) for each job (a frame's index
-        and some of its views), all views in one batch through the network;
-        faces cut at an inner tile edge are left out."""
+    ) -> list[list[_Found]]:
+        """Detections (frame pixel rows, scores) in each view of each job (a
+        frame's index and some of its views), all views in one batch through
+        the network; faces cut at an inner tile edge are left out."""
         tiles = [t for i, views in jobs for t in _render_views(levels[i], views)]
         batch = np.stack(tiles) if tiles else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
         raw = iter(self._run(batch))
-        out: list[_Found] = []
+        out: list[list[_Found]] = []
         for i, views in jobs:
             h, w = sizes[i]
-            rows: list[npt.NDArray[np.float64]] = []
-            scores: list[float] = []
+            per_view: list[_Found] = []
             for view in views:
+                rows: list[npt.NDArray[np.float64]] = []
+                scores: list[float] = []
                 cand, cand_scores = next(raw)
                 for row, score in zip(cand, cand_scores, strict=True):
                     if _is_cut(row, view, h, w):
@@ -350,7 +390,8 @@ class FaceDetector:
                     px[1::2] += view.y0
                     rows.append(px)
                     scores.append(float(score))
-            out.append((rows, scores))
+                per_view.append((rows, scores))
+            out.append(per_view)
         return out
 
     def _merge(
