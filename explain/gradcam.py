@@ -2,9 +2,11 @@
 
 Grad-CAM (Selvaraju et al., 2017) weights the target layer's activation
 channels by the mean gradient of the fake-logit and keeps the positive part:
-a map of where, at that layer, evidence for "fake" was found. It runs only
-inside ``with GradCAM(...)`` with gradients enabled, so the package's hooks
-are always removed.
+a map of where, at that layer, evidence for "fake" was found. The maps are
+those of the ``grad-cam`` package's ``GradCAM`` (``pytorch_grad_cam``; a test
+compares them), computed here because importing that package costs a worker
+about 250 MB (it imports scikit-learn, SciPy and pandas for other methods).
+Hooks exist only inside ``with _grad_cam(...)``, so they are always removed.
 
 Only the gradient with respect to the target layer's output is needed. While
 a map is computed, the parameters of every module except the target layer are
@@ -19,11 +21,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
-from pytorch_grad_cam import GradCAM
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ensemble.media import RGBImage
 from ensemble.members import TAP_GRADCAM, LoadedMember
@@ -37,11 +40,54 @@ logger = logging.getLogger(__name__)
 FAKE_LOGIT = 0
 
 
-class FakeLogitTarget:
-    """Grad-CAM target: the fake-logit of one sample (output ``[1]``)."""
+class GradCam:
+    """Grad-CAM at ``layer`` of ``model``'s fake-logit: called on a batch, it
+    gives one map per sample (``[H, W]`` of the input, in ``[0, 1]``) and the
+    model's outputs. The forward hook is removed by :meth:`close`
+    (``_grad_cam`` does it)."""
 
-    def __call__(self, model_output: Tensor) -> Tensor:
-        return model_output[..., FAKE_LOGIT]
+    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        self.model = model
+        self._activations: Tensor | None = None
+        self._gradients: Tensor | None = None
+        self._handle: RemovableHandle = layer.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: object, output: Tensor) -> None:
+        self._activations = output.detach()
+        if output.requires_grad:
+            output.register_hook(self._keep_gradient)  # type: ignore[no-untyped-call]
+
+    def _keep_gradient(self, grad: Tensor) -> None:
+        self._gradients = grad.detach()
+
+    def close(self) -> None:
+        self._handle.remove()
+        self._activations = self._gradients = None
+
+    def __call__(self, x: Tensor) -> tuple[npt.NDArray[np.float32], Tensor]:
+        self._activations = self._gradients = None
+        outputs = self.model(x)
+        self.model.zero_grad()
+        outputs[..., FAKE_LOGIT].sum().backward()
+        if self._activations is None or self._gradients is None:
+            raise ExplainError("the Grad-CAM layer took no part in the fake-logit")
+        acts = self._activations.float().cpu().numpy()
+        grads = self._gradients.float().cpu().numpy()
+        # Channel weights: the mean gradient over the layer's positions.
+        weights = grads.mean(axis=(2, 3))
+        cams = np.maximum((weights[:, :, None, None] * acts).sum(axis=1), 0)
+        size = (x.shape[-1], x.shape[-2])
+        # Scaled to [0, 1], resized to the input, and scaled again, as the
+        # package does (its second scaling follows the mean over layers).
+        maps = np.stack([_unit(np.maximum(cv2.resize(_unit(c), size), 0)) for c in cams])
+        self._activations = self._gradients = None
+        return maps.astype(np.float32), outputs.detach()
+
+
+def _unit(m: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """``m`` shifted to a minimum of 0 and divided by its new maximum."""
+    m = np.asarray(m - m.min(), np.float32)
+    return np.asarray(m / (1e-7 + m.max()), np.float32)
 
 
 def target_layer(model: nn.Module, dotted: str) -> nn.Module:
@@ -74,16 +120,15 @@ def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _grad_cam(model: nn.Module, layer: nn.Module, on: nn.Module | None = None) -> Iterator[GradCAM]:
-    """A ``GradCAM`` over ``on`` (default ``model``) at ``layer``, with
-    gradients enabled from ``layer`` only; hooks and flags undone on exit."""
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        _gradients_from(model, layer),
-        GradCAM(model=on if on is not None else model, target_layers=[layer]) as cam,
-    ):
-        yield cam
+def _grad_cam(model: nn.Module, layer: nn.Module, on: nn.Module | None = None) -> Iterator[GradCam]:
+    """A ``GradCam`` over ``on`` (default ``model``) at ``layer``, with
+    gradients enabled from ``layer`` only; hook and flags undone on exit."""
+    with torch.inference_mode(False), torch.enable_grad(), _gradients_from(model, layer):
+        cam = GradCam(on if on is not None else model, layer)
+        try:
+            yield cam
+        finally:
+            cam.close()
 
 
 def gradcam_maps(
@@ -127,10 +172,7 @@ def _torch_maps(member: LoadedMember, crops: Sequence[RGBImage], batch_size: int
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
             x = member.to_tensor(chunk)
-            grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
-            maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
-            # The package keeps the last outputs (and their graph) on the object.
-            cam.outputs = None
+            maps += list(cam(x)[0])
     return maps
 
 
@@ -152,9 +194,8 @@ def _replayed_maps(
             chunk_act = np.ascontiguousarray(activations[start : start + batch_size])
             replay.activations = torch.from_numpy(chunk_act).requires_grad_(True)
             x = member.to_tensor(chunk)
-            grayscale = cam(input_tensor=x, targets=[FakeLogitTarget() for _ in chunk])
-            matched = logits_match(cam.outputs, expected, member.compute_precision)
-            cam.outputs = None
+            grayscale, outputs = cam(x)
+            matched = logits_match(outputs, expected, member.compute_precision)
             replay.activations = None
             if not matched:
                 logger.warning(
@@ -162,5 +203,5 @@ def _replayed_maps(
                     member.name,
                 )
                 break
-            maps += [np.asarray(m, dtype=np.float32) for m in grayscale]
+            maps += list(grayscale)
     return maps

@@ -12,10 +12,10 @@ result is discarded (the activations set the batch size from there on).
 A member loaded from installed weights keeps only the weights after the
 target layer on these backends (``ensemble.members.keep_head_only``): the
 layers before it run on placeholders.
-``pytorch_grad_cam`` then runs on that replay as usual, inside its ``with``
-block. The replayed logits are checked against the scoring pass's; on any
-mismatch (a model whose later layers also read earlier tensors) the plain
-PyTorch Grad-CAM is used instead. No layer before the target runs twice.
+Grad-CAM (``explain.gradcam``) then runs on that replay as usual. The
+replayed logits are checked against the scoring pass's; on any mismatch (a
+model whose later layers also read earlier tensors) the plain PyTorch
+Grad-CAM is used instead. No layer before the target runs twice.
 """
 
 from __future__ import annotations

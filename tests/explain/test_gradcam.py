@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import resource
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember
 from ensemble.registry import MemberSpec, tiny_spec
 from explain.errors import ExplainError
 from explain.gradcam import gradcam_maps
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _member(model: nn.Module, spec: MemberSpec, size: int) -> LoadedMember:
@@ -324,3 +327,40 @@ def test_gradcam_of_a_bf16_member_replays_without_falling_back(tmp_path, caplog)
     for m, r in zip(maps, reference, strict=True):
         assert m.shape == (48, 48) and m.min() >= 0.0 and m.max() <= 1.0
         assert np.corrcoef(m.ravel(), r.ravel())[0, 1] > 0.9  # the same map, bf16 rounding aside
+
+
+class _FakeLogit:
+    """The grad-cam package's target for our detectors: output unit 0."""
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[..., 0]
+
+
+@pytest.mark.parametrize("name", ["tiny", "resnet50", "effnet_autoatt_b4"])
+def test_maps_are_those_of_the_grad_cam_package(name: str, tiny_member) -> None:
+    """Our Grad-CAM against pytorch_grad_cam.GradCAM (a test-only dependency)
+    on the same model, layer, target and crops: a tiny member and the
+    shipped weights of two real ones."""
+    from pytorch_grad_cam import GradCAM
+
+    import ensemble.members  # noqa: F401 - registers the real members
+    from ensemble.registry import REGISTRY
+    from ensemble.weights import load_model
+
+    size = 64
+    if name == "tiny":
+        member = tiny_member("t", input_size=size)
+    else:
+        spec = REGISTRY.get(name)
+        model, manifest = load_model(spec, ROOT / "weights")
+        size = manifest.input_size
+        member = _member(model.eval(), spec, size)
+    crops = _crops(3, size, seed=1)
+    ours = gradcam_maps(member, crops, batch_size=3)
+    layer = member.model.get_submodule(member.spec.gradcam_layer)
+    with torch.enable_grad(), GradCAM(model=member.model, target_layers=[layer]) as cam:
+        theirs = cam(input_tensor=member.to_tensor(crops), targets=[_FakeLogit()] * 3)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert any(float(np.ptp(m)) > 0.1 for m in ours)  # maps with something in them
