@@ -27,7 +27,9 @@ def main() -> None:
     sub = services.create_submission(
         user, SimpleUploadedFile(media.name, media.read_bytes()), title="worker"
     )
-    stages = []
+    # The status it was created with: a fast worker may start it before the
+    # first read below.
+    stages = [(sub.status, sub.stage)]
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
         sub = Submission.objects.get(pk=sub.pk)
