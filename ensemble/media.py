@@ -112,6 +112,10 @@ class MediaInfo:
     # boxes are given. ``width`` and ``height`` stay the source's.
     decoded_width: int | None = None
     decoded_height: int | None = None
+    # Degrees counterclockwise by which the decoded frames were turned upright,
+    # as the video's display matrix asks (phones store portrait video sideways
+    # with such a matrix). ``width`` and ``height`` are the upright picture's.
+    rotation: int = 0
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -137,6 +141,8 @@ class DecodeStats:
     decoded: int
     converted: int
     seeks: int
+    # Degrees counterclockwise applied to the sampled frames (see ``MediaInfo.rotation``).
+    rotation: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +355,8 @@ def read_video(
         duration = span
     rate = stream.average_rate
     fps = float(rate) if rate else (count / duration if duration else None)
+    if stats.rotation in (90, 270):
+        width, height = height, width  # the upright picture's size
     decoded_h, decoded_w = frames[0].image.shape[:2]
     downscaled = (decoded_w, decoded_h) != (width, height)
     info = MediaInfo(
@@ -363,6 +371,7 @@ def read_video(
         frame_count=count,
         decoded_width=decoded_w if downscaled else None,
         decoded_height=decoded_h if downscaled else None,
+        rotation=stats.rotation,
     )
     return LoadedMedia(info, tuple(frames), stats)
 
@@ -583,9 +592,28 @@ def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
+def display_rotation(frame: Any) -> int:
+    """Degrees counterclockwise (0, 90, 180 or 270) by which a decoded frame
+    must be turned to be shown upright, from its display matrix: the nearest
+    quarter turn, since faces are only looked for upright."""
+    try:
+        degrees = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):  # no or unreadable side data
+        return 0
+    return round(degrees / 90.0) % 4 * 90
+
+
+def upright(image: RGBImage, rotation: int) -> RGBImage:
+    """``image`` turned ``rotation`` degrees counterclockwise (a multiple of 90)."""
+    turns = rotation // 90 % 4
+    if not turns:
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=turns))
+
+
 def _to_rgb(frame: Any, max_pixels: int) -> RGBImage:
-    """A decoded frame as RGB, downscaled in the same swscale pass when it has
-    more than ``max_pixels`` pixels: no full-size RGB copy is ever made."""
+    """A decoded frame as RGB, upright, downscaled in the same swscale pass when
+    it has more than ``max_pixels`` pixels: no full-size RGB copy is ever made."""
     width, height = fit_pixels(frame.width, frame.height, max_pixels)
     if (width, height) == (frame.width, frame.height):
         image: RGBImage = frame.to_ndarray(format="rgb24")
@@ -593,7 +621,7 @@ def _to_rgb(frame: Any, max_pixels: int) -> RGBImage:
         image = frame.to_ndarray(
             format="rgb24", width=width, height=height, interpolation=DOWNSCALE_INTERPOLATION
         )
-    return image
+    return upright(image, display_rotation(frame))
 
 
 def _decode_targets(
@@ -619,13 +647,14 @@ def _decode_targets(
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
         stream.codec_context.skip_frame = "NONREF"
     frames: list[Frame] = []
-    decoded = converted = seeks = 0
+    decoded = converted = seeks = rotation = 0
     i = 0
     last: Any = None
 
     def take(frame: Any) -> None:
-        nonlocal i, converted
+        nonlocal i, converted, rotation
         image = _to_rgb(frame, max_pixels)
+        rotation = display_rotation(frame)
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
         time_s = float((frame.pts - index.start_pts) * index.time_base)
@@ -664,7 +693,13 @@ def _decode_targets(
         and (not frames or last.pts > _pts_of(frames[-1], index))
     ):
         take(last)  # the last target was skipped or missing: use the last frame decoded
-    stats = DecodeStats(packets=len(index.pts), decoded=decoded, converted=converted, seeks=seeks)
+    stats = DecodeStats(
+        packets=len(index.pts),
+        decoded=decoded,
+        converted=converted,
+        seeks=seeks,
+        rotation=rotation,
+    )
     return frames, stats
 
 

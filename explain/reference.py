@@ -9,7 +9,7 @@ from typing import Any
 
 from ensemble.config import MediaLimits
 from ensemble.errors import InvalidMediaError
-from ensemble.media import LoadedMedia, RGBImage, load_media
+from ensemble.media import LoadedMedia, RGBImage, display_rotation, load_media, upright
 from explain.errors import InvalidReferenceError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def frames_at(path: Path, times: Sequence[float], limits: MediaLimits) -> dict[f
                 target = targets[i]
                 use_prev = prev is not None and abs(prev[1] - target) < abs(t - target)
                 chosen = prev[0] if use_prev and prev is not None else frame
-                out[target] = chosen.to_ndarray(format="rgb24")
+                out[target] = upright(chosen.to_ndarray(format="rgb24"), display_rotation(chosen))
                 i += 1
             if i == len(targets):
                 break
@@ -61,7 +61,8 @@ def frames_at(path: Path, times: Sequence[float], limits: MediaLimits) -> dict[f
         for target in targets[i:]:
             if prev is None:
                 break
-            out[target] = prev[0].to_ndarray(format="rgb24")  # the reference is shorter
+            # the reference is shorter
+            out[target] = upright(prev[0].to_ndarray(format="rgb24"), display_rotation(prev[0]))
     except av.error.FFmpegError:
         logger.warning("reference decoding stopped at a damaged packet", exc_info=True)
     finally:

@@ -49,15 +49,21 @@ def write_clip(
     codec: str | None = None,
     audio: bool = False,
     more_faces: tuple[tuple[int, int, int], ...] = (),
+    display_rotation: int | None = None,
 ) -> Path:
     """A clip of moving noise, optionally with a face of ``size`` pixels at
     ``(x, y, size)`` (and one more at each of ``more_faces``), moving slightly
     from frame to frame. Frame ``i``'s red channel in two 16x16 blocks at the
-    top left encodes ``i`` (see :func:`marker`)."""
+    top left encodes ``i`` (see :func:`marker`). With ``display_rotation``
+    (degrees counterclockwise) the clip is stored as phones store portrait
+    video: the picture described above, turned the other way, with a display
+    matrix that turns it back upright."""
+    turns = (display_rotation or 0) // 90 % 4
+    coded_width, coded_height = (height, width) if turns % 2 else (width, height)
     fmt = path.suffix.lstrip(".")
     container = av.open(str(path), mode="w")
     stream = container.add_stream(codec or CODECS[fmt], rate=fps)
-    stream.width, stream.height = width, height
+    stream.width, stream.height = coded_width, coded_height
     stream.pix_fmt = "yuv420p"
     stream.gop_size = gop
     if stream.codec_context.name == "libx264":
@@ -65,6 +71,8 @@ def write_clip(
     else:
         stream.bit_rate = 20_000_000
     stream.codec_context.time_base = Fraction(1, fps)
+    if display_rotation is not None:
+        stream.set_display_rotation(display_rotation)
     placed = [(at, face_image(at[2])) for at in ((face_at,) if face_at else ()) + more_faces]
 
     def frame(i: int) -> av.VideoFrame:
@@ -74,7 +82,8 @@ def write_clip(
             img[y : y + s, x + dx : x + dx + s] = face
         img[:16, :16] = (i % 32) * MARKER_STEP
         img[:16, 16:32] = (i // 32) * MARKER_STEP
-        return av.VideoFrame.from_ndarray(img, format="rgb24")
+        coded = np.ascontiguousarray(np.rot90(img, k=-turns)) if turns else img
+        return av.VideoFrame.from_ndarray(coded, format="rgb24")
 
     _write(container, stream, (frame(i) for i in range(frames)))
     return path

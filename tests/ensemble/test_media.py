@@ -330,3 +330,29 @@ def test_video_frames_within_the_pixel_bound_are_decoded_unchanged(tmp_path: Pat
     assert same.info.decoded_width is None and same.info.frame_size == (320, 240)
     for a, b in zip(same.frames, full.frames, strict=True):
         assert np.array_equal(a.image, b.image)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_phone_video_is_turned_upright_as_its_display_matrix_asks(
+    tmp_path: Path, rotation: int
+) -> None:
+    upright = load_media(mf.write_clip(tmp_path / "upright.mp4", frames=12), LIMITS, 4)
+    phone = mf.write_clip(tmp_path / "phone.mp4", frames=12, display_rotation=rotation)
+    with av.open(str(phone)) as container:  # stored sideways or upside down
+        stored = container.streams.video[0].codec_context
+        assert (stored.width, stored.height) == ((240, 320) if rotation % 180 else (320, 240))
+    media = load_media(phone, LIMITS, 4)
+    assert media.info.rotation == rotation % 360
+    assert (media.info.width, media.info.height) == (320, 240) == media.info.frame_size
+    for a, b in zip(media.frames, upright.frames, strict=True):
+        assert a.image.shape == (240, 320, 3)
+        assert mf.marker(a.image) == a.index  # the marker is back at the top left
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 8
+
+
+def test_downscaled_phone_video_is_upright_at_the_bounded_size(tmp_path: Path) -> None:
+    phone = mf.write_clip(tmp_path / "phone.mp4", frames=12, display_rotation=-90)
+    media = load_media(phone, MediaLimits(max_video_pixels=160 * 120), 4)
+    assert (media.info.width, media.info.height) == (320, 240)
+    assert media.info.frame_size == (160, 120)
+    assert [f.image.shape for f in media.frames] == [(120, 160, 3)] * 4

@@ -192,3 +192,29 @@ def test_kept_taps_are_per_face_and_the_gradcam_layer_is_bounded(
         path, cfg, members={"a": member}, detector=detector, keep_taps=True
     )
     assert data is not None and TAP_GRADCAM not in data.taps.get("a", {})
+
+
+def test_face_in_a_portrait_phone_video_is_found_upright(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    """Phones store portrait video sideways with a display matrix; the face is
+    looked for in the picture as it is shown, where it is upright."""
+    results = {}
+    for name, rotation in (("upright", None), ("phone", -90)):
+        path = mf.write_clip(
+            tmp_path / f"{name}.mp4",
+            frames=8,
+            width=240,
+            height=320,
+            face_at=(40, 60, 150),
+            display_rotation=rotation,
+        )
+        results[name] = analyze(
+            path, config("a", frames=4), members={"a": tiny_member("a")}, detector=detector
+        )
+    upright, phone = results["upright"], results["phone"]
+    assert upright.verdict not in (None, "no_face") and len(upright.faces) == 4
+    assert phone.media is not None and phone.media.rotation == 270
+    assert phone.verdict == upright.verdict and len(phone.faces) == len(upright.faces)
+    for a, b in zip(phone.faces, upright.faces, strict=True):
+        assert np.allclose(a.box, b.box, atol=4.0)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ensemble.config import MediaLimits
 from ensemble.pipeline import Analyzer
 from explain import ExplainConfig, Explainer, ExplanationIndex, InvalidReferenceError
 from explain.explainer import select_faces
+from explain.reference import frames_at
 from explain.render import cut_square, face_square, resized
 from tests import media_factory as mf
 
@@ -166,3 +168,14 @@ def test_selection_takes_the_top_k_and_the_least_suspicious_per_person(
         picked = [result.faces[i].score for i in idx]
         assert picked[:2] == scores[:2] and picked[-1] == scores[-1]
     assert all(len(v) <= 2 for v in select_faces(result, 2, False).values())
+
+
+def test_a_phone_reference_video_is_compared_upright(tmp_path: Path) -> None:
+    upright = mf.write_clip(tmp_path / "upright.mp4", frames=10)
+    phone = mf.write_clip(tmp_path / "phone.mp4", frames=10, display_rotation=90)
+    times = [0.0, 0.5]
+    turned = frames_at(phone, times, MediaLimits())
+    expected = frames_at(upright, times, MediaLimits())
+    for t in times:
+        assert turned[t].shape == expected[t].shape == (240, 320, 3)
+        assert np.abs(turned[t].astype(int) - expected[t].astype(int)).mean() < 8
