@@ -43,6 +43,13 @@ class MediaLimits:
     # is a packet the index pass reads. 0 disables either.
     max_fps: float = 240.0
     max_video_frames: int = 900 * 240
+    # A picture must be at least this many pixels on its shorter side (a face
+    # narrower than FaceConfig.min_face_px is not judged) and at most this
+    # many times longer than it is wide: the face search tiles the picture in
+    # squares of its shorter side, so a 65000x1 strip would cost gigabytes.
+    # Phone panoramas are up to about 12:1.
+    min_side: int = 32
+    max_aspect: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,12 @@ class MediaLimitError(InvalidMediaError):
     code = "too_large"
 
 
+class PictureShapeError(InvalidMediaError):
+    """The picture is too thin to hold a face, or too elongated to be searched."""
+
+    code = "picture_shape"
+
+
 class FrameRateLimitError(MediaLimitError):
     """The video declares or shows more frames per second than the limit."""
 

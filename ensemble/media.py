@@ -46,6 +46,7 @@ from ensemble.errors import (
     FrameRateLimitError,
     MediaLimitError,
     NoVideoStreamError,
+    PictureShapeError,
     UnreadableMediaError,
     UnsupportedMediaError,
 )
@@ -61,7 +62,10 @@ MEDIA_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}
 )
 SUPPORTED_TEXT = "JPEG, PNG, WebP or BMP images and MP4, MOV, WebM, MKV or AVI videos"
-_PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
+# Pillow calls a JPEG holding more than one picture (a multi-picture "MPF"
+# block: camera previews, HDR gain maps) MPO; it is read as the JPEG it is,
+# from its first, primary picture.
+_PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 # ISO-BMFF brands that are still images, not videos.
 _IMAGE_BRANDS = (b"heic", b"heix", b"heif", b"mif1", b"msf1", b"avif", b"avis")
 _AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
@@ -221,6 +225,18 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
         raise MediaLimitError(
             f"The picture is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
             f"the limit is {limits.max_pixels / 1e6:.0f} megapixels."
+        )
+    short, long = min(width, height), max(width, height)
+    if short < limits.min_side:
+        raise PictureShapeError(
+            f"The picture is {width}x{height} pixels: too small to hold a face that can be "
+            f"judged (its shorter side must be at least {limits.min_side} pixels)."
+        )
+    if limits.max_aspect and long > limits.max_aspect * short:
+        raise PictureShapeError(
+            f"The picture is {width}x{height} pixels, {long / short:.0f} times longer than it "
+            f"is wide; pictures up to {limits.max_aspect:.0f}:1 are analysed. Please crop it "
+            "around the faces."
         )
 
 

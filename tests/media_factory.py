@@ -131,6 +131,15 @@ def text_as_mp4(path: Path) -> Path:
     return path
 
 
+def strip_image(path: Path, width: int, height: int, fmt: str = "PNG") -> Path:
+    """A real picture of noise, ``width`` x ``height``: a strip or a panorama."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)).save(
+        path, format=fmt
+    )
+    return path
+
+
 def huge_png_header(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
     """A tiny PNG file whose header declares an enormous picture."""
     import struct
@@ -193,7 +202,9 @@ def black_video(path: Path, width: int, height: int, frames: int, fps: int = 10)
     return path
 
 
-def tiny_frames_clip(path: Path, frames: int, fps: int, size: int = 16) -> Path:
+def tiny_frames_clip(path: Path, frames: int, fps: int, size: int = 32) -> Path:
     """Black ``size``x``size`` frames at ``fps`` (issue 17's hostile file had
-    3 M of them at 50,000 fps in 37 MB)."""
+    3 M of them, 16x16, at 50,000 fps in 37 MB; frames under
+    ``MediaLimits.min_side`` are now refused for their size first, so the
+    default is the smallest size the frame-rate checks still see)."""
     return black_video(path, size, size, frames, fps)

@@ -9,6 +9,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from ensemble import media
 from ensemble.config import MediaLimits
@@ -18,6 +19,7 @@ from ensemble.errors import (
     FrameRateLimitError,
     MediaLimitError,
     NoVideoStreamError,
+    PictureShapeError,
     UnreadableMediaError,
     UnsupportedMediaError,
 )
@@ -40,6 +42,24 @@ def test_each_image_format_is_read_as_rgb(tmp_path: Path, fmt: str, pil: str) ->
     assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
     tolerance = 12 if fmt in ("jpeg", "webp") else 0
     assert np.abs(frame.astype(int) - image.astype(int)).mean() <= tolerance
+
+
+def test_a_camera_jpeg_with_a_second_picture_is_read_as_its_primary_jpeg(tmp_path: Path) -> None:
+    """Cameras and phones append previews or gain maps (an MPF block); Pillow
+    calls such a JPEG "MPO"."""
+    primary = mf.face_image(96)
+    preview = np.zeros((48, 48, 3), dtype=np.uint8)
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(primary).save(
+        path, format="MPO", save_all=True, append_images=[Image.fromarray(preview)]
+    )
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+    media = load_media(path, LIMITS, 32)
+    assert media.info.kind == "image" and media.info.format == "jpeg"
+    frame = media.frames[0].image
+    assert frame.shape == (96, 96, 3)
+    assert np.abs(frame.astype(int) - primary.astype(int)).mean() <= 12
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
@@ -123,6 +143,13 @@ def test_too_many_frames_requested_is_refused(tmp_path: Path) -> None:
         load_media(path, MediaLimits(max_frames=16), 17)
 
 
+def test_a_phone_panorama_and_a_small_picture_are_within_the_shape_limits(tmp_path: Path) -> None:
+    panorama = load_media(mf.strip_image(tmp_path / "pano.jpg", 2400, 200, "JPEG"), LIMITS, 1)
+    assert panorama.frames[0].image.shape == (200, 2400, 3)
+    small = load_media(mf.strip_image(tmp_path / "small.png", 32, 32), LIMITS, 1)
+    assert small.frames[0].image.shape == (32, 32, 3)
+
+
 def test_file_over_byte_limit_is_refused(tmp_path: Path) -> None:
     path = mf.write_clip(tmp_path / "c.mp4", frames=3)
     with pytest.raises(MediaLimitError, match="MiB"):
@@ -154,6 +181,26 @@ def good_mp4(tmp_path: Path) -> Path:
         (lambda d, g: mf.huge_png_header(d / "huge.png"), MediaLimitError, "megapixels"),
         (lambda d, g: mf.audio_only_mp4(d / "song.mp4"), NoVideoStreamError, "only audio"),
         (lambda d, g: mf.zero_frame_video(d / "nothing.mp4"), EmptyMediaError, "no frames"),
+        (
+            lambda d, g: mf.strip_image(d / "strip.png", 65000, 1),
+            PictureShapeError,
+            "65000x1 pixels: too small to hold a face",
+        ),
+        (
+            lambda d, g: mf.huge_png_header(d / "strip.png", 400_000, 4),
+            PictureShapeError,
+            "too small to hold a face",
+        ),
+        (
+            lambda d, g: mf.strip_image(d / "panorama.jpg", 4000, 100, "JPEG"),
+            PictureShapeError,
+            "40 times longer than it is wide",
+        ),
+        (
+            lambda d, g: mf.write_clip(d / "strip.mp4", frames=3, width=1280, height=16),
+            PictureShapeError,
+            "1280x16 pixels: too small",
+        ),
     ],
     ids=[
         "empty",
@@ -162,6 +209,10 @@ def good_mp4(tmp_path: Path) -> Path:
         "png_100000x100000",
         "audio_only",
         "zero_frames",
+        "png_strip_65000x1",
+        "png_header_400000x4",
+        "jpeg_panorama_40_to_1",
+        "mp4_strip_1280x16",
     ],
 )
 def test_bad_media_raises_typed_error_with_reason(
