@@ -116,7 +116,14 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
         d = decision_for(obj, getattr(request, "user", None))
         if d is None:
             return None
-        return {"action": d.action, "label": d.to_label, "note": d.note, "at": d.created}
+        return {
+            "action": d.action,
+            "label": d.to_label,
+            "note": d.note,
+            "at": d.created,
+            # A re-run has replaced the analysis decided on; the label stands.
+            "on_earlier_analysis": d.on_earlier_analysis,
+        }
 
 
 class ResultSerializer(serializers.Serializer[Any]):

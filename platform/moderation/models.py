@@ -39,9 +39,18 @@ class Decision(models.Model):
     to_label = models.CharField(max_length=10, choices=Label.choices)
     note = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When the analysis decided on finished (``Submission.finished``). A
+    # moderator's re-run replaces the analysis; the decision's label still
+    # stands for the media, and pages say it was made on an earlier analysis.
+    analysis_finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created", "-pk")
+
+    @property
+    def on_earlier_analysis(self) -> bool:
+        """Made on an analysis that a re-run has since replaced."""
+        return self.analysis_finished != self.submission.finished
 
     def __str__(self) -> str:
         return f"{self.action} by {self.moderator_id} on {self.submission_id}"

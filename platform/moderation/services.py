@@ -64,6 +64,7 @@ def decide(sub: Submission, moderator: User, action: str, note: str) -> Decision
             from_label=from_label,
             to_label=to_label,
             note=note,
+            analysis_finished=sub.finished,
         )
         if action != Action.ESCALATE:
             sub.reports.filter(resolved=False).update(resolved=True)

@@ -206,3 +206,49 @@ def test_a_decision_opens_the_next_queue_item(clients, users, finished) -> None:
     url = reverse("moderation:decide", args=[third.pk])
     response = clients["moderator"].post(url, {"action": "escalate", "note": "ask legal"})
     assert response["Location"] == reverse("moderation:queue")  # the last one
+
+
+def test_a_decision_made_before_a_rerun_says_so_and_its_label_stands(
+    clients, users, finished, monkeypatch
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.authtoken.models import Token
+
+    from analyses import services
+    from analyses.models import Submission
+
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    Submission.objects.filter(pk=sub.pk).update(finished=timezone.now() - timedelta(hours=1))
+    sub.refresh_from_db()
+    decide(sub, users["moderator"], "confirm", "")
+    detail = reverse("analyses:detail", args=[sub.pk])
+    token = Token.objects.create(user=users["submitter"])
+    api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert "earlier analysis" not in clients["submitter"].get(detail).content.decode()
+    assert api.get(f"/api/submissions/{sub.pk}/").json()["decision"]["on_earlier_analysis"] is False
+
+    old_result = dict(sub.result)
+    clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]))
+    # The re-run's worker finishes with another verdict.
+    Submission.objects.filter(pk=sub.pk).update(
+        status="done",
+        verdict="real",
+        score=0.2,
+        result={**old_result, "verdict": "real", "score": 0.2},
+        finished=timezone.now(),
+    )
+    page = clients["submitter"].get(detail).content.decode()
+    assert "Confirm the verdict" in page and "Made on an earlier analysis" in page
+    decision = api.get(f"/api/submissions/{sub.pk}/").json()["decision"]
+    assert (decision["action"], decision["label"], decision["on_earlier_analysis"]) == (
+        "confirm",
+        "fake",
+        True,
+    )
+    review = clients["moderator"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
+    assert "(earlier analysis)" in review
+    # The moderator's label is what the media is: the new verdict is scored against it.
+    assert metrics().matrix["real"] == {"fake": 1, "real": 0}
