@@ -315,6 +315,46 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
     assert other.status == Status.PENDING and Path(other.file.path).is_file()
 
 
+@pytest.mark.parametrize("outcome", ["result", "crash"])
+@pytest.mark.parametrize("handover", ["claimed_elsewhere", "rerun_pending"])
+def test_a_run_whose_job_was_handed_to_another_run_leaves_that_run_alone(
+    site: Path, users, media_dir: Path, monkeypatch, outcome: str, handover: str
+) -> None:
+    """A job that looked stuck (a stalled host, a clock far off) is given to
+    another run while this one still works: the other run's row is kept, not
+    overwritten by this run's result, failure or progress."""
+    from django.db.models import F
+
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    real = services._analyzer()
+    taken = (
+        {"worker": "elsewhere:1", "attempts": F("attempts") + 1, "stage": "detect", "percent": 40}
+        if handover == "claimed_elsewhere"
+        else {"status": Status.PENDING, "stage": "", "percent": 0, "heartbeat": None}
+    )
+
+    class HandedOver:
+        def run(
+            self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None
+        ) -> Any:
+            result = real.analyze(path)
+            Submission.objects.filter(pk=sub.pk).update(**taken)
+            progress("score", 1.0)
+            if outcome == "crash":
+                raise ZeroDivisionError("bug")
+            return result, None
+
+    monkeypatch.setattr(services.running, "_explainer", lambda: HandedOver())
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    if handover == "claimed_elsewhere":
+        assert (sub.status, sub.worker, sub.attempts) == (Status.RUNNING, "elsewhere:1", 2)
+        assert (sub.stage, sub.percent) == ("detect", 40)
+    else:
+        assert (sub.status, sub.stage, sub.percent) == (Status.PENDING, "", 0)
+    assert sub.score is None and sub.verdict == "" and sub.result == {} and sub.reason == ""
+
+
 def test_deleting_an_account_removes_its_submissions_files_only(
     site: Path, users, media_dir: Path, finished
 ) -> None:

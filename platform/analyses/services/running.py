@@ -113,7 +113,7 @@ def _progress_writer(sub_id: UUID | str) -> Callable[[str, float], None]:
         now = time.monotonic()
         if percent != last[1] and (now - last[0] >= interval or percent >= 100):
             last[0], last[1] = now, percent
-            Submission.objects.filter(pk=sub_id).update(
+            Submission.objects.filter(pk=sub_id, status=Status.RUNNING, worker=worker_id()).update(
                 stage=stage[:64], percent=percent, heartbeat=timezone.now()
             )
 
@@ -207,7 +207,10 @@ def run_submission(submission_id: UUID | str) -> None:
             return
         if sub.reason_code == WORKER_LOST_CODE:
             logger.error("submission %s: worker died twice; marking it failed", sub.pk)
-            _finish_without_result(sub, Status.FAILED, WORKER_LOST_REASON, WORKER_LOST_CODE)
+            try:
+                _finish_without_result(sub, Status.FAILED, WORKER_LOST_REASON, WORKER_LOST_CODE)
+            except (_ClaimLost, Submission.DoesNotExist):
+                logger.info("submission %s changed meanwhile; left as it is", sub.pk)
             return
         logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
         reason_code = WORKER_LOST_CODE
@@ -241,7 +244,7 @@ def run_submission(submission_id: UUID | str) -> None:
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
                 _finish_without_result(sub, Status.REJECTED, e.reason, e.code)
-            except Submission.DoesNotExist:
+            except (Submission.DoesNotExist, _ClaimLost):
                 raise
             except SoftTimeLimitExceeded as e:
                 if not Submission.objects.filter(pk=sub.pk).exists():
@@ -261,6 +264,14 @@ def run_submission(submission_id: UUID | str) -> None:
     except Submission.DoesNotExist:
         logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
         shutil.rmtree(out_dir, ignore_errors=True)
+    except _ClaimLost:
+        # A reaper or a moderator's re-run gave the job to another run while
+        # this one worked (a stalled host, a clock far off): that run's
+        # outcome is the one kept, and its files are left alone.
+        logger.warning(
+            "submission %s was given to another run during this analysis; outcome dropped",
+            sub.pk,
+        )
 
 
 def _timed_out_reason() -> str:
@@ -322,20 +333,52 @@ def _save_existing(sub: Submission) -> None:
         raise Submission.DoesNotExist from e
 
 
+class _ClaimLost(Exception):  # noqa: N818 (a state, not a fault)
+    """The job is no longer this run's to finish."""
+
+
+def _owned(sub: Submission) -> Submission:
+    """The job's row, re-read and locked for the final write, while it is as
+    this run claimed it (or, before a claim, as it was seen): ``running``, by
+    the same worker, at the same attempt. A reaper's redelivery or a
+    moderator's re-run of a job that looked stuck changes one of these, and
+    the run that now holds the job is the one whose outcome is kept:
+    :class:`_ClaimLost`. Must be called inside a transaction."""
+    row = Submission.objects.select_for_update().filter(pk=sub.pk).first()
+    if row is None:
+        raise Submission.DoesNotExist
+    if (row.status, row.worker, row.attempts) != (Status.RUNNING, sub.worker, sub.attempts):
+        raise _ClaimLost
+    return row
+
+
 def _finish_without_result(sub: Submission, status: Status, reason: str, code: str) -> None:
     """End the job ``rejected`` (bad input) or ``failed`` (our fault) with the
     reason shown to the user, and no verdict or score."""
-    sub.refresh_from_db()
-    sub.status, sub.reason, sub.reason_code = status, reason, code
-    sub.verdict, sub.score = "", None
-    sub.finished = timezone.now()
-    _save_existing(sub)
+    with transaction.atomic():
+        row = _owned(sub)
+        row.status, row.reason, row.reason_code = status, reason, code
+        row.verdict, row.score = "", None
+        row.finished = timezone.now()
+        _save_existing(row)
 
 
 def _store(
-    sub: Submission, result: dict[str, Any], index: dict[str, Any] | None, out_dir: Path
+    claimed: Submission, result: dict[str, Any], index: dict[str, Any] | None, out_dir: Path
 ) -> None:
-    sub.refresh_from_db()
+    with transaction.atomic():
+        sub = _owned(claimed)
+        _fill(sub, result)
+        sub.artifacts.all().delete()
+        if index is not None and sub.status == Status.DONE:
+            store_index(sub, index, out_dir)
+        elif sub.status == Status.DONE:
+            sub.series = series_from_result(result)
+        _save_existing(sub)
+
+
+def _fill(sub: Submission, result: dict[str, Any]) -> None:
+    """The row's fields from an analysis result (``AnalysisResult.to_dict()``)."""
     status = result["status"]
     sub.result = result
     sub.reason = result.get("reason") or ""
@@ -355,13 +398,6 @@ def _store(
         sub.status = Status.REJECTED
     else:
         sub.status = Status.FAILED
-    with transaction.atomic():
-        sub.artifacts.all().delete()
-        if index is not None and sub.status == Status.DONE:
-            store_index(sub, index, out_dir)
-        elif sub.status == Status.DONE:
-            sub.series = series_from_result(result)
-        _save_existing(sub)
 
 
 def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[Artifact]:
