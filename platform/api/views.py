@@ -122,7 +122,9 @@ class SubmissionViewSet(
         return Response(
             {
                 "status": sub.status,
-                "result": sub.result,
+                # Rows stored before results were given the upload's name
+                # still hold the server's path: never shown.
+                "result": {**sub.result, "file": sub.original_name} if sub.result else {},
                 "series": sub.series,
                 "provenance": provenance_payload(sub),
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_submit_poll_and_read_result(api: Client, site: Path, media_dir: Path) -
         "tiny_a",
         "tiny_b",
     }
+    # The file by the name it was uploaded under, never the server's path.
+    assert result["result"]["file"] == "person.mp4"
+    assert str(site) not in json.dumps(result)
     frames = api.get(f"/api/submissions/{body['id']}/frames/").json()["frames"]
     assert frames and {"frame", "time", "person", "score", "members"} <= set(frames[0])
     csv_text = b"".join(api.get(f"/api/submissions/{body['id']}/frames-csv/").streaming_content)

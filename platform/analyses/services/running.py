@@ -380,7 +380,9 @@ def _store(
 def _fill(sub: Submission, result: dict[str, Any]) -> None:
     """The row's fields from an analysis result (``AnalysisResult.to_dict()``)."""
     status = result["status"]
-    sub.result = result
+    # The result names the file as the worker read it (a path under
+    # MEDIA_ROOT); people and programs know it by its upload name.
+    sub.result = {**result, "file": sub.original_name}
     sub.reason = result.get("reason") or ""
     sub.reason_code = result.get("reason_code") or ""
     sub.timings = result.get("timings", {})
