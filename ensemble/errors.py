@@ -117,5 +117,12 @@ class IncompatibleCheckpointError(WeightsError):
 # --- Training --------------------------------------------------------------
 
 
+class NonFiniteScoreError(TrusttraceError, ArithmeticError):
+    """A member returned a logit that is not a finite number (a numerical fault
+    of the model or its runtime). Our fault, never a score: the analysis fails."""
+
+    code = "non_finite_score"
+
+
 class TrainingError(TrusttraceError):
     """A training run that cannot start or continue, with the reason in words."""

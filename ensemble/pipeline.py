@@ -26,7 +26,7 @@ import torch
 from ensemble.calibration import Combiner, read_calibration
 from ensemble.config import AnalysisConfig
 from ensemble.crops import crop_face
-from ensemble.errors import InvalidMediaError, RegistryError
+from ensemble.errors import InvalidMediaError, NonFiniteScoreError, RegistryError
 from ensemble.faces import FaceDetector
 from ensemble.media import LoadedMedia, RGBImage, load_media
 from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember, load_member
@@ -207,6 +207,13 @@ def analyze_with_data(
 
         with clock.stage(f"member:{member.name}"):
             inference = member.infer(crops[member.name], config.batch_size, on_batch, taps=wanted)
+        bad = ~np.isfinite(inference.logits)
+        if bad.any():
+            # NaN would compare false against the threshold and read as "real".
+            raise NonFiniteScoreError(
+                f"{member.name} returned {int(bad.sum())} non-finite logit(s) for "
+                f"{len(faces)} face(s); no score is given."
+            )
         raw_logits[member.name] = inference.logits
         if inference.taps:
             taps[member.name] = inference.taps

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ensemble.config import AnalysisConfig
-from ensemble.errors import RegistryError
+from ensemble.errors import NonFiniteScoreError, RegistryError
 from ensemble.faces import FaceDetector
 from ensemble.pipeline import analyze
 from tests import media_factory as mf
@@ -218,3 +218,14 @@ def test_face_in_a_portrait_phone_video_is_found_upright(
     assert phone.verdict == upright.verdict and len(phone.faces) == len(upright.faces)
     for a, b in zip(phone.faces, upright.faces, strict=True):
         assert np.allclose(a.box, b.box, atol=4.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_member_returning_a_non_finite_logit_fails_the_analysis_never_a_score(
+    tmp_path: Path, detector: FaceDetector, tiny_member, bad: float
+) -> None:
+    """NaN compares false against the threshold and would read as "real"."""
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    members = {"a": tiny_member("a"), "b": tiny_member("b", logit=bad)}
+    with pytest.raises(NonFiniteScoreError, match="b returned 1 non-finite logit"):
+        analyze(path, config("a", "b"), members=members, detector=detector)
