@@ -26,6 +26,7 @@ used, and the result says why).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ WEIGHTED_METHOD = "platt_on_weighted_logits"
 CALIBRATION_VERSION = 1
 # Probabilities are clipped this far from 0 and 1 before the logit.
 _EPS = 1e-6
+# Temperatures equal within this (relative) are the same calibration.
+TEMPERATURE_RTOL = 1e-6
 
 
 class EnsembleCalibrationError(WeightsError):
@@ -68,6 +71,11 @@ class EnsembleCalibration:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     version: int = CALIBRATION_VERSION
     member_weights: Mapping[str, float] | None = None
+    # The members' temperatures the fit was made with (name -> T). A member
+    # re-exported from the same checkpoint keeps its weights' sha256 but may
+    # get another temperature, which changes its calibrated logits: the fit
+    # then no longer applies. ``None``: a file written before this was kept.
+    temperatures: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -108,9 +116,14 @@ class EnsembleCalibration:
         x = sum(w * logit(probs[m]) for m, w in self.member_weights.items())
         return self.score(x)
 
-    def mismatch(self, installed: Mapping[str, str | None]) -> str | None:
+    def mismatch(
+        self,
+        installed: Mapping[str, str | None],
+        temperatures: Mapping[str, float] | None = None,
+    ) -> str | None:
         """Why this calibration does not fit the members analysing
-        (name -> weights sha256), or ``None`` when it does."""
+        (name -> weights sha256, and name -> temperature when known), or
+        ``None`` when it does."""
         if set(installed) != set(self.members):
             return (
                 f"fitted for {', '.join(sorted(self.members))}, not {', '.join(sorted(installed))}"
@@ -118,6 +131,15 @@ class EnsembleCalibration:
         changed = sorted(n for n, sha in installed.items() if sha != self.members[n])
         if changed:
             return f"fitted for other weights of {', '.join(changed)}"
+        if self.temperatures is not None and temperatures is not None:
+            retuned = sorted(
+                n
+                for n, t in temperatures.items()
+                if n in self.temperatures
+                and not math.isclose(t, self.temperatures[n], rel_tol=TEMPERATURE_RTOL)
+            )
+            if retuned:
+                return f"fitted with another temperature of {', '.join(retuned)}"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +150,8 @@ class EnsembleCalibration:
         }
         if self.member_weights is not None:
             out["member_weights"] = dict(sorted(self.member_weights.items()))
+        if self.temperatures is not None:
+            out["temperatures"] = dict(sorted(self.temperatures.items()))
         return out | {
             "slope": self.slope,
             "bias": self.bias,
@@ -144,6 +168,7 @@ class EnsembleCalibration:
             if method not in (MEAN_METHOD, WEIGHTED_METHOD):
                 raise ValueError(f"unknown method {method!r}")
             weights = data.get("member_weights")
+            temps = data.get("temperatures")
             if (method == WEIGHTED_METHOD) != (weights is not None):
                 raise ValueError(f"{method} {'needs' if weights is None else 'takes no'} weights")
             return cls(
@@ -154,6 +179,9 @@ class EnsembleCalibration:
                 provenance=dict(data.get("provenance", {})),
                 member_weights=(
                     None if weights is None else {str(k): float(v) for k, v in weights.items()}
+                ),
+                temperatures=(
+                    None if temps is None else {str(k): float(v) for k, v in temps.items()}
                 ),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -201,11 +229,14 @@ class Combiner:
 
     @classmethod
     def for_members(
-        cls, calibration: EnsembleCalibration | None, installed: Mapping[str, str | None]
+        cls,
+        calibration: EnsembleCalibration | None,
+        installed: Mapping[str, str | None],
+        temperatures: Mapping[str, float] | None = None,
     ) -> Combiner:
         if calibration is None:
             return cls()
-        reason = calibration.mismatch(installed)
+        reason = calibration.mismatch(installed, temperatures)
         return cls(None, reason) if reason else cls(calibration)
 
     def __call__(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:

@@ -312,6 +312,7 @@ class Analyzer:
             self._combiner = Combiner.for_members(
                 read_calibration(self.config.weights_dir),
                 {n: self._members[n].weights_sha256 for n in self.config.members},
+                {n: self._members[n].temperature for n in self.config.members},
             )
             if self._combiner.skipped:
                 logger.warning("ensemble calibration not applied: %s", self._combiner.skipped)

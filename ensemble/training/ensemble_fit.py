@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class ScoreTable:
     groups: tuple[str, ...]
     probs: Mapping[str, npt.NDArray[np.float64]]
     weights: Mapping[str, str]
+    # Raw logits, for the members whose table has a ``logit:<m>`` column.
+    logits: Mapping[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
 
 def _read_one(path: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -72,6 +74,7 @@ def read_scores(paths: Sequence[Path]) -> ScoreTable:
     groups: dict[str, str] = {}
     probs: dict[str, npt.NDArray[np.float64]] = {}
     weights: dict[str, str] = {}
+    logits: dict[str, npt.NDArray[np.float64]] = {}
     for path in paths:
         rows, members = _read_one(path)
         these = tuple(sorted(r["file"] for r in rows))
@@ -90,6 +93,8 @@ def read_scores(paths: Sequence[Path]) -> ScoreTable:
                 raise DatasetError(f"{path} mixes weights versions of {m}")
             weights[m] = shas.pop()
             probs[m] = np.array([float(by_file[f][f"prob:{m}"]) for f in files], np.float64)
+            if f"logit:{m}" in rows[0]:
+                logits[m] = np.array([float(by_file[f][f"logit:{m}"]) for f in files], np.float64)
         if any(int(by_file[f]["label"]) != labels[f] for f in files):
             raise DatasetError(f"{path} labels crops differently from {paths[0]}")
     assert files is not None
@@ -99,6 +104,7 @@ def read_scores(paths: Sequence[Path]) -> ScoreTable:
         groups=tuple(groups[f] for f in files),
         probs=probs,
         weights=weights,
+        logits=logits,
     )
 
 
@@ -139,6 +145,7 @@ def fit_ensemble(
     provenance: Mapping[str, Any] | None = None,
     k: int = CV_FOLDS,
     method: str = WEIGHTED_METHOD,
+    temperatures: Mapping[str, float] | None = None,
 ) -> EnsembleFit:
     """Fit the combination ``method`` (:mod:`ensemble.calibration`) of
     ``members`` on ``table``; cross-validate it over ``k`` folds by group."""
@@ -174,6 +181,7 @@ def fit_ensemble(
         metrics={"n": len(y), "folds": k, "before": before, "cross_validated": cv},
         provenance=dict(provenance or {}),
         member_weights=weights,
+        temperatures=None if temperatures is None else {m: temperatures[m] for m in members},
     )
     in_sample = binary_metrics(calibration.apply(probs), y).to_dict()
     return EnsembleFit(calibration, before, in_sample, cv)

@@ -82,6 +82,22 @@ def test_mismatch_names_the_members_or_the_weights_that_differ() -> None:
     assert cal.mismatch({"a": None, "b": "sha-b"}) == "fitted for other weights of a"
 
 
+def test_mismatch_names_a_member_whose_temperature_changed() -> None:
+    """A re-export of the same checkpoint keeps the weights' hash but may
+    change the temperature, and with it every calibrated logit."""
+    installed = {"a": "sha-a", "b": "sha-b"}
+    cal = _cal(temperatures={"a": 1.0, "b": 0.8})
+    assert cal.mismatch(installed, {"a": 1.0, "b": 0.8}) is None
+    assert cal.mismatch(installed, {"a": 1.0, "b": 0.7}) == "fitted with another temperature of b"
+    assert cal.mismatch(installed) is None  # temperatures unknown: the hash decides
+    assert _cal().mismatch(installed, {"a": 1.0, "b": 0.7}) is None  # a file from before
+    again = EnsembleCalibration.from_dict(cal.to_dict(), "test")
+    assert again.temperatures == {"a": 1.0, "b": 0.8}
+    skipped = Combiner.for_members(cal, installed, {"a": 1.0, "b": 0.7})
+    assert skipped.calibration is None
+    assert skipped.describe()["calibration_not_applied"] == "fitted with another temperature of b"
+
+
 def test_combiner_applies_only_a_matching_calibration() -> None:
     probs = {"a": np.array([0.2, 0.9]), "b": np.array([0.4, 0.7])}
     plain = Combiner.for_members(None, {"a": "sha-a", "b": "sha-b"})

@@ -218,6 +218,21 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     assert after["ensemble"]["auc"] == pytest.approx(before["ensemble"]["auc"])
     assert after["ensemble"]["log_loss"] < before["ensemble"]["log_loss"]  # fitted in-sample
     assert after["members"] == before["members"]  # members are untouched
+    assert fitted["temperatures"] == {"bright": 1.0}
+    # The same weights re-exported with another temperature: same hash, but the
+    # old scores are refused and the old calibration is not applied.
+    save_weights(
+        BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32", temperature=0.5
+    )
+    assert read_manifest(site, "bright").weights_sha256 == sha
+    with pytest.raises(CommandError, match="calibrated with another temperature"):
+        call_command("calibrate_ensemble", "--scores", str(scores))
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "retuned.json"))
+    retuned = json.loads((tmp_path / "retuned.json").read_text())
+    assert retuned["combination"] == {
+        "method": "mean",
+        "calibration_not_applied": "fitted with another temperature of bright",
+    }
     # New weights: the old scores are refused, and the old calibration is not applied.
     model = BRIGHTNESS.build()
     with torch.no_grad():

@@ -79,8 +79,12 @@ def runtime_status() -> RuntimeStatus:
     except TrusttraceError as e:  # a ConfigError: this machine cannot run them
         return RuntimeStatus(config.backend, config.precision, "", str(e))
     try:
-        installed = {n: read_manifest(config.weights_dir, n).weights_sha256 for n in config.members}
-        combiner = Combiner.for_members(read_calibration(config.weights_dir), installed)
+        manifests = {n: read_manifest(config.weights_dir, n) for n in config.members}
+        combiner = Combiner.for_members(
+            read_calibration(config.weights_dir),
+            {n: m.weights_sha256 for n, m in manifests.items()},
+            {n: m.temperature for n, m in manifests.items()},
+        )
     except TrusttraceError as e:
         return RuntimeStatus(backend, precision, "mean of the members", str(e))
     if combiner.calibration is not None:

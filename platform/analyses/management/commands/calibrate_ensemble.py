@@ -50,9 +50,12 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
 
     def handle(self, *args: Any, **o: Any) -> None:
+        import numpy as np
+
         from analyses.config import analysis_config, analysis_registry
         from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, write_calibration
         from ensemble.errors import TrusttraceError
+        from ensemble.scoring import calibrate
         from ensemble.training.ensemble_fit import fit_ensemble, read_scores
         from ensemble.weights import read_manifest
 
@@ -64,9 +67,11 @@ class Command(BaseCommand):
         registry = analysis_registry()
         try:
             table = read_scores(o["scores"])
+            temperatures: dict[str, float] = {}
             for name in config.members:
                 registry.get(name)
-                installed = read_manifest(config.weights_dir, name).weights_sha256
+                manifest = read_manifest(config.weights_dir, name)
+                installed = manifest.weights_sha256
                 scored = table.weights.get(name)
                 if scored is None:
                     raise CommandError(f"the scores do not include {name}")
@@ -75,13 +80,26 @@ class Command(BaseCommand):
                         f"{name} was scored with weights {scored[:12]}, but {installed[:12]} "
                         "are installed: run evaluate --scores again"
                     )
+                temperatures[name] = manifest.temperature
+                raw = table.logits.get(name)
+                # A re-export of the same checkpoint keeps the weights' hash
+                # but may change the temperature the probabilities carry.
+                if raw is not None and not np.allclose(
+                    table.probs[name], calibrate(raw, manifest.temperature), rtol=0, atol=1e-6
+                ):
+                    raise CommandError(
+                        f"{name}'s scores were calibrated with another temperature than the "
+                        f"installed one ({manifest.temperature:.4f}): run evaluate --scores again"
+                    )
             provenance = {
                 "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "scores": [p.name for p in o["scores"]],
                 "data": o["description"],
             }
             method = WEIGHTED_METHOD if o["method"] == "weighted" else MEAN_METHOD
-            fit = fit_ensemble(table, config.members, provenance, method=method)
+            fit = fit_ensemble(
+                table, config.members, provenance, method=method, temperatures=temperatures
+            )
         except TrusttraceError as e:
             raise CommandError(str(e)) from e
         c = fit.calibration

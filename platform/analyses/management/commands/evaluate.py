@@ -209,6 +209,7 @@ class Command(BaseCommand):
         labels: Labels = np.zeros(0)
         rows: list[dict[str, Any]] = []
         shas: dict[str, str | None] = {}
+        temperatures: dict[str, float] = {}
         for name in config.members:
             member = load_member(
                 name,
@@ -251,7 +252,8 @@ class Command(BaseCommand):
                 row[f"prob:{name}"] = float(p)
                 row[f"weights:{name}"] = member.weights_sha256
             shas[name] = member.weights_sha256
-        combiner = Combiner.for_members(read_calibration(config.weights_dir), shas)
+            temperatures[name] = member.temperature
+        combiner = Combiner.for_members(read_calibration(config.weights_dir), shas, temperatures)
         return probs, labels, rows, combiner
 
     def _videos(
