@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -126,16 +127,39 @@ def resolve_precision(precision: str, backend: str, device: str) -> Literal["fp3
     return "bf16" if precision == "bf16" else "fp32"
 
 
+def model_code_digest(model: nn.Module) -> str:
+    """A digest of the source of every module (outside torch itself, whose
+    version the cache key holds) that defines one of ``model``'s layers: the
+    member's own code and timm's. A change to how a member computes its
+    output then gives its exported graph a new name."""
+    modules = sorted(
+        {type(m).__module__ for m in model.modules()}
+        - {n for n in sys.modules if n == "torch" or n.startswith("torch.")}
+    )
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(name.encode())
+        source = getattr(sys.modules.get(name), "__file__", None)
+        if source and Path(source).is_file():
+            digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
 def onnx_cache_name(
     tag: str,
     weights_sha256: str,
     input_shape: Sequence[int],
     output_names: Sequence[str] = ("y",),
+    code: str = "",
 ) -> str:
-    """A file name that changes whenever the exported graph could change."""
+    """A file name that changes whenever the exported graph could change:
+    the weights, the input shape, the outputs, torch and the opset, and
+    ``code`` (:func:`model_code_digest`)."""
     key = f"{tag}|{weights_sha256}|{tuple(input_shape)}|torch {torch.__version__}|{ONNX_OPSET}"
     if tuple(output_names) != ("y",):
         key += f"|{','.join(output_names)}"
+    if code:
+        key += f"|code {code}"
     return f"{tag}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
@@ -336,7 +360,9 @@ def exported_graph(
             export_onnx(model, example, path, output_names)
             yield path
         return
-    name = onnx_cache_name(tag, weights_sha256, example.shape[1:], output_names)
+    name = onnx_cache_name(
+        tag, weights_sha256, example.shape[1:], output_names, model_code_digest(model)
+    )
     path = Path(cache_dir) / "onnx" / name
     if not path.exists():
         logger.info("exporting %s to ONNX (once per weights version): %s", tag, path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,12 @@ import torch
 from ensemble import runtime
 from ensemble.members import TAP_GRADCAM, LoadedMember, load_member
 from ensemble.registry import Registry, tiny_spec
-from ensemble.runtime import onnx_cache_name, resolve_backend, resolve_precision
+from ensemble.runtime import (
+    model_code_digest,
+    onnx_cache_name,
+    resolve_backend,
+    resolve_precision,
+)
 from ensemble.weights import save_weights
 
 
@@ -139,7 +145,9 @@ def test_exported_graph_is_cached_per_weights_version(tmp_path: Path) -> None:
     graphs = list((cache / "onnx").glob("*.onnx"))
     assert len(graphs) == 1
     assert member.weights_sha256 is not None
-    assert graphs[0].name == onnx_cache_name(
+    # Named by the weights, shape, outputs and the code of the exported
+    # module (the member wrapped with its taps; see the test below).
+    assert graphs[0].name.startswith("tiny_48_") and graphs[0].name != onnx_cache_name(
         "tiny_48", member.weights_sha256, (3, 48, 48), ("y", TAP_GRADCAM)
     )
     stamp = graphs[0].stat().st_mtime_ns
@@ -181,3 +189,32 @@ def test_the_scoring_pass_returns_the_gradcam_layer_only_when_asked(
     expected = seen[0].contiguous().numpy()
     assert tapped.taps[TAP_GRADCAM].shape == expected.shape
     np.testing.assert_allclose(tapped.taps[TAP_GRADCAM], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_change_to_a_members_code_names_a_new_graph(tmp_path: Path, monkeypatch) -> None:
+    """A cached graph is keyed by the code that builds it, not only the weights:
+    after an edit to a member's forward, machines with a cache re-export."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "edited_member.py"
+    body = (
+        "import torch\n\n"
+        "class Member(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 1, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x).mean((2, 3)){}\n"
+    )
+    source.write_text(body.format(""))
+    module = importlib.import_module("edited_member")
+    before = model_code_digest(module.Member())
+    assert model_code_digest(module.Member()) == before  # stable
+    source.write_text(body.format(" * 2.0"))
+    module = importlib.reload(module)
+    after = model_code_digest(module.Member())
+    assert after != before
+    names = {onnx_cache_name("m_48", "sha", (3, 48, 48), ("y",), code) for code in (before, after)}
+    assert len(names) == 2
+    monkeypatch.delitem(sys.modules, "edited_member")
