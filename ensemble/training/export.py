@@ -33,7 +33,7 @@ from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
 from ensemble.training.batches import FaceDataset
 from ensemble.training.calibrate import fit_temperature
-from ensemble.training.data import Sample, limit_balanced, load_samples, select
+from ensemble.training.data import Sample, data_digest, limit_balanced, load_samples, select
 from ensemble.training.loop import load_best, predict
 from ensemble.weights import (
     MANIFEST_NAME,
@@ -136,12 +136,29 @@ def export_run(
     run_info: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
         run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    seed = int(run_info.get("config", {}).get("seed", 0))
+    run_config = run_info.get("config", {})
+    seed = int(run_config.get("seed", 0))
+    every = load_samples(data)
+    trained_on = run_info.get("data_digest")
+    if trained_on:
+        # The temperature, threshold and metrics written below are measured
+        # on ``data``, and the manifest names the run's data: they must be
+        # the same data (a re-encoded or replaced crop counts as other data).
+        here = data_digest(
+            limit_balanced(select(every, "train"), run_config.get("limit"), seed)
+            + limit_balanced(select(every, "val"), run_config.get("val_limit"), seed)
+        )
+        if here != trained_on:
+            raise ExportError(
+                f"{data} is not the data {run_dir.name} was trained and validated on "
+                f"(data digest {here[:12]}, the run's {str(trained_on)[:12]}): export "
+                "with the run's --data"
+            )
     if val_limit is None:
-        val_limit = run_info.get("config", {}).get("val_limit")
+        val_limit = run_config.get("val_limit")
     # The same validation samples the run validated on (same limit, same seed),
     # unless another limit is asked for.
-    samples = limit_balanced(select(load_samples(data), "val"), val_limit, seed)
+    samples = limit_balanced(select(every, "val"), val_limit, seed)
     if not samples:
         raise ExportError(f"{data} has no validation samples to calibrate on")
     if crop is None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ from ensemble.registry import REGISTRY as CORE_REGISTRY
 from ensemble.registry import Registry
 from ensemble.training.batches import CropStore, FaceDataset, epoch_plan
 from ensemble.training.data import load_samples, read_rgb, resize_to, select
-from ensemble.training.export import export_run, installed_bytes, roundtrip
+from ensemble.training.export import ExportError, export_run, installed_bytes, roundtrip
 from ensemble.training.loop import (
     TrainConfig,
     initial_model,
@@ -303,6 +304,26 @@ def test_export_calibrates_on_the_run_s_own_validation_subset(dataset: Path, tmp
     export_run(run, SPEC, tmp_path / "weights", data=dataset)
     manifest = read_manifest(tmp_path / "weights", SPEC.name)
     assert manifest.metrics["n"] == {"real": 3, "fake": 3}
+
+
+def test_export_refuses_data_other_than_the_run_s(dataset: Path, tmp_path: Path):
+    """The temperature, threshold and metrics are measured on ``--data`` and
+    the manifest names the run's data: a replaced crop is other data."""
+    import shutil
+
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    crop = sorted(other.rglob("*.png"))[-1]
+    image = cv2.imread(str(crop))
+    cv2.imwrite(str(crop), 255 - image)
+    weights = tmp_path / "weights"
+    with pytest.raises(ExportError, match="is not the data run was trained and validated on"):
+        export_run(run, SPEC, weights, data=other)
+    assert not (weights / SPEC.name).exists()
+    export_run(run, SPEC, weights, data=dataset)  # the run's own data
+    assert read_manifest(weights, SPEC.name).provenance["data_digest"]
 
 
 def test_failed_export_check_leaves_the_installed_member_alone(
