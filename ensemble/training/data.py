@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -109,6 +110,42 @@ def _hash_split(group: str) -> str:
     return "val" if (h % 10_000) / 10_000 < VAL_FRACTION else "train"
 
 
+def _int(text: str | None) -> int | None:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return None
+
+
+def _keypoint_distance(a: str | None, b: str | None) -> float:
+    """Mean distance between two rows' keypoints (infinite when either has none)."""
+    try:
+        ka, kb = parse_keypoints(a or ""), parse_keypoints(b or "")
+    except (DatasetError, ValueError):
+        return math.inf
+    if ka is None or kb is None:
+        return math.inf
+    return float(np.mean([math.dist(p, q) for p, q in zip(ka, kb, strict=True)]))
+
+
+def _matching_real(reals: Sequence[dict[str, str]], fake: dict[str, str]) -> dict[str, str]:
+    """The real crop a fake crop was made from, among its source video's real
+    crops: the same frame (``frame`` column) or the nearest, then the face
+    whose keypoints lie closest, then the same tracked person. Without frame
+    numbers, the video's first real crop."""
+    frame, person = _int(fake.get("frame")), _int(fake.get("person"))
+    if frame is None:
+        return reals[0]
+
+    def cost(real: dict[str, str]) -> tuple[float, float, bool]:
+        other = _int(real.get("frame"))
+        gap = math.inf if other is None else abs(other - frame)
+        near = _keypoint_distance(real.get("keypoints"), fake.get("keypoints"))
+        return (gap, near, _int(real.get("person")) != person)
+
+    return min(reals, key=cost)
+
+
 def _read_csv(csv_path: Path) -> list[Sample]:
     root = csv_path.parent
     with csv_path.open(newline="", encoding="utf-8") as fh:
@@ -117,11 +154,20 @@ def _read_csv(csv_path: Path) -> list[Sample]:
         if not {"file", "label"} <= fields:
             raise DatasetError(f"{csv_path} needs the columns file,label (has {sorted(fields)})")
         rows = list(reader)
-    by_video: dict[str, Path] = {}
-    if "video" in fields:
-        for row in rows:
-            if parse_label(row["label"], str(csv_path)) == 0 and row.get("video"):
-                by_video[row["video"].strip()] = root / row["file"].strip()
+    # Real crops by their source video, and each real crop's group, so that a
+    # fake finds its original (by video name, by the video's file name, or by
+    # the crop's own path) and shares its group, whichever way the CSV names it.
+    reals_of: dict[str, list[dict[str, str]]] = {}
+    real_group: dict[str, str] = {}
+    for n, row in enumerate(rows, start=2):
+        if parse_label(row["label"], f"{csv_path}:{n}") == 0:
+            file, video = row["file"].strip(), (row.get("video") or "").strip()
+            real_group[file] = video or file
+            if video:
+                reals_of.setdefault(video, []).append(row)
+    by_name: dict[str, list[str]] = {}
+    for video in reals_of:
+        by_name.setdefault(Path(video).name, []).append(video)
     samples = []
     for n, row in enumerate(rows, start=2):
         where = f"{csv_path}:{n}"
@@ -129,12 +175,19 @@ def _read_csv(csv_path: Path) -> list[Sample]:
         label = parse_label(row["label"], where)
         original: Path | None = None
         ref = (row.get("original") or "").strip()
+        video = (row.get("video") or "").strip()
+        group = video or row["file"].strip()
         if ref:
-            original = by_video.get(ref) or root / ref
+            same_name = by_name.get(Path(ref).name, [])
+            source = ref if ref in reals_of else same_name[0] if len(same_name) == 1 else None
+            if source is not None:
+                original = root / _matching_real(reals_of[source], row)["file"].strip()
+                group = source
+            else:
+                original = root / ref
+                group = real_group.get(ref, ref)
             if not original.is_file():
                 original = None  # the source crop is not part of the dataset
-        video = (row.get("video") or "").strip()
-        group = ref or video or row["file"].strip()
         split_text = (row.get("split") or "").strip()
         split = _split(split_text, where) if split_text else _hash_split(group)
         keypoints = parse_keypoints(row.get("keypoints") or "")

@@ -84,3 +84,57 @@ def test_committed_weights_stay_under_150_mb() -> None:
         if name.endswith(WEIGHT_SUFFIXES) or name.startswith("weights/")
     )
     assert total < COMMITTED_WEIGHTS_LIMIT, f"{total / 1e6:.1f} MB of weights are committed"
+
+
+def test_a_fake_frame_is_paired_with_the_real_crop_of_the_same_frame_and_face(
+    tmp_path: Path,
+) -> None:
+    """extract_faces writes several crops per video: each fake crop's original
+    is the real crop of its own frame and face, not one crop for the video."""
+    rows = ["file,label,video,original,frame,person,keypoints"]
+    left = " ".join(["10 10"] * 6)
+    right = " ".join(["50 10"] * 6)
+    for frame in (0, 10, 20):
+        for person, kp in ((0, left), (1, right)):
+            name = f"v_p{person}_f{frame:05d}.png"
+            _png(tmp_path / "real" / name)
+            _png(tmp_path / "fake" / name)
+            rows.append(f"real/{name},REAL,v.mp4,,{frame},{person},{kp}")
+            # The fake video's tracker numbered the two faces the other way.
+            rows.append(f"fake/{name},FAKE,f.mp4,v.mp4,{frame},{1 - person},{kp}")
+    rows.append(f"fake/late.png,FAKE,f.mp4,v.mp4,12,0,{right}")
+    _png(tmp_path / "fake" / "late.png")
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    samples = load_samples(tmp_path)
+    originals = {s.path.name: s.original for s in samples if s.label == 1}
+    for frame in (0, 10, 20):
+        for person in (0, 1):
+            name = f"v_p{person}_f{frame:05d}.png"
+            assert originals[name] == tmp_path / "real" / name  # same frame, same face
+    assert originals["late.png"] == tmp_path / "real" / "v_p1_f00010.png"  # nearest frame
+    assert len({s.group for s in samples}) == 1  # one source video, one group
+
+
+def test_a_fake_naming_its_source_differently_still_shares_its_split(tmp_path: Path) -> None:
+    """The original named by the video's path, or by the real crop's own file,
+    resolves to the real crop's group: the hashed split keeps them together."""
+    rows = ["file,label,video,original"]
+    for i in range(40):
+        _png(tmp_path / "real" / f"r{i}.png")
+        _png(tmp_path / "fake" / f"a{i}.png")
+        _png(tmp_path / "fake" / f"b{i}.png")
+        rows += [
+            f"real/r{i}.png,REAL,v{i}.mp4,",
+            f"fake/a{i}.png,FAKE,a{i}.mp4,originals/v{i}.mp4",
+            f"fake/b{i}.png,FAKE,b{i}.mp4,real/r{i}.png",
+        ]
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    samples = load_samples(tmp_path)
+    assert select(samples, "val") and select(samples, "train")
+    assert split_leaks(samples) == []
+    by_path = {s.path: s for s in samples}
+    for s in samples:
+        if s.label == 1:
+            assert s.original is not None
+            real = by_path[s.original]
+            assert (real.group, real.split) == (s.group, s.split)

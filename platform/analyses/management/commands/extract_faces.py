@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("file", "label", "split", "original", "video", "keypoints")
+FIELDS = ("file", "label", "split", "original", "video", "frame", "person", "keypoints")
 
 
 class Command(BaseCommand):
@@ -95,6 +95,10 @@ class Command(BaseCommand):
                         "split": (row.get("split") or "").strip(),
                         "original": (row.get("original") or "").strip(),
                         "video": row["file"].strip(),
+                        # A fake crop's original is the real crop of the same
+                        # frame and face (ensemble.training.data).
+                        "frame": str(c.frame),
+                        "person": str(c.person),
                         "keypoints": format_keypoints(c.keypoints),
                     }
                 )
