@@ -723,6 +723,69 @@ def _pts_of(frame: Frame, index: _VideoIndex) -> int:
     return index.pts[frame.index]
 
 
+def frames_at_times(
+    path: Path, limits: MediaLimits, times: Sequence[float]
+) -> dict[float, RGBImage]:
+    """The video's frame nearest to each of ``times`` (seconds from its first
+    frame), as RGB, upright, and bounded by ``max_video_pixels``: decoded as
+    :func:`read_video` samples, seeking to the key frame before each one, so
+    a long reference costs what its sampled frames cost. A time past the end
+    gets the last frame. Times whose frame could not be decoded (damaged data
+    after some good frames) are left out of the result."""
+    import av
+
+    if not times:
+        return {}
+    _check_size(path, limits)
+    media_type = sniff(path)
+    if media_type.kind != "video":
+        raise UnsupportedMediaError("Frames at given times come from a video, not an image.")
+    if media_type.format in ("mp4", "mov"):
+        _check_mp4_tables(path, limits)
+    container = _open_container(path)
+    try:
+        if not container.streams.video:
+            raise NoVideoStreamError("The file has no video stream.")
+        stream = container.streams.video[0]
+        _check_pixels(stream.codec_context.width, stream.codec_context.height, limits)
+        _check_declared_rate(stream, limits)
+        index = _index_video(container, stream, limits)
+        if not index.pts:
+            raise EmptyMediaError("The video contains no frames.")
+        seconds = [float((p - index.start_pts) * index.time_base) for p in index.pts]
+
+        def nearest(t: float) -> int:
+            i = bisect.bisect_left(seconds, t)
+            if i == len(seconds):
+                return i - 1
+            if i > 0 and t - seconds[i - 1] <= seconds[i] - t:
+                return i - 1
+            return i
+
+        wanted = {t: index.pts[nearest(t)] for t in times}
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
+        frames, _ = _decode_targets(
+            container, stream, index, sorted(set(wanted.values())), limits.max_video_pixels
+        )
+    except av.error.FFmpegError as e:
+        raise UnreadableMediaError(
+            "The video could not be read: the file is corrupt or truncated."
+        ) from e
+    finally:
+        container.close()
+    by_pts = {index.pts[f.index]: f.image for f in frames}
+    decoded = sorted(by_pts)
+    out: dict[float, RGBImage] = {}
+    for t, target in wanted.items():
+        # A target the decoder skipped (a non-reference frame) is served by
+        # the next decoded frame, as in read_video.
+        i = bisect.bisect_left(decoded, target)
+        if i < len(decoded):
+            out[t] = by_pts[decoded[i]]
+    return out
+
+
 def load_media(path: Path, limits: MediaLimits, n_frames: int) -> LoadedMedia:
     """Read an image (one frame) or sample a video, deciding by content."""
     if not path.is_file():

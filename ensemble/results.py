@@ -33,7 +33,7 @@ class FaceResult:
     detection_score: float
     keypoints: tuple[tuple[float, float], ...]
     members: Mapping[str, float]
-    score: float  # mean of the members' probabilities
+    score: float  # the ensemble's probability (ensemble.calibration.Combiner)
 
 
 @dataclass(frozen=True)

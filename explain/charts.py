@@ -50,8 +50,18 @@ def score_series(result: AnalysisResult) -> dict[str, Any]:
     return {
         "threshold": result.threshold,
         "uncertain_band": result.uncertain_band,
+        # How the members became the ensemble's score (Combiner.describe()).
+        "combination": result.combination.get("method", "mean"),
         "persons": [{"id": pid, "points": points} for pid, points in persons.items()],
     }
+
+
+# How the ensemble panel names the combination (Combiner.describe()["method"]).
+COMBINATION_TITLES = {
+    "mean": "mean of the members",
+    "mean, then platt": "mean of the members, calibrated",
+    "weighted mean of logits, then platt": "weighted combination of the members, calibrated",
+}
 
 
 def _panel(ax: Axes, title: str, series: dict[str, Any], member: str | None) -> None:
@@ -103,7 +113,11 @@ def score_figure(series: dict[str, Any], members: list[str], config: ExplainConf
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name in zip(axes, panels, strict=True):
         member = None if name == ENSEMBLE_PANEL else name
-        title = "Ensemble (mean of the members)" if member is None else f"Member {name}"
+        title = (
+            f"Ensemble ({COMBINATION_TITLES.get(series.get('combination', 'mean'), 'combined')})"
+            if member is None
+            else f"Member {name}"
+        )
         _panel(ax, title, series, member)
     axes[0].legend(loc="upper right", fontsize=8, ncols=4)
     axes[-1].set_xlabel("time (s)")

@@ -17,6 +17,7 @@ from ensemble.results import AnalysisResult, FaceResult
 from explain.attention import attention_maps, has_attention
 from explain.charts import chart_size, render_png, render_svg, score_figure, score_series
 from explain.config import ArtifactKind, ExplainConfig
+from explain.errors import InvalidReferenceError
 from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
 from explain.index import Artifact, ExplanationIndex
@@ -372,13 +373,22 @@ class Explainer:
     ) -> None:
         limits = self.analyzer.config.limits
         times = sorted({round(result.frames[f.position].time_s, 4) for f in result.faces})
-        ref_frames = frames_at(reference, times, limits)
+        try:
+            ref_frames = frames_at(reference, times, limits)
+        except InvalidReferenceError as e:
+            # The reference passed its check before the analysis; what fails
+            # now (damage further in) costs its masks, not the analysis.
+            logger.warning("no reference masks: %s", e)
+            return
         keys = list(ref_frames)
         detections = dict(
             zip(keys, self.analyzer.detector.detect([ref_frames[k] for k in keys]), strict=True)
         )
         for face in result.faces:
             frame, t = _when(result, face)
+            if t not in ref_frames:
+                logger.info("no reference frame at %.2f s (damaged); no reference mask there", t)
+                continue
             ref_image = ref_frames[t]
             full = data.media.frames[face.position].image
             match = matching_face(face.box, full.shape, detections[t], ref_image.shape)

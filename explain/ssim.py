@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,17 +75,20 @@ def matching_face(
 ) -> Detection | None:
     """The candidate face in the reference frame that corresponds to ``box``
     in the submission frame: boxes compared in frame-relative coordinates (the
-    two may differ in resolution), highest overlap first, then nearest centre."""
-    if not candidates:
-        return None
+    two may differ in resolution), highest overlap first, then nearest centre.
+    ``None`` when no candidate overlaps the box or has its centre within one
+    face size of it: a face elsewhere is another person (or the reference is
+    framed otherwise), and comparing them would light up the whole face."""
     h, w = shape[:2]
     ch, cw = candidate_shape[:2]
     rel = (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
     centre = ((rel[0] + rel[2]) / 2, (rel[1] + rel[3]) / 2)
+    size = max(rel[2] - rel[0], rel[3] - rel[1])
 
     def key(d: Detection) -> tuple[float, float]:
         r = (d.box[0] / cw, d.box[1] / ch, d.box[2] / cw, d.box[3] / ch)
         c = ((r[0] + r[2]) / 2, (r[1] + r[3]) / 2)
-        return -_iou(rel, r), (c[0] - centre[0]) ** 2 + (c[1] - centre[1]) ** 2
+        return -_iou(rel, r), math.hypot(c[0] - centre[0], c[1] - centre[1])
 
-    return min(candidates, key=key)
+    near = [d for d in candidates if (k := key(d))[0] < 0 or k[1] <= size]
+    return min(near, key=key) if near else None

@@ -54,7 +54,9 @@ STATUS_SENTENCES = {
 }
 HEAT_NOTE = (
     "A heat map shows where a model looked when it scored the face: not proof of where, or "
-    "whether, the face was manipulated. A real face gets one too, scaled to its own maximum. "
+    "whether, the face was manipulated. A real face gets one too: each map is stretched from "
+    "its own lowest to its own highest value, so it shows where the model looked most within "
+    "that face, not how strongly. "
     "The SSIM masks are no model's opinion: they show where two aligned faces differ."
 )
 

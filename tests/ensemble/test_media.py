@@ -407,3 +407,22 @@ def test_downscaled_phone_video_is_upright_at_the_bounded_size(tmp_path: Path) -
     assert (media.info.width, media.info.height) == (320, 240)
     assert media.info.frame_size == (160, 120)
     assert [f.image.shape for f in media.frames] == [(120, 160, 3)] * 4
+
+
+def test_frames_at_times_are_the_nearest_frames_bounded_and_upright(tmp_path: Path) -> None:
+    clip = mf.write_clip(tmp_path / "ref.mp4", frames=40, fps=10, gop=8, display_rotation=90)
+    bounded = MediaLimits(max_video_pixels=160 * 120)
+    frames = media.frames_at_times(clip, bounded, [0.0, 1.04, 2.5, 9.0])
+    assert {t: mf.marker(cv2.resize(im, (320, 240))) for t, im in frames.items()} == {
+        0.0: 0,
+        1.04: 10,
+        2.5: 25,
+        9.0: 39,  # past the end: the last frame
+    }
+    assert {im.shape for im in frames.values()} == {(120, 160, 3)}  # upright, bounded
+
+
+def test_frames_at_times_refuses_an_image(tmp_path: Path) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(64), "PNG")
+    with pytest.raises(UnsupportedMediaError, match="not an image"):
+        media.frames_at_times(path, LIMITS, [0.0])

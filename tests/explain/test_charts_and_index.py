@@ -67,6 +67,25 @@ def test_chart_png_decodes_at_the_expected_size(members) -> None:
     assert image.size == chart_size(members, config) == (640, 150 * (len(members) + 1))
 
 
+@pytest.mark.parametrize(
+    "combination,title",
+    [
+        ({}, "Ensemble (mean of the members)"),
+        (
+            {"method": "weighted mean of logits, then platt", "weights": {"m1": 0.7, "m2": 0.3}},
+            "Ensemble (weighted combination of the members, calibrated)",
+        ),
+    ],
+)
+def test_the_ensemble_panel_names_how_the_members_were_combined(combination, title) -> None:
+    from dataclasses import replace
+
+    series = score_series(replace(_result(), combination=combination))
+    fig = score_figure(series, ["m1", "m2"], ExplainConfig())
+    assert fig.axes[0].get_title(loc="left") == title
+    assert fig.axes[1].get_title(loc="left") == "Member m1"
+
+
 def test_chart_svg_is_an_svg_of_the_same_size() -> None:
     config = ExplainConfig(chart_width_px=640, chart_panel_height_px=150, chart_dpi=80)
     svg = render_svg(score_figure(score_series(_result()), ["m1", "m2"], config)).decode()

@@ -179,3 +179,46 @@ def test_a_phone_reference_video_is_compared_upright(tmp_path: Path) -> None:
     for t in times:
         assert turned[t].shape == expected[t].shape == (240, 320, 3)
         assert np.abs(turned[t].astype(int) - expected[t].astype(int)).mean() < 8
+
+
+@pytest.mark.parametrize("damage", ["some_frames", "all"])
+def test_a_reference_damaged_after_its_check_costs_its_masks_not_the_analysis(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    from explain import explainer as module
+
+    clip = mf.write_clip(tmp_path / "person.mp4", frames=24, face_at=(60, 30, 170))
+    reference = mf.write_clip(tmp_path / "original.mp4", frames=24, face_at=(60, 30, 170))
+    real_frames_at = module.frames_at
+
+    def damaged(path: Path, times: list[float], limits: MediaLimits) -> dict:
+        if damage == "all":
+            raise InvalidReferenceError("The reference could not be used: damaged")
+        frames = real_frames_at(path, times, limits)
+        return {t: im for t, im in frames.items() if t < 1.0}  # decoding stopped at 1 s
+
+    monkeypatch.setattr(module, "frames_at", damaged)
+    result, index = Explainer(tiny_analyzer).run(clip, tmp_path / "out", reference=reference)
+    assert result.status == "done" and index is not None
+    masks = [a for a in index.artifacts if a.kind == "ssim_reference"]
+    early = [f for f in result.faces if result.frames[f.position].time_s < 1.0]
+    assert len(masks) == (len(early) if damage == "some_frames" else 0)
+    assert 0 < len(early) < len(result.faces)
+    assert {a.kind for a in index.artifacts} >= {"gradcam", "attention", "chart"}
+
+
+def test_a_reference_face_elsewhere_in_the_frame_is_not_compared() -> None:
+    from ensemble.blazeface import Detection
+    from explain.ssim import matching_face
+
+    kps = ((0.0, 0.0),) * 6
+    left = (20.0, 40.0, 100.0, 120.0)
+    far = Detection((220.0, 40.0, 300.0, 120.0), 0.9, kps)
+    near = Detection((30.0, 45.0, 110.0, 125.0), 0.9, kps)
+    beside = Detection((110.0, 40.0, 190.0, 120.0), 0.9, kps)  # centre one face away
+    assert matching_face(left, (240, 320), [far], (240, 320)) is None
+    assert matching_face(left, (240, 320), [far, near], (240, 320)) == near
+    assert matching_face(left, (240, 320), [beside], (240, 320)) == beside
+    # Compared relative to each frame: the reference at twice the resolution.
+    big = Detection(tuple(2 * v for v in near.box), 0.9, kps)  # type: ignore[arg-type]
+    assert matching_face(left, (240, 320), [big], (480, 640)) == big
