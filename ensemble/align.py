@@ -54,6 +54,8 @@ SSIM_WINDOW = 7
 # judged to have diverged).
 ECC_ITERATIONS = 60
 ECC_EPSILON = 1e-5
+# OpenCV's default smoothing before ECC (given explicitly with a mask).
+ECC_GAUSS_SIZE = 5
 ECC_MAX_SHIFT_FRACTION = 0.15
 ECC_MAX_LINEAR_DEVIATION = 0.25
 
@@ -143,29 +145,52 @@ def refine_alignment(fixed: RGBImage, moving: RGBImage) -> RGBImage:
     background) aligns what did not change. When ECC fails or proposes a large
     correction, ``moving`` is returned as it is.
     """
+    warp = refine_warp(fixed, moving)
+    return moving if warp is None else apply_refinement(moving, warp)
+
+
+def refine_warp(
+    fixed: RGBImage, moving: RGBImage, valid: npt.NDArray[np.bool_] | None = None
+) -> npt.NDArray[np.float32] | None:
+    """The ECC warp of :func:`refine_alignment` (for ``WARP_INVERSE_MAP``), or
+    ``None`` when ECC fails or proposes a large correction. ``valid`` marks
+    the pixels of ``moving`` that hold picture (not padding) for ECC to use."""
     if fixed.shape != moving.shape:
         raise ValueError(f"images differ in shape: {fixed.shape} vs {moving.shape}")
     g_fixed = cv2.cvtColor(fixed, cv2.COLOR_RGB2GRAY).astype(np.float32)
     g_moving = cv2.cvtColor(moving, cv2.COLOR_RGB2GRAY).astype(np.float32)
     warp = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
+    mask = np.full(g_moving.shape, 1, np.uint8) if valid is None else valid.astype(np.uint8)
     try:
-        _, found = cv2.findTransformECC(g_fixed, g_moving, warp, cv2.MOTION_AFFINE, criteria)
+        _, found = cv2.findTransformECC(
+            g_fixed, g_moving, warp, cv2.MOTION_AFFINE, criteria, mask, ECC_GAUSS_SIZE
+        )
     except cv2.error:
-        return moving  # no convergence: keep the keypoint alignment
+        return None  # no convergence: keep the keypoint alignment
     warp = np.asarray(found, dtype=np.float32)
     h, w = fixed.shape[:2]
     linear_off = float(np.abs(warp[:, :2] - np.eye(2)).max())
     shift = float(np.abs(warp[:, 2]).max())
     if linear_off > ECC_MAX_LINEAR_DEVIATION or shift > ECC_MAX_SHIFT_FRACTION * max(h, w):
-        return moving
-    out: RGBImage = np.asarray(
+        return None
+    return warp
+
+
+def apply_refinement(
+    image: npt.NDArray[np.uint8], warp: npt.NDArray[np.float32], *, replicate: bool = True
+) -> npt.NDArray[np.uint8]:
+    """``image`` (a crop or a mask) moved by a :func:`refine_warp` warp; the
+    border is replicated, or 0 with ``replicate=False``."""
+    h, w = image.shape[:2]
+    out: npt.NDArray[np.uint8] = np.asarray(
         cv2.warpAffine(
-            moving,
+            image,
             warp,
             (w, h),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
+            flags=(cv2.INTER_LINEAR if replicate else cv2.INTER_NEAREST) | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE if replicate else cv2.BORDER_CONSTANT,
+            borderValue=0,
         ),
         dtype=np.uint8,
     )

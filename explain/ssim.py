@@ -12,9 +12,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 
-from ensemble.align import align_face, refine_alignment, ssim_difference
+from ensemble.align import (
+    SSIM_WINDOW,
+    align_face,
+    apply_refinement,
+    refine_warp,
+    ssim_difference,
+)
 from ensemble.blazeface import Detection
 from ensemble.media import RGBImage
 from explain.geometry import FloatMap
@@ -54,9 +62,32 @@ def ssim_mask(
     """Align both faces by their keypoints to ``size`` x ``size``, refine the
     second onto the first by intensity (ECC), and compare them."""
     a = align_face(image_a, keypoints_a, size)
-    b = refine_alignment(a, align_face(image_b, keypoints_b, size))
+    b = align_face(image_b, keypoints_b, size)
+    # Where a face ran past its frame's edge its crop is black padding, not a
+    # difference: the refinement ignores it, and it is left out of the map
+    # and of its mean.
+    inside_a = _inside(image_a.shape, keypoints_a, size)
+    inside_b = _inside(image_b.shape, keypoints_b, size)
+    warp = refine_warp(a, b, inside_b)
+    if warp is not None:
+        b = apply_refinement(b, warp)
+        inside_b = apply_refinement(inside_b.astype(np.uint8), warp, replicate=False) > 0
     diff = ssim_difference(a, b).astype(np.float32)
-    return SsimMask(a, b, diff, float(diff.mean()))
+    # Less an SSIM window's width: the window carries the padding's edge in.
+    kernel = np.ones((SSIM_WINDOW, SSIM_WINDOW), np.uint8)
+    compared = cv2.erode((inside_a & inside_b).astype(np.uint8), kernel, borderValue=1) > 0
+    diff[~compared] = 0.0
+    mean = float(diff[compared].mean()) if compared.any() else 0.0
+    return SsimMask(a, b, diff, mean)
+
+
+def _inside(
+    shape: tuple[int, ...], keypoints: Sequence[tuple[float, float]], size: int
+) -> npt.NDArray[np.bool_]:
+    """Pixels of the aligned crop that come from inside the frame."""
+    ones = np.full((*shape[:2], 3), 255, np.uint8)
+    inside: npt.NDArray[np.bool_] = align_face(ones, keypoints, size)[..., 0] == 255
+    return inside
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -222,3 +222,28 @@ def test_a_reference_face_elsewhere_in_the_frame_is_not_compared() -> None:
     # Compared relative to each frame: the reference at twice the resolution.
     big = Detection(tuple(2 * v for v in near.box), 0.9, kps)  # type: ignore[arg-type]
     assert matching_face(left, (240, 320), [big], (480, 640)) == big
+
+
+def test_black_padding_past_a_frame_edge_is_not_a_difference() -> None:
+    """The same face, whole in one frame and cut by the other's left edge: the
+    padding where it ran past the edge is left out, not shown as changed."""
+    from explain.ssim import ssim_mask
+
+    frame = np.zeros((320, 320, 3), np.uint8)
+    frame[32:288, 32:288] = mf.face_image(256)
+    eyes, nose_mouth, ears = (
+        ((132.0, 142.0), (192.0, 142.0)),
+        ((162.0, 172.0), (162.0, 202.0)),
+        (
+            (92.0, 150.0),
+            (232.0, 150.0),
+        ),
+    )
+    kps = (*eyes, *nose_mouth, *ears)
+    cut = 70
+    shifted = tuple((x - cut, y) for x, y in kps)
+    mask = ssim_mask(frame, kps, frame[:, cut:], shifted, 128)
+    padded = mask.second.max(axis=2) == 0
+    assert padded[:, :10].all()  # the cut frame's face runs past its left edge
+    assert mask.difference[padded].max() == 0.0
+    assert mask.mean < 0.02  # what both frames show is the same
