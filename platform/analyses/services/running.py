@@ -27,6 +27,7 @@ from analyses.config import analysis_config, analysis_registry, trusttrace_setti
 from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
 from analyses.services.storage import artifact_dir, media_root
+from ensemble.errors import TrusttraceError
 
 if TYPE_CHECKING:
     # Loaded in the worker child on the first job, never by the web process.
@@ -333,8 +334,10 @@ def _save_existing(sub: Submission) -> None:
         raise Submission.DoesNotExist from e
 
 
-class _ClaimLost(Exception):  # noqa: N818 (a state, not a fault)
-    """The job is no longer this run's to finish."""
+class _ClaimLost(TrusttraceError):  # noqa: N818 (a state, not a fault)
+    """The job is no longer this run's to finish (never shown to anyone)."""
+
+    code = "claim_lost"
 
 
 def _owned(sub: Submission) -> Submission:
