@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# Commands that run PyTorch eagerly on big batches for a long time: their
+# process keeps freed memory for reuse (ensemble.runtime.keep_freed_memory).
+MODEL_JOBS = frozenset({"train_detector", "evaluate"})
 
 
 def main() -> None:
@@ -20,6 +23,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "platform"))
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
+    if len(sys.argv) > 1 and sys.argv[1] in MODEL_JOBS:
+        from ensemble.runtime import keep_freed_memory
+
+        keep_freed_memory()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

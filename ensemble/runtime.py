@@ -279,6 +279,40 @@ def release_memory() -> int:
     return dropped
 
 
+# mallopt(3) parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it
+    back to the kernel, for the rest of this process. Returns whether it did.
+
+    For offline jobs that run PyTorch eagerly on big batches (training,
+    export, evaluation), not for workers, which hand memory back on purpose
+    (:func:`release_memory`). By default glibc serves every block over 32 MB
+    (a batch's activations) with a fresh ``mmap`` and unmaps it when freed,
+    so each batch faults every page of its activations in again: B4's fp32
+    validation pass at 224 px spent more time in the kernel than computing
+    (``python -m bench.malloc_cost``). With ``mmap`` off and no trimming the
+    heap keeps those pages; the process's peak memory is unchanged, but it
+    stays at its peak until it exits.
+
+    ``TRUSTTRACE_MALLOC=system`` leaves glibc's defaults alone. Does nothing
+    where glibc is missing."""
+    if os.environ.get("TRUSTTRACE_MALLOC", "").strip().lower() == "system":
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # mallopt returns 1 on success; the largest int leaves trimming off.
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    if not ok:
+        logger.debug("mallopt refused the settings; glibc's defaults stay")
+    return bool(ok)
+
+
 class OpenVinoRunner:
     """A compiled OpenVINO model for one exported ONNX graph.
 

@@ -3,6 +3,9 @@ torch beside a compiled graph, and duplicates handed back to the OS."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,52 @@ def test_release_memory_drops_the_cached_blob_and_the_model_still_runs(tmp_path:
     assert runtime.release_memory() > 0
     np.testing.assert_array_equal(member.logits(crops, 4), expected)  # type: ignore[attr-defined]
     np.testing.assert_allclose(first.logits(crops, 4), expected, atol=1e-5)  # type: ignore[attr-defined]
+
+
+# A child process mallocs, fills and frees a 64 MB block (plain malloc, as
+# PyTorch's CPU allocator does; numpy would ask for huge pages), then does it
+# again, and prints the minor page faults of the second time. malloc settings
+# hold for a whole process, so each case gets its own.
+_REUSE = """
+import ctypes, resource, sys
+from ensemble.runtime import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 * 2**20
+def fill():
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+fill()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _second_allocation(case: str, **env: str) -> tuple[str, int]:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _REUSE, case],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    applied, faults = done.stdout.split()
+    return applied, int(faults)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc on Linux only")
+def test_keep_freed_memory_reuses_a_freed_big_block_instead_of_faulting_it_in_again() -> None:
+    pages = 64 * 2**20 // 4096
+    applied, faults = _second_allocation("default")
+    assert applied == "False" and faults > pages // 2  # glibc unmapped it: every page again
+    applied, faults = _second_allocation("keep")
+    assert applied == "True" and faults < pages // 10
+    # TRUSTTRACE_MALLOC=system leaves glibc's defaults alone.
+    applied, faults = _second_allocation("keep", TRUSTTRACE_MALLOC="system")
+    assert applied == "False" and faults > pages // 2
