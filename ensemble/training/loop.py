@@ -114,6 +114,9 @@ class TrainConfig:
     blackout_prob: float | None = None
     ema_decay: float | None = None
     warmup_epochs: float | None = None
+    # Stochastic depth rate and AdamW weight decay (None: the recipe's).
+    drop_path: float | None = None
+    weight_decay: float | None = None
     no_ema: bool = False
     patience: int | None = None
     input_size: int | None = None
@@ -179,6 +182,8 @@ def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
         ),
         patience=config.patience or r.patience,
         input_size=config.input_size or r.input_size,
+        drop_path=config.drop_path if config.drop_path is not None else r.drop_path,
+        weight_decay=config.weight_decay if config.weight_decay is not None else r.weight_decay,
     )
 
 

@@ -280,6 +280,10 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
         "--sbi",
         "0.2",
         "--ssim-blackout",
+        "--drop-path",
+        "0.1",
+        "--weight-decay",
+        "0.02",
         "--export",
         str(site),
     )
@@ -291,6 +295,7 @@ def test_train_detector_trains_exports_and_evaluates(site: Path, tmp_path: Path,
     assert "--member toy_b" in manifest.provenance["command"]
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["recipe"]["sbi_prob"] == 0.2 and run_info["recipe"]["blackout_prob"] == 0.5
+    assert run_info["recipe"]["drop_path"] == 0.1 and run_info["recipe"]["weight_decay"] == 0.02
     out_json = tmp_path / "e.json"
     call_command(
         "evaluate",

@@ -185,11 +185,12 @@ def test_recipes_train_at_the_registry_input_size():
         assert recipe.input_size == CORE_REGISTRY.get(name).input_size, name
 
 
-def test_run_overrides_replace_the_recipes_warmup_and_ema(tmp_path: Path):
+def test_run_overrides_replace_the_recipes_warmup_ema_and_regularisation(tmp_path: Path):
     spec = CORE_REGISTRY.get("effnet_b7")
     base = RECIPES["effnet_b7"]
     kept = resolve_recipe(TrainConfig(member=spec.name, data=tmp_path, out=tmp_path), spec)
     assert (kept.warmup_epochs, kept.ema_decay) == (base.warmup_epochs, base.ema_decay)
+    assert (kept.drop_path, kept.weight_decay) == (base.drop_path, base.weight_decay)
     config = TrainConfig(
         member=spec.name,
         data=tmp_path,
@@ -198,9 +199,12 @@ def test_run_overrides_replace_the_recipes_warmup_and_ema(tmp_path: Path):
         warmup_epochs=0.0,
         ema_decay=0.99,
         input_size=128,
+        drop_path=0.0,
+        weight_decay=0.01,
     )
     r = resolve_recipe(config, spec)
     assert (r.epochs, r.warmup_epochs, r.ema_decay, r.input_size) == (1, 0.0, 0.99, 128)
+    assert (r.drop_path, r.weight_decay) == (0.0, 0.01)  # 0 turns drop path off
     off = resolve_recipe(replace(config, no_ema=True), spec)
     assert off.ema_decay is None
 

@@ -70,6 +70,14 @@ class Command(BaseCommand):
             type=float,
             help="linear LR warm-up in (fractional) epochs (default: the recipe's)",
         )
+        parser.add_argument(
+            "--drop-path",
+            type=float,
+            help="stochastic depth rate, 0 for none (default: the recipe's)",
+        )
+        parser.add_argument(
+            "--weight-decay", type=float, help="AdamW weight decay (default: the recipe's)"
+        )
         parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
         parser.add_argument("--input-size", type=int)
         parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -191,6 +199,8 @@ class Command(BaseCommand):
                     no_ema=o["no_ema"],
                     ema_decay=o["ema_decay"],
                     warmup_epochs=o["warmup_epochs"],
+                    drop_path=o["drop_path"],
+                    weight_decay=o["weight_decay"],
                     patience=o["patience"],
                     input_size=o["input_size"],
                     device=o["device"],
