@@ -24,9 +24,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trusttrace.settings.local")
     if len(sys.argv) > 1 and sys.argv[1] in MODEL_JOBS:
+        from ensemble.errors import ConfigError
         from ensemble.runtime import keep_freed_memory
 
-        keep_freed_memory()
+        try:
+            keep_freed_memory()
+        except ConfigError as e:
+            sys.exit(f"{sys.argv[1]}: {e}")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -282,6 +282,9 @@ def release_memory() -> int:
 # mallopt(3) parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+# TRUSTTRACE_MALLOC: "keep" (or unset) keeps freed memory, "system" leaves
+# glibc's defaults.
+MALLOC_CHOICES = ("keep", "system")
 
 
 def keep_freed_memory() -> bool:
@@ -298,9 +301,16 @@ def keep_freed_memory() -> bool:
     heap keeps those pages; the process's peak memory is unchanged, but it
     stays at its peak until it exits.
 
-    ``TRUSTTRACE_MALLOC=system`` leaves glibc's defaults alone. Does nothing
-    where glibc is missing."""
-    if os.environ.get("TRUSTTRACE_MALLOC", "").strip().lower() == "system":
+    ``TRUSTTRACE_MALLOC=system`` leaves glibc's defaults alone (``keep``, the
+    default, does this); any other value is a :class:`ConfigError`. Does
+    nothing where glibc is missing."""
+    choice = os.environ.get("TRUSTTRACE_MALLOC", "").strip().lower() or "keep"
+    if choice not in MALLOC_CHOICES:
+        raise ConfigError(
+            f"TRUSTTRACE_MALLOC={os.environ['TRUSTTRACE_MALLOC']!r} is not one of "
+            f"{', '.join(MALLOC_CHOICES)}"
+        )
+    if choice == "system":
         return False
     libc = _libc()
     if libc is None:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ensemble import runtime
+from ensemble.errors import ConfigError
 from ensemble.members import keep_head_only, load_member
 from ensemble.registry import Registry, tiny_spec
 from ensemble.weights import load_model, load_state, read_manifest, save_weights
@@ -185,3 +186,9 @@ def test_keep_freed_memory_reuses_a_freed_big_block_instead_of_faulting_it_in_ag
     # TRUSTTRACE_MALLOC=system leaves glibc's defaults alone.
     applied, faults = _second_allocation("keep", TRUSTTRACE_MALLOC="system")
     assert applied == "False" and faults > pages // 2
+
+
+def test_an_unknown_trusttrace_malloc_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTTRACE_MALLOC", "sytem")
+    with pytest.raises(ConfigError, match="TRUSTTRACE_MALLOC='sytem' is not one of keep, system"):
+        runtime.keep_freed_memory()
