@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -21,11 +22,23 @@ def visible_submissions(user: AnyUser) -> QuerySet[Submission]:
     return Submission.objects.filter(owner_id=user.pk)
 
 
+def _as_id(pk: UUID | str) -> UUID:
+    """``pk`` as a submission id; anything that is not a UUID is a 404 (the
+    API's routes take any text, and Django's UUID lookup raises its own
+    ``ValidationError`` for it)."""
+    if isinstance(pk, UUID):
+        return pk
+    try:
+        return UUID(str(pk))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise Http404("No such submission.") from e
+
+
 def get_visible(user: AnyUser, pk: UUID | str) -> Submission:
     """One visible submission, or :class:`Http404`."""
     try:
-        return visible_submissions(user).get(pk=pk)
-    except (Submission.DoesNotExist, ValueError) as e:
+        return visible_submissions(user).get(pk=_as_id(pk))
+    except (Submission.DoesNotExist, ValidationError) as e:
         raise Http404("No such submission.") from e
 
 
@@ -34,6 +47,6 @@ def get_owned(user: AnyUser, pk: UUID | str) -> Submission:
     if not user.is_authenticated:
         raise Http404("No such submission.")
     try:
-        return Submission.objects.get(pk=pk, owner_id=user.pk)
-    except (Submission.DoesNotExist, ValueError) as e:
+        return Submission.objects.get(pk=_as_id(pk), owner_id=user.pk)
+    except (Submission.DoesNotExist, ValidationError) as e:
         raise Http404("No such submission.") from e

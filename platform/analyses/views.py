@@ -149,6 +149,10 @@ def progress(request: HttpRequest, pk: str) -> JsonResponse:
     return JsonResponse(progress_payload(get_visible(request.user, pk)))
 
 
+# ``?person=N`` longer than this is not a person of any analysis.
+PERSON_DIGITS = 6
+
+
 def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
     """The context of the result body (``analyses/_result.html``), shared by the
     result and review pages."""
@@ -161,7 +165,9 @@ def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
 
     shown = build_viewer(sub.series, [a for a in stored if a.media_type in INLINE_TYPES], url)
     person = request.GET.get("person", "")
-    if person.isdigit():
+    # isdigit() also accepts "²" and int() refuses numbers over 4,300 digits:
+    # only a short run of ASCII digits is a person number.
+    if person.isascii() and person.isdecimal() and len(person) <= PERSON_DIGITS:
         shown.select_person(int(person))
     current = shown.current
     first = next((t for t in shown.tabs if current is not None and t.key in current.layers), None)

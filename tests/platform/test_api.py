@@ -201,3 +201,12 @@ def test_submission_carries_its_content_credentials_and_the_schema_documents_the
     assert {"signer", "issuer", "claim_generator", "actions", "ingredients"} <= set(props)
     assert "provenance" in schema["components"]["schemas"]["Submission"]["properties"]
     assert "provenance" in schema["components"]["schemas"]["Result"]["properties"]
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "123", "00000000-0000-0000-0000-00000000000g"])
+def test_an_id_that_is_not_a_uuid_is_404_on_every_detail_endpoint(api: Client, bad_id) -> None:
+    base = f"/api/submissions/{bad_id}/"
+    for path in ("", "progress/", "result/", "frames/", "artifacts/", "index/", "frames-csv/"):
+        assert api.get(base + path).status_code == 404, path
+    assert api.get(base + "artifacts/1/file/").status_code == 404
+    assert api.delete(base).status_code == 404

@@ -252,3 +252,13 @@ def test_a_decision_made_before_a_rerun_says_so_and_its_label_stands(
     assert "(earlier analysis)" in review
     # The moderator's label is what the media is: the new verdict is scored against it.
     assert metrics().matrix["real"] == {"fake": 1, "real": 0}
+
+
+@pytest.mark.parametrize("person", ["\u00b2", "9" * 5000, "-1", "1.5", "x", "\u0663"])
+def test_a_person_that_is_not_a_small_number_is_ignored_not_a_server_error(
+    clients, users, finished, person
+) -> None:
+    sub = finished(users["submitter"], verdict="uncertain", score=0.5625)
+    for who, name in (("submitter", "analyses:detail"), ("moderator", "moderation:review")):
+        page = clients[who].get(reverse(name, args=[sub.pk]), {"person": person})
+        assert page.status_code == 200, (who, person)
