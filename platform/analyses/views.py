@@ -298,9 +298,13 @@ def delete(request: HttpRequest, pk: str) -> HttpResponse:
 @require_POST
 def report(request: HttpRequest, pk: str) -> HttpResponse:
     """The owner disputes a verdict: the submission joins the moderation queue."""
-    from moderation.services import file_report
+    from moderation.services import DecisionError, file_report
 
     sub = get_owned(request.user, pk)
-    file_report(sub, signed_in(request.user), str(request.POST.get("reason", "")))
+    try:
+        file_report(sub, signed_in(request.user), str(request.POST.get("reason", "")))
+    except DecisionError as e:
+        messages.error(request, str(e))
+        return redirect("analyses:detail", pk=sub.pk)
     messages.success(request, "Thank you; a moderator will review this submission.")
     return redirect("analyses:detail", pk=sub.pk)

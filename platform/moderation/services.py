@@ -40,8 +40,21 @@ def current_label(sub: Submission) -> str:
     return last.to_label if last else (sub.verdict or "")
 
 
-def decide(sub: Submission, moderator: User, action: str, note: str) -> Decision:
-    """Record a decision; overrides (and escalations) need a note."""
+def decide(
+    sub: Submission,
+    moderator: User,
+    action: str,
+    note: str,
+    *,
+    reports_seen: int | None = None,
+) -> Decision:
+    """Record a decision; overrides (and escalations) need a note.
+
+    A decision other than an escalation resolves the open reports the
+    moderator saw: those up to ``reports_seen`` (the newest report id on the
+    page, 0 for none). A report filed while the page was open stays open, so
+    the item comes back to the queue with it. None resolves every open one
+    (callers with no page)."""
     if action not in Action.values:
         raise DecisionError(f"Unknown decision '{action}'.")
     note = note.strip()
@@ -67,13 +80,41 @@ def decide(sub: Submission, moderator: User, action: str, note: str) -> Decision
             analysis_finished=sub.finished,
         )
         if action != Action.ESCALATE:
-            sub.reports.filter(resolved=False).update(resolved=True)
+            seen = sub.reports.filter(resolved=False)
+            if reports_seen is not None:
+                seen = seen.filter(pk__lte=reports_seen)
+            seen.update(resolved=True)
     return decision
 
 
 def file_report(sub: Submission, reporter: User, reason: str) -> Report:
-    """A user disputes a verdict."""
-    return Report.objects.create(submission=sub, reporter=reporter, reason=reason.strip()[:2000])
+    """A user disputes a verdict: only a finished analysis has one, and a
+    report still open from the same user takes the new reason instead of a
+    second report (the queue lists the submission once either way)."""
+    if sub.status != Status.DONE:
+        state = {
+            Status.PENDING: "is still waiting to be analysed",
+            Status.RUNNING: "is still being analysed",
+            Status.REJECTED: "was rejected",
+            Status.FAILED: "failed",
+        }.get(Status(sub.status), "has no verdict")
+        raise DecisionError(f"Only a finished analysis has a verdict to dispute; this one {state}.")
+    reason = reason.strip()[:2000]
+    with transaction.atomic():
+        open_one = (
+            Report.objects.select_for_update()
+            .filter(submission=sub, reporter=reporter, resolved=False)
+            .order_by("-pk")
+            .first()
+        )
+        if open_one is not None:
+            if reason and reason != open_one.reason:
+                open_one.reason = (
+                    f"{open_one.reason}\n{reason}"[:2000] if open_one.reason else reason
+                )
+                open_one.save(update_fields=["reason"])
+            return open_one
+        return Report.objects.create(submission=sub, reporter=reporter, reason=reason)
 
 
 def latest_decisions(*, for_submitter: bool = False) -> QuerySet[Decision]:

@@ -119,19 +119,28 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
     sub = get_visible(request.user, pk)
     state = _state(request)
     following = services.next_in_queue(sub, state=state)
+    reports = list(sub.reports.select_related("reporter"))
     context = {
         **result_context(request, sub),
         "review": True,
         "state": state,
         "next_sub": following,
         "decisions": sub.decisions.select_related("moderator"),
-        "reports": sub.reports.select_related("reporter"),
+        "reports": reports,
+        "reports_seen": max((r.pk for r in reports), default=0),
         "actions": [
             (value, label, SHORTCUTS[Action(value)], value in NEEDS_NOTE)
             for value, label in Action.choices
         ],
     }
     return render(request, "moderation/review.html", context)
+
+
+def _reports_seen(request: HttpRequest) -> int:
+    """The newest report id the review page showed (0: none, or a form
+    without the field: resolving nothing unseen is the safe side)."""
+    value = str(request.POST.get("reports_seen", ""))
+    return int(value) if value.isascii() and value.isdecimal() and len(value) <= 18 else 0
 
 
 @moderator_required
@@ -148,6 +157,7 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
             signed_in(request.user),
             str(request.POST.get("action", "")),
             request.POST.get("note", ""),
+            reports_seen=_reports_seen(request),
         )
     except services.DecisionError as e:
         messages.error(request, str(e))

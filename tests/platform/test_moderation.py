@@ -23,7 +23,9 @@ def test_queue_holds_fake_uncertain_and_reported_and_sorts(clients, users, finis
     assert real.pk in {s.pk for s in review_queue()}
     page = clients["moderator"].get(reverse("moderation:queue"), {"sort": "-score"})
     text = page.content.decode()
-    assert text.index("fake") < text.index("unsure") and "open" in text
+    # Rows, not the filter form's options: the score order, highest first.
+    rows = [text.index(f'data-id="{s.pk}"') for s in (fake, unsure)]
+    assert rows == sorted(rows) and "open" in text
 
 
 def test_override_needs_a_note_and_is_audited(clients, users, finished) -> None:
@@ -262,3 +264,56 @@ def test_a_person_that_is_not_a_small_number_is_ignored_not_a_server_error(
     for who, name in (("submitter", "analyses:detail"), ("moderator", "moderation:review")):
         page = clients[who].get(reverse(name, args=[sub.pk]), {"person": person})
         assert page.status_code == 200, (who, person)
+
+
+def test_a_report_filed_while_the_review_page_was_open_stays_open(clients, users, finished) -> None:
+    from moderation.models import Report
+
+    sub = finished(users["submitter"], verdict="real", score=0.2)
+    clients["submitter"].post(reverse("analyses:report", args=[sub.pk]), {"reason": "seen"})
+    page = clients["moderator"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
+    seen = Report.objects.get()
+    assert f'name="reports_seen" value="{seen.pk}"' in page
+    # Another user's report arrives before the moderator clicks Confirm.
+    late = Report.objects.create(submission=sub, reporter=users["moderator"], reason="late")
+    clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "confirm", "reports_seen": str(seen.pk)},
+    )
+    seen.refresh_from_db()
+    late.refresh_from_db()
+    assert seen.resolved and not late.resolved
+    assert sub.pk in {s.pk for s in review_queue()}
+    # A form without the field resolves nothing it cannot have shown.
+    clients["moderator"].post(reverse("moderation:decide", args=[sub.pk]), {"action": "confirm"})
+    late.refresh_from_db()
+    assert not late.resolved
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [("pending", "still waiting"), ("running", "still being"), ("rejected", "was rejected")],
+)
+def test_only_a_finished_analysis_can_be_reported(clients, users, finished, status, said) -> None:
+    from analyses.models import Submission
+    from moderation.models import Report
+
+    sub = finished(users["submitter"], verdict="real", score=0.2)
+    Submission.objects.filter(pk=sub.pk).update(status=status, verdict="")
+    response = clients["submitter"].post(
+        reverse("analyses:report", args=[sub.pk]), {"reason": "x"}, follow=True
+    )
+    assert not Report.objects.exists()
+    assert said in response.content.decode()
+    assert "a moderator will review" not in response.content.decode()
+
+
+def test_a_second_report_from_the_same_user_adds_to_the_open_one(clients, users, finished) -> None:
+    from moderation.models import Report
+
+    sub = finished(users["submitter"], verdict="real", score=0.2)
+    url = reverse("analyses:report", args=[sub.pk])
+    for reason in ("wrong", "wrong", "really wrong"):
+        clients["submitter"].post(url, {"reason": reason})
+    only = Report.objects.get()
+    assert only.reason == "wrong\nreally wrong" and not only.resolved
