@@ -37,7 +37,7 @@ from api.serializers import (
 )
 from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
 from reports.csvexport import submission_rows as csv_rows
-from reports.views import filtered_submissions
+from reports.views import FilterError, filtered_submissions, frame_members
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -157,14 +157,20 @@ class SubmissionViewSet(
     def frames_csv(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
         """Frame-level CSV (frame, time, person, each member, score)."""
         sub = self.get_object()
-        members = sorted(sub.members)
+        members = frame_members(sub)
         return stream_csv(f"frames-{sub.pk}.csv", frame_header(members), frame_rows(sub, members))
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR, 400: OpenApiTypes.OBJECT})
     @action(detail=False, methods=["get"], url_path="export-csv")
-    def export_csv(self, request: Request) -> StreamingHttpResponse:
-        """Submissions as CSV (moderators: all, with from/to/verdict/status/decision)."""
-        qs = filtered_submissions(request.user, request.query_params)
+    def export_csv(self, request: Request) -> Response | StreamingHttpResponse:
+        """Submissions as CSV (own, or all for moderators), filtered by
+        from/to/verdict/status/decision; a value that does not parse is a 400."""
+        try:
+            qs = filtered_submissions(request.user, request.query_params)
+        except FilterError as e:
+            return Response(
+                {"detail": str(e), "code": "bad_filter"}, status=status.HTTP_400_BAD_REQUEST
+            )
         return stream_csv("submissions.csv", SUBMISSION_COLUMNS, csv_rows(qs))
 
     @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})

@@ -7,7 +7,13 @@ import datetime as dt
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import QuerySet, Subquery
-from django.http import HttpRequest, QueryDict, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.views.decorators.http import require_GET
 
 from accounts.roles import is_moderator
@@ -24,47 +30,76 @@ from reports.csvexport import (
 )
 
 
-def _date(value: str | None) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(value) if value else None
-    except ValueError:
+class FilterError(ValueError):
+    """A CSV filter value that does not parse (answered with a 400 naming it)."""
+
+
+def _date(params: QueryDict, key: str) -> dt.date | None:
+    value = params.get(key, "").strip()
+    if not value:
         return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{key}={value!r} is not a date like 2026-11-30.") from None
+
+
+def _choice(params: QueryDict, key: str, allowed: list[str]) -> str | None:
+    value = params.get(key, "").strip()
+    if not value:
+        return None
+    if value not in allowed:
+        raise FilterError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
+    return value
 
 
 def filtered_submissions(user: object, params: QueryDict) -> QuerySet[Submission]:
-    """Own submissions for submitters; all, filtered, for moderators.
+    """The submissions ``user`` may see (own for submitters, all for
+    moderators), filtered by ``from``/``to`` (ISO dates, inclusive),
+    ``verdict``, ``status`` and ``decision`` (a decision label, or ``none``).
 
-    Filters (moderators): ``from``/``to`` (ISO dates, inclusive), ``verdict``,
-    ``status``, ``decision`` (a decision label, or ``none``).
-    """
+    A filter value that does not parse raises :class:`FilterError`: asking
+    for a subset and getting everything is worse than an error."""
     moderator = is_moderator(user)  # type: ignore[arg-type]
+    start, end = _date(params, "from"), _date(params, "to")
+    verdict = _choice(params, "verdict", list(Verdict.values))
+    status = _choice(params, "status", list(Status.values))
+    decision = _choice(params, "decision", [*Label.values, "none"])
     latest = latest_decisions(for_submitter=not moderator)
     qs = annotated(for_submitter=not moderator).annotate(
         decision_note=Subquery(latest.values("note")[:1])
     )
     if not moderator:
-        return qs.filter(owner_id=getattr(user, "pk", None)).order_by("-created")
-    if start := _date(params.get("from")):
+        qs = qs.filter(owner_id=getattr(user, "pk", None))
+    if start:
         qs = qs.filter(created__date__gte=start)
-    if end := _date(params.get("to")):
+    if end:
         qs = qs.filter(created__date__lte=end)
-    if (verdict := params.get("verdict")) in Verdict.values:
+    if verdict:
         qs = qs.filter(verdict=verdict)
-    if (status := params.get("status")) in Status.values:
+    if status:
         qs = qs.filter(status=status)
-    decision = params.get("decision")
     if decision == "none":
         qs = qs.filter(**{f"{DECISION}__isnull": True})
-    elif decision and decision in Label.values:
+    elif decision:
         qs = qs.filter(**{DECISION: decision})
     return qs.order_by("-created")
 
 
+def frame_members(sub: Submission) -> list[str]:
+    """The member columns of a submission's frame CSV: its members, else the
+    names its frame rows carry (a result from before members were stored)."""
+    return sorted(sub.members) or sorted({m for r in sub.frame_rows for m in r.get("members", {})})
+
+
 @login_required
 @require_GET
-def submissions_csv(request: HttpRequest) -> StreamingHttpResponse:
+def submissions_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Submissions as CSV (see README for the columns)."""
-    qs = filtered_submissions(request.user, request.GET)
+    try:
+        qs = filtered_submissions(request.user, request.GET)
+    except FilterError as e:
+        return HttpResponseBadRequest(str(e), content_type="text/plain; charset=utf-8")
     return stream_csv("submissions.csv", SUBMISSION_COLUMNS, submission_rows(qs))
 
 
@@ -73,7 +108,5 @@ def submissions_csv(request: HttpRequest) -> StreamingHttpResponse:
 def frames_csv(request: HttpRequest, pk: str) -> StreamingHttpResponse:
     """One submission's frame-level scores."""
     sub = get_visible(request.user, pk)
-    members = sorted(sub.members) or sorted(
-        {m for r in sub.frame_rows for m in r.get("members", {})}
-    )
+    members = frame_members(sub)
     return stream_csv(f"frames-{sub.pk}.csv", frame_header(members), frame_rows(sub, members))

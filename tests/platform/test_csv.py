@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from analyses.models import Submission
@@ -75,10 +76,41 @@ def test_moderator_exports_all_with_filters(clients, users, finished) -> None:
     assert len(_rows(clients["moderator"].get(url, {"from": today, "to": today}))) == 2
 
 
-def test_submitter_filters_are_ignored_outside_own_rows(clients, users, finished) -> None:
-    finished(users["other"], verdict="real")
+def test_submitters_filter_their_own_rows_only(clients, users, finished) -> None:
+    finished(users["other"], verdict="real", title="theirs")
+    finished(users["submitter"], verdict="fake", title="mine")
+    finished(users["submitter"], verdict="real", title="mine too")
     url = reverse("reports:submissions")
-    assert _rows(clients["submitter"].get(url, {"verdict": "real"})) == []
+    assert [r["title"] for r in _rows(clients["submitter"].get(url, {"verdict": "real"}))] == [
+        "mine too"
+    ]
+    assert {r["title"] for r in _rows(clients["submitter"].get(url))} == {"mine", "mine too"}
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"from": "2024-13-40"}, "from='2024-13-40' is not a date"),
+        ({"to": "01/02/2024"}, "to='01/02/2024' is not a date"),
+        ({"verdict": "FAKE"}, "verdict='FAKE' is not one of"),
+        ({"status": "finished"}, "status='finished' is not one of"),
+        ({"decision": "maybe"}, "decision='maybe' is not one of"),
+    ],
+)
+def test_a_filter_that_does_not_parse_is_a_400_naming_it_not_everything(
+    clients, users, finished, params, said
+) -> None:
+    from rest_framework.authtoken.models import Token
+
+    finished(users["submitter"], verdict="fake")
+    for who in ("submitter", "moderator"):
+        page = clients[who].get(reverse("reports:submissions"), params)
+        assert page.status_code == 400 and said in page.content.decode(), who
+        token = Token.objects.get_or_create(user=users[who])[0]
+        api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+        answer = api.get("/api/submissions/export-csv/", params)
+        assert answer.status_code == 400 and said in answer.json()["detail"], who
+        assert answer.json()["code"] == "bad_filter"
 
 
 def test_frame_csv_has_one_row_per_frame_and_person(clients, users, finished) -> None:

@@ -3,6 +3,8 @@ submitter, moderator and admin. Another user's submission is 404, never 403."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import pytest
@@ -127,7 +129,11 @@ def test_api_matrix(users, finished) -> None:
             continue
         ids = {r["id"] for r in listing.json()["results"]}
         assert (str(sub.pk) in ids) == (role in OWNED)
-        assert api[role].get("/api/submissions/export-csv/").status_code == 200
+        export = api[role].get("/api/submissions/export-csv/")
+        assert export.status_code == 200
+        text = b"".join(export.streaming_content).decode()
+        exported = {row["id"] for row in csv.DictReader(io.StringIO(text))}
+        assert (str(sub.pk) in exported) == (role in OWNED), role
     for role in ("other", "moderator", "admin"):  # only the owner deletes
         assert api[role].delete(base).status_code == 404
     assert api["anonymous"].delete(base).status_code == 401
