@@ -16,7 +16,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -47,6 +49,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, services.Refusal):
         return Response(exc.payload(), status=services.http_status(exc))
     return drf_exception_handler(exc, context)
+
+
+class FileDownloads(BaseContentNegotiation):
+    """For the CSV and image downloads: those answers are files, not rendered
+    data, so a client's ``Accept: text/csv`` or ``image/png`` must not be
+    refused with DRF's 406; errors still come back as JSON."""
+
+    def select_parser(self, request: Request, parsers: list[BaseParser]) -> BaseParser | None:
+        return parsers[0] if parsers else None
+
+    def select_renderer(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        return renderers[0], str(renderers[0].media_type)
 
 
 class SubmissionViewSet(
@@ -153,7 +169,12 @@ class SubmissionViewSet(
         return Response({"artifacts": artifacts, "series": sub.series})
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
-    @action(detail=True, methods=["get"], url_path="frames-csv")
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="frames-csv",
+        content_negotiation_class=FileDownloads,
+    )
     def frames_csv(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
         """Frame-level CSV (frame, time, person, each member, score)."""
         sub = self.get_object()
@@ -161,7 +182,12 @@ class SubmissionViewSet(
         return stream_csv(f"frames-{sub.pk}.csv", frame_header(members), frame_rows(sub, members))
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR, 400: OpenApiTypes.OBJECT})
-    @action(detail=False, methods=["get"], url_path="export-csv")
+    @action(
+        detail=False,
+        methods=["get"],
+        url_path="export-csv",
+        content_negotiation_class=FileDownloads,
+    )
     def export_csv(self, request: Request) -> Response | StreamingHttpResponse:
         """Submissions as CSV (own, or all for moderators), filtered by
         from/to/verdict/status/decision; a value that does not parse is a 400."""
@@ -179,6 +205,7 @@ class SubmissionViewSet(
         methods=["get"],
         url_path=r"artifacts/(?P<artifact_id>\d+)/file",
         url_name="artifact-file",
+        content_negotiation_class=FileDownloads,
     )
     def artifact_file(
         self, request: Request, pk: str | None = None, artifact_id: str | None = None

@@ -210,3 +210,24 @@ def test_an_id_that_is_not_a_uuid_is_404_on_every_detail_endpoint(api: Client, b
         assert api.get(base + path).status_code == 404, path
     assert api.get(base + "artifacts/1/file/").status_code == 404
     assert api.delete(base).status_code == 404
+
+
+def test_downloads_answer_clients_that_ask_for_their_media_type(api: Client, users, finished):
+    sub = finished(users["submitter"])
+    base = f"/api/submissions/{sub.pk}/"
+    for path, accept in (
+        ("frames-csv/", "text/csv"),
+        ("/api/submissions/export-csv/", "text/csv"),
+    ):
+        url = path if path.startswith("/") else base + path
+        response = api.get(url, HTTP_ACCEPT=accept)
+        assert response.status_code == 200, url
+        assert response["Content-Type"].startswith("text/csv")
+    art = api.get(base + "artifacts/").json()[0]
+    image = api.get(art["url"], HTTP_ACCEPT="image/png")
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    # Errors are still JSON, whatever was asked for.
+    bad = api.get("/api/submissions/export-csv/", {"verdict": "FAKE"}, HTTP_ACCEPT="text/csv")
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
+    missing = api.get(base + "artifacts/999999/file/", HTTP_ACCEPT="image/png")
+    assert missing.status_code == 404 and "detail" in missing.json()
