@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.authtoken.models import Token
@@ -54,8 +55,15 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
         user = serializer.validated_data["user"]
         token, _ = Token.objects.get_or_create(user=user)
         if token_expired(token):
-            token.delete()
-            token = Token.objects.create(user=user)
+            # By key: a token another request has just issued stays.
+            Token.objects.filter(pk=token.pk).delete()
+            try:
+                with transaction.atomic():
+                    token = Token.objects.create(user=user)
+            except IntegrityError:
+                # Another request renewed it at the same moment (one token
+                # per user): that one is fresh, both callers get it.
+                token = Token.objects.get(user=user)
         return Response({"token": token.key})
 
 

@@ -240,3 +240,28 @@ def test_signup_refuses_an_e_mail_already_used_in_another_case(users: dict[str, 
     # Before: a second account got the same address (and its password resets).
     assert response.status_code == 200 and not User.objects.filter(username="alice2").exists()
     assert "already uses this e-mail address" in response.content.decode()
+
+
+def test_two_renewals_of_an_expired_token_at_once_both_get_the_new_one(
+    users: dict[str, User], settings: Any, monkeypatch: Any
+) -> None:
+    from api import auth
+
+    settings.API_TOKEN_TTL_S = 3600
+    old = Token.objects.create(user=users["submitter"])
+    Token.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(hours=2))
+    issued: list[str] = []
+    real_expired = auth.token_expired
+
+    def another_request_renews_first(token: Token) -> bool:
+        expired = real_expired(token)
+        if expired and not issued:  # the other request deletes and re-issues now
+            Token.objects.filter(pk=token.pk).delete()
+            issued.append(Token.objects.create(user=users["submitter"]).key)
+        return expired
+
+    monkeypatch.setattr(auth, "token_expired", another_request_renews_first)
+    response = Client().post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200, response.content
+    assert response.json()["token"] == issued[0] != old.key
+    assert Token.objects.filter(user=users["submitter"]).count() == 1
