@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -40,11 +41,16 @@ def models_page(request: HttpRequest) -> HttpResponse:
     )
 
 
+# Rows per page of "My submissions".
+LIST_PAGE_SIZE = 50
+
+
 @login_required
 def submission_list(request: HttpRequest) -> HttpResponse:
     """The signed-in user's own submissions."""
-    subs = Submission.objects.filter(owner_id=request.user.pk).order_by("-created")[:200]
-    return render(request, "analyses/list.html", {"submissions": subs})
+    subs = Submission.objects.filter(owner_id=request.user.pk).order_by("-created", "-pk")
+    page = Paginator(subs, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "analyses/list.html", {"submissions": page, "page": page, "query": ""})
 
 
 def _limit_text() -> str:

@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from accounts.roles import is_moderator, signed_in
@@ -81,8 +82,10 @@ def queue(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
     thumbs = thumbnails(list(page))
+    filters = {"state": state, "verdict": verdict, "provenance": provenance, "sort": sort}
     context = {
         "page": page,
+        "query": urlencode(filters) + "&",
         "rows": [(s, thumbs.get(s.pk)) for s in page],
         "state": state,
         "verdict": verdict,

@@ -317,3 +317,35 @@ def test_a_second_report_from_the_same_user_adds_to_the_open_one(clients, users,
         clients["submitter"].post(url, {"reason": reason})
     only = Report.objects.get()
     assert only.reason == "wrong\nreally wrong" and not only.resolved
+
+
+def test_my_submissions_and_the_queue_page_with_previous_and_next(
+    clients, users, finished, monkeypatch
+) -> None:
+    import re
+
+    from analyses import views as analyses_views
+    from moderation import views as moderation_views
+
+    monkeypatch.setattr(analyses_views, "LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(moderation_views, "PAGE_SIZE", 2)
+    made = [
+        _aged(finished(users["submitter"], verdict="fake", title=f"t{i}"), 10 * (i + 1))
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    for number in (1, 2, 3):
+        page = clients["submitter"].get(reverse("analyses:list"), {"page": number})
+        text = page.content.decode()
+        seen += re.findall(r'href="/s/([0-9a-f-]{36})/"', text)
+        assert f"Page {number} of 3 (5 in all)" in text
+        assert ('rel="prev"' in text) == (number > 1) and ('rel="next"' in text) == (number < 3)
+    assert seen == [str(s.pk) for s in made]  # newest first, every one reachable
+    queue = (
+        clients["moderator"]
+        .get(reverse("moderation:queue"), {"verdict": "fake", "sort": "-date", "page": 2})
+        .content.decode()
+    )
+    assert "Page 2 of 3" in queue
+    assert 'href="?state=todo&amp;verdict=fake&amp;provenance=&amp;sort=-date&amp;page=1"' in queue
+    assert 'href="?state=todo&amp;verdict=fake&amp;provenance=&amp;sort=-date&amp;page=3"' in queue
