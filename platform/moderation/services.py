@@ -172,13 +172,25 @@ def review_queue(
     return qs.order_by(SORTS[sort], "-created")
 
 
-def next_in_queue(sub: Submission, *, state: str = "todo") -> Submission | None:
-    """The queue item after ``sub`` (priority order); the first item other than
-    ``sub`` when ``sub`` is not in the queue; ``None`` at the end."""
-    order = list(review_queue(state=state).values_list("pk", flat=True))
-    following = order[order.index(sub.pk) + 1 :] if sub.pk in order else order
-    pk = next((k for k in following if k != sub.pk), None)
-    return None if pk is None else Submission.objects.get(pk=pk)
+def next_in_queue(sub: Submission, queue: QuerySet[Submission] | None = None) -> Submission | None:
+    """The item after ``sub`` in ``queue`` (default: the to-do queue in
+    priority order; the moderator's filtered queue from the review page); the
+    first item other than ``sub`` when ``sub`` is not in it; ``None`` at the
+    end. Reads ids only, up to ``sub`` and one more."""
+    if queue is None:
+        queue = review_queue()
+    seen_sub = False
+    first_other = None
+    for pk in queue.values_list("pk", flat=True).iterator(chunk_size=500):
+        if pk == sub.pk:
+            seen_sub = True
+        elif seen_sub:
+            return Submission.objects.get(pk=pk)
+        elif first_other is None:
+            first_other = pk
+    if seen_sub or first_other is None:
+        return None
+    return Submission.objects.get(pk=first_other)
 
 
 # Why a decided submission is left out of the metrics (dashboard wording).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -66,31 +67,58 @@ def moderator_required(view: View) -> View:
     return wrapper
 
 
+@dataclass(frozen=True)
+class QueueFilters:
+    """The queue's state, verdict, sort and provenance filters, read from a
+    request (the query string, or the decision form's hidden fields) and
+    carried from the queue to each review page and on to the next item."""
+
+    state: str = "todo"
+    verdict: str = ""
+    sort: str = services.PRIORITY
+    provenance: str = ""
+
+    @classmethod
+    def of(cls, request: HttpRequest) -> QueueFilters:
+        def read(key: str) -> str:
+            return str(request.GET.get(key) or request.POST.get(key) or "")
+
+        state, verdict, sort, provenance = (
+            read(k) for k in ("state", "verdict", "sort", "provenance")
+        )
+        return cls(
+            state=state if state in services.QUEUE_STATES else "todo",
+            verdict=verdict if verdict in Verdict.values else "",
+            sort=sort if sort in services.SORTS else services.PRIORITY,
+            provenance=provenance if provenance in dict(PROVENANCE_FILTERS) else "",
+        )
+
+    def query(self) -> str:
+        """The filters as a query string (``state`` always, the others when set)."""
+        pairs = {"state": self.state, "verdict": self.verdict, "provenance": self.provenance}
+        pairs["sort"] = "" if self.sort == services.PRIORITY else self.sort
+        return urlencode({k: v for k, v in pairs.items() if v or k == "state"})
+
+    def items(self) -> QuerySet[Submission]:
+        queue = services.review_queue(state=self.state, verdict=self.verdict, sort=self.sort)
+        return filter_provenance(queue, self.provenance)
+
+
 @moderator_required
 def queue(request: HttpRequest) -> HttpResponse:
     """Submissions to review, sortable and filterable."""
-    state = request.GET.get("state", "todo")
-    state = state if state in services.QUEUE_STATES else "todo"
-    verdict = request.GET.get("verdict", "")
-    verdict = verdict if verdict in Verdict.values else ""
-    sort = request.GET.get("sort", services.PRIORITY)
-    sort = sort if sort in services.SORTS else services.PRIORITY
-    provenance = request.GET.get("provenance", "")
-    provenance = provenance if provenance in dict(PROVENANCE_FILTERS) else ""
-    qs = filter_provenance(
-        services.review_queue(state=state, verdict=verdict, sort=sort), provenance
-    )
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    filters = QueueFilters.of(request)
+    page = Paginator(filters.items(), PAGE_SIZE).get_page(request.GET.get("page"))
     thumbs = thumbnails(list(page))
-    filters = {"state": state, "verdict": verdict, "provenance": provenance, "sort": sort}
     context = {
         "page": page,
-        "query": urlencode(filters) + "&",
+        "query": filters.query() + "&",
+        "filters": filters,
         "rows": [(s, thumbs.get(s.pk)) for s in page],
-        "state": state,
-        "verdict": verdict,
-        "sort": sort,
-        "provenance": provenance,
+        "state": filters.state,
+        "verdict": filters.verdict,
+        "sort": filters.sort,
+        "provenance": filters.provenance,
         "provenance_filters": PROVENANCE_FILTERS,
         "states": services.QUEUE_STATES,
         "verdicts": Verdict.choices,
@@ -98,11 +126,6 @@ def queue(request: HttpRequest) -> HttpResponse:
         "labels": Label.choices,
     }
     return render(request, "moderation/queue.html", context)
-
-
-def _state(request: HttpRequest) -> str:
-    state = request.GET.get("state") or request.POST.get("state") or "todo"
-    return state if state in services.QUEUE_STATES else "todo"
 
 
 # Keys of the decision form's shortcuts (review.js reads them from the page).
@@ -120,13 +143,14 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
     """The result page of one submission with the decision form beside the
     viewer, its reports and its audit log."""
     sub = get_visible(request.user, pk)
-    state = _state(request)
-    following = services.next_in_queue(sub, state=state)
+    filters = QueueFilters.of(request)
+    following = services.next_in_queue(sub, filters.items())
     reports = list(sub.reports.select_related("reporter"))
     context = {
         **result_context(request, sub),
         "review": True,
-        "state": state,
+        "filters": filters,
+        "queue_query": filters.query(),
         "next_sub": following,
         "decisions": sub.decisions.select_related("moderator"),
         "reports": reports,
@@ -152,8 +176,8 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
     """Record a decision (a note is required for overrides), then open the
     next queue item (the queue when there is none)."""
     sub = get_visible(request.user, pk)
-    state = _state(request)
-    following = services.next_in_queue(sub, state=state)
+    filters = QueueFilters.of(request)
+    following = services.next_in_queue(sub, filters.items())
     try:
         services.decide(
             sub,
@@ -164,11 +188,11 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
         )
     except services.DecisionError as e:
         messages.error(request, str(e))
-        return redirect(f"{reverse('moderation:review', args=[sub.pk])}?state={state}")
+        return redirect(f"{reverse('moderation:review', args=[sub.pk])}?{filters.query()}")
     messages.success(request, f"Decision recorded on {sub.display_title}.")
     if following is None:
-        return redirect("moderation:queue")
-    return redirect(f"{reverse('moderation:review', args=[following.pk])}?state={state}")
+        return redirect(f"{reverse('moderation:queue')}?{filters.query()}")
+    return redirect(f"{reverse('moderation:review', args=[following.pk])}?{filters.query()}")
 
 
 @moderator_required

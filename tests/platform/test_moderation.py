@@ -187,7 +187,7 @@ def test_review_page_is_the_result_page_with_the_decision_form_and_shortcuts(
     assert f'href="{next_url}?state=todo" id="next-item"' in page
     assert "/static/trusttrace/review.js" in page
     last = clients["moderator"].get(reverse("moderation:review", args=[second.pk])).content.decode()
-    assert f'href="{reverse("moderation:queue")}" id="next-item"' in last
+    assert f'href="{reverse("moderation:queue")}?state=todo" id="next-item"' in last
 
 
 def test_a_decision_opens_the_next_queue_item(clients, users, finished) -> None:
@@ -207,7 +207,7 @@ def test_a_decision_opens_the_next_queue_item(clients, users, finished) -> None:
     assert response["Location"] == reverse("moderation:review", args=[third.pk]) + "?state=todo"
     url = reverse("moderation:decide", args=[third.pk])
     response = clients["moderator"].post(url, {"action": "escalate", "note": "ask legal"})
-    assert response["Location"] == reverse("moderation:queue")  # the last one
+    assert response["Location"] == reverse("moderation:queue") + "?state=todo"  # the last one
 
 
 def test_a_decision_made_before_a_rerun_says_so_and_its_label_stands(
@@ -347,5 +347,31 @@ def test_my_submissions_and_the_queue_page_with_previous_and_next(
         .content.decode()
     )
     assert "Page 2 of 3" in queue
-    assert 'href="?state=todo&amp;verdict=fake&amp;provenance=&amp;sort=-date&amp;page=1"' in queue
-    assert 'href="?state=todo&amp;verdict=fake&amp;provenance=&amp;sort=-date&amp;page=3"' in queue
+    assert 'href="?state=todo&amp;verdict=fake&amp;sort=-date&amp;page=1"' in queue
+    assert 'href="?state=todo&amp;verdict=fake&amp;sort=-date&amp;page=3"' in queue
+
+
+def test_review_and_decisions_keep_the_queues_filters(clients, users, finished) -> None:
+    older_fake = _aged(finished(users["submitter"], verdict="fake", score=0.9), 40)
+    _aged(finished(users["submitter"], verdict="uncertain", score=0.55), 30)
+    newer_fake = _aged(finished(users["submitter"], verdict="fake", score=0.7), 20)
+    query = "state=todo&verdict=fake&sort=-date"
+    queue = clients["moderator"].get(f"{reverse('moderation:queue')}?{query}").content.decode()
+    review_url = reverse("moderation:review", args=[newer_fake.pk])
+    assert f'href="{review_url}?{query.replace("&", "&amp;")}"' in queue
+    page = clients["moderator"].get(f"{review_url}?{query}").content.decode()
+    # Next is the older fake (newest first, fakes only), not the uncertain one.
+    next_url = reverse("moderation:review", args=[older_fake.pk])
+    assert f'href="{next_url}?{query.replace("&", "&amp;")}" id="next-item"' in page
+    for field, value in (("verdict", "fake"), ("sort", "-date")):
+        assert f'name="{field}" value="{value}"' in page
+    decided = clients["moderator"].post(
+        reverse("moderation:decide", args=[newer_fake.pk]),
+        {"action": "confirm", "state": "todo", "verdict": "fake", "sort": "-date"},
+    )
+    assert decided["Location"] == f"{next_url}?{query}"
+    last = clients["moderator"].post(
+        reverse("moderation:decide", args=[older_fake.pk]),
+        {"action": "confirm", "state": "todo", "verdict": "fake", "sort": "-date"},
+    )
+    assert last["Location"] == f"{reverse('moderation:queue')}?{query}"
