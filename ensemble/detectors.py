@@ -125,8 +125,8 @@ class EfficientNetAutoAttB4Detector(nn.Module):
 
     def attention_map(self, x: Tensor) -> Tensor:
         """The attention map ``[B, 1, h, w]`` alone, running the network only
-        as far as the attention layer (blocks 0 to 9 of 32, about a third of
-        the work): what explanations need for every face."""
+        as far as the attention layer (blocks 0 to 9 of 32): what
+        explanations need for every face."""
         return self._to_attention(x)[1]
 
 
