@@ -28,9 +28,16 @@ class Label(models.TextChoices):
 
 class Decision(models.Model):
     """One moderator decision. Rows are never edited or deleted by the site:
-    the table is the audit log (who, when, from, to, note)."""
+    the table is the audit log (who, when, from, to, note). Deleting the
+    submission (its owner may) keeps the row: ``submission`` becomes null and
+    ``submission_key`` and ``submission_sha256`` still say which media it was."""
 
-    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="decisions")
+    submission = models.ForeignKey(
+        Submission, on_delete=models.SET_NULL, null=True, related_name="decisions"
+    )
+    # The submission's id and file hash, kept when the submission is deleted.
+    submission_key = models.UUIDField(db_index=True)
+    submission_sha256 = models.CharField(max_length=64, blank=True)
     moderator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
     )
@@ -49,11 +56,14 @@ class Decision(models.Model):
 
     @property
     def on_earlier_analysis(self) -> bool:
-        """Made on an analysis that a re-run has since replaced."""
+        """Made on an analysis that a re-run has since replaced (False once
+        the submission is deleted: there is no later analysis)."""
+        if self.submission is None:
+            return False
         return self.analysis_finished != self.submission.finished
 
     def __str__(self) -> str:
-        return f"{self.action} by {self.moderator_id} on {self.submission_id}"
+        return f"{self.action} by {self.moderator_id} on {self.submission_key}"
 
 
 class Report(models.Model):

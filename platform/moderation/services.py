@@ -72,6 +72,8 @@ def decide(
     with transaction.atomic():
         decision = Decision.objects.create(
             submission=sub,
+            submission_key=sub.pk,
+            submission_sha256=sub.sha256,
             moderator=moderator,
             action=action,
             from_label=from_label,

@@ -375,3 +375,46 @@ def test_review_and_decisions_keep_the_queues_filters(clients, users, finished) 
         {"action": "confirm", "state": "todo", "verdict": "fake", "sort": "-date"},
     )
     assert last["Location"] == f"{reverse('moderation:queue')}?{query}"
+
+
+def test_deleting_a_submission_keeps_its_decisions_in_the_audit_log(
+    clients, users, finished
+) -> None:
+    sub = finished(users["submitter"], verdict="fake")
+    decide(sub, users["moderator"], "override_real", "A known actor.")
+    key, sha = sub.pk, sub.sha256
+    assert clients["submitter"].post(reverse("analyses:delete", args=[sub.pk])).status_code == 302
+    kept = Decision.objects.get()
+    assert kept.submission is None and (kept.submission_key, kept.submission_sha256) == (key, sha)
+    assert (kept.action, kept.to_label, kept.note) == ("override_real", "real", "A known actor.")
+    assert not kept.on_earlier_analysis
+    assert "override_real" in str(kept) and str(key) in str(kept)
+    assert metrics().reviewed == 0  # a deleted submission has no verdict to score
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_copies_each_decisions_submission_id_and_hash() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("moderation", "0002_decision_analysis_finished")]
+    after = [("moderation", "0003_decision_kept_after_submission_deleted")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="m")
+    sub = old.get_model("analyses", "Submission").objects.create(
+        owner=user, kind="image", sha256="ab" * 32, size_bytes=1
+    )
+    old.get_model("moderation", "Decision").objects.create(
+        submission=sub, moderator=user, action="confirm", to_label="fake"
+    )
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    new = executor.loader.project_state(after).apps
+    row = new.get_model("moderation", "Decision").objects.get()
+    assert (row.submission_key, row.submission_sha256) == (sub.pk, "ab" * 32)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
