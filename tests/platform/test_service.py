@@ -218,7 +218,8 @@ def test_explainer_output_is_stored_as_artifacts(
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.DONE, sub.reason
-    assert calls == [(Path(sub.file.path), services.artifact_dir(sub), None)]
+    assert calls == [(Path(sub.file.path), services.attempt_dir(sub), None)]
+    assert services.attempt_dir(sub) == services.artifact_dir(sub) / "run-1"
     if sub.verdict != "no_face":
         assert sub.artifacts.count() == 5 and sub.series["persons"]
 
@@ -338,6 +339,8 @@ def test_a_run_whose_job_was_handed_to_another_run_leaves_that_run_alone(
             self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None
         ) -> Any:
             result = real.analyze(path)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "late.png").write_bytes(b"x")
             Submission.objects.filter(pk=sub.pk).update(**taken)
             progress("score", 1.0)
             if outcome == "crash":
@@ -345,8 +348,13 @@ def test_a_run_whose_job_was_handed_to_another_run_leaves_that_run_alone(
             return result, None
 
     monkeypatch.setattr(services.running, "_explainer", lambda: HandedOver())
+    other_run = services.artifact_dir(sub) / "run-2"  # the files of the run that took over
+    other_run.mkdir(parents=True)
+    (other_run / "kept.png").write_bytes(b"x")
     services.run_submission(sub.pk)
     sub.refresh_from_db()
+    assert (other_run / "kept.png").is_file()
+    assert not (services.artifact_dir(sub) / "run-1").exists()  # this run's own files go
     if handover == "claimed_elsewhere":
         assert (sub.status, sub.worker, sub.attempts) == (Status.RUNNING, "elsewhere:1", 2)
         assert (sub.stage, sub.percent) == ("detect", 40)
@@ -366,3 +374,26 @@ def test_deleting_an_account_removes_its_submissions_files_only(
     theirs.refresh_from_db()
     assert Path(theirs.file.path).is_file() and services.artifact_dir(theirs).is_dir()
     assert theirs.artifacts.count() > 0
+
+
+def test_a_finished_run_removes_the_folders_of_earlier_runs(
+    site: Path, users, media_dir: Path, monkeypatch
+) -> None:
+    class Explainer:
+        def run(self, path, out_dir, reference=None, progress=None):
+            result = services._analyzer().analyze(path, progress=progress)
+            frames = tuple(sorted({r["frame"] for r in result.frame_rows()}))
+            return result, _FakeIndex(out_dir, frames)
+
+    monkeypatch.setattr(services.running, "_explainer", Explainer)
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    dead = services.artifact_dir(sub) / "run-0"  # a run whose worker died mid-way
+    dead.mkdir(parents=True)
+    (dead / "partial.png").write_bytes(b"x")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
+    assert not dead.exists() and services.attempt_dir(sub).is_dir()
+    assert all(
+        Path(a.file.path).is_relative_to(services.attempt_dir(sub)) for a in sub.artifacts.all()
+    )

@@ -57,7 +57,13 @@ from analyses.services.running import (
     series_from_result,
     store_index,
 )
-from analyses.services.storage import ARTIFACT_DIR, UPLOAD_DIR, artifact_dir, media_root
+from analyses.services.storage import (
+    ARTIFACT_DIR,
+    UPLOAD_DIR,
+    artifact_dir,
+    attempt_dir,
+    media_root,
+)
 from analyses.services.uploads import (
     PROBE_FRAMES,
     Probed,
@@ -102,6 +108,7 @@ __all__ = [
     "_analyzer",
     "_media_root",
     "artifact_dir",
+    "attempt_dir",
     "check_name",
     "check_quotas",
     "check_size",

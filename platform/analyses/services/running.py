@@ -26,7 +26,7 @@ from django.utils import timezone
 from analyses.config import analysis_config, analysis_registry, trusttrace_settings
 from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
-from analyses.services.storage import artifact_dir, media_root
+from analyses.services.storage import attempt_dir, media_root
 from ensemble.errors import TrusttraceError
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def run_submission(submission_id: UUID | str) -> None:
         logger.info("submission %s was claimed by another worker meanwhile", sub.pk)
         return
     sub.refresh_from_db()
-    out_dir = artifact_dir(sub)
+    out_dir = attempt_dir(sub)
     try:
         with _heartbeat(sub.pk):
             try:
@@ -242,6 +242,7 @@ def run_submission(submission_id: UUID | str) -> None:
                     Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
                 )
                 _store(sub, result.to_dict(), index, out_dir)
+                _drop_other_runs(out_dir)
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
                 _finish_without_result(sub, Status.REJECTED, e.reason, e.code)
@@ -264,7 +265,7 @@ def run_submission(submission_id: UUID | str) -> None:
                 )
     except Submission.DoesNotExist:
         logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(out_dir.parent, ignore_errors=True)
     except _ClaimLost:
         # A reaper or a moderator's re-run gave the job to another run while
         # this one worked (a stalled host, a clock far off): that run's
@@ -273,6 +274,16 @@ def run_submission(submission_id: UUID | str) -> None:
             "submission %s was given to another run during this analysis; outcome dropped",
             sub.pk,
         )
+        # This run's own folder: the other run writes into its own.
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _drop_other_runs(out_dir: Path) -> None:
+    """Remove the folders of earlier runs of this submission (a run whose
+    worker died, one that lost the job): this run's files are the ones kept."""
+    for other in out_dir.parent.glob("run-*"):
+        if other != out_dir and other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _timed_out_reason() -> str:

@@ -19,5 +19,13 @@ def media_root() -> Path:
 
 
 def artifact_dir(sub: Submission) -> Path:
-    """Where a submission's explanation files live (under MEDIA_ROOT)."""
+    """Where a submission's explanation files live (under MEDIA_ROOT): one
+    folder per analysis run inside it (:func:`attempt_dir`)."""
     return media_root() / ARTIFACT_DIR / str(sub.pk)
+
+
+def attempt_dir(sub: Submission) -> Path:
+    """The folder of one run of ``sub``'s analysis (its ``attempts`` count
+    when it claimed the job): a run that loses the job to another (a reaper,
+    a moderator's re-run) writes nowhere near the files the other run keeps."""
+    return artifact_dir(sub) / f"run-{sub.attempts}"
