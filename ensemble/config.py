@@ -85,6 +85,12 @@ class ScoringConfig:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.uncertain_band < 0.5:
             raise ConfigError(f"uncertain_band must be in [0, 0.5), got {self.uncertain_band}")
+        low, high = self.threshold - self.uncertain_band, self.threshold + self.uncertain_band
+        if not 0.0 < low <= high < 1.0:
+            raise ConfigError(
+                f"threshold {self.threshold} +/- uncertain_band {self.uncertain_band} must stay "
+                "inside (0, 1), or no score could ever be called fake (or real)"
+            )
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(
                 f"aggregation must be 'mean' or 'confident', got {self.aggregation!r}"
@@ -128,6 +134,8 @@ class AnalysisConfig:
             raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not self.members:
             raise ConfigError("select at least one detector member")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if len(set(self.members)) != len(self.members):
             raise ConfigError(f"members listed twice: {self.members}")
         if not 1 <= self.frames <= self.limits.max_frames:

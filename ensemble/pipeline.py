@@ -207,9 +207,17 @@ def analyze_with_data(
 
         with clock.stage(f"member:{member.name}"):
             inference = member.infer(crops[member.name], config.batch_size, on_batch, taps=wanted)
+        if len(inference.logits) != len(faces):
+            # A model with more than one output per crop would shift every
+            # face's score onto another face.
+            raise NonFiniteScoreError(
+                f"{member.name} returned {len(inference.logits)} logit(s) for "
+                f"{len(faces)} face(s); no score is given."
+            )
         bad = ~np.isfinite(inference.logits)
         if bad.any():
-            # NaN would compare false against the threshold and read as "real".
+            # NaN compares false against both edges of the band: it would
+            # read as "uncertain", a score nobody measured.
             raise NonFiniteScoreError(
                 f"{member.name} returned {int(bad.sum())} non-finite logit(s) for "
                 f"{len(faces)} face(s); no score is given."
@@ -222,6 +230,11 @@ def analyze_with_data(
 
     with clock.stage("score"):
         face_scores = combine({m.name: probs[m.name] for m in selected})
+        if not np.isfinite(face_scores).all():
+            raise NonFiniteScoreError(
+                "the combined score of a face is not a number (a member's calibration or "
+                "the ensemble's fit is broken); no score is given."
+            )
         face_results = tuple(
             FaceResult(
                 position=pos,

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,11 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ensemble.config import Aggregation, ScoringConfig
+from ensemble.errors import NonFiniteScoreError
 
 Verdict = Literal["fake", "uncertain", "real", "no_face"]
 
 # selimsef/dfdc_deepfake_challenge's confident strategy, with its constants named.
-CONFIDENT_FAKE_PROB = 0.8  # a frame at or above this is a confident fake
+CONFIDENT_FAKE_PROB = 0.8  # a frame above this is a confident fake
 CONFIDENT_REAL_PROB = 0.2  # a frame below this is a confident real
 CONFIDENT_FAKE_DIVISOR = 2.5  # more than n // 2.5 confident fakes ...
 CONFIDENT_MIN_FAKES = 11  # ... and more than 11 of them: mean of the confident fakes
@@ -31,8 +33,8 @@ CONFIDENT_REAL_SHARE = 0.9  # more than 90% confident reals: mean of the confide
 
 def calibrate(logits: npt.ArrayLike, temperature: float) -> npt.NDArray[np.float64]:
     """Temperature-scaled sigmoid: ``sigmoid(logit / T)``."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
     z = np.asarray(logits, dtype=np.float64) / temperature
     out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
     return out
@@ -63,7 +65,11 @@ def aggregate(probs: Sequence[float] | npt.NDArray[np.floating], method: Aggrega
 
 def verdict_for(score: float, config: ScoringConfig) -> Verdict:
     """``fake`` at or above threshold + band, ``real`` below threshold - band,
-    ``uncertain`` between."""
+    ``uncertain`` between. A NaN or infinite score is a
+    :class:`~ensemble.errors.NonFiniteScoreError`, never a verdict (NaN
+    compares false both ways and would read as "uncertain")."""
+    if not math.isfinite(score):
+        raise NonFiniteScoreError(f"score {score} is not a number; no verdict is given")
     if score >= config.threshold + config.uncertain_band:
         return "fake"
     if score < config.threshold - config.uncertain_band:

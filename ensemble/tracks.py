@@ -35,7 +35,8 @@ def link_tracks(
     start new tracks. A track may skip frames where its face was missed.
 
     Tracks seen in fewer than ``min_fraction`` of the frames are dropped as
-    stray detections, unless that would drop every track.
+    stray detections; when that would drop every track, the ones seen in the
+    most frames are kept.
     """
     tracks: list[list[tuple[int, Detection]]] = []
     for f, detections in enumerate(per_frame):
@@ -58,6 +59,12 @@ def link_tracks(
         tracks += [[(f, det)] for d, det in enumerate(detections) if d not in used_d]
 
     needed = max(1, math.ceil(min_fraction * len(per_frame)))
-    kept = [t for t in tracks if len(t) >= needed] or tracks
+    kept = [t for t in tracks if len(t) >= needed]
+    if not kept and tracks:
+        # No face was seen often enough: keep the face(s) seen most often,
+        # not every stray one-frame detection (a poster, a false positive)
+        # beside the person seen in a few frames. An image keeps all its faces.
+        longest = max(len(t) for t in tracks)
+        kept = [t for t in tracks if len(t) == longest]
     kept.sort(key=lambda t: (t[0][0], t[0][1].box[0]))
     return [Track(i, tuple(t)) for i, t in enumerate(kept)]

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import pickle
 import shutil
 from collections.abc import Mapping
@@ -141,6 +142,13 @@ class Manifest:
                 crop=None if data.get("crop") is None else dict(data["crop"]),
             )
             manifest.crop_policy(CropPolicy("square", 0.0))  # refuse a malformed policy
+            # A NaN or infinite temperature would score every face NaN or 0.5.
+            if not (math.isfinite(manifest.temperature) and manifest.temperature > 0):
+                raise ValueError(
+                    f"temperature must be a positive number, got {data['temperature']}"
+                )
+            if not (math.isfinite(manifest.threshold) and 0 < manifest.threshold < 1):
+                raise ValueError(f"threshold must be in (0, 1), got {data['threshold']}")
             return manifest
         except (KeyError, TypeError, ValueError) as e:
             raise IncompatibleCheckpointError(

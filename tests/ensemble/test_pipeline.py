@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ensemble.config import AnalysisConfig
 from ensemble.errors import NonFiniteScoreError, RegistryError
@@ -179,8 +180,10 @@ def test_kept_taps_are_per_face_and_the_gradcam_layer_is_bounded(
     )
     assert data is not None and len(result.faces) == 6
     assert data.taps["a"][TAP_GRADCAM].shape[0] == 6
+    # The analysis's logits (ONNX Runtime, batches of 8 with a partial last
+    # one) are the PyTorch model's, one crop at a time.
     np.testing.assert_allclose(
-        data.logits["a"], member.logits(data.crops["a"], 8), rtol=1e-5, atol=1e-6
+        data.logits["a"], plain.logits(data.crops["a"], 1), rtol=1e-4, atol=1e-5
     )
     # without keep_taps nothing is held; over the bound the big layer is not kept
     assert (
@@ -224,8 +227,49 @@ def test_face_in_a_portrait_phone_video_is_found_upright(
 def test_a_member_returning_a_non_finite_logit_fails_the_analysis_never_a_score(
     tmp_path: Path, detector: FaceDetector, tiny_member, bad: float
 ) -> None:
-    """NaN compares false against the threshold and would read as "real"."""
+    """NaN compares false against both edges of the band and would read as "uncertain"."""
     path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
     members = {"a": tiny_member("a"), "b": tiny_member("b", logit=bad)}
     with pytest.raises(NonFiniteScoreError, match="b returned 1 non-finite logit"):
         analyze(path, config("a", "b"), members=members, detector=detector)
+
+
+class _TwoLogits(torch.nn.Module):
+    """A model with two outputs per crop (a softmax head imported by mistake)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 2)
+
+
+def test_a_member_with_more_than_one_logit_per_face_fails_the_analysis(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    from dataclasses import replace
+
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    two = replace(tiny_member("b"), model=_TwoLogits())
+    with pytest.raises(NonFiniteScoreError, match="b returned 2 logit"):
+        analyze(
+            path, config("a", "b"), members={"a": tiny_member("a"), "b": two}, detector=detector
+        )
+
+
+def test_a_combination_that_is_not_a_number_fails_the_analysis(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    """A combination that yields NaN (a broken fit) is an error, not "uncertain"."""
+    from ensemble.calibration import Combiner
+
+    class Broken(Combiner):
+        def __call__(self, probs):  # type: ignore[no-untyped-def]
+            return np.full(len(next(iter(probs.values()))), np.nan)
+
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    with pytest.raises(NonFiniteScoreError, match="combined score"):
+        analyze(
+            path,
+            config("a"),
+            members={"a": tiny_member("a")},
+            detector=detector,
+            combiner=Broken(),
+        )

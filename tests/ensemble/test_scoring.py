@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.config import AnalysisConfig, ScoringConfig
+from ensemble.errors import ConfigError, NonFiniteScoreError
 from ensemble.scoring import (
     CONFIDENT_MIN_FAKES,
     aggregate,
@@ -17,8 +18,9 @@ def test_temperature_softens_probabilities() -> None:
     p1, p2 = calibrate([2.0], 1.0)[0], calibrate([2.0], 2.0)[0]
     assert p1 == pytest.approx(1 / (1 + np.exp(-2)))
     assert 0.5 < p2 < p1
-    with pytest.raises(ValueError):
-        calibrate([1.0], 0.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive number"):
+            calibrate([1.0], bad)
 
 
 def test_confident_strategy_trusts_many_confident_fakes() -> None:
@@ -51,6 +53,21 @@ def test_verdict_bands(score: float, verdict: str) -> None:
     assert verdict_for(score, ScoringConfig(threshold=0.5, uncertain_band=0.1)) == verdict
 
 
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), float("-inf")])
+def test_a_score_that_is_not_a_number_gets_no_verdict(score: float) -> None:
+    with pytest.raises(NonFiniteScoreError):
+        verdict_for(score, ScoringConfig())
+
+
+@pytest.mark.parametrize(("threshold", "band"), [(0.95, 0.1), (0.3, 0.35), (0.1, 0.1)])
+def test_a_band_that_leaves_no_room_for_fake_or_real_is_refused(
+    threshold: float, band: float
+) -> None:
+    with pytest.raises(ConfigError, match="must stay inside"):
+        ScoringConfig(threshold=threshold, uncertain_band=band)
+    ScoringConfig(threshold=threshold, uncertain_band=min(threshold, 1 - threshold) / 2)
+
+
 def test_invalid_configs_are_refused() -> None:
     with pytest.raises(ValueError):
         ScoringConfig(threshold=1.5)
@@ -60,3 +77,6 @@ def test_invalid_configs_are_refused() -> None:
         AnalysisConfig(members=("a", "a"))
     with pytest.raises(ValueError, match="between 1 and 256"):
         AnalysisConfig(frames=1000)
+    for batch in (0, -4):
+        with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+            AnalysisConfig(batch_size=batch)

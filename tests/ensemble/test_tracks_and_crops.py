@@ -47,6 +47,21 @@ def test_when_every_track_is_short_all_are_kept() -> None:
     assert len(link_tracks(frames, 0.25, 0.5)) == 6
 
 
+def test_when_every_track_is_short_a_stray_box_does_not_join_the_face_seen_most() -> None:
+    # 32 sampled frames need 5 per track; the subject is seen in 4 of them and
+    # a poster is detected once: only the subject is a person.
+    frames: list[list[Detection]] = [[] for _ in range(32)]
+    for f in (3, 9, 15, 21):
+        frames[f].append(det(10, 10))
+    frames[27].append(det(600, 300))
+    tracks = link_tracks(frames, 0.25, 0.15)
+    assert len(tracks) == 1 and tracks[0].frames == (3, 9, 15, 21)
+
+
+def test_every_face_of_an_image_is_a_person() -> None:
+    assert len(link_tracks([[det(10, 10), det(200, 10), det(400, 10)]], 0.25, 0.15)) == 3
+
+
 def test_square_crop_is_centred_with_margin() -> None:
     frame = np.zeros((400, 400, 3), np.uint8)
     frame[150:250, 150:250] = 200  # the "face"

@@ -159,3 +159,29 @@ def test_manifest_with_a_malformed_crop_policy_is_refused(
     path.write_text(json.dumps(data))
     with pytest.raises(IncompatibleCheckpointError, match="margin"):
         load_member("tiny", tmp_path, registry=registry)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("temperature", float("nan"), "temperature must be a positive number"),
+        ("temperature", float("inf"), "temperature must be a positive number"),
+        ("temperature", 0.0, "temperature must be a positive number"),
+        ("temperature", -1.0, "temperature must be a positive number"),
+        ("threshold", float("nan"), "threshold must be in"),
+        ("threshold", 1.0, "threshold must be in"),
+    ],
+)
+def test_a_manifest_whose_calibration_is_not_a_usable_number_is_refused_at_load(
+    tmp_path: Path, registry: Registry, field: str, value: float, said: str
+) -> None:
+    """A NaN temperature scored every face NaN ("uncertain"), an infinite one
+    every face 0.5; the weights' hash does not cover the manifest."""
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    path = tmp_path / "tiny" / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))  # json writes NaN and Infinity, and reads them back
+    with pytest.raises(IncompatibleCheckpointError, match=said):
+        load_member("tiny", tmp_path, registry=registry)
