@@ -244,7 +244,8 @@ def test_folds_keep_a_group_together_and_are_stable() -> None:
     groups = ["v1", "v1", "v2", "v3", "v2"]
     f = folds(groups)
     assert f[0] == f[1] and f[2] == f[4]
-    assert list(folds(groups)) == list(f)
+    # The same folds in every process (a hash of the name, not Python's hash()).
+    assert [int(k) for k in f] == [1, 1, 4, 3, 4]
 
 
 def test_read_scores_refuses_tables_that_do_not_line_up(tmp_path: Path) -> None:

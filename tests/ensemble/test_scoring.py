@@ -69,7 +69,7 @@ def test_a_band_that_leaves_no_room_for_fake_or_real_is_refused(
 
 
 def test_invalid_configs_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threshold must be in"):
         ScoringConfig(threshold=1.5)
     with pytest.raises(ValueError):
         AnalysisConfig(members=())

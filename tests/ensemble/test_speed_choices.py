@@ -21,7 +21,8 @@ def test_decoder_threads_give_the_same_frames_as_one_thread(
 ) -> None:
     path = mf.write_clip(tmp_path / "clip.mp4", frames=120, fps=30, gop=30, width=320, height=240)
     threaded = load_media(path, MediaLimits(), 8)
-    monkeypatch.setattr(media, "DECODE_THREADS_PER_CORE", 0)  # 0: FFmpeg's own choice
+    # One decoding thread (0 would be FFmpeg's own choice: several).
+    monkeypatch.setattr(media, "DECODE_THREADS_PER_CORE", 1)
     monkeypatch.setattr(media, "_cores", lambda: 1)
     plain = load_media(path, MediaLimits(), 8)
     assert [f.index for f in threaded.frames] == [f.index for f in plain.frames]

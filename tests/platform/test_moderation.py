@@ -46,7 +46,9 @@ def test_override_needs_a_note_and_is_audited(clients, users, finished) -> None:
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert "Moderator decision" in page and "A known actor." in page
     review = clients["moderator"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
-    assert "Override: real" in review and "mona" in review
+    # The audit row: who, what, from, to, note (the header shows "mona" on every page).
+    row = "<td>mona</td><td>Override: real</td><td>fake</td><td>real</td><td>A known actor.</td>"
+    assert row in review
 
 
 def test_confirm_and_escalate(users, finished) -> None:
@@ -88,7 +90,14 @@ def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> No
     assert m.precision == pytest.approx(2 / 3) and m.recall == pytest.approx(2 / 4)
     assert m.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     page = clients["moderator"].get(reverse("moderation:dashboard")).content.decode()
-    assert "0.500" in page and "0.667" in page and "1 escalated" in page
+    for key, value in (
+        ("accuracy", "0.500"),
+        ("precision", "0.667"),
+        ("recall", "0.500"),
+        ("f1", "0.571"),
+    ):
+        assert f'<dd id="{key}">{value}</dd>' in page, key
+    assert "1 escalated" in page
 
 
 def test_moderator_rerun_queues_with_current_models(clients, users, finished, monkeypatch) -> None:

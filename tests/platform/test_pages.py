@@ -121,10 +121,16 @@ def _with_scores(sub: Submission, scores: dict[int, float]) -> Submission:
 def test_result_page_leads_with_the_badge_score_sentence_and_member_bars(
     clients, users, finished
 ) -> None:
+    from analyses.models import Submission
+
     sub = finished(users["submitter"], verdict="fake", score=0.8)
+    # The ensemble's score apart from the frame and person scores (0.8) of the series.
+    Submission.objects.filter(pk=sub.pk).update(score=0.83)
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert '<span class="badge badge-fake" id="verdict">Fake</span>' in page
-    assert '<span class="big-score" id="score"' in page and "0.800" in page
+    assert (
+        '<span class="big-score" id="score" title="calibrated ensemble score">0.830</span>' in page
+    )
     assert 'id="sentence"' in page and "above the uncertain band" in page
     # tiny_a 0.7 and tiny_b 0.9 against 0.5 +- 0.1: on the fake side, bars 70% and 90% wide.
     assert 'data-member="tiny_a" data-score="0.700" data-side="fake"' in page

@@ -191,7 +191,14 @@ def test_reaper_leaves_live_and_recently_queued_jobs_alone(
     assert out.requeued == out.failed == out.queued == [] and outbox.sent == []
     running.refresh_from_db()
     assert running.status == Status.RUNNING
-    assert {s.status for s in (queued, just_saved)} == {Status.PENDING}
+    for before in (queued, just_saved):
+        after = type(before).objects.get(pk=before.pk)  # from the database, after the reap
+        assert (after.status, after.heartbeat, after.reason, after.attempts) == (
+            Status.PENDING,
+            before.heartbeat,
+            before.reason,
+            before.attempts,
+        )
 
 
 @pytest.mark.django_db
