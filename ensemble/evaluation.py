@@ -256,9 +256,12 @@ def report(
 # The uncertain band is widened until the samples outside it are called
 # correctly this often ...
 BAND_TARGET_ACCURACY = 0.95
-# ... but never beyond this (ScoringConfig requires < 0.5).
+# ... but never beyond this, nor beyond what keeps threshold +/- band at
+# least BAND_EDGE inside (0, 1) (ScoringConfig refuses a band that leaves no
+# room for "fake" or "real").
 MAX_BAND = 0.25
 BAND_STEP = 0.01
+BAND_EDGE = 0.01
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,9 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
        (ties: the one nearest 0.5), clipped to [0.05, 0.95];
     2. uncertain band: the smallest multiple of 0.01 such that the validation
        samples outside ``[t - b, t + b)`` are classified with accuracy at least
-       ``BAND_TARGET_ACCURACY``; at most ``MAX_BAND`` (then ``target_met`` is False).
+       ``BAND_TARGET_ACCURACY``; at most ``MAX_BAND``, and at most what keeps
+       ``t - b`` and ``t + b`` ``BAND_EDGE`` inside (0, 1) (then ``target_met``
+       is False). The choice is always a valid ``ScoringConfig``.
     """
     p, y = _arrays(probs, labels)
     best_t, best_j = 0.5, -np.inf
@@ -290,8 +295,9 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
         if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best_t, best_j = float(t), j
     t = float(np.clip(best_t, 0.05, 0.95))
-    band, acc, met = MAX_BAND, None, False
-    for b in np.arange(0.0, MAX_BAND + 1e-9, BAND_STEP):
+    widest = round(max(0.0, min(MAX_BAND, t - BAND_EDGE, 1.0 - BAND_EDGE - t)), 4)
+    band, acc, met = widest, None, False
+    for b in np.arange(0.0, widest + 1e-9, BAND_STEP):
         outside = (p >= t + b) | (p < t - b)
         if not outside.any():
             break

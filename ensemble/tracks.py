@@ -35,8 +35,8 @@ def link_tracks(
     start new tracks. A track may skip frames where its face was missed.
 
     Tracks seen in fewer than ``min_fraction`` of the frames are dropped as
-    stray detections; when that would drop every track, the ones seen in the
-    most frames are kept.
+    stray detections; when that would drop every track, the tracks seen in
+    two frames or more are kept (all of them when none is).
     """
     tracks: list[list[tuple[int, Detection]]] = []
     for f, detections in enumerate(per_frame):
@@ -61,10 +61,11 @@ def link_tracks(
     needed = max(1, math.ceil(min_fraction * len(per_frame)))
     kept = [t for t in tracks if len(t) >= needed]
     if not kept and tracks:
-        # No face was seen often enough: keep the face(s) seen most often,
-        # not every stray one-frame detection (a poster, a false positive)
-        # beside the person seen in a few frames. An image keeps all its faces.
-        longest = max(len(t) for t in tracks)
-        kept = [t for t in tracks if len(t) == longest]
+        # No face was seen often enough (a short clip, or a moving face that
+        # sparse sampling broke into pieces): keep every piece seen in two
+        # frames or more, but not the one-frame detections beside them (a
+        # poster, a false positive). When every track is one frame (an
+        # image, or faces that moved between every sample), all are kept.
+        kept = [t for t in tracks if len(t) >= 2] or tracks
     kept.sort(key=lambda t: (t[0][0], t[0][1].box[0]))
     return [Track(i, tuple(t)) for i, t in enumerate(kept)]

@@ -56,7 +56,7 @@ def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     opt.step(closure)  # type: ignore[no-untyped-call]
     t = math.exp(float(log_t.detach()))
     if not math.isfinite(t):  # max(nan, lo) is nan: no clamp catches it
-        raise ValueError("the temperature fit diverged (non-finite logits or labels?)")
+        raise CalibrationError("the temperature fit diverged (non-finite logits or labels?)")
     return float(min(max(t, MIN_TEMPERATURE), MAX_TEMPERATURE))
 
 

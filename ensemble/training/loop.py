@@ -169,6 +169,10 @@ def resolve_device(device: str) -> str:
 def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
     """The member's recipe with the run's overrides applied."""
     r = recipe_for(spec)
+    if config.drop_path is not None and not 0.0 <= config.drop_path < 1.0:
+        raise TrainingError(f"--drop-path must be in [0, 1), got {config.drop_path}")
+    if config.weight_decay is not None and not config.weight_decay >= 0.0:
+        raise TrainingError(f"--weight-decay must be 0 or more, got {config.weight_decay}")
     return replace(
         r,
         epochs=config.epochs if config.epochs is not None else r.epochs,

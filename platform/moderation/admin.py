@@ -10,8 +10,18 @@ from moderation.models import Decision, Report
 
 @admin.register(Decision)
 class DecisionAdmin(admin.ModelAdmin[Decision]):
-    list_display = ("submission", "moderator", "action", "from_label", "to_label", "created")
+    list_display = (
+        "submission_key",
+        "submission",
+        "moderator",
+        "action",
+        "from_label",
+        "to_label",
+        "created",
+    )
     list_filter = ("action", "to_label")
+    # A deleted submission's decisions are found by its id or file hash.
+    search_fields = ("submission_key", "submission_sha256")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -90,9 +90,9 @@ def decide(
 
 
 def file_report(sub: Submission, reporter: User, reason: str) -> Report:
-    """A user disputes a verdict: only a finished analysis has one, and a
-    report still open from the same user takes the new reason instead of a
-    second report (the queue lists the submission once either way)."""
+    """A user disputes a verdict: only a finished analysis has one. While the
+    user has a report open, the same reason again (or none) adds nothing; a
+    new reason is a new report."""
     if sub.status != Status.DONE:
         state = {
             Status.PENDING: "is still waiting to be analysed",
@@ -103,19 +103,17 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         raise DecisionError(f"Only a finished analysis has a verdict to dispute; this one {state}.")
     reason = reason.strip()[:2000]
     with transaction.atomic():
-        open_one = (
+        same = (
             Report.objects.select_for_update()
             .filter(submission=sub, reporter=reporter, resolved=False)
+            .filter(Q(reason=reason) if reason else Q())
             .order_by("-pk")
             .first()
         )
-        if open_one is not None:
-            if reason and reason != open_one.reason:
-                open_one.reason = (
-                    f"{open_one.reason}\n{reason}"[:2000] if open_one.reason else reason
-                )
-                open_one.save(update_fields=["reason"])
-            return open_one
+        if same is not None:
+            return same
+        # A new reason is a new report: a moderator whose page showed the
+        # earlier one (``reports_seen``) has not seen this one.
         return Report.objects.create(submission=sub, reporter=reporter, reason=reason)
 
 

@@ -64,7 +64,7 @@ def filtered_submissions(user: object, params: QueryDict) -> QuerySet[Submission
     start, end = _date(params, "from"), _date(params, "to")
     verdict = _choice(params, "verdict", list(Verdict.values))
     status = _choice(params, "status", list(Status.values))
-    decision = _choice(params, "decision", [*Label.values, "none"])
+    decision = _choice(params, "decision", [*(v for v in Label.values if v), "none"])
     latest = latest_decisions(for_submitter=not moderator)
     qs = annotated(for_submitter=not moderator).annotate(
         decision_note=Subquery(latest.values("note")[:1])

@@ -58,6 +58,18 @@ def test_when_every_track_is_short_a_stray_box_does_not_join_the_face_seen_most(
     assert len(tracks) == 1 and tracks[0].frames == (3, 9, 15, 21)
 
 
+def test_when_every_track_is_short_the_pieces_of_a_moving_face_are_all_kept() -> None:
+    # A face seen in 10 of 32 frames that sparse sampling broke into pieces
+    # of 4, 3 and 2 frames, and a one-frame stray box: the pieces stay.
+    frames: list[list[Detection]] = [[] for _ in range(32)]
+    for start, x in ((0, 10), (10, 200), (20, 400)):
+        for k in range({10: 3, 200: 4, 400: 2}[x]):
+            frames[start + k].append(det(x, 10))
+    frames[30].append(det(600, 300))
+    tracks = link_tracks(frames, 0.25, 0.5)
+    assert sorted(len(t.detections) for t in tracks) == [2, 3, 4]
+
+
 def test_every_face_of_an_image_is_a_person() -> None:
     assert len(link_tracks([[det(10, 10), det(200, 10), det(400, 10)]], 0.25, 0.15)) == 3
 

@@ -317,15 +317,26 @@ def test_only_a_finished_analysis_can_be_reported(clients, users, finished, stat
     assert "a moderator will review" not in response.content.decode()
 
 
-def test_a_second_report_from_the_same_user_adds_to_the_open_one(clients, users, finished) -> None:
+def test_a_repeated_report_adds_nothing_and_a_new_reason_is_a_new_report(
+    clients, users, finished
+) -> None:
     from moderation.models import Report
 
     sub = finished(users["submitter"], verdict="real", score=0.2)
     url = reverse("analyses:report", args=[sub.pk])
-    for reason in ("wrong", "wrong", "really wrong"):
+    for reason in ("wrong", "wrong", " ", "really wrong"):
         clients["submitter"].post(url, {"reason": reason})
-    only = Report.objects.get()
-    assert only.reason == "wrong\nreally wrong" and not only.resolved
+    reasons = list(Report.objects.order_by("pk").values_list("reason", "resolved"))
+    assert reasons == [("wrong", False), ("really wrong", False)]
+    # The moderator saw only the first; the second keeps the item in the queue.
+    first = Report.objects.order_by("pk").first()
+    assert first is not None
+    clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "confirm", "reports_seen": str(first.pk)},
+    )
+    assert list(Report.objects.order_by("pk").values_list("resolved", flat=True)) == [True, False]
+    assert sub.pk in {s.pk for s in review_queue()}
 
 
 def test_my_submissions_and_the_queue_page_with_previous_and_next(
@@ -424,6 +435,12 @@ def test_the_migration_copies_each_decisions_submission_id_and_hash() -> None:
     new = executor.loader.project_state(after).apps
     row = new.get_model("moderation", "Decision").objects.get()
     assert (row.submission_key, row.submission_sha256) == (sub.pk, "ab" * 32)
+    # Going back is refused while a decision's submission is deleted.
+    new.get_model("analyses", "Submission").objects.filter(pk=sub.pk).delete()
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    with pytest.raises(RuntimeError, match="1 decision"):
+        executor.migrate(before)
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())

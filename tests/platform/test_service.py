@@ -395,3 +395,25 @@ def test_a_finished_run_removes_the_folders_of_earlier_runs(
     assert not dead.exists() and services.attempt_dir(sub).is_dir()
     stored = [Path(a.file.path) for a in sub.artifacts.all()]
     assert len(stored) == 5 and all(p.is_relative_to(services.attempt_dir(sub)) for p in stored)
+
+
+@pytest.mark.parametrize("outcome", ["crash", "rejected"])
+def test_a_failed_or_rejected_run_leaves_no_files(
+    site: Path, users, media_dir: Path, monkeypatch, outcome: str
+) -> None:
+    from explain import InvalidReferenceError
+
+    class Broken:
+        def run(self, path, out_dir, reference=None, progress=None):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "half.png").write_bytes(b"x")
+            if outcome == "crash":
+                raise ZeroDivisionError("bug")
+            raise InvalidReferenceError("The reference is unusable.")
+
+    monkeypatch.setattr(services.running, "_explainer", Broken)
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == (Status.FAILED if outcome == "crash" else Status.REJECTED)
+    assert not services.artifact_dir(sub).exists()

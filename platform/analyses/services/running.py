@@ -234,6 +234,7 @@ def run_submission(submission_id: UUID | str) -> None:
         return
     sub.refresh_from_db()
     out_dir = attempt_dir(sub)
+    stored = False
     try:
         with _heartbeat(sub.pk):
             try:
@@ -243,6 +244,7 @@ def run_submission(submission_id: UUID | str) -> None:
                 )
                 _store(sub, result.to_dict(), index, out_dir)
                 _drop_other_runs(out_dir)
+                stored = True
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
                 _finish_without_result(sub, Status.REJECTED, e.reason, e.code)
@@ -263,6 +265,10 @@ def run_submission(submission_id: UUID | str) -> None:
                     INTERNAL_ERROR_REASON.format(name=type(e).__name__),
                     "internal_error",
                 )
+            if not stored:
+                # Rejected or failed: no artifact rows point at any run's
+                # files, so no run's folder is worth keeping.
+                shutil.rmtree(out_dir.parent, ignore_errors=True)
     except Submission.DoesNotExist:
         logger.info("submission %s was deleted during its analysis; dropping it", sub.pk)
         shutil.rmtree(out_dir.parent, ignore_errors=True)

@@ -5,6 +5,20 @@ from django.db import migrations, models
 from django.db.models import F, OuterRef, Subquery
 
 
+def refuse_to_drop_kept_decisions(apps, schema_editor):
+    """Going back would need every decision to have its submission again:
+    refused while decisions of deleted submissions exist (the audit log is
+    not deleted to make a migration pass)."""
+    Decision = apps.get_model("moderation", "Decision")
+    orphans = Decision.objects.filter(submission__isnull=True).count()
+    if orphans:
+        raise RuntimeError(
+            f"{orphans} decision(s) belong to deleted submissions; reverting to 0002 would "
+            "need them deleted. Export them (the admin lists submission_key) and delete "
+            "them first if that is really wanted."
+        )
+
+
 def copy_submission_keys(apps, schema_editor):
     Decision = apps.get_model("moderation", "Decision")
     Submission = apps.get_model("analyses", "Submission")
@@ -46,4 +60,6 @@ class Migration(migrations.Migration):
                 to="analyses.submission",
             ),
         ),
+        # Runs first when the migration is reversed.
+        migrations.RunPython(migrations.RunPython.noop, refuse_to_drop_kept_decisions),
     ]

@@ -207,6 +207,9 @@ def test_run_overrides_replace_the_recipes_warmup_ema_and_regularisation(tmp_pat
     assert (r.drop_path, r.weight_decay) == (0.0, 0.01)  # 0 turns drop path off
     off = resolve_recipe(replace(config, no_ema=True), spec)
     assert off.ema_decay is None
+    for bad in ({"drop_path": 1.0}, {"drop_path": -0.1}, {"weight_decay": -0.01}):
+        with pytest.raises(TrainingError, match="must be"):
+            resolve_recipe(replace(config, **bad), spec)
 
 
 def test_resume_without_checkpoint_is_refused(dataset: Path, tmp_path: Path):

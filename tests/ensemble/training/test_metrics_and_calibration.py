@@ -165,3 +165,19 @@ def test_threshold_rule_picks_youden_optimum_and_smallest_band() -> None:
     c2 = choose_threshold(noisy, np.r_[np.zeros(20), np.ones(20)])
     assert c2.uncertain_band > 0 and c2.accuracy_outside_band is not None
     assert c2.accuracy_outside_band >= 0.95
+
+
+@pytest.mark.parametrize("centre", [0.06, 0.12, 0.88, 0.94])
+def test_the_chosen_threshold_and_band_are_always_a_valid_scoring_config(centre: float) -> None:
+    """Scores crowded near 0 or 1 pushed the band past the edge before, and
+    the site then refused the threshold.json it was told to use."""
+    from ensemble.config import ScoringConfig
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    # Heavily overlapping classes around ``centre``: the band wants to be wide.
+    probs = np.clip(centre + rng.normal(0, 0.05, 400) + 0.01 * labels, 0.001, 0.999)
+    c = choose_threshold(probs, labels)
+    assert c.threshold - c.uncertain_band >= 0.01 - 1e-9
+    assert c.threshold + c.uncertain_band <= 0.99 + 1e-9
+    ScoringConfig(threshold=c.threshold, uncertain_band=c.uncertain_band)
