@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 from accounts.roles import is_moderator
 from analyses.access import get_visible
 from analyses.models import Status, Submission, Verdict
+from ensemble.errors import TrusttraceError
 from moderation.models import Label
 from moderation.services import DECISION, annotated, latest_decisions
 from reports.csvexport import (
@@ -30,8 +31,10 @@ from reports.csvexport import (
 )
 
 
-class FilterError(ValueError):
+class FilterError(TrusttraceError, ValueError):
     """A CSV filter value that does not parse (answered with a 400 naming it)."""
+
+    code = "bad_filter"
 
 
 def _date(params: QueryDict, key: str) -> dt.date | None:
