@@ -34,7 +34,7 @@ import torch
 
 from bench import common
 from bench.speed import random_member
-from ensemble.config import AnalysisConfig
+from ensemble.config import BACKENDS, PRECISIONS, AnalysisConfig, Backend, Precision
 from ensemble.media import list_media, sniff
 from ensemble.pipeline import Analyzer
 from ensemble.registry import REGISTRY
@@ -73,6 +73,8 @@ def measure(
     explain_config: ExplainConfig | None = None,
     threads: int = 0,
     reference: Path | None = None,
+    backend: Backend = "auto",
+    precision: Precision = "auto",
 ) -> dict[str, Any]:
     """Seconds per video: analysis alone, and analysis + explanations."""
     with tempfile.TemporaryDirectory(prefix="trusttrace-explain-cost-") as tmp_name:
@@ -84,6 +86,8 @@ def measure(
             members=tuple(members),
             frames=frames,
             threads=threads,
+            backend=backend,
+            precision=precision,
         )
         analyzer = Analyzer(config, REGISTRY)
         analyzer.prepare()
@@ -133,6 +137,8 @@ def measure(
         "videos": rows,
         "frames": frames,
         "members": list(members),
+        "backend": backend,
+        "precision": precision,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
@@ -143,13 +149,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__)
     common.add_analysis(parser, common.VIDEOS, REGISTRY.names())
     parser.add_argument("--reference", type=Path, help="reference media for every video")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="what runs the members (auto: OpenVINO)"
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     videos = [p for p in list_media([args.videos]) if sniff(p).kind == "video"]
     if not videos:
         sys.exit(f"no videos in {args.videos}")
     names = common.names(args.members)
-    report = measure(videos, args.frames, names, threads=args.threads, reference=args.reference)
+    report = measure(
+        videos,
+        args.frames,
+        names,
+        threads=args.threads,
+        reference=args.reference,
+        backend=args.backend,
+        precision=args.precision,
+    )
     print(json.dumps(report, indent=2))
     common.write_json(args.json, report)
 
