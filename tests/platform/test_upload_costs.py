@@ -5,6 +5,7 @@ applies them too."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,29 @@ def test_worker_refuses_a_stored_video_over_the_frame_rate_limit(
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.reason_code == "frame_rate", sub.reason
     assert "50000 frames per second; the limit is 240" in sub.reason
+
+
+def test_an_answer_sent_just_before_the_probe_exits_is_kept() -> None:
+    """The child answers and exits between the parent's poll and its
+    liveness check: the answer still counts (it is not a dead probe)."""
+    from analyses.services.probing import _Child
+
+    class Conn:
+        polls = 0
+
+        def poll(self, timeout: float) -> bool:
+            self.polls += 1
+            return self.polls > 1  # nothing at the first poll, the answer after
+
+        def recv(self) -> tuple[str, str]:
+            return ("info", "the answer")
+
+    class Exited:
+        pid = None
+        exitcode = 0
+
+        def is_alive(self) -> bool:
+            return False
+
+    child = _Child(Exited(), Conn(), 0)  # type: ignore[arg-type]
+    assert child.answer(time.monotonic() + 30) == ("info", "the answer")

@@ -195,6 +195,10 @@ class _Child:
                     message: tuple[Any, ...] = self.receive.recv()
                     return message
                 if not self.proc.is_alive():
+                    # It may have answered and exited since the poll above.
+                    if self.receive.poll(0):
+                        last: tuple[Any, ...] = self.receive.recv()
+                        return last
                     return ("error", f"the probe process ended with code {self.proc.exitcode}")
         except EOFError:
             return ("error", "the probe process ended without an answer")
