@@ -9,6 +9,7 @@ import pytest
 
 from analyses import services
 from analyses.models import Status, Submission
+from ensemble.media import file_sha256
 from explain import InvalidReferenceError
 from tests import media_factory as mf
 from tests.platform.conftest import upload
@@ -85,9 +86,14 @@ def test_input_that_fails_in_analysis_is_rejected_with_reason_and_not_retried(
     site: Path, users, media_dir: Path, settings
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "person.mp4")
-    # The file is damaged after the edge check (a disk fault, say): the
-    # analysis itself must reject it, with the decoder's reason.
-    mf.text_as_mp4(Path(sub.file.path))
+    # A file the edge check passed but the analysis cannot use: the analysis
+    # itself must reject it, with the decoder's reason. (Stand-in: the
+    # stored file and its recorded hash and size are swapped for a text file.)
+    path = Path(sub.file.path)
+    mf.text_as_mp4(path)
+    Submission.objects.filter(pk=sub.pk).update(
+        sha256=file_sha256(path), size_bytes=path.stat().st_size
+    )
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.score is None and sub.verdict == ""
@@ -95,6 +101,49 @@ def test_input_that_fails_in_analysis_is_rejected_with_reason_and_not_retried(
     services.run_submission(sub.pk)  # a redelivered message does nothing
     sub.refresh_from_db()
     assert sub.attempts == 1
+
+
+@pytest.mark.parametrize("fault", ["missing", "damaged", "truncated", "reference missing"])
+def test_a_stored_file_that_is_not_what_was_received_fails_and_can_run_again(
+    site: Path, users, media_dir: Path, settings, fault: str
+) -> None:
+    """The storage's fault, not the user's: the job fails (retryable) with a
+    reason that says so, instead of rejecting the user's file for good."""
+    from analyses.services import reruns
+
+    sub = _submit(
+        users["submitter"], media_dir / "person.mp4", reference=upload(media_dir / "face.png")
+    )
+    path = Path(sub.file.path)
+    original = path.read_bytes()
+    if fault == "missing":
+        path.unlink()
+    elif fault == "damaged":  # same size, other bytes
+        flipped = bytes(b ^ 0xFF for b in original[100:200])
+        path.write_bytes(original[:100] + flipped + original[200:])
+    elif fault == "truncated":
+        path.write_bytes(original[: len(original) // 2])
+    else:
+        Path(sub.reference_file.path).unlink()
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.reason_code == "stored_file", sub.reason
+    assert sub.score is None and sub.verdict == ""
+    which = "reference" if fault.startswith("reference") else "file"
+    assert f"uploaded {which} could not be read back" in sub.reason
+    assert "not of your file" in sub.reason
+    assert {"missing": "missing", "damaged": "content has changed", "truncated": "bytes, not the"}[
+        fault.removeprefix("reference ")
+    ] in sub.reason
+    # Restored, it runs again and gets its result.
+    if fault == "reference missing":
+        Path(sub.reference_file.path).write_bytes((media_dir / "face.png").read_bytes())
+    else:
+        path.write_bytes(original)
+    reruns.rerun(sub)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
 
 
 def test_crash_is_failed_with_logged_traceback_never_a_score(

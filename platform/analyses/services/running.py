@@ -68,6 +68,41 @@ class _RejectedInput(Refusal):
     """Bad input found during the job (e.g. an unusable reference): final."""
 
 
+STORED_FILE_CODE = "stored_file"
+STORED_FILE_REASON = (
+    "The uploaded {which} could not be read back from the site's storage as it was received "
+    "({why}). This is a fault of the site's storage, not of your file; it was logged and a "
+    "moderator can run the analysis again once the file is restored."
+)
+
+
+class _StoredFileError(TrusttraceError):
+    """The stored upload (or its reference) is missing or no longer the file
+    that was received: the site's fault, so the job fails (and may be run
+    again) instead of rejecting the user's file."""
+
+
+def _check_stored(sub: Submission) -> None:
+    """The upload and its reference are on disk, with the size and sha256
+    recorded when they were received; else :class:`_StoredFileError`."""
+    from ensemble.media import file_sha256
+
+    stored = [("file", sub.file, sub.sha256, sub.size_bytes)]
+    if sub.reference_file:
+        stored.append(("reference", sub.reference_file, sub.reference_sha256, 0))
+    for which, field, sha256, size in stored:
+        path = Path(field.path)
+        if not path.is_file():
+            why = "it is missing"
+        elif size and path.stat().st_size != size:
+            why = f"it is {path.stat().st_size:,} bytes, not the {size:,} received"
+        elif sha256 and file_sha256(path) != sha256:
+            why = "its content has changed since it was received"
+        else:
+            continue
+        raise _StoredFileError(STORED_FILE_REASON.format(which=which, why=why))
+
+
 _EXPLAINERS: dict[int, Explainer] = {}
 
 
@@ -238,6 +273,7 @@ def run_submission(submission_id: UUID | str) -> None:
     try:
         with _heartbeat(sub.pk):
             try:
+                _check_stored(sub)
                 reference = Path(sub.reference_file.path) if sub.reference_file else None
                 result, index = _analyze(
                     Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
@@ -248,6 +284,9 @@ def run_submission(submission_id: UUID | str) -> None:
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
                 _finish_without_result(sub, Status.REJECTED, e.reason, e.code)
+            except _StoredFileError as e:
+                logger.error("submission %s: %s", sub.pk, e)
+                _finish_without_result(sub, Status.FAILED, str(e), STORED_FILE_CODE)
             except (Submission.DoesNotExist, _ClaimLost):
                 raise
             except SoftTimeLimitExceeded as e:
