@@ -79,6 +79,19 @@ class FrameCountLimitError(MediaLimitError):
     code = "frame_count"
 
 
+class DecodeWorkLimitError(MediaLimitError):
+    """Reaching the sampled frames of the video means decoding more than the
+    limit allows (key frames far apart)."""
+
+    code = "decode_work"
+
+
+class DamagedMediaError(UnreadableMediaError):
+    """Too few of the sampled frames of a video decode: most of it is damaged."""
+
+    code = "damaged"
+
+
 class EmptyMediaError(UnreadableMediaError):
     """A well-formed container that holds no frame."""
 

@@ -41,6 +41,8 @@ from PIL import Image, ImageOps
 
 from ensemble.config import MediaLimits
 from ensemble.errors import (
+    DamagedMediaError,
+    DecodeWorkLimitError,
     EmptyMediaError,
     FrameCountLimitError,
     FrameRateLimitError,
@@ -120,6 +122,9 @@ class MediaInfo:
     # as the video's display matrix asks (phones store portrait video sideways
     # with such a matrix). ``width`` and ``height`` are the upright picture's.
     rotation: int = 0
+    # Sampled frames that could not be decoded (damaged data): the result
+    # rests on the others.
+    frames_missing: int = 0
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -147,6 +152,9 @@ class DecodeStats:
     seeks: int
     # Degrees counterclockwise applied to the sampled frames (see ``MediaInfo.rotation``).
     rotation: int = 0
+    # Sampled frames asked for, and those left out because their data was damaged.
+    requested: int = 0
+    missing: int = 0
 
 
 @dataclass(frozen=True)
@@ -323,8 +331,16 @@ def read_video(
     limits: MediaLimits,
     n_frames: int,
     media_type: MediaType | None = None,
+    *,
+    plan_frames: int = 0,
 ) -> LoadedMedia:
-    """Sample ``n_frames`` frames evenly over the video, as RGB."""
+    """Sample ``n_frames`` frames evenly over the video, as RGB.
+
+    The decoding work is checked (``MediaLimits.max_decode_pixels``) for
+    ``plan_frames`` sampled frames when that is more than ``n_frames``: the
+    upload probe decodes one frame but answers for the analysis's sampling.
+    Most sampled frames damaged is :class:`DamagedMediaError`; a few are left
+    out (``MediaInfo.frames_missing``)."""
     import av
 
     media_type = media_type or sniff(path)
@@ -353,9 +369,11 @@ def read_video(
         if span > limits.max_duration_s:
             raise _duration_error(span, limits)
         targets = [index.pts[i] for i in sample_indices(len(index.pts), n_frames)]
+        planned = [index.pts[i] for i in sample_indices(len(index.pts), plan_frames)]
+        _check_decode_work(index, max(targets, planned, key=len), width * height, limits)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
-        frames, stats = _decode_targets(container, stream, index, targets, limits.max_video_pixels)
+        frames, stats = _decode_targets(container, stream, index, targets, limits)
     except av.error.FFmpegError as e:
         raise UnreadableMediaError(
             "The video could not be read: the file is corrupt or truncated."
@@ -365,6 +383,11 @@ def read_video(
     if not frames:
         raise UnreadableMediaError(
             "No frame of the video could be decoded: the file is corrupt or truncated."
+        )
+    if stats.missing * 2 > stats.requested:
+        raise DamagedMediaError(
+            f"The video is damaged: {stats.missing} of the {stats.requested} frames sampled "
+            "over its length could not be decoded, too many to judge it from the rest."
         )
     count = len(index.pts)
     if duration is None or duration <= 0:
@@ -388,6 +411,7 @@ def read_video(
         decoded_width=decoded_w if downscaled else None,
         decoded_height=decoded_h if downscaled else None,
         rotation=stats.rotation,
+        frames_missing=stats.missing,
     )
     return LoadedMedia(info, tuple(frames), stats)
 
@@ -407,6 +431,41 @@ def _rate_error(fps: float | None, frames: int, limits: MediaLimits) -> FrameRat
         )
     return FrameRateLimitError(
         f"The video runs at {fps:.0f} frames per second; the limit is {limits.max_fps:.0f}."
+    )
+
+
+def decode_work(index: _VideoIndex, targets: Sequence[int]) -> int:
+    """Frames decoded to reach ``targets`` (sorted pts): from the key frame
+    before each one, or on from the previous target when no key frame lies
+    between (as :func:`_decode_targets` reads them)."""
+    work, reached = 0, -1
+    for t in targets:
+        pos = bisect.bisect_left(index.pts, t)
+        key = index.keyframes[max(bisect.bisect_right(index.keyframes, t) - 1, 0)]
+        start = bisect.bisect_left(index.pts, key)
+        if start <= reached:
+            start = reached + 1
+        work += max(pos - start + 1, 0)
+        reached = max(reached, pos)
+    return work
+
+
+def _check_decode_work(
+    index: _VideoIndex, targets: Sequence[int], pixels: int, limits: MediaLimits
+) -> None:
+    if not limits.max_decode_pixels or not targets:
+        return
+    frames = decode_work(index, targets)
+    if frames * pixels <= limits.max_decode_pixels:
+        return
+    allowed = max(limits.max_decode_pixels // max(pixels, 1), 1)
+    keys = max(len(index.keyframes), 1)
+    raise DecodeWorkLimitError(
+        f"Reaching the {len(targets)} frames sampled over this video means decoding about "
+        f"{frames:,} frames (it has {keys:,} key frame{'s' if keys > 1 else ''} in "
+        f"{len(index.pts):,} frames); the limit at its picture size is {allowed:,}. "
+        "Re-encoded with a key frame every few seconds (as cameras and editors do by "
+        "default), it can be analysed."
     )
 
 
@@ -627,10 +686,11 @@ def upright(image: RGBImage, rotation: int) -> RGBImage:
     return np.ascontiguousarray(np.rot90(image, k=turns))
 
 
-def _to_rgb(frame: Any, max_pixels: int) -> RGBImage:
+def _to_rgb(frame: Any, max_pixels: int, size: tuple[int, int] | None = None) -> RGBImage:
     """A decoded frame as RGB, upright, downscaled in the same swscale pass when
-    it has more than ``max_pixels`` pixels: no full-size RGB copy is ever made."""
-    width, height = fit_pixels(frame.width, frame.height, max_pixels)
+    it has more than ``max_pixels`` pixels: no full-size RGB copy is ever made.
+    ``size`` (width, height before turning upright) scales it to that size instead."""
+    width, height = size or fit_pixels(frame.width, frame.height, max_pixels)
     if (width, height) == (frame.width, frame.height):
         image: RGBImage = frame.to_ndarray(format="rgb24")
     else:
@@ -645,10 +705,17 @@ def _decode_targets(
     stream: Any,
     index: _VideoIndex,
     targets: Sequence[int],
-    max_pixels: int = 0,
+    limits: MediaLimits,
 ) -> tuple[list[Frame], DecodeStats]:
     """Decode only what is needed to reach each target frame, as RGB of at
-    most ``max_pixels`` pixels (0: the decoded size).
+    most ``limits.max_video_pixels`` pixels (0: the decoded size).
+
+    Every decoded frame is held to the picture limits (``_check_pixels``): a
+    stream may change its size after the first frame, which is all the
+    declared size describes. Frames after the first are scaled to the first
+    one's size, so face boxes of every frame are in one frame size. A target
+    whose data is damaged (the decoder fails before reaching it) is left out
+    and counted (``DecodeStats.missing``); decoding goes on at the next one.
 
     When the targets are sparse, the decoder also skips frames that no other
     frame references (FFmpeg's ``skip_frame=NONREF``): that saves their decoding
@@ -663,13 +730,23 @@ def _decode_targets(
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
         stream.codec_context.skip_frame = "NONREF"
     frames: list[Frame] = []
-    decoded = converted = seeks = rotation = 0
+    decoded = converted = seeks = rotation = missing = 0
     i = 0
     last: Any = None
+    checked: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # of the first converted frame
+
+    def check(frame: Any) -> None:
+        nonlocal checked
+        if (frame.width, frame.height) != checked:
+            _check_pixels(frame.width, frame.height, limits)
+            checked = (frame.width, frame.height)
 
     def take(frame: Any) -> None:
-        nonlocal i, converted, rotation
-        image = _to_rgb(frame, max_pixels)
+        nonlocal i, converted, rotation, size
+        if size is None:
+            size = fit_pixels(frame.width, frame.height, limits.max_video_pixels)
+        image = _to_rgb(frame, limits.max_video_pixels, size)
         rotation = display_rotation(frame)
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
@@ -682,10 +759,11 @@ def _decode_targets(
         key = index.keyframes[max(bisect.bisect_right(index.keyframes, targets[i]) - 1, 0)]
         container.seek(key, stream=stream, backward=True, any_frame=False)
         seeks += 1
-        progressed = False
+        progressed = damaged = False
         try:
             for frame in container.decode(stream):
                 decoded += 1
+                check(frame)
                 if frame.pts is None:
                     continue
                 last = frame
@@ -699,10 +777,14 @@ def _decode_targets(
                 if next_key > frame.pts:
                     break  # a key frame lies between: seeking skips the stretch
         except av.error.FFmpegError:
-            # Damaged data after some good frames: keep what we have.
+            # Damaged data: keep what we have and go on at the next target.
             logger.warning("decoding stopped at a damaged packet", exc_info=True)
+            damaged = True
         if not progressed:
-            break  # the decoder has nothing further: end of a skipped or truncated stream
+            if not damaged:
+                break  # the decoder has nothing further: end of a skipped or truncated stream
+            missing += 1  # this target's data is damaged
+            i += 1
     if (
         i < len(targets)
         and last is not None
@@ -715,6 +797,8 @@ def _decode_targets(
         converted=converted,
         seeks=seeks,
         rotation=rotation,
+        requested=len(targets),
+        missing=missing,
     )
     return frames, stats
 
@@ -765,9 +849,7 @@ def frames_at_times(
         wanted = {t: index.pts[nearest(t)] for t in times}
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
-        frames, _ = _decode_targets(
-            container, stream, index, sorted(set(wanted.values())), limits.max_video_pixels
-        )
+        frames, _ = _decode_targets(container, stream, index, sorted(set(wanted.values())), limits)
     except av.error.FFmpegError as e:
         raise UnreadableMediaError(
             "The video could not be read: the file is corrupt or truncated."
@@ -786,14 +868,17 @@ def frames_at_times(
     return out
 
 
-def load_media(path: Path, limits: MediaLimits, n_frames: int) -> LoadedMedia:
-    """Read an image (one frame) or sample a video, deciding by content."""
+def load_media(
+    path: Path, limits: MediaLimits, n_frames: int, *, plan_frames: int = 0
+) -> LoadedMedia:
+    """Read an image (one frame) or sample a video, deciding by content
+    (``plan_frames``: see :func:`read_video`)."""
     if not path.is_file():
         raise UnreadableMediaError(f"{path.name} does not exist or is not a file.")
     media_type = sniff(path)
     if media_type.kind == "image":
         return read_image(path, limits, media_type)
-    return read_video(path, limits, n_frames, media_type)
+    return read_video(path, limits, n_frames, media_type, plan_frames=plan_frames)
 
 
 def list_media(paths: Sequence[Path]) -> list[Path]:

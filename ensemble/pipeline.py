@@ -168,12 +168,13 @@ def analyze_with_data(
         FrameInfo(pos, f.index, f.time_s, len(detections[pos]))
         for pos, f in enumerate(media.frames)
     )
+    damage = _damage_note(media.info.frames_missing, len(frames))
     if not tracks:
         what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
         return finish(
             status="done",
             verdict="no_face",
-            reason=f"No face was found in the {what}.",
+            reason=" ".join(filter(None, (f"No face was found in the {what}.", damage))),
             reason_code="no_face",
             media=media.info,
             frames=frames,
@@ -273,6 +274,17 @@ def analyze_with_data(
         members=dict(worst.members),
         score=worst.score,
         verdict=worst.verdict,
+        reason=damage,
+    )
+
+
+def _damage_note(missing: int, decoded: int) -> str | None:
+    """What a result says when some sampled frames were damaged (``None``: none were)."""
+    if not missing:
+        return None
+    return (
+        f"{missing} of the {missing + decoded} frames sampled could not be decoded (damaged "
+        f"data); the result rests on the other {decoded}."
     )
 
 

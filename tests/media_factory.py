@@ -208,3 +208,34 @@ def tiny_frames_clip(path: Path, frames: int, fps: int, size: int = 32) -> Path:
     ``MediaLimits.min_side`` are now refused for their size first, so the
     default is the smallest size the frame-rate checks still see)."""
     return black_video(path, size, size, frames, fps)
+
+
+def size_change_mkv(
+    path: Path, first: tuple[int, int], then: tuple[int, int], frames: int = 5, fps: int = 10
+) -> Path:
+    """A Matroska MJPEG video whose frames change size halfway: ``frames``
+    grey frames of ``first`` (width, height), the size the stream declares,
+    then ``frames`` of ``then`` (each MJPEG packet is a picture of its own
+    size, so the decoder returns the new size)."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mjpeg", rate=fps)
+    stream.width, stream.height = first
+    stream.pix_fmt = "yuvj420p"
+    stream.codec_context.time_base = Fraction(1, fps)
+    later = av.CodecContext.create("mjpeg", "w")
+    later.width, later.height = then
+    later.pix_fmt = "yuvj420p"
+    later.time_base = Fraction(1, fps)
+    for part, (codec, (width, height)) in enumerate(((stream.codec_context, first), (later, then))):
+        for i in range(frames):
+            image = np.full((height, width, 3), 60 + 40 * part, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+            frame.pts, frame.time_base = part * frames + i, Fraction(1, fps)
+            for packet in codec.encode(frame):
+                packet.stream = stream
+                container.mux(packet)
+        for packet in codec.encode():
+            packet.stream = stream
+            container.mux(packet)
+    container.close()
+    return path

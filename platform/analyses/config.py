@@ -65,6 +65,7 @@ class TrusttraceSettings:
     backend: Backend = "auto"
     precision: Precision = "auto"
     c2pa_trust_anchors: Path | None = None
+    max_decode_pixels: int = MediaLimits.max_decode_pixels
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> TrusttraceSettings:
@@ -146,6 +147,7 @@ def analysis_config(
             max_video_pixels=s.max_video_pixels,
             max_fps=s.max_fps,
             max_video_frames=s.max_video_frames,
+            max_decode_pixels=s.max_decode_pixels,
         ),
         faces=FaceConfig(),
         scoring=ScoringConfig(

@@ -20,8 +20,10 @@ def probe(
     n_frames: int,
     conn: Connection,
     provenance: dict[str, Any] | None = None,
+    plan_frames: int = 0,
 ) -> None:
-    """``load_media`` on ``path``; sends ``("ok", MediaInfo)``, ``("invalid",
+    """``load_media`` on ``path`` (decoding ``n_frames``, the decoding work
+    checked for the analysis's ``plan_frames``); sends ``("ok", MediaInfo)``, ``("invalid",
     reason, code)`` or ``("error", text)``.
 
     With ``provenance`` (the reader's options: ``trust_anchors``), a file that
@@ -35,7 +37,7 @@ def probe(
 
     try:
         try:
-            media = load_media(Path(path), limits, n_frames)
+            media = load_media(Path(path), limits, n_frames, plan_frames=plan_frames)
         except InvalidMediaError as e:
             conn.send(("invalid", str(e), e.code))
             return

@@ -426,3 +426,150 @@ def test_frames_at_times_refuses_an_image(tmp_path: Path) -> None:
     path = mf.write_image(tmp_path / "face.png", mf.face_image(64), "PNG")
     with pytest.raises(UnsupportedMediaError, match="not an image"):
         media.frames_at_times(path, LIMITS, [0.0])
+
+
+# --- Frames that change size, key frames far apart, damaged stretches -------------
+
+
+def test_a_frame_past_the_picture_limits_after_the_first_is_refused(tmp_path: Path) -> None:
+    """The declared size describes the first frame only: a 1280x32 strip
+    (40:1) after five 320x240 frames is refused for its shape."""
+    path = mf.size_change_mkv(tmp_path / "strip.mkv", (320, 240), (1280, 32))
+    with av.open(str(path)) as c:
+        assert (
+            c.streams.video[0].codec_context.width,
+            c.streams.video[0].codec_context.height,
+        ) == (
+            320,
+            240,
+        )
+    with pytest.raises(PictureShapeError, match="1280x32"):
+        load_media(path, LIMITS, 8)
+
+
+def test_frames_that_change_size_come_out_at_the_first_frames_size(tmp_path: Path) -> None:
+    """A size change within the limits (a stream switching resolution) gives
+    every frame the first one's size, the size face boxes are given in."""
+    path = mf.size_change_mkv(tmp_path / "switch.mkv", (320, 240), (640, 480))
+    loaded = load_media(path, LIMITS, 10)
+    assert len(loaded.frames) == 10
+    assert {f.image.shape for f in loaded.frames} == {(240, 320, 3)}
+    assert loaded.frames[-1].image.mean() > loaded.frames[0].image.mean() + 20  # the later part
+
+
+def _video_index(path: Path) -> Any:
+    with av.open(str(path)) as c:
+        return media._index_video(c, c.streams.video[0], LIMITS)
+
+
+def test_decode_work_counts_frames_from_each_key_frame(tmp_path: Path) -> None:
+    one_key = _video_index(mf.write_clip(tmp_path / "one.mp4", frames=100, gop=1000))
+    keyed = _video_index(mf.write_clip(tmp_path / "keyed.mp4", frames=100, gop=10))
+    assert len(one_key.keyframes) == 1 and len(keyed.keyframes) == 10
+    targets = [one_key.pts[i] for i in (5, 50, 99)]
+    assert media.decode_work(one_key, targets) == 100  # on from frame 0 to frame 99
+    targets = [keyed.pts[i] for i in (5, 50, 99)]
+    assert media.decode_work(keyed, targets) == 6 + 1 + 10  # from frames 0, 50 and 90
+    # Targets sharing a stretch are not counted twice.
+    assert media.decode_work(keyed, [keyed.pts[i] for i in (2, 4, 8)]) == 9
+
+
+def test_a_video_whose_key_frames_are_too_far_apart_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    one_key = mf.write_clip(tmp_path / "one.mp4", frames=100, gop=1000)
+    keyed = mf.write_clip(tmp_path / "keyed.mp4", frames=100, gop=10)
+    limits = MediaLimits(max_decode_pixels=320 * 240 * 90)  # 90 frames of 320x240
+    assert len(load_media(keyed, limits, 8).frames) == 8  # at most 10 frames per target
+    with pytest.raises(MediaLimitError, match="key frame") as refused:
+        load_media(one_key, limits, 8)
+    assert refused.value.code == "decode_work"
+    assert "decoding about 100 frames" in str(refused.value) and "90" in str(refused.value)
+    # The upload probe decodes one frame (frame 0, a key frame) but answers
+    # for the analysis's sampling.
+    assert len(load_media(one_key, limits, 1).frames) == 1
+    with pytest.raises(MediaLimitError, match="key frame"):
+        load_media(one_key, limits, 1, plan_frames=8)
+    assert len(load_media(one_key, MediaLimits(max_decode_pixels=0), 8).frames) == 8
+
+
+class _FakeFrame:
+    def __init__(self, pts: int) -> None:
+        self.pts, self.width, self.height, self.rotation = pts, 64, 48, 0
+
+    def to_ndarray(self, **_: Any) -> np.ndarray:
+        return np.full((48, 64, 3), self.pts % 256, np.uint8)
+
+
+class _DamagedContainer:
+    """Frames 0..n-1 (pts = index), a key frame every ``gop``; decoding
+    through a frame in ``damaged`` raises as FFmpeg does on bad data."""
+
+    def __init__(self, n: int, gop: int, damaged: set[int]) -> None:
+        self.n, self.gop, self.damaged, self.at = n, gop, damaged, 0
+
+    def seek(self, pts: int, **_: Any) -> None:
+        self.at = pts
+
+    def decode(self, _stream: Any) -> Iterator[_FakeFrame]:
+        for pts in range(self.at, self.n):
+            if pts in self.damaged:
+                raise av.error.InvalidDataError(1094995529, "Invalid data found")
+            yield _FakeFrame(pts)
+
+
+class _Codec:
+    skip_frame = "DEFAULT"
+
+
+class _Stream:
+    codec_context = _Codec()
+
+
+def _decode_damaged(damaged: set[int], targets: list[int]) -> Any:
+    from fractions import Fraction
+
+    n, gop = 100, 10
+    index = media._VideoIndex(
+        pts=tuple(range(n)),
+        keyframes=tuple(range(0, n, gop)),
+        time_base=Fraction(1, 10),
+        start_pts=0,
+    )
+    return media._decode_targets(
+        _DamagedContainer(n, gop, damaged), _Stream(), index, targets, LIMITS
+    )
+
+
+def test_a_damaged_stretch_costs_its_own_targets_only() -> None:
+    """Decoding goes on at the next target after damaged data: the targets
+    after the stretch are still read, and the missing ones are counted."""
+    frames, stats = _decode_damaged({33}, [5, 35, 55, 75, 95])
+    assert [f.index for f in frames] == [5, 55, 75, 95]
+    assert (stats.requested, stats.missing) == (5, 1)
+    frames, stats = _decode_damaged(set(), [5, 35, 55, 75, 95])
+    assert [f.index for f in frames] == [5, 35, 55, 75, 95] and stats.missing == 0
+
+
+def test_a_video_with_most_sampled_frames_damaged_is_refused(
+    monkeypatch: Any, tmp_path: Path
+) -> None:
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=100, gop=10)
+    real = media._decode_targets
+
+    def damaged_after_frame_20(
+        container: Any, stream: Any, index: Any, targets: Any, limits: Any
+    ) -> Any:
+        frames, stats = real(container, stream, index, targets, limits)
+        kept = [f for f in frames if f.index < 20]
+        missing = len(frames) - len(kept)
+        from dataclasses import replace
+
+        return kept, replace(stats, missing=missing)
+
+    monkeypatch.setattr(media, "_decode_targets", damaged_after_frame_20)
+    with pytest.raises(UnreadableMediaError, match="damaged") as refused:
+        load_media(path, LIMITS, 8)
+    assert refused.value.code == "damaged"
+    loaded = load_media(path, LIMITS, 2)  # frames 0 and 99: one of two missing, not most
+    assert loaded.info.frames_missing == 1 and len(loaded.frames) == 1

@@ -273,3 +273,28 @@ def test_a_combination_that_is_not_a_number_fails_the_analysis(
             detector=detector,
             combiner=Broken(),
         )
+
+
+@pytest.mark.parametrize("face", [True, False])
+def test_a_result_says_how_many_sampled_frames_were_damaged(
+    tmp_path: Path, detector: FaceDetector, tiny_member, monkeypatch: pytest.MonkeyPatch, face: bool
+) -> None:
+    """A few damaged frames leave a result, which says it rests on the rest."""
+    import dataclasses
+
+    from ensemble import pipeline
+
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=20, face_at=(60, 40, 150) if face else None)
+    real = pipeline.load_media
+
+    def three_damaged(*args: object, **kw: object) -> object:
+        loaded = real(*args, **kw)  # type: ignore[arg-type]
+        info = dataclasses.replace(loaded.info, frames_missing=3)
+        return dataclasses.replace(loaded, info=info, frames=loaded.frames[:5])
+
+    monkeypatch.setattr(pipeline, "load_media", three_damaged)
+    result = analyze(path, config("a"), members={"a": tiny_member("a")}, detector=detector)
+    assert result.status == "done"
+    assert "3 of the 8 frames sampled could not be decoded" in (result.reason or "")
+    assert "rests on the other 5" in (result.reason or "")
+    assert (result.verdict == "no_face") is not face

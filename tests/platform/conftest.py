@@ -105,6 +105,19 @@ def upload(path: Path, name: str | None = None) -> SimpleUploadedFile:
     return SimpleUploadedFile(name or path.name, path.read_bytes())
 
 
+def replace_stored(sub: Any, data: bytes) -> None:
+    """Swap a submission's stored upload for ``data`` as if it had been
+    received so (its recorded sha256 and size too): a file the upload check
+    let through that the analysis then meets."""
+    import hashlib
+
+    path = Path(sub.file.path)
+    path.write_bytes(data)
+    type(sub).objects.filter(pk=sub.pk).update(
+        sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
+    )
+
+
 def png_bytes(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
     import io
 

@@ -92,6 +92,56 @@ def test_storage_per_user_is_limited_on_the_api(
     assert "Delete old submissions" in response.json()["detail"]
 
 
+def test_reference_files_count_against_the_storage_quota(
+    site: Path, users: dict[str, User], media_dir: Path, settings: Any, quiet_queue: None
+) -> None:
+    """Before, only the main files were summed: references (up to the upload
+    limit each) were stored without counting."""
+    image, clip = (media_dir / "face.png").stat().st_size, (media_dir / "person.mp4").stat().st_size
+    sub = services.create_submission(
+        users["submitter"],
+        upload(media_dir / "person.mp4"),
+        reference=upload(media_dir / "face.png"),
+    )
+    assert (sub.size_bytes, sub.reference_size_bytes) == (clip, image)
+    # Room for one more clip on its own, not once the reference is counted.
+    _limits(settings, MAX_STORAGE_PER_USER_BYTES=2 * clip + image // 2)
+    with pytest.raises(services.QuotaExceeded, match="of storage"):
+        services.create_submission(users["submitter"], upload(media_dir / "person.mp4"))
+    _limits(settings, MAX_STORAGE_PER_USER_BYTES=2 * clip + image)
+    services.create_submission(users["submitter"], upload(media_dir / "person.mp4"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_fills_the_reference_size_of_stored_submissions(
+    site: Path, settings: Any
+) -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("analyses", "0004_submission_provenance")]
+    after = [("analyses", "0005_submission_reference_size_bytes")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="q")
+    (Path(settings.MEDIA_ROOT) / "uploads").mkdir(parents=True, exist_ok=True)
+    (Path(settings.MEDIA_ROOT) / "uploads" / "ref.png").write_bytes(b"x" * 1234)
+    rows = old.get_model("analyses", "Submission").objects
+    kept = rows.create(owner=user, kind="video", sha256="a" * 64, reference_file="uploads/ref.png")
+    gone = rows.create(owner=user, kind="video", sha256="b" * 64, reference_file="uploads/gone.png")
+    none = rows.create(owner=user, kind="image", sha256="c" * 64)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    new = executor.loader.project_state(after).apps.get_model("analyses", "Submission")
+    sizes = dict(new.objects.values_list("pk", "reference_size_bytes"))
+    assert sizes == {kept.pk: 1234, gone.pk: 0, none.pk: 0}
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 def test_an_earlier_result_of_the_same_file_is_offered_not_forced(
     site: Path,
     users: dict[str, User],

@@ -9,10 +9,9 @@ import pytest
 
 from analyses import services
 from analyses.models import Status, Submission
-from ensemble.media import file_sha256
 from explain import InvalidReferenceError
 from tests import media_factory as mf
-from tests.platform.conftest import upload
+from tests.platform.conftest import replace_stored, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -83,17 +82,13 @@ def test_video_analysis_goes_running_then_done_with_scores_and_versions(
 
 
 def test_input_that_fails_in_analysis_is_rejected_with_reason_and_not_retried(
-    site: Path, users, media_dir: Path, settings
+    site: Path, users, media_dir: Path, settings, tmp_path: Path
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "person.mp4")
     # A file the edge check passed but the analysis cannot use: the analysis
     # itself must reject it, with the decoder's reason. (Stand-in: the
     # stored file and its recorded hash and size are swapped for a text file.)
-    path = Path(sub.file.path)
-    mf.text_as_mp4(path)
-    Submission.objects.filter(pk=sub.pk).update(
-        sha256=file_sha256(path), size_bytes=path.stat().st_size
-    )
+    replace_stored(sub, mf.text_as_mp4(tmp_path / "text.mp4").read_bytes())
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.score is None and sub.verdict == ""

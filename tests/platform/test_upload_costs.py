@@ -16,7 +16,7 @@ from PIL import Image
 from analyses import services
 from analyses.models import Status, Submission
 from tests import media_factory as mf
-from tests.platform.conftest import upload
+from tests.platform.conftest import replace_stored, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -103,11 +103,31 @@ def test_worker_refuses_a_stored_video_over_the_frame_rate_limit(
     # analysis refuses it from the declared rate instead of walking every
     # packet (before: done; the issue's 3 M-frame file took 19 s in the worker).
     fast = mf.tiny_frames_clip(tmp_path / "fast.mp4", frames=2000, fps=50_000)
-    Path(sub.file.path).write_bytes(fast.read_bytes())
+    replace_stored(sub, fast.read_bytes())
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.reason_code == "frame_rate", sub.reason
     assert "50000 frames per second; the limit is 240" in sub.reason
+
+
+def test_video_with_key_frames_too_far_apart_is_refused_at_upload_and_in_the_worker(
+    site: Path, clients: dict[str, Any], users: Any, media_dir: Path, tmp_path: Path, settings: Any
+) -> None:
+    """The probe decodes one frame but checks the work of the analysis's
+    sampling; a stored file (uploaded under another setting) is refused by
+    the worker with the same reason."""
+    small = {"frames": 100, "width": 128, "height": 96}
+    one_key = mf.write_clip(tmp_path / "one_key.mp4", gop=1000, **small)
+    keyed = mf.write_clip(tmp_path / "keyed.mp4", gop=5, **small)
+    _limits(settings, MAX_DECODE_PIXELS=128 * 96 * 60, FRAMES=16)
+    _refused(_post(clients, one_key), site, "key frame")
+    sub = services.create_submission(users["submitter"], upload(keyed))
+    assert sub.status == Status.PENDING
+    replace_stored(sub, one_key.read_bytes())  # as if stored under another setting
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.REJECTED and sub.reason_code == "decode_work", sub.reason
+    assert "Re-encoded with a key frame every few seconds" in sub.reason
 
 
 def test_an_answer_sent_just_before_the_probe_exits_is_kept() -> None:

@@ -127,7 +127,10 @@ def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
     options = {"trust_anchors": c2pa_trust_anchors()} if provenance else None
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=probe_child.probe, args=(str(path), limits, n_frames, send, options))
+    proc = ctx.Process(
+        target=probe_child.probe,
+        args=(str(path), limits, n_frames, send, options, config.frames),
+    )
     child = _Child(proc, receive, max_rss)
     started = time.monotonic()
     proc.start()

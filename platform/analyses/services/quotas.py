@@ -47,7 +47,8 @@ def check_quotas(owner: User, incoming_bytes: int) -> None:
             )
     max_storage = limits.max_storage_per_user_bytes
     if max_storage:
-        stored = int(mine.aggregate(total=Sum("size_bytes"))["total"] or 0)
+        sums = mine.aggregate(files=Sum("size_bytes"), references=Sum("reference_size_bytes"))
+        stored = int(sums["files"] or 0) + int(sums["references"] or 0)
         if stored + incoming_bytes > max_storage:
             raise QuotaExceeded(
                 f"Your submissions take {_mib(stored)}; with this file they would exceed your "

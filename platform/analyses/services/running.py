@@ -89,7 +89,9 @@ def _check_stored(sub: Submission) -> None:
 
     stored = [("file", sub.file, sub.sha256, sub.size_bytes)]
     if sub.reference_file:
-        stored.append(("reference", sub.reference_file, sub.reference_sha256, 0))
+        stored.append(
+            ("reference", sub.reference_file, sub.reference_sha256, sub.reference_size_bytes)
+        )
     for which, field, sha256, size in stored:
         path = Path(field.path)
         if not path.is_file():

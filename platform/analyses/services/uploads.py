@@ -193,6 +193,7 @@ def submit(
                 sub.reference_file.name = ref_path.relative_to(media_root()).as_posix()
                 sub.reference_name = display_name(reference.name)
                 sub.reference_sha256 = ref_probed.sha256
+                sub.reference_size_bytes = ref_probed.size_bytes
             sub.save()
     except BaseException:
         path.unlink(missing_ok=True)
