@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
 from PIL import Image
@@ -49,6 +50,9 @@ def site(
         "FRAMES": 4,
         "MAX_UPLOAD_BYTES": 2 * 2**20,
     }
+    # Refused uploads are counted in the cache under the user's id, which a
+    # later test's user may reuse.
+    cache.clear()
     with override_settings(TRUSTTRACE=trusttrace, MEDIA_ROOT=media):
         yield media
     services._ANALYZERS.clear()

@@ -78,6 +78,34 @@ def test_uploads_per_hour_are_limited(
         services.create_submission(users["submitter"], upload(media_dir / "face.png"))
 
 
+def test_refused_uploads_count_against_the_hourly_limit(
+    site: Path,
+    users: dict[str, User],
+    clients: dict[str, Client],
+    media_dir: Path,
+    settings: Any,
+    tmp_path: Path,
+    quiet_queue: None,
+) -> None:
+    """A refused file stores nothing but costs a probe: before, an account
+    could send bad files without end."""
+    from tests import media_factory as mf
+
+    _limits(settings, MAX_UPLOADS_PER_HOUR=3, MAX_PENDING_PER_USER=0)
+    bad = mf.text_as_mp4(tmp_path / "notes.mp4")
+    url = reverse("analyses:submit")
+    for _ in range(2):
+        with bad.open("rb") as fh:
+            assert clients["submitter"].post(url, {"file": fh}).status_code == 400
+    services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    with pytest.raises(
+        services.QuotaExceeded, match=r"3 files in the last hour \(2 of them refused\)"
+    ):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    # Another user's count is their own.
+    services.create_submission(users["moderator"], upload(media_dir / "face.png"))
+
+
 def test_storage_per_user_is_limited_on_the_api(
     site: Path, users: dict[str, User], media_dir: Path, settings: Any, quiet_queue: None
 ) -> None:

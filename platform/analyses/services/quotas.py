@@ -1,12 +1,15 @@
 """Per-user limits on uploads, checked before a byte is stored: jobs waiting
-or running, stored bytes, uploads in the last hour. A refusal says which
-limit and what to do (:class:`QuotaExceeded`, shown to the user, 429)."""
+or running, stored bytes, uploads in the last hour (refused ones too: each
+cost a probe). A refusal says which limit and what to do
+(:class:`QuotaExceeded`, shown to the user, 429)."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -19,6 +22,28 @@ HOUR_S = 3600
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+def _refused_key(owner: User) -> str:
+    return f"trusttrace:refused-uploads:{owner.pk}"
+
+
+def _refused_times(owner: User, now: float) -> list[float]:
+    times = cache.get(_refused_key(owner)) or []
+    return [t for t in times if isinstance(t, float) and now - HOUR_S < t <= now]
+
+
+def note_refused_upload(owner: User) -> None:
+    """Count an upload the edge checks refused against the owner's hourly
+    limit: a refused file stores nothing but costs a probe (up to the probe's
+    time and memory caps), so refusals must not be free. Kept in the cache
+    (shared by every web process when Redis is the cache)."""
+    limit = trusttrace_settings().max_uploads_per_hour
+    if not limit:
+        return
+    now = time.time()
+    times = [*_refused_times(owner, now), now][-limit:]
+    cache.set(_refused_key(owner), times, HOUR_S)
 
 
 def check_quotas(owner: User, incoming_bytes: int) -> None:
@@ -38,11 +63,14 @@ def check_quotas(owner: User, incoming_bytes: int) -> None:
             )
     max_per_hour = limits.max_uploads_per_hour
     if max_per_hour:
-        recent = mine.filter(created__gte=timezone.now() - timedelta(seconds=HOUR_S)).count()
+        saved = mine.filter(created__gte=timezone.now() - timedelta(seconds=HOUR_S)).count()
+        refused = len(_refused_times(owner, time.time()))
+        recent = saved + refused
         if recent >= max_per_hour:
+            of_them = f" ({refused} of them refused)" if refused else ""
             raise QuotaExceeded(
-                f"You uploaded {recent} files in the last hour; the limit is {max_per_hour} "
-                "an hour. Please try again later.",
+                f"You uploaded {recent} files in the last hour{of_them}; the limit is "
+                f"{max_per_hour} an hour. Please try again later.",
                 "quota_rate",
             )
     max_storage = limits.max_storage_per_user_bytes

@@ -21,7 +21,7 @@ from analyses.services import queue
 from analyses.services.errors import UploadRejected
 from analyses.services.members import record_weights_versions, require_models
 from analyses.services.probing import probe_upload
-from analyses.services.quotas import check_quotas, previous_result
+from analyses.services.quotas import check_quotas, note_refused_upload, previous_result
 from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
 
 logger = logging.getLogger(__name__)
@@ -160,12 +160,20 @@ def submit(
     """
     record_weights_versions(require_models())
     check_quotas(owner, int(upload.size or 0) + int(reference.size or 0 if reference else 0))
-    path, probed = _accept(upload)
+    try:
+        path, probed = _accept(upload)
+    except UploadRejected:
+        note_refused_upload(owner)
+        raise
     ref_path: Path | None = None
     try:
         ref_probed: Probed | None = None
         if reference is not None:
-            ref_path, ref_probed = _accept(reference)
+            try:
+                ref_path, ref_probed = _accept(reference)
+            except UploadRejected:
+                note_refused_upload(owner)
+                raise
         previous = (
             previous_result(owner, probed.sha256, ref_probed.sha256 if ref_probed else "")
             if reuse
