@@ -43,12 +43,13 @@ class MediaLimits:
     # is a packet the index pass reads. 0 disables either.
     max_fps: float = 240.0
     max_video_frames: int = 900 * 240
-    # Decoding work one read of a video may take, in pixels decoded: reaching
-    # a sampled frame means decoding from the key frame before it, so a video
-    # with few key frames costs far more than its size (one key frame in
-    # 216,000 frames: every frame decoded). The default is about 48,000
-    # frames at 1920x1080, a few minutes of decoding on two cores. 0: no limit.
-    max_decode_pixels: int = 100_000_000_000
+    # Decoding work a read of a video may take per sampled frame, on average,
+    # in pixels decoded: reaching a sampled frame means decoding from the key
+    # frame before it, so a video with few key frames costs far more than its
+    # size (one key frame in 216,000 frames: every frame decoded). The
+    # default is 2,400 frames of 1920x1080 (80 s at 30 fps between key
+    # frames) or 600 of 3840x2160 per sampled frame. 0: no limit.
+    max_decode_pixels_per_frame: int = 5_000_000_000
     # A picture must be at least this many pixels on its shorter side (a face
     # narrower than FaceConfig.min_face_px is not judged) and at most this
     # many times longer than it is wide: the face search tiles the picture in

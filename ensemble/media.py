@@ -122,8 +122,9 @@ class MediaInfo:
     # as the video's display matrix asks (phones store portrait video sideways
     # with such a matrix). ``width`` and ``height`` are the upright picture's.
     rotation: int = 0
-    # Sampled frames that could not be decoded (damaged data): the result
-    # rests on the others.
+    # Frames sampled over the video, and those that could not be decoded
+    # (damaged data): the result rests on the others.
+    frames_requested: int = 0
     frames_missing: int = 0
 
     @property
@@ -336,7 +337,7 @@ def read_video(
 ) -> LoadedMedia:
     """Sample ``n_frames`` frames evenly over the video, as RGB.
 
-    The decoding work is checked (``MediaLimits.max_decode_pixels``) for
+    The decoding work is checked (``MediaLimits.max_decode_pixels_per_frame``) for
     ``plan_frames`` sampled frames when that is more than ``n_frames``: the
     upload probe decodes one frame but answers for the analysis's sampling.
     Most sampled frames damaged is :class:`DamagedMediaError`; a few are left
@@ -370,6 +371,7 @@ def read_video(
             raise _duration_error(span, limits)
         targets = [index.pts[i] for i in sample_indices(len(index.pts), n_frames)]
         planned = [index.pts[i] for i in sample_indices(len(index.pts), plan_frames)]
+        # Priced at the declared size; _decode_targets counts what it decodes.
         _check_decode_work(index, max(targets, planned, key=len), width * height, limits)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
@@ -411,6 +413,7 @@ def read_video(
         decoded_width=decoded_w if downscaled else None,
         decoded_height=decoded_h if downscaled else None,
         rotation=stats.rotation,
+        frames_requested=stats.requested,
         frames_missing=stats.missing,
     )
     return LoadedMedia(info, tuple(frames), stats)
@@ -450,22 +453,35 @@ def decode_work(index: _VideoIndex, targets: Sequence[int]) -> int:
     return work
 
 
+def decode_budget(limits: MediaLimits, targets: int) -> int:
+    """Pixels a read of ``targets`` sampled frames may decode (0: no limit)."""
+    return limits.max_decode_pixels_per_frame * targets
+
+
+# The running count in _decode_targets stops a read that decodes this many
+# times what the index promised (frames that change size, damaged data).
+DECODE_SLACK = 1.5
+RE_ENCODE = (
+    "Re-encoded with a key frame every few seconds (as cameras and editors do by default), "
+    "it can be analysed."
+)
+
+
 def _check_decode_work(
     index: _VideoIndex, targets: Sequence[int], pixels: int, limits: MediaLimits
 ) -> None:
-    if not limits.max_decode_pixels or not targets:
+    budget = decode_budget(limits, len(targets))
+    if not budget:
         return
     frames = decode_work(index, targets)
-    if frames * pixels <= limits.max_decode_pixels:
+    if frames * pixels <= budget:
         return
-    allowed = max(limits.max_decode_pixels // max(pixels, 1), 1)
+    allowed = max(budget // max(pixels, 1), 1)
     keys = max(len(index.keyframes), 1)
     raise DecodeWorkLimitError(
         f"Reaching the {len(targets)} frames sampled over this video means decoding about "
         f"{frames:,} frames (it has {keys:,} key frame{'s' if keys > 1 else ''} in "
-        f"{len(index.pts):,} frames); the limit at its picture size is {allowed:,}. "
-        "Re-encoded with a key frame every few seconds (as cameras and editors do by "
-        "default), it can be analysed."
+        f"{len(index.pts):,} frames); the limit at its picture size is {allowed:,}. " + RE_ENCODE
     )
 
 
@@ -713,9 +729,13 @@ def _decode_targets(
     Every decoded frame is held to the picture limits (``_check_pixels``): a
     stream may change its size after the first frame, which is all the
     declared size describes. Frames after the first are scaled to the first
-    one's size, so face boxes of every frame are in one frame size. A target
-    whose data is damaged (the decoder fails before reaching it) is left out
-    and counted (``DecodeStats.missing``); decoding goes on at the next one.
+    one's size, so face boxes of every frame are in one frame size. The
+    pixels decoded are counted as they are, against ``DECODE_SLACK`` times
+    the read's budget (:func:`decode_budget`; the index's estimate was
+    checked before, at the declared size). A target whose data is damaged
+    (the decoder fails before reaching it) is left out and counted
+    (``DecodeStats.missing``); decoding goes on at the next one, and targets
+    past the same failure in the same key-frame stretch are not decoded again.
 
     When the targets are sparse, the decoder also skips frames that no other
     frame references (FFmpeg's ``skip_frame=NONREF``): that saves their decoding
@@ -730,17 +750,27 @@ def _decode_targets(
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
         stream.codec_context.skip_frame = "NONREF"
     frames: list[Frame] = []
-    decoded = converted = seeks = rotation = missing = 0
+    decoded = converted = seeks = rotation = missing = spent = 0
+    budget = int(decode_budget(limits, len(targets)) * DECODE_SLACK)
     i = 0
     last: Any = None
     checked: tuple[int, int] | None = None
     size: tuple[int, int] | None = None  # of the first converted frame
+    # key frame -> pts of the last frame decoded before damaged data after it
+    damaged_after: dict[int, int] = {}
 
     def check(frame: Any) -> None:
-        nonlocal checked
+        nonlocal checked, spent
         if (frame.width, frame.height) != checked:
             _check_pixels(frame.width, frame.height, limits)
             checked = (frame.width, frame.height)
+        spent += frame.width * frame.height
+        if budget and spent > budget:
+            raise DecodeWorkLimitError(
+                f"Decoding this video to reach its {len(targets)} sampled frames went past "
+                f"the limit ({decoded:,} frames decoded, {spent / 1e9:,.0f} gigapixels). "
+                + RE_ENCODE
+            )
 
     def take(frame: Any) -> None:
         nonlocal i, converted, rotation, size
@@ -757,9 +787,14 @@ def _decode_targets(
 
     while i < len(targets):
         key = index.keyframes[max(bisect.bisect_right(index.keyframes, targets[i]) - 1, 0)]
+        if key in damaged_after and targets[i] > damaged_after[key]:
+            missing += 1  # behind damaged data already met in this stretch
+            i += 1
+            continue
         container.seek(key, stream=stream, backward=True, any_frame=False)
         seeks += 1
         progressed = damaged = False
+        reached = key - 1
         try:
             for frame in container.decode(stream):
                 decoded += 1
@@ -767,6 +802,7 @@ def _decode_targets(
                 if frame.pts is None:
                     continue
                 last = frame
+                reached = max(reached, frame.pts)
                 if frame.pts < targets[i]:
                     continue  # decoded to reach a target, never converted
                 take(frame)
@@ -780,6 +816,7 @@ def _decode_targets(
             # Damaged data: keep what we have and go on at the next target.
             logger.warning("decoding stopped at a damaged packet", exc_info=True)
             damaged = True
+            damaged_after[key] = reached
         if not progressed:
             if not damaged:
                 break  # the decoder has nothing further: end of a skipped or truncated stream

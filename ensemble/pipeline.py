@@ -168,7 +168,7 @@ def analyze_with_data(
         FrameInfo(pos, f.index, f.time_s, len(detections[pos]))
         for pos, f in enumerate(media.frames)
     )
-    damage = _damage_note(media.info.frames_missing, len(frames))
+    damage = _damage_note(media.info.frames_missing, media.info.frames_requested, len(frames))
     if not tracks:
         what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
         return finish(
@@ -278,13 +278,13 @@ def analyze_with_data(
     )
 
 
-def _damage_note(missing: int, decoded: int) -> str | None:
+def _damage_note(missing: int, requested: int, decoded: int) -> str | None:
     """What a result says when some sampled frames were damaged (``None``: none were)."""
     if not missing:
         return None
     return (
-        f"{missing} of the {missing + decoded} frames sampled could not be decoded (damaged "
-        f"data); the result rests on the other {decoded}."
+        f"{missing} of the {requested} frames sampled could not be decoded (damaged data); "
+        f"the result rests on the {decoded} that were."
     )
 
 

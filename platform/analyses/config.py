@@ -65,7 +65,7 @@ class TrusttraceSettings:
     backend: Backend = "auto"
     precision: Precision = "auto"
     c2pa_trust_anchors: Path | None = None
-    max_decode_pixels: int = MediaLimits.max_decode_pixels
+    max_decode_pixels_per_frame: int = MediaLimits.max_decode_pixels_per_frame
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> TrusttraceSettings:
@@ -147,7 +147,7 @@ def analysis_config(
             max_video_pixels=s.max_video_pixels,
             max_fps=s.max_fps,
             max_video_frames=s.max_video_frames,
-            max_decode_pixels=s.max_decode_pixels,
+            max_decode_pixels_per_frame=s.max_decode_pixels_per_frame,
         ),
         faces=FaceConfig(),
         scoring=ScoringConfig(

@@ -479,7 +479,7 @@ def test_a_video_whose_key_frames_are_too_far_apart_is_refused_with_the_reason(
 ) -> None:
     one_key = mf.write_clip(tmp_path / "one.mp4", frames=100, gop=1000)
     keyed = mf.write_clip(tmp_path / "keyed.mp4", frames=100, gop=10)
-    limits = MediaLimits(max_decode_pixels=320 * 240 * 90)  # 90 frames of 320x240
+    limits = MediaLimits(max_decode_pixels_per_frame=320 * 240 * 90 // 8)  # 90 frames for 8
     assert len(load_media(keyed, limits, 8).frames) == 8  # at most 10 frames per target
     with pytest.raises(MediaLimitError, match="key frame") as refused:
         load_media(one_key, limits, 8)
@@ -490,32 +490,44 @@ def test_a_video_whose_key_frames_are_too_far_apart_is_refused_with_the_reason(
     assert len(load_media(one_key, limits, 1).frames) == 1
     with pytest.raises(MediaLimitError, match="key frame"):
         load_media(one_key, limits, 1, plan_frames=8)
-    assert len(load_media(one_key, MediaLimits(max_decode_pixels=0), 8).frames) == 8
+    assert len(load_media(one_key, MediaLimits(max_decode_pixels_per_frame=0), 8).frames) == 8
 
 
 class _FakeFrame:
-    def __init__(self, pts: int) -> None:
-        self.pts, self.width, self.height, self.rotation = pts, 64, 48, 0
+    def __init__(self, pts: int, width: int = 64, height: int = 48) -> None:
+        self.pts, self.width, self.height, self.rotation = pts, width, height, 0
 
-    def to_ndarray(self, **_: Any) -> np.ndarray:
-        return np.full((48, 64, 3), self.pts % 256, np.uint8)
+    def to_ndarray(self, width: int = 0, height: int = 0, **_: Any) -> np.ndarray:
+        return np.full((height or self.height, width or self.width, 3), self.pts % 256, np.uint8)
 
 
-class _DamagedContainer:
+class _FakeContainer:
     """Frames 0..n-1 (pts = index), a key frame every ``gop``; decoding
-    through a frame in ``damaged`` raises as FFmpeg does on bad data."""
+    through a frame in ``damaged`` raises as FFmpeg does on bad data; frames
+    from ``grow_at`` on are ``grown`` (width, height). Counts what it decodes."""
 
-    def __init__(self, n: int, gop: int, damaged: set[int]) -> None:
+    def __init__(
+        self,
+        n: int,
+        gop: int,
+        damaged: set[int] = frozenset(),  # type: ignore[assignment]
+        grow_at: int | None = None,
+        grown: tuple[int, int] = (640, 480),
+    ) -> None:
         self.n, self.gop, self.damaged, self.at = n, gop, damaged, 0
+        self.grow_at, self.grown = grow_at, grown
+        self.decoded = self.seeks = 0
 
     def seek(self, pts: int, **_: Any) -> None:
-        self.at = pts
+        self.at, self.seeks = pts, self.seeks + 1
 
     def decode(self, _stream: Any) -> Iterator[_FakeFrame]:
         for pts in range(self.at, self.n):
             if pts in self.damaged:
                 raise av.error.InvalidDataError(1094995529, "Invalid data found")
-            yield _FakeFrame(pts)
+            self.decoded += 1
+            grown = self.grow_at is not None and pts >= self.grow_at
+            yield _FakeFrame(pts, *self.grown) if grown else _FakeFrame(pts)
 
 
 class _Codec:
@@ -526,19 +538,22 @@ class _Stream:
     codec_context = _Codec()
 
 
-def _decode_damaged(damaged: set[int], targets: list[int]) -> Any:
+def _decode_fake(
+    container: _FakeContainer, targets: list[int], limits: MediaLimits = LIMITS
+) -> Any:
     from fractions import Fraction
 
-    n, gop = 100, 10
     index = media._VideoIndex(
-        pts=tuple(range(n)),
-        keyframes=tuple(range(0, n, gop)),
+        pts=tuple(range(container.n)),
+        keyframes=tuple(range(0, container.n, container.gop)),
         time_base=Fraction(1, 10),
         start_pts=0,
     )
-    return media._decode_targets(
-        _DamagedContainer(n, gop, damaged), _Stream(), index, targets, LIMITS
-    )
+    return media._decode_targets(container, _Stream(), index, targets, limits)
+
+
+def _decode_damaged(damaged: set[int], targets: list[int]) -> Any:
+    return _decode_fake(_FakeContainer(100, 10, damaged), targets)
 
 
 def test_a_damaged_stretch_costs_its_own_targets_only() -> None:
@@ -549,6 +564,30 @@ def test_a_damaged_stretch_costs_its_own_targets_only() -> None:
     assert (stats.requested, stats.missing) == (5, 1)
     frames, stats = _decode_damaged(set(), [5, 35, 55, 75, 95])
     assert [f.index for f in frames] == [5, 35, 55, 75, 95] and stats.missing == 0
+
+
+def test_targets_behind_damage_in_one_key_frame_stretch_are_not_decoded_again() -> None:
+    """One key frame for 100 frames, damaged data at frame 33: the targets
+    after it cannot be reached; before, each one seeked back to frame 0 and
+    decoded up to the damage again (five times the work for five targets)."""
+    container = _FakeContainer(100, 100, {33})
+    frames, stats = _decode_fake(container, [5, 35, 55, 75, 95])
+    assert [f.index for f in frames] == [5] and (stats.requested, stats.missing) == (5, 4)
+    assert container.decoded == 33 and container.seeks == 1
+
+
+def test_frames_decoded_larger_than_declared_count_against_the_budget() -> None:
+    """The index prices the work at the declared (first) size: 640x480
+    frames after 64x48 ones are counted as decoded, and the read stops."""
+    limits = MediaLimits(max_decode_pixels_per_frame=64 * 48 * 40)  # 40 small frames each
+    with pytest.raises(MediaLimitError, match="went past the limit") as refused:
+        _decode_fake(_FakeContainer(100, 100, grow_at=5), [2, 50, 90], limits)
+    assert refused.value.code == "decode_work"
+    frames, _ = _decode_fake(_FakeContainer(100, 100), [2, 50, 90], limits)  # all small: fine
+    assert len(frames) == 3
+    # Within the budget, the grown frames come out at the first frame's size.
+    frames, _ = _decode_fake(_FakeContainer(100, 100, grow_at=5), [2, 8], LIMITS)
+    assert [f.image.shape for f in frames] == [(48, 64, 3), (48, 64, 3)]
 
 
 def test_a_video_with_most_sampled_frames_damaged_is_refused(

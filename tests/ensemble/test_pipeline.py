@@ -289,12 +289,12 @@ def test_a_result_says_how_many_sampled_frames_were_damaged(
 
     def three_damaged(*args: object, **kw: object) -> object:
         loaded = real(*args, **kw)  # type: ignore[arg-type]
-        info = dataclasses.replace(loaded.info, frames_missing=3)
+        info = dataclasses.replace(loaded.info, frames_requested=8, frames_missing=3)
         return dataclasses.replace(loaded, info=info, frames=loaded.frames[:5])
 
     monkeypatch.setattr(pipeline, "load_media", three_damaged)
     result = analyze(path, config("a"), members={"a": tiny_member("a")}, detector=detector)
     assert result.status == "done"
     assert "3 of the 8 frames sampled could not be decoded" in (result.reason or "")
-    assert "rests on the other 5" in (result.reason or "")
+    assert "rests on the 5 that were" in (result.reason or "")
     assert (result.verdict == "no_face") is not face

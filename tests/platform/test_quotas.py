@@ -106,6 +106,19 @@ def test_refused_uploads_count_against_the_hourly_limit(
     services.create_submission(users["moderator"], upload(media_dir / "face.png"))
 
 
+def test_a_refusal_that_is_the_sites_fault_is_not_counted(
+    site: Path, users: dict[str, User], settings: Any
+) -> None:
+    from analyses.services.quotas import note_refused_upload, refused_uploads
+
+    _limits(settings, MAX_UPLOADS_PER_HOUR=3)
+    note_refused_upload(users["submitter"], "probe_failed")
+    assert refused_uploads(users["submitter"]) == 0
+    note_refused_upload(users["submitter"], "unsupported_format")
+    note_refused_upload(users["submitter"], "probe_timeout")
+    assert refused_uploads(users["submitter"]) == 2
+
+
 def test_storage_per_user_is_limited_on_the_api(
     site: Path, users: dict[str, User], media_dir: Path, settings: Any, quiet_queue: None
 ) -> None:

@@ -461,3 +461,19 @@ def test_a_failed_or_rejected_run_leaves_no_files(
     sub.refresh_from_db()
     assert sub.status == (Status.FAILED if outcome == "crash" else Status.REJECTED)
     assert not services.artifact_dir(sub).exists()
+
+
+def test_a_stored_file_that_cannot_be_read_is_a_storage_fault(tmp_path: Path) -> None:
+    """A media volume mounted with the wrong owner: the OS refuses the read,
+    which is the site's storage fault too (not an internal error)."""
+    from analyses.services.running import _stored_fault
+
+    path = tmp_path / "upload.mp4"
+    path.write_bytes(b"x" * 10)
+
+    def refused(_: Path) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    assert _stored_fault(path, "a" * 64, 10, refused) == "it cannot be read: Permission denied"
+    assert _stored_fault(path, "", 10, refused) is None  # nothing recorded to compare
+    assert _stored_fault(path, "a" * 64, 11, refused) == "it is 10 bytes, not the 11 received"

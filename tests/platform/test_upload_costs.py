@@ -119,7 +119,7 @@ def test_video_with_key_frames_too_far_apart_is_refused_at_upload_and_in_the_wor
     small = {"frames": 100, "width": 128, "height": 96}
     one_key = mf.write_clip(tmp_path / "one_key.mp4", gop=1000, **small)
     keyed = mf.write_clip(tmp_path / "keyed.mp4", gop=5, **small)
-    _limits(settings, MAX_DECODE_PIXELS=128 * 96 * 60, FRAMES=16)
+    _limits(settings, MAX_DECODE_PIXELS_PER_FRAME=128 * 96 * 60 // 16, FRAMES=16)
     _refused(_post(clients, one_key), site, "key frame")
     sub = services.create_submission(users["submitter"], upload(keyed))
     assert sub.status == Status.PENDING

@@ -24,26 +24,41 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-def _refused_key(owner: User) -> str:
-    return f"trusttrace:refused-uploads:{owner.pk}"
+# Refused uploads are counted per user in buckets of this many seconds; the
+# hour's count is the sum of the buckets it covers (one bucket more than the
+# hour: a refusal counts for an hour at least, a little more at most).
+REFUSED_BUCKET_S = 300
+# Refusals that are the site's fault, not the file's: not counted.
+NOT_COUNTED_CODES = frozenset({"probe_failed"})
 
 
-def _refused_times(owner: User, now: float) -> list[float]:
-    times = cache.get(_refused_key(owner)) or []
-    return [t for t in times if isinstance(t, float) and now - HOUR_S < t <= now]
+def _refused_keys(owner: User, now: float) -> list[str]:
+    current = int(now // REFUSED_BUCKET_S)
+    buckets = range(current - HOUR_S // REFUSED_BUCKET_S, current + 1)
+    return [f"trusttrace:refused-uploads:{owner.pk}:{b}" for b in buckets]
 
 
-def note_refused_upload(owner: User) -> None:
+def refused_uploads(owner: User) -> int:
+    """Uploads of ``owner`` the edge checks refused in about the last hour."""
+    counts = cache.get_many(_refused_keys(owner, time.time()))
+    return sum(int(v) for v in counts.values())
+
+
+def note_refused_upload(owner: User, code: str) -> None:
     """Count an upload the edge checks refused against the owner's hourly
     limit: a refused file stores nothing but costs a probe (up to the probe's
-    time and memory caps), so refusals must not be free. Kept in the cache
-    (shared by every web process when Redis is the cache)."""
-    limit = trusttrace_settings().max_uploads_per_hour
-    if not limit:
+    time and memory caps), so refusals must not be free. Counted in the cache
+    with atomic increments (shared by every web process when Redis is the
+    cache; per process with the default local-memory cache)."""
+    if not trusttrace_settings().max_uploads_per_hour or code in NOT_COUNTED_CODES:
         return
-    now = time.time()
-    times = [*_refused_times(owner, now), now][-limit:]
-    cache.set(_refused_key(owner), times, HOUR_S)
+    key = _refused_keys(owner, time.time())[-1]
+    # add() creates the bucket only when it is missing; incr() is atomic.
+    cache.add(key, 0, HOUR_S + 2 * REFUSED_BUCKET_S)
+    try:
+        cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.set(key, 1, HOUR_S + 2 * REFUSED_BUCKET_S)
 
 
 def check_quotas(owner: User, incoming_bytes: int) -> None:
@@ -64,7 +79,7 @@ def check_quotas(owner: User, incoming_bytes: int) -> None:
     max_per_hour = limits.max_uploads_per_hour
     if max_per_hour:
         saved = mine.filter(created__gte=timezone.now() - timedelta(seconds=HOUR_S)).count()
-        refused = len(_refused_times(owner, time.time()))
+        refused = refused_uploads(owner)
         recent = saved + refused
         if recent >= max_per_hour:
             of_them = f" ({refused} of them refused)" if refused else ""

@@ -93,16 +93,25 @@ def _check_stored(sub: Submission) -> None:
             ("reference", sub.reference_file, sub.reference_sha256, sub.reference_size_bytes)
         )
     for which, field, sha256, size in stored:
-        path = Path(field.path)
-        if not path.is_file():
-            why = "it is missing"
-        elif size and path.stat().st_size != size:
-            why = f"it is {path.stat().st_size:,} bytes, not the {size:,} received"
-        elif sha256 and file_sha256(path) != sha256:
-            why = "its content has changed since it was received"
-        else:
+        why = _stored_fault(Path(field.path), sha256, size, file_sha256)
+        if why is None:
             continue
         raise _StoredFileError(STORED_FILE_REASON.format(which=which, why=why))
+
+
+def _stored_fault(path: Path, sha256: str, size: int, digest: Callable[[Path], str]) -> str | None:
+    """Why the stored ``path`` is not the file received (``None``: it is)."""
+    try:
+        if not path.is_file():
+            return "it is missing"
+        actual = path.stat().st_size
+        if size and actual != size:
+            return f"it is {actual:,} bytes, not the {size:,} received"
+        if sha256 and digest(path) != sha256:
+            return "its content has changed since it was received"
+    except OSError as e:  # a volume mounted with the wrong owner, a disk error
+        return f"it cannot be read: {e.strerror or type(e).__name__}"
+    return None
 
 
 _EXPLAINERS: dict[int, Explainer] = {}

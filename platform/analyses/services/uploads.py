@@ -162,8 +162,8 @@ def submit(
     check_quotas(owner, int(upload.size or 0) + int(reference.size or 0 if reference else 0))
     try:
         path, probed = _accept(upload)
-    except UploadRejected:
-        note_refused_upload(owner)
+    except UploadRejected as e:
+        note_refused_upload(owner, e.code)
         raise
     ref_path: Path | None = None
     try:
@@ -171,8 +171,8 @@ def submit(
         if reference is not None:
             try:
                 ref_path, ref_probed = _accept(reference)
-            except UploadRejected:
-                note_refused_upload(owner)
+            except UploadRejected as e:
+                note_refused_upload(owner, e.code)
                 raise
         previous = (
             previous_result(owner, probed.sha256, ref_probed.sha256 if ref_probed else "")

@@ -282,9 +282,10 @@ TRUSTTRACE = {
     "MAX_VIDEO_PIXELS": env_int("TRUSTTRACE_MAX_VIDEO_PIXELS", 3840 * 2160),
     "MAX_FPS": env_float("TRUSTTRACE_MAX_FPS", 240.0),
     "MAX_VIDEO_FRAMES": env_int("TRUSTTRACE_MAX_VIDEO_FRAMES", 900 * 240),
-    # Pixels one read of a video may decode to reach its sampled frames (key
-    # frames far apart make a small file cost minutes); 0 disables.
-    "MAX_DECODE_PIXELS": env_int("TRUSTTRACE_MAX_DECODE_PIXELS", 100_000_000_000),
+    # Pixels a read of a video may decode per sampled frame, on average, to
+    # reach its sampled frames (key frames far apart make a small file cost
+    # minutes); 0 disables.
+    "MAX_DECODE_PIXELS_PER_FRAME": env_int("TRUSTTRACE_MAX_DECODE_PIXELS_PER_FRAME", 5_000_000_000),
     "PROBE_TIMEOUT_S": env_float("TRUSTTRACE_PROBE_TIMEOUT_S", 20.0),
     "PROBE_MAX_RSS_BYTES": env_int("TRUSTTRACE_PROBE_MAX_RSS_BYTES", 1024**3),
     # How often (seconds) a running job may write its progress to the database.
