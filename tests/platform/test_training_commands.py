@@ -544,3 +544,37 @@ def test_train_detector_init_from_missing_weights_says_so(site: Path, tmp_path: 
             "--init-from",
             str(tmp_path / "nothing"),
         )
+
+
+def test_train_detector_summary_reports_a_runs_validation_figures(
+    site: Path, tmp_path: Path, capsys
+):
+    """--summary reads the best epoch's predictions: no data, no export."""
+    run = tmp_path / "run"
+    run.mkdir()
+    logits, labels = [-2.0, -1.0, 1.0, 2.0], [0, 1, 0, 1]
+    with (run / "val_predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "logit"])
+        w.writerows(
+            [f"c{i}.png", y, z] for i, (z, y) in enumerate(zip(logits, labels, strict=True))
+        )
+    (run / "log.csv").write_text("epoch,val_auc\n1,0.75\n")
+    call_command("train_detector", "--member", "bright", "--out", str(run), "--summary")
+    summary = json.loads(capsys.readouterr().out)
+    # Fakes at -1 and 2, reals at -2 and 1: 3 of 4 pairs ordered.
+    assert summary["raw"]["auc"] == pytest.approx(0.75)
+    assert summary["raw"]["accuracy"] == pytest.approx(0.5)
+    nll = -np.mean(
+        [math.log(1 / (1 + math.exp(-z if y else z))) for z, y in zip(logits, labels, strict=True)]
+    )
+    assert summary["raw"]["log_loss"] == pytest.approx(nll, rel=1e-6)
+    # The fitted temperature can only lower the validation NLL; AUC is unchanged.
+    assert summary["calibrated"]["log_loss"] < summary["raw"]["log_loss"]
+    assert summary["temperature"] > 1 and summary["calibrated"]["auc"] == pytest.approx(0.75)
+    assert (summary["samples"], summary["fakes"]) == (4, 2)
+    assert summary["epochs"] == [{"epoch": "1", "val_auc": "0.75"}]
+    with pytest.raises(CommandError, match=r"no val_predictions\.csv"):
+        call_command("train_detector", "--member", "bright", "--out", str(tmp_path), "--summary")
+    with pytest.raises(CommandError, match="--data is required"):
+        call_command("train_detector", "--member", "bright", "--out", str(tmp_path / "new"))

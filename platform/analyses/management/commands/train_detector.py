@@ -36,7 +36,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--member", required=True, help="registry name of the member")
         parser.add_argument(
-            "--data", required=True, type=Path, help="dataset folder or metadata.csv"
+            "--data", type=Path, help="dataset folder or metadata.csv (not with --summary)"
         )
         parser.add_argument(
             "--out",
@@ -114,6 +114,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--export-only", action="store_true", help="export an existing run, no training"
         )
+        parser.add_argument(
+            "--summary",
+            action="store_true",
+            help="print the run's validation figures as JSON (raw, and after a fitted "
+            "temperature, from its val_predictions.csv), no training or export",
+        )
         parser.add_argument("--description", default="", help="data description for the manifest")
         parser.add_argument(
             "--crop",
@@ -159,6 +165,17 @@ class Command(BaseCommand):
         )
         pairing.add_argument("--no-paired", dest="paired", action="store_false")
 
+    def _summary(self, out: Path) -> None:
+        import json
+
+        from ensemble.training.runfiles import summarize_run
+
+        try:
+            summary = summarize_run(out)
+        except FileNotFoundError as e:
+            raise CommandError(str(e)) from e
+        self.stdout.write(json.dumps(summary, indent=2))
+
     def handle(self, *args: Any, **o: Any) -> None:
         from analyses.config import analysis_registry
         from ensemble.crops import CropPolicy
@@ -173,6 +190,11 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from e
         command = _command_line(o)
         o["out"] = o["out"] or _trusttrace().runs_dir / spec.name
+        if o["summary"]:
+            self._summary(o["out"])
+            return
+        if o["data"] is None:
+            raise CommandError("--data is required (to train or export a run)")
         # Checked before hours of training, not after.
         crop = None
         if o["crop"]:
