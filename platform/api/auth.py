@@ -47,6 +47,11 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
     after too many failures (same counter as the site's log-in form)."""
 
     serializer_class = ThrottledAuthTokenSerializer
+    # The credentials are in the body: a stale "Authorization: Token ..."
+    # header a client still sends (the expired token it is replacing) must
+    # not answer 401 on the very endpoint that 401 points to, and a browser's
+    # session is no reason to ask for a CSRF token.
+    authentication_classes = ()
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """The user's token; an expired one is replaced by a new one."""

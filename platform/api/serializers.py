@@ -184,6 +184,8 @@ class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
     """One explanation image and the API URL serving it."""
 
     url = serializers.SerializerMethodField()
+    # null, as in index.json, for an artifact of no one member (a chart, a mask).
+    member = serializers.SerializerMethodField()
 
     class Meta:
         model = Artifact
@@ -201,6 +203,9 @@ class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
             "url",
         )
         read_only_fields = fields
+
+    def get_member(self, obj: Artifact) -> str | None:
+        return obj.member or None
 
     def get_url(self, obj: Artifact) -> str:
         return reverse("api:submission-artifact-file", args=[obj.submission_id, obj.pk])

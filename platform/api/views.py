@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.negotiation import BaseContentNegotiation
@@ -79,12 +79,23 @@ class SubmissionViewSet(
     parser_classes = (MultiPartParser, FormParser)
 
     def get_queryset(self) -> QuerySet[Submission]:
-        return visible_submissions(self.request.user).order_by("-created")
+        # -pk breaks ties, so a page boundary never repeats or skips a row.
+        return visible_submissions(self.request.user).order_by("-created", "-pk")
 
     def get_object(self) -> Submission:
         return get_visible(self.request.user, self.kwargs["pk"])
 
-    @extend_schema(request=SubmitSerializer, responses={201: SubmissionSerializer})
+    @extend_schema(
+        request=SubmitSerializer,
+        responses={
+            201: SubmissionSerializer,
+            200: OpenApiResponse(SubmissionSerializer, "reuse=true: the earlier result"),
+            400: OpenApiResponse(OpenApiTypes.OBJECT, "refused: {detail, code}"),
+            413: OpenApiResponse(OpenApiTypes.OBJECT, "over the upload limit: {detail, code}"),
+            429: OpenApiResponse(OpenApiTypes.OBJECT, "a per-user limit: {detail, code}"),
+            503: OpenApiResponse(OpenApiTypes.OBJECT, "no models or no queue: {detail, code}"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Upload media; it is checked at the edge, saved, then queued."""
         if declared_too_large(request._request):

@@ -107,7 +107,7 @@ def test_index_lists_the_artifacts_as_the_explainer_wrote_them(
     fields = ("kind", "frame", "time", "person", "member", "caption", "width", "height")
 
     def key(entry: dict) -> tuple:
-        return tuple(entry[f] or None for f in fields)
+        return tuple(entry[f] for f in fields)
 
     assert sorted(map(key, index["artifacts"]), key=str) == sorted(
         map(key, written["artifacts"]), key=str

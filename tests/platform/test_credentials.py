@@ -193,9 +193,17 @@ def test_an_expired_token_is_refused_and_a_new_one_issued(
     Token.objects.filter(pk=token.pk).update(created=timezone.now() - timedelta(hours=2))
     response = _api(token).get("/api/submissions/")
     assert response.status_code == 401 and "expired" in response.json()["detail"]
-    fresh = Client().post("/api/token/", {"username": "alice", "password": PASSWORD}).json()
+    # The client still sends its expired token while it asks for a new one:
+    # before, the token endpoint itself answered 401 "expired".
+    renewed = _api(token).post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert renewed.status_code == 200, renewed.content
+    fresh = renewed.json()
     assert fresh["token"] != token.key
     assert _api(Token.objects.get(key=fresh["token"])).get("/api/submissions/").status_code == 200
+    # A revoked key in the header is no reason to refuse good credentials either.
+    revoked = Client(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    again = revoked.post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert again.status_code == 200 and again.json()["token"] == fresh["token"]
 
 
 def test_password_reset_is_rate_limited_per_address(users: dict[str, User], settings: Any) -> None:

@@ -47,7 +47,11 @@ def test_submitter_exports_only_own_rows_with_injection_neutralised(
 ) -> None:
     finished(users["submitter"], title="=cmd|' /C calc'!A0")
     finished(users["other"], title="bob's")
-    rows = _rows(clients["submitter"].get(reverse("reports:submissions")))
+    response = clients["submitter"].get(reverse("reports:submissions"))
+    # Owner names, hashes and notes: never kept by a cache on the way.
+    assert response["Cache-Control"] == "private, no-store"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    rows = _rows(response)
     assert list(rows[0]) == list(SUBMISSION_COLUMNS)
     assert [r["title"] for r in rows] == ["'=cmd|' /C calc'!A0"]
     assert rows[0]["owner"] == "alice" and float(rows[0]["score"]) == pytest.approx(0.8)
