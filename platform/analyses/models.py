@@ -58,8 +58,10 @@ class Submission(models.Model):
     reference_file = models.FileField(upload_to="uploads/", max_length=255, blank=True)
     reference_name = models.CharField(max_length=255, blank=True)
     reference_sha256 = models.CharField(max_length=64, blank=True)
-    # Counted with size_bytes against the owner's storage quota.
-    reference_size_bytes = models.BigIntegerField(default=0)
+    # Counted with size_bytes against the owner's storage quota. The database
+    # default lets code that predates the column (a rolling deploy, an older
+    # migration's state) still insert rows.
+    reference_size_bytes = models.BigIntegerField(default=0, db_default=0)
 
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True

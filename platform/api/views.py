@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -17,6 +18,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import (
+    APIException,
+    NotFound,
+    PermissionDenied,
+    ValidationError,
+)
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer
@@ -44,12 +51,48 @@ from reports.views import FilterError, filtered_submissions, frame_members
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, and a :class:`services.Refusal` as ``{"detail", "code"}``
+    """Every error as ``{"detail", "code"}``: a :class:`services.Refusal`
     (a queued-later upload adds its ``id``) with the status of
-    :data:`services.HTTP_STATUS`, the table the upload page uses too."""
+    :data:`services.HTTP_STATUS`, the table the upload page uses too; DRF's
+    own errors (401, 403, 404, 405, 429, parse errors) with their code; a
+    validation error's messages joined into ``detail`` (``"file: No file was
+    submitted."``), the first one's code, and the per-field messages kept
+    under ``errors``."""
     if isinstance(exc, services.Refusal):
         return Response(exc.payload(), status=services.http_status(exc))
-    return drf_exception_handler(exc, context)
+    # As DRF's handler does, so that their codes are known here.
+    if isinstance(exc, Http404):
+        exc = NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = PermissionDenied(*exc.args)
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, APIException):
+        return response
+    if isinstance(exc, ValidationError):
+        messages = _field_messages(exc.detail)
+        codes = _field_messages(exc.get_codes())
+        response.data = {
+            "detail": " ".join(f"{field}: {text}" if field else text for field, text in messages),
+            "code": codes[0][1] if codes else "invalid",
+            "errors": exc.detail,
+        }
+    elif isinstance(response.data, dict) and "detail" in response.data:
+        code = exc.get_codes()
+        response.data = {**response.data, "code": code if isinstance(code, str) else "error"}
+    return response
+
+
+def _field_messages(detail: Any, field: str = "") -> list[tuple[str, str]]:
+    """``(field, message)`` pairs of a validation error's nested detail, in order."""
+    if isinstance(detail, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            pairs += _field_messages(value, f"{field}.{name}" if field and name else name or field)
+        return pairs
+    if isinstance(detail, list):
+        return [pair for item in detail for pair in _field_messages(item, field)]
+    return [(field, str(detail))]
 
 
 class FileDownloads(BaseContentNegotiation):

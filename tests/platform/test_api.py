@@ -231,3 +231,20 @@ def test_downloads_answer_clients_that_ask_for_their_media_type(api: Client, use
     assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
     missing = api.get(base + "artifacts/999999/file/", HTTP_ACCEPT="image/png")
     assert missing.status_code == 404 and "detail" in missing.json()
+
+
+def test_every_api_error_has_a_detail_and_a_code(api: Client, users, site: Path) -> None:
+    """Before, only refusals had a code: a missing file part was
+    {"file": [...]}, a 404 or 401 had no code."""
+    missing_file = api.post("/api/submissions/", {"title": "no file"})
+    assert missing_file.status_code == 400
+    body = missing_file.json()
+    assert body["code"] == "required" and body["detail"].startswith("file: ")
+    assert "file" in body["errors"]
+    not_found = api.get("/api/submissions/00000000-0000-0000-0000-000000000000/")
+    assert not_found.status_code == 404 and not_found.json()["code"] == "not_found"
+    anonymous = Client().get("/api/submissions/")
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "not_authenticated"
+    bad_login = Client().post("/api/token/", {"username": "alice", "password": "wrong"})
+    assert bad_login.status_code == 400 and bad_login.json()["code"] == "authorization"
+    assert "Unable to log in" in bad_login.json()["detail"]

@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="submission",
             name="reference_size_bytes",
-            field=models.BigIntegerField(default=0),
+            field=models.BigIntegerField(default=0, db_default=0),
         ),
         migrations.RunPython(fill_reference_sizes, migrations.RunPython.noop),
     ]
