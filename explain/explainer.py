@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -125,9 +126,18 @@ class Explainer:
     crops it made are reused, never decoded again.
     """
 
-    def __init__(self, analyzer: Analyzer, config: ExplainConfig | None = None) -> None:
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        config: ExplainConfig | None = None,
+        *,
+        interrupts: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        """``interrupts``: exceptions that stop the run (a task's soft time
+        limit) instead of costing only the kind that was being made."""
         self.analyzer = analyzer
         self.config = config or ExplainConfig()
+        self.interrupts = interrupts
 
     def run(
         self,
@@ -164,24 +174,40 @@ class Explainer:
         kinds = [k for k in self.config.kinds if k != "ssim_reference" or reference is not None]
         total = sum(_STAGE_WEIGHT[k] for k in kinds) or 1.0
         done = 0.0
+        missing: dict[str, str] = {}
         for kind in kinds:
             report(kind, ANALYSIS_SHARE + (1 - ANALYSIS_SHARE) * done / total)
             started = time.perf_counter()
-            if kind == "chart":
-                self._chart(writer, series, [m.name for m in members])
-            elif data is not None:
-                if kind == "face":
-                    self._faces(writer, result, data)
-                elif kind == "frame":
-                    self._whole_frames(writer, result, data)
-                elif kind == "gradcam":
-                    self._gradcam(writer, result, data, members)
-                elif kind == "attention":
-                    self._attention(writer, result, data, members)
-                elif kind == "ssim_temporal":
-                    self._ssim_temporal(writer, result, data)
-                elif kind == "ssim_reference" and reference is not None:
-                    self._ssim_reference(writer, result, data, reference)
+            kept, files = len(writer.artifacts), set(out_dir.rglob("*"))
+            try:
+                if kind == "chart":
+                    self._chart(writer, series, [m.name for m in members])
+                elif data is not None:
+                    if kind == "face":
+                        self._faces(writer, result, data)
+                    elif kind == "frame":
+                        self._whole_frames(writer, result, data)
+                    elif kind == "gradcam":
+                        self._gradcam(writer, result, data, members)
+                    elif kind == "attention":
+                        self._attention(writer, result, data, members)
+                    elif kind == "ssim_temporal":
+                        self._ssim_temporal(writer, result, data)
+                    elif kind == "ssim_reference" and reference is not None:
+                        self._ssim_reference(writer, result, data, reference)
+            except Exception as e:
+                if isinstance(e, self.interrupts):
+                    raise
+                # One kind's failure (out of memory, a full disk, a bug) costs
+                # that kind's files, not the verdict or the other kinds.
+                logger.exception("explanation %s of %s failed", kind, path)
+                missing[kind] = f"{type(e).__name__}: {e}"[:200]
+                del writer.artifacts[kept:]
+                for made in sorted(set(out_dir.rglob("*")) - files, reverse=True):
+                    if made.is_file():
+                        made.unlink(missing_ok=True)
+                    elif made.is_dir():
+                        shutil.rmtree(made, ignore_errors=True)
             timings[kind] = time.perf_counter() - started
             done += _STAGE_WEIGHT[kind]
         logger.info(
@@ -190,7 +216,7 @@ class Explainer:
             len(writer.artifacts),
             ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
         )
-        index = ExplanationIndex(tuple(writer.artifacts), series, timings=timings)
+        index = ExplanationIndex(tuple(writer.artifacts), series, timings=timings, missing=missing)
         index.write(out_dir)
         report("done", 1.0)
         return result, index

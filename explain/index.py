@@ -68,13 +68,18 @@ class ExplanationIndex:
     version: int = INDEX_VERSION
     # Seconds each kind took to make; reported to logs and benchmarks, not written.
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    # Kinds that failed, and why (their files are removed; the result stands).
+    missing: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": self.version,
             "artifacts": [asdict(a) for a in self.artifacts],
             "series": self.series,
         }
+        if self.missing:
+            data["missing"] = dict(self.missing)
+        return data
 
     def write(self, out_dir: Path) -> Path:
         """Write ``index.json`` into ``out_dir``; its path."""
@@ -92,6 +97,7 @@ class ExplanationIndex:
             artifacts=tuple(Artifact(**a) for a in data["artifacts"]),
             series=dict(data.get("series") or {}),
             version=version,
+            missing={str(k): str(v) for k, v in (data.get("missing") or {}).items()},
         )
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,3 +248,42 @@ def test_black_padding_past_a_frame_edge_is_not_a_difference() -> None:
     assert padded[:, :10].all()  # the cut frame's face runs past its left edge
     assert mask.difference[padded].max() == 0.0
     assert mask.mean < 0.02  # what both frames show is the same
+
+
+def test_a_kind_that_fails_costs_its_own_files_not_the_result(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grad-CAM out of memory halfway: its files and entries go, the other
+    kinds and the verdict stay, and the index says what is missing."""
+    real = Explainer._gradcam
+
+    def half_then_fail(self: Explainer, writer: Any, *args: Any) -> None:
+        real(self, writer, *args)  # writes its files and entries first
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(Explainer, "_gradcam", half_then_fail)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    out = tmp_path / "out"
+    result, index = Explainer(tiny_analyzer).run(clip, out)
+    assert result.status == "done" and index is not None
+    assert index.missing == {"gradcam": "MemoryError: out of memory"}
+    kinds = {a.kind for a in index.artifacts}
+    assert "gradcam" not in kinds and {"face", "attention", "chart"} <= kinds
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {a.path for a in index.artifacts} | {"index.json"}
+    assert ExplanationIndex.read(out).missing == index.missing
+
+
+def test_an_interrupt_is_not_taken_for_a_failed_kind(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class StopError(Exception):
+        pass
+
+    def stop(*_: Any) -> None:
+        raise StopError
+
+    monkeypatch.setattr(Explainer, "_attention", stop)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    with pytest.raises(StopError):
+        Explainer(tiny_analyzer, interrupts=(StopError,)).run(clip, tmp_path / "out")

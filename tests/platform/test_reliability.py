@@ -152,12 +152,18 @@ def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
     assert sub.status == Status.PENDING and sub.reason == services.WORKER_STOPPED_REASON
     assert sub.reason_code == services.WORKER_LOST_CODE and outbox.sent == [str(sub.pk)]
 
-    # The next worker claims it and dies too: the second loss is final.
+    # The next worker claims it and dies too: the second loss is final, and
+    # the files the two runs began are removed (before: kept for good).
     _age(sub, status=Status.RUNNING, heartbeat=_ago(stale + 1), attempts=2)
+    for attempt in (1, 2):
+        begun = services.artifact_dir(sub) / f"run-{attempt}"
+        begun.mkdir(parents=True)
+        (begun / "face-p0-f0.png").write_bytes(b"partial")
     out = services.reap()
     sub.refresh_from_db()
     assert out.failed == [str(sub.pk)] and sub.status == Status.FAILED
     assert sub.reason == services.WORKER_LOST_REASON and sub.score is None
+    assert not services.artifact_dir(sub).exists()
 
 
 @pytest.mark.django_db
@@ -300,10 +306,14 @@ def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_d
     sub = _pending(users["submitter"], media_dir)
     _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker="w:1")
     # What the worker parent calls when it kills the child at the hard limit.
+    begun = services.artifact_dir(sub) / "run-1"
+    begun.mkdir(parents=True)
+    (begun / "face-p0-f0.png").write_bytes(b"partial")
     tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "task-id", [str(sub.pk)], {}, None)
     sub.refresh_from_db()
     # Before: the message was acknowledged and the job stayed running.
     assert sub.status == Status.FAILED and sub.reason_code == services.TIMED_OUT_CODE
+    assert not services.artifact_dir(sub).exists()  # the killed run's files
 
 
 def test_the_old_task_name_runs_the_same_job_until_its_messages_have_drained(

@@ -477,3 +477,40 @@ def test_a_stored_file_that_cannot_be_read_is_a_storage_fault(tmp_path: Path) ->
     assert _stored_fault(path, "a" * 64, 10, refused) == "it cannot be read: Permission denied"
     assert _stored_fault(path, "", 10, refused) is None  # nothing recorded to compare
     assert _stored_fault(path, "a" * 64, 11, refused) == "it is 10 bytes, not the 11 received"
+
+
+def test_an_explanation_that_fails_leaves_the_verdict_and_says_so(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, any explanation's failure (Grad-CAM out of memory, a full
+    disk) failed the whole analysis and threw the computed verdict away."""
+    from explain import Explainer
+
+    def no_memory(*_: Any) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Explainer, "_gradcam", no_memory)
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE and sub.score is not None, sub.reason
+    assert "Some explanations could not be made (Grad-CAM heatmaps)" in sub.reason
+    kinds = set(sub.artifacts.values_list("kind", flat=True))
+    assert "gradcam" not in kinds and "face" in kinds
+
+
+def test_the_soft_time_limit_during_explanations_still_stops_the_job(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from explain import Explainer
+
+    def out_of_time(*_: Any) -> None:
+        raise SoftTimeLimitExceeded
+
+    monkeypatch.setattr(Explainer, "_attention", out_of_time)
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.reason_code == "timed_out", sub.reason

@@ -34,6 +34,7 @@ from analyses.services.running import (
     WORKER_LOST_REASON,
     is_abandoned,
 )
+from analyses.services.storage import drop_partial_files
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def reap(now: datetime | None = None) -> Reaped:
                 finished=now,
             ):
                 logger.error("submission %s: worker lost twice; failed by the reaper", sub.pk)
+                drop_partial_files(sub.pk)
                 out.failed.append(str(sub.pk))
             continue
         if claimed.update(

@@ -26,7 +26,7 @@ from django.utils import timezone
 from analyses.config import analysis_config, analysis_registry, trusttrace_settings
 from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
-from analyses.services.storage import attempt_dir, media_root
+from analyses.services.storage import attempt_dir, drop_partial_files, media_root
 from ensemble.errors import TrusttraceError
 
 if TYPE_CHECKING:
@@ -125,7 +125,11 @@ def _explainer() -> Explainer:
     explainer = _EXPLAINERS.get(id(analyzer))
     if explainer is None:
         _EXPLAINERS.clear()
-        explainer = _EXPLAINERS[id(analyzer)] = Explainer(analyzer, ExplainConfig())
+        # The soft time limit stops the job; any other failure while making
+        # one kind of explanation costs only that kind (the index says which).
+        explainer = _EXPLAINERS[id(analyzer)] = Explainer(
+            analyzer, ExplainConfig(), interrupts=(SoftTimeLimitExceeded,)
+        )
     return explainer
 
 
@@ -258,6 +262,8 @@ def run_submission(submission_id: UUID | str) -> None:
                 _finish_without_result(sub, Status.FAILED, WORKER_LOST_REASON, WORKER_LOST_CODE)
             except (_ClaimLost, Submission.DoesNotExist):
                 logger.info("submission %s changed meanwhile; left as it is", sub.pk)
+            else:
+                drop_partial_files(sub.pk)
             return
         logger.warning("submission %s redelivered after its worker died; once more", sub.pk)
         reason_code = WORKER_LOST_CODE
@@ -361,6 +367,7 @@ def job_timed_out(submission_id: UUID | str) -> None:
     )
     if done:
         logger.error("submission %s: hard time limit reached; marked failed", submission_id)
+        drop_partial_files(submission_id)
 
 
 @contextmanager
@@ -509,7 +516,28 @@ def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[A
         )
     Artifact.objects.bulk_create(rows)
     sub.series = index.get("series") or series_from_result(sub.result)
+    missing = index.get("missing") or {}
+    if missing:
+        names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in missing)
+        note = (
+            f"Some explanations could not be made ({names}); this was logged. The verdict does "
+            "not depend on them, and a moderator can run the analysis again."
+        )
+        if note not in sub.reason:
+            sub.reason = f"{sub.reason} {note}".strip()
     return rows
+
+
+# How the result names an explanation kind that could not be made.
+MISSING_LABELS = {
+    "face": "face crops",
+    "frame": "whole frames",
+    "gradcam": "Grad-CAM heatmaps",
+    "attention": "attention maps",
+    "ssim_temporal": "SSIM masks between frames",
+    "ssim_reference": "SSIM masks against the reference",
+    "chart": "score charts",
+}
 
 
 def load_index_file(sub: Submission, out_dir: Path) -> list[Artifact]:

@@ -24,6 +24,16 @@ def artifact_dir(sub: Submission) -> Path:
     return media_root() / ARTIFACT_DIR / str(sub.pk)
 
 
+def drop_partial_files(sub_id: object) -> None:
+    """Remove the explanation files runs of a job left (a job marked failed
+    from outside its run: worker lost twice, hard time limit). A failed job
+    has no artifact rows (a re-run removes the earlier result's), so nothing
+    the pages show goes."""
+    import shutil
+
+    shutil.rmtree(media_root() / ARTIFACT_DIR / str(sub_id), ignore_errors=True)
+
+
 def attempt_dir(sub: Submission) -> Path:
     """The folder of one run of ``sub``'s analysis (its ``attempts`` count
     when it claimed the job): a run that loses the job to another (a reaper,
