@@ -54,9 +54,10 @@ STATUS_SENTENCES = {
 }
 HEAT_NOTE = (
     "A heat map shows where a model looked when it scored the face: not proof of where, or "
-    "whether, the face was manipulated. A real face gets one too: each map is stretched from "
-    "its own lowest to its own highest value, so it shows where the model looked most within "
-    "that face, not how strongly. "
+    "whether, the face was manipulated. A real face gets one too: each Grad-CAM map is "
+    "stretched from its own lowest to its own highest value, so it shows where the model "
+    "looked most within that face, not how strongly. The attention map is the B4 model's own "
+    "weighting, from 0 to 1, not stretched. "
     "The SSIM masks are no model's opinion: they show where two aligned faces differ."
 )
 
