@@ -850,9 +850,12 @@ def frames_at_times(
     """The video's frame nearest to each of ``times`` (seconds from its first
     frame), as RGB, upright, and bounded by ``max_video_pixels``: decoded as
     :func:`read_video` samples, seeking to the key frame before each one, so
-    a long reference costs what its sampled frames cost. A time past the end
-    gets the last frame. Times whose frame could not be decoded (damaged data
-    after some good frames) are left out of the result."""
+    a long reference costs what its sampled frames cost. Left out of the
+    result: a time more than one frame past the video's last frame (a shorter
+    reference has no frame of that moment: its last frame is another one), and
+    a time whose frame could not be decoded (damaged data), which is never
+    served by a frame further on than the decoder's skipping of non-reference
+    frames explains (two frames)."""
     import av
 
     if not times:
@@ -883,7 +886,9 @@ def frames_at_times(
                 return i - 1
             return i
 
-        wanted = {t: index.pts[nearest(t)] for t in times}
+        step = int(np.median(np.diff(index.pts))) if len(index.pts) > 1 else 0
+        frame_s = float(step * index.time_base)
+        wanted = {t: index.pts[nearest(t)] for t in times if t <= seconds[-1] + frame_s}
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, _ = _decode_targets(container, stream, index, sorted(set(wanted.values())), limits)
@@ -898,9 +903,10 @@ def frames_at_times(
     out: dict[float, RGBImage] = {}
     for t, target in wanted.items():
         # A target the decoder skipped (a non-reference frame) is served by
-        # the next decoded frame, as in read_video.
+        # the next decoded frame, as in read_video; one past damaged data is
+        # not (the next decoded frame may be a key-frame stretch later).
         i = bisect.bisect_left(decoded, target)
-        if i < len(decoded):
+        if i < len(decoded) and decoded[i] - target <= 2 * step:
             out[t] = by_pts[decoded[i]]
     return out
 

@@ -412,12 +412,13 @@ def test_downscaled_phone_video_is_upright_at_the_bounded_size(tmp_path: Path) -
 def test_frames_at_times_are_the_nearest_frames_bounded_and_upright(tmp_path: Path) -> None:
     clip = mf.write_clip(tmp_path / "ref.mp4", frames=40, fps=10, gop=8, display_rotation=90)
     bounded = MediaLimits(max_video_pixels=160 * 120)
-    frames = media.frames_at_times(clip, bounded, [0.0, 1.04, 2.5, 9.0])
+    frames = media.frames_at_times(clip, bounded, [0.0, 1.04, 2.5, 3.95, 9.0])
     assert {t: mf.marker(cv2.resize(im, (320, 240))) for t, im in frames.items()} == {
         0.0: 0,
         1.04: 10,
         2.5: 25,
-        9.0: 39,  # past the end: the last frame
+        3.95: 39,  # within a frame of the last one (3.9 s)
+        # 9.0 s: far past the end (before: the last frame, another moment)
     }
     assert {im.shape for im in frames.values()} == {(120, 160, 3)}  # upright, bounded
 
