@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
@@ -124,6 +124,30 @@ class SubmissionViewSet(
     def get_queryset(self) -> QuerySet[Submission]:
         # -pk breaks ties, so a page boundary never repeats or skips a row.
         return visible_submissions(self.request.user).order_by("-created", "-pk")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, description="created on or after"),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="created on or before"),
+            OpenApiParameter("verdict", str, description="fake, real, uncertain or no_face"),
+            OpenApiParameter("status", str, description="pending, running, done, ..."),
+            OpenApiParameter("decision", str, description="a moderator's label, or none"),
+        ],
+        responses={200: SubmissionSerializer(many=True), 400: OpenApiTypes.OBJECT},
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Submissions visible to the caller, newest first, filtered as the CSV
+        export is (``from``, ``to``, ``verdict``, ``status``, ``decision``); a
+        value that does not parse is a 400 ``bad_filter``, never everything."""
+        try:
+            qs = filtered_submissions(request.user, request.query_params)
+        except FilterError as e:
+            return Response(
+                {"detail": str(e), "code": "bad_filter"}, status=status.HTTP_400_BAD_REQUEST
+            )
+        page = self.paginate_queryset(qs.order_by("-created", "-pk"))
+        assert page is not None  # the site's settings always paginate
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def get_object(self) -> Submission:
         return get_visible(self.request.user, self.kwargs["pk"])

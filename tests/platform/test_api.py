@@ -248,3 +248,25 @@ def test_every_api_error_has_a_detail_and_a_code(api: Client, users, site: Path)
     bad_login = Client().post("/api/token/", {"username": "alice", "password": "wrong"})
     assert bad_login.status_code == 400 and bad_login.json()["code"] == "authorization"
     assert "Unable to log in" in bad_login.json()["detail"]
+
+
+def test_the_list_takes_the_csv_exports_filters_and_refuses_bad_ones(
+    api: Client, users, finished
+) -> None:
+    """Before, ?verdict= and the rest were ignored: every submission came back."""
+    fake = finished(users["submitter"], verdict="fake", title="f")
+    real = finished(users["submitter"], verdict="real", score=0.2, title="r")
+    finished(users["other"], verdict="fake", title="not mine")
+
+    def ids(query: str) -> list[str]:
+        response = api.get("/api/submissions/" + query)
+        assert response.status_code == 200, response.content
+        return [row["id"] for row in response.json()["results"]]
+
+    assert ids("") == [str(real.pk), str(fake.pk)]  # newest first, own only
+    assert ids("?verdict=fake") == [str(fake.pk)]
+    assert ids("?status=done&verdict=real") == [str(real.pk)]
+    assert ids("?decision=none") == [str(real.pk), str(fake.pk)]
+    bad = api.get("/api/submissions/?verdict=FAKE")
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
+    assert "verdict" in bad.json()["detail"]
