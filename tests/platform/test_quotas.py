@@ -99,23 +99,43 @@ def test_refused_uploads_count_against_the_hourly_limit(
             assert clients["submitter"].post(url, {"file": fh}).status_code == 400
     services.create_submission(users["submitter"], upload(media_dir / "face.png"))
     with pytest.raises(
-        services.QuotaExceeded, match=r"3 files in the last hour \(2 of them refused\)"
+        services.QuotaExceeded, match=r"3 files in the last hour \(2 of them refused or answered"
     ):
         services.create_submission(users["submitter"], upload(media_dir / "face.png"))
     # Another user's count is their own.
     services.create_submission(users["moderator"], upload(media_dir / "face.png"))
 
 
+def test_reused_results_count_hourly_but_not_against_pending_or_storage(
+    site: Path, users: dict[str, User], media_dir: Path, settings: Any, finished: Any
+) -> None:
+    """Each reuse costs a probe (before: free, so without end), but stores
+    nothing (before: refused once the pending or storage quota was full)."""
+    finished(users["submitter"])  # a done analysis of face.png to reuse
+    _limits(settings, MAX_UPLOADS_PER_HOUR=3, MAX_PENDING_PER_USER=1, MAX_STORAGE_PER_USER_BYTES=1)
+    submit = services.uploads.submit
+    for _ in range(2):
+        _, was_reused = submit(users["submitter"], upload(media_dir / "face.png"), reuse=True)
+        assert was_reused
+    with pytest.raises(services.QuotaExceeded, match="2 of them refused or answered"):
+        submit(users["submitter"], upload(media_dir / "face.png"), reuse=True)
+    # A reuse request with nothing to reuse is stored: then the other limits apply.
+    _limits(settings, MAX_UPLOADS_PER_HOUR=0)
+    with pytest.raises(services.QuotaExceeded, match="of storage"):
+        submit(users["submitter"], upload(media_dir / "person.mp4"), reuse=True)
+    assert Submission.objects.count() == 1  # nothing stored by the refused one
+
+
 def test_a_refusal_that_is_the_sites_fault_is_not_counted(
     site: Path, users: dict[str, User], settings: Any
 ) -> None:
-    from analyses.services.quotas import note_refused_upload, refused_uploads
+    from analyses.services.quotas import note_unsaved_upload, refused_uploads
 
     _limits(settings, MAX_UPLOADS_PER_HOUR=3)
-    note_refused_upload(users["submitter"], "probe_failed")
+    note_unsaved_upload(users["submitter"], "probe_failed")
     assert refused_uploads(users["submitter"]) == 0
-    note_refused_upload(users["submitter"], "unsupported_format")
-    note_refused_upload(users["submitter"], "probe_timeout")
+    note_unsaved_upload(users["submitter"], "unsupported_format")
+    note_unsaved_upload(users["submitter"], "probe_timeout")
     assert refused_uploads(users["submitter"]) == 2
 
 

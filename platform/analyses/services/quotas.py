@@ -39,15 +39,17 @@ def _refused_keys(owner: User, now: float) -> list[str]:
 
 
 def refused_uploads(owner: User) -> int:
-    """Uploads of ``owner`` the edge checks refused in about the last hour."""
+    """Uploads of ``owner`` that stored nothing (refused or reused) in about
+    the last hour."""
     counts = cache.get_many(_refused_keys(owner, time.time()))
     return sum(int(v) for v in counts.values())
 
 
-def note_refused_upload(owner: User, code: str) -> None:
-    """Count an upload the edge checks refused against the owner's hourly
-    limit: a refused file stores nothing but costs a probe (up to the probe's
-    time and memory caps), so refusals must not be free. Counted in the cache
+def note_unsaved_upload(owner: User, code: str) -> None:
+    """Count an upload that stored nothing against the owner's hourly limit:
+    one the edge checks refused (``code``: the refusal's) or one answered
+    with an earlier result (``"reused"``). Each cost a probe (up to the
+    probe's time and memory caps), so it must not be free. Counted in the cache
     with atomic increments (shared by every web process when Redis is the
     cache; per process with the default local-memory cache)."""
     if not trusttrace_settings().max_uploads_per_hour or code in NOT_COUNTED_CODES:
@@ -61,13 +63,15 @@ def note_refused_upload(owner: User, code: str) -> None:
         cache.set(key, 1, HOUR_S + 2 * REFUSED_BUCKET_S)
 
 
-def check_quotas(owner: User, incoming_bytes: int) -> None:
+def check_quotas(owner: User, incoming_bytes: int, *, hourly_only: bool = False) -> None:
     """Refuse an upload of ``incoming_bytes`` that would take ``owner`` over a
     limit (``MAX_PENDING_PER_USER``, ``MAX_STORAGE_PER_USER_BYTES``,
-    ``MAX_UPLOADS_PER_HOUR``; 0 disables one)."""
+    ``MAX_UPLOADS_PER_HOUR``; 0 disables one). ``hourly_only``: the upload
+    may store nothing (an earlier result reused), so only the hourly limit
+    applies before its probe."""
     mine = Submission.objects.filter(owner_id=owner.pk)
     limits = trusttrace_settings()
-    max_pending = limits.max_pending_per_user
+    max_pending = 0 if hourly_only else limits.max_pending_per_user
     if max_pending:
         waiting = mine.filter(status__in=(Status.PENDING, Status.RUNNING)).count()
         if waiting >= max_pending:
@@ -82,13 +86,17 @@ def check_quotas(owner: User, incoming_bytes: int) -> None:
         refused = refused_uploads(owner)
         recent = saved + refused
         if recent >= max_per_hour:
-            of_them = f" ({refused} of them refused)" if refused else ""
+            of_them = (
+                f" ({refused} of them refused or answered with an earlier result)"
+                if refused
+                else ""
+            )
             raise QuotaExceeded(
                 f"You uploaded {recent} files in the last hour{of_them}; the limit is "
                 f"{max_per_hour} an hour. Please try again later.",
                 "quota_rate",
             )
-    max_storage = limits.max_storage_per_user_bytes
+    max_storage = 0 if hourly_only else limits.max_storage_per_user_bytes
     if max_storage:
         sums = mine.aggregate(files=Sum("size_bytes"), references=Sum("reference_size_bytes"))
         stored = int(sums["files"] or 0) + int(sums["references"] or 0)

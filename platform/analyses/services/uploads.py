@@ -21,7 +21,7 @@ from analyses.services import queue
 from analyses.services.errors import UploadRejected
 from analyses.services.members import record_weights_versions, require_models
 from analyses.services.probing import probe_upload
-from analyses.services.quotas import check_quotas, note_refused_upload, previous_result
+from analyses.services.quotas import check_quotas, note_unsaved_upload, previous_result
 from analyses.services.storage import STAGING_DIR, UPLOAD_DIR, media_root
 
 logger = logging.getLogger(__name__)
@@ -159,11 +159,12 @@ def submit(
     reaper queues it later) when the broker refuses the message.
     """
     record_weights_versions(require_models())
-    check_quotas(owner, int(upload.size or 0) + int(reference.size or 0 if reference else 0))
+    incoming = int(upload.size or 0) + int(reference.size or 0 if reference else 0)
+    check_quotas(owner, incoming, hourly_only=reuse)
     try:
         path, probed = _accept(upload)
     except UploadRejected as e:
-        note_refused_upload(owner, e.code)
+        note_unsaved_upload(owner, e.code)
         raise
     ref_path: Path | None = None
     try:
@@ -172,7 +173,7 @@ def submit(
             try:
                 ref_path, ref_probed = _accept(reference)
             except UploadRejected as e:
-                note_refused_upload(owner, e.code)
+                note_unsaved_upload(owner, e.code)
                 raise
         previous = (
             previous_result(owner, probed.sha256, ref_probed.sha256 if ref_probed else "")
@@ -183,8 +184,11 @@ def submit(
             path.unlink(missing_ok=True)
             if ref_path is not None:
                 ref_path.unlink(missing_ok=True)
+            note_unsaved_upload(owner, "reused")
             logger.info("upload of %s reuses submission %s", probed.sha256[:12], previous.pk)
             return previous, True
+        if reuse:
+            check_quotas(owner, incoming)  # nothing to reuse: it will be stored
         with transaction.atomic():
             sub = Submission(
                 owner=owner,
