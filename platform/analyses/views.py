@@ -19,7 +19,7 @@ from analyses.access import get_owned, get_visible
 from analyses.config import trusttrace_settings
 from analyses.forms import SubmissionForm
 from analyses.limits import upload_over_limit
-from analyses.models import Artifact, Submission
+from analyses.models import Artifact, ArtifactKind, Submission
 from analyses.ranges import open_range
 from analyses.viewer import (
     HEAT_NOTE,
@@ -197,7 +197,11 @@ def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
         "heat_note": HEAT_NOTE,
         "viewer_data": shown.as_json(),
         # Types the browser may not show inline (SVG can carry scripts) are links.
-        "artifact_downloads": [a for a in stored if a.media_type not in INLINE_TYPES],
+        # and the charts (the page draws the chart from the series; its PNG
+        # belongs to no frame, so the viewer never shows it).
+        "artifact_downloads": [
+            a for a in stored if a.media_type not in INLINE_TYPES or a.kind == ArtifactKind.CHART
+        ],
         "member_names": sorted(sub.members),
         "person_rows": person_rows(sub),
         "series_id": f"series-{sub.pk}",

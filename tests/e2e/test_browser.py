@@ -117,6 +117,7 @@ def test_submit_watch_result_download_and_moderate(
     # The SVG chart is a download, not an <img> the server would refuse to show inline.
     page.click("#more summary")
     assert "image/svg+xml" in page.inner_text("#artifact-downloads")
+    assert "image/png" in page.inner_text("#artifact-downloads")  # the chart's PNG too
     page.screenshot(path=str(screenshots / "03-result.png"), full_page=True)
 
     # Frame-level CSV download.

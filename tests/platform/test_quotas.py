@@ -126,6 +126,38 @@ def test_reused_results_count_hourly_but_not_against_pending_or_storage(
     assert Submission.objects.count() == 1  # nothing stored by the refused one
 
 
+def test_quotas_are_checked_again_after_the_probe(
+    site: Path,
+    users: dict[str, User],
+    media_dir: Path,
+    settings: Any,
+    monkeypatch: Any,
+    quiet_queue: None,
+) -> None:
+    """Uploads sent at once all pass the check made before their probes
+    (seconds each): the check is made again, under the owner's lock, before
+    the row is saved. Here another upload is saved while this one is probed."""
+    from analyses.services import uploads
+
+    _limits(settings, MAX_PENDING_PER_USER=1)
+    real = uploads._accept
+    calls: list[int] = []
+
+    def another_saved_meanwhile(upload_file: Any) -> Any:
+        staged = real(upload_file)
+        if not calls:
+            calls.append(1)
+            services.create_submission(users["submitter"], upload(media_dir / "person.mp4"))
+        return staged
+
+    monkeypatch.setattr(uploads, "_accept", another_saved_meanwhile)
+    with pytest.raises(services.QuotaExceeded, match="waiting or running"):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    assert Submission.objects.count() == 1  # the one saved meanwhile
+    stored = {p.name for p in (site / "uploads").rglob("*") if p.is_file()}
+    assert stored == {Path(Submission.objects.get().file.name).name}  # no staged leftovers
+
+
 def test_a_refusal_that_is_the_sites_fault_is_not_counted(
     site: Path, users: dict[str, User], settings: Any
 ) -> None:

@@ -187,9 +187,12 @@ def submit(
             note_unsaved_upload(owner, "reused")
             logger.info("upload of %s reuses submission %s", probed.sha256[:12], previous.pk)
             return previous, True
-        if reuse:
-            check_quotas(owner, incoming)  # nothing to reuse: it will be stored
         with transaction.atomic():
+            # Checked again now that the file is staged, with the owner's row
+            # locked (Postgres; SQLite writes one at a time): uploads sent at
+            # once all passed the first check, made before their probes.
+            list(User.objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+            check_quotas(owner, incoming)
             sub = Submission(
                 owner=owner,
                 title=title.strip()[:200],
