@@ -18,7 +18,6 @@ from ensemble.results import AnalysisResult, FaceResult
 from explain.attention import attention_maps, has_attention
 from explain.charts import chart_size, render_png, render_svg, score_figure, score_series
 from explain.config import ArtifactKind, ExplainConfig
-from explain.errors import InvalidReferenceError
 from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
 from explain.index import Artifact, ExplanationIndex
@@ -399,13 +398,11 @@ class Explainer:
     ) -> None:
         limits = self.analyzer.config.limits
         times = sorted({round(result.frames[f.position].time_s, 4) for f in result.faces})
-        try:
-            ref_frames = frames_at(reference, times, limits)
-        except InvalidReferenceError as e:
-            # The reference passed its check before the analysis; what fails
-            # now (damage further in) costs its masks, not the analysis.
-            logger.warning("no reference masks: %s", e)
-            return
+        # The reference passed its check before the analysis; what fails now
+        # (damage further in) raises here and costs its masks, not the
+        # analysis: run() names the kind in the index's missing, and the
+        # result says so (before, the tab just did not appear).
+        ref_frames = frames_at(reference, times, limits)
         keys = list(ref_frames)
         detections = dict(
             zip(keys, self.analyzer.detector.detect([ref_frames[k] for k in keys]), strict=True)

@@ -205,6 +205,12 @@ def test_a_reference_damaged_after_its_check_costs_its_masks_not_the_analysis(
     early = [f for f in result.faces if result.frames[f.position].time_s < 1.0]
     assert len(masks) == (len(early) if damage == "some_frames" else 0)
     assert 0 < len(early) < len(result.faces)
+    if damage == "all":  # said, not only logged
+        assert index.missing == {
+            "ssim_reference": "InvalidReferenceError: The reference could not be used: damaged"
+        }
+    else:
+        assert index.missing == {}
     assert {a.kind for a in index.artifacts} >= {"gradcam", "attention", "chart"}
 
 
