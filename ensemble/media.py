@@ -844,6 +844,16 @@ def _pts_of(frame: Frame, index: _VideoIndex) -> int:
     return index.pts[frame.index]
 
 
+# A skipped non-reference frame is served by the next decoded one, at most
+# this many frames on (runs of B-frames); a frame further on is past damage.
+SERVED_WITHIN = 4
+
+
+def _frames_between(index: _VideoIndex, first: int, later: int) -> int:
+    """Frames from pts ``first`` to pts ``later`` in the index (positions)."""
+    return bisect.bisect_left(index.pts, later) - bisect.bisect_left(index.pts, first)
+
+
 def frames_at_times(
     path: Path, limits: MediaLimits, times: Sequence[float]
 ) -> dict[float, RGBImage]:
@@ -855,7 +865,7 @@ def frames_at_times(
     reference has no frame of that moment: its last frame is another one), and
     a time whose frame could not be decoded (damaged data), which is never
     served by a frame further on than the decoder's skipping of non-reference
-    frames explains (two frames)."""
+    frames explains (``SERVED_WITHIN`` frames)."""
     import av
 
     if not times:
@@ -886,9 +896,10 @@ def frames_at_times(
                 return i - 1
             return i
 
-        step = int(np.median(np.diff(index.pts))) if len(index.pts) > 1 else 0
-        frame_s = float(step * index.time_base)
-        wanted = {t: index.pts[nearest(t)] for t in times if t <= seconds[-1] + frame_s}
+        # The last frame lasts until the next would start (its own gap); a
+        # one-frame video serves every time, as a still image does.
+        last_s = seconds[-1] - seconds[-2] if len(seconds) > 1 else math.inf
+        wanted = {t: index.pts[nearest(t)] for t in times if t <= seconds[-1] + last_s}
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, _ = _decode_targets(container, stream, index, sorted(set(wanted.values())), limits)
@@ -906,7 +917,7 @@ def frames_at_times(
         # the next decoded frame, as in read_video; one past damaged data is
         # not (the next decoded frame may be a key-frame stretch later).
         i = bisect.bisect_left(decoded, target)
-        if i < len(decoded) and decoded[i] - target <= 2 * step:
+        if i < len(decoded) and _frames_between(index, target, decoded[i]) <= SERVED_WITHIN:
             out[t] = by_pts[decoded[i]]
     return out
 

@@ -246,7 +246,8 @@ class SubmissionViewSet(
         reads it): every artifact with its ``id`` and ``url``, and the chart series."""
         sub = self.get_object()
         artifacts = ArtifactSerializer(sub.artifacts.all(), many=True).data
-        return Response({"artifacts": artifacts, "series": sub.series})
+        missing = (sub.result or {}).get("explanations_missing") or {}
+        return Response({"artifacts": artifacts, "series": sub.series, "missing": missing})
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     @action(

@@ -119,11 +119,13 @@ def test_reused_results_count_hourly_but_not_against_pending_or_storage(
         assert was_reused
     with pytest.raises(services.QuotaExceeded, match="2 of them refused or answered"):
         submit(users["submitter"], upload(media_dir / "face.png"), reuse=True)
-    # A reuse request with nothing to reuse is stored: then the other limits apply.
-    _limits(settings, MAX_UPLOADS_PER_HOUR=0)
+    # A reuse request with nothing to reuse is stored: then the other limits
+    # apply, and a refusal after its probe is counted too (it cost one).
+    cache.clear()
     with pytest.raises(services.QuotaExceeded, match="of storage"):
         submit(users["submitter"], upload(media_dir / "person.mp4"), reuse=True)
     assert Submission.objects.count() == 1  # nothing stored by the refused one
+    assert services.quotas.refused_uploads(users["submitter"]) == 1
 
 
 def test_quotas_are_checked_again_after_the_probe(

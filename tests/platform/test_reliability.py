@@ -304,7 +304,8 @@ def test_soft_time_limit_fails_the_job_with_a_time_limit_reason(
 @pytest.mark.django_db
 def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_dir: Path) -> None:
     sub = _pending(users["submitter"], media_dir)
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker="w:1")
+    host = services.running.worker_id().rpartition(":")[0]
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{host}:1")
     # What the worker parent calls when it kills the child at the hard limit.
     begun = services.artifact_dir(sub) / "run-1"
     begun.mkdir(parents=True)
@@ -314,6 +315,12 @@ def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_d
     # Before: the message was acknowledged and the job stayed running.
     assert sub.status == Status.FAILED and sub.reason_code == services.TIMED_OUT_CODE
     assert not services.artifact_dir(sub).exists()  # the killed run's files
+    # A job another host's worker has claimed meanwhile is not this kill's.
+    other = _pending(users["submitter"], media_dir)
+    _age(other, status=Status.RUNNING, heartbeat=timezone.now(), worker="elsewhere:7")
+    tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "t2", [str(other.pk)], {}, None)
+    other.refresh_from_db()
+    assert other.status == Status.RUNNING
 
 
 def test_the_old_task_name_runs_the_same_job_until_its_messages_have_drained(

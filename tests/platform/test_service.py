@@ -497,6 +497,17 @@ def test_an_explanation_that_fails_leaves_the_verdict_and_says_so(
     assert "Some explanations could not be made (Grad-CAM heatmaps)" in sub.reason
     kinds = set(sub.artifacts.values_list("kind", flat=True))
     assert "gradcam" not in kinds and "face" in kinds
+    # Programs get which kinds and why, not only the sentence.
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=users["submitter"])
+    api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.get(f"/api/submissions/{sub.pk}/index/").json()["missing"] == {
+        "gradcam": "MemoryError: "
+    }
+    result = api.get(f"/api/submissions/{sub.pk}/result/").json()["result"]
+    assert result["explanations_missing"] == {"gradcam": "MemoryError: "}
 
 
 def test_the_soft_time_limit_during_explanations_still_stops_the_job(

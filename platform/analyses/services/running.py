@@ -356,8 +356,12 @@ def _timed_out_reason() -> str:
 
 def job_timed_out(submission_id: UUID | str) -> None:
     """The hard time limit killed the job's process (called in the worker
-    parent): mark it failed, never leave it ``running``."""
-    done = Submission.objects.filter(pk=submission_id, status=Status.RUNNING).update(
+    parent): mark it failed, never leave it ``running``. Only while it is
+    still a run on this host (the killed child's): one another host's worker
+    has claimed since is left alone, files included."""
+    done = Submission.objects.filter(
+        pk=submission_id, status=Status.RUNNING, worker__startswith=f"{_HOST}:"
+    ).update(
         status=Status.FAILED,
         reason=_timed_out_reason(),
         reason_code=TIMED_OUT_CODE,
@@ -518,6 +522,8 @@ def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[A
     sub.series = index.get("series") or series_from_result(sub.result)
     missing = index.get("missing") or {}
     if missing:
+        # For programs: which kinds, and the errors (the API's result and index).
+        sub.result = {**sub.result, "explanations_missing": dict(missing)}
         names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in missing)
         note = (
             f"Some explanations could not be made ({names}); this was logged. The verdict does "
@@ -536,7 +542,7 @@ MISSING_LABELS = {
     "attention": "attention maps",
     "ssim_temporal": "SSIM masks between frames",
     "ssim_reference": "SSIM masks against the reference",
-    "chart": "score charts",
+    "chart": "score chart images",
 }
 
 
@@ -546,5 +552,5 @@ def load_index_file(sub: Submission, out_dir: Path) -> list[Artifact]:
     with transaction.atomic():
         sub.artifacts.all().delete()
         rows = store_index(sub, index, out_dir)
-        sub.save(update_fields=["series"])
+        sub.save(update_fields=["series", "reason", "result"])
     return rows

@@ -14,11 +14,12 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import F
 
 from analyses.config import trusttrace_settings
 from analyses.models import Submission
 from analyses.services import queue
-from analyses.services.errors import UploadRejected
+from analyses.services.errors import QuotaExceeded, UploadRejected
 from analyses.services.members import record_weights_versions, require_models
 from analyses.services.probing import probe_upload
 from analyses.services.quotas import check_quotas, note_unsaved_upload, previous_result
@@ -188,11 +189,18 @@ def submit(
             logger.info("upload of %s reuses submission %s", probed.sha256[:12], previous.pk)
             return previous, True
         with transaction.atomic():
-            # Checked again now that the file is staged, with the owner's row
-            # locked (Postgres; SQLite writes one at a time): uploads sent at
-            # once all passed the first check, made before their probes.
-            list(User.objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
-            check_quotas(owner, incoming)
+            # Checked again now that the file is staged, under a write lock
+            # taken first (a no-op UPDATE of the owner's row: a row lock on
+            # Postgres; on SQLite the write lock, taken before any read so
+            # that it is waited for, never refused as a read-then-write
+            # upgrade would be): uploads sent at once all passed the first
+            # check, made before their probes.
+            User.objects.filter(pk=owner.pk).update(last_login=F("last_login"))
+            try:
+                check_quotas(owner, incoming)
+            except QuotaExceeded as e:
+                note_unsaved_upload(owner, e.code)  # it cost a probe
+                raise
             sub = Submission(
                 owner=owner,
                 title=title.strip()[:200],
