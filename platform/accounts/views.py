@@ -59,10 +59,18 @@ class ThrottledPasswordResetView(PasswordResetView):
 
 def signup(request: HttpRequest) -> HttpResponse:
     """Create a submitter account, sign it in and mail its address a
-    verification link."""
+    verification link. One client address creates at most
+    ``SIGNUP_MAX_PER_IP`` accounts an hour (then 429): the upload quotas are
+    per account."""
     if request.method == "POST":
         form = SignUpForm(request.POST)
         if form.is_valid():
+            key = "signup-ip:" + hashlib.sha256(throttle.client_ip(request).encode()).hexdigest()
+            if throttle.count(key, RESET_WINDOW_S) > settings.SIGNUP_MAX_PER_IP:
+                form.add_error(
+                    None, "Too many accounts created from your address; try again in an hour."
+                )
+                return render(request, "accounts/signup.html", {"form": form}, status=429)
             user = form.save()
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {user.username}. You can submit media now.")

@@ -32,12 +32,16 @@ from analyses.viewer import (
 
 
 def models_page(request: HttpRequest) -> HttpResponse:
-    """Which members and weight versions this site runs (public)."""
+    """Which members and weight versions this site runs (public). What is
+    wrong with them, with the server's paths and commands, is for staff."""
     members = services.models_status()
     ready = all(m.installed for m in members)
     runtime = services.runtime_status()
+    staff = bool(request.user.is_authenticated and request.user.is_staff)
     return render(
-        request, "analyses/models.html", {"members": members, "ready": ready, "runtime": runtime}
+        request,
+        "analyses/models.html",
+        {"members": members, "ready": ready, "runtime": runtime, "staff": staff},
     )
 
 
@@ -81,7 +85,8 @@ def declared_too_large(request: HttpRequest) -> bool:
 def submit(request: HttpRequest) -> HttpResponse:
     """Upload form. Refused clearly when no weights are installed."""
     members = services.models_status()
-    problems = [m.problem for m in members if m.problem]
+    staff = bool(request.user.is_authenticated and request.user.is_staff)
+    problems = [(m.problem if staff else m.brief) or "" for m in members if m.problem]
     status, error = 200, ""
     form = SubmissionForm()
     if request.method == "POST" and declared_too_large(request):

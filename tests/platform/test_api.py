@@ -81,6 +81,7 @@ def test_no_weights_is_503(api: Client, no_weights_site: Path, media_dir: Path) 
     with (media_dir / "face.png").open("rb") as fh:
         response = api.post("/api/submissions/", {"file": fh})
     assert response.status_code == 503 and "No weights are installed" in response.json()["detail"]
+    assert str(no_weights_site) not in response.json()["detail"]
 
 
 def test_artifacts_list_and_file(api: Client, users, finished) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -47,7 +48,11 @@ def test_nginx_terminates_tls_limits_and_buffers_bodies() -> None:
     assert "proxy_request_buffering on;" in conf
     assert "proxy_set_header X-Forwarded-Proto https;" in conf
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
-    assert "proxy_pass http://trusttrace_web;" in conf and "server web:8000;" in conf
+    # The web service's address is looked up again (a recreated container
+    # has a new one); before, once at nginx's start, so 502s until a restart.
+    assert "resolver 127.0.0.11 valid=10s" in conf
+    assert "set $trusttrace_web http://web:8000;" in conf
+    assert "proxy_pass $trusttrace_web;" in conf
 
 
 def test_the_body_limit_leaves_room_for_a_file_and_its_reference() -> None:
@@ -84,3 +89,99 @@ def test_production_settings_with_the_compose_defaults_pass_check_deploy() -> No
         check=False,
     )
     assert shown.stdout.split()[-3:] == ["X-Forwarded-For", "True", "True"], shown.stderr
+
+
+# --- Running for good: restarts, migrations, upgrades, settings ------------------
+
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+
+def _settings_under(env: dict[str, str], *names: str) -> list[str]:
+    """``settings.NAME`` for each name, in a process with ``env``."""
+    code = "from django.conf import settings; " + "; ".join(
+        f"print(settings.{name})" for name in names
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-len(names) :]
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """The Dockerfile's ``TRUSTTRACE_*`` ``ENV`` values."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    block = re.search(r"^ENV (.+)$", text, re.MULTILINE)
+    assert block is not None
+    return {k: v for k, v in re.findall(r"(\w+)=(\S+)", block.group(1)) if "TRUSTTRACE_" in k}
+
+
+def test_services_come_back_after_a_crash_or_a_reboot() -> None:
+    services = _compose()["services"]
+    for name in ("postgres", "redis", "web", "proxy", "worker"):
+        # Before: no restart policy, so one crash or a reboot left it down
+        # (and with no worker, no reaper re-queued anything).
+        assert services[name].get("restart") == "unless-stopped", name
+    check = " ".join(services["postgres"]["healthcheck"]["test"])
+    # Over TCP: the image's first-boot init server answers on the socket only.
+    assert "pg_isready -h 127.0.0.1" in check
+
+
+def test_migrations_run_once_before_web_and_workers_start() -> None:
+    services = _compose()["services"]
+    assert services["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    for name in ("web", "worker"):
+        # Before: web migrated as it started, while the worker (and every
+        # scaled web) started beside it on the old schema.
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert "migrate" not in str(services[name].get("command", ""))
+
+
+def test_settings_in_trusttrace_env_reach_the_containers() -> None:
+    services = _compose()["services"]
+    for name in ("migrate", "web", "worker"):
+        # Before: only x-env's names reached the containers, so
+        # TRUSTTRACE_DEVICE, TRUSTTRACE_MEMBERS, the limits... were ignored.
+        assert services[name]["env_file"] == "trusttrace.env"
+    assert (ROOT / "docker" / "trusttrace.env").is_file()
+    # The worker's process count comes from the settings, not a fixed flag.
+    worker_cmd = re.search(r"^CMD .+worker.+$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert worker_cmd is not None and "--concurrency" not in worker_cmd.group(0)
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", text))
+
+
+def test_a_stopped_worker_finishes_its_analysis_and_static_files_follow_the_image() -> None:
+    services = _compose()["services"]
+    env = {
+        **os.environ,
+        **_defaults(_compose()["x-env"]),
+        **_dockerfile_env(),
+        "DJANGO_SECRET_KEY": SECRET,
+        "DJANGO_ALLOWED_HOSTS": "trusttrace.example.org",
+    }
+    limit, static_root = _settings_under(env, "CELERY_TASK_TIME_LIMIT", "STATIC_ROOT")
+    # Before: Docker's 10 s default killed the running analysis on every stop.
+    assert _seconds(services["worker"]["stop_grace_period"]) >= float(limit)
+    # Before: collected into /data/static, under the media volume, which keeps
+    # its first contents: an upgraded image's static files never reached it.
+    for volume in services["web"]["volumes"]:
+        target = volume.split(":")[1]
+        assert not Path(static_root).is_relative_to(target), (static_root, volume)
+
+
+def test_the_build_context_leaves_out_the_local_environment_and_data() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in (".venv", "var", ".git", "weights"):
+        assert path in ignored

@@ -273,3 +273,43 @@ def test_two_renewals_of_an_expired_token_at_once_both_get_the_new_one(
     assert response.status_code == 200, response.content
     assert response.json()["token"] == issued[0] != old.key
     assert Token.objects.filter(user=users["submitter"]).count() == 1
+
+
+def test_signup_is_rate_limited_per_address(users: dict[str, User], settings: Any) -> None:
+    settings.SIGNUP_MAX_PER_IP = 2
+    codes = []
+    for i in range(3):
+        form = {
+            "username": f"new{i}",
+            "email": f"new{i}@example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        }
+        codes.append(Client(REMOTE_ADDR="10.1.0.9").post(reverse("accounts:signup"), form))
+    # Before: any number of accounts from one address, each with its own
+    # upload quotas.
+    assert [r.status_code for r in codes] == [302, 302, 429]
+    assert "Too many accounts" in codes[2].content.decode()
+    assert not User.objects.filter(username="new2").exists()
+    # Another address is not affected, and a refused form (taken name) costs nothing.
+    other = Client(REMOTE_ADDR="10.1.0.10")
+    taken = {
+        "username": "new0",
+        "email": "x@example.org",
+        "password1": PASSWORD,
+        "password2": PASSWORD,
+    }
+    assert other.post(reverse("accounts:signup"), taken).status_code == 200
+    form = {
+        "username": "new3",
+        "email": "new3@example.org",
+        "password1": PASSWORD,
+        "password2": PASSWORD,
+    }
+    assert other.post(reverse("accounts:signup"), form).status_code == 302
+    assert (
+        Client(REMOTE_ADDR="10.1.0.10")
+        .post(reverse("accounts:signup"), {**form, "username": "new4", "email": "new4@example.org"})
+        .status_code
+        == 302
+    )

@@ -61,8 +61,15 @@ def _check_models_page_runtime(weights: Path, clients) -> None:
 
 
 def test_models_page_says_plainly_when_weights_are_missing(no_weights_site: Path, clients) -> None:
-    page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
-    assert "cannot analyse media yet" in page and "No weights are installed for detector" in page
+    for role in ("anonymous", "submitter", "moderator"):
+        page = clients[role].get(reverse("analyses:models")).content.decode()
+        assert "cannot analyse media yet" in page
+        assert "No weights are installed for detector" in page
+        # Before: the server's weights folder and the commands to fill it, to anyone.
+        assert str(no_weights_site) not in page and "train_detector" not in page, role
+    # Staff see where the weights are expected and how to install them.
+    page = clients["admin"].get(reverse("analyses:models")).content.decode()
+    assert str(no_weights_site) in page and "train_detector" in page
 
 
 def test_progress_json_and_bar_while_running(clients, users, finished) -> None:

@@ -46,6 +46,11 @@ def test_submission_pages_matrix(clients: dict[str, Client], users, finished) ->
             _expect(response, expected)
             if name == "file" and expected == 200:
                 assert response["Cache-Control"] == "private, no-store"
+            if role != "anonymous":
+                # Before: pages and progress.json had no Cache-Control, so a
+                # shared cache or the back button after log-out could show them.
+                assert "no-store" in response["Cache-Control"], (name, role)
+                assert "private" in response["Cache-Control"], (name, role)
 
 
 def test_general_pages_matrix(clients: dict[str, Client], users, site) -> None:
@@ -61,7 +66,9 @@ def test_general_pages_matrix(clients: dict[str, Client], users, site) -> None:
     for url, by_role in pages.items():
         _expect(clients["anonymous"].get(url), LOGIN)
         for role, expected in by_role.items():
-            _expect(clients[role].get(url), expected)
+            response = clients[role].get(url)
+            _expect(response, expected)
+            assert "no-store" in response["Cache-Control"], (url, role)
     for role in ROLES:  # public pages
         _expect(clients[role].get(reverse("analyses:models")), 200)
         _expect(clients[role].get(reverse("api:schema")), 200)
@@ -122,6 +129,8 @@ def test_api_matrix(users, finished) -> None:
             response = api[role].get(url)
             expected = 401 if role == "anonymous" else 200 if role in OWNED else 404
             assert response.status_code == expected, (url, role, response.status_code)
+            if role != "anonymous":
+                assert "no-store" in response["Cache-Control"], (url, role)
     for role in ROLES:
         listing = api[role].get("/api/submissions/")
         if role == "anonymous":

@@ -7,6 +7,7 @@ does the same against real worker processes."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -173,9 +174,36 @@ def test_reaper_requeues_a_running_job_of_a_dead_process_on_this_host_at_once(
     sub = _pending(users["submitter"], media_dir)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = services.running.worker_id().rpartition(":")[0]
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{host}:{dead.pid}")
+    here = services.running._LOCAL
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{here}:{dead.pid}:123")
     assert services.reap().requeued == [str(sub.pk)]
+    # A job claimed by older code names the host and PID only.
+    old = _pending(users["submitter"], media_dir)
+    host = socket.gethostname()
+    _age(old, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{host}:{dead.pid}")
+    assert services.reap().requeued == [str(old.pk)]
+
+
+@pytest.mark.django_db
+def test_a_worker_is_told_apart_by_pid_namespace_and_process_start(
+    site: Path, users, media_dir: Path
+) -> None:
+    running = services.running
+    sub = _pending(users["submitter"], media_dir)
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=running.worker_id())
+    assert not running.is_abandoned(sub)
+    # The PID now belongs to a later process (a restarted container's child
+    # often gets its predecessor's PID): before, the job waited for its
+    # heartbeat to go stale.
+    pid = os.getpid()
+    sub.worker = f"{running._LOCAL}:{pid}:1"
+    assert running.is_abandoned(sub)
+    # The same host name in another PID namespace (containers sharing the
+    # host's network): its PIDs say nothing here, so only the heartbeat counts.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sub.worker = f"{socket.gethostname()}/1:{dead.pid}:5"
+    assert not running.is_abandoned(sub)
 
 
 @pytest.mark.django_db
@@ -242,13 +270,13 @@ def test_duplicate_message_for_a_job_running_elsewhere_is_dropped(
     sub = _pending(users["submitter"], media_dir)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host = services.running.worker_id().rpartition(":")[0]
+        start = services.running._process_start(alive.pid)
         _age(
             sub,
             status=Status.RUNNING,
             heartbeat=timezone.now(),
             attempts=1,
-            worker=f"{host}:{alive.pid}",
+            worker=f"{services.running._LOCAL}:{alive.pid}:{start}",
         )
         services.run_submission(sub.pk)
     finally:
@@ -266,13 +294,12 @@ def test_message_redelivered_after_its_worker_process_died_runs_once_more(
     sub = _pending(users["submitter"], media_dir)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = services.running.worker_id().rpartition(":")[0]
     _age(
         sub,
         status=Status.RUNNING,
         heartbeat=timezone.now(),
         attempts=1,
-        worker=f"{host}:{dead.pid}",
+        worker=f"{services.running._LOCAL}:{dead.pid}:1",
     )
     services.run_submission(sub.pk)
     sub.refresh_from_db()
@@ -304,8 +331,8 @@ def test_soft_time_limit_fails_the_job_with_a_time_limit_reason(
 @pytest.mark.django_db
 def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_dir: Path) -> None:
     sub = _pending(users["submitter"], media_dir)
-    host = services.running.worker_id().rpartition(":")[0]
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{host}:1")
+    here = services.running._LOCAL
+    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{here}:1:1")
     # What the worker parent calls when it kills the child at the hard limit.
     begun = services.artifact_dir(sub) / "run-1"
     begun.mkdir(parents=True)
@@ -319,6 +346,12 @@ def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_d
     other = _pending(users["submitter"], media_dir)
     _age(other, status=Status.RUNNING, heartbeat=timezone.now(), worker="elsewhere:7")
     tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "t2", [str(other.pk)], {}, None)
+    other.refresh_from_db()
+    assert other.status == Status.RUNNING
+    # So is one a container with the same host name claimed (another PID namespace).
+    other.worker = f"{socket.gethostname()}/1:7:9"
+    other.save(update_fields=["worker"])
+    tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "t3", [str(other.pk)], {}, None)
     other.refresh_from_db()
     assert other.status == Status.RUNNING
 

@@ -158,6 +158,7 @@ def test_upload_page_refuses_when_no_weights_are_installed(
     with (media_dir / "face.png").open("rb") as fh:
         response = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
     assert response.status_code == 503 and not Submission.objects.exists()
+    assert str(no_weights_site) not in response.content.decode()
 
 
 def test_bad_reference_refuses_the_whole_upload_and_keeps_neither_file(

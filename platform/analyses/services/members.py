@@ -3,12 +3,15 @@ weights, and the backend and combination a worker would use."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from analyses.config import analysis_config, analysis_registry
 from analyses.models import WeightsVersion
 from analyses.services.errors import ModelsUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,11 +25,14 @@ class MemberStatus:
     input_size: int
     provenance: dict[str, Any]
     problem: str | None
+    # The problem in words that name no server path or command (for anyone
+    # but the site's staff, who see ``problem``).
+    brief: str | None = None
 
 
 def models_status() -> list[MemberStatus]:
     """Every configured member with its installed weights (manifest only: cheap)."""
-    from ensemble.errors import TrusttraceError
+    from ensemble.errors import MissingWeightsError, TrusttraceError
     from ensemble.weights import read_manifest
 
     config = analysis_config()
@@ -37,7 +43,12 @@ def models_status() -> list[MemberStatus]:
             registry.get(name)
             manifest = read_manifest(config.weights_dir, name)
         except TrusttraceError as e:
-            out.append(MemberStatus(name, False, None, "", 0, {}, str(e)))
+            brief = (
+                f"No weights are installed for detector '{name}'."
+                if isinstance(e, MissingWeightsError)
+                else f"The weights installed for detector '{name}' cannot be used."
+            )
+            out.append(MemberStatus(name, False, None, "", 0, {}, str(e), brief))
             continue
         out.append(
             MemberStatus(
@@ -62,6 +73,13 @@ class RuntimeStatus:
     precision: str
     combination: str
     problem: str | None = None
+
+    @property
+    def brief(self) -> str | None:
+        """``problem`` for anyone but staff: that there is one, not its paths."""
+        if self.problem is None:
+            return None
+        return "The members cannot run as configured here; the site's staff can see why."
 
 
 def runtime_status() -> RuntimeStatus:
@@ -119,8 +137,12 @@ def require_models() -> list[MemberStatus]:
     members = models_status()
     problems = [m.problem for m in members if m.problem]
     if problems:
+        # The paths and commands are for the operator (the log, the models
+        # page for staff); the person refused is told what, not where.
+        logger.warning("uploads refused: %s", " ".join(problems))
+        briefs = [m.brief or "" for m in members if m.problem]
         raise ModelsUnavailable(
-            "This site cannot analyse media yet: " + " ".join(problems), "no_weights"
+            "This site cannot analyse media yet: " + " ".join(briefs), "no_weights"
         )
     return members
 

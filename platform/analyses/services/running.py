@@ -204,9 +204,62 @@ TIMED_OUT_REASON = (
 _HOST = socket.gethostname()
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (its inode), or "" where there is none
+    to read. Containers may share a host name (``network_mode: host``) but
+    never a PID namespace: a PID means something only inside its own."""
+    try:
+        link = str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        return ""
+    return "".join(ch for ch in link if ch.isdigit())
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from
+    ``/proc/PID/stat``), or "" where that cannot be read. A PID used again by
+    a later process has another start."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22; the command name (field 2) may hold spaces and ')', so count after its end.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+# Where a PID can be checked: this host name and PID namespace.
+_LOCAL = f"{_HOST}/{_pid_namespace()}"
+
+
 def worker_id() -> str:
-    """``host:pid`` of this process, recorded on the job it claims."""
-    return f"{_HOST}:{os.getpid()}"[:128]
+    """``host/pid-namespace:pid:start`` of this process, recorded on the job
+    it claims: enough to tell, from another process of the same host and
+    namespace, whether that very process still runs."""
+    pid = os.getpid()
+    return f"{_LOCAL}:{pid}:{_process_start(pid)}"[:128]
+
+
+def _runs_here(worker: str) -> bool:
+    """Whether ``worker`` (a job's worker id) names a process of this host
+    and PID namespace. An id from older code (``host:pid``) names the host only."""
+    parts = worker.split(":")
+    if len(parts) == 2:
+        return parts[0] == _HOST
+    return len(parts) == 3 and parts[0] == _LOCAL
+
+
+def _process_gone(worker: str) -> bool:
+    """Whether the process ``worker`` names (one of :func:`_runs_here`) has
+    exited: its PID is free, or now belongs to a process that started later."""
+    parts = worker.split(":")
+    if not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if not _pid_alive(pid):
+        return True
+    start = parts[2] if len(parts) == 3 else ""
+    return bool(start) and _process_start(pid) not in ("", start)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -221,14 +274,13 @@ def _pid_alive(pid: int) -> bool:
 
 def is_abandoned(sub: Submission, now: datetime | None = None) -> bool:
     """Whether the worker that claimed this ``running`` job is gone: its
-    heartbeat is older than ``STALE_RUNNING_S``, or it ran on this host and
-    its process no longer exists."""
+    heartbeat is older than ``STALE_RUNNING_S``, or it ran on this host (and
+    PID namespace) and its process no longer exists."""
     now = now or timezone.now()
     stale_s = trusttrace_settings().stale_running_s
     if sub.heartbeat is None or (now - sub.heartbeat).total_seconds() > stale_s:
         return True
-    host, _, pid = sub.worker.rpartition(":")
-    return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
+    return _runs_here(sub.worker) and _process_gone(sub.worker)
 
 
 def run_submission(submission_id: UUID | str) -> None:
@@ -357,11 +409,14 @@ def _timed_out_reason() -> str:
 def job_timed_out(submission_id: UUID | str) -> None:
     """The hard time limit killed the job's process (called in the worker
     parent): mark it failed, never leave it ``running``. Only while it is
-    still a run on this host (the killed child's): one another host's worker
-    has claimed since is left alone, files included."""
-    done = Submission.objects.filter(
-        pk=submission_id, status=Status.RUNNING, worker__startswith=f"{_HOST}:"
-    ).update(
+    still a run of this host and PID namespace (the killed child's): one
+    another host's or container's worker has claimed since is left alone,
+    files included."""
+    running = Submission.objects.filter(pk=submission_id, status=Status.RUNNING)
+    worker = running.values_list("worker", flat=True).first()
+    if worker is None or not _runs_here(worker):
+        return
+    done = running.filter(worker=worker).update(
         status=Status.FAILED,
         reason=_timed_out_reason(),
         reason_code=TIMED_OUT_CODE,

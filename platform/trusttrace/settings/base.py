@@ -50,6 +50,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers to signed-in users and API tokens: Cache-Control no-store.
+    "trusttrace.middleware.PrivateResponsesMiddleware",
 ]
 
 ROOT_URLCONF = "trusttrace.urls"
@@ -106,7 +108,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# The images collect static files into the image (/app/static), not under the
+# /data volume: a volume keeps its first contents, so an upgrade's files
+# would never reach it.
+STATIC_ROOT = env_path("TRUSTTRACE_STATIC_ROOT", VAR_DIR / "static")
 STATICFILES_DIRS = [BASE_DIR / "platform" / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -154,6 +159,9 @@ TRUSTED_PROXY_COUNT = env_int("TRUSTTRACE_TRUSTED_PROXY_COUNT", 1)
 # asked for (then silently not sent again: no enumeration, no mail bombing).
 PASSWORD_RESET_MAX_PER_IP = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_IP", 5)
 PASSWORD_RESET_MAX_PER_EMAIL = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL", 3)
+# Accounts one client address may create per hour (then 429): the upload
+# quotas are per account, so unlimited sign-ups would multiply them.
+SIGNUP_MAX_PER_IP = env_int("TRUSTTRACE_SIGNUP_MAX_PER_IP", 5)
 # A sign-up's e-mail verification link (accounts.verification) is refused
 # once older than this.
 EMAIL_VERIFICATION_MAX_AGE_S = env_int("TRUSTTRACE_EMAIL_VERIFICATION_MAX_AGE_S", 3 * 86400)

@@ -31,7 +31,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
-        parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="worker processes (default: TRUSTTRACE_WORKER_CONCURRENCY, 1)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from trusttrace.celery import ensure_queue_folders
@@ -54,7 +59,7 @@ class Command(BaseCommand):
                 "trusttrace",
                 "worker",
                 "--loglevel=INFO",
-                f"--concurrency={options['concurrency']}",
+                f"--concurrency={options['concurrency'] or settings.CELERY_WORKER_CONCURRENCY}",
                 "-Q",
                 settings.CELERY_TASK_DEFAULT_QUEUE,
             ],
