@@ -40,6 +40,17 @@ def current_label(sub: Submission) -> str:
     return last.to_label if last else (sub.verdict or "")
 
 
+OWN_SUBMISSION = (
+    "You submitted this media, so another moderator decides it; you can escalate it with a note."
+)
+
+
+def decides_own(sub: Submission, moderator: User) -> bool:
+    """Whether ``moderator`` would decide their own upload: only an
+    escalation is theirs to make (a site administrator may decide anything)."""
+    return sub.owner_id == moderator.pk and not moderator.is_superuser
+
+
 def decide(
     sub: Submission,
     moderator: User,
@@ -48,7 +59,8 @@ def decide(
     *,
     reports_seen: int | None = None,
 ) -> Decision:
-    """Record a decision; overrides (and escalations) need a note.
+    """Record a decision; overrides (and escalations) need a note. A
+    moderator's own upload is decided by another (:func:`decides_own`).
 
     A decision other than an escalation resolves the open reports the
     moderator saw: those up to ``reports_seen`` (the newest report id on the
@@ -62,6 +74,8 @@ def decide(
         raise DecisionError("A note is required for overrides and escalations.")
     if sub.status != Status.DONE:
         raise DecisionError("Only finished analyses can be decided.")
+    if action != Action.ESCALATE and decides_own(sub, moderator):
+        raise DecisionError(OWN_SUBMISSION)
     from_label = current_label(sub)
     to_label = {
         Action.CONFIRM: sub.verdict or "",

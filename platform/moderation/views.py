@@ -146,6 +146,7 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
     filters = QueueFilters.of(request)
     following = services.next_in_queue(sub, filters.items())
     reports = list(sub.reports.select_related("reporter"))
+    own = services.decides_own(sub, signed_in(request.user))
     context = {
         **result_context(request, sub),
         "review": True,
@@ -158,7 +159,9 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "actions": [
             (value, label, SHORTCUTS[Action(value)], value in NEEDS_NOTE)
             for value, label in Action.choices
+            if not own or value == Action.ESCALATE
         ],
+        "own_submission": services.OWN_SUBMISSION if own else "",
     }
     return render(request, "moderation/review.html", context)
 

@@ -62,6 +62,29 @@ def test_confirm_and_escalate(users, finished) -> None:
     assert Decision.objects.filter(submission=sub).count() == 2
 
 
+def test_a_moderator_does_not_decide_their_own_upload(clients, users, finished) -> None:
+    mine = finished(users["moderator"], verdict="fake")
+    # Before: a moderator could override the verdict on their own upload
+    # (and so close the reports others filed on it).
+    for action, note in (("confirm", ""), ("override_real", "mine, and real")):
+        with pytest.raises(DecisionError, match="another moderator decides it"):
+            decide(mine, users["moderator"], action, note)
+    posted = clients["moderator"].post(
+        reverse("moderation:decide", args=[mine.pk]), {"action": "override_real", "note": "x"}
+    )
+    assert posted.status_code == 302 and not Decision.objects.filter(submission=mine).exists()
+    page = clients["moderator"].get(reverse("moderation:review", args=[mine.pk])).content.decode()
+    assert 'id="decide-own"' in page and 'value="escalate"' in page
+    assert 'value="confirm"' not in page and 'value="override_real"' not in page
+    # Escalating it to others is theirs to do; another moderator or an admin decides.
+    decide(mine, users["moderator"], "escalate", "I uploaded this; please look")
+    d = decide(mine, users["admin"], "override_real", "checked: a real clip")
+    assert (d.from_label, d.to_label) == ("escalated", "real")
+    theirs = finished(users["submitter"], verdict="fake")
+    page = clients["moderator"].get(reverse("moderation:review", args=[theirs.pk])).content.decode()
+    assert 'id="decide-own"' not in page and 'value="confirm"' in page
+
+
 def test_metrics_compare_verdicts_with_decisions(clients, users, finished) -> None:
     mod = users["moderator"]
     cases = [
