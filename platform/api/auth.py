@@ -69,7 +69,8 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
                 # Another request renewed it at the same moment (one token
                 # per user): that one is fresh, both callers get it.
                 token = Token.objects.get(user=user)
-        return Response({"token": token.key})
+        # A credential: never stored by a cache (RFC 6749, 5.1).
+        return Response({"token": token.key}, headers={"Cache-Control": "no-store"})
 
 
 obtain_auth_token = ThrottledObtainAuthToken.as_view()

@@ -128,6 +128,8 @@ def test_services_come_back_after_a_crash_or_a_reboot() -> None:
         # Before: no restart policy, so one crash or a reboot left it down
         # (and with no worker, no reaper re-queued anything).
         assert services[name].get("restart") == "unless-stopped", name
+    # The one-shot migration must end `up` with its error, not retry forever.
+    assert "restart" not in services["migrate"]
     check = " ".join(services["postgres"]["healthcheck"]["test"])
     # Over TCP: the image's first-boot init server answers on the socket only.
     assert "pg_isready -h 127.0.0.1" in check

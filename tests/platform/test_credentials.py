@@ -196,6 +196,8 @@ def test_an_expired_token_is_refused_and_a_new_one_issued(
     # The client still sends its expired token while it asks for a new one:
     # before, the token endpoint itself answered 401 "expired".
     renewed = _api(token).post("/api/token/", {"username": "alice", "password": PASSWORD})
+    # A credential: no cache keeps it (before: no Cache-Control at all).
+    assert renewed["Cache-Control"] == "no-store"
     assert renewed.status_code == 200, renewed.content
     fresh = renewed.json()
     assert fresh["token"] != token.key

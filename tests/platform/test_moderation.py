@@ -64,8 +64,7 @@ def test_confirm_and_escalate(users, finished) -> None:
 
 def test_a_moderator_does_not_decide_their_own_upload(clients, users, finished) -> None:
     mine = finished(users["moderator"], verdict="fake")
-    # Before: a moderator could override the verdict on their own upload
-    # (and so close the reports others filed on it).
+    # Before: a moderator could confirm or override the verdict on their own upload.
     for action, note in (("confirm", ""), ("override_real", "mine, and real")):
         with pytest.raises(DecisionError, match="another moderator decides it"):
             decide(mine, users["moderator"], action, note)

@@ -32,7 +32,7 @@ class MemberStatus:
 
 def models_status() -> list[MemberStatus]:
     """Every configured member with its installed weights (manifest only: cheap)."""
-    from ensemble.errors import MissingWeightsError, TrusttraceError
+    from ensemble.errors import MissingWeightsError, RegistryError, TrusttraceError
     from ensemble.weights import read_manifest
 
     config = analysis_config()
@@ -43,11 +43,12 @@ def models_status() -> list[MemberStatus]:
             registry.get(name)
             manifest = read_manifest(config.weights_dir, name)
         except TrusttraceError as e:
-            brief = (
-                f"No weights are installed for detector '{name}'."
-                if isinstance(e, MissingWeightsError)
-                else f"The weights installed for detector '{name}' cannot be used."
-            )
+            if isinstance(e, MissingWeightsError):
+                brief = f"No weights are installed for detector '{name}'."
+            elif isinstance(e, RegistryError):
+                brief = f"This version of the site has no detector '{name}'."
+            else:
+                brief = f"The weights installed for detector '{name}' cannot be used."
             out.append(MemberStatus(name, False, None, "", 0, {}, str(e), brief))
             continue
         out.append(

@@ -232,12 +232,18 @@ def _process_start(pid: int) -> str:
 _LOCAL = f"{_HOST}/{_pid_namespace()}"
 
 
+_OWN_IDS: dict[int, str] = {}
+
+
 def worker_id() -> str:
     """``host/pid-namespace:pid:start`` of this process, recorded on the job
     it claims: enough to tell, from another process of the same host and
-    namespace, whether that very process still runs."""
+    namespace, whether that very process still runs. Read once per process
+    (a forked pool child has its own PID), so it never changes under a job."""
     pid = os.getpid()
-    return f"{_LOCAL}:{pid}:{_process_start(pid)}"[:128]
+    if pid not in _OWN_IDS:
+        _OWN_IDS[pid] = f"{_LOCAL}:{pid}:{_process_start(pid)}"[:128]
+    return _OWN_IDS[pid]
 
 
 def _runs_here(worker: str) -> bool:
