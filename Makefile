@@ -21,8 +21,10 @@ help:
 	@echo "make analyze    analyse MEDIA=$(MEDIA) with the installed detectors (CLI)"
 	@echo "make bench      speed benchmark (python -m bench.speed) on MEDIA, JSON in var/bench.json"
 
+# A venv made without pip (Debian without python3-venv) is made again, not reused.
 $(STAMP): $(REQS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the requirements into $(VENV) (the first time takes several minutes) ..."
+	test -x $(BIN)/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/nodeps.txt

@@ -127,6 +127,28 @@ def test_signup_refuses_a_weak_password(site) -> None:
     assert "too common" in response.content.decode()
 
 
+def test_demo_accounts_leave_an_operators_account_of_the_same_name_alone(capsys, settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    settings.DEBUG = True
+    own = User.objects.create_superuser("admin", "ops@example.org", "operators-own-pass-1")
+    # Holding a fixture id too: loaddata would have overwritten this account.
+    User.objects.create_user("someone", "s@example.org", "x-pass-12345", id=1001)
+    # Before: loaddata failed on the taken name and `make run` stopped with a traceback.
+    call_command("demo_accounts")
+    out = capsys.readouterr().out
+    own.refresh_from_db()
+    assert own.check_password("operators-own-pass-1") and own.email == "ops@example.org"
+    assert "admin" in out and "left as it is" in out and "admin-demo-2026" not in out
+    assert User.objects.get(pk=1001).username == "someone"
+    roles = {u.username: role_of(u) for u in User.objects.all()}
+    assert roles["submitter"] == "submitter" and roles["moderator"] == "moderator"
+    # Run again (make run does, every time): the demo accounts are reset, nothing else moves.
+    User.objects.filter(username="moderator").update(is_active=False)
+    call_command("demo_accounts")
+    assert User.objects.get(username="moderator").is_active
+    assert User.objects.filter(username="moderator").count() == 1
+
+
 def test_demo_accounts_are_refused_outside_local_runs(settings) -> None:
     from django.core.management.base import CommandError
 

@@ -239,3 +239,27 @@ def test_a_missing_key_is_named_and_backend_and_precision_default_to_auto(settin
     del values["FRAMES"]
     with pytest.raises(ImproperlyConfigured, match=r"settings\.TRUSTTRACE has no FRAMES"):
         TrusttraceSettings.from_mapping(values)
+
+
+def test_local_settings_answer_to_the_names_in_django_allowed_hosts(tmp_path: Path) -> None:
+    code = "from django.conf import settings; print(settings.ALLOWED_HOSTS)"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.local",
+        "TRUSTTRACE_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_ALLOWED_HOSTS": "myhost.lan,10.0.0.5",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); " + code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    # Before: localhost only, so `make run ADDR=0.0.0.0:8000` answered 400 to other machines.
+    hosts = out.stdout.strip().splitlines()[-1]
+    assert hosts == "['localhost', '127.0.0.1', '[::1]', 'myhost.lan', '10.0.0.5']"

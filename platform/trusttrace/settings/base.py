@@ -219,6 +219,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     if CELERY_BROKER_URL.startswith("filesystem")
     else {}
 )
+# kombu's filesystem transport, with messages renamed into the queue once whole.
+CELERY_BROKER_TRANSPORT = (
+    "trusttrace.fsqueue:Transport" if CELERY_BROKER_URL.startswith("filesystem") else None
+)
 CELERY_TASK_IGNORE_RESULT = True  # the service writes status into the database
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-job leaves the message queued
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

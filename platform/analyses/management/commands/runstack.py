@@ -1,8 +1,11 @@
 """``python manage.py runstack``: the web server and a Celery worker together.
 
-Both run as child processes; Ctrl-C (or SIGTERM) stops both, and if either
-exits the other is stopped too. With the default embedded broker (kombu's
-filesystem transport under var/queue) nothing else needs to be running.
+Both run as child processes; Ctrl-C (or SIGTERM, or closing the terminal:
+SIGHUP) stops both, and if either exits the other is stopped too and the
+command fails with its exit status. The children are also told to stop
+(SIGTERM, Linux) should this command die without stopping them (SIGKILL, out
+of memory). With the default embedded broker (kombu's filesystem transport
+under var/queue) nothing else needs to be running.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 logger = logging.getLogger(__name__)
 
@@ -76,31 +79,70 @@ class Command(BaseCommand):
         # STOP_TIMEOUT_S is killed with its pool children (no orphans left
         # running a job). Ctrl-C reaches this command only; it stops both.
         procs = {
-            name: subprocess.Popen(cmd, env=env, cwd=root, start_new_session=True)  # noqa: S603
+            name: subprocess.Popen(  # noqa: S603
+                cmd, env=env, cwd=root, start_new_session=True, preexec_fn=_die_with_parent
+            )
             for name, cmd in commands.items()
         }
         stopping = False
+        failed: tuple[str, int] | None = None
 
         def on_term(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt
 
         # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored.
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_term)
         try:
-            while True:
+            while failed is None:
                 for name, proc in procs.items():
                     if proc.poll() is not None:
                         self.stderr.write(f"{name} exited with {proc.returncode}; stopping")
-                        return
-                time.sleep(POLL_S)
+                        failed = (name, proc.returncode)
+                        break
+                else:
+                    time.sleep(POLL_S)
         except KeyboardInterrupt:
             stopping = True
             self.stdout.write("stopping web and worker ...")
         finally:
+            # A second Ctrl-C must not cut the stop short (the worker's
+            # SIGKILL after STOP_TIMEOUT_S would never come).
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             _stop(procs)
             if stopping:
                 self.stdout.write("stopped")
+        if failed is not None:
+            name, code = failed
+            raise CommandError(f"{name} exited with status {code}; the other was stopped")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# prctl(2) option: the signal a child gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    """libc's prctl, loaded here (not in the forked child), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGTERM it when this command dies. Covers the
+    deaths no handler sees (SIGKILL, out of memory)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
