@@ -263,3 +263,57 @@ def test_local_settings_answer_to_the_names_in_django_allowed_hosts(tmp_path: Pa
     # Before: localhost only, so `make run ADDR=0.0.0.0:8000` answered 400 to other machines.
     hosts = out.stdout.strip().splitlines()[-1]
     assert hosts == "['localhost', '127.0.0.1', '[::1]', 'myhost.lan', '10.0.0.5']"
+
+
+_READ_THEN_WRITE = """
+import threading, time
+import django
+django.setup()
+from django.db import connection, transaction
+with connection.cursor() as c:
+    c.execute("CREATE TABLE counter (n INTEGER)")
+    c.execute("INSERT INTO counter VALUES (0)")
+errors = []
+def add_one():
+    try:
+        with transaction.atomic(), connection.cursor() as c:
+            c.execute("SELECT n FROM counter")
+            n = c.fetchone()[0]
+            time.sleep(0.3)
+            c.execute("UPDATE counter SET n = %s", [n + 1])
+    except Exception as e:
+        errors.append(str(e))
+    finally:
+        connection.close()
+threads = [threading.Thread(target=add_one) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+with connection.cursor() as c:
+    c.execute("SELECT n FROM counter")
+    print(c.fetchone()[0], errors)
+"""
+
+
+def test_sqlite_transactions_that_read_then_write_wait_their_turn(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.local",
+        "TRUSTTRACE_VAR_DIR": str(tmp_path / "var"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("POSTGRES_DB", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_THEN_WRITE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    # Before (deferred transactions): all but one failed at once with
+    # "database is locked" (a read lock cannot be upgraded while another
+    # reader holds one), and the count was lost.
+    assert out.stdout.strip().splitlines()[-1] == "3 []"

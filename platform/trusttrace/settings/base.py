@@ -99,6 +99,16 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_path("TRUSTTRACE_SQLITE", VAR_DIR / "trusttrace.sqlite3"),
+            # The web process, the worker (progress, heartbeats) and its reaper
+            # write to one file: write-ahead logging lets readers go on while one
+            # writes; a transaction takes the write lock when it begins, so one
+            # that reads and then writes waits its turn (up to the timeout)
+            # instead of failing at once with "database is locked".
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
         }
     }
 
