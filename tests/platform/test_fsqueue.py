@@ -4,6 +4,8 @@ written (trusttrace.fsqueue), and the site uses it for ``filesystem://``."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,43 @@ def test_a_failed_write_leaves_nothing_behind(
     assert os.listdir(tmp_path) == []
 
 
-def test_the_site_uses_it_for_the_embedded_broker() -> None:
-    from trusttrace.celery import app
+_TRANSPORT = """
+import django
+django.setup()
+from trusttrace.celery import app
+with app.connection_for_write() as conn:
+    print(type(conn.transport).__module__, type(conn.transport).__name__)
+"""
 
-    with app.connection_for_write() as conn:
-        assert conn.transport_cls is not None
-        assert isinstance(conn.transport, fsqueue.Transport)
+
+@pytest.mark.parametrize(
+    ("broker", "expected"),
+    [
+        (None, "trusttrace.fsqueue Transport"),
+        ("redis://127.0.0.1:1/0", "kombu.transport.redis Transport"),
+    ],
+)
+def test_the_site_uses_it_for_the_embedded_broker_only(
+    tmp_path: Path, broker: str | None, expected: str
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "trusttrace.settings.local",
+        "TRUSTTRACE_VAR_DIR": str(tmp_path / "var"),
+        "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
+    }
+    env.pop("CELERY_BROKER_URL", None)
+    if broker:
+        env["CELERY_BROKER_URL"] = broker
+    out = subprocess.run(
+        [sys.executable, "-c", _TRANSPORT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected

@@ -28,10 +28,23 @@ def site(tmp_path: Path, blazeface_cache: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
-def _runstack(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def _runstack(
+    env: dict[str, str], port: int, log: Path, *, nohup: bool = False
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, str(stack.ROOT / "manage.py"), "runstack", f"127.0.0.1:{port}"]
+
+    def ignore_hangups() -> None:  # what nohup does
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     with log.open("wb") as fh:
-        return subprocess.Popen(cmd, env=env, cwd=stack.ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=stack.ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=ignore_hangups if nohup else None,
+        )
 
 
 def _children_once_up(proc: subprocess.Popen[bytes], port: int, log: Path) -> list[psutil.Process]:
@@ -70,6 +83,19 @@ def test_closing_the_terminal_stops_web_and_worker(site: dict[str, str], tmp_pat
     assert proc.wait(60) == 0, log.read_text()[-2000:]
     _all_gone(children)
     assert log.read_text().rstrip().endswith("stopped")
+
+
+def test_under_nohup_a_hangup_stops_nothing(site: dict[str, str], tmp_path: Path) -> None:
+    port, log = stack.free_port(), tmp_path / "runstack.log"
+    proc = _runstack(site, port, log, nohup=True)
+    children = _children_once_up(proc, port, log)
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(3)
+    assert all(c.is_running() for c in children)
+    proc.terminate()
+    assert proc.wait(60) == 0
+    _all_gone(children)
 
 
 def test_a_killed_runstack_takes_its_children_with_it(site: dict[str, str], tmp_path: Path) -> None:

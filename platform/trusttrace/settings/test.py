@@ -30,6 +30,7 @@ MEDIA_ROOT = _TMP / "media"
 # Unit tests call the service directly; the worker tests start their own broker.
 CELERY_BROKER_URL = "memory://"
 CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_BROKER_TRANSPORT = None  # base chose the embedded queue's from the environment
 TRUSTTRACE["PROGRESS_INTERVAL_S"] = 0.0
 # The request rate limit counts in the shared local cache across tests (user
 # ids repeat after each rollback); tests/platform/test_quotas.py sets a rate.

@@ -78,22 +78,38 @@ class Command(BaseCommand):
         # Each child leads its own process group, so that a worker stuck past
         # STOP_TIMEOUT_S is killed with its pool children (no orphans left
         # running a job). Ctrl-C reaches this command only; it stops both.
+        parent = os.getpid()
         procs = {
             name: subprocess.Popen(  # noqa: S603
-                cmd, env=env, cwd=root, start_new_session=True, preexec_fn=_die_with_parent
+                cmd,
+                env=env,
+                cwd=root,
+                start_new_session=True,
+                preexec_fn=lambda: _die_with_parent(parent),
             )
             for name, cmd in commands.items()
         }
         stopping = False
         failed: tuple[str, int] | None = None
+        # Explicit for SIGINT too: a shell starts background jobs with SIGINT
+        # ignored. SIGHUP only where it is not ignored: under nohup, logging
+        # out must not stop the site.
+        handled = [
+            signum
+            for signum in STOP_SIGNALS
+            if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN
+        ]
 
         def on_term(signum: int, frame: FrameType | None) -> None:
+            # A second signal must not cut the stop short (the worker's
+            # SIGKILL after STOP_TIMEOUT_S would never come).
+            for other in handled:
+                signal.signal(other, signal.SIG_IGN)
             raise KeyboardInterrupt
 
-        # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored.
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, on_term)
         try:
+            for signum in handled:
+                signal.signal(signum, on_term)
             while failed is None:
                 for name, proc in procs.items():
                     if proc.poll() is not None:
@@ -106,16 +122,17 @@ class Command(BaseCommand):
             stopping = True
             self.stdout.write("stopping web and worker ...")
         finally:
-            # A second Ctrl-C must not cut the stop short (the worker's
-            # SIGKILL after STOP_TIMEOUT_S would never come).
-            for signum in STOP_SIGNALS:
+            for signum in handled:
                 signal.signal(signum, signal.SIG_IGN)
             _stop(procs)
             if stopping:
                 self.stdout.write("stopped")
         if failed is not None:
             name, code = failed
-            raise CommandError(f"{name} exited with status {code}; the other was stopped")
+            raise CommandError(
+                f"{name} exited with status {code}; the other was stopped",
+                returncode=code if code > 0 else 1,
+            )
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -130,19 +147,26 @@ def _load_prctl() -> Any:
     import ctypes
 
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
+    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+    prctl.restype = ctypes.c_int
+    return prctl
 
 
 _PRCTL = _load_prctl()
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: SIGTERM it when this command dies. Covers the
-    deaths no handler sees (SIGKILL, out of memory)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def _die_with_parent(parent: int) -> None:
+    """In a child, before exec: SIGTERM it when this command (``parent``)
+    dies. Covers the deaths no handler sees (SIGKILL, out of memory); a
+    parent already gone before the request was made means exiting now."""
+    if _PRCTL is None:
+        return
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
