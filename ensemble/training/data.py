@@ -265,11 +265,15 @@ def select(samples: Iterable[Sample], split: str | None) -> list[Sample]:
     return [s for s in samples if s.split == wanted]
 
 
-def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+def limit_balanced(
+    samples: Sequence[Sample], limit: int | None, seed: int, *, keep_pairs: bool = False
+) -> list[Sample]:
     """At most ``limit`` samples, half of each class where possible, chosen
-    reproducibly by ``seed``. Reals and fakes are drawn independently, so a
-    kept fake's original may be left out (the blackout then compares it with
-    its original unaligned, or falls back to a face part)."""
+    reproducibly by ``seed``. By default reals and fakes are drawn
+    independently, so a kept fake's original may be left out (the blackout
+    then compares it with its original unaligned, or falls back to a face
+    part). With ``keep_pairs`` the reals are the kept fakes' originals first,
+    then other reals, so paired batches keep their pairs."""
     if limit is None or len(samples) <= limit:
         return list(samples)
     rng = np.random.default_rng(seed)
@@ -278,9 +282,20 @@ def limit_balanced(samples: Sequence[Sample], limit: int | None, seed: int) -> l
     n_fake = min(len(fakes), limit // 2)
     n_real = min(len(reals), limit - n_fake)
     n_fake = min(len(fakes), limit - n_real)
-    pick_r = sorted(rng.choice(len(reals), n_real, replace=False).tolist())
-    pick_f = sorted(rng.choice(len(fakes), n_fake, replace=False).tolist())
-    return [reals[i] for i in pick_r] + [fakes[i] for i in pick_f]
+    if not keep_pairs:
+        pick_r = sorted(rng.choice(len(reals), n_real, replace=False).tolist())
+        pick_f = sorted(rng.choice(len(fakes), n_fake, replace=False).tolist())
+        return [reals[i] for i in pick_r] + [fakes[i] for i in pick_f]
+    pick_f = rng.permutation(len(fakes))[:n_fake].tolist()
+    where = {s.path: i for i, s in enumerate(reals)}
+    first: dict[int, None] = {}  # the originals, in the fakes' drawn order
+    for i in pick_f:
+        j = where.get(fakes[i].original) if fakes[i].original is not None else None
+        if j is not None:
+            first.setdefault(j)
+    others = [j for j in rng.permutation(len(reals)).tolist() if j not in first]
+    pick_r = sorted([*first, *others][:n_real])
+    return [reals[i] for i in pick_r] + [fakes[i] for i in sorted(pick_f)]
 
 
 def data_digest(samples: Iterable[Sample], root: Path | None = None) -> str:

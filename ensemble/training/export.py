@@ -145,7 +145,12 @@ def export_run(
         # on ``data``, and the manifest names the run's data: they must be
         # the same data (a re-encoded or replaced crop counts as other data).
         here = data_digest(
-            limit_balanced(select(every, "train"), run_config.get("limit"), seed)
+            limit_balanced(
+                select(every, "train"),
+                run_config.get("limit"),
+                seed,
+                keep_pairs=bool(run_info.get("limit_keeps_pairs", False)),
+            )
             + limit_balanced(select(every, "val"), run_config.get("val_limit"), seed)
         )
         if here != trained_on:

@@ -307,7 +307,10 @@ def _prepare_data(
     """The run's samples, checked (both splits, no source in both, classes,
     pairing), with their crops decoded into memory."""
     samples = load_samples(config.data)
-    train_samples = limit_balanced(select(samples, "train"), config.limit, config.seed)
+    # Paired runs keep the kept fakes' originals (run.json: limit_keeps_pairs).
+    train_samples = limit_balanced(
+        select(samples, "train"), config.limit, config.seed, keep_pairs=paired
+    )
     val_samples = limit_balanced(select(samples, "val"), config.val_limit, config.seed)
     if not train_samples or not val_samples:
         raise TrainingError(
@@ -725,6 +728,8 @@ def _run_info(
         "precision": precision,
         "cpu_bf16": cpu_has_bf16(),
         "paired": paired,
+        # How --limit chose the training samples (export chooses them again).
+        "limit_keeps_pairs": paired,
         "channels_last": True,
         "threads": torch.get_num_threads(),
         "steps_per_epoch": trainee.steps_per_epoch,

@@ -7,7 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble.training.data import data_digest, load_samples, select, split_leaks
+from ensemble.training.data import (
+    Sample,
+    data_digest,
+    limit_balanced,
+    load_samples,
+    select,
+    split_leaks,
+)
 from ensemble.training.export import COMMITTED_WEIGHTS_LIMIT
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".onnx", ".ckpt")
@@ -138,3 +145,33 @@ def test_a_fake_naming_its_source_differently_still_shares_its_split(tmp_path: P
             assert s.original is not None
             real = by_path[s.original]
             assert (real.group, real.split) == (s.group, s.split)
+
+
+def _pairs(n: int) -> list[Sample]:
+    reals = [Sample(Path(f"real/{i}.png"), 0, "train") for i in range(n)]
+    fakes = [
+        Sample(Path(f"fake/{i}.png"), 1, "train", original=r.path) for i, r in enumerate(reals)
+    ]
+    return reals + fakes
+
+
+def test_a_limit_that_keeps_pairs_keeps_each_kept_fake_s_original() -> None:
+    samples = _pairs(40)
+    kept = limit_balanced(samples, 16, seed=3, keep_pairs=True)
+    reals = {s.path for s in kept if s.label == 0}
+    fakes = [s for s in kept if s.label == 1]
+    assert len(reals) == len(fakes) == 8
+    assert {s.original for s in fakes} == reals
+    assert limit_balanced(samples, 16, seed=3, keep_pairs=True) == kept  # reproducible
+    # Drawn independently, most fakes lose their original.
+    loose = limit_balanced(samples, 16, seed=3)
+    assert len({s.original for s in loose if s.label == 1} - {s.path for s in loose}) >= 4
+
+
+def test_a_limit_that_keeps_pairs_tops_up_with_other_reals() -> None:
+    # More reals than fakes: the originals first, then other reals.
+    samples = _pairs(10) + [Sample(Path(f"real/x{i}.png"), 0, "train") for i in range(30)]
+    kept = limit_balanced(samples, 30, seed=0, keep_pairs=True)
+    reals = {s.path for s in kept if s.label == 0}
+    assert len(kept) == 30 and len(reals) == 20
+    assert {s.original for s in kept if s.label == 1} <= reals

@@ -662,3 +662,13 @@ def test_an_unreadable_crop_cache_is_decoded_again(dataset: Path, tmp_path: Path
     cache.write_bytes(b"not a zip")
     again = CropStore(paths, 16, cache_dir=tmp_path, digest="cd" * 32)
     assert np.array_equal(again.pixels, first.pixels)
+
+
+def test_a_limited_paired_run_keeps_its_pairs_and_exports(paired_dataset: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(_config(paired_dataset, run, epochs=1, limit=12, paired=True), SPEC, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["limit_keeps_pairs"] is True
+    assert info["n_train"] == {"real": 6, "fake": 6}
+    # Export draws the same samples again, or the data digests would differ.
+    export_run(run, SPEC, tmp_path / "weights", data=paired_dataset)
