@@ -21,6 +21,9 @@ from ensemble.errors import TrusttraceError
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
 LBFGS_STEPS = 100
+# Platt slopes are kept in the reciprocal range, inside the fit: the bias
+# (and the weights) are optimised for the slope that is returned.
+LOG_SLOPE_RANGE = (-math.log(MAX_TEMPERATURE), -math.log(MIN_TEMPERATURE))
 
 
 class CalibrationError(TrusttraceError, ValueError):
@@ -64,7 +67,10 @@ def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, floa
     """``(slope, bias)`` minimising the NLL of ``sigmoid(slope * x + bias)``
     (Platt scaling on a score ``x``, here the logit of the members' mean).
     The slope is optimised as its log, so it stays positive: the map never
-    reverses the ranking."""
+    reverses the ranking. It is clamped to ``1/MAX_TEMPERATURE ..
+    1/MIN_TEMPERATURE`` inside the fit, so a separable set gets the bias that
+    goes with the bounded slope (a boundary where the classes meet), not the
+    bias of an unbounded one."""
     x = torch.as_tensor(np.asarray(scores, dtype=np.float64)).reshape(-1)
     y = torch.as_tensor(np.asarray(labels, dtype=np.float64)).reshape(-1)
     if x.shape != y.shape or len(x) == 0:
@@ -78,15 +84,14 @@ def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, floa
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        z = params[0].exp() * x + params[1]
+        z = _slope(params[0]) * x + params[1]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
     opt.step(closure)  # type: ignore[no-untyped-call]
-    log_slope, bias = (float(v) for v in params.detach())
-    slope = min(max(math.exp(log_slope), 1.0 / MAX_TEMPERATURE), 1.0 / MIN_TEMPERATURE)
-    return slope, bias
+    p = params.detach()
+    return float(_slope(p[0])), float(p[1])
 
 
 def fit_weighted_platt(
@@ -118,7 +123,7 @@ def fit_weighted_platt(
     def closure() -> torch.Tensor:
         opt.zero_grad()
         w = torch.softmax(params[:k], 0)
-        z = params[k].exp() * (x @ w) + params[k + 1]
+        z = _slope(params[k]) * (x @ w) + params[k + 1]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
@@ -127,5 +132,10 @@ def fit_weighted_platt(
         opt.step(closure)  # type: ignore[no-untyped-call]
     p = params.detach()
     weights = tuple(float(v) for v in torch.softmax(p[:k], 0))
-    slope = min(max(math.exp(float(p[k])), 1.0 / MAX_TEMPERATURE), 1.0 / MIN_TEMPERATURE)
-    return weights, slope, float(p[k + 1])
+    return weights, float(_slope(p[k])), float(p[k + 1])
+
+
+def _slope(log_slope: torch.Tensor) -> torch.Tensor:
+    """The Platt slope of a log-slope parameter, within the bounds (no
+    gradient beyond them, so the other parameters fit the bounded slope)."""
+    return log_slope.clamp(*LOG_SLOPE_RANGE).exp()

@@ -19,7 +19,12 @@ from ensemble.config import AnalysisConfig
 from ensemble.evaluation import roc_auc
 from ensemble.faces import FaceDetector
 from ensemble.pipeline import analyze
-from ensemble.training.calibrate import CalibrationError, fit_platt, fit_weighted_platt
+from ensemble.training.calibrate import (
+    MIN_TEMPERATURE,
+    CalibrationError,
+    fit_platt,
+    fit_weighted_platt,
+)
 from ensemble.training.data import DatasetError
 from ensemble.training.ensemble_fit import fit_ensemble, folds, read_scores
 from tests import media_factory as mf
@@ -286,3 +291,18 @@ def test_pipeline_scores_faces_with_the_combiner(
     assert plain.faces[0].score == pytest.approx(mean)
     assert plain.to_dict()["combination"] == {"method": "mean"}
     assert {m["backend"] for m in plain.to_dict()["models"]} <= {"torch", "onnxruntime", "openvino"}
+
+
+def test_a_separable_set_gets_the_bias_of_the_bounded_slope() -> None:
+    # Fakes above 3, reals below: the unbounded optimum has an ever larger
+    # slope; the slope stops at its bound and the bias must put the boundary
+    # between the classes, not where the unbounded fit's bias would.
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.uniform(1.0, 2.9, 500), rng.uniform(3.1, 5.0, 500)])
+    y = np.repeat([0.0, 1.0], 500)
+    slope, bias = fit_platt(x, y)
+    assert slope == pytest.approx(1 / MIN_TEMPERATURE)
+    assert -bias / slope == pytest.approx(3.0, abs=0.1)
+    _, wslope, wbias = fit_weighted_platt(np.stack([x, x], axis=1), y)
+    assert wslope == pytest.approx(1 / MIN_TEMPERATURE)
+    assert -wbias / wslope == pytest.approx(3.0, abs=0.1)
