@@ -157,6 +157,7 @@ def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):
     )
     result = json.loads(out_json.read_text())
     assert result["n"] == {"real": 1, "fake": 1}  # the faceless clip is left out
+    assert result["combination"] == {"method": "mean"}  # no weights/ensemble.json
     analyzed = json.loads((tmp_path / "a.json").read_text())["results"][0]
     # Video a is the only real: its pipeline score decides the confusion row.
     called_fake = analyzed["score"] >= 0.5

@@ -141,10 +141,11 @@ class Command(BaseCommand):
                 # weights/ensemble.json when it fits these members.
                 ensemble_probs = combiner(probs)
             else:
-                probs, labels, ensemble_probs, videos = self._videos(config, registry, o)
+                probs, labels, ensemble_probs, videos, combiner = self._videos(config, registry, o)
             result = report(probs, labels, threshold, ensemble_probs)
-            if o["faces"]:
-                result["combination"] = combiner.describe()
+            # How the ensemble figures were combined, for videos too: a plain
+            # mean (no fitting weights/ensemble.json) must not pass for the fit.
+            result["combination"] = combiner.describe()
             if o["videos"]:
                 result["videos"] = videos
             write_report_figures(probs, labels, result, out, ensemble_probs)
@@ -258,7 +259,7 @@ class Command(BaseCommand):
 
     def _videos(
         self, config: AnalysisConfig, registry: Registry, o: dict[str, Any]
-    ) -> tuple[Probs, Labels, npt.NDArray[np.float64], list[dict[str, Any]]]:
+    ) -> tuple[Probs, Labels, npt.NDArray[np.float64], list[dict[str, Any]], Combiner]:
         from ensemble.pipeline import Analyzer
         from ensemble.training.data import parse_label
 
@@ -299,4 +300,5 @@ class Command(BaseCommand):
             np.asarray(labels, dtype=np.float64),
             np.asarray(scores),
             videos,
+            analyzer.combiner,
         )
