@@ -63,6 +63,14 @@ def _read_one(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     for m in members:
         if f"weights:{m}" not in fields:
             raise DatasetError(f"{path} does not say which weights of {m} it scored")
+    # Tables from before the split column cannot be checked; newer ones must
+    # hold validation crops only (training crops flatter every member).
+    others = sorted({r["split"] for r in rows} - {"val"}) if "split" in fields else []
+    if others:
+        raise DatasetError(
+            f"{path} scores crops of the {', '.join(others)} split: fit the ensemble on "
+            "validation crops (evaluate --split val --scores ...)"
+        )
     return rows, members
 
 

@@ -195,6 +195,7 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     )
     rows = list(csv.DictReader(scores.open()))
     assert len(rows) == 40 and {r["weights:bright"] for r in rows} == {sha}
+    assert {r["split"] for r in rows} == {"val"}
     assert {r["label"] for r in rows} == {"0", "1"}
     before = json.loads((tmp_path / "before.json").read_text())
     assert float(rows[0]["prob:bright"]) == pytest.approx(
@@ -579,3 +580,25 @@ def test_train_detector_summary_reports_a_runs_validation_figures(
         call_command("train_detector", "--member", "bright", "--out", str(tmp_path), "--summary")
     with pytest.raises(CommandError, match="--data is required"):
         call_command("train_detector", "--member", "bright", "--out", str(tmp_path / "new"))
+
+
+def test_calibrate_ensemble_refuses_scores_of_training_crops(site: Path, tmp_path: Path):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    meta = data / "metadata.csv"
+    lines = meta.read_text().splitlines()
+    # A few crops of the table in the train split: evaluate without --split scores them too.
+    meta.write_text("\n".join([*lines[:-4], *(x.replace(",val", ",train") for x in lines[-4:])]))
+    scores = tmp_path / "scores.csv"
+    call_command(
+        "evaluate",
+        "--faces",
+        str(data),
+        "--json",
+        str(tmp_path / "e.json"),
+        "--scores",
+        str(scores),
+    )
+    with pytest.raises(CommandError, match="train split: fit the ensemble on validation crops"):
+        call_command("calibrate_ensemble", "--scores", str(scores), "--dry-run")
+    assert not (site / "ensemble.json").exists()

@@ -61,7 +61,7 @@ def figures_dir(out: Path | None, json_arg: str | None) -> Path:
 
 
 def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One CSV row per crop: ``file,label,group`` then ``logit:<member>`` and
+    """One CSV row per crop: ``file,label,group,split`` then ``logit:<member>`` and
     ``prob:<member>`` (calibrated) for each member, in evaluation order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -234,7 +234,7 @@ class Command(BaseCommand):
             if reference is None:
                 reference, labels = keys, labels_array(samples)
                 rows = [
-                    {"file": k, "label": s.label, "group": s.group}
+                    {"file": k, "label": s.label, "group": s.group, "split": s.split}
                     for k, s in zip(keys, samples, strict=True)
                 ]
             elif keys != reference:
