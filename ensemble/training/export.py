@@ -140,25 +140,30 @@ def export_run(
     seed = int(run_config.get("seed", 0))
     every = load_samples(data)
     trained_on = run_info.get("data_digest")
-    if trained_on:
-        # The temperature, threshold and metrics written below are measured
-        # on ``data``, and the manifest names the run's data: they must be
-        # the same data (a re-encoded or replaced crop counts as other data).
-        here = data_digest(
-            limit_balanced(
-                select(every, "train"),
-                run_config.get("limit"),
-                seed,
-                keep_pairs=bool(run_info.get("limit_keeps_pairs", False)),
-            )
-            + limit_balanced(select(every, "val"), run_config.get("val_limit"), seed)
+    if not trained_on:
+        raise ExportError(
+            f"{run_dir / 'run.json'} does not name the data the run was trained on "
+            "(data_digest): the manifest could not say it; for a transfer from a lent "
+            "machine, unpack it with --data"
         )
-        if here != trained_on:
-            raise ExportError(
-                f"{data} is not the data {run_dir.name} was trained and validated on "
-                f"(data digest {here[:12]}, the run's {str(trained_on)[:12]}): export "
-                "with the run's --data"
-            )
+    # The temperature, threshold and metrics written below are measured
+    # on ``data``, and the manifest names the run's data: they must be
+    # the same data (a re-encoded or replaced crop counts as other data).
+    here = data_digest(
+        limit_balanced(
+            select(every, "train"),
+            run_config.get("limit"),
+            seed,
+            keep_pairs=bool(run_info.get("limit_keeps_pairs", False)),
+        )
+        + limit_balanced(select(every, "val"), run_config.get("val_limit"), seed)
+    )
+    if here != trained_on:
+        raise ExportError(
+            f"{data} is not the data {run_dir.name} was trained and validated on "
+            f"(data digest {here[:12]}, the run's {str(trained_on)[:12]}): export "
+            "with the run's --data"
+        )
     if val_limit is None:
         val_limit = run_config.get("val_limit")
     # The same validation samples the run validated on (same limit, same seed),
@@ -186,14 +191,18 @@ def export_run(
         measured[quant], _ = _logits(model, samples, spec, size)
         auc[quant] = _auc(measured[quant], labels)
     ref = auc["fp32"]
+    int8_auc = auc["int8"]
     if transferred_int8:
         # The weights came back from a lent machine already rounded to int8
         # (ensemble.training.gpu), so "fp32" above is the int8 model again:
-        # the reference is the full-precision AUC measured there, before the
-        # rounding.
+        # the comparison is the one measured there, full precision against
+        # int8 on the same (whole) validation split, not the full-precision
+        # figure there against an int8 figure here on other samples
+        # (--val-limit).
         ref = (transfer.get("val_full_precision") or {}).get("auc")
+        int8_auc = (transfer.get("val_int8") or {}).get("auc")
         auc["fp32_before_transfer"] = ref
-    int8_auc = auc["int8"]
+        auc["int8_before_transfer"] = int8_auc
     keep_int8 = (ref is None and int8_auc is None) or (
         ref is not None and int8_auc is not None and abs(ref - int8_auc) <= AUC_TOLERANCE
     )

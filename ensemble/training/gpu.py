@@ -62,7 +62,14 @@ from ensemble.evaluation import log_loss, roc_auc
 from ensemble.registry import REGISTRY, MemberSpec
 from ensemble.training import augment as aug
 from ensemble.training.batches import real_fake_pairs
-from ensemble.training.data import Sample, load_samples, read_rgb, resize_to, select
+from ensemble.training.data import (
+    Sample,
+    data_digest,
+    load_samples,
+    read_rgb,
+    resize_to,
+    select,
+)
 from ensemble.training.optim import (
     Ema,
     apply_drop_path,
@@ -711,6 +718,9 @@ def train_gpu(
         # A lent machine gets the working tree without .git: the caller names the commit.
         "code_version": os.environ.get("TRUSTTRACE_CODE_VERSION") or code_version(),
         "data": str(data),
+        # The crops this machine trained and validated on (a partial upload
+        # differs from the full dataset): export checks its --data against it.
+        "data_digest": data_digest([*train.samples, *val.samples]),
         "n_train": {"real": int((train.labels == 0).sum()), "fake": int((train.labels == 1).sum())},
         "n_pairs": n_pairs,
         "n_val": {"real": int((val.labels == 0).sum()), "fake": int((val.labels == 1).sum())},
@@ -839,10 +849,16 @@ def unpack(
     if run_json is not None and run_json.is_file():
         run_info = json.loads(run_json.read_text(encoding="utf-8"))
     if data is not None:
-        from ensemble.training.data import data_digest
-
         samples = load_samples(data)
-        run_info["data_digest"] = data_digest(select(samples, "train") + select(samples, "val"))
+        here = data_digest(select(samples, "train") + select(samples, "val"))
+        trained_on = run_info.get("data_digest")
+        if trained_on and trained_on != here:
+            raise TrainingError(
+                f"{data} is not the data the transfer was trained on (data digest "
+                f"{here[:12]}, the run's {str(trained_on)[:12]}): unpack with that data"
+            )
+        # Runs from before the digest was recorded take the local data's.
+        run_info["data_digest"] = here
     run_info["transfer"] = {
         "quantization": info["quantization"],
         "variant": info.get("variant"),

@@ -16,7 +16,8 @@ from ensemble.errors import TrainingError
 from ensemble.registry import tiny_spec
 from ensemble.training import augment as aug
 from ensemble.training import gpu
-from ensemble.training.export import export_run, roundtrip
+from ensemble.training.data import load_samples, select
+from ensemble.training.export import ExportError, export_run, roundtrip
 from tests.training_toys import write_dataset
 
 CPU = torch.device("cpu")
@@ -305,3 +306,44 @@ def test_a_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path) -
         assert torch.equal(model.state_dict()[key], value), key
     info = _train(dataset, tmp_path / "run", epochs=1.0, init_from=tmp_path / "weights")
     assert info["config"]["init_from"] == str(tmp_path / "weights")
+
+
+def test_a_transfer_names_its_data_and_unpacks_only_with_that_data(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from ensemble.training.data import data_digest
+
+    run = tmp_path / "run"
+    info = _train(dataset, run, epochs=1.0)
+    samples = load_samples(dataset)
+    assert info["data_digest"] == data_digest(select(samples, "train") + select(samples, "val"))
+    transfer = run / gpu.TRANSFER / "main"
+    other = write_dataset(tmp_path / "other", n_train=8, n_val=4, size=32, originals=True)
+    with pytest.raises(TrainingError, match="not the data the transfer was trained on"):
+        gpu.unpack(transfer, tmp_path / "u1", run / "run.json", spec=SPEC, data=other)
+    gpu.unpack(transfer, tmp_path / "u2", run / "run.json", spec=SPEC, data=dataset)
+    # Without its run.json the run cannot say what it was trained on: no export.
+    bare = gpu.unpack(transfer, tmp_path / "u3", spec=SPEC)
+    with pytest.raises(ExportError, match="does not name the data"):
+        export_run(bare, SPEC, tmp_path / "weights", data=dataset)
+    assert not (tmp_path / "weights").exists()
+
+
+def test_an_int8_transfer_is_judged_by_the_lent_machine_s_own_comparison(
+    dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    _train(dataset, run, epochs=4.0)
+    transfer = run / gpu.TRANSFER / "main"
+    manifest_path = next(transfer.glob(f"*-{gpu.TRANSFER_MANIFEST}"))
+    info = json.loads(manifest_path.read_text())
+    if info["quantization"] != "int8":
+        pytest.skip("this toy run's weights did not keep int8 on the way back")
+    # Both figures there agree, but neither is what these samples give here
+    # (as a --val-limit subset would): int8 stays.
+    info["val_full_precision"]["auc"] = info["val_int8"]["auc"] = 0.3
+    manifest_path.write_text(json.dumps(info))
+    unpacked = gpu.unpack(transfer, tmp_path / "unpacked", run / "run.json", spec=SPEC)
+    report = export_run(unpacked, SPEC, tmp_path / "weights", data=dataset, val_limit=8)
+    assert report.quantization == "int8"
+    assert report.auc["fp32_before_transfer"] == report.auc["int8_before_transfer"] == 0.3
