@@ -66,8 +66,8 @@ def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
 def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
     """``(slope, bias)`` minimising the NLL of ``sigmoid(slope * x + bias)``
     (Platt scaling on a score ``x``, here the logit of the members' mean).
-    The slope is optimised as its log, so it stays positive: the map never
-    reverses the ranking. It is clamped to ``1/MAX_TEMPERATURE ..
+    The slope is optimised through its log, so it stays positive: the map never
+    reverses the ranking. It is bounded to ``1/MAX_TEMPERATURE ..
     1/MIN_TEMPERATURE`` inside the fit, so a separable set gets the bias that
     goes with the bounded slope (a boundary where the classes meet), not the
     bias of an unbounded one."""
@@ -79,7 +79,7 @@ def fit_platt(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, floa
         raise CalibrationError("scores contain NaN or infinity")
     if len(torch.unique(y)) < 2:
         raise CalibrationError("Platt scaling needs both real and fake samples")
-    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log slope, bias
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # slope (see _slope), bias
     opt = torch.optim.LBFGS([params], lr=0.5, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -116,7 +116,7 @@ def fit_weighted_platt(
     if len(torch.unique(y)) < 2:
         raise CalibrationError("Platt scaling needs both real and fake samples")
     k = x.shape[1]
-    # Softmax logits of the weights, log slope, bias: equal weights, slope 1.
+    # Softmax logits of the weights, slope (see _slope), bias: equal weights, slope 1.
     params = torch.zeros(k + 2, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([params], lr=0.5, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
 
@@ -135,7 +135,10 @@ def fit_weighted_platt(
     return weights, float(_slope(p[k])), float(p[k + 1])
 
 
-def _slope(log_slope: torch.Tensor) -> torch.Tensor:
-    """The Platt slope of a log-slope parameter, within the bounds (no
-    gradient beyond them, so the other parameters fit the bounded slope)."""
-    return log_slope.clamp(*LOG_SLOPE_RANGE).exp()
+def _slope(u: torch.Tensor) -> torch.Tensor:
+    """The Platt slope of an unbounded parameter: its log is squashed into
+    ``LOG_SLOPE_RANGE`` by a sigmoid (u = 0 is slope 1, the range being
+    symmetric), so the bound holds inside the fit with a gradient that never
+    vanishes abruptly and the other parameters fit the bounded slope."""
+    lo, hi = LOG_SLOPE_RANGE
+    return (lo + (hi - lo) * torch.sigmoid(u)).exp()

@@ -2,8 +2,9 @@
 per-crop member scores, and measuring it honestly.
 
 The input is one or more CSVs written by ``evaluate --faces ... --scores``:
-``file,label,group`` and, per member, ``logit:<m>``, ``prob:<m>`` (calibrated)
-and ``weights:<m>`` (the weights' sha256). Tables for different members on
+``file,label,group,split`` (``split`` since December 2026) and, per member,
+``logit:<m>``, ``prob:<m>`` (calibrated) and ``weights:<m>`` (the weights'
+sha256). Tables for different members on
 the same crops are joined on ``file``.
 
 The fit and the figures quoted for it use the same validation crops, so the
@@ -46,7 +47,7 @@ class ScoreTable:
     logits: Mapping[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
 
-def _read_one(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+def _read_one(path: Path, any_split: bool = False) -> tuple[list[dict[str, str]], list[str]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -64,19 +65,23 @@ def _read_one(path: Path) -> tuple[list[dict[str, str]], list[str]]:
         if f"weights:{m}" not in fields:
             raise DatasetError(f"{path} does not say which weights of {m} it scored")
     # Tables from before the split column cannot be checked; newer ones must
-    # hold validation crops only (training crops flatter every member).
-    others = sorted({r["split"] for r in rows} - {"val"}) if "split" in fields else []
-    if others:
-        raise DatasetError(
-            f"{path} scores crops of the {', '.join(others)} split: fit the ensemble on "
-            "validation crops (evaluate --split val --scores ...)"
-        )
+    # hold validation crops only (training crops flatter every member), unless
+    # the caller vouches that no member trained on any of them (any_split).
+    if "split" in fields and not any_split:
+        others = sorted({r["split"] or "(none)" for r in rows} - {"val"})
+        if others:
+            raise DatasetError(
+                f"{path} scores crops of the {', '.join(others)} split: fit the ensemble on "
+                "validation crops (evaluate --split val --scores ...), or pass --any-split "
+                "for a held-out set no member was trained on"
+            )
     return rows, members
 
 
-def read_scores(paths: Sequence[Path]) -> ScoreTable:
+def read_scores(paths: Sequence[Path], *, any_split: bool = False) -> ScoreTable:
     """Join the score CSVs on ``file``; every table must cover the same crops
-    with the same labels, and a member may appear in one table only."""
+    with the same labels, and a member may appear in one table only. Crops
+    outside the validation split are refused unless ``any_split``."""
     files: tuple[str, ...] | None = None
     labels: dict[str, int] = {}
     groups: dict[str, str] = {}
@@ -84,7 +89,7 @@ def read_scores(paths: Sequence[Path]) -> ScoreTable:
     weights: dict[str, str] = {}
     logits: dict[str, npt.NDArray[np.float64]] = {}
     for path in paths:
-        rows, members = _read_one(path)
+        rows, members = _read_one(path, any_split)
         these = tuple(sorted(r["file"] for r in rows))
         if files is None:
             files = these

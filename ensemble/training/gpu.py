@@ -33,7 +33,7 @@ else as fp16, in files small enough to come back from a lent machine.
 
     python -m ensemble.training.gpu train --member effnet_autoatt_b4 \\
         --data DATA --out RUN --seconds 400
-    python -m ensemble.training.gpu unpack --transfer RUN/transfer --out RUN2
+    python -m ensemble.training.gpu unpack --transfer RUN/transfer/main --out RUN2 --data DATA
 """
 
 from __future__ import annotations
@@ -710,7 +710,7 @@ def train_gpu(
     runs: dict[str, Any] = {}
     for t in trainees:
         assert t.best is not None and t.best_point is not None
-        runs[t.name] = _finish(t, spec, recipe, val, val_labels, out, dev)
+        runs[t.name] = _finish(t, spec, recipe, train.samples, val, val_labels, out, dev)
     head = trainees[0]
     info: dict[str, Any] = {
         "member": spec.name,
@@ -755,6 +755,7 @@ def _finish(
     t: Trainee,
     spec: MemberSpec,
     recipe: GpuRecipe,
+    train_samples: Sequence[Sample],
     val: DeviceCrops,
     val_labels: npt.NDArray[np.float64],
     out: Path,
@@ -795,6 +796,9 @@ def _finish(
     info = {
         "member": spec.name,
         "input_size": recipe.input_size,
+        # The crops trained and validated on, in the transfer itself (run.json
+        # does not come back with it): unpack --data is checked against it.
+        "data_digest": data_digest([*train_samples, *val.samples]),
         "quantization": quant,
         "untransferred_prefixes": list(skip),
         **record,
@@ -846,19 +850,22 @@ def unpack(
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "input_size": info["input_size"]}, out / "best.pt")
     run_info: dict[str, Any] = {}
-    if run_json is not None and run_json.is_file():
+    if run_json is not None:
+        if not run_json.is_file():
+            raise TrainingError(f"--run-json {run_json} does not exist")
         run_info = json.loads(run_json.read_text(encoding="utf-8"))
+    trained_on = info.get("data_digest") or run_info.get("data_digest")
     if data is not None:
         samples = load_samples(data)
         here = data_digest(select(samples, "train") + select(samples, "val"))
-        trained_on = run_info.get("data_digest")
         if trained_on and trained_on != here:
             raise TrainingError(
                 f"{data} is not the data the transfer was trained on (data digest "
                 f"{here[:12]}, the run's {str(trained_on)[:12]}): unpack with that data"
             )
-        # Runs from before the digest was recorded take the local data's.
-        run_info["data_digest"] = here
+        # Transfers from before the digest was recorded take the local data's.
+        trained_on = here
+    run_info["data_digest"] = trained_on
     run_info["transfer"] = {
         "quantization": info["quantization"],
         "variant": info.get("variant"),

@@ -36,6 +36,7 @@ when EMA is on), ``val_predictions.csv`` (best epoch), ``log.csv``,
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -293,6 +294,7 @@ class _Data:
     train_ds: FaceDataset
     val_loader: DataLoader[Any]
     digest: str
+    keep_pairs: bool  # how --limit drew the training samples
 
 
 def _prepare_data(
@@ -307,9 +309,15 @@ def _prepare_data(
     """The run's samples, checked (both splits, no source in both, classes,
     pairing), with their crops decoded into memory."""
     samples = load_samples(config.data)
-    # Paired runs keep the kept fakes' originals (run.json: limit_keeps_pairs).
+    # Paired runs keep the kept fakes' originals (run.json: limit_keeps_pairs);
+    # a resumed run draws as it was first drawn (runs from before the flag
+    # drew reals and fakes apart).
+    keep_pairs = paired
+    info = config.out / "run.json"
+    if config.resume and info.is_file():
+        keep_pairs = bool(json.loads(info.read_text(encoding="utf-8")).get("limit_keeps_pairs"))
     train_samples = limit_balanced(
-        select(samples, "train"), config.limit, config.seed, keep_pairs=paired
+        select(samples, "train"), config.limit, config.seed, keep_pairs=keep_pairs
     )
     val_samples = limit_balanced(select(samples, "val"), config.val_limit, config.seed)
     if not train_samples or not val_samples:
@@ -364,7 +372,7 @@ def _prepare_data(
     val_loader = DataLoader(
         val_ds, batch_size=recipe.batch_size, shuffle=False, num_workers=config.num_workers
     )
-    return _Data(train_samples, val_samples, train_ds, val_loader, digest)
+    return _Data(train_samples, val_samples, train_ds, val_loader, digest, keep_pairs)
 
 
 @dataclass
@@ -729,7 +737,7 @@ def _run_info(
         "cpu_bf16": cpu_has_bf16(),
         "paired": paired,
         # How --limit chose the training samples (export chooses them again).
-        "limit_keeps_pairs": paired,
+        "limit_keeps_pairs": data.keep_pairs,
         "channels_last": True,
         "threads": torch.get_num_threads(),
         "steps_per_epoch": trainee.steps_per_epoch,

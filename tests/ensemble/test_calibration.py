@@ -301,8 +301,9 @@ def test_a_separable_set_gets_the_bias_of_the_bounded_slope() -> None:
     x = np.concatenate([rng.uniform(1.0, 2.9, 500), rng.uniform(3.1, 5.0, 500)])
     y = np.repeat([0.0, 1.0], 500)
     slope, bias = fit_platt(x, y)
-    assert slope == pytest.approx(1 / MIN_TEMPERATURE)
+    assert slope <= 1 / MIN_TEMPERATURE and slope == pytest.approx(1 / MIN_TEMPERATURE, rel=0.05)
     assert -bias / slope == pytest.approx(3.0, abs=0.1)
     _, wslope, wbias = fit_weighted_platt(np.stack([x, x], axis=1), y)
-    assert wslope == pytest.approx(1 / MIN_TEMPERATURE)
+    assert wslope <= 1 / MIN_TEMPERATURE
+    assert wslope == pytest.approx(1 / MIN_TEMPERATURE, rel=0.05)
     assert -wbias / wslope == pytest.approx(3.0, abs=0.1)

@@ -672,3 +672,21 @@ def test_a_limited_paired_run_keeps_its_pairs_and_exports(paired_dataset: Path, 
     assert info["n_train"] == {"real": 6, "fake": 6}
     # Export draws the same samples again, or the data digests would differ.
     export_run(run, SPEC, tmp_path / "weights", data=paired_dataset)
+
+
+def test_a_resumed_limited_run_draws_its_samples_as_it_was_first_drawn(
+    paired_dataset: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    config = _config(paired_dataset, run, epochs=1, limit=12, paired=True, time_budget=2.0)
+    assert train(config, SPEC, progress=False, clock=StepClock()).interrupted
+    info_path = run / "run.json"
+    info = json.loads(info_path.read_text())
+    # As a run from before the flag would say: reals and fakes drawn apart,
+    # which is not what this run's checkpoint was trained on.
+    info_path.write_text(json.dumps({k: v for k, v in info.items() if k != "limit_keeps_pairs"}))
+    again = replace(config, resume=True, time_budget=None)
+    with pytest.raises(TrainingError, match=r"other settings.*data"):
+        train(again, SPEC, progress=False, clock=StepClock())
+    info_path.write_text(json.dumps(info))
+    assert not train(again, SPEC, progress=False, clock=StepClock()).interrupted

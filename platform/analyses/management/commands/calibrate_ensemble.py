@@ -48,6 +48,12 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="", help="what the scores were computed on")
         parser.add_argument("--json", type=Path, help="also write the fit's report to FILE")
         parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+        parser.add_argument(
+            "--any-split",
+            action="store_true",
+            help="accept scores of crops outside the validation split (a held-out set no "
+            "member was trained on, split by hash into train/val)",
+        )
 
     def handle(self, *args: Any, **o: Any) -> None:
         import numpy as np
@@ -66,7 +72,7 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from e
         registry = analysis_registry()
         try:
-            table = read_scores(o["scores"])
+            table = read_scores(o["scores"], any_split=o["any_split"])
             temperatures: dict[str, float] = {}
             for name in config.members:
                 registry.get(name)
