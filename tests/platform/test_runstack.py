@@ -33,8 +33,11 @@ def _runstack(
 ) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, str(stack.ROOT / "manage.py"), "runstack", f"127.0.0.1:{port}"]
 
-    def ignore_hangups() -> None:  # what nohup does
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    def hangups() -> None:
+        # SIG_IGN is what nohup does; otherwise the default, set explicitly:
+        # an ignored SIGHUP is inherited, so a suite run under nohup would
+        # otherwise test the nohup case twice.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
 
     with log.open("wb") as fh:
         return subprocess.Popen(
@@ -43,7 +46,7 @@ def _runstack(
             cwd=stack.ROOT,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            preexec_fn=ignore_hangups if nohup else None,
+            preexec_fn=hangups,
         )
 
 
