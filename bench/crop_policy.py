@@ -99,8 +99,12 @@ def video_scores(
         manifest = json.loads((copy / MANIFEST_NAME).read_text(encoding="utf-8"))
         manifest["crop"] = policy.to_dict()
         (copy / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
+        # Faces as is, as the crop-level arm scores them (load_member's default).
         config = AnalysisConfig(
-            weights_dir=Path(tmp), members=(member_name,), cache_dir=common.ROOT / "var" / "cache"
+            weights_dir=Path(tmp),
+            members=(member_name,),
+            cache_dir=common.ROOT / "var" / "cache",
+            mirror=(),
         )
         analyzer = Analyzer(config, REGISTRY)
         analyzer.prepare()

@@ -34,7 +34,14 @@ import torch
 
 from bench import common
 from bench.speed import random_member
-from ensemble.config import BACKENDS, PRECISIONS, AnalysisConfig, Backend, Precision
+from ensemble.config import (
+    BACKENDS,
+    DEFAULT_MIRROR,
+    PRECISIONS,
+    AnalysisConfig,
+    Backend,
+    Precision,
+)
 from ensemble.media import list_media, sniff
 from ensemble.pipeline import Analyzer
 from ensemble.registry import REGISTRY
@@ -75,8 +82,10 @@ def measure(
     reference: Path | None = None,
     backend: Backend = "auto",
     precision: Precision = "auto",
+    mirror: Sequence[str] = DEFAULT_MIRROR,
 ) -> dict[str, Any]:
-    """Seconds per video: analysis alone, and analysis + explanations."""
+    """Seconds per video: analysis alone, and analysis + explanations
+    (``mirror``: the members that also score each face mirrored)."""
     with tempfile.TemporaryDirectory(prefix="trusttrace-explain-cost-") as tmp_name:
         tmp = Path(tmp_name)
         install_random_members(members, tmp / "weights")
@@ -88,6 +97,7 @@ def measure(
             threads=threads,
             backend=backend,
             precision=precision,
+            mirror=tuple(mirror),
         )
         analyzer = Analyzer(config, REGISTRY)
         analyzer.prepare()

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from bench import common
-from ensemble.config import AnalysisConfig, FaceConfig
+from ensemble.config import DEFAULT_MIRROR, AnalysisConfig, FaceConfig
 from ensemble.crops import crop_face
 from ensemble.faces import INPUT_SIZE, FaceDetector, plan_views
 from ensemble.media import MediaLimits, list_media, sample_indices, sniff
@@ -331,6 +331,7 @@ def backend_child(
     weights: str,
     cache: str,
     repeats: int,
+    mirror: tuple[str, ...] = DEFAULT_MIRROR,
 ) -> dict[str, Any]:
     """Runs in a fresh process, as a worker does: an ``Analyzer`` loads the
     face detector and the installed members on ``backend``/``precision``
@@ -349,6 +350,7 @@ def backend_child(
         precision=precision,
         weights_dir=Path(weights),
         threads=threads,
+        mirror=mirror,
     )
     analyzer = Analyzer(cfg)
     analyzer.prepare()
@@ -440,6 +442,9 @@ def table(report: dict[str, Any]) -> str:
         f"{cpu['cpu_count']} cores, {report['threads']} threads; other processes' CPU before "
         f"timing: {cpu['other_processes_cpu_percent']}% ({'idle' if cpu['idle'] else 'NOT idle'})."
     )
+    if "mirror" in report:  # reports from before it was recorded mirrored nothing
+        mirrored = ", ".join(report["mirror"]) or "none"
+        lines.append(f"Members that also scored each face mirrored (Analyzer rows): {mirrored}.")
     return "\n".join(lines)
 
 
@@ -476,6 +481,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs of the naive path before timing it"
     )
+    parser.add_argument(
+        "--mirror",
+        default=",".join(DEFAULT_MIRROR),
+        help="members that also score each face mirrored in the Analyzer rows, as "
+        "TRUSTTRACE_MIRROR (default: the shipped setting; '' for none)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(table(json.loads(args.table.read_text())))
@@ -488,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no videos in {args.videos}")
     video = videos[0]
     names = [n.strip() for n in args.members.split(",") if n.strip()]
+    mirror = tuple(n.strip() for n in args.mirror.split(",") if n.strip())
     cpu = cpu_snapshot()
     print(f"CPU before timing: {cpu}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="trusttrace-bench-"))
@@ -541,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
                     str(w),
                     str(c),
                     args.repeats,
+                    mirror,
                 ),
             )
         print(f"{backend} {precision}: {out}", flush=True)
@@ -573,7 +586,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.explain:
         from bench.explain_cost import measure
 
-        explain = measure([video], frames=args.frames, members=names, threads=args.threads)
+        explain = measure(
+            [video], frames=args.frames, members=names, threads=args.threads, mirror=mirror
+        )
         print(f"explanations: {json.dumps(explain)[:400]}", flush=True)
 
     report = {
@@ -583,10 +598,12 @@ def main(argv: list[str] | None = None) -> None:
         "naive": naive,
         "backends": backends,
         "default": default,
+        # The naive path scores each face once, mirrored members or not.
         "speedup_default_vs_naive": round(naive["total"] / max(default["warm_s"], 1e-9), 2),
         "members": members,
         "explain": explain,
         "batch_size": args.batch_size,
+        "mirror": list(mirror),
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "cpu": cpu,

@@ -18,16 +18,17 @@ calibrate_ensemble``), in one of two forms:
   member still pushes only in the direction of its own evidence.
 
 The fit belongs to one exact set of members and weights: ``weights/ensemble.json``
-records each member's weights sha256, and a calibration whose members or
-weights differ from the ones analysing is not applied (the plain mean is
-used, and the result says why).
+records each member's weights sha256, temperature and whether it scored
+faces mirrored too (``LoadedMember.mirror``), and a calibration whose members,
+weights or scoring differ from the ones analysing is not applied (the plain
+mean is used, and the result says why).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,10 @@ class EnsembleCalibration:
     # get another temperature, which changes its calibrated logits: the fit
     # then no longer applies. ``None``: a file written before this was kept.
     temperatures: Mapping[str, float] | None = None
+    # The members whose scores were the mean of each face as is and mirrored
+    # (sorted names). ``None``: a file written before members could mirror,
+    # when every member scored faces as is.
+    mirrored: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -85,6 +90,8 @@ class EnsembleCalibration:
                 f"slope must be positive and finite and bias finite, got {self.slope}, {self.bias}"
             )
         w = self.member_weights
+        if self.mirrored is not None and not set(self.mirrored) <= set(self.members):
+            raise ValueError("mirrored members must be calibrated members")
         if w is not None:
             if set(w) != set(self.members):
                 raise ValueError("member weights must name exactly the calibrated members")
@@ -120,10 +127,11 @@ class EnsembleCalibration:
         self,
         installed: Mapping[str, str | None],
         temperatures: Mapping[str, float] | None = None,
+        mirrored: Collection[str] | None = None,
     ) -> str | None:
         """Why this calibration does not fit the members analysing
-        (name -> weights sha256, and name -> temperature when known), or
-        ``None`` when it does."""
+        (name -> weights sha256; name -> temperature and the names of those
+        that score faces mirrored too, when known), or ``None`` when it does."""
         if set(installed) != set(self.members):
             return (
                 f"fitted for {', '.join(sorted(self.members))}, not {', '.join(sorted(installed))}"
@@ -140,6 +148,19 @@ class EnsembleCalibration:
             )
             if retuned:
                 return f"fitted with another temperature of {', '.join(retuned)}"
+        if mirrored is not None:
+            fitted = set(self.mirrored or ())
+            now = set(mirrored) & set(installed)
+            if now - fitted:
+                return (
+                    f"fitted on faces scored as is only by {', '.join(sorted(now - fitted))}, "
+                    "which now scores them mirrored too"
+                )
+            if fitted - now:
+                return (
+                    f"fitted on faces scored as is and mirrored by "
+                    f"{', '.join(sorted(fitted - now))}, which now scores them as is only"
+                )
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +173,8 @@ class EnsembleCalibration:
             out["member_weights"] = dict(sorted(self.member_weights.items()))
         if self.temperatures is not None:
             out["temperatures"] = dict(sorted(self.temperatures.items()))
+        if self.mirrored is not None:
+            out["mirrored"] = sorted(self.mirrored)
         return out | {
             "slope": self.slope,
             "bias": self.bias,
@@ -169,6 +192,11 @@ class EnsembleCalibration:
                 raise ValueError(f"unknown method {method!r}")
             weights = data.get("member_weights")
             temps = data.get("temperatures")
+            mirrored = data.get("mirrored")
+            if mirrored is not None and not (
+                isinstance(mirrored, list) and all(isinstance(m, str) for m in mirrored)
+            ):
+                raise ValueError(f"mirrored must be a list of member names, not {mirrored!r}")
             if (method == WEIGHTED_METHOD) != (weights is not None):
                 raise ValueError(f"{method} {'needs' if weights is None else 'takes no'} weights")
             return cls(
@@ -183,6 +211,7 @@ class EnsembleCalibration:
                 temperatures=(
                     None if temps is None else {str(k): float(v) for k, v in temps.items()}
                 ),
+                mirrored=None if mirrored is None else tuple(sorted(mirrored)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EnsembleCalibrationError(
@@ -233,10 +262,11 @@ class Combiner:
         calibration: EnsembleCalibration | None,
         installed: Mapping[str, str | None],
         temperatures: Mapping[str, float] | None = None,
+        mirrored: Collection[str] | None = None,
     ) -> Combiner:
         if calibration is None:
             return cls()
-        reason = calibration.mismatch(installed, temperatures)
+        reason = calibration.mismatch(installed, temperatures, mirrored)
         return cls(None, reason) if reason else cls(calibration)
 
     def __call__(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:

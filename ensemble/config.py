@@ -13,6 +13,11 @@ from typing import Literal, get_args
 from ensemble.errors import ConfigError
 
 DEFAULT_MEMBERS: tuple[str, ...] = ("resnet50", "effnet_b7", "effnet_autoatt_b4")
+# Members that score each face twice, as is and mirrored left to right, and
+# average the two logits (test-time flip). B4 gains most from it for the least
+# time (README, "Scoring each face mirrored too"); ``weights/ensemble.json``
+# is fitted for one such set and is not applied with another.
+DEFAULT_MIRROR: tuple[str, ...] = ("effnet_autoatt_b4",)
 
 Aggregation = Literal["mean", "confident"]
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
@@ -110,6 +115,9 @@ class AnalysisConfig:
 
     weights_dir: Path = Path("weights")
     members: tuple[str, ...] = DEFAULT_MEMBERS
+    # Of those, the ones that also score each face mirrored (names of members
+    # not selected are ignored: ``--members resnet50`` mirrors nothing).
+    mirror: tuple[str, ...] = DEFAULT_MIRROR
     frames: int = 32
     device: str = "cpu"
     # Crops per forward pass. 8 runs as fast as 32 on the reference CPU and

@@ -143,10 +143,14 @@ class _Tapped(nn.Module):
 @dataclass(frozen=True)
 class Inference:
     """Raw fake-logits ``[N]`` and, when asked for and the backend has them,
-    taps by name, each ``[N, ...]`` in the order of the crops."""
+    taps by name, each ``[N, ...]`` in the order of the crops.
+    ``tapped_logits`` are the logits of the pass the taps come from: the
+    crops as is, which differ from ``logits`` when the member also scores
+    them mirrored (the Grad-CAM replay checks itself against these)."""
 
     logits: npt.NDArray[np.float64]
     taps: Mapping[str, npt.NDArray[np.float32]]
+    tapped_logits: npt.NDArray[np.float64]
 
 
 @dataclass
@@ -181,6 +185,10 @@ class LoadedMember:
     # The face crop the weights were trained for (their manifest's); None:
     # the registry's policy for the member.
     crop_override: CropPolicy | None = None
+    # Score each crop as is and mirrored left to right and average the two
+    # raw logits (test-time flip). Taps come from the pass as is, so the
+    # explanations show what the model saw in the face as uploaded.
+    mirror: bool = False
     # Builds the model again with its weights (``load_member`` sets it).
     reload: Callable[[], nn.Module] | None = field(default=None, repr=False)
     _mean: Tensor = field(init=False, repr=False)
@@ -312,32 +320,52 @@ class LoadedMember:
         on_batch: Callable[[int], None] | None = None,
         *,
         taps: bool | Collection[str] = False,
+        mirror: bool | None = None,
     ) -> Inference:
         """Logits, one per crop, computed in batches; with ``taps`` (``True``
         for all, or the names wanted), also those of :attr:`tap_names` from
-        the same pass."""
+        the same pass. With :attr:`mirror` (or ``mirror``, when given), each
+        logit is the mean of the crop's and its mirror image's (the taps are
+        the crop's); ``mirror=False`` skips the mirrored pass for callers
+        that want only the taps."""
+        mirror = self.mirror if mirror is None else mirror
         wanted = self.tap_names if taps is True else () if taps is False else tuple(taps)
         names = ("y", *(n for n in self.tap_names if n in wanted))
         out: list[npt.NDArray[np.float64]] = []
+        as_is: list[npt.NDArray[np.float64]] = []
         kept: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names[1:]}
         for start in range(0, len(crops), batch_size):
             batch = self.to_tensor(crops[start : start + batch_size])
-            if self._runner is not None:
-                raw, *extra = self._runner(batch.contiguous().numpy(), names)
-                for name, value in zip(names[1:], extra, strict=True):
-                    kept[name].append(np.asarray(value, dtype=np.float32))
-            else:
-                with torch.autocast(
-                    batch.device.type, torch.bfloat16, enabled=self.compute_precision == "bf16"
-                ):
-                    raw = self.model(batch).float().cpu().numpy()
-            out.append(np.asarray(raw, dtype=np.float64).reshape(-1))
+            raw, extra = self._forward(batch, names)
+            for name, value in zip(names[1:], extra, strict=True):
+                kept[name].append(value)
+            as_is.append(raw)
+            if mirror:
+                mirrored, _ = self._forward(batch.flip(-1), names[:1])
+                raw = (raw + mirrored) / 2.0
+            out.append(raw)
             if on_batch is not None:
                 on_batch(len(batch))
         return Inference(
             np.concatenate(out) if out else np.zeros(0),
             {name: np.concatenate(parts) for name, parts in kept.items() if parts},
+            np.concatenate(as_is) if as_is else np.zeros(0),
         )
+
+    def _forward(
+        self, batch: Tensor, names: tuple[str, ...]
+    ) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float32]]]:
+        """Raw logits ``[N]`` of one batch and the taps in ``names[1:]``."""
+        if self._runner is not None:
+            raw, *extra = self._runner(batch.contiguous().numpy(), names)
+            taps = [np.asarray(value, dtype=np.float32) for value in extra]
+        else:
+            with torch.autocast(
+                batch.device.type, torch.bfloat16, enabled=self.compute_precision == "bf16"
+            ):
+                raw = self.model(batch).float().cpu().numpy()
+            taps = []
+        return np.asarray(raw, dtype=np.float64).reshape(-1), taps
 
 
 def load_member(
@@ -350,8 +378,10 @@ def load_member(
     cache_dir: Path | None = None,
     threads: int = 0,
     precision: str = "auto",
+    mirror: bool = False,
 ) -> LoadedMember:
-    """The named member with its installed, hash-checked weights."""
+    """The named member with its installed, hash-checked weights; with
+    ``mirror``, it scores each crop as is and mirrored (:class:`LoadedMember`)."""
     spec = registry.get(name)
     model, manifest = load_model(spec, weights_dir)
 
@@ -374,6 +404,7 @@ def load_member(
         cache_dir=cache_dir,
         threads=threads,
         precision=precision,
+        mirror=mirror,
         crop_override=None if manifest.crop is None else manifest.crop_policy(spec.crop),
         reload=reload,
     )

@@ -74,7 +74,9 @@ class _Clock:
 class AnalysisData:
     """What an analysis decoded, cut and computed, kept for explanations so
     nothing is decoded or run twice: the sampled frames; each member's crops,
-    raw logits and (when asked for) taps, in the order of ``AnalysisResult.faces``."""
+    raw logits of the crops as is (the pass the taps come from, also for a
+    member that scores faces mirrored too) and (when asked for) taps, in the
+    order of ``AnalysisResult.faces``."""
 
     media: LoadedMedia
     crops: Mapping[str, list[RGBImage]]
@@ -141,6 +143,7 @@ def analyze_with_data(
                     m.temperature,
                     m.backend,
                     m.compute_precision,
+                    m.mirror,
                 )
                 for m in selected
             ),
@@ -223,7 +226,7 @@ def analyze_with_data(
                 f"{member.name} returned {int(bad.sum())} non-finite logit(s) for "
                 f"{len(faces)} face(s); no score is given."
             )
-        raw_logits[member.name] = inference.logits
+        raw_logits[member.name] = inference.tapped_logits
         if inference.taps:
             taps[member.name] = inference.taps
         probs[member.name] = calibrate(inference.logits, member.temperature)
@@ -310,6 +313,14 @@ class Analyzer:
             if name not in self._members:
                 read_manifest(self.config.weights_dir, name)  # so do missing weights
         if self._detector is None:
+            unknown = [n for n in self.config.mirror if n not in self.registry]
+            if unknown:
+                # Not an error: a registry of other members (tests, a custom
+                # one) meets the default; but a misspelt name would otherwise
+                # silently mirror nothing. Said once, on the first load.
+                logger.warning(
+                    "TRUSTTRACE_MIRROR names no detector of this registry: %s", ", ".join(unknown)
+                )
             self._detector = FaceDetector.load(
                 self.config.faces,
                 self.config.cache_dir,
@@ -328,6 +339,7 @@ class Analyzer:
                     cache_dir=self.config.cache_dir,
                     threads=self.config.threads,
                     precision=self.config.precision,
+                    mirror=name in self.config.mirror,
                 )
                 # Loading freed the weights the compiled graph and the
                 # Grad-CAM replay do not need, and compiling left duplicates
@@ -338,6 +350,7 @@ class Analyzer:
                 read_calibration(self.config.weights_dir),
                 {n: self._members[n].weights_sha256 for n in self.config.members},
                 {n: self._members[n].temperature for n in self.config.members},
+                [n for n in self.config.members if self._members[n].mirror],
             )
             if self._combiner.skipped:
                 logger.warning("ensemble calibration not applied: %s", self._combiner.skipped)

@@ -57,6 +57,8 @@ class ModelInfo:
     # which precision ("fp32", "bf16").
     backend: str = "torch"
     precision: str = "fp32"
+    # Whether each face's logit is the mean of the face as is and mirrored.
+    mirrored: bool = False
 
 
 @dataclass(frozen=True)

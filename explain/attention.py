@@ -51,7 +51,9 @@ def attention_maps(
     if not isinstance(member.model, HasAttention):
         raise TypeError(f"member {member.name} has no attention map")
     if raw is None and TAP_ATTENTION in member.tap_names:
-        raw = member.infer(crops, batch_size, taps=(TAP_ATTENTION,)).taps[TAP_ATTENTION]
+        raw = member.infer(crops, batch_size, taps=(TAP_ATTENTION,), mirror=False).taps[
+            TAP_ATTENTION
+        ]
     if raw is None:
         model = member.full_model()
         assert isinstance(model, HasAttention)  # the same class, reloaded

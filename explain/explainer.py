@@ -325,12 +325,17 @@ class Explainer:
             )
 
             def caption(
-                i: int, face: FaceResult, frame: int, t: float, name: str = member.name
+                i: int,
+                face: FaceResult,
+                frame: int,
+                t: float,
+                name: str = member.name,
+                m: LoadedMember = member,
             ) -> str:
                 which = "least suspicious" if i in least else "one of the most suspicious"
                 return (
                     f"Grad-CAM: where {name} looked (red most), person {face.person}, "
-                    f"{which} frames ({name} {face.members[name]:.2f})."
+                    f"{which} frames ({name} {face.members[name]:.2f}{_mirror_note(m)})."
                 )
 
             self._overlays(writer, "gradcam", result, data, member, faces, maps, caption)
@@ -354,11 +359,16 @@ class Explainer:
             )
 
             def caption(
-                i: int, face: FaceResult, frame: int, t: float, name: str = member.name
+                i: int,
+                face: FaceResult,
+                frame: int,
+                t: float,
+                name: str = member.name,
+                m: LoadedMember = member,
             ) -> str:
                 return (
                     f"Attention: {name}'s own learned weighting, where it looked (red most), "
-                    f"person {face.person} ({name} {face.members[name]:.2f})."
+                    f"person {face.person} ({name} {face.members[name]:.2f}{_mirror_note(m)})."
                 )
 
             self._overlays(writer, "attention", result, data, member, faces, maps, caption)
@@ -445,3 +455,9 @@ class Explainer:
         )
         writer.raw("chart", "chart.png", render_png(fig), "image/png", size, caption)
         writer.raw("chart", "chart.svg", render_svg(fig), "image/svg+xml", size, caption)
+
+
+def _mirror_note(member: LoadedMember) -> str:
+    """For a member that scores each face mirrored too: its score is of both
+    views, the map of the face as is."""
+    return "; the score averages the face and its mirror image" if member.mirror else ""

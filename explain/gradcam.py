@@ -145,7 +145,9 @@ def gradcam_maps(
     For a member whose ONNX graph returns its Grad-CAM layer (see
     :mod:`explain.replay`), only the layers after the target run in PyTorch:
     on ``logits`` and ``activations`` of these crops from the scoring pass
-    when given, else on a pass made now. The maps are the same.
+    when given (the logits of the crops as is, ``Inference.tapped_logits``,
+    also for a member that scores them mirrored too), else on a pass made
+    now. The maps are the same.
     """
     if not crops:
         return []
@@ -153,8 +155,10 @@ def gradcam_maps(
     done: list[FloatMap] = []
     if TAP_GRADCAM in member.tap_names:
         if logits is None or activations is None:
-            inference = member.infer(crops, batch_size, taps=(TAP_GRADCAM,))
-            logits, activations = inference.logits, inference.taps[TAP_GRADCAM]
+            # The taps and the logits of the crops as is (a mirrored pass
+            # would be thrown away).
+            inference = member.infer(crops, batch_size, taps=(TAP_GRADCAM,), mirror=False)
+            logits, activations = inference.tapped_logits, inference.taps[TAP_GRADCAM]
         if len(logits) != len(crops) or len(activations) != len(crops):
             raise ValueError("logits and activations must have one entry per crop")
         done = _replayed_maps(member, layer, crops, batch_size, logits, activations)

@@ -52,6 +52,7 @@ def tiny_member() -> Callable[..., LoadedMember]:
         input_size: int = 64,
         logit: float | None = None,
         temperature: float = 1.0,
+        mirror: bool = False,
     ) -> LoadedMember:
         spec: MemberSpec = tiny_spec(name, input_size)
         torch.manual_seed(0)
@@ -63,6 +64,7 @@ def tiny_member() -> Callable[..., LoadedMember]:
             mean=spec.mean,
             std=spec.std,
             temperature=temperature,
+            mirror=mirror,
         )
 
     return make

@@ -45,6 +45,9 @@ class ScoreTable:
     weights: Mapping[str, str]
     # Raw logits, for the members whose table has a ``logit:<m>`` column.
     logits: Mapping[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    # The members whose scores are the mean of each crop as is and mirrored
+    # (``mirrored:<m>`` is 1; tables without the column scored as is).
+    mirrored: frozenset[str] = frozenset()
 
 
 def _read_one(path: Path, any_split: bool = False) -> tuple[list[dict[str, str]], list[str]]:
@@ -88,6 +91,7 @@ def read_scores(paths: Sequence[Path], *, any_split: bool = False) -> ScoreTable
     probs: dict[str, npt.NDArray[np.float64]] = {}
     weights: dict[str, str] = {}
     logits: dict[str, npt.NDArray[np.float64]] = {}
+    mirrored: set[str] = set()
     for path in paths:
         rows, members = _read_one(path, any_split)
         these = tuple(sorted(r["file"] for r in rows))
@@ -105,6 +109,14 @@ def read_scores(paths: Sequence[Path], *, any_split: bool = False) -> ScoreTable
             if len(shas) != 1:
                 raise DatasetError(f"{path} mixes weights versions of {m}")
             weights[m] = shas.pop()
+            flips = {r.get(f"mirrored:{m}") or "0" for r in rows}
+            if not flips <= {"0", "1"} or len(flips) != 1:
+                raise DatasetError(
+                    f"{path} mixes or misspells how {m} scored the crops "
+                    f"(mirrored:{m} must be 0 or 1 on every row)"
+                )
+            if flips == {"1"}:
+                mirrored.add(m)
             probs[m] = np.array([float(by_file[f][f"prob:{m}"]) for f in files], np.float64)
             if f"logit:{m}" in rows[0]:
                 logits[m] = np.array([float(by_file[f][f"logit:{m}"]) for f in files], np.float64)
@@ -118,6 +130,7 @@ def read_scores(paths: Sequence[Path], *, any_split: bool = False) -> ScoreTable
         probs=probs,
         weights=weights,
         logits=logits,
+        mirrored=frozenset(mirrored),
     )
 
 
@@ -195,6 +208,7 @@ def fit_ensemble(
         provenance=dict(provenance or {}),
         member_weights=weights,
         temperatures=None if temperatures is None else {m: temperatures[m] for m in members},
+        mirrored=tuple(sorted(table.mirrored & set(members))),
     )
     in_sample = binary_metrics(calibration.apply(probs), y).to_dict()
     return EnsembleFit(calibration, before, in_sample, cv)

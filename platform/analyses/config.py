@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from ensemble.config import (
+    DEFAULT_MIRROR,
     Aggregation,
     AnalysisConfig,
     Backend,
@@ -66,6 +67,7 @@ class TrusttraceSettings:
     precision: Precision = "auto"
     c2pa_trust_anchors: Path | None = None
     max_decode_pixels_per_frame: int = MediaLimits.max_decode_pixels_per_frame
+    mirror: tuple[str, ...] = DEFAULT_MIRROR
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> TrusttraceSettings:
@@ -133,6 +135,7 @@ def analysis_config(
         weights_dir=s.weights_dir,
         cache_dir=s.cache_dir,
         members=tuple(members) if members else s.members,
+        mirror=s.mirror,
         frames=frames or s.frames,
         device=s.device,
         threads=s.threads,

@@ -153,9 +153,13 @@ def provenance_cells(p: dict[str, Any] | None) -> list[Any]:
 
 
 def model_backends(result: dict[str, Any] | None) -> dict[str, str]:
-    """``member -> "backend/precision"`` as the worker ran them (empty before a result)."""
+    """``member -> "backend/precision"`` as the worker ran them, with
+    ``+mirror`` for a member that scored each face as is and mirrored (empty
+    before a result; results from before either was recorded ran torch/fp32,
+    as is)."""
     return {
         m["name"]: f"{m.get('backend', 'torch')}/{m.get('precision', 'fp32')}"
+        + ("+mirror" if m.get("mirrored") else "")
         for m in (result or {}).get("models", [])
     }
 

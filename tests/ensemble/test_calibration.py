@@ -103,6 +103,36 @@ def test_mismatch_names_a_member_whose_temperature_changed() -> None:
     assert skipped.describe()["calibration_not_applied"] == "fitted with another temperature of b"
 
 
+def test_mismatch_names_a_member_that_scores_faces_otherwise_than_fitted() -> None:
+    """A member that averages each face with its mirror image gives other
+    logits than one scoring the face as is: the fit is for one of the two."""
+    installed = {"a": "sha-a", "b": "sha-b"}
+    cal = _cal(mirrored=("b",))
+    assert cal.mismatch(installed, mirrored=["b"]) is None
+    assert cal.mismatch(installed, mirrored=["b", "elsewhere"]) is None  # not analysing
+    assert cal.mismatch(installed, mirrored=[]) == (
+        "fitted on faces scored as is and mirrored by b, which now scores them as is only"
+    )
+    assert cal.mismatch(installed, mirrored=["a", "b"]) == (
+        "fitted on faces scored as is only by a, which now scores them mirrored too"
+    )
+    assert cal.mismatch(installed) is None  # unknown: not checked
+    # A file from before members could mirror was fitted on faces as is.
+    assert _cal().mismatch(installed, mirrored=[]) is None
+    assert "as is only by b" in str(_cal().mismatch(installed, mirrored=["b"]))
+    again = EnsembleCalibration.from_dict(cal.to_dict(), "test")
+    assert again == cal and cal.to_dict()["mirrored"] == ["b"]
+    assert "mirrored" not in _cal().to_dict()
+    skipped = Combiner.for_members(cal, installed, None, [])
+    assert skipped.calibration is None
+    assert "as is only" in skipped.describe()["calibration_not_applied"]
+    assert Combiner.for_members(cal, installed, None, ["b"]).calibration == cal
+    with pytest.raises(ValueError, match="mirrored members must be calibrated members"):
+        _cal(mirrored=("c",))
+    with pytest.raises(EnsembleCalibrationError, match="list of member names"):
+        EnsembleCalibration.from_dict(cal.to_dict() | {"mirrored": "b"}, "test")
+
+
 def test_combiner_applies_only_a_matching_calibration() -> None:
     probs = {"a": np.array([0.2, 0.9]), "b": np.array([0.4, 0.7])}
     plain = Combiner.for_members(None, {"a": "sha-a", "b": "sha-b"})
@@ -169,10 +199,16 @@ def test_fit_platt_recovers_the_generating_map() -> None:
         fit_platt([0.0, float("nan")], [0, 1])
 
 
-def _scores_csv(path: Path, members: dict[str, np.ndarray], labels: np.ndarray) -> Path:
+def _scores_csv(
+    path: Path,
+    members: dict[str, np.ndarray],
+    labels: np.ndarray,
+    mirrored: dict[str, list[int]] | None = None,
+) -> Path:
     fields = ["file", "label", "group"]
     for m in members:
         fields += [f"logit:{m}", f"prob:{m}", f"weights:{m}"]
+    fields += [f"mirrored:{m}" for m in mirrored or {}]
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
@@ -180,6 +216,8 @@ def _scores_csv(path: Path, members: dict[str, np.ndarray], labels: np.ndarray) 
             row: dict[str, object] = {"file": f"c{i}.jpg", "label": int(y), "group": f"v{i // 2}"}
             for m, p in members.items():
                 row |= {f"logit:{m}": logit(p[i]), f"prob:{m}": p[i], f"weights:{m}": f"sha-{m}"}
+            for m, flags in (mirrored or {}).items():
+                row[f"mirrored:{m}"] = flags[i]
             w.writerow(row)
     return path
 
@@ -270,6 +308,25 @@ def test_read_scores_refuses_tables_that_do_not_line_up(tmp_path: Path) -> None:
         fit_ensemble(read_scores([a]), ["a", "b"])
 
 
+def test_read_scores_knows_which_members_scored_mirrored_too(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y = np.tile([0.0, 1.0], 20)
+    p = {m: np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 40), 0.01, 0.99) for m in "ab"}
+    plain = read_scores([_scores_csv(tmp_path / "a.csv", p, y)])  # a table from before
+    assert plain.mirrored == frozenset()
+    table = read_scores([_scores_csv(tmp_path / "b.csv", p, y, {"a": [0] * 40, "b": [1] * 40})])
+    assert table.mirrored == {"b"}
+    fit = fit_ensemble(table, ["a", "b"])
+    assert fit.calibration.mirrored == ("b",)
+    assert fit_ensemble(table, ["a"]).calibration.mirrored == ()
+    mixed = _scores_csv(tmp_path / "c.csv", p, y, {"b": [0] * 39 + [1]})
+    with pytest.raises(DatasetError, match="mirrored:b must be 0 or 1 on every row"):
+        read_scores([mixed])
+    wrong = _scores_csv(tmp_path / "d.csv", p, y, {"b": [2] * 40})
+    with pytest.raises(DatasetError, match="mixes or misspells how b scored"):
+        read_scores([wrong])
+
+
 def test_pipeline_scores_faces_with_the_combiner(
     tmp_path: Path, detector: FaceDetector, tiny_member
 ) -> None:
@@ -291,6 +348,28 @@ def test_pipeline_scores_faces_with_the_combiner(
     assert plain.faces[0].score == pytest.approx(mean)
     assert plain.to_dict()["combination"] == {"method": "mean"}
     assert {m["backend"] for m in plain.to_dict()["models"]} <= {"torch", "onnxruntime", "openvino"}
+    assert [m["mirrored"] for m in plain.to_dict()["models"]] == [False, False]
+
+
+def test_pipeline_scores_a_mirroring_members_faces_as_is_and_mirrored(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    from ensemble.pipeline import analyze_with_data
+    from ensemble.scoring import calibrate
+
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    config = AnalysisConfig(members=("a",), frames=4, mirror=("a",))
+    member = tiny_member("a", mirror=True)
+    result, data = analyze_with_data(path, config, members={"a": member}, detector=detector)
+    crops = data.crops["a"]
+    as_is = member.infer(crops, 8).tapped_logits
+    mirrors = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    both = (as_is + member.infer(mirrors, 8).tapped_logits) / 2
+    assert not np.allclose(both, as_is)
+    assert [f.members["a"] for f in result.faces] == pytest.approx(calibrate(both, 1.0))
+    # The explanations replay the pass as is.
+    np.testing.assert_array_equal(data.logits["a"], as_is)
+    assert result.to_dict()["models"][0]["mirrored"] is True
 
 
 def test_a_separable_set_gets_the_bias_of_the_bounded_slope() -> None:

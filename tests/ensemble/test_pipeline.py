@@ -298,3 +298,32 @@ def test_a_result_says_how_many_sampled_frames_were_damaged(
     assert "3 of the 8 frames sampled could not be decoded" in (result.reason or "")
     assert "rests on the 5 that were" in (result.reason or "")
     assert (result.verdict == "no_face") is not face
+
+
+def test_prepare_finds_missing_weights_before_loading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member without weights fails ``prepare`` before the face detector or
+    any other member is loaded, and a misspelt TRUSTTRACE_MIRROR name is said
+    once, not on every analysis."""
+    from ensemble.errors import MissingWeightsError
+    from ensemble.pipeline import Analyzer
+    from tests.tiny_registry import REGISTRY, install_weights
+
+    weights = install_weights(tmp_path / "w", ["tiny_a"])
+    loaded: list[str] = []
+    monkeypatch.setattr(FaceDetector, "load", lambda *a, **k: loaded.append("detector") or object())
+    missing = AnalysisConfig(weights_dir=weights, members=("tiny_a", "tiny_b"), mirror=())
+    with pytest.raises(MissingWeightsError, match="tiny_b"):
+        Analyzer(missing, REGISTRY).prepare()
+    assert loaded == []
+    config = AnalysisConfig(
+        weights_dir=weights, cache_dir=tmp_path / "c", members=("tiny_a",), mirror=("tiny_aa",)
+    )
+    analyzer = Analyzer(config, REGISTRY)
+    with caplog.at_level("WARNING"):
+        analyzer.prepare()
+        analyzer.prepare()
+    assert loaded == ["detector"]
+    assert caplog.text.count("TRUSTTRACE_MIRROR names no detector of this registry: tiny_aa") == 1
+    assert not analyzer.members["tiny_a"].mirror

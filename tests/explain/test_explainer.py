@@ -293,3 +293,27 @@ def test_an_interrupt_is_not_taken_for_a_failed_kind(
     clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
     with pytest.raises(StopError):
         Explainer(tiny_analyzer, interrupts=(StopError,)).run(clip, tmp_path / "out")
+
+
+def test_captions_say_when_a_score_averages_the_face_and_its_mirror(
+    tiny_weights: Path, blazeface_cache: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from tests.tiny_registry import REGISTRY, explain_config
+
+    config = dataclasses.replace(
+        explain_config(tiny_weights, blazeface_cache), mirror=("tiny_att",)
+    )
+    analyzer = Analyzer(config, REGISTRY)
+    image = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    result, index = Explainer(analyzer, ExplainConfig(top_k=1)).run(image, tmp_path / "out")
+    assert index is not None
+    assert [m.mirrored for m in result.models] == [False, True]  # tiny_a, tiny_att
+    note = "the score averages the face and its mirror image"
+    by_member = {
+        (a.kind, a.member): a.caption for a in index.artifacts if a.kind in ("gradcam", "attention")
+    }
+    assert note in by_member[("gradcam", "tiny_att")]
+    assert note in by_member[("attention", "tiny_att")]
+    assert note not in by_member[("gradcam", "tiny_a")]

@@ -173,7 +173,9 @@ def test_gradcam_peak_falls_on_the_planted_patch_the_model_learnt_to_detect() ->
     assert hits >= 0.9 * len(fakes)
 
 
-def _onnx_twin(member: LoadedMember, backend: str = "onnxruntime") -> LoadedMember:
+def _onnx_twin(
+    member: LoadedMember, backend: str = "onnxruntime", *, mirror: bool = False
+) -> LoadedMember:
     return LoadedMember(
         spec=member.spec,
         model=member.model,
@@ -182,6 +184,7 @@ def _onnx_twin(member: LoadedMember, backend: str = "onnxruntime") -> LoadedMemb
         std=member.std,
         backend=backend,
         precision="fp32",
+        mirror=mirror,
     )
 
 
@@ -214,6 +217,59 @@ def test_onnx_replay_gives_the_same_maps_as_pytorch(tiny_member, maker, backend)
     for a, b, c in zip(replayed, reference, reused, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_mirroring_member_scores_both_views_and_explains_the_crop_as_is(
+    tiny_member, backend, caplog
+) -> None:
+    """The score is the mean of the crop's logit and its mirror image's; the
+    taps, and so Grad-CAM, are the crop's as is, and the replay still
+    reproduces its logits (it is checked against the crop's, not the mean)."""
+    member = tiny_member("t", input_size=64)
+    crops = _crops(5, 64, seed=3)
+    mirrors = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    plain = member if backend == "torch" else _onnx_twin(member)
+    both = tiny_member("t", input_size=64, mirror=True)
+    if backend != "torch":
+        both = _onnx_twin(member, mirror=True)
+    as_is = plain.infer(crops, batch_size=3, taps=True)
+    flipped = plain.infer(mirrors, batch_size=3)
+    scored = both.infer(crops, batch_size=3, taps=True)
+    assert not np.allclose(as_is.logits, flipped.logits, atol=1e-3)  # not a symmetric model
+    np.testing.assert_allclose(scored.logits, (as_is.logits + flipped.logits) / 2, atol=1e-6)
+    np.testing.assert_array_equal(scored.tapped_logits, as_is.logits)
+    np.testing.assert_array_equal(plain.infer(crops, batch_size=3).tapped_logits, as_is.logits)
+    assert set(scored.taps) == set(as_is.taps)
+    for name, value in scored.taps.items():
+        np.testing.assert_array_equal(value, as_is.taps[name])
+    reference = gradcam_maps(plain, crops, batch_size=2)
+    forward = both._forward
+    passes: list[int] = []
+
+    def counted(batch, names):
+        passes.append(len(batch))
+        return forward(batch, names)
+
+    both._forward = counted  # type: ignore[method-assign]
+    with caplog.at_level("WARNING"):
+        maps = gradcam_maps(both, crops, batch_size=2)
+    # Grad-CAM needs the crops as is only: no mirrored pass is run for it.
+    assert passes == ([2, 2, 1] if backend != "torch" else [])
+    with caplog.at_level("WARNING"):
+        if backend != "torch":
+            reused = gradcam_maps(
+                both,
+                crops,
+                batch_size=2,
+                logits=scored.tapped_logits,
+                activations=scored.taps[TAP_GRADCAM],
+            )
+            for a, b in zip(reused, reference, strict=True):
+                np.testing.assert_allclose(a, b, atol=2e-3)
+    assert "does not reproduce its logits" not in caplog.text  # the replay was used
+    for a, b in zip(maps, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-3)
 
 
 class WithAttentionMap(nn.Module):

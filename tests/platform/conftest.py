@@ -248,6 +248,7 @@ def finished(site: Path, media_dir: Path) -> Callable[..., Any]:
                     "temperature": 1.0,
                     "backend": "openvino",
                     "precision": "bf16",
+                    "mirrored": n == "tiny_b",
                 }
                 for n, sha in sub.model_versions.items()
             ],

@@ -57,7 +57,7 @@ def test_submitter_exports_only_own_rows_with_injection_neutralised(
     assert rows[0]["owner"] == "alice" and float(rows[0]["score"]) == pytest.approx(0.8)
     assert json.loads(rows[0]["model_backends"]) == {
         "tiny_a": "openvino/bf16",
-        "tiny_b": "openvino/bf16",
+        "tiny_b": "openvino/bf16+mirror",  # each face scored as is and mirrored
     }
     assert json.loads(rows[0]["combination"]) == {"method": "mean"}
 

@@ -58,6 +58,16 @@ def _check_models_page_runtime(weights: Path, clients) -> None:
     write_calibration(weights, EnsembleCalibration({**shas, first: "0" * 64}, 1.87, 0.47))
     page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
     assert f"not applied: fitted for other weights of {first}" in page
+    # A member set to score faces mirrored too: said, and a fit made on faces
+    # as is is not applied to it.
+    from django.conf import settings
+    from django.test import override_settings
+
+    write_calibration(weights, EnsembleCalibration(shas, 1.87, 0.47))
+    with override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "MIRROR": (first,)}):
+        page = clients["anonymous"].get(reverse("analyses:models")).content.decode()
+    assert f"{first} scoring each face as is and mirrored" in page
+    assert f"fitted on faces scored as is only by {first}, which now scores them" in page
 
 
 def test_models_page_says_plainly_when_weights_are_missing(no_weights_site: Path, clients) -> None:

@@ -152,7 +152,7 @@ def test_good_variables_reach_the_typed_settings() -> None:
     code = (
         "import django; django.setup(); from analyses.config import trusttrace_settings as t; "
         "s = t(); print(s.frames, s.threshold, s.members, s.backend, s.precision, "
-        "s.c2pa_trust_anchors)"
+        "s.c2pa_trust_anchors, s.mirror)"
     )
     env = {
         "TRUSTTRACE_FRAMES": "12",
@@ -161,6 +161,7 @@ def test_good_variables_reach_the_typed_settings() -> None:
         "TRUSTTRACE_BACKEND": "torch",
         "TRUSTTRACE_PRECISION": "fp32",
         "TRUSTTRACE_C2PA_TRUST_ANCHORS": "/etc/c2pa/anchors.pem",
+        "TRUSTTRACE_MIRROR": "",  # none
         "DJANGO_SETTINGS_MODULE": "trusttrace.settings.test",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
     }
@@ -175,7 +176,7 @@ def test_good_variables_reach_the_typed_settings() -> None:
     )
     assert out.returncode == 0, out.stderr
     last = out.stdout.split("\n")[-2]
-    assert last == "12 0.6 ('tiny_a', 'tiny_b') torch fp32 /etc/c2pa/anchors.pem"
+    assert last == "12 0.6 ('tiny_a', 'tiny_b') torch fp32 /etc/c2pa/anchors.pem ()"
 
 
 # --- settings.TRUSTTRACE, typed ------------------------------------------------
@@ -193,6 +194,9 @@ def test_the_typed_settings_convert_paths_numbers_and_lists(settings: Any) -> No
     assert s.weights_dir == Path("/srv/weights") and isinstance(s.weights_dir, Path)
     assert s.stale_running_s == 30.0 and isinstance(s.stale_running_s, float)
     assert s.members == ("tiny_a",) and s.backend == "torch"
+    assert s.mirror == ("effnet_autoatt_b4",)  # the default
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "MIRROR": ["tiny_a"]}
+    assert trusttrace_settings().mirror == ("tiny_a",)
 
 
 @pytest.mark.parametrize(

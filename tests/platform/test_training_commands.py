@@ -250,6 +250,47 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     }
 
 
+def test_the_ensemble_fit_is_for_the_members_mirroring_as_analyses_do(
+    site: Path, tmp_path: Path, capsys
+):
+    from django.conf import settings
+
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    mirroring = {**settings.TRUSTTRACE, "MIRROR": ("bright",)}
+    plain = {**settings.TRUSTTRACE, "MIRROR": ()}
+    with override_settings(TRUSTTRACE=mirroring):
+        call_command("evaluate", "--faces", str(data), "--scores", str(tmp_path / "m.csv"))
+        call_command("calibrate_ensemble", "--scores", str(tmp_path / "m.csv"))
+        assert json.loads((site / "ensemble.json").read_text())["mirrored"] == ["bright"]
+        call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "m.json"))
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert {r["mirrored:bright"] for r in rows} == {"1"}
+    applied = json.loads((tmp_path / "m.json").read_text())["combination"]
+    assert applied["method"] == "weighted mean of logits, then platt"
+    with override_settings(TRUSTTRACE=plain):
+        # Scores of faces as is and mirrored do not fit analyses that score as is...
+        with pytest.raises(CommandError, match="the scores mirrored bright but analyses here"):
+            call_command("calibrate_ensemble", "--scores", str(tmp_path / "m.csv"))
+        # ... and a fit made on them is not applied to such analyses.
+        call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "p.json"))
+        call_command("evaluate", "--faces", str(data), "--scores", str(tmp_path / "p.csv"))
+    assert json.loads((tmp_path / "p.json").read_text())["combination"] == {
+        "method": "mean",
+        "calibration_not_applied": (
+            "fitted on faces scored as is and mirrored by bright, which now scores them as is only"
+        ),
+    }
+    assert {r["mirrored:bright"] for r in csv.DictReader((tmp_path / "p.csv").open())} == {"0"}
+    with (
+        override_settings(TRUSTTRACE=mirroring),
+        pytest.raises(
+            CommandError, match="the scores mirrored no member but analyses here mirror bright"
+        ),
+    ):
+        call_command("calibrate_ensemble", "--scores", str(tmp_path / "p.csv"))
+
+
 def test_a_precision_the_backend_cannot_run_is_a_clear_error(site: Path, tmp_path: Path):
     save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
     data = _grey_dataset(tmp_path / "greys")

@@ -103,6 +103,7 @@ def runtime_status() -> RuntimeStatus:
             read_calibration(config.weights_dir),
             {n: m.weights_sha256 for n, m in manifests.items()},
             {n: m.temperature for n, m in manifests.items()},
+            [n for n in config.members if n in config.mirror],
         )
     except TrusttraceError as e:
         return RuntimeStatus(backend, precision, "mean of the members", str(e))
@@ -130,6 +131,9 @@ def runtime_status() -> RuntimeStatus:
         combination = f"mean of the members (ensemble calibration not applied: {combiner.skipped})"
     else:
         combination = "mean of the members (no ensemble calibration installed)"
+    mirrored = [n for n in config.members if n in config.mirror]
+    if mirrored:
+        combination += f"; {', '.join(mirrored)} scoring each face as is and mirrored"
     return RuntimeStatus(backend, precision, combination)
 
 

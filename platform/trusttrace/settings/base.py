@@ -10,7 +10,13 @@ import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from ensemble.config import AGGREGATIONS, BACKENDS, DEFAULT_MEMBERS, PRECISIONS
+from ensemble.config import (
+    AGGREGATIONS,
+    BACKENDS,
+    DEFAULT_MEMBERS,
+    DEFAULT_MIRROR,
+    PRECISIONS,
+)
 
 from .env import env_bool, env_choice, env_float, env_int, env_list, env_path, env_str
 
@@ -276,6 +282,10 @@ TRUSTTRACE = {
         "TRUSTTRACE_CROPS_CACHE_DIR", Path.home() / ".cache" / "trusttrace" / "crops"
     ),
     "MEMBERS": tuple(env_list("TRUSTTRACE_MEMBERS", DEFAULT_MEMBERS)),
+    # Members that also score each face mirrored and average the two
+    # (README, "Scoring each face mirrored too"); empty: none. The installed
+    # weights/ensemble.json is fitted for one such set (calibrate_ensemble).
+    "MIRROR": tuple(env_list("TRUSTTRACE_MIRROR", DEFAULT_MIRROR)),
     "DEVICE": env_str("TRUSTTRACE_DEVICE", "cpu"),
     "THREADS": env_int("TRUSTTRACE_THREADS", 0),
     # "auto": on CPU OpenVINO where installed, else ONNX Runtime, else torch;

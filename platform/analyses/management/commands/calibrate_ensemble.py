@@ -4,8 +4,9 @@ ensemble's calibration (``weights/ensemble.json``).
 The CSVs come from ``evaluate --faces DATA --split val --scores CSV`` (one
 run for all members, or one per member on the same crops). Every member of
 the configured ensemble (or ``--members``) must be scored, with the weights
-installed now: a table scored with other weights is refused, so the file
-always describes the members that will use it.
+installed now, and mirrored where analyses mirror it (settings
+``TRUSTTRACE['MIRROR']``): a table scored otherwise is refused, so the file
+always describes the members that will use it, as they will run.
 
 ``--method weighted`` (the default) fits a weighted mean of the members'
 logits before the Platt layer; ``--method mean`` only recalibrates the plain
@@ -97,6 +98,15 @@ class Command(BaseCommand):
                         f"{name}'s scores were calibrated with another temperature than the "
                         f"installed one ({manifest.temperature:.4f}): run evaluate --scores again"
                     )
+            scored_mirrored = sorted(table.mirrored & set(config.members))
+            wanted = sorted(set(config.mirror) & set(config.members))
+            if scored_mirrored != wanted:
+                raise CommandError(
+                    "the scores mirrored "
+                    f"{', '.join(scored_mirrored) or 'no member'} but analyses here mirror "
+                    f"{', '.join(wanted) or 'no member'} (settings TRUSTTRACE['MIRROR']): "
+                    "run evaluate --scores again with the same settings"
+                )
             provenance = {
                 "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "scores": [p.name for p in o["scores"]],

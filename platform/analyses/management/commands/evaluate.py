@@ -61,8 +61,10 @@ def figures_dir(out: Path | None, json_arg: str | None) -> Path:
 
 
 def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One CSV row per crop: ``file,label,group,split`` then ``logit:<member>`` and
-    ``prob:<member>`` (calibrated) for each member, in evaluation order."""
+    """One CSV row per crop: ``file,label,group,split`` then, for each member in
+    evaluation order, ``logit:<member>``, ``prob:<member>`` (calibrated),
+    ``weights:<member>`` (sha256) and ``mirrored:<member>`` (1: the logit is the
+    mean of the crop's and its mirror image's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -221,6 +223,7 @@ class Command(BaseCommand):
                 cache_dir=config.cache_dir,
                 threads=config.threads,
                 precision=config.precision,
+                mirror=name in config.mirror,
             )
             source = root / name if per_member else root
             samples = select(load_samples(source), o["split"])
@@ -252,9 +255,15 @@ class Command(BaseCommand):
                 row[f"logit:{name}"] = float(z)
                 row[f"prob:{name}"] = float(p)
                 row[f"weights:{name}"] = member.weights_sha256
+                row[f"mirrored:{name}"] = int(member.mirror)
             shas[name] = member.weights_sha256
             temperatures[name] = member.temperature
-        combiner = Combiner.for_members(read_calibration(config.weights_dir), shas, temperatures)
+        combiner = Combiner.for_members(
+            read_calibration(config.weights_dir),
+            shas,
+            temperatures,
+            [n for n in config.members if n in config.mirror],
+        )
         return probs, labels, rows, combiner
 
     def _videos(
