@@ -103,10 +103,15 @@ def decide(
     return decision
 
 
+# Disputes one user may have open on one submission: each new reason is a
+# new report, and without a cap one user could bury the moderators' page.
+MAX_OPEN_REPORTS = 3
+
+
 def file_report(sub: Submission, reporter: User, reason: str) -> Report:
     """A user disputes a verdict: only a finished analysis has one. While the
     user has a report open, the same reason again (or none) adds nothing; a
-    new reason is a new report."""
+    new reason is a new report, up to ``MAX_OPEN_REPORTS`` open ones."""
     if sub.status != Status.DONE:
         state = {
             Status.PENDING: "is still waiting to be analysed",
@@ -126,6 +131,14 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         )
         if same is not None:
             return same
+        open_reports = Report.objects.filter(
+            submission=sub, reporter=reporter, resolved=False
+        ).count()
+        if open_reports >= MAX_OPEN_REPORTS:
+            raise DecisionError(
+                f"You already have {open_reports} open disputes of this verdict; a moderator "
+                "will answer them before you can add another."
+            )
         # A new reason is a new report: a moderator whose page showed the
         # earlier one (``reports_seen``) has not seen this one.
         return Report.objects.create(submission=sub, reporter=reporter, reason=reason)

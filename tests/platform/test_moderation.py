@@ -361,6 +361,33 @@ def test_a_repeated_report_adds_nothing_and_a_new_reason_is_a_new_report(
     assert sub.pk in {s.pk for s in review_queue()}
 
 
+def test_open_disputes_of_one_verdict_are_capped_until_a_moderator_answers(
+    clients, users, finished
+) -> None:
+    from moderation.models import Report
+    from moderation.services import MAX_OPEN_REPORTS
+
+    sub = finished(users["submitter"], verdict="real", score=0.2)
+    url = reverse("analyses:report", args=[sub.pk])
+    for i in range(MAX_OPEN_REPORTS):
+        clients["submitter"].post(url, {"reason": f"reason {i}"})
+    refused = clients["submitter"].post(url, {"reason": "one more"}, follow=True)
+    assert f"already have {MAX_OPEN_REPORTS} open disputes" in refused.content.decode()
+    assert Report.objects.filter(submission=sub).count() == MAX_OPEN_REPORTS
+    # A reason already open is no new report, so it is not refused.
+    again = clients["submitter"].post(url, {"reason": "reason 0"}, follow=True)
+    assert "a moderator will review" in again.content.decode()
+    # Once a moderator has answered them, the owner may dispute again.
+    newest = Report.objects.order_by("-pk").first()
+    assert newest is not None
+    clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "confirm", "reports_seen": str(newest.pk)},
+    )
+    clients["submitter"].post(url, {"reason": "one more"})
+    assert Report.objects.filter(submission=sub, resolved=False).count() == 1
+
+
 def test_my_submissions_and_the_queue_page_with_previous_and_next(
     clients, users, finished, monkeypatch
 ) -> None:
