@@ -286,15 +286,21 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
        is False). The choice is always a valid ``ScoringConfig``.
     """
     p, y = _arrays(probs, labels)
-    best_t, best_j = 0.5, -np.inf
-    for t in np.unique(p):
+
+    def youden(t: float) -> float:
         pred = p >= t
         tpr = (pred & (y == 1)).sum() / max(y.sum(), 1)
         fpr = (pred & (y == 0)).sum() / max((1 - y).sum(), 1)
-        j = float(tpr - fpr)
+        return float(tpr - fpr)
+
+    best_t, best_j = 0.5, -np.inf
+    for t in np.unique(p):
+        j = youden(float(t))
         if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best_t, best_j = float(t), j
     t = float(np.clip(best_t, 0.05, 0.95))
+    # J of the threshold given, not of the optimum the clip moved it from.
+    best_j = youden(t)
     widest = round(max(0.0, min(MAX_BAND, t - BAND_EDGE, 1.0 - BAND_EDGE - t)), 4)
     band, acc, met = widest, None, False
     for b in np.arange(0.0, widest + 1e-9, BAND_STEP):

@@ -167,6 +167,16 @@ def test_threshold_rule_picks_youden_optimum_and_smallest_band() -> None:
     assert c2.accuracy_outside_band >= 0.95
 
 
+def test_youdens_j_is_that_of_the_threshold_given_after_the_clip() -> None:
+    # Separable only above 0.97: the optimum (J = 1) is clipped to 0.95,
+    # where two reals are called fake.
+    reals = np.r_[np.linspace(0.1, 0.5, 18), 0.955, 0.96]
+    fakes = np.linspace(0.97, 0.99, 20)
+    c = choose_threshold(np.r_[reals, fakes], np.r_[np.zeros(20), np.ones(20)])
+    assert c.threshold == 0.95
+    assert c.youden_j == pytest.approx(1.0 - 2 / 20)
+
+
 @pytest.mark.parametrize("centre", [0.06, 0.12, 0.88, 0.94])
 def test_the_chosen_threshold_and_band_are_always_a_valid_scoring_config(centre: float) -> None:
     """Scores crowded near 0 or 1 pushed the band past the edge before, and
