@@ -42,8 +42,11 @@ VERDICT_SENTENCES = {
     "manipulated to them. Check the frames below before acting on it.",
     "uncertain": "The score lies within the uncertain band around the threshold: the detectors "
     "cannot tell. A person should look at the frames below.",
-    "real": "The score is below the uncertain band: the detectors found no sign of "
-    "manipulation. That is not proof the media is authentic.",
+    # gan_faces measured it (README, "Fully generated faces"): the detectors
+    # learned face swaps and score StyleGAN2 faces as real most of the time.
+    "real": "The score is below the uncertain band: the detectors found no sign of the face "
+    "swaps they were trained on. That is not proof the media is authentic: they do not "
+    "recognise faces generated whole by an image model.",
     "no_face": "No face was found, so the detectors, which judge faces only, gave no score.",
 }
 STATUS_SENTENCES = {

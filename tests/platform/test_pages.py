@@ -158,6 +158,13 @@ def test_result_page_leads_with_the_badge_score_sentence_and_member_bars(
     assert "a" * 64 in page and "b" * 64 in page
 
 
+def test_a_real_verdict_says_what_the_detectors_do_not_recognise(clients, users, finished):
+    sub = finished(users["submitter"], verdict="real", score=0.2)
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert "below the uncertain band" in page and "not proof the media is authentic" in page
+    assert "do not recognise faces generated whole by an image model" in page
+
+
 def test_result_page_has_one_viewer_on_the_most_suspicious_face_not_a_gallery(
     clients, users, finished
 ) -> None:
