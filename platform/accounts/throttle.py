@@ -76,6 +76,11 @@ def count(key: str, window_s: int) -> int:
         return 1
 
 
+def peek(key: str) -> int:
+    """A counter of :func:`count` as it stands (0 when unused or expired)."""
+    return int(cache.get(key) or 0)
+
+
 def begin_attempt(username: str, ip: str) -> bool:
     """Count one log-in attempt before its password is checked; whether it
     may be checked (False: this user+IP or this IP is locked)."""

@@ -61,11 +61,26 @@ def signup(request: HttpRequest) -> HttpResponse:
     """Create a submitter account, sign it in and mail its address a
     verification link. One client address creates at most
     ``SIGNUP_MAX_PER_IP`` accounts an hour (then 429): the upload quotas are
-    per account."""
+    per account. The form says when an e-mail address already has an
+    account; after ``SIGNUP_TAKEN_MAX_PER_IP`` such answers in an hour, every
+    sign-up from that client address is refused (429) until the hour is
+    over, before the form is checked, so the answer tells nothing."""
     if request.method == "POST":
+        ip_digest = hashlib.sha256(throttle.client_ip(request).encode()).hexdigest()
+        taken_key = "signup-taken-ip:" + ip_digest
+        if throttle.peek(taken_key) >= settings.SIGNUP_TAKEN_MAX_PER_IP:
+            # An empty form: checking the one sent would answer the question.
+            refused = (
+                "Too many sign-ups with e-mail addresses that already have an account came "
+                "from your address; try again in an hour."
+            )
+            context = {"form": SignUpForm(), "refused": refused}
+            return render(request, "accounts/signup.html", context, status=429)
         form = SignUpForm(request.POST)
+        if not form.is_valid() and form.has_error("email", "email_taken"):
+            throttle.count(taken_key, RESET_WINDOW_S)
         if form.is_valid():
-            key = "signup-ip:" + hashlib.sha256(throttle.client_ip(request).encode()).hexdigest()
+            key = "signup-ip:" + ip_digest
             if throttle.count(key, RESET_WINDOW_S) > settings.SIGNUP_MAX_PER_IP:
                 form.add_error(
                     None, "Too many accounts created from your address; try again in an hour."

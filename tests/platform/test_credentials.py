@@ -277,6 +277,35 @@ def test_two_renewals_of_an_expired_token_at_once_both_get_the_new_one(
     assert Token.objects.filter(user=users["submitter"]).count() == 1
 
 
+def test_signup_answers_whether_an_address_is_taken_only_so_often(
+    users: dict[str, User], settings: Any
+) -> None:
+    settings.SIGNUP_TAKEN_MAX_PER_IP = 2
+    taken_email = users["other"].email
+    assert taken_email
+
+    def attempt(client: Client, name: str, email: str) -> Any:
+        form = {"username": name, "email": email, "password1": PASSWORD, "password2": PASSWORD}
+        return client.post(reverse("accounts:signup"), form)
+
+    prober = Client(REMOTE_ADDR="10.1.0.20")
+    for i in range(2):
+        answer = attempt(prober, f"probe{i}", taken_email.upper())
+        assert answer.status_code == 200
+        assert "already uses this e-mail address" in answer.content.decode()
+    # Before: any number of addresses could be tested. Now every sign-up from
+    # that address is refused for the hour, a free address as much as a taken
+    # one, so the answer no longer tells which.
+    for email in (taken_email, "free@example.org"):
+        refused = attempt(prober, "probe9", email)
+        assert refused.status_code == 429
+        assert "already uses" not in refused.content.decode()
+        assert "Too many sign-ups with e-mail addresses" in refused.content.decode()
+    assert not User.objects.filter(username__startswith="probe").exists()
+    # Another address is not affected.
+    assert attempt(Client(REMOTE_ADDR="10.1.0.21"), "fresh", "fresh@example.org").status_code == 302
+
+
 def test_signup_is_rate_limited_per_address(users: dict[str, User], settings: Any) -> None:
     settings.SIGNUP_MAX_PER_IP = 2
     codes = []

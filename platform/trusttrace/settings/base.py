@@ -178,6 +178,10 @@ PASSWORD_RESET_MAX_PER_EMAIL = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL"
 # Accounts one client address may create per hour (then 429): the upload
 # quotas are per account, so unlimited sign-ups would multiply them.
 SIGNUP_MAX_PER_IP = env_int("TRUSTTRACE_SIGNUP_MAX_PER_IP", 5)
+# Sign-ups one client address may have refused per hour because their e-mail
+# address already has an account; past that every sign-up from it is refused
+# (429) for the hour, so the form cannot be used to test many addresses.
+SIGNUP_TAKEN_MAX_PER_IP = env_int("TRUSTTRACE_SIGNUP_TAKEN_MAX_PER_IP", 10)
 # A sign-up's e-mail verification link (accounts.verification) is refused
 # once older than this.
 EMAIL_VERIFICATION_MAX_AGE_S = env_int("TRUSTTRACE_EMAIL_VERIFICATION_MAX_AGE_S", 3 * 86400)
