@@ -277,8 +277,9 @@ class ThresholdChoice:
 def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdChoice:
     """The documented rule (README, "Training and evaluation"):
 
-    1. threshold: the score maximising Youden's J = TPR - FPR on validation
-       (ties: the one nearest 0.5), clipped to [0.05, 0.95];
+    1. threshold: the score in [0.05, 0.95] (the scores clipped to it)
+       maximising Youden's J = TPR - FPR on validation (ties: the one
+       nearest 0.5);
     2. uncertain band: the smallest multiple of 0.01 such that the validation
        samples outside ``[t - b, t + b)`` are classified with accuracy at least
        ``BAND_TARGET_ACCURACY``; at most ``MAX_BAND``, and at most what keeps
@@ -294,13 +295,14 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike) -> ThresholdCh
         return float(tpr - fpr)
 
     best_t, best_j = 0.5, -np.inf
-    for t in np.unique(p):
+    # The best threshold inside the allowed range, not the best overall then
+    # clipped: an optimum at 0.98 clipped to 0.95 can be far worse than one
+    # the range holds.
+    for t in np.unique(np.clip(p, 0.05, 0.95)):
         j = youden(float(t))
         if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best_t, best_j = float(t), j
-    t = float(np.clip(best_t, 0.05, 0.95))
-    # J of the threshold given, not of the optimum the clip moved it from.
-    best_j = youden(t)
+    t = best_t
     widest = round(max(0.0, min(MAX_BAND, t - BAND_EDGE, 1.0 - BAND_EDGE - t)), 4)
     band, acc, met = widest, None, False
     for b in np.arange(0.0, widest + 1e-9, BAND_STEP):

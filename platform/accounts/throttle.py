@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import unicodedata
 
 from django.conf import settings
@@ -39,6 +40,18 @@ def client_ip(request: HttpRequest) -> str:
         if len(entries) >= count:
             return entries[-count]
     return str(request.META.get("REMOTE_ADDR", "unknown"))
+
+
+def client_network(request: HttpRequest) -> str:
+    """:func:`client_ip`, widened to its /64 for IPv6 (one subscriber's
+    usual allocation: counting single IPv6 addresses lets one client walk
+    through millions)."""
+    ip = client_ip(request)
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(ip)
+        if address.version == 6:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return ip
 
 
 def normalize_username(username: str) -> str:

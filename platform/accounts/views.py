@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView, PasswordResetView
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -62,23 +63,30 @@ def signup(request: HttpRequest) -> HttpResponse:
     verification link. One client address creates at most
     ``SIGNUP_MAX_PER_IP`` accounts an hour (then 429): the upload quotas are
     per account. The form says when an e-mail address already has an
-    account; after ``SIGNUP_TAKEN_MAX_PER_IP`` such answers in an hour, every
-    sign-up from that client address is refused (429) until the hour is
-    over, before the form is checked, so the answer tells nothing."""
+    account; once a client network (the address; an IPv6 address's /64) has
+    been told so for ``SIGNUP_TAKEN_MAX_PER_IP`` different addresses within
+    an hour's window, every sign-up from it is refused (429) until the window
+    ends, before the form is checked, so the answer tells nothing. The same
+    address tried again does not count: a person retrying their own is not
+    locked out."""
     if request.method == "POST":
         ip_digest = hashlib.sha256(throttle.client_ip(request).encode()).hexdigest()
-        taken_key = "signup-taken-ip:" + ip_digest
+        network = hashlib.sha256(throttle.client_network(request).encode()).hexdigest()
+        taken_key = "signup-taken-net:" + network
         if throttle.peek(taken_key) >= settings.SIGNUP_TAKEN_MAX_PER_IP:
-            # An empty form: checking the one sent would answer the question.
-            refused = (
-                "Too many sign-ups with e-mail addresses that already have an account came "
-                "from your address; try again in an hour."
-            )
-            context = {"form": SignUpForm(), "refused": refused}
-            return render(request, "accounts/signup.html", context, status=429)
+            return _too_many_taken(request)
         form = SignUpForm(request.POST)
         if not form.is_valid() and form.has_error("email", "email_taken"):
-            throttle.count(taken_key, RESET_WINDOW_S)
+            email = str(request.POST.get("email", "")).strip().casefold()
+            pair = f"signup-taken-pair:{network}:" + hashlib.sha256(email.encode()).hexdigest()
+            # Counted once per address (cache.add is atomic), and the count's
+            # own answer decides: parallel posts cannot all slip under the
+            # limit between the check above and this one.
+            if (
+                cache.add(pair, 1, timeout=RESET_WINDOW_S)
+                and throttle.count(taken_key, RESET_WINDOW_S) > settings.SIGNUP_TAKEN_MAX_PER_IP
+            ):
+                return _too_many_taken(request)
         if form.is_valid():
             key = "signup-ip:" + ip_digest
             if throttle.count(key, RESET_WINDOW_S) > settings.SIGNUP_MAX_PER_IP:
@@ -94,6 +102,16 @@ def signup(request: HttpRequest) -> HttpResponse:
     else:
         form = SignUpForm()
     return render(request, "accounts/signup.html", {"form": form})
+
+
+def _too_many_taken(request: HttpRequest) -> HttpResponse:
+    # An empty form: checking the one sent would answer the question.
+    refused = (
+        "Too many sign-ups with e-mail addresses that already have an account came from "
+        "your network; try again within the hour."
+    )
+    context = {"form": SignUpForm(), "refused": refused}
+    return render(request, "accounts/signup.html", context, status=429)
 
 
 def _say_sent(request: HttpRequest, user: User, sent: bool) -> None:

@@ -216,13 +216,17 @@ def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
 @login_required
 def detail(request: HttpRequest, pk: str) -> HttpResponse:
     """The result page (or the progress bar while running)."""
-    from moderation.services import decision_for
+    from moderation.services import MAX_OPEN_REPORTS, decision_for, open_reports_of
 
     sub = get_visible(request.user, pk)
+    is_owner = sub.owner_id == request.user.pk
     context = {
         **result_context(request, sub),
         "decision": decision_for(sub, request.user),
-        "is_owner": sub.owner_id == request.user.pk,
+        "is_owner": is_owner,
+        # At the cap the form would only take a reason to refuse it.
+        "disputes_full": is_owner
+        and open_reports_of(sub, signed_in(request.user)) >= MAX_OPEN_REPORTS,
     }
     return render(request, "analyses/detail.html", context)
 

@@ -104,8 +104,14 @@ def decide(
 
 
 # Disputes one user may have open on one submission: each new reason is a
-# new report, and without a cap one user could bury the moderators' page.
+# new report, and without a cap one user could make the review page's list
+# of reports as long as they like.
 MAX_OPEN_REPORTS = 3
+
+
+def open_reports_of(sub: Submission, reporter: User) -> int:
+    """How many of ``reporter``'s disputes of ``sub`` are open."""
+    return Report.objects.filter(submission=sub, reporter=reporter, resolved=False).count()
 
 
 def file_report(sub: Submission, reporter: User, reason: str) -> Report:
@@ -122,6 +128,11 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         raise DecisionError(f"Only a finished analysis has a verdict to dispute; this one {state}.")
     reason = reason.strip()[:2000]
     with transaction.atomic():
+        # The submission's row first: on Postgres, two disputes posted at once
+        # with different reasons would otherwise each count the open ones
+        # before the other's insert, and both pass the cap (SQLite's
+        # IMMEDIATE transactions serialise them anyway).
+        Submission.objects.select_for_update().filter(pk=sub.pk).first()
         same = (
             Report.objects.select_for_update()
             .filter(submission=sub, reporter=reporter, resolved=False)
@@ -131,9 +142,7 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         )
         if same is not None:
             return same
-        open_reports = Report.objects.filter(
-            submission=sub, reporter=reporter, resolved=False
-        ).count()
+        open_reports = open_reports_of(sub, reporter)
         if open_reports >= MAX_OPEN_REPORTS:
             raise DecisionError(
                 f"You already have {open_reports} open disputes of this verdict; a moderator "

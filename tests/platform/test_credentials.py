@@ -281,29 +281,31 @@ def test_signup_answers_whether_an_address_is_taken_only_so_often(
     users: dict[str, User], settings: Any
 ) -> None:
     settings.SIGNUP_TAKEN_MAX_PER_IP = 2
-    taken_email = users["other"].email
-    assert taken_email
+    bob, alice = users["other"].email, users["submitter"].email
 
-    def attempt(client: Client, name: str, email: str) -> Any:
+    def attempt(ip: str, name: str, email: str) -> Any:
         form = {"username": name, "email": email, "password1": PASSWORD, "password2": PASSWORD}
-        return client.post(reverse("accounts:signup"), form)
+        return Client(REMOTE_ADDR=ip).post(reverse("accounts:signup"), form)
 
-    prober = Client(REMOTE_ADDR="10.1.0.20")
-    for i in range(2):
-        answer = attempt(prober, f"probe{i}", taken_email.upper())
+    prober = "2001:db8:0:1::10"
+    # One's own address again and again (a person retrying) counts once.
+    for _ in range(3):
+        answer = attempt(prober, "probe", bob.upper())
         assert answer.status_code == 200
         assert "already uses this e-mail address" in answer.content.decode()
+    assert attempt(prober, "probe", alice).status_code == 200  # a second address
     # Before: any number of addresses could be tested. Now every sign-up from
-    # that address is refused for the hour, a free address as much as a taken
-    # one, so the answer no longer tells which.
-    for email in (taken_email, "free@example.org"):
-        refused = attempt(prober, "probe9", email)
+    # that network is refused until the window ends, a free address as much
+    # as a taken one, so the answer no longer tells which; the neighbours in
+    # its IPv6 /64 with it.
+    for ip, email in ((prober, bob), (prober, "free@example.org"), ("2001:db8:0:1::99", bob)):
+        refused = attempt(ip, "probe9", email)
         assert refused.status_code == 429
         assert "already uses" not in refused.content.decode()
         assert "Too many sign-ups with e-mail addresses" in refused.content.decode()
     assert not User.objects.filter(username__startswith="probe").exists()
-    # Another address is not affected.
-    assert attempt(Client(REMOTE_ADDR="10.1.0.21"), "fresh", "fresh@example.org").status_code == 302
+    # Another network is not affected.
+    assert attempt("2001:db8:0:2::10", "fresh", "fresh@example.org").status_code == 302
 
 
 def test_signup_is_rate_limited_per_address(users: dict[str, User], settings: Any) -> None:

@@ -373,6 +373,9 @@ def test_open_disputes_of_one_verdict_are_capped_until_a_moderator_answers(
         clients["submitter"].post(url, {"reason": f"reason {i}"})
     refused = clients["submitter"].post(url, {"reason": "one more"}, follow=True)
     assert f"already have {MAX_OPEN_REPORTS} open disputes" in refused.content.decode()
+    # The page no longer offers a form whose reason would be refused.
+    assert 'id="disputes-full"' in refused.content.decode()
+    assert f'action="{url}"' not in refused.content.decode()
     assert Report.objects.filter(submission=sub).count() == MAX_OPEN_REPORTS
     # A reason already open is no new report, so it is not refused.
     again = clients["submitter"].post(url, {"reason": "reason 0"}, follow=True)
@@ -384,8 +387,9 @@ def test_open_disputes_of_one_verdict_are_capped_until_a_moderator_answers(
         reverse("moderation:decide", args=[sub.pk]),
         {"action": "confirm", "reports_seen": str(newest.pk)},
     )
-    clients["submitter"].post(url, {"reason": "one more"})
+    page = clients["submitter"].post(url, {"reason": "one more"}, follow=True).content.decode()
     assert Report.objects.filter(submission=sub, resolved=False).count() == 1
+    assert f'action="{url}"' in page and 'id="disputes-full"' not in page
 
 
 def test_my_submissions_and_the_queue_page_with_previous_and_next(

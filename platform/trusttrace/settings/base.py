@@ -178,9 +178,10 @@ PASSWORD_RESET_MAX_PER_EMAIL = env_int("TRUSTTRACE_PASSWORD_RESET_MAX_PER_EMAIL"
 # Accounts one client address may create per hour (then 429): the upload
 # quotas are per account, so unlimited sign-ups would multiply them.
 SIGNUP_MAX_PER_IP = env_int("TRUSTTRACE_SIGNUP_MAX_PER_IP", 5)
-# Sign-ups one client address may have refused per hour because their e-mail
-# address already has an account; past that every sign-up from it is refused
-# (429) for the hour, so the form cannot be used to test many addresses.
+# Different e-mail addresses a client network (IPv6: its /64) may be told
+# already have an account within an hour's window; past that every sign-up
+# from it is refused (429) until the window ends, so the form cannot be used
+# to test a list of addresses.
 SIGNUP_TAKEN_MAX_PER_IP = env_int("TRUSTTRACE_SIGNUP_TAKEN_MAX_PER_IP", 10)
 # A sign-up's e-mail verification link (accounts.verification) is refused
 # once older than this.

@@ -167,6 +167,15 @@ def test_threshold_rule_picks_youden_optimum_and_smallest_band() -> None:
     assert c2.accuracy_outside_band >= 0.95
 
 
+def test_the_threshold_is_the_best_inside_the_range_not_the_best_clipped() -> None:
+    # The optimum overall is 0.98 (J 0.55); clipped to 0.95 it would be J 0.05,
+    # while 0.7 inside the range gives J 0.5.
+    reals = np.r_[np.full(10, 0.2), np.full(10, 0.96)]
+    fakes = np.r_[np.full(9, 0.7), np.full(11, 0.98)]
+    c = choose_threshold(np.r_[reals, fakes], np.r_[np.zeros(20), np.ones(20)])
+    assert c.threshold == pytest.approx(0.7) and c.youden_j == pytest.approx(0.5)
+
+
 def test_youdens_j_is_that_of_the_threshold_given_after_the_clip() -> None:
     # Separable only above 0.97: the optimum (J = 1) is clipped to 0.95,
     # where two reals are called fake.
