@@ -34,7 +34,7 @@ from ensemble.scoring import calibrate
 from ensemble.training.batches import FaceDataset
 from ensemble.training.calibrate import fit_temperature
 from ensemble.training.data import Sample, data_digest, limit_balanced, load_samples, select
-from ensemble.training.loop import load_best, predict
+from ensemble.training.loop import describe_init, load_best, predict
 from ensemble.weights import (
     MANIFEST_NAME,
     MAX_SHARD_BYTES,
@@ -212,6 +212,11 @@ def export_run(
         measured[quant], _ = _logits(model, samples, spec, size)
         auc[quant] = _auc(measured[quant], labels)
     logits = measured[quant]
+    # Runs from before run.json kept "init" name only their --init-from:
+    # described now, and marked so (the source may have changed since).
+    init = run_info.get("init")
+    if init is None and run_config.get("init_from"):
+        init = {**describe_init(spec, Path(run_config["init_from"])), "described_at_export": True}
     temperature = fit_temperature(logits, labels)
     probs = calibrate(logits, temperature)
     choice = choose_threshold(probs, labels)
@@ -228,6 +233,7 @@ def export_run(
             "command": run_info.get("command"),
             "code_version": run_info.get("code_version"),
             "best_epoch": run_info.get("best_epoch"),
+            "initialized_from": init,
             "recipe": run_info.get("recipe"),
             "training": {
                 key: run_info.get(key)

@@ -712,6 +712,8 @@ def train_gpu(
         assert t.best is not None and t.best_point is not None
         runs[t.name] = _finish(t, spec, recipe, train.samples, val, val_labels, out, dev)
     head = trainees[0]
+    from ensemble.training.loop import describe_init
+
     info: dict[str, Any] = {
         "member": spec.name,
         "command": " ".join(sys.argv) if sys.argv and "gpu" in sys.argv[0] else None,
@@ -732,6 +734,7 @@ def train_gpu(
             "val_limit": None,
             "init_from": str(init_from) if init_from else None,
         },
+        "init": describe_init(spec, init_from) if init_from else None,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         "torch": torch.__version__,
         "precision": "bf16" if bf16 else "fp32",

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ensemble.errors import TrainingError
+from ensemble.errors import TrainingError, TrusttraceError
 from ensemble.evaluation import log_loss, roc_auc
 from ensemble.registry import MemberSpec
 from ensemble.training.batches import CropStore, FaceDataset, epoch_plan
@@ -811,6 +811,7 @@ def train(
     run_info = _run_info(
         config, spec, recipe, data, trainee, device=device, precision=precision, paired=paired
     )
+    run_info["init"] = _init_record(config, spec, out)
 
     def save(status: str) -> None:
         """``last.pt`` and the logs, with the run's status."""
@@ -930,6 +931,51 @@ def initial_model(spec: MemberSpec, source: Path) -> nn.Module:
         raise TrainingError(f"{path} does not fit {spec.name}: {exc}") from exc
     logger.info("starting from %s (epoch %s)", path, ckpt.get("epoch"))
     return model
+
+
+def describe_init(spec: MemberSpec, source: Path) -> dict[str, Any]:
+    """What a run started from, for ``run.json`` and the exported manifest:
+    the installed member's weights hash, or the checkpoint's path, epoch and,
+    for a grown one (:mod:`ensemble.training.grow`), what it was grown from."""
+    record: dict[str, Any] = {"source": str(source)}
+    path = source / BEST if (source / BEST).is_file() else source
+    if not path.is_file():
+        from ensemble.weights import read_manifest
+
+        try:
+            record["weights_sha256"] = read_manifest(source, spec.name).weights_sha256
+        except TrusttraceError as exc:
+            record["unreadable"] = str(exc)
+        return record
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the record says so; the run itself already loaded it
+        record["unreadable"] = str(exc)
+        return record
+    if isinstance(ckpt, dict):
+        for key in ("epoch", "grown_from"):
+            if ckpt.get(key) is not None:
+                record[key] = ckpt[key]
+    return record
+
+
+def _init_record(config: TrainConfig, spec: MemberSpec, out: Path) -> dict[str, Any] | None:
+    """The run's start (:func:`describe_init`); a resumed run keeps the one
+    its first command recorded."""
+    if config.resume:
+        try:
+            previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(previous, dict):
+            return None
+        init = previous.get("init")
+        if isinstance(init, dict):
+            return init
+        # A run from before run.json kept "init": its first command's source.
+        source = (previous.get("config") or {}).get("init_from")
+        return {"source": source, "described": False} if source else None
+    return describe_init(spec, config.init_from) if config.init_from is not None else None
 
 
 def load_best(out: Path, spec: MemberSpec) -> tuple[nn.Module, int]:

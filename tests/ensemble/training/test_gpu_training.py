@@ -302,12 +302,17 @@ def test_a_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path) -
 
     torch.manual_seed(7)
     start = SPEC.build().state_dict()
-    save_weights(start, SPEC, tmp_path / "weights", quantization="fp32")
+    installed = save_weights(start, SPEC, tmp_path / "weights", quantization="fp32")
     model = gpu._build(SPEC, RECIPE, CPU, seed=0, init_from=tmp_path / "weights")
     for key, value in start.items():
         assert torch.equal(model.state_dict()[key], value), key
     info = _train(dataset, tmp_path / "run", epochs=1.0, init_from=tmp_path / "weights")
     assert info["config"]["init_from"] == str(tmp_path / "weights")
+    # Described on the machine that trained (the path means nothing elsewhere).
+    assert info["init"] == {
+        "source": str(tmp_path / "weights"),
+        "weights_sha256": installed.weights_sha256,
+    }
 
 
 def test_a_transfer_names_its_data_and_unpacks_only_with_that_data(

@@ -568,6 +568,58 @@ def test_new_run_can_start_from_installed_weights(dataset: Path, tmp_path: Path)
     assert again.history[0].val_auc == pytest.approx(first["val_auc"], abs=0.05)
     fresh = train(_config(dataset, tmp_path / "fresh", epochs=1, lr=1e-12), SPEC, progress=False)
     assert fresh.history[0].val_loss != again.history[0].val_loss
+    # run.json and the manifest say what the run started from.
+    installed = read_manifest(tmp_path / "weights", SPEC.name).weights_sha256
+    init = json.loads((tmp_path / "again" / "run.json").read_text())["init"]
+    assert init == {"source": str(tmp_path / "weights"), "weights_sha256": installed}
+    assert json.loads((tmp_path / "fresh" / "run.json").read_text())["init"] is None
+    export_run(tmp_path / "again", SPEC, tmp_path / "weights2", data=dataset)
+    provenance = read_manifest(tmp_path / "weights2", SPEC.name).provenance
+    assert provenance["initialized_from"] == init
+
+
+def test_a_grown_checkpoint_s_origin_reaches_the_manifest_and_survives_resume(
+    dataset: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    grown = tmp_path / "grown.pt"
+    origin = {"member": "toy_b", "weights_sha256": "ab" * 32, "seed": 3}
+    state = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    torch.save({"member": SPEC.name, "state_dict": state, "grown_from": origin}, grown)
+    again = tmp_path / "again"
+    train(_config(dataset, again, epochs=1, init_from=grown), SPEC, progress=False)
+    assert json.loads((again / "run.json").read_text())["init"]["grown_from"] == origin
+    # A resumed run (whose command need not repeat --init-from) keeps it.
+    grown.unlink()
+    train(_config(dataset, again, epochs=1, resume=True), SPEC, progress=False)
+    assert json.loads((again / "run.json").read_text())["init"]["grown_from"] == origin
+    export_run(again, SPEC, tmp_path / "weights", data=dataset)
+    manifest = read_manifest(tmp_path / "weights", SPEC.name)
+    assert manifest.provenance["initialized_from"]["grown_from"] == origin
+
+
+def test_a_run_from_before_the_init_record_is_described_at_export_and_says_so(
+    dataset: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    train(_config(dataset, run, epochs=1), SPEC, progress=False)
+    export_run(run, SPEC, tmp_path / "weights", data=dataset)
+    again = tmp_path / "again"
+    train(_config(dataset, again, epochs=1, init_from=tmp_path / "weights"), SPEC, progress=False)
+    info = json.loads((again / "run.json").read_text())
+    del info["init"]  # as such runs wrote it
+    (again / "run.json").write_text(json.dumps(info))
+    export_run(again, SPEC, tmp_path / "weights2", data=dataset)
+    init = read_manifest(tmp_path / "weights2", SPEC.name).provenance["initialized_from"]
+    assert init["source"] == str(tmp_path / "weights")
+    assert init["described_at_export"] is True
+    assert init["weights_sha256"] == read_manifest(tmp_path / "weights", SPEC.name).weights_sha256
+    # Resumed, such a run keeps its first command's source, undescribed.
+    (again / "run.json").write_text(json.dumps(info))
+    train(_config(dataset, again, epochs=1, resume=True), SPEC, progress=False)
+    resumed = json.loads((again / "run.json").read_text())["init"]
+    assert resumed == {"source": str(tmp_path / "weights"), "described": False}
 
 
 def test_new_run_can_start_from_another_run_without_exporting_it(dataset: Path, tmp_path: Path):
