@@ -352,6 +352,19 @@ def load_model(spec: MemberSpec, weights_dir: Path) -> tuple[nn.Module, Manifest
     return model.eval(), manifest
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask
+    (read from /proc, since setting the umask to read it is not thread-safe;
+    0o644 where /proc does not say)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
 def _write_manifest(folder: Path, manifest: Manifest) -> None:
     tmp = folder / (MANIFEST_NAME + ".tmp")
     tmp.write_text(manifest.to_json(), encoding="utf-8")
@@ -403,6 +416,10 @@ def save_weights(
     for i, shard in enumerate(shards):
         path = folder / f"{spec.name}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
         save_file(shard, str(path))
+        # safetensors (0.8) creates its files readable by their owner only:
+        # a worker running as another user could not load what an export
+        # installed. Give them the mode any new file gets (the umask's).
+        path.chmod(new_file_mode())
         nbytes = path.stat().st_size
         if nbytes > max_shard_bytes:
             # Only a single state_dict entry larger than the limit gets here.

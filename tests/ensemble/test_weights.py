@@ -68,6 +68,19 @@ def test_missing_weights_say_how_to_install_them(tmp_path: Path, registry: Regis
         load_member("tiny", tmp_path, registry=registry)
 
 
+def test_weight_files_get_the_mode_of_any_new_file(tmp_path: Path, registry: Registry) -> None:
+    # safetensors writes owner-only files; a worker running as another user
+    # must still read what an export installed. The manifest shows the mode
+    # a new file gets here (the umask's).
+    spec = registry.get("tiny")
+    manifest = save_weights(spec.build().state_dict(), spec, tmp_path, max_shard_bytes=2048)
+    folder = tmp_path / "tiny"
+    want = (folder / MANIFEST_NAME).stat().st_mode & 0o777
+    assert want & 0o044  # the test means something only under a usual umask
+    for f in manifest.files:
+        assert (folder / f.path).stat().st_mode & 0o777 == want, f.path
+
+
 def test_tampered_shard_is_refused(tmp_path: Path, registry: Registry) -> None:
     spec = registry.get("tiny")
     manifest = save_weights(spec.build().state_dict(), spec, tmp_path)
