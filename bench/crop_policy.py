@@ -79,7 +79,7 @@ def val_metrics(
             for s in samples[start : start + BATCH]
         ]
         logits.append(member.logits(crops, BATCH))
-    probs = calibrate(np.concatenate(logits), member.temperature)
+    probs = calibrate(np.concatenate(logits), member.temperature, member.bias)
     m = binary_metrics(probs, labels_array(samples))
     return {
         "auc": m.auc,

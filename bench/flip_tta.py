@@ -6,7 +6,7 @@
 Each installed member scores every crop of the split as is and mirrored left
 to right (the members were trained with random horizontal flips, so both are
 faces they know); the test-time-augmented logit is the mean of the two. For
-each member the figures are AUC and log loss with its installed temperature
+each member the figures are AUC and log loss with its installed temperature and bias
 (and with one refitted on these crops, the same for both arms), and for the
 ensemble the cross-validated fit of ``calibrate_ensemble`` (weighted logits
 and a Platt layer, 5 folds by group) on each arm: all members mirrored,
@@ -37,11 +37,13 @@ BATCH = 16
 MEMBERS = ["resnet50", "effnet_autoatt_b4", "effnet_b7"]
 
 
-def _member_figures(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, float]:
+def _member_figures(
+    logits: np.ndarray, y: np.ndarray, temperature: float, bias: float
+) -> dict[str, float]:
     refit = fit_temperature(logits, y)
     return {
         "auc": float(roc_auc(logits, y) or 0.0),
-        "log_loss": log_loss(calibrate(logits, temperature), y),
+        "log_loss": log_loss(calibrate(logits, temperature, bias), y),
         "refit_temperature": refit,
         "log_loss_refit": log_loss(calibrate(logits, refit), y),
     }
@@ -81,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         mirror = np.asarray(member.logits(flipped, BATCH), np.float64)
         both = (as_is + mirror) / 2.0
-        t = member.temperature
+        t, b = member.temperature, member.bias
         members[name] = {
             "backend": member.backend,
             "precision": member.compute_precision,
             "seconds_per_pass": round(seconds, 1),
-            "as_is": _member_figures(as_is, y, t),
-            "mirrored_only": _member_figures(mirror, y, t),
-            "mean_of_both": _member_figures(both, y, t),
+            "as_is": _member_figures(as_is, y, t, b),
+            "mirrored_only": _member_figures(mirror, y, t, b),
+            "mean_of_both": _member_figures(both, y, t, b),
             "logit_correlation": float(np.corrcoef(as_is, mirror)[0, 1]),
         }
         print(
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({seconds:.0f} s a pass)",
             flush=True,
         )
-        plain[name] = calibrate(as_is, t)
-        tta[name] = calibrate(both, t)
+        plain[name] = calibrate(as_is, t, b)
+        tta[name] = calibrate(both, t, b)
 
     def ensemble(probs: dict[str, np.ndarray]) -> dict[str, Any]:
         table = ScoreTable(

@@ -136,7 +136,7 @@ def run_naive(
         crops = [crop_face(frames[pos], d.box, m.crop, m.input_size) for pos, d in faces]
         with torch.no_grad():
             logits = [m.model(m.to_tensor([c])).item() for c in crops]
-        calibrate(logits, m.temperature)
+        calibrate(logits, m.temperature, m.bias)
         t[f"member:{name}"] = time.perf_counter() - s
     t["total"] = time.perf_counter() - start - untimed
     return t

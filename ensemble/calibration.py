@@ -18,7 +18,7 @@ calibrate_ensemble``), in one of two forms:
   member still pushes only in the direction of its own evidence.
 
 The fit belongs to one exact set of members and weights: ``weights/ensemble.json``
-records each member's weights sha256, temperature and whether it scored
+records each member's weights sha256, temperature, bias and whether it scored
 faces mirrored too (``LoadedMember.mirror``), and a calibration whose members,
 weights or scoring differ from the ones analysing is not applied (the plain
 mean is used, and the result says why).
@@ -46,6 +46,8 @@ CALIBRATION_VERSION = 1
 _EPS = 1e-6
 # Temperatures equal within this (relative) are the same calibration.
 TEMPERATURE_RTOL = 1e-6
+# Member biases equal within this are the same calibration.
+BIAS_ATOL = 1e-6
 
 
 class EnsembleCalibrationError(WeightsError):
@@ -81,6 +83,10 @@ class EnsembleCalibration:
     # (sorted names). ``None``: a file written before members could mirror,
     # when every member scored faces as is.
     mirrored: tuple[str, ...] | None = None
+    # The members' calibration biases the fit was made with (name -> bias,
+    # ``ensemble.scoring.calibrate``). ``None``: a file written before members
+    # had a bias, when every bias was 0; a member missing from it had 0.
+    member_biases: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -92,6 +98,10 @@ class EnsembleCalibration:
         w = self.member_weights
         if self.mirrored is not None and not set(self.mirrored) <= set(self.members):
             raise ValueError("mirrored members must be calibrated members")
+        if self.member_biases is not None and not all(
+            math.isfinite(b) for b in self.member_biases.values()
+        ):
+            raise ValueError("member biases must be finite")
         if w is not None:
             if set(w) != set(self.members):
                 raise ValueError("member weights must name exactly the calibrated members")
@@ -128,10 +138,12 @@ class EnsembleCalibration:
         installed: Mapping[str, str | None],
         temperatures: Mapping[str, float] | None = None,
         mirrored: Collection[str] | None = None,
+        biases: Mapping[str, float] | None = None,
     ) -> str | None:
         """Why this calibration does not fit the members analysing
-        (name -> weights sha256; name -> temperature and the names of those
-        that score faces mirrored too, when known), or ``None`` when it does."""
+        (name -> weights sha256; name -> temperature, the names of those
+        that score faces mirrored too and name -> bias, when known), or
+        ``None`` when it does."""
         if set(installed) != set(self.members):
             return (
                 f"fitted for {', '.join(sorted(self.members))}, not {', '.join(sorted(installed))}"
@@ -148,6 +160,16 @@ class EnsembleCalibration:
             )
             if retuned:
                 return f"fitted with another temperature of {', '.join(retuned)}"
+        if biases is not None:
+            fitted_biases = self.member_biases or {}
+            shifted = sorted(
+                n
+                for n, b in biases.items()
+                if n in self.members
+                and not math.isclose(b, fitted_biases.get(n, 0.0), rel_tol=0, abs_tol=BIAS_ATOL)
+            )
+            if shifted:
+                return f"fitted with another calibration bias of {', '.join(shifted)}"
         if mirrored is not None:
             fitted = set(self.mirrored or ())
             now = set(mirrored) & set(installed)
@@ -175,6 +197,8 @@ class EnsembleCalibration:
             out["temperatures"] = dict(sorted(self.temperatures.items()))
         if self.mirrored is not None:
             out["mirrored"] = sorted(self.mirrored)
+        if self.member_biases is not None:
+            out["member_biases"] = dict(sorted(self.member_biases.items()))
         return out | {
             "slope": self.slope,
             "bias": self.bias,
@@ -193,6 +217,7 @@ class EnsembleCalibration:
             weights = data.get("member_weights")
             temps = data.get("temperatures")
             mirrored = data.get("mirrored")
+            biases = data.get("member_biases")
             if mirrored is not None and not (
                 isinstance(mirrored, list) and all(isinstance(m, str) for m in mirrored)
             ):
@@ -212,6 +237,9 @@ class EnsembleCalibration:
                     None if temps is None else {str(k): float(v) for k, v in temps.items()}
                 ),
                 mirrored=None if mirrored is None else tuple(sorted(mirrored)),
+                member_biases=(
+                    None if biases is None else {str(k): float(v) for k, v in biases.items()}
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EnsembleCalibrationError(
@@ -263,10 +291,11 @@ class Combiner:
         installed: Mapping[str, str | None],
         temperatures: Mapping[str, float] | None = None,
         mirrored: Collection[str] | None = None,
+        biases: Mapping[str, float] | None = None,
     ) -> Combiner:
         if calibration is None:
             return cls()
-        reason = calibration.mismatch(installed, temperatures, mirrored)
+        reason = calibration.mismatch(installed, temperatures, mirrored, biases)
         return cls(None, reason) if reason else cls(calibration)
 
     def __call__(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:

@@ -172,6 +172,8 @@ class LoadedMember:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     temperature: float = 1.0
+    # Calibrated probability: sigmoid(logit / temperature + bias).
+    bias: float = 0.0
     weights_sha256: str | None = None
     device: str = "cpu"
     channels_last: bool = True
@@ -398,6 +400,7 @@ def load_member(
         mean=manifest.mean,
         std=manifest.std,
         temperature=manifest.temperature,
+        bias=manifest.bias,
         weights_sha256=manifest.weights_sha256,
         device=device,
         backend=backend,

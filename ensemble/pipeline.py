@@ -144,6 +144,7 @@ def analyze_with_data(
                     m.backend,
                     m.compute_precision,
                     m.mirror,
+                    m.bias,
                 )
                 for m in selected
             ),
@@ -229,7 +230,7 @@ def analyze_with_data(
         raw_logits[member.name] = inference.tapped_logits
         if inference.taps:
             taps[member.name] = inference.taps
-        probs[member.name] = calibrate(inference.logits, member.temperature)
+        probs[member.name] = calibrate(inference.logits, member.temperature, member.bias)
     report("score", _PROGRESS["crop"] + span * 0.98)
 
     with clock.stage("score"):
@@ -351,6 +352,7 @@ class Analyzer:
                 {n: self._members[n].weights_sha256 for n in self.config.members},
                 {n: self._members[n].temperature for n in self.config.members},
                 [n for n in self.config.members if self._members[n].mirror],
+                {n: self._members[n].bias for n in self.config.members},
             )
             if self._combiner.skipped:
                 logger.warning("ensemble calibration not applied: %s", self._combiner.skipped)

@@ -59,6 +59,8 @@ class ModelInfo:
     precision: str = "fp32"
     # Whether each face's logit is the mean of the face as is and mirrored.
     mirrored: bool = False
+    # Added to the logit after the temperature (``ensemble.scoring.calibrate``).
+    bias: float = 0.0
 
 
 @dataclass(frozen=True)

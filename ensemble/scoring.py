@@ -1,6 +1,7 @@
 """From logits to a verdict.
 
-- A member's logit becomes a calibrated probability by temperature scaling.
+- A member's logit becomes a calibrated probability by temperature scaling
+  and a bias (Platt scaling written as ``sigmoid(logit / T + bias)``).
 - A face's score is the mean of its members' probabilities (the seed's
   "average of the three scores").
 - A person's score aggregates their faces over frames: the mean, or selimsef's
@@ -31,11 +32,18 @@ CONFIDENT_MIN_FAKES = 11  # ... and more than 11 of them: mean of the confident 
 CONFIDENT_REAL_SHARE = 0.9  # more than 90% confident reals: mean of the confident reals
 
 
-def calibrate(logits: npt.ArrayLike, temperature: float) -> npt.NDArray[np.float64]:
-    """Temperature-scaled sigmoid: ``sigmoid(logit / T)``."""
+def calibrate(
+    logits: npt.ArrayLike, temperature: float, bias: float = 0.0
+) -> npt.NDArray[np.float64]:
+    """Temperature-scaled, shifted sigmoid: ``sigmoid(logit / T + bias)``.
+
+    The temperature fixes how confident a member is; the bias fixes a member
+    whose scores lean to one side (at ``bias`` 0 a logit of 0 is 0.5)."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    if not math.isfinite(bias):
+        raise ValueError(f"bias must be a finite number, got {bias}")
+    z = np.asarray(logits, dtype=np.float64) / temperature + bias
     out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
     return out
 

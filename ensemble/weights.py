@@ -18,7 +18,7 @@ import math
 import pickle
 import shutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -92,6 +92,9 @@ class Manifest:
     # The face crop the weights were trained for (``CropPolicy.to_dict``);
     # None: the registry's policy for the member.
     crop: Mapping[str, Any] | None = None
+    # Added to the temperature-scaled logit: ``sigmoid(logit / T + bias)``
+    # (:func:`ensemble.scoring.calibrate`). 0 in manifests written before it.
+    bias: float = 0.0
 
     def crop_policy(self, default: CropPolicy) -> CropPolicy:
         """The manifest's crop policy, or ``default`` when it names none."""
@@ -140,6 +143,7 @@ class Manifest:
                 metrics=dict(data.get("metrics", {})),
                 quantization=parse_quantization(str(data.get("quantization", "fp16"))),
                 crop=None if data.get("crop") is None else dict(data["crop"]),
+                bias=float(data.get("bias", 0.0)),
             )
             manifest.crop_policy(CropPolicy("square", 0.0))  # refuse a malformed policy
             # A NaN or infinite temperature would score every face NaN or 0.5.
@@ -147,6 +151,8 @@ class Manifest:
                 raise ValueError(
                     f"temperature must be a positive number, got {data['temperature']}"
                 )
+            if not math.isfinite(manifest.bias):
+                raise ValueError(f"bias must be a finite number, got {data['bias']}")
             if not (math.isfinite(manifest.threshold) and 0 < manifest.threshold < 1):
                 raise ValueError(f"threshold must be in (0, 1), got {data['threshold']}")
             return manifest
@@ -371,6 +377,55 @@ def _write_manifest(folder: Path, manifest: Manifest) -> None:
     tmp.replace(folder / MANIFEST_NAME)
 
 
+def recalibrate_manifest(
+    weights_dir: Path,
+    member: str,
+    *,
+    temperature: float,
+    bias: float,
+    threshold: float,
+    record: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Give an installed member a new calibration (temperature, bias, member
+    threshold), leaving its weight files and their hash as they are.
+
+    The manifest's ``provenance.calibrations`` keeps every calibration it
+    had, each with ``record`` (what it was fitted on) and the values it
+    replaced; ``metrics`` (if given) goes under ``metrics.recalibrated``, next
+    to the figures measured at export."""
+    manifest = read_manifest(weights_dir, member)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    if not math.isfinite(bias):
+        raise ValueError(f"bias must be a finite number, got {bias}")
+    if not (math.isfinite(threshold) and 0 < threshold < 1):
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    previous = {
+        "temperature": manifest.temperature,
+        "bias": manifest.bias,
+        "threshold": manifest.threshold,
+    }
+    provenance = {**manifest.provenance, "calibrated": True}
+    provenance["calibrations"] = [
+        *provenance.get("calibrations", []),
+        {**record, "replaced": previous},
+    ]
+    new_metrics = dict(manifest.metrics)
+    if metrics is not None:
+        new_metrics["recalibrated"] = dict(metrics)
+    updated = replace(
+        manifest,
+        temperature=temperature,
+        bias=bias,
+        threshold=threshold,
+        provenance=provenance,
+        metrics=new_metrics,
+    )
+    _write_manifest(member_dir(weights_dir, member), updated)
+    return updated
+
+
 def save_weights(
     state: Mapping[str, Tensor],
     spec: MemberSpec,
@@ -380,6 +435,7 @@ def save_weights(
     dtype: torch.dtype = torch.float16,
     quantization: str | None = None,
     temperature: float = 1.0,
+    bias: float = 0.0,
     threshold: float = 0.5,
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
@@ -445,6 +501,7 @@ def save_weights(
         metrics=dict(metrics or {}),
         quantization=quant,
         crop=None if crop is None else crop.to_dict(),
+        bias=bias,
     )
     _write_manifest(folder, manifest)
     return manifest

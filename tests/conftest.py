@@ -53,6 +53,7 @@ def tiny_member() -> Callable[..., LoadedMember]:
         logit: float | None = None,
         temperature: float = 1.0,
         mirror: bool = False,
+        bias: float = 0.0,
     ) -> LoadedMember:
         spec: MemberSpec = tiny_spec(name, input_size)
         torch.manual_seed(0)
@@ -65,6 +66,7 @@ def tiny_member() -> Callable[..., LoadedMember]:
             std=spec.std,
             temperature=temperature,
             mirror=mirror,
+            bias=bias,
         )
 
     return make

@@ -172,6 +172,7 @@ def fit_ensemble(
     k: int = CV_FOLDS,
     method: str = WEIGHTED_METHOD,
     temperatures: Mapping[str, float] | None = None,
+    biases: Mapping[str, float] | None = None,
 ) -> EnsembleFit:
     """Fit the combination ``method`` (:mod:`ensemble.calibration`) of
     ``members`` on ``table``; cross-validate it over ``k`` folds by group."""
@@ -209,6 +210,7 @@ def fit_ensemble(
         member_weights=weights,
         temperatures=None if temperatures is None else {m: temperatures[m] for m in members},
         mirrored=tuple(sorted(table.mirrored & set(members))),
+        member_biases=None if biases is None else {m: biases[m] for m in members},
     )
     in_sample = binary_metrics(calibration.apply(probs), y).to_dict()
     return EnsembleFit(calibration, before, in_sample, cv)

@@ -1,8 +1,9 @@
 """From a training run to the ``weights/`` layout the core loads.
 
-``export_run`` takes the run's best checkpoint, fits the temperature on the
-validation split (:mod:`ensemble.training.calibrate`), picks the member's own
-threshold by the documented rule (:func:`ensemble.evaluation.choose_threshold`),
+``export_run`` takes the run's best checkpoint, fits the calibration (a
+temperature and a bias) on the validation split
+(:mod:`ensemble.training.calibrate`), picks the member's own threshold by the
+documented rule (:func:`ensemble.evaluation.choose_threshold`),
 and chooses the storage precision: int8 per-channel when its validation AUC
 stays within ``AUC_TOLERANCE`` of fp32's, else fp16. It then writes the
 safetensors shards (each at most ``MAX_SHARD_BYTES``) and the manifest into a
@@ -32,7 +33,7 @@ from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
 from ensemble.training.batches import FaceDataset
-from ensemble.training.calibrate import fit_temperature
+from ensemble.training.calibrate import fit_member_calibration
 from ensemble.training.data import Sample, data_digest, limit_balanced, load_samples, select
 from ensemble.training.loop import describe_init, load_best, predict
 from ensemble.weights import (
@@ -68,6 +69,7 @@ class ExportReport:
     temperature: float
     threshold: float
     auc: dict[str, float | None]
+    bias: float = 0.0
 
 
 def installed_bytes(weights_dir: Path) -> int:
@@ -217,14 +219,15 @@ def export_run(
     init = run_info.get("init")
     if init is None and run_config.get("init_from"):
         init = {**describe_init(spec, Path(run_config["init_from"])), "described_at_export": True}
-    temperature = fit_temperature(logits, labels)
-    probs = calibrate(logits, temperature)
+    temperature, bias = fit_member_calibration(logits, labels)
+    probs = calibrate(logits, temperature, bias)
     choice = choose_threshold(probs, labels)
     metrics = binary_metrics(probs, labels, choice.threshold).to_dict()
     written: dict[str, Any] = {
         "input_size": size,
         "quantization": quant,
         "temperature": temperature,
+        "bias": bias,
         "threshold": choice.threshold,
         "provenance": {
             "source": "trained",
@@ -287,11 +290,12 @@ def export_run(
             COMMITTED_WEIGHTS_LIMIT / 1e6,
         )
     logger.info(
-        "exported %s as %s (T=%.3f, threshold %.3f, AUC %s)",
+        "exported %s as %s (T=%.3f, bias %.3f, threshold %.3f, AUC %s)",
         spec.name,
         quant,
         temperature,
+        bias,
         choice.threshold,
         auc,
     )
-    return ExportReport(manifest, quant, temperature, choice.threshold, auc)
+    return ExportReport(manifest, quant, temperature, choice.threshold, auc, bias)

@@ -126,17 +126,18 @@ def summarize_run(out: Path) -> dict[str, Any]:
     """A run's validation figures from its best epoch's predictions
     (``val_predictions.csv``, as validated: EMA weights, the run's
     precision), without exporting it: the metrics of the raw logits, the
-    temperature fitted on them, the metrics after it (all at the 0.5
-    threshold), and the run's ``log.csv`` rows."""
+    calibration (temperature and bias) an export would fit on them, the
+    metrics after it (all at the 0.5 threshold), and the run's ``log.csv``
+    rows."""
     from ensemble.evaluation import binary_metrics
     from ensemble.scoring import calibrate
-    from ensemble.training.calibrate import fit_temperature
+    from ensemble.training.calibrate import fit_member_calibration
 
     path = out / "val_predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"no val_predictions.csv in {out}: no epoch was validated yet")
     logits, labels = read_predictions(path)
-    temperature = fit_temperature(logits, labels)
+    temperature, bias = fit_member_calibration(logits, labels)
     history: list[dict[str, str]] = []
     if (out / "log.csv").is_file():
         with (out / "log.csv").open(newline="", encoding="utf-8") as fh:
@@ -147,6 +148,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
         "fakes": int(labels.sum()),
         "raw": binary_metrics(calibrate(logits, 1.0), labels).to_dict(),
         "temperature": temperature,
-        "calibrated": binary_metrics(calibrate(logits, temperature), labels).to_dict(),
+        "bias": bias,
+        "calibrated": binary_metrics(calibrate(logits, temperature, bias), labels).to_dict(),
         "epochs": history,
     }

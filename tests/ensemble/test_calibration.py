@@ -103,6 +103,32 @@ def test_mismatch_names_a_member_whose_temperature_changed() -> None:
     assert skipped.describe()["calibration_not_applied"] == "fitted with another temperature of b"
 
 
+def test_mismatch_names_a_member_whose_calibration_bias_changed() -> None:
+    """A member recalibrated (calibrate_member) or re-exported with a bias
+    keeps its weights' hash, but its calibrated logits all move by the bias."""
+    installed = {"a": "sha-a", "b": "sha-b"}
+    cal = _cal(member_biases={"a": 0.0, "b": -0.4})
+    assert cal.mismatch(installed, biases={"a": 0.0, "b": -0.4}) is None
+    assert cal.mismatch(installed, biases={"a": 0.0, "b": 0.0}) == (
+        "fitted with another calibration bias of b"
+    )
+    assert cal.mismatch(installed) is None  # biases unknown: the hash decides
+    # A file from before members had a bias was fitted with every bias 0.
+    assert _cal().mismatch(installed, biases={"a": 0.0, "b": 0.0}) is None
+    assert _cal().mismatch(installed, biases={"a": 0.3, "b": 0.0}) == (
+        "fitted with another calibration bias of a"
+    )
+    again = EnsembleCalibration.from_dict(cal.to_dict(), "test")
+    assert again == cal and again.member_biases == {"a": 0.0, "b": -0.4}
+    assert "member_biases" not in _cal().to_dict()
+    skipped = Combiner.for_members(cal, installed, None, None, {"a": 0.0, "b": 0.1})
+    assert skipped.describe()["calibration_not_applied"] == (
+        "fitted with another calibration bias of b"
+    )
+    with pytest.raises(ValueError, match="member biases must be finite"):
+        _cal(member_biases={"a": float("nan")})
+
+
 def test_mismatch_names_a_member_that_scores_faces_otherwise_than_fitted() -> None:
     """A member that averages each face with its mirror image gives other
     logits than one scoring the face as is: the fit is for one of the two."""

@@ -56,6 +56,16 @@ def test_known_member_scores_give_the_expected_verdicts(
         detector=detector,
     )
     assert soft.score == pytest.approx(1 / (1 + np.exp(-0.5)))
+    # So is the member's bias, after the temperature: sigmoid(3 / 6 - 1).
+    shifted = analyze(
+        path,
+        config("f"),
+        members={"f": tiny_member("f", logit=3.0, temperature=6.0, bias=-1.0)},
+        detector=detector,
+    )
+    assert shifted.score == pytest.approx(1 / (1 + np.exp(0.5)))
+    assert shifted.members["f"] == pytest.approx(shifted.score)
+    assert [(m.temperature, m.bias) for m in shifted.models] == [(6.0, -1.0)]
     # Members are averaged: one fake member and one real member meet in the middle.
     both = analyze(
         path,

@@ -58,7 +58,7 @@ def test_bf16_scores_stay_with_fp32_on_the_shipped_weights(
         )
         assert member.compute_precision == precision
         crops = [resize_to(read_rgb(p), None, member.input_size)[0] for p in paths]
-        probs[precision] = calibrate(member.logits(crops, 16), member.temperature)
+        probs[precision] = calibrate(member.logits(crops, 16), member.temperature, member.bias)
     change = np.abs(probs["bf16"] - probs["fp32"])
     auc32, auc16 = roc_auc(probs["fp32"], labels), roc_auc(probs["bf16"], labels)
     assert auc32 is not None and auc16 is not None

@@ -23,6 +23,16 @@ def test_temperature_softens_probabilities() -> None:
             calibrate([1.0], bad)
 
 
+def test_bias_shifts_the_probability_after_the_temperature() -> None:
+    # sigmoid(2 / 2 + 0.5) = sigmoid(1.5): the bias is added to the scaled logit.
+    assert calibrate([2.0], 2.0, 0.5)[0] == pytest.approx(1 / (1 + np.exp(-1.5)))
+    assert calibrate([0.0], 1.3, -0.4)[0] < 0.5  # a logit of 0 is no longer 0.5
+    assert calibrate([2.0], 2.0, 0.0)[0] == calibrate([2.0], 2.0)[0]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            calibrate([1.0], 1.0, bad)
+
+
 def test_confident_strategy_trusts_many_confident_fakes() -> None:
     probs = [0.95] * (CONFIDENT_MIN_FAKES + 2) + [0.1] * 19  # 13 of 32 frames
     assert confident_strategy(probs) == pytest.approx(0.95)

@@ -11,7 +11,14 @@ from ensemble.crops import CropPolicy
 from ensemble.errors import IncompatibleCheckpointError, MissingWeightsError, WeightsIntegrityError
 from ensemble.members import load_member
 from ensemble.registry import Registry, tiny_spec
-from ensemble.weights import MANIFEST_NAME, import_checkpoint, load_model, save_weights
+from ensemble.weights import (
+    MANIFEST_NAME,
+    import_checkpoint,
+    load_model,
+    read_manifest,
+    recalibrate_manifest,
+    save_weights,
+)
 
 
 @pytest.fixture
@@ -33,12 +40,13 @@ def test_saved_weights_load_back_strictly_and_hash_checked(
         tmp_path,
         dtype=torch.float32,
         temperature=1.7,
+        bias=-0.3,
         provenance={"data": "unit test"},
         max_shard_bytes=2048,
     )
     assert len(manifest.files) > 1  # sharded
     member = load_member("tiny", tmp_path, registry=registry)
-    assert member.temperature == 1.7
+    assert (member.temperature, member.bias) == (1.7, -0.3)
     assert member.weights_sha256 == manifest.weights_sha256
     for k, v in model.state_dict().items():
         assert torch.equal(member.model.state_dict()[k].cpu(), v), k
@@ -50,6 +58,7 @@ def test_saved_weights_load_back_strictly_and_hash_checked(
         "mean",
         "std",
         "temperature",
+        "bias",
         "threshold",
         "provenance",
         "metrics",
@@ -181,6 +190,8 @@ def test_manifest_with_a_malformed_crop_policy_is_refused(
         ("temperature", float("inf"), "temperature must be a positive number"),
         ("temperature", 0.0, "temperature must be a positive number"),
         ("temperature", -1.0, "temperature must be a positive number"),
+        ("bias", float("nan"), "bias must be a finite number"),
+        ("bias", float("-inf"), "bias must be a finite number"),
         ("threshold", float("nan"), "threshold must be in"),
         ("threshold", 1.0, "threshold must be in"),
     ],
@@ -198,3 +209,54 @@ def test_a_manifest_whose_calibration_is_not_a_usable_number_is_refused_at_load(
     path.write_text(json.dumps(data))  # json writes NaN and Infinity, and reads them back
     with pytest.raises(IncompatibleCheckpointError, match=said):
         load_member("tiny", tmp_path, registry=registry)
+
+
+def test_a_manifest_from_before_the_bias_reads_as_bias_0(
+    tmp_path: Path, registry: Registry
+) -> None:
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path, temperature=1.2)
+    path = tmp_path / "tiny" / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    del data["bias"]
+    path.write_text(json.dumps(data))
+    member = load_member("tiny", tmp_path, registry=registry)
+    assert (member.temperature, member.bias) == (1.2, 0.0)
+
+
+def test_recalibrating_a_member_keeps_its_weights_and_records_what_it_replaced(
+    tmp_path: Path, registry: Registry
+) -> None:
+    spec = registry.get("tiny")
+    before = save_weights(spec.build().state_dict(), spec, tmp_path, temperature=1.2)
+    files = {f.path: (tmp_path / "tiny" / f.path).read_bytes() for f in before.files}
+    after = recalibrate_manifest(
+        tmp_path,
+        "tiny",
+        temperature=0.9,
+        bias=-0.25,
+        threshold=0.4,
+        record={"scores": {"s.csv": "abc"}},
+        metrics={"log_loss": 0.3},
+    )
+    assert read_manifest(tmp_path, "tiny") == after
+    assert (after.temperature, after.bias, after.threshold) == (0.9, -0.25, 0.4)
+    assert after.weights_sha256 == before.weights_sha256
+    assert {p: (tmp_path / "tiny" / p).read_bytes() for p in files} == files
+    assert after.provenance["calibrations"] == [
+        {
+            "scores": {"s.csv": "abc"},
+            "replaced": {"temperature": 1.2, "bias": 0.0, "threshold": 0.5},
+        }
+    ]
+    assert after.provenance["calibrated"] is True
+    assert after.metrics["recalibrated"] == {"log_loss": 0.3}
+    again = recalibrate_manifest(
+        tmp_path, "tiny", temperature=1.0, bias=0.0, threshold=0.5, record={"n": 2}
+    )
+    assert [c.get("n") for c in again.provenance["calibrations"]] == [None, 2]
+    for bad in ({"temperature": 0.0}, {"bias": float("nan")}, {"threshold": 1.0}):
+        kw = {"temperature": 1.0, "bias": 0.0, "threshold": 0.5, **bad}
+        with pytest.raises(ValueError, match="must be"):
+            recalibrate_manifest(tmp_path, "tiny", record={}, **kw)  # type: ignore[arg-type]
+    assert read_manifest(tmp_path, "tiny") == again

@@ -249,6 +249,7 @@ def finished(site: Path, media_dir: Path) -> Callable[..., Any]:
                     "backend": "openvino",
                     "precision": "bf16",
                     "mirrored": n == "tiny_b",
+                    "bias": 0.0,
                 }
                 for n, sha in sub.model_versions.items()
             ],

@@ -13,6 +13,7 @@ import torch
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from ensemble.media import file_sha256
 from ensemble.weights import read_manifest, save_weights
 from tests import media_factory as mf
 from tests.tiny_registry import BRIGHTNESS
@@ -227,7 +228,7 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
         BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32", temperature=0.5
     )
     assert read_manifest(site, "bright").weights_sha256 == sha
-    with pytest.raises(CommandError, match="calibrated with another temperature"):
+    with pytest.raises(CommandError, match="calibrated otherwise than the installed calibration"):
         call_command("calibrate_ensemble", "--scores", str(scores))
     call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "retuned.json"))
     retuned = json.loads((tmp_path / "retuned.json").read_text())
@@ -646,3 +647,101 @@ def test_calibrate_ensemble_refuses_scores_of_training_crops(site: Path, tmp_pat
     # A held-out set no member trained on, split by hash: the caller vouches.
     call_command("calibrate_ensemble", "--scores", str(scores), "--any-split")
     assert (site / "ensemble.json").exists()
+
+
+def test_calibrate_member_fits_a_bias_that_analyses_then_apply(site: Path, tmp_path: Path, capsys):
+    """A member whose scores lean to one side: every crop is brighter than
+    mid-grey, so the brightness member calls most reals fake. A temperature
+    cannot fix that; the refitted bias does, and analyses use it."""
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    sha = read_manifest(site, "bright").weights_sha256
+    data = _grey_dataset(tmp_path / "greys", tuple(range(80, 200, 6)), tuple(range(140, 255, 6)))
+    scores = tmp_path / "scores.csv"
+    call_command("evaluate", "--faces", str(data), "--scores", str(scores))
+    call_command("calibrate_ensemble", "--scores", str(scores))
+    capsys.readouterr()
+    call_command("calibrate_member", "--member", "bright", "--scores", str(scores), "--dry-run")
+    assert "dry run: nothing written" in capsys.readouterr().out
+    assert read_manifest(site, "bright").bias == 0.0
+    report_path = tmp_path / "refit.json"
+    call_command(
+        "calibrate_member",
+        "--member",
+        "bright",
+        "--scores",
+        str(scores),
+        "--json",
+        str(report_path),
+    )
+    out = capsys.readouterr().out
+    assert "ensemble.json was fitted with bright's old calibration" in out
+    report = json.loads(report_path.read_text())
+    manifest = read_manifest(site, "bright")
+    assert manifest.weights_sha256 == sha  # the weights are untouched
+    assert manifest.bias == pytest.approx(report["bias"]) and manifest.bias < -0.5
+    assert manifest.temperature == pytest.approx(report["temperature"])
+    assert report["in_sample"]["log_loss"] < report["before"]["log_loss"] - 0.05
+    assert report["cross_validated"]["log_loss"] < report["before"]["log_loss"]
+    assert report["in_sample"]["auc"] == pytest.approx(report["before"]["auc"])  # same ranking
+    (record,) = manifest.provenance["calibrations"]
+    assert record["replaced"] == {"temperature": 1.0, "bias": 0.0, "threshold": 0.5}
+    assert record["scores"] == {"scores.csv": file_sha256(scores)} and record["n"] == 40
+    # The old scores carry the old calibration: refused for the ensemble fit,
+    # and the ensemble fitted with it is not applied.
+    with pytest.raises(CommandError, match="calibrated otherwise than the installed calibration"):
+        call_command("calibrate_ensemble", "--scores", str(scores))
+    call_command(
+        "evaluate",
+        "--faces",
+        str(data),
+        "--json",
+        str(tmp_path / "e.json"),
+        "--scores",
+        str(scores),
+    )
+    result = json.loads((tmp_path / "e.json").read_text())
+    # (The temperature moved too, and is named first.)
+    assert result["combination"] == {
+        "method": "mean",
+        "calibration_not_applied": "fitted with another temperature of bright",
+    }
+    assert result["members"]["bright"]["ece"] < report["before"]["ece"]
+    rows = list(csv.DictReader(scores.open()))
+    z = np.array([float(r["logit:bright"]) for r in rows])
+    p = np.array([float(r["prob:bright"]) for r in rows])
+    assert p == pytest.approx(1 / (1 + np.exp(-(z / manifest.temperature + manifest.bias))))
+    call_command("calibrate_ensemble", "--scores", str(scores))
+    assert json.loads((site / "ensemble.json").read_text())["member_biases"] == {
+        "bright": pytest.approx(manifest.bias)
+    }
+
+
+def test_calibrate_member_refuses_scores_that_do_not_fit(site: Path, tmp_path: Path):
+    from django.conf import settings
+
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    scores = tmp_path / "scores.csv"
+    call_command("evaluate", "--faces", str(data), "--scores", str(scores))
+    with (
+        override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "MIRROR": ("bright",)}),
+        pytest.raises(CommandError, match="did not mirror bright but analyses here do"),
+    ):
+        call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
+    without_logits = tmp_path / "probs-only.csv"
+    rows = list(csv.DictReader(scores.open()))
+    with without_logits.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, [k for k in rows[0] if not k.startswith("logit:")])
+        w.writeheader()
+        w.writerows({k: v for k, v in r.items() if not k.startswith("logit:")} for r in rows)
+    with pytest.raises(CommandError, match="but not its logits"):
+        call_command("calibrate_member", "--member", "bright", "--scores", str(without_logits))
+    with pytest.raises(CommandError, match="unknown detector 'nobody'"):
+        call_command("calibrate_member", "--member", "nobody", "--scores", str(scores))
+    model = BRIGHTNESS.build()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    save_weights(model.state_dict(), BRIGHTNESS, site, quantization="fp32")
+    with pytest.raises(CommandError, match="run evaluate --scores again"):
+        call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
+    assert "calibrations" not in read_manifest(site, "bright").provenance

@@ -104,6 +104,7 @@ def runtime_status() -> RuntimeStatus:
             {n: m.weights_sha256 for n, m in manifests.items()},
             {n: m.temperature for n, m in manifests.items()},
             [n for n in config.members if n in config.mirror],
+            {n: m.bias for n, m in manifests.items()},
         )
     except TrusttraceError as e:
         return RuntimeStatus(backend, precision, "mean of the members", str(e))

@@ -258,6 +258,7 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
         assert path.stat().st_size <= limit or len(entries) == 1, (f.path, sorted(entries))
     assert installed_bytes(weights) == sum(f.bytes for f in manifest.files)
     assert manifest.temperature == pytest.approx(report.temperature)
+    assert manifest.bias == pytest.approx(report.bias)
     assert manifest.provenance["data"] == "toy squares"
     assert manifest.provenance["command"] == "pytest"
     assert set(manifest.metrics["auc_by_precision"]) == {"fp32", "int8", "fp16"}
@@ -272,7 +273,7 @@ def test_export_shards_manifest_and_reload_with_hash_check(dataset: Path, tmp_pa
     registry = Registry()
     registry.register(SPEC)
     member = load_member(SPEC.name, weights, registry=registry)
-    assert member.temperature == pytest.approx(report.temperature)
+    assert (member.temperature, member.bias) == pytest.approx((report.temperature, report.bias))
     assert member.weights_sha256 == manifest.weights_sha256
     best = torch.load(run / "best.pt", weights_only=True)["state_dict"]
     expected = roundtrip(best, report.quantization)

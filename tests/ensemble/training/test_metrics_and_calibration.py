@@ -17,7 +17,12 @@ from ensemble.evaluation import (
     save_figure,
     write_report_figures,
 )
-from ensemble.training.calibrate import CalibrationError, fit_temperature, nll
+from ensemble.training.calibrate import (
+    CalibrationError,
+    fit_member_calibration,
+    fit_temperature,
+    nll,
+)
 
 PROBS = [0.9, 0.8, 0.3, 0.6, 0.2, 0.1]
 LABELS = [1, 1, 1, 0, 0, 0]
@@ -146,6 +151,23 @@ def test_temperature_recovers_a_known_scale() -> None:
     t = fit_temperature(2.5 * true_logits, labels)
     assert t == pytest.approx(2.5, rel=0.06)
     assert nll(2.5 * true_logits, labels, t) < nll(2.5 * true_logits, labels, 1.0)
+
+
+def test_member_calibration_recovers_a_known_scale_and_shift() -> None:
+    """Logits that are 2.5 times too large and shifted by +3 (a member that
+    leans towards "fake"): the temperature alone cannot undo the shift."""
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 2, 20_000)
+    labels = (rng.random(20_000) < 1 / (1 + np.exp(-true_logits))).astype(float)
+    seen = 2.5 * true_logits + 3.0
+    t, b = fit_member_calibration(seen, labels)
+    # sigmoid(seen / t + b) = sigmoid(true): t = 2.5 and b = -3 / 2.5.
+    assert t == pytest.approx(2.5, rel=0.06) and b == pytest.approx(-1.2, abs=0.08)
+    shifted = 1 / (1 + np.exp(-(seen / t + b)))
+    only_t = fit_temperature(seen, labels)
+    assert binary_metrics(shifted, labels).log_loss < nll(seen, labels, only_t) - 0.05
+    with pytest.raises(CalibrationError, match="both real and fake"):
+        fit_member_calibration([1.0, 2.0], [1, 1])
 
 
 def test_temperature_needs_both_classes() -> None:

@@ -75,6 +75,7 @@ class Command(BaseCommand):
         try:
             table = read_scores(o["scores"], any_split=o["any_split"])
             temperatures: dict[str, float] = {}
+            biases: dict[str, float] = {}
             for name in config.members:
                 registry.get(name)
                 manifest = read_manifest(config.weights_dir, name)
@@ -88,15 +89,21 @@ class Command(BaseCommand):
                         "are installed: run evaluate --scores again"
                     )
                 temperatures[name] = manifest.temperature
+                biases[name] = manifest.bias
                 raw = table.logits.get(name)
-                # A re-export of the same checkpoint keeps the weights' hash
-                # but may change the temperature the probabilities carry.
+                # A re-export of the same checkpoint (or calibrate_member)
+                # keeps the weights' hash but may change the temperature and
+                # bias the probabilities carry.
                 if raw is not None and not np.allclose(
-                    table.probs[name], calibrate(raw, manifest.temperature), rtol=0, atol=1e-6
+                    table.probs[name],
+                    calibrate(raw, manifest.temperature, manifest.bias),
+                    rtol=0,
+                    atol=1e-6,
                 ):
                     raise CommandError(
-                        f"{name}'s scores were calibrated with another temperature than the "
-                        f"installed one ({manifest.temperature:.4f}): run evaluate --scores again"
+                        f"{name}'s scores were calibrated otherwise than the installed "
+                        f"calibration (temperature {manifest.temperature:.4f}, bias "
+                        f"{manifest.bias:.4f}): run evaluate --scores again"
                     )
             scored_mirrored = sorted(table.mirrored & set(config.members))
             wanted = sorted(set(config.mirror) & set(config.members))
@@ -114,7 +121,12 @@ class Command(BaseCommand):
             }
             method = WEIGHTED_METHOD if o["method"] == "weighted" else MEAN_METHOD
             fit = fit_ensemble(
-                table, config.members, provenance, method=method, temperatures=temperatures
+                table,
+                config.members,
+                provenance,
+                method=method,
+                temperatures=temperatures,
+                biases=biases,
             )
         except TrusttraceError as e:
             raise CommandError(str(e)) from e

@@ -213,6 +213,7 @@ class Command(BaseCommand):
         rows: list[dict[str, Any]] = []
         shas: dict[str, str | None] = {}
         temperatures: dict[str, float] = {}
+        biases: dict[str, float] = {}
         for name in config.members:
             member = load_member(
                 name,
@@ -250,7 +251,7 @@ class Command(BaseCommand):
                 ]
                 logits.append(member.logits(crops, EVAL_BATCH))
             raw = np.concatenate(logits)
-            probs[name] = calibrate(raw, member.temperature)
+            probs[name] = calibrate(raw, member.temperature, member.bias)
             for row, z, p in zip(rows, raw, probs[name], strict=True):
                 row[f"logit:{name}"] = float(z)
                 row[f"prob:{name}"] = float(p)
@@ -258,11 +259,13 @@ class Command(BaseCommand):
                 row[f"mirrored:{name}"] = int(member.mirror)
             shas[name] = member.weights_sha256
             temperatures[name] = member.temperature
+            biases[name] = member.bias
         combiner = Combiner.for_members(
             read_calibration(config.weights_dir),
             shas,
             temperatures,
             [n for n in config.members if n in config.mirror],
+            biases,
         )
         return probs, labels, rows, combiner
 

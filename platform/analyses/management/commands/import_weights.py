@@ -4,7 +4,8 @@ checkpoint (polimi's EfficientNetAutoAttB4, selimsef's B7) for a member.
 The checkpoint is read with ``torch.load(weights_only=True)``, its keys and
 shapes are checked against the member's architecture, and only then is it
 copied into the weights folder with a manifest. Imported weights are not
-calibrated (temperature 1) until a calibration run says otherwise.
+calibrated (temperature 1, bias 0) until ``calibrate_member`` fits them on
+validation scores (``evaluate --faces ... --split val --scores``).
 """
 
 from __future__ import annotations

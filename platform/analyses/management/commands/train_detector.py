@@ -118,7 +118,7 @@ class Command(BaseCommand):
             "--summary",
             action="store_true",
             help="print the run's validation figures as JSON (raw, and after a fitted "
-            "temperature, from its val_predictions.csv), no training or export",
+            "temperature and bias, from its val_predictions.csv), no training or export",
         )
         parser.add_argument("--description", default="", help="data description for the manifest")
         parser.add_argument(
@@ -275,7 +275,8 @@ class Command(BaseCommand):
                 )
                 self.stdout.write(
                     f"Exported {spec.name} to {o['export'] / spec.name} as {report.quantization} "
-                    f"(temperature {report.temperature:.3f}, threshold {report.threshold:.3f}, "
+                    f"(temperature {report.temperature:.3f}, bias {report.bias:.3f}, "
+                    f"threshold {report.threshold:.3f}, "
                     f"val AUC fp32/int8/fp16 {report.auc})"
                 )
         except TrusttraceError as e:
