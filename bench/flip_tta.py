@@ -28,7 +28,7 @@ from bench import common
 from ensemble.evaluation import log_loss, roc_auc
 from ensemble.members import load_member
 from ensemble.scoring import calibrate
-from ensemble.training.calibrate import fit_temperature
+from ensemble.training.calibrate import fit_member_calibration
 from ensemble.training.data import labels_array, limit_balanced, load_samples, read_rgb, resize_to
 from ensemble.training.data import select as select_split
 from ensemble.training.ensemble_fit import ScoreTable, fit_ensemble
@@ -40,12 +40,13 @@ MEMBERS = ["resnet50", "effnet_autoatt_b4", "effnet_b7"]
 def _member_figures(
     logits: np.ndarray, y: np.ndarray, temperature: float, bias: float
 ) -> dict[str, float]:
-    refit = fit_temperature(logits, y)
+    refit_t, refit_b = fit_member_calibration(logits, y)
     return {
         "auc": float(roc_auc(logits, y) or 0.0),
         "log_loss": log_loss(calibrate(logits, temperature, bias), y),
-        "refit_temperature": refit,
-        "log_loss_refit": log_loss(calibrate(logits, refit), y),
+        "refit_temperature": refit_t,
+        "refit_bias": refit_b,
+        "log_loss_refit": log_loss(calibrate(logits, refit_t, refit_b), y),
     }
 
 

@@ -1,11 +1,11 @@
 """The ensemble's own calibration: how the members' probabilities become one.
 
-Each member's probability is calibrated on its own (temperature scaling,
-fitted at export). A plain mean of calibrated probabilities from models that
-disagree is pulled towards 0.5: it ranks well but is under-confident, and a
-weak member counts as much as a strong one. Measured on dfdc_faces val with
-the shipped members (README, "The ensemble"), the plain mean ranked below the
-best member alone.
+Each member's probability is calibrated on its own (a temperature and a
+bias, fitted at export or by ``calibrate_member``). A plain mean of
+calibrated probabilities from models that disagree is pulled towards 0.5: it
+ranks well but is under-confident, and a weak member counts as much as a
+strong one. Measured on dfdc_faces val with the shipped members (README, "The
+ensemble"), the plain mean ranked below the best member alone.
 
 So the ensemble score is fitted on validation crops (``manage.py
 calibrate_ensemble``), in one of two forms:
@@ -98,10 +98,11 @@ class EnsembleCalibration:
         w = self.member_weights
         if self.mirrored is not None and not set(self.mirrored) <= set(self.members):
             raise ValueError("mirrored members must be calibrated members")
-        if self.member_biases is not None and not all(
-            math.isfinite(b) for b in self.member_biases.values()
-        ):
-            raise ValueError("member biases must be finite")
+        if self.member_biases is not None:
+            if not set(self.member_biases) <= set(self.members):
+                raise ValueError("member biases must be of calibrated members")
+            if not all(math.isfinite(b) for b in self.member_biases.values()):
+                raise ValueError("member biases must be finite")
         if w is not None:
             if set(w) != set(self.members):
                 raise ValueError("member weights must name exactly the calibrated members")
@@ -241,7 +242,7 @@ class EnsembleCalibration:
                     None if biases is None else {str(k): float(v) for k, v in biases.items()}
                 ),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise EnsembleCalibrationError(
                 f"{source} is not a valid ensemble calibration: {e}"
             ) from e

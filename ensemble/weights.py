@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+# A manifest whose member has a calibration bias: code from before the bias
+# would ignore it and score every face off by it, so such a manifest says a
+# version that code refuses. Without a bias a manifest stays version 1.
+BIAS_MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (MANIFEST_VERSION, BIAS_MANIFEST_VERSION)
 # Shards stay below the size a single file may have in transfers and reviews.
 MAX_SHARD_BYTES = 15 * 1024 * 1024
 # A safetensors file is an 8-byte length, a JSON header (padded to 8 bytes)
@@ -116,15 +121,25 @@ class Manifest:
             del data["crop"]
         else:
             data["crop"] = dict(self.crop)
+        if self.bias == 0:
+            del data["bias"]
+        else:
+            data["version"] = BIAS_MANIFEST_VERSION
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> Manifest:
         try:
             data = json.loads(text)
-            if data.get("version") != MANIFEST_VERSION:
+            if data.get("version") not in READABLE_MANIFEST_VERSIONS:
                 raise ValueError(
-                    f"manifest version {data.get('version')} is not {MANIFEST_VERSION}"
+                    f"manifest version {data.get('version')} is not one of "
+                    f"{', '.join(map(str, READABLE_MANIFEST_VERSIONS))}"
+                )
+            if data.get("version") == MANIFEST_VERSION and data.get("bias", 0) != 0:
+                raise ValueError(
+                    f"a version {MANIFEST_VERSION} manifest has no calibration bias "
+                    f"(got {data['bias']}; a bias needs version {BIAS_MANIFEST_VERSION})"
                 )
             manifest = cls(
                 member=str(data["member"]),
@@ -393,7 +408,8 @@ def recalibrate_manifest(
     The manifest's ``provenance.calibrations`` keeps every calibration it
     had, each with ``record`` (what it was fitted on) and the values it
     replaced; ``metrics`` (if given) goes under ``metrics.recalibrated``, next
-    to the figures measured at export."""
+    to the figures measured at export (the latest calibration's; ``record``
+    may keep each one's)."""
     manifest = read_manifest(weights_dir, member)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")

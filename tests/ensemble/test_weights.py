@@ -202,7 +202,7 @@ def test_a_manifest_whose_calibration_is_not_a_usable_number_is_refused_at_load(
     """A NaN temperature scored every face NaN ("uncertain"), an infinite one
     every face 0.5; the weights' hash does not cover the manifest."""
     spec = registry.get("tiny")
-    save_weights(spec.build().state_dict(), spec, tmp_path)
+    save_weights(spec.build().state_dict(), spec, tmp_path, bias=0.1)
     path = tmp_path / "tiny" / MANIFEST_NAME
     data = json.loads(path.read_text())
     data[field] = value
@@ -214,14 +214,27 @@ def test_a_manifest_whose_calibration_is_not_a_usable_number_is_refused_at_load(
 def test_a_manifest_from_before_the_bias_reads_as_bias_0(
     tmp_path: Path, registry: Registry
 ) -> None:
+    """Without a bias a manifest is written as before (version 1, no bias
+    key), so older code still reads it; with one it says version 2, which
+    older code refuses instead of scoring every face off by the bias."""
     spec = registry.get("tiny")
     save_weights(spec.build().state_dict(), spec, tmp_path, temperature=1.2)
     path = tmp_path / "tiny" / MANIFEST_NAME
     data = json.loads(path.read_text())
-    del data["bias"]
-    path.write_text(json.dumps(data))
+    assert data["version"] == 1 and "bias" not in data
     member = load_member("tiny", tmp_path, registry=registry)
     assert (member.temperature, member.bias) == (1.2, 0.0)
+    save_weights(spec.build().state_dict(), spec, tmp_path, temperature=1.2, bias=0.4)
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and data["bias"] == 0.4
+    assert load_member("tiny", tmp_path, registry=registry).bias == 0.4
+    for version, bias, said in (
+        (1, 0.4, "a version 1 manifest has no calibration bias"),
+        (3, 0.4, "manifest version 3 is not one of 1, 2"),
+    ):
+        path.write_text(json.dumps({**data, "version": version, "bias": bias}))
+        with pytest.raises(IncompatibleCheckpointError, match=said):
+            load_member("tiny", tmp_path, registry=registry)
 
 
 def test_recalibrating_a_member_keeps_its_weights_and_records_what_it_replaced(

@@ -685,7 +685,9 @@ def test_calibrate_member_fits_a_bias_that_analyses_then_apply(site: Path, tmp_p
     assert report["in_sample"]["auc"] == pytest.approx(report["before"]["auc"])  # same ranking
     (record,) = manifest.provenance["calibrations"]
     assert record["replaced"] == {"temperature": 1.0, "bias": 0.0, "threshold": 0.5}
-    assert record["scores"] == {"scores.csv": file_sha256(scores)} and record["n"] == 40
+    assert record["scores"] == [{"file": str(scores), "sha256": file_sha256(scores)}]
+    assert record["n"] == 40 and record["metrics"] == report["in_sample"]
+    assert "Running workers keep the calibration they loaded" in out
     # The old scores carry the old calibration: refused for the ensemble fit,
     # and the ensemble fitted with it is not applied.
     with pytest.raises(CommandError, match="calibrated otherwise than the installed calibration"):
@@ -714,6 +716,25 @@ def test_calibrate_member_fits_a_bias_that_analyses_then_apply(site: Path, tmp_p
     assert json.loads((site / "ensemble.json").read_text())["member_biases"] == {
         "bright": pytest.approx(manifest.bias)
     }
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "fitted.json"))
+    fitted = json.loads((tmp_path / "fitted.json").read_text())["combination"]
+    assert fitted["method"] == "weighted mean of logits, then platt"
+    # The same temperature with another bias: the fit no longer applies.
+    recalibrated = manifest.provenance["calibrations"]
+    save_weights(
+        BRIGHTNESS.build().state_dict(),
+        BRIGHTNESS,
+        site,
+        quantization="fp32",
+        temperature=manifest.temperature,
+        bias=manifest.bias + 0.2,
+        provenance={"calibrations": recalibrated},
+    )
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "shifted.json"))
+    assert json.loads((tmp_path / "shifted.json").read_text())["combination"] == {
+        "method": "mean",
+        "calibration_not_applied": "fitted with another calibration bias of bright",
+    }
 
 
 def test_calibrate_member_refuses_scores_that_do_not_fit(site: Path, tmp_path: Path):
@@ -728,6 +749,7 @@ def test_calibrate_member_refuses_scores_that_do_not_fit(site: Path, tmp_path: P
         pytest.raises(CommandError, match="did not mirror bright but analyses here do"),
     ):
         call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
+    assert "calibrations" not in read_manifest(site, "bright").provenance
     without_logits = tmp_path / "probs-only.csv"
     rows = list(csv.DictReader(scores.open()))
     with without_logits.open("w", newline="") as fh:
@@ -736,12 +758,21 @@ def test_calibrate_member_refuses_scores_that_do_not_fit(site: Path, tmp_path: P
         w.writerows({k: v for k, v in r.items() if not k.startswith("logit:")} for r in rows)
     with pytest.raises(CommandError, match="but not its logits"):
         call_command("calibrate_member", "--member", "bright", "--scores", str(without_logits))
+    assert "calibrations" not in read_manifest(site, "bright").provenance
+    # Nor can the ensemble be fitted on it: its calibration cannot be checked.
+    with pytest.raises(CommandError, match="cannot be checked against the installed one"):
+        call_command("calibrate_ensemble", "--scores", str(without_logits))
+    (site / "ensemble.json").write_text("{not json")
+    with pytest.raises(CommandError, match=r"ensemble\.json cannot be read"):
+        call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
+    assert "calibrations" not in read_manifest(site, "bright").provenance  # checked first
+    (site / "ensemble.json").unlink()
     with pytest.raises(CommandError, match="unknown detector 'nobody'"):
         call_command("calibrate_member", "--member", "nobody", "--scores", str(scores))
     model = BRIGHTNESS.build()
     with torch.no_grad():
         next(model.parameters()).add_(0.5)
     save_weights(model.state_dict(), BRIGHTNESS, site, quantization="fp32")
-    with pytest.raises(CommandError, match="run evaluate --scores again"):
+    with pytest.raises(CommandError, match=r"bright was scored with weights .* are installed"):
         call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
     assert "calibrations" not in read_manifest(site, "bright").provenance

@@ -93,8 +93,15 @@ class Command(BaseCommand):
                 raw = table.logits.get(name)
                 # A re-export of the same checkpoint (or calibrate_member)
                 # keeps the weights' hash but may change the temperature and
-                # bias the probabilities carry.
-                if raw is not None and not np.allclose(
+                # bias the probabilities carry: checked against the logits,
+                # so a table without them cannot be checked.
+                if raw is None:
+                    raise CommandError(
+                        f"the scores hold {name}'s calibrated probabilities but not its "
+                        "logits, so their calibration cannot be checked against the "
+                        "installed one: run evaluate --scores again"
+                    )
+                if not np.allclose(
                     table.probs[name],
                     calibrate(raw, manifest.temperature, manifest.bias),
                     rtol=0,

@@ -20,7 +20,8 @@ their hash stay as they are.
 
 An ensemble calibration (``weights/ensemble.json``) fitted with the member's
 old calibration no longer applies (analyses use the plain mean and say why)
-until ``evaluate --scores`` and ``calibrate_ensemble`` are run again.
+until ``evaluate --scores`` and ``calibrate_ensemble`` are run again. Workers
+read manifests when they load the members: restart them afterwards.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--description", default="", help="what the scores were computed on")
         parser.add_argument("--json", type=Path, help="also write the report to FILE")
-        parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="report only (and --json); the manifest is not changed",
+        )
         parser.add_argument(
             "--any-split",
             action="store_true",
@@ -71,9 +76,13 @@ class Command(BaseCommand):
             analysis_registry().get(name)
         except RegistryError as e:
             raise CommandError(str(e)) from e
-        config = analysis_config()
         try:
             from ensemble.training.ensemble_fit import read_scores
+
+            config = analysis_config()
+            # Read first: a malformed file must stop the command before the
+            # manifest changes, not after.
+            ensemble = read_calibration(config.weights_dir)
 
             table = read_scores(o["scores"], any_split=o["any_split"])
             manifest = read_manifest(config.weights_dir, name)
@@ -103,10 +112,11 @@ class Command(BaseCommand):
             record = {
                 "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "method": "platt (temperature and bias)",
-                "scores": {p.name: file_sha256(p) for p in o["scores"]},
+                "scores": [{"file": str(p), "sha256": file_sha256(p)} for p in o["scores"]],
                 "data": o["description"],
                 "n": report["n"],
                 "mirrored": mirrored,
+                "metrics": report["in_sample"],
             }
             if not o["dry_run"]:
                 recalibrate_manifest(
@@ -118,7 +128,6 @@ class Command(BaseCommand):
                     record=record,
                     metrics=report["in_sample"],
                 )
-            ensemble = read_calibration(config.weights_dir)
         except TrusttraceError as e:
             raise CommandError(str(e)) from e
         self._print(name, report, o["dry_run"])
@@ -127,6 +136,10 @@ class Command(BaseCommand):
                 f"{config.weights_dir / 'ensemble.json'} was fitted with {name}'s old "
                 "calibration and is not applied until it is fitted again: run evaluate "
                 "--scores for every member, then calibrate_ensemble"
+            )
+        if not o["dry_run"]:
+            self.stdout.write(
+                "Running workers keep the calibration they loaded: restart them to use this one"
             )
         if o["json"]:
             o["json"].parent.mkdir(parents=True, exist_ok=True)
