@@ -25,7 +25,15 @@ class ReadOnlyAdmin(admin.ModelAdmin[M]):
 
 @admin.register(WeightsVersion)
 class WeightsVersionAdmin(ReadOnlyAdmin[WeightsVersion]):
-    list_display = ("member", "weights_sha256", "architecture", "input_size", "first_seen")
+    list_display = (
+        "member",
+        "weights_sha256",
+        "architecture",
+        "input_size",
+        "temperature",
+        "bias",
+        "first_seen",
+    )
 
     def has_delete_permission(
         self, request: HttpRequest, obj: WeightsVersion | None = None

@@ -180,7 +180,10 @@ class WeightsVersion(models.Model):
     weights_sha256 = models.CharField(max_length=64)
     architecture = models.CharField(max_length=128, blank=True)
     input_size = models.PositiveIntegerField(default=0)
+    # The calibration last seen for these weights (calibrate_member changes
+    # it without changing the weights): sigmoid(logit / temperature + bias).
     temperature = models.FloatField(default=1.0)
+    bias = models.FloatField(default=0.0, db_default=0.0)
     provenance = models.JSONField(default=dict, blank=True)
     first_seen = models.DateTimeField(auto_now_add=True)
 

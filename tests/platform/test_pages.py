@@ -234,3 +234,34 @@ def test_an_image_gets_the_same_viewer_with_one_frame_and_no_chart(
     page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
     assert 'id="viewer"' in page and 'id="viewer-face"' in page
     assert 'id="chart"' not in page and 'id="filmstrip"' not in page
+
+
+def test_weights_versions_keep_the_calibration_last_seen(site: Path, tmp_path: Path) -> None:
+    """calibrate_member changes a member's temperature and bias, not its
+    weights: the version row is the same and says the new calibration."""
+    import shutil
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    from analyses.models import WeightsVersion
+    from analyses.services import record_weights_versions
+    from ensemble.weights import recalibrate_manifest
+
+    weights = shutil.copytree(settings.TRUSTTRACE["WEIGHTS_DIR"], tmp_path / "weights")
+    with override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "WEIGHTS_DIR": weights}):
+        members = models_status()
+        record_weights_versions(members)
+        first = members[0]
+        row = WeightsVersion.objects.get(member=first.name)
+        assert (row.temperature, row.bias) == (first.temperature, first.bias) == (1.0, 0.0)
+        recalibrate_manifest(
+            weights, first.name, temperature=0.8, bias=-0.3, threshold=0.45, record={"n": 9}
+        )
+        record_weights_versions(models_status())
+    rows = WeightsVersion.objects.filter(member=first.name)
+    assert [(r.weights_sha256, r.temperature, r.bias) for r in rows] == [
+        (first.weights_sha256, 0.8, -0.3)
+    ]
+    assert rows[0].provenance["calibrations"][0]["n"] == 9
+    assert WeightsVersion.objects.count() == len(members)

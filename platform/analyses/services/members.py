@@ -28,6 +28,9 @@ class MemberStatus:
     # The problem in words that name no server path or command (for anyone
     # but the site's staff, who see ``problem``).
     brief: str | None = None
+    # The calibration in the manifest: sigmoid(logit / temperature + bias).
+    temperature: float = 1.0
+    bias: float = 0.0
 
 
 def models_status() -> list[MemberStatus]:
@@ -60,6 +63,8 @@ def models_status() -> list[MemberStatus]:
                 manifest.input_size,
                 dict(manifest.provenance),
                 None,
+                temperature=manifest.temperature,
+                bias=manifest.bias,
             )
         )
     return out
@@ -154,15 +159,22 @@ def require_models() -> list[MemberStatus]:
 
 
 def record_weights_versions(members: list[MemberStatus]) -> None:
-    """Remember each weights version seen (shown read-only in the admin)."""
+    """Remember each weights version seen (shown read-only in the admin),
+    with the calibration last seen for it: ``calibrate_member`` changes a
+    member's temperature and bias (and provenance) but not its weights."""
     for m in members:
         if m.weights_sha256:
-            WeightsVersion.objects.get_or_create(
-                member=m.name,
-                weights_sha256=m.weights_sha256,
-                defaults={
-                    "architecture": m.architecture,
-                    "input_size": m.input_size,
-                    "provenance": m.provenance,
-                },
+            seen = {
+                "architecture": m.architecture,
+                "input_size": m.input_size,
+                "provenance": m.provenance,
+                "temperature": m.temperature,
+                "bias": m.bias,
+            }
+            row, created = WeightsVersion.objects.get_or_create(
+                member=m.name, weights_sha256=m.weights_sha256, defaults=seen
             )
+            if not created and (row.temperature, row.bias) != (m.temperature, m.bias):
+                WeightsVersion.objects.filter(pk=row.pk).update(
+                    temperature=m.temperature, bias=m.bias, provenance=m.provenance
+                )
