@@ -36,6 +36,7 @@ SUBMISSION_COLUMNS = (
     "member_scores",
     "model_versions",
     "model_backends",
+    "model_calibrations",
     "combination",
     "decision",
     "decision_note",
@@ -119,6 +120,7 @@ def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[object]]:
             json.dumps(s.members, sort_keys=True),
             json.dumps(s.model_versions, sort_keys=True),
             json.dumps(model_backends(s.result), sort_keys=True),
+            json.dumps(model_calibrations(s.result), sort_keys=True),
             json.dumps((s.result or {}).get("combination", {}), sort_keys=True),
             getattr(s, "decision_label", None) or "",
             getattr(s, "decision_note", None) or "",
@@ -161,6 +163,19 @@ def model_backends(result: dict[str, Any] | None) -> dict[str, str]:
         m["name"]: f"{m.get('backend', 'torch')}/{m.get('precision', 'fp32')}"
         + ("+mirror" if m.get("mirrored") else "")
         for m in (result or {}).get("models", [])
+    }
+
+
+def model_calibrations(result: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """``member -> {"temperature": T, "bias": b}``: the calibration each member's
+    score went through, ``sigmoid(logit / T + b)`` (``ensemble.scoring.calibrate``).
+    The weights' sha256 alone does not say it: ``calibrate_member`` refits it
+    under the same weights. Empty before a result; results from before biases
+    were recorded had none (0)."""
+    return {
+        m["name"]: {"temperature": m["temperature"], "bias": m.get("bias", 0.0)}
+        for m in (result or {}).get("models", [])
+        if m.get("temperature") is not None
     }
 
 

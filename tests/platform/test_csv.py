@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from analyses.models import Submission
 from moderation.services import decide
-from reports.csvexport import SUBMISSION_COLUMNS, safe_cell
+from reports.csvexport import SUBMISSION_COLUMNS, model_calibrations, safe_cell
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +59,19 @@ def test_submitter_exports_only_own_rows_with_injection_neutralised(
         "tiny_a": "openvino/bf16",
         "tiny_b": "openvino/bf16+mirror",  # each face scored as is and mirrored
     }
+    # The same weights can score differently after calibrate_member: the
+    # calibration each member went through is in the report too.
+    assert json.loads(rows[0]["model_calibrations"]) == {
+        "tiny_a": {"temperature": 1.0, "bias": 0.0},
+        "tiny_b": {"temperature": 0.87, "bias": 0.25},
+    }
     assert json.loads(rows[0]["combination"]) == {"method": "mean"}
+
+
+def test_model_calibrations_of_results_before_biases_and_without_a_result() -> None:
+    older = {"models": [{"name": "m", "weights_sha256": "a" * 64, "temperature": 1.2}]}
+    assert model_calibrations(older) == {"m": {"temperature": 1.2, "bias": 0.0}}
+    assert model_calibrations({}) == model_calibrations(None) == {}
 
 
 def test_moderator_exports_all_with_filters(clients, users, finished) -> None:
