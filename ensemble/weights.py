@@ -17,7 +17,7 @@ import logging
 import math
 import pickle
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from ensemble.calibration import calibration_path
 from ensemble.crops import CropPolicy
 from ensemble.errors import (
     IncompatibleCheckpointError,
@@ -204,6 +205,28 @@ def read_manifest(weights_dir: Path, member: str) -> Manifest:
     if manifest.member != member:
         raise IncompatibleCheckpointError(f"{path} describes '{manifest.member}', not '{member}'")
     return manifest
+
+
+def installed_stamp(weights_dir: Path, members: Sequence[str]) -> tuple[Any, ...]:
+    """What changes on disk when members' weights or calibration are installed
+    anew: the identity of each member's manifest and of ``ensemble.json``
+    (inode, size, mtime; ``None`` where absent). Cheap (a few ``stat`` calls),
+    for a worker to see that what it loaded is no longer what is installed.
+
+    The manifest is the right file to watch: an export writes it last and
+    atomically (after the weight files), ``calibrate_member`` rewrites only
+    it, and loading checks every weight file against its hashes."""
+    paths = [member_dir(weights_dir, m) / MANIFEST_NAME for m in members]
+    paths.append(calibration_path(weights_dir))
+    stamp: list[Any] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
 
 
 def normalize_checkpoint(obj: Any) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ from ensemble.registry import Registry, tiny_spec
 from ensemble.weights import (
     MANIFEST_NAME,
     import_checkpoint,
+    installed_stamp,
     load_model,
     read_manifest,
     recalibrate_manifest,
@@ -273,3 +274,25 @@ def test_recalibrating_a_member_keeps_its_weights_and_records_what_it_replaced(
         with pytest.raises(ValueError, match="must be"):
             recalibrate_manifest(tmp_path, "tiny", record={}, **kw)  # type: ignore[arg-type]
     assert read_manifest(tmp_path, "tiny") == again
+
+
+def test_installed_stamp_changes_with_what_is_installed_and_only_then(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Workers compare it before each job to load the members again."""
+    spec = registry.get("tiny")
+    assert installed_stamp(tmp_path, ["tiny"]) == (None, None)  # nothing installed
+    save_weights(spec.build().state_dict(), spec, tmp_path, dtype=torch.float32)
+    installed = installed_stamp(tmp_path, ["tiny"])
+    assert installed[0] is not None and installed[1] is None
+    assert installed_stamp(tmp_path, ["tiny"]) == installed
+    read_manifest(tmp_path, "tiny")  # reading changes nothing
+    assert installed_stamp(tmp_path, ["tiny"]) == installed
+    recalibrate_manifest(
+        tmp_path, "tiny", temperature=1.0, bias=0.5, threshold=0.5, record={"n": 1}
+    )
+    recalibrated = installed_stamp(tmp_path, ["tiny"])
+    assert recalibrated[0] != installed[0]
+    (tmp_path / "ensemble.json").write_text("{}", encoding="utf-8")
+    with_ensemble = installed_stamp(tmp_path, ["tiny"])
+    assert with_ensemble[0] == recalibrated[0] and with_ensemble[1] is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,46 @@ def test_models_are_loaded_once_per_process(site: Path, users, media_dir: Path) 
     services._ANALYZERS.clear()
     first = services._analyzer()
     assert services._analyzer() is first
+
+
+def test_a_worker_loads_the_members_again_when_what_is_installed_changes(
+    site: Path, users, media_dir: Path, settings, tmp_path: Path, tiny_weights: Path
+) -> None:
+    """calibrate_member (or a new export) rewrites a manifest: the worker's
+    next job loads the members again and scores with what is installed now,
+    without a restart."""
+    from ensemble.weights import read_manifest, recalibrate_manifest
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "WEIGHTS_DIR": weights}
+    services._ANALYZERS.clear()
+    first = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(first.pk)
+    loaded = services._analyzer()
+    assert services._analyzer() is loaded  # nothing changed: kept
+    manifest = read_manifest(weights, "tiny_a")
+    recalibrate_manifest(
+        weights,
+        "tiny_a",
+        temperature=manifest.temperature,
+        bias=manifest.bias + 3.0,
+        threshold=manifest.threshold,
+        record={"description": "test"},
+    )
+    second = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(second.pk)
+    assert services._analyzer() is not loaded
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Status.DONE, (first.reason, second.reason)
+    models = {m["name"]: m for m in second.result["models"]}
+    assert models["tiny_a"]["bias"] == pytest.approx(manifest.bias + 3.0)
+    assert models["tiny_b"]["bias"] == manifest.bias  # only tiny_a was recalibrated
+    # Same weights, same face: the score moved by the bias alone.
+    assert second.model_versions == first.model_versions
+    assert second.members["tiny_a"] > first.members["tiny_a"] + 0.05
+    assert second.members["tiny_b"] == pytest.approx(first.members["tiny_b"])
 
 
 def test_missing_weights_refuse_uploads_clearly_and_save_nothing(

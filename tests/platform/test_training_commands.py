@@ -687,7 +687,7 @@ def test_calibrate_member_fits_a_bias_that_analyses_then_apply(site: Path, tmp_p
     assert record["replaced"] == {"temperature": 1.0, "bias": 0.0, "threshold": 0.5}
     assert record["scores"] == [{"file": str(scores), "sha256": file_sha256(scores)}]
     assert record["n"] == 40 and record["metrics"] == report["in_sample"]
-    assert "Running workers keep the calibration they loaded" in out
+    assert "Running workers load the members again, with this calibration" in out
     # The old scores carry the old calibration: refused for the ensemble fit,
     # and the ensemble fitted with it is not applied.
     with pytest.raises(CommandError, match="calibrated otherwise than the installed calibration"):

@@ -4,6 +4,7 @@ worker child only)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -45,21 +46,35 @@ INTERNAL_ERROR_REASON = (
     "not your file's; it was logged and a moderator can run it again."
 )
 
-_ANALYZERS: dict[tuple[AnalysisConfig, str], Analyzer] = {}
+_ANALYZERS: dict[tuple[AnalysisConfig, str, tuple[Any, ...]], Analyzer] = {}
 
 
 def _analyzer() -> Analyzer:
     """One loaded :class:`ensemble.pipeline.Analyzer` per worker process and
-    configuration: models load on the first job, in the child process."""
+    configuration: models load on the first job, in the child process.
+
+    They load again when what is installed changes (new weights exported or
+    imported, ``calibrate_member``, ``calibrate_ensemble``): a running worker
+    picks them up at its next job instead of scoring with what it loaded
+    until someone restarts it."""
     from ensemble.pipeline import Analyzer
+    from ensemble.runtime import release_memory
+    from ensemble.weights import installed_stamp
 
     config = analysis_config()
-    key = (config, trusttrace_settings().registry)
+    installed = installed_stamp(config.weights_dir, config.members)
+    key = (config, trusttrace_settings().registry, installed)
     analyzer = _ANALYZERS.get(key)
     if analyzer is None:
+        if _ANALYZERS:
+            logger.info("settings or installed weights changed: loading the members again")
+            # The old models go first: two sets of them need not fit in memory.
+            _ANALYZERS.clear()
+            _EXPLAINERS.clear()
+            gc.collect()
+            release_memory()
         analyzer = Analyzer(config, analysis_registry())
         analyzer.prepare()
-        _ANALYZERS.clear()  # settings changed: drop the old models
         _ANALYZERS[key] = analyzer
     return analyzer
 

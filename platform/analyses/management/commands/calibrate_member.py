@@ -20,8 +20,9 @@ their hash stay as they are.
 
 An ensemble calibration (``weights/ensemble.json``) fitted with the member's
 old calibration no longer applies (analyses use the plain mean and say why)
-until ``evaluate --scores`` and ``calibrate_ensemble`` are run again. Workers
-read manifests when they load the members: restart them afterwards.
+until ``evaluate --scores`` and ``calibrate_ensemble`` are run again. Running
+workers load the members again at their next job, when they see the manifest
+changed.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Command(BaseCommand):
             )
         if not o["dry_run"]:
             self.stdout.write(
-                "Running workers keep the calibration they loaded: restart them to use this one"
+                "Running workers load the members again, with this calibration, at their next job"
             )
         if o["json"]:
             o["json"].parent.mkdir(parents=True, exist_ok=True)
