@@ -313,6 +313,8 @@ class Analyzer:
             self.registry.get(name)  # unknown names fail before any loading
             if name not in self._members:
                 read_manifest(self.config.weights_dir, name)  # so do missing weights
+        # And a damaged ensemble.json, before minutes of loading.
+        calibration = read_calibration(self.config.weights_dir) if self._combiner is None else None
         if self._detector is None:
             unknown = [n for n in self.config.mirror if n not in self.registry]
             if unknown:
@@ -348,7 +350,7 @@ class Analyzer:
                 release_memory()
         if self._combiner is None:
             self._combiner = Combiner.for_members(
-                read_calibration(self.config.weights_dir),
+                calibration,
                 {n: self._members[n].weights_sha256 for n in self.config.members},
                 {n: self._members[n].temperature for n in self.config.members},
                 [n for n in self.config.members if self._members[n].mirror],

@@ -11,6 +11,7 @@ and never on random weights outside tests.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -207,25 +208,26 @@ def read_manifest(weights_dir: Path, member: str) -> Manifest:
     return manifest
 
 
-def installed_stamp(weights_dir: Path, members: Sequence[str]) -> tuple[Any, ...]:
-    """What changes on disk when members' weights or calibration are installed
-    anew: the identity of each member's manifest and of ``ensemble.json``
-    (inode, size, mtime; ``None`` where absent). Cheap (a few ``stat`` calls),
-    for a worker to see that what it loaded is no longer what is installed.
+def installed_stamp(weights_dir: Path, members: Sequence[str]) -> tuple[str | None, ...]:
+    """What changes when members' weights or calibration are installed anew:
+    the sha256 of each member's manifest and of ``ensemble.json`` (``None``
+    where absent). Cheap (a few small files), for a worker to see that what
+    it loaded is no longer what is installed, however the files got there
+    (an export, ``calibrate_member``, ``tar x`` or ``cp -p`` keeping old
+    times). An error other than a missing file is raised, not taken for a
+    change.
 
     The manifest is the right file to watch: an export writes it last and
     atomically (after the weight files), ``calibrate_member`` rewrites only
-    it, and loading checks every weight file against its hashes."""
+    it, and it holds the hash of every weight file."""
     paths = [member_dir(weights_dir, m) / MANIFEST_NAME for m in members]
     paths.append(calibration_path(weights_dir))
-    stamp: list[Any] = []
+    stamp: list[str | None] = []
     for path in paths:
         try:
-            st = path.stat()
-        except OSError:
+            stamp.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except (FileNotFoundError, NotADirectoryError):
             stamp.append(None)
-        else:
-            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(stamp)
 
 
@@ -275,16 +277,20 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], label: str) -> Non
         )
 
 
-def _verified(path: Path, expected: WeightFile) -> Path:
-    if not path.is_file():
-        raise MissingWeightsError(f"weights file {path} listed in the manifest is missing")
-    actual = file_sha256(path)
+def _read_verified(path: Path, expected: WeightFile) -> bytes:
+    """The file's bytes, checked against the manifest's sha256: read once, so
+    what is loaded is what was checked even if the file is replaced meanwhile."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        raise MissingWeightsError(f"weights file {path} listed in the manifest is missing") from e
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected.sha256:
         raise WeightsIntegrityError(
             f"{path} is damaged or was replaced: sha256 {actual[:12]}..., "
             f"the manifest says {expected.sha256[:12]}..."
         )
-    return path
+    return data
 
 
 def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
@@ -297,17 +303,20 @@ def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
         )
     state: dict[str, Tensor] = {}
     for wf in manifest.files:
-        path = _verified(folder / wf.path, wf)
+        path = folder / wf.path
+        data = _read_verified(path, wf)
         if manifest.format == "safetensors":
             from safetensors.torch import load
 
             # From bytes, not load_file: its tensors keep the file mapped,
             # and every page of it resident, for as long as any one of them
             # lives (a member keeps only some, ``ensemble.members``).
-            part: dict[str, Tensor] = load(path.read_bytes())
+            part: dict[str, Tensor] = load(data)
         elif manifest.format == "pytorch":
             try:
-                part = normalize_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+                part = normalize_checkpoint(
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                )
             except (
                 RuntimeError,
                 OSError,

@@ -280,19 +280,39 @@ def test_installed_stamp_changes_with_what_is_installed_and_only_then(
     tmp_path: Path, registry: Registry
 ) -> None:
     """Workers compare it before each job to load the members again."""
+    import os
+
+    from ensemble.calibration import EnsembleCalibration, write_calibration
+
     spec = registry.get("tiny")
     assert installed_stamp(tmp_path, ["tiny"]) == (None, None)  # nothing installed
+    torch.manual_seed(0)
     save_weights(spec.build().state_dict(), spec, tmp_path, dtype=torch.float32)
     installed = installed_stamp(tmp_path, ["tiny"])
     assert installed[0] is not None and installed[1] is None
-    assert installed_stamp(tmp_path, ["tiny"]) == installed
     read_manifest(tmp_path, "tiny")  # reading changes nothing
+    load_model(spec, tmp_path)
     assert installed_stamp(tmp_path, ["tiny"]) == installed
+    # Other weights exported over the first.
+    save_weights(spec.build().state_dict(), spec, tmp_path, dtype=torch.float32)
+    exported = installed_stamp(tmp_path, ["tiny"])
+    assert exported[0] != installed[0]
     recalibrate_manifest(
         tmp_path, "tiny", temperature=1.0, bias=0.5, threshold=0.5, record={"n": 1}
     )
     recalibrated = installed_stamp(tmp_path, ["tiny"])
-    assert recalibrated[0] != installed[0]
-    (tmp_path / "ensemble.json").write_text("{}", encoding="utf-8")
+    assert recalibrated[0] != exported[0]
+    sha = read_manifest(tmp_path, "tiny").weights_sha256
+    calibration = EnsembleCalibration(members={"tiny": sha}, slope=1.0, bias=0.0)
+    write_calibration(tmp_path, calibration)
     with_ensemble = installed_stamp(tmp_path, ["tiny"])
     assert with_ensemble[0] == recalibrated[0] and with_ensemble[1] is not None
+    # Copied in by hand with the old file times kept (tar x, cp -p) and
+    # the same size: still seen.
+    path = tmp_path / "ensemble.json"
+    before = path.stat()
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('"tiny"', '"tinY"', 1), encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert installed_stamp(tmp_path, ["tiny"])[1] != with_ensemble[1]

@@ -71,6 +71,8 @@ def test_submitter_exports_only_own_rows_with_injection_neutralised(
 def test_model_calibrations_of_results_before_biases_and_without_a_result() -> None:
     older = {"models": [{"name": "m", "weights_sha256": "a" * 64, "temperature": 1.2}]}
     assert model_calibrations(older) == {"m": {"temperature": 1.2, "bias": 0.0}}
+    unknown = {"models": [{"name": "m", "weights_sha256": None, "temperature": None}]}
+    assert model_calibrations(unknown) == {}
     assert model_calibrations({}) == model_calibrations(None) == {}
 
 

@@ -227,6 +227,46 @@ def test_a_worker_loads_the_members_again_when_what_is_installed_changes(
     assert second.members["tiny_b"] == pytest.approx(first.members["tiny_b"])
 
 
+def test_detectors_that_no_longer_load_fail_the_job_for_the_site_and_are_tried_again(
+    site: Path, users, media_dir: Path, settings, tmp_path: Path, tiny_weights: Path
+) -> None:
+    """A damaged install met by a reload: the job fails with a reason that
+    blames the site and names no server path, nothing half-loaded is kept,
+    and once the install is repaired the next job loads it and scores."""
+    from ensemble.weights import read_manifest, recalibrate_manifest
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "WEIGHTS_DIR": weights}
+    services._ANALYZERS.clear()
+    services.run_submission(_submit(users["submitter"], media_dir / "face.png").pk)
+    manifest = read_manifest(weights, "tiny_a")
+    shard = weights / "tiny_a" / manifest.files[0].path
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit flipped
+    recalibrate_manifest(  # the install changed: workers load it again
+        weights, "tiny_a", temperature=1.1, bias=0.0, threshold=0.5, record={"n": 1}
+    )
+    broken = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(broken.pk)
+    broken.refresh_from_db()
+    assert broken.status == Status.FAILED and broken.score is None and broken.verdict == ""
+    assert broken.reason_code == "models_unavailable"
+    assert "do not match their manifest's checksums" in broken.reason
+    assert "fault of the site, not of your file" in broken.reason
+    assert str(weights) not in broken.reason and "tiny_a" not in broken.reason
+    assert services._ANALYZERS == {}  # nothing half-loaded kept
+    shard.write_bytes(good)  # repaired, manifest untouched: the next job loads it
+    again = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(again.pk)
+    again.refresh_from_db()
+    assert again.status == Status.DONE, again.reason
+    services.rerun(broken)
+    services.run_submission(broken.pk)
+    broken.refresh_from_db()
+    assert broken.status == Status.DONE and broken.reason_code == ""
+
+
 def test_missing_weights_refuse_uploads_clearly_and_save_nothing(
     no_weights_site: Path, site: Path, users, media_dir: Path
 ) -> None:

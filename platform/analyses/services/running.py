@@ -74,9 +74,52 @@ def _analyzer() -> Analyzer:
             gc.collect()
             release_memory()
         analyzer = Analyzer(config, analysis_registry())
-        analyzer.prepare()
+        try:
+            analyzer.prepare()
+        except BaseException:
+            # Nothing is kept: the next job tries again (a moderator can re-run
+            # this one once the install is fixed); what loaded goes back now.
+            del analyzer
+            gc.collect()
+            release_memory()
+            raise
         _ANALYZERS[key] = analyzer
     return analyzer
+
+
+MODELS_FAILED_CODE = "models_unavailable"
+MODELS_FAILED_REASON = (
+    "The detectors installed on this site could not be loaded ({why}). This is a fault of "
+    "the site, not of your file; it was logged and a moderator can run the analysis again "
+    "once the detectors are fixed."
+)
+
+
+def _brief(e: Exception) -> str:
+    """Why the detectors did not load, in words that name no server path (the
+    full error goes to the log)."""
+    from ensemble.errors import (
+        IncompatibleCheckpointError,
+        MissingWeightsError,
+        RegistryError,
+        WeightsIntegrityError,
+    )
+
+    if isinstance(e, MissingWeightsError):
+        return "installed weights are missing"
+    if isinstance(e, WeightsIntegrityError):
+        return "installed weights do not match their manifest's checksums"
+    if isinstance(e, IncompatibleCheckpointError):
+        return "installed weights do not fit their detector"
+    if isinstance(e, RegistryError):
+        return "a configured detector is unknown to this version of the site"
+    return "their manifest or calibration cannot be used"
+
+
+class _ModelsFailedError(TrusttraceError):
+    """The installed weights (or their calibration) cannot be loaded: the
+    site's fault, so the job fails (and may be run again), with a reason that
+    says so instead of an internal error."""
 
 
 class _RejectedInput(Refusal):
@@ -157,9 +200,13 @@ def _analyze(
     dict) when there is one (only for a "done" result). An unusable
     reference is bad input: :class:`_RejectedInput` with its reason.
     """
+    from ensemble.errors import RegistryError, WeightsError
     from explain import InvalidReferenceError
 
-    explainer = _explainer()
+    try:
+        explainer = _explainer()
+    except (WeightsError, RegistryError) as e:
+        raise _ModelsFailedError(MODELS_FAILED_REASON.format(why=_brief(e))) from e
     try:
         result, index = explainer.run(path, out_dir, reference=reference, progress=progress)
     except InvalidReferenceError as e:
@@ -377,6 +424,9 @@ def run_submission(submission_id: UUID | str) -> None:
             except _StoredFileError as e:
                 logger.error("submission %s: %s", sub.pk, e)
                 _finish_without_result(sub, Status.FAILED, str(e), STORED_FILE_CODE)
+            except _ModelsFailedError as e:
+                logger.error("submission %s: %s", sub.pk, e.__cause__, exc_info=e.__cause__)
+                _finish_without_result(sub, Status.FAILED, str(e), MODELS_FAILED_CODE)
             except (Submission.DoesNotExist, _ClaimLost):
                 raise
             except SoftTimeLimitExceeded as e:

@@ -13,8 +13,8 @@ logits before the Platt layer; ``--method mean`` only recalibrates the plain
 mean (no ranking changes). Prints the plain mean's metrics, the calibrated
 ensemble's cross-validated
 metrics (5 folds by source video: the honest figures) and the in-sample
-ones, then writes the file (not with ``--dry-run``). Analyses pick it up on
-the worker's next start.
+ones, then writes the file (not with ``--dry-run``). Running workers pick it
+up at their next job.
 """
 
 from __future__ import annotations
