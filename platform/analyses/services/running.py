@@ -46,7 +46,7 @@ INTERNAL_ERROR_REASON = (
     "not your file's; it was logged and a moderator can run it again."
 )
 
-_ANALYZERS: dict[tuple[AnalysisConfig, str, tuple[Any, ...]], Analyzer] = {}
+_ANALYZERS: dict[tuple[AnalysisConfig, str, tuple[str | None, ...]], Analyzer] = {}
 
 
 def _analyzer() -> Analyzer:
@@ -78,7 +78,8 @@ def _analyzer() -> Analyzer:
             analyzer.prepare()
         except BaseException:
             # Nothing is kept: the next job tries again (a moderator can re-run
-            # this one once the install is fixed); what loaded goes back now.
+            # this one once the install is fixed). What loaded is freed once
+            # the error (whose traceback holds it) has been handled.
             del analyzer
             gc.collect()
             release_memory()
