@@ -17,10 +17,12 @@ and applied to each fold in turn.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ import numpy.typing as npt
 
 from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, EnsembleCalibration, logit
 from ensemble.evaluation import binary_metrics
-from ensemble.training.calibrate import fit_platt, fit_weighted_platt
+from ensemble.scoring import calibrate
+from ensemble.training.calibrate import fit_member_calibration, fit_platt, fit_weighted_platt
 from ensemble.training.data import DatasetError
 
 CV_FOLDS = 5
@@ -132,6 +135,85 @@ def read_scores(paths: Sequence[Path], *, any_split: bool = False) -> ScoreTable
         logits=logits,
         mirrored=frozenset(mirrored),
     )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A training run standing in for a member's installed weights
+    (:func:`with_candidate`): the calibration an export would fit on its
+    validation logits, and its own metrics with it."""
+
+    member: str
+    run: Path
+    temperature: float
+    bias: float
+    metrics: Mapping[str, Any]
+
+
+def with_candidate(table: ScoreTable, member: str, run: Path) -> tuple[ScoreTable, Candidate]:
+    """``table`` with ``member``'s scores taken from the training run in
+    ``run`` instead: its best epoch's logits on the validation crops
+    (``val_predictions.csv``: the EMA weights, each crop as is, the run's
+    precision), calibrated by the temperature and bias an export would fit on
+    them. What a run would do for the ensemble can then be measured before it
+    is exported. The run must have validated exactly the table's crops, with
+    the same labels."""
+    info_path, predictions = run / "run.json", run / "val_predictions.csv"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        with predictions.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError as e:
+        raise DatasetError(
+            f"{run} is not a training run that has validated an epoch (no {Path(e.filename).name})"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read the training run {run}: {e}") from e
+    if info.get("member") != member:
+        raise DatasetError(f"{run} trained {info.get('member')!r}, not {member}")
+    # The run wrote each crop's path under its --data; the tables name them
+    # relative to the dataset's root.
+    root = PurePath(str(info.get("data", "")))
+    logits: dict[str, float] = {}
+    labels: dict[str, int] = {}
+    try:
+        for r in rows:
+            key = PurePath(r["file"]).relative_to(root).as_posix()
+            logits[key], labels[key] = float(r["logit"]), int(r["label"])
+    except (KeyError, ValueError) as e:
+        raise DatasetError(
+            f"{predictions} does not list crops under the run's data ({root}): {e}"
+        ) from e
+    if set(logits) != set(table.files):
+        raise DatasetError(
+            f"{run} validated {len(logits)} crops and the scores hold {len(table.files)}, "
+            f"{len(set(logits) - set(table.files))} of the run's not among them: score the "
+            "same validation split of the same dataset"
+        )
+    if any(labels[f] != int(y) for f, y in zip(table.files, table.labels, strict=True)):
+        raise DatasetError(f"{run} labels crops differently from the scores")
+    z = np.array([logits[f] for f in table.files], np.float64)
+    if not np.isfinite(z).all():
+        raise DatasetError(f"{predictions} holds logits that are not finite numbers")
+    temperature, bias = fit_member_calibration(z, table.labels)
+    probs = calibrate(z, temperature, bias)
+    candidate = Candidate(
+        member=member,
+        run=run,
+        temperature=temperature,
+        bias=bias,
+        metrics=binary_metrics(probs, table.labels).to_dict(),
+    )
+    # Stands in for the weights' hash: the run's predictions, never installed.
+    digest = "run:" + hashlib.sha256(predictions.read_bytes()).hexdigest()
+    table = dataclasses.replace(
+        table,
+        probs={**table.probs, member: probs},
+        logits={**table.logits, member: z},
+        weights={**table.weights, member: digest},
+        mirrored=table.mirrored - {member},
+    )
+    return table, candidate
 
 
 def folds(groups: Sequence[str], k: int = CV_FOLDS) -> npt.NDArray[np.int64]:

@@ -624,6 +624,89 @@ def test_train_detector_summary_reports_a_runs_validation_figures(
         call_command("train_detector", "--member", "bright", "--out", str(tmp_path / "new"))
 
 
+def _candidate_run(run: Path, data: Path, logit_of, member: str = "bright") -> Path:
+    """A training run folder as train_detector leaves it after validating:
+    ``run.json`` and the best epoch's ``val_predictions.csv`` over ``data``."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "run.json").write_text(json.dumps({"member": member, "data": str(data)}))
+    with (data / "metadata.csv").open() as fh:
+        crops = list(csv.DictReader(fh))
+    with (run / "val_predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "logit"])
+        for c in crops:
+            w.writerow([str(data / c["file"]), c["label"], logit_of(c["file"], int(c["label"]))])
+    return run
+
+
+def test_calibrate_ensemble_measures_a_candidate_run_without_installing_it(
+    site: Path, tmp_path: Path, capsys
+):
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    # Overlapping greys: the installed member ranks them imperfectly.
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    scores = tmp_path / "scores.csv"
+    call_command("evaluate", "--faces", str(data), "--scores", str(scores))
+    capsys.readouterr()
+    call_command("calibrate_ensemble", "--scores", str(scores), "--dry-run")
+    installed = capsys.readouterr().out
+    assert "cross-validated: AUC 1.0000" not in installed
+
+    # A run that orders every crop right (fakes above reals, by a margin).
+    def perfect(file: str, label: int) -> float:
+        return 3.0 + (hash(file) % 7) / 10 if label else -3.0 - (hash(file) % 5) / 10
+
+    run = _candidate_run(tmp_path / "run", data, perfect)
+    report = tmp_path / "fit.json"
+    # Without --dry-run too: a candidate is never written.
+    call_command(
+        "calibrate_ensemble", "--scores", str(scores), "--candidate", f"bright={run}",
+        "--json", str(report),
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"candidate bright: {run}" in out and "AUC 1.0000" in out
+    assert "cross-validated: AUC 1.0000" in out
+    assert "nothing written" in out
+    assert not (site / "ensemble.json").exists()
+    fitted = json.loads(report.read_text())
+    assert fitted["members"]["bright"].startswith("run:")
+    assert fitted["provenance"]["candidates"] == {"bright": str(run)}
+    assert fitted["metrics"]["cross_validated"]["auc"] == pytest.approx(1.0)
+    # The installed weights' scores are not in the figures: the member is
+    # replaced, not added (one member, so the fit ranks as the candidate does).
+    assert fitted["member_weights"] == {"bright": pytest.approx(1.0)}
+
+    def refused(match: str, *candidate: str) -> None:
+        with pytest.raises(CommandError, match=match):
+            call_command("calibrate_ensemble", "--scores", str(scores), *candidate)
+        assert not (site / "ensemble.json").exists()
+
+    refused("takes MEMBER=RUN", "--candidate", str(run))
+    refused("not a member of this ensemble", "--candidate", f"tiny_a={run}")
+    refused("given twice", "--candidate", f"bright={run}", "--candidate", f"bright={run}")
+    refused("not a training run that has validated", "--candidate", f"bright={tmp_path}")
+    other = _candidate_run(tmp_path / "other", data, perfect, member="tiny_a")
+    refused("trained 'tiny_a', not bright", "--candidate", f"bright={other}")
+    # A run over another dataset, or part of the crops, or other labels.
+    fewer = _grey_dataset(tmp_path / "fewer")
+    refused("validated 6 crops and the scores hold 40", "--candidate",
+            f"bright={_candidate_run(tmp_path / 'fewer-run', fewer, perfect)}")  # fmt: skip
+    flipped = _candidate_run(tmp_path / "flipped", data, perfect)
+    rows = (flipped / "val_predictions.csv").read_text().splitlines()
+    name, label, z = rows[1].split(",")
+    rows[1] = ",".join([name, str(1 - int(label)), z])
+    (flipped / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    refused("labels crops differently", "--candidate", f"bright={flipped}")
+    (run / "val_predictions.csv").write_text(
+        (run / "val_predictions.csv").read_text().replace(str(data), str(tmp_path / "elsewhere"))
+    )
+    refused("does not list crops under the run's data", "--candidate", f"bright={run}")
+    from django.conf import settings
+
+    with override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "MIRROR": ("bright",)}):
+        refused("a run validates crops as is only", "--candidate", f"bright={flipped}")
+
+
 def test_calibrate_ensemble_refuses_scores_of_training_crops(site: Path, tmp_path: Path):
     save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
     data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))

@@ -15,6 +15,12 @@ ensemble's cross-validated
 metrics (5 folds by source video: the honest figures) and the in-sample
 ones, then writes the file (not with ``--dry-run``). Running workers pick it
 up at their next job.
+
+``--candidate MEMBER=RUN`` measures what a training run that is not
+installed would do for the ensemble: the run's best-epoch validation logits
+(``RUN/val_predictions.csv``) stand in for the member's scores, calibrated as
+an export would calibrate them. It implies ``--dry-run``: nothing is written,
+since the run's weights are not the installed ones.
 """
 
 from __future__ import annotations
@@ -50,11 +56,44 @@ class Command(BaseCommand):
         parser.add_argument("--json", type=Path, help="also write the fit's report to FILE")
         parser.add_argument("--dry-run", action="store_true", help="report only; write nothing")
         parser.add_argument(
+            "--candidate",
+            action="append",
+            default=[],
+            metavar="MEMBER=RUN",
+            help="score MEMBER with the training run folder RUN's validation predictions "
+            "instead of its installed weights (before exporting it); implies --dry-run",
+        )
+        parser.add_argument(
             "--any-split",
             action="store_true",
             help="accept scores of crops outside the validation split (a held-out set no "
             "member was trained on, split by hash into train/val)",
         )
+
+    @staticmethod
+    def _candidate_runs(
+        specs: list[str], members: tuple[str, ...], mirror: tuple[str, ...]
+    ) -> dict[str, Path]:
+        """``--candidate MEMBER=RUN`` values as ``{member: run folder}``."""
+        runs: dict[str, Path] = {}
+        for spec in specs:
+            name, sep, run = spec.partition("=")
+            name = name.strip()
+            if not sep or not name or not run:
+                raise CommandError(f"--candidate takes MEMBER=RUN, not {spec!r}")
+            if name not in members:
+                raise CommandError(
+                    f"--candidate {name}: not a member of this ensemble ({', '.join(members)})"
+                )
+            if name in runs:
+                raise CommandError(f"--candidate {name} is given twice")
+            if name in mirror:
+                raise CommandError(
+                    f"--candidate {name}: analyses here score each face as is and mirrored "
+                    "(settings TRUSTTRACE['MIRROR']), but a run validates crops as is only"
+                )
+            runs[name] = Path(run).expanduser()
+        return runs
 
     def handle(self, *args: Any, **o: Any) -> None:
         import numpy as np
@@ -63,7 +102,12 @@ class Command(BaseCommand):
         from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, write_calibration
         from ensemble.errors import TrusttraceError
         from ensemble.scoring import calibrate
-        from ensemble.training.ensemble_fit import fit_ensemble, read_scores
+        from ensemble.training.ensemble_fit import (
+            Candidate,
+            fit_ensemble,
+            read_scores,
+            with_candidate,
+        )
         from ensemble.weights import read_manifest
 
         members = [m.strip() for m in o["members"].split(",")] if o["members"] else None
@@ -72,12 +116,20 @@ class Command(BaseCommand):
         except TrusttraceError as e:
             raise CommandError(str(e)) from e
         registry = analysis_registry()
+        runs = self._candidate_runs(o["candidate"], config.members, config.mirror)
         try:
             table = read_scores(o["scores"], any_split=o["any_split"])
+            candidates: dict[str, Candidate] = {}
+            for name, run in runs.items():
+                table, candidates[name] = with_candidate(table, name, run)
             temperatures: dict[str, float] = {}
             biases: dict[str, float] = {}
             for name in config.members:
                 registry.get(name)
+                if name in candidates:
+                    temperatures[name] = candidates[name].temperature
+                    biases[name] = candidates[name].bias
+                    continue
                 manifest = read_manifest(config.weights_dir, name)
                 installed = manifest.weights_sha256
                 scored = table.weights.get(name)
@@ -121,11 +173,13 @@ class Command(BaseCommand):
                     f"{', '.join(wanted) or 'no member'} (settings TRUSTTRACE['MIRROR']): "
                     "run evaluate --scores again with the same settings"
                 )
-            provenance = {
+            provenance: dict[str, Any] = {
                 "fitted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "scores": [p.name for p in o["scores"]],
                 "data": o["description"],
             }
+            if candidates:
+                provenance["candidates"] = {m: str(c.run) for m, c in candidates.items()}
             method = WEIGHTED_METHOD if o["method"] == "weighted" else MEAN_METHOD
             fit = fit_ensemble(
                 table,
@@ -138,6 +192,13 @@ class Command(BaseCommand):
         except TrusttraceError as e:
             raise CommandError(str(e)) from e
         c = fit.calibration
+        for name, cand in candidates.items():
+            m = cand.metrics
+            self.stdout.write(
+                f"candidate {name}: {cand.run} (best epoch's validation logits, as is; "
+                f"temperature {cand.temperature:.3f}, bias {cand.bias:+.3f} as an export would "
+                f"fit): AUC {m['auc']:.4f}, log loss {m['log_loss']:.4f}, ECE {m['ece']:.4f}"
+            )
         self.stdout.write(
             f"{len(table.files)} crops, members {', '.join(config.members)}: "
             f"{c.method}, slope {c.slope:.4f}, bias {c.bias:.4f}"
@@ -160,7 +221,9 @@ class Command(BaseCommand):
             report = {**c.to_dict(), "in_sample": fit.in_sample}
             o["json"].parent.mkdir(parents=True, exist_ok=True)
             o["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if o["dry_run"]:
+        if o["dry_run"] or candidates:
+            if candidates:
+                self.stdout.write("a candidate is not installed: nothing written")
             return
         path = write_calibration(config.weights_dir, c)
         self.stdout.write(f"wrote {path}")
