@@ -12,6 +12,10 @@ from api.views import SubmissionViewSet
 app_name = "api"
 
 router = DefaultRouter()
+# No ``.json``-style suffix routes: the custom actions take no ``format``
+# argument (a suffix made them fail with a 500), and content negotiation goes
+# by the Accept header, as the downloads document.
+router.include_format_suffixes = False
 router.register("submissions", SubmissionViewSet, basename="submission")
 
 urlpatterns = [

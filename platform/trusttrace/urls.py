@@ -11,6 +11,10 @@ from accounts.forms import ThrottledAdminAuthenticationForm
 # The admin's log-in shares the site's throttle (it is the most valuable one).
 admin.site.login_form = ThrottledAdminAuthenticationForm
 
+# API addresses answer in the API's error shape; the site's pages as Django's.
+handler404 = "trusttrace.errors.not_found"
+handler500 = "trusttrace.errors.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),

@@ -213,6 +213,49 @@ def test_an_id_that_is_not_a_uuid_is_404_on_every_detail_endpoint(api: Client, b
     assert api.delete(base).status_code == 404
 
 
+def test_a_format_suffix_is_404_not_a_server_error(api: Client, users, finished) -> None:
+    """DRF's default router added ``.json``-style routes, and the custom
+    actions, which take no ``format`` argument, failed on them with a 500."""
+    sub = finished(users["submitter"])
+    base = f"/api/submissions/{sub.pk}"
+    art = api.get(f"{base}/artifacts/").json()[0]
+    for url in (
+        f"{base}/progress.json",
+        f"{base}/result.json",
+        f"{base}.json",
+        "/api/submissions.json",
+        "/api/submissions/export-csv.csv",
+        f"{base}/frames-csv.csv",
+        art["url"].rstrip("/") + ".png",
+    ):
+        response = api.get(url)
+        assert response.status_code == 404, url
+        assert "detail" in response.json(), url
+    assert api.get(f"{base}/progress/").status_code == 200
+    unknown = api.get("/api/no-such-thing/")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "Not found.", "code": "not_found"}
+    # The site's own pages keep Django's HTML 404.
+    page = api.get("/no-such-page/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_a_server_error_under_the_api_is_json_without_details(users, monkeypatch) -> None:
+    from api import views
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/srv/secret/path exploded")
+
+    # Outside DRF's exception handler, which answers only APIException and Http404.
+    monkeypatch.setattr(views, "drf_exception_handler", broken)
+    token = Token.objects.create(user=users["submitter"])
+    client = Client(HTTP_AUTHORIZATION=f"Token {token.key}", raise_request_exception=False)
+    response = client.get("/api/submissions/not-a-uuid/")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "A server error occurred.", "code": "server_error"}
+    assert b"/srv/secret" not in response.content
+
+
 def test_downloads_answer_clients_that_ask_for_their_media_type(api: Client, users, finished):
     sub = finished(users["submitter"])
     base = f"/api/submissions/{sub.pk}/"
