@@ -15,6 +15,15 @@ from django.http import HttpRequest
 from ensemble.errors import TrusttraceError
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Positions of more digits than this lie beyond any file, and are read as
+# this: Python refuses int() of a string of over 4,300 digits (a 500 before).
+_DIGITS = 18
+_BEYOND = 10**_DIGITS
+
+
+def _position(text: str) -> int:
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _DIGITS else _BEYOND
 
 
 class _Slice(io.RawIOBase):
@@ -58,12 +67,12 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if not first_text and not last_text:
         return None
     if not first_text:  # the last N bytes
-        suffix = int(last_text)
+        suffix = _position(last_text)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
         return max(0, size - suffix), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if first >= size:
         raise RangeNotSatisfiable
     if last < first:

@@ -649,8 +649,15 @@ def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[A
     sub.series = index.get("series") or series_from_result(sub.result)
     missing = index.get("missing") or {}
     if missing:
-        # For programs: which kinds, and the errors (the API's result and index).
-        sub.result = {**sub.result, "explanations_missing": dict(missing)}
+        # For programs: which kinds, and the class of each error (the API's
+        # result and index). The explainer writes "Class: message"; the
+        # message can name server files, so it stays in the worker's log.
+        sub.result = {
+            **sub.result,
+            "explanations_missing": {
+                str(k): str(v).split(":", 1)[0].strip() or "error" for k, v in missing.items()
+            },
+        }
         names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in missing)
         note = (
             f"Some explanations could not be made ({names}); this was logged. The verdict does "
