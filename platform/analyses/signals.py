@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
@@ -18,11 +19,18 @@ logger = logging.getLogger(__name__)
 
 @receiver(post_delete, sender=Submission, dispatch_uid="analyses.remove_submission_files")
 def remove_submission_files(sender: type[Submission], instance: Submission, **kwargs: Any) -> None:
-    """Remove the upload, the reference and the artifact folder of ``instance``."""
+    """Remove the upload, the reference and the artifact folder of
+    ``instance`` once the delete is committed: a delete that is rolled back
+    (on Postgres, one that met a worker's rows at commit) keeps its files."""
     from analyses.services import artifact_dir
 
-    for field in (instance.file, instance.reference_file):
-        if field:
-            Path(field.path).unlink(missing_ok=True)
-    shutil.rmtree(artifact_dir(instance), ignore_errors=True)
-    logger.info("submission %s deleted with its files", instance.pk)
+    paths = [Path(field.path) for field in (instance.file, instance.reference_file) if field]
+    folder, pk = artifact_dir(instance), instance.pk
+
+    def remove() -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("submission %s deleted with its files", pk)
+
+    transaction.on_commit(remove, using=kwargs.get("using"))

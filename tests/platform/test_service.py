@@ -302,13 +302,36 @@ def test_index_entries_escaping_the_folder_are_skipped(site: Path, finished, use
     assert services.store_index(sub, index, out) == []
 
 
-def test_delete_removes_row_upload_and_artifacts(site: Path, finished, users) -> None:
+def test_delete_removes_row_upload_and_artifacts(
+    site: Path, finished, users, django_capture_on_commit_callbacks
+) -> None:
     sub = finished(users["submitter"])
     upload_path, folder = Path(sub.file.path), services.artifact_dir(sub)
     assert upload_path.is_file() and folder.is_dir()
-    services.delete_submission(sub)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.delete_submission(sub)
     assert not upload_path.exists() and not folder.exists()
     assert not Submission.objects.filter(pk=sub.pk).exists()
+
+
+def test_a_delete_that_does_not_commit_keeps_the_files(
+    site: Path, finished, users, django_capture_on_commit_callbacks
+) -> None:
+    """On Postgres a delete can fail at commit (a worker's rows met it); the
+    files went at once, before, leaving a row whose media was gone."""
+    from django.db import transaction
+
+    sub = finished(users["submitter"])
+    upload_path, folder = Path(sub.file.path), services.artifact_dir(sub)
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        services.delete_submission(Submission.objects.get(pk=sub.pk))
+        raise RuntimeError("the commit failed")
+    assert upload_path.is_file() and folder.is_dir()
+    assert Submission.objects.filter(pk=sub.pk).exists() and sub.artifacts.count() > 0
 
 
 class _FakeIndex:
@@ -416,7 +439,7 @@ def test_worker_death_is_run_once_more_then_failed_not_looped(
 
 
 def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
-    site: Path, users, media_dir: Path, monkeypatch
+    site: Path, users, media_dir: Path, monkeypatch, django_capture_on_commit_callbacks
 ) -> None:
     sub = _submit(users["submitter"], media_dir / "face.png")
     other = _submit(users["other"], media_dir / "face.png")
@@ -433,7 +456,8 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
             return result, None
 
     monkeypatch.setattr(services.running, "_explainer", lambda: DeletedMeanwhile())
-    services.run_submission(sub.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.run_submission(sub.pk)
     assert not Submission.objects.filter(pk=sub.pk).exists()
     assert not services.artifact_dir(sub).exists()
     other.refresh_from_db()
@@ -488,12 +512,13 @@ def test_a_run_whose_job_was_handed_to_another_run_leaves_that_run_alone(
 
 
 def test_deleting_an_account_removes_its_submissions_files_only(
-    site: Path, users, media_dir: Path, finished
+    site: Path, users, media_dir: Path, finished, django_capture_on_commit_callbacks
 ) -> None:
     mine = finished(users["submitter"])
     theirs = finished(users["other"])
     mine_files = [Path(mine.file.path), services.artifact_dir(mine)]
-    users["submitter"].delete()  # e.g. from the admin: a cascade, not delete_submission
+    with django_capture_on_commit_callbacks(execute=True):
+        users["submitter"].delete()  # e.g. from the admin: a cascade, not delete_submission
     assert not any(p.exists() for p in mine_files)
     theirs.refresh_from_db()
     assert Path(theirs.file.path).is_file() and services.artifact_dir(theirs).is_dir()

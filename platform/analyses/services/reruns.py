@@ -55,5 +55,11 @@ def rerun(sub: Submission) -> Submission:
 
 def delete_submission(sub: Submission) -> None:
     """Delete a submission with its upload, reference and artifacts (the files
-    go in :func:`analyses.signals.remove_submission_files`)."""
-    sub.delete()
+    go in :func:`analyses.signals.remove_submission_files`, once the delete
+    is committed)."""
+    with transaction.atomic():
+        # Where rows lock (Postgres), wait for a worker that is storing this
+        # submission's result, so that the artifact rows it adds are deleted
+        # too instead of failing the delete at commit.
+        list(Submission.objects.select_for_update().filter(pk=sub.pk).values_list("pk"))
+        sub.delete()
