@@ -302,6 +302,32 @@ def test_index_entries_escaping_the_folder_are_skipped(site: Path, finished, use
     assert services.store_index(sub, index, out) == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_touches_only_a_job_its_run_still_holds(
+    site: Path, users, media_dir: Path
+) -> None:
+    """Before, an old run whose job the reaper had handed to another run kept
+    that run's heartbeat fresh, so its death went unseen while the old one ran."""
+    import time
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    Submission.objects.filter(pk=sub.pk).update(
+        status=Status.RUNNING, worker="host-b:7", attempts=2, heartbeat=None
+    )
+    fast = {**settings.TRUSTTRACE, "HEARTBEAT_S": 0.05}
+    with override_settings(TRUSTTRACE=fast):
+        for worker, attempts in (("host-a:3", 1), ("host-b:7", 1), ("host-a:3", 2)):
+            with services.running._heartbeat(sub.pk, worker, attempts):
+                time.sleep(0.3)
+            assert Submission.objects.get(pk=sub.pk).heartbeat is None, (worker, attempts)
+        with services.running._heartbeat(sub.pk, "host-b:7", 2):
+            time.sleep(0.3)
+    assert Submission.objects.get(pk=sub.pk).heartbeat is not None
+
+
 def test_delete_removes_row_upload_and_artifacts(
     site: Path, finished, users, django_capture_on_commit_callbacks
 ) -> None:

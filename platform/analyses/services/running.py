@@ -409,7 +409,7 @@ def run_submission(submission_id: UUID | str) -> None:
     out_dir = attempt_dir(sub)
     stored = False
     try:
-        with _heartbeat(sub.pk):
+        with _heartbeat(sub.pk, sub.worker, sub.attempts):
             try:
                 _check_stored(sub)
                 reference = Path(sub.reference_file.path) if sub.reference_file else None
@@ -502,9 +502,12 @@ def job_timed_out(submission_id: UUID | str) -> None:
 
 
 @contextmanager
-def _heartbeat(sub_id: UUID | str) -> Iterator[None]:
+def _heartbeat(sub_id: UUID | str, worker: str, attempts: int) -> Iterator[None]:
     """Touch the job's ``heartbeat`` every ``HEARTBEAT_S`` from a thread while
-    the body runs (model loading and long stages report no progress)."""
+    the body runs (model loading and long stages report no progress), while
+    the job is still this run's: ``worker`` at ``attempts``. A run whose job
+    was handed to another (the reaper's redelivery, a moderator's re-run)
+    must not keep that run looking alive."""
     interval = trusttrace_settings().heartbeat_s
     stop = threading.Event()
 
@@ -512,9 +515,9 @@ def _heartbeat(sub_id: UUID | str) -> Iterator[None]:
         try:
             while not stop.wait(interval):
                 try:
-                    Submission.objects.filter(pk=sub_id, status=Status.RUNNING).update(
-                        heartbeat=timezone.now()
-                    )
+                    Submission.objects.filter(
+                        pk=sub_id, status=Status.RUNNING, worker=worker, attempts=attempts
+                    ).update(heartbeat=timezone.now())
                 except DatabaseError as e:
                     logger.warning("heartbeat of submission %s not written: %s", sub_id, e)
         finally:
