@@ -56,12 +56,12 @@ def test_video_analysis_goes_running_then_done_with_scores_and_versions(
     seen: list[tuple[str, str, int]] = []
     real_writer = services.running._progress_writer
 
-    def spy_writer(sub_id: Any):
-        write = real_writer(sub_id)
+    def spy_writer(claimed: Submission):
+        write = real_writer(claimed)
 
         def report(stage: str, fraction: float) -> None:
             write(stage, fraction)
-            row = Submission.objects.get(pk=sub_id)
+            row = Submission.objects.get(pk=claimed.pk)
             seen.append((row.status, row.stage, row.percent))
 
         return report
@@ -488,6 +488,47 @@ def test_submission_deleted_during_analysis_stays_deleted_and_its_files_go(
     assert not services.artifact_dir(sub).exists()
     other.refresh_from_db()
     assert other.status == Status.PENDING and Path(other.file.path).is_file()
+
+
+@pytest.mark.parametrize("change", ["deleted", "claimed_elsewhere"])
+def test_a_run_stops_at_its_next_progress_report_once_the_job_is_not_its_own(
+    site: Path, users, media_dir: Path, monkeypatch, change: str
+) -> None:
+    """Before, a run went on to the end (up to the time limit) for a job its
+    owner had deleted or a reaper had handed to another run, holding a worker."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    real = services.running._explainer()
+    stages: list[str] = []
+
+    class ChangedMeanwhile:
+        def run(self, path: Path, out_dir: Path, reference: Any = None, progress: Any = None):
+            def watch(stage: str, fraction: float) -> None:
+                stages.append(stage)
+                if stage == "detect":
+                    if change == "deleted":
+                        services.delete_submission(Submission.objects.get(pk=sub.pk))
+                    else:
+                        Submission.objects.filter(pk=sub.pk).update(worker="elsewhere:1")
+                progress(stage, fraction)
+
+            return real.run(path, out_dir, reference=reference, progress=watch)
+
+    monkeypatch.setattr(services.running, "_explainer", lambda: ChangedMeanwhile())
+    every_report = {**settings.TRUSTTRACE, "PROGRESS_INTERVAL_S": 0}
+    with override_settings(TRUSTTRACE=every_report):
+        services.run_submission(sub.pk)
+    # Stopped at the report after the change: no tracking, scoring or explaining.
+    assert stages == ["decode", "detect"]
+    if change == "deleted":
+        assert not Submission.objects.filter(pk=sub.pk).exists()
+    else:
+        row = Submission.objects.get(pk=sub.pk)
+        assert (row.status, row.worker, row.score) == (Status.RUNNING, "elsewhere:1", None)
+        assert row.stage == "decode"  # the last this run wrote: nothing after the handover
+        assert not row.artifacts.exists()
 
 
 @pytest.mark.parametrize("outcome", ["result", "crash"])

@@ -184,10 +184,13 @@ def _explainer() -> Explainer:
     explainer = _EXPLAINERS.get(id(analyzer))
     if explainer is None:
         _EXPLAINERS.clear()
-        # The soft time limit stops the job; any other failure while making
-        # one kind of explanation costs only that kind (the index says which).
+        # The soft time limit, or the job no longer being this run's, stops
+        # the job; any other failure while making one kind of explanation
+        # costs only that kind (the index says which).
         explainer = _EXPLAINERS[id(analyzer)] = Explainer(
-            analyzer, ExplainConfig(), interrupts=(SoftTimeLimitExceeded,)
+            analyzer,
+            ExplainConfig(),
+            interrupts=(SoftTimeLimitExceeded, Submission.DoesNotExist, _ClaimLost),
         )
     return explainer
 
@@ -218,18 +221,29 @@ def _analyze(
     return result, json.loads(Path(index_path).read_text(encoding="utf-8"))
 
 
-def _progress_writer(sub_id: UUID | str) -> Callable[[str, float], None]:
+def _progress_writer(sub: Submission) -> Callable[[str, float], None]:
+    """The analysis's progress callback for the claimed ``sub``: writes the
+    stage and percent (at most every ``PROGRESS_INTERVAL_S``) while the job is
+    still this run's. Once it is not (its owner deleted it, or a reaper or a
+    moderator gave it to another run), the next report stops the analysis
+    with :class:`Submission.DoesNotExist` or :class:`_ClaimLost` instead of
+    working on for nothing until the time limit."""
     interval = trusttrace_settings().progress_interval_s
     last = [0.0, -1]
+    sub_id, worker, attempts = sub.pk, sub.worker, sub.attempts
 
     def report(stage: str, fraction: float) -> None:
         percent = max(0, min(100, int(fraction * 100)))
         now = time.monotonic()
         if percent != last[1] and (now - last[0] >= interval or percent >= 100):
             last[0], last[1] = now, percent
-            Submission.objects.filter(pk=sub_id, status=Status.RUNNING, worker=worker_id()).update(
-                stage=stage[:64], percent=percent, heartbeat=timezone.now()
-            )
+            held = Submission.objects.filter(
+                pk=sub_id, status=Status.RUNNING, worker=worker, attempts=attempts
+            ).update(stage=stage[:64], percent=percent, heartbeat=timezone.now())
+            if not held:
+                if not Submission.objects.filter(pk=sub_id).exists():
+                    raise Submission.DoesNotExist
+                raise _ClaimLost
 
     return report
 
@@ -414,7 +428,7 @@ def run_submission(submission_id: UUID | str) -> None:
                 _check_stored(sub)
                 reference = Path(sub.reference_file.path) if sub.reference_file else None
                 result, index = _analyze(
-                    Path(sub.file.path), out_dir, reference, _progress_writer(sub.pk)
+                    Path(sub.file.path), out_dir, reference, _progress_writer(sub)
                 )
                 _store(sub, result.to_dict(), index, out_dir)
                 _drop_other_runs(out_dir)
