@@ -58,6 +58,8 @@ def decide(
     note: str,
     *,
     reports_seen: int | None = None,
+    decisions_seen: int | None = None,
+    analysis_seen: str | None = None,
 ) -> Decision:
     """Record a decision; overrides (and escalations) need a note. A
     moderator's own upload is decided by another (:func:`decides_own`).
@@ -66,24 +68,56 @@ def decide(
     moderator saw: those up to ``reports_seen`` (the newest report id on the
     page, 0 for none). A report filed while the page was open stays open, so
     the item comes back to the queue with it. None resolves every open one
-    (callers with no page)."""
+    (callers with no page).
+
+    The decision is about what the page showed: ``decisions_seen`` (the
+    newest decision id on it, 0 for none) and ``analysis_seen`` (the
+    analysis's ``finished`` time, ISO) are checked against the submission's
+    row, locked, and a decision recorded since or a re-run since is a
+    :class:`DecisionError` asking for a reload, rather than a confirmation
+    of a verdict the moderator never saw or a silent reversal of another
+    moderator's override. None skips that check (callers with no page)."""
     if action not in Action.values:
         raise DecisionError(f"Unknown decision '{action}'.")
     note = note.strip()
+    if "\x00" in note:
+        raise DecisionError("The note contains a character that cannot be stored (NUL).")
     if action in (*OVERRIDES, Action.ESCALATE) and not note:
         raise DecisionError("A note is required for overrides and escalations.")
-    if sub.status != Status.DONE:
-        raise DecisionError("Only finished analyses can be decided.")
     if action != Action.ESCALATE and decides_own(sub, moderator):
         raise DecisionError(OWN_SUBMISSION)
-    from_label = current_label(sub)
-    to_label = {
-        Action.CONFIRM: sub.verdict or "",
-        Action.OVERRIDE_REAL: Label.REAL,
-        Action.OVERRIDE_FAKE: Label.FAKE,
-        Action.ESCALATE: Label.ESCALATED,
-    }[Action(action)]
     with transaction.atomic():
+        # The row as it is now, locked against a re-run or a delete until
+        # the decision is in (SQLite's IMMEDIATE transactions serialise too).
+        row = Submission.objects.select_for_update().filter(pk=sub.pk).first()
+        if row is None:
+            raise DecisionError("This submission was deleted by its owner meanwhile.")
+        if row.status != Status.DONE:
+            raise DecisionError("Only finished analyses can be decided.")
+        finished = row.finished.isoformat() if row.finished else ""
+        if analysis_seen is not None and analysis_seen != finished:
+            raise DecisionError(
+                "This submission was analysed again since you opened it, and its verdict may "
+                "have changed: reload the page and decide on what it shows now."
+            )
+        if decisions_seen is not None:
+            newer = row.decisions.filter(pk__gt=decisions_seen).select_related("moderator")
+            latest = newer.first()
+            if latest is not None:
+                who = latest.moderator.get_username() if latest.moderator else "another moderator"
+                raise DecisionError(
+                    f"{who} recorded a decision ({latest.get_action_display()}) on this "
+                    "submission since you opened it: reload the page to see it before "
+                    "deciding."
+                )
+        sub = row
+        from_label = current_label(sub)
+        to_label = {
+            Action.CONFIRM: sub.verdict or "",
+            Action.OVERRIDE_REAL: Label.REAL,
+            Action.OVERRIDE_FAKE: Label.FAKE,
+            Action.ESCALATE: Label.ESCALATED,
+        }[Action(action)]
         decision = Decision.objects.create(
             submission=sub,
             submission_key=sub.pk,
@@ -127,6 +161,9 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         }.get(Status(sub.status), "has no verdict")
         raise DecisionError(f"Only a finished analysis has a verdict to dispute; this one {state}.")
     reason = reason.strip()[:2000]
+    if "\x00" in reason:
+        # Postgres refuses NUL in text (a 500 before); no person types one.
+        raise DecisionError("The reason contains a character that cannot be stored (NUL).")
     with transaction.atomic():
         # The submission's row first: on Postgres, two disputes posted at once
         # with different reasons would otherwise each count the open ones

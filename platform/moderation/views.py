@@ -156,6 +156,9 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "decisions": sub.decisions.select_related("moderator"),
         "reports": reports,
         "reports_seen": max((r.pk for r in reports), default=0),
+        # What the decision is about: checked again when it is recorded.
+        "decisions_seen": max((d.pk for d in sub.decisions.all()), default=0),
+        "analysis_seen": sub.finished.isoformat() if sub.finished else "",
         "actions": [
             (value, label, SHORTCUTS[Action(value)], value in NEEDS_NOTE)
             for value, label in Action.choices
@@ -164,6 +167,16 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "own_submission": services.OWN_SUBMISSION if own else "",
     }
     return render(request, "moderation/review.html", context)
+
+
+def _decisions_seen(request: HttpRequest) -> int | None:
+    """The newest decision id the review page showed (0: none); None for a
+    form without the field (nothing to check it against)."""
+    value = request.POST.get("decisions_seen")
+    if value is None:
+        return None
+    value = str(value)
+    return int(value) if value.isascii() and value.isdecimal() and len(value) <= 18 else 0
 
 
 def _reports_seen(request: HttpRequest) -> int:
@@ -188,6 +201,12 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
             str(request.POST.get("action", "")),
             request.POST.get("note", ""),
             reports_seen=_reports_seen(request),
+            decisions_seen=_decisions_seen(request),
+            analysis_seen=(
+                None
+                if request.POST.get("analysis_seen") is None
+                else str(request.POST.get("analysis_seen"))
+            ),
         )
     except services.DecisionError as e:
         messages.error(request, str(e))

@@ -321,6 +321,94 @@ def test_a_report_filed_while_the_review_page_was_open_stays_open(clients, users
     assert not late.resolved
 
 
+def _decide_fields(page: str) -> dict[str, str]:
+    import re
+
+    return {
+        name: re.search(rf'name="{name}" value="([^"]*)"', page).group(1)
+        for name in ("reports_seen", "decisions_seen", "analysis_seen")
+    }
+
+
+def test_a_decision_recorded_while_the_review_page_was_open_is_not_reversed_unseen(
+    clients, users, finished
+) -> None:
+    """Before, moderator A's Confirm on a page opened before B's override
+    recorded fake -> over B's real, without a note and without A seeing it."""
+    from django.utils import timezone
+
+    from analyses.models import Submission
+    from moderation.models import Decision
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    Submission.objects.filter(pk=sub.pk).update(finished=timezone.now())
+    url = reverse("moderation:review", args=[sub.pk])
+    page = clients["moderator"].get(url).content.decode()
+    fields = _decide_fields(page)
+    assert fields["decisions_seen"] == "0" and fields["analysis_seen"]
+    clients["admin"].post(
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "override_real", "note": "known actor", **_decide_fields(
+            clients["admin"].get(url).content.decode())},
+    )  # fmt: skip
+    assert Decision.objects.count() == 1
+    late = clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]), {"action": "confirm", **fields}, follow=True
+    )
+    assert Decision.objects.count() == 1  # the override stands
+    assert "recorded a decision (Override" in late.content.decode()
+    # Reloaded, the page shows the override, and the decision goes in.
+    fields = _decide_fields(clients["moderator"].get(url).content.decode())
+    clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]), {"action": "confirm", **fields}
+    )
+    assert Decision.objects.count() == 2
+
+
+def test_a_decision_on_a_page_opened_before_a_rerun_asks_for_a_reload(
+    clients, users, finished
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from analyses.models import Submission
+    from moderation.models import Decision
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    before = timezone.now()
+    Submission.objects.filter(pk=sub.pk).update(finished=before)
+    fields = _decide_fields(
+        clients["moderator"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
+    )
+    assert fields["analysis_seen"] == before.isoformat()
+    # A re-run finished meanwhile, and found the media real.
+    Submission.objects.filter(pk=sub.pk).update(
+        verdict="real", score=0.2, finished=before + dt.timedelta(minutes=3)
+    )
+    response = clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]), {"action": "confirm", **fields}, follow=True
+    )
+    assert not Decision.objects.exists()
+    assert "analysed again since you opened it" in response.content.decode()
+
+
+def test_a_nul_in_a_note_or_a_dispute_is_refused_in_words(clients, users, finished) -> None:
+    from moderation.models import Decision, Report
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    response = clients["submitter"].post(
+        reverse("analyses:report", args=[sub.pk]), {"reason": "a\x00b"}, follow=True
+    )
+    assert not Report.objects.exists() and "cannot be stored" in response.content.decode()
+    response = clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "override_real", "note": "x\x00"},
+        follow=True,
+    )
+    assert not Decision.objects.exists() and "cannot be stored" in response.content.decode()
+
+
 @pytest.mark.parametrize(
     ("status", "said"),
     [("pending", "still waiting"), ("running", "still being"), ("rejected", "was rejected")],
