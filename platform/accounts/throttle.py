@@ -97,11 +97,20 @@ def peek(key: str) -> int:
 def begin_attempt(username: str, ip: str) -> bool:
     """Count one log-in attempt before its password is checked; whether it
     may be checked (False: this user+IP or this IP is locked)."""
-    per_user = count(_key(username, ip), _window())
-    per_ip = count(_ip_key(ip), _window())
-    return per_user <= int(settings.LOGIN_MAX_FAILURES) and per_ip <= int(
-        settings.LOGIN_MAX_FAILURES_PER_IP
-    )
+    window = _window()
+    allowed = True
+    for key, limit in (
+        (_key(username, ip), int(settings.LOGIN_MAX_FAILURES)),
+        (_ip_key(ip), int(settings.LOGIN_MAX_FAILURES_PER_IP)),
+    ):
+        n = count(key, window)
+        if n == limit:
+            # The attempt that uses the last allowance starts the lock: a
+            # whole window from now, not what is left of the window the
+            # first attempt opened (which could be seconds).
+            cache.touch(key, window)
+        allowed = allowed and n <= limit
+    return allowed
 
 
 def succeeded(username: str, ip: str) -> None:

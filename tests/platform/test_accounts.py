@@ -51,6 +51,35 @@ def test_login_is_throttled_per_username_and_ip(users, settings) -> None:
     cache.clear()
 
 
+def test_a_lockout_lasts_its_whole_window_from_the_failure_that_locked(
+    settings, monkeypatch
+) -> None:
+    """Before, the lock ended when the window opened by the first attempt
+    did: four failures just before it closed locked the pair for seconds."""
+    import time
+
+    from django.core.cache import cache
+
+    from accounts import throttle
+
+    cache.clear()
+    settings.LOGIN_MAX_FAILURES, settings.LOGIN_LOCKOUT_S = 3, 900
+    now = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])  # the local-memory cache's clock
+    assert throttle.begin_attempt("alice", "10.0.0.9")
+    now[0] += 895
+    assert throttle.begin_attempt("alice", "10.0.0.9")
+    assert throttle.begin_attempt("alice", "10.0.0.9")  # the third: locked after it
+    assert not throttle.begin_attempt("alice", "10.0.0.9")
+    now[0] += 10  # past the first attempt's window, not the lock's
+    assert throttle.is_locked("alice", "10.0.0.9")
+    assert not throttle.begin_attempt("alice", "10.0.0.9")
+    now[0] += 900
+    assert not throttle.is_locked("alice", "10.0.0.9")
+    assert throttle.begin_attempt("alice", "10.0.0.9")
+    cache.clear()
+
+
 def test_password_reset_sends_a_mail_with_a_working_link(users) -> None:
     c = Client()
     c.post(reverse("accounts:password_reset"), {"email": "alice@example.org"})
