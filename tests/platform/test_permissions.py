@@ -195,3 +195,25 @@ def test_services_acting_for_a_user_get_the_signed_in_account_or_a_403(users) ->
     assert signed_in(SimpleLazyObject(lambda: alice)).pk == alice.pk  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied, match="Sign in first"):
         signed_in(AnonymousUser())
+
+
+def test_the_admin_deletes_a_submission_with_its_files(
+    clients, users, finished, django_capture_on_commit_callbacks
+) -> None:
+    from pathlib import Path
+
+    from analyses import services
+    from analyses.models import Artifact, Submission
+
+    sub = finished(users["submitter"])
+    admin = clients["admin"]
+    # Read-only: shown, not changed.
+    page = admin.get(f"/admin/analyses/submission/{sub.pk}/change/")
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    upload, folder = Path(sub.file.path), services.artifact_dir(sub)
+    with django_capture_on_commit_callbacks(execute=True):
+        deleted = admin.post(f"/admin/analyses/submission/{sub.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    assert not Submission.objects.filter(pk=sub.pk).exists()
+    assert not Artifact.objects.filter(submission_id=sub.pk).exists()
+    assert not upload.exists() and not folder.exists()
