@@ -252,6 +252,19 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
 # --- Images -------------------------------------------------------------------
 
 
+# Grey pictures of more than 8 bits (16-bit PNG): Pillow's convert("RGB")
+# clips them (every value over 255 white) instead of scaling them.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _rgb_array(im: Image.Image) -> npt.NDArray[np.uint8]:
+    """``im`` as an ``[H, W, 3]`` uint8 RGB array; 16-bit grey scaled to 8."""
+    if im.mode in _WIDE_GREY_MODES:
+        grey = np.clip(np.asarray(im).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = None) -> LoadedMedia:
     """Decode an image, with EXIF orientation applied, as RGB."""
     media_type = media_type or sniff(path)
@@ -269,8 +282,7 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                     )
                 _check_pixels(im.width, im.height, limits)
                 im.load()
-                oriented = ImageOps.exif_transpose(im)
-                rgb = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
+                rgb = _rgb_array(ImageOps.exif_transpose(im))
     except Image.DecompressionBombError as e:
         raise MediaLimitError(
             f"The image declares an enormous picture size; the limit is "
@@ -327,6 +339,32 @@ def _open_container(path: Path) -> Any:
         ) from e
 
 
+def _video_stream(container: Any) -> Any:
+    """The container's first video stream that is a moving picture and that
+    this FFmpeg can decode. A cover picture (an attached picture: audio files
+    carry their album art as a one-frame "video" stream) is not a video."""
+    import av
+
+    pictures = [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+    ]
+    if not pictures:
+        if container.streams.audio:
+            cover = " and a cover picture" if container.streams.video else ""
+            raise NoVideoStreamError(
+                f"The file has only audio{cover}; there is no video to analyse."
+            )
+        raise EmptyMediaError("The video contains no frames.")
+    stream = pictures[0]
+    if stream.codec_context is None:
+        # FFmpeg knows no decoder for the stream's codec (an unknown FourCC).
+        raise UnsupportedMediaError(
+            "The video's codec is not one this site can decode. "
+            "Re-encoded as H.264 in an MP4, it can be analysed."
+        )
+    return stream
+
+
 def read_video(
     path: Path,
     limits: MediaLimits,
@@ -352,11 +390,9 @@ def read_video(
         _check_mp4_tables(path, limits)
     container = _open_container(path)
     try:
-        if not container.streams.video:
-            if container.streams.audio:
-                raise NoVideoStreamError("The file has only audio; there is no video to analyse.")
-            raise EmptyMediaError("The video contains no frames.")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
+        # What the stream says is freed with the container: read it now.
+        rate = stream.average_rate
         width, height = stream.codec_context.width, stream.codec_context.height
         _check_pixels(width, height, limits)
         duration = _declared_duration(container, stream)
@@ -394,7 +430,6 @@ def read_video(
     count = len(index.pts)
     if duration is None or duration <= 0:
         duration = span
-    rate = stream.average_rate
     fps = float(rate) if rate else (count / duration if duration else None)
     if stats.rotation in (90, 270):
         width, height = height, width  # the upright picture's size
@@ -878,9 +913,7 @@ def frames_at_times(
         _check_mp4_tables(path, limits)
     container = _open_container(path)
     try:
-        if not container.streams.video:
-            raise NoVideoStreamError("The file has no video stream.")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         _check_pixels(stream.codec_context.width, stream.codec_context.height, limits)
         _check_declared_rate(stream, limits)
         index = _index_video(container, stream, limits)

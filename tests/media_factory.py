@@ -159,10 +159,20 @@ def huge_png_header(path: Path, width: int = 100_000, height: int = 100_000) -> 
     return path
 
 
-def audio_only_mp4(path: Path, seconds: float = 1.0) -> Path:
+def audio_only_mp4(path: Path, seconds: float = 1.0, *, cover: bool = False) -> Path:
+    """A song as MP4; with ``cover``, with its album art, which FFmpeg shows
+    as a video stream of one picture with the ``attached_pic`` disposition."""
     container = av.open(str(path), mode="w", format="mp4")
     stream = container.add_stream("aac", rate=44100)
     stream.layout = "mono"
+    if cover:
+        art = container.add_stream("mjpeg")
+        art.width, art.height = 256, 256
+        art.pix_fmt = "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(face_image(256), "rgb24").reformat(format="yuvj420p")
+        for packet in [*art.encode(picture), *art.encode(None)]:
+            container.mux(packet)
     samples = int(44100 * seconds)
     t = np.arange(samples) / 44100
     data = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
@@ -238,4 +248,16 @@ def size_change_mkv(
             packet.stream = stream
             container.mux(packet)
     container.close()
+    return path
+
+
+def unknown_codec_avi(path: Path) -> Path:
+    """An AVI whose video track names a codec FFmpeg has no decoder for: a
+    good MPEG-4 AVI with its FourCC (``FMP4``, in the stream header and the
+    format chunk) replaced by one no codec uses."""
+    good = black_video(path.with_name(f"{path.stem}-source.avi"), 64, 64, 5)
+    data = good.read_bytes()
+    good.unlink()
+    assert data.count(b"FMP4") == 2, "the muxer wrote another FourCC"
+    path.write_bytes(data.replace(b"FMP4", b"QQQQ"))
     return path

@@ -44,6 +44,19 @@ def test_each_image_format_is_read_as_rgb(tmp_path: Path, fmt: str, pil: str) ->
     assert np.abs(frame.astype(int) - image.astype(int)).mean() <= tolerance
 
 
+def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path: Path) -> None:
+    """Pillow opens it as mode I;16, and its convert("RGB") turns every value
+    over 255 white: a visible face became a blank picture and "no face"."""
+    grey = mf.face_image(96).mean(axis=2).round().astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(grey * 257).save(path)  # the 16-bit value of each 8-bit grey
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    frame = load_media(path, LIMITS, 32).frames[0].image
+    assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
+    assert np.array_equal(frame[:, :, 0], grey) and np.array_equal(frame[:, :, 2], grey)
+
+
 def test_a_camera_jpeg_with_a_second_picture_is_read_as_its_primary_jpeg(tmp_path: Path) -> None:
     """Cameras and phones append previews or gain maps (an MPF block); Pillow
     calls such a JPEG "MPO"."""
@@ -79,6 +92,7 @@ def test_each_video_container_is_sampled_evenly_with_timestamps(tmp_path: Path, 
     assert media.info.kind == "video" and media.info.format == ext
     assert media.info.frame_count == 40
     assert media.info.duration_s == pytest.approx(4.0, abs=0.15)
+    assert media.info.fps == pytest.approx(10.0, rel=0.02)
     indices = [f.index for f in media.frames]
     assert len(indices) == 8 and indices[0] == 0 and indices[-1] == 39
     assert all(b > a for a, b in itertools.pairwise(indices))
@@ -180,6 +194,16 @@ def good_mp4(tmp_path: Path) -> Path:
         ),
         (lambda d, g: mf.huge_png_header(d / "huge.png"), MediaLimitError, "megapixels"),
         (lambda d, g: mf.audio_only_mp4(d / "song.mp4"), NoVideoStreamError, "only audio"),
+        (
+            lambda d, g: mf.audio_only_mp4(d / "song.mp4", cover=True),
+            NoVideoStreamError,
+            "only audio and a cover picture",
+        ),
+        (
+            lambda d, g: mf.unknown_codec_avi(d / "odd.avi"),
+            UnsupportedMediaError,
+            "codec is not one this site can decode",
+        ),
         (lambda d, g: mf.zero_frame_video(d / "nothing.mp4"), EmptyMediaError, "no frames"),
         (
             lambda d, g: mf.strip_image(d / "strip.png", 65000, 1),
@@ -208,6 +232,8 @@ def good_mp4(tmp_path: Path) -> Path:
         "text_renamed_mp4",
         "png_100000x100000",
         "audio_only",
+        "audio_with_cover_art",
+        "avi_unknown_codec",
         "zero_frames",
         "png_strip_65000x1",
         "png_header_400000x4",

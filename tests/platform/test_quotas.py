@@ -78,6 +78,30 @@ def test_uploads_per_hour_are_limited(
         services.create_submission(users["submitter"], upload(media_dir / "face.png"))
 
 
+def test_deleting_uploads_does_not_make_room_under_the_hourly_limit(
+    site: Path,
+    users: dict[str, User],
+    clients: dict[str, Client],
+    media_dir: Path,
+    settings: Any,
+    quiet_queue: None,
+) -> None:
+    """Each upload cost a probe whether or not it is kept: before, an account
+    that deleted what it uploaded (the site's delete button, or the API's
+    DELETE) was never limited."""
+    _limits(settings, MAX_UPLOADS_PER_HOUR=2, MAX_PENDING_PER_USER=0)
+    first = services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    services.delete_submission(first)
+    second = services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+    api = clients["submitter"].delete(f"/api/submissions/{second.pk}/")
+    assert api.status_code == 204
+    assert not Submission.objects.filter(owner=users["submitter"]).exists()
+    with pytest.raises(
+        services.QuotaExceeded, match=r"2 files in the last hour \(2 of them refused, answered"
+    ):
+        services.create_submission(users["submitter"], upload(media_dir / "face.png"))
+
+
 def test_refused_uploads_count_against_the_hourly_limit(
     site: Path,
     users: dict[str, User],
@@ -99,7 +123,7 @@ def test_refused_uploads_count_against_the_hourly_limit(
             assert clients["submitter"].post(url, {"file": fh}).status_code == 400
     services.create_submission(users["submitter"], upload(media_dir / "face.png"))
     with pytest.raises(
-        services.QuotaExceeded, match=r"3 files in the last hour \(2 of them refused or answered"
+        services.QuotaExceeded, match=r"3 files in the last hour \(2 of them refused, answered"
     ):
         services.create_submission(users["submitter"], upload(media_dir / "face.png"))
     # Another user's count is their own.
@@ -117,7 +141,7 @@ def test_reused_results_count_hourly_but_not_against_pending_or_storage(
     for _ in range(2):
         _, was_reused = submit(users["submitter"], upload(media_dir / "face.png"), reuse=True)
         assert was_reused
-    with pytest.raises(services.QuotaExceeded, match="2 of them refused or answered"):
+    with pytest.raises(services.QuotaExceeded, match="2 of them refused, answered"):
         submit(users["submitter"], upload(media_dir / "face.png"), reuse=True)
     # A reuse request with nothing to reuse is stored: then the other limits
     # apply, and a refusal after its probe is counted too (it cost one).

@@ -27,6 +27,8 @@ BAD: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "huge.png": (lambda p, src: mf.huge_png_header(p), "megapixels"),
     "audio.mp4": (lambda p, src: mf.audio_only_mp4(p, 0.5), "audio"),
     "zero.mp4": (lambda p, src: mf.zero_frame_video(p), "no frames"),
+    "song.mp4": (lambda p, src: mf.audio_only_mp4(p, 0.5, cover=True), "only audio and a cover"),
+    "odd.avi": (lambda p, src: mf.unknown_codec_avi(p), "codec is not one this site can decode"),
     "strip.png": (lambda p, src: mf.strip_image(p, 65000, 1), "too small to hold a face"),
 }
 

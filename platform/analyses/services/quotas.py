@@ -39,16 +39,18 @@ def _refused_keys(owner: User, now: float) -> list[str]:
 
 
 def refused_uploads(owner: User) -> int:
-    """Uploads of ``owner`` that stored nothing (refused or reused) in about
-    the last hour."""
+    """Uploads of ``owner`` in about the last hour that are not among its
+    submissions: they stored nothing (refused or reused), or were deleted
+    since."""
     counts = cache.get_many(_refused_keys(owner, time.time()))
     return sum(int(v) for v in counts.values())
 
 
 def note_unsaved_upload(owner: User, code: str) -> None:
     """Count an upload that stored nothing against the owner's hourly limit:
-    one the edge checks refused (``code``: the refusal's) or one answered
-    with an earlier result (``"reused"``). Each cost a probe (up to the
+    one the edge checks refused (``code``: the refusal's), one answered
+    with an earlier result (``"reused"``), or a submission of the last hour
+    that its owner deleted (``"deleted"``). Each cost a probe (up to the
     probe's time and memory caps), so it must not be free. Counted in the cache
     with atomic increments (shared by every web process when Redis is the
     cache; per process with the default local-memory cache)."""
@@ -87,7 +89,7 @@ def check_quotas(owner: User, incoming_bytes: int, *, hourly_only: bool = False)
         recent = saved + refused
         if recent >= max_per_hour:
             of_them = (
-                f" ({refused} of them refused or answered with an earlier result)"
+                f" ({refused} of them refused, answered with an earlier result or deleted)"
                 if refused
                 else ""
             )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from analyses.models import Status, Submission
 from analyses.services import queue
 from analyses.services.errors import RerunRefused
 from analyses.services.members import require_models
+from analyses.services.quotas import HOUR_S, note_unsaved_upload
 from analyses.services.reaper import is_stale
 from analyses.services.storage import artifact_dir
 
@@ -62,4 +65,9 @@ def delete_submission(sub: Submission) -> None:
         # submission's result, so that the artifact rows it adds are deleted
         # too instead of failing the delete at commit.
         list(Submission.objects.select_for_update().filter(pk=sub.pk).values_list("pk"))
+        owner, created = sub.owner, sub.created
         sub.delete()
+    # An upload of the last hour still counts against its owner's hourly
+    # limit once deleted: else upload-and-delete would never reach it.
+    if created >= timezone.now() - timedelta(seconds=HOUR_S):
+        note_unsaved_upload(owner, "deleted")
