@@ -165,6 +165,7 @@ REFUSALS = [
     services.UploadRejected("The file is odd.", "odd"),
     services.QuotaExceeded("You uploaded 30 files in the last hour.", "quota_rate"),
     services.ModelsUnavailable("This site cannot analyse media yet: no weights."),
+    services.StorageUnavailable("The site has no room left to store this file."),
     services.QueueUnavailable("The queue is down; your file is kept.", "0b7e"),
 ]
 

@@ -3,6 +3,8 @@ reason, nothing is left on disk and other submissions are untouched."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +52,48 @@ def test_bad_media_upload_is_refused_with_reason_and_nothing_kept(
     assert list(Submission.objects.values_list("pk", flat=True)) == [other.pk]
     other.refresh_from_db()
     assert other.status == "done" and Path(other.file.path).is_file()
+
+
+@pytest.mark.parametrize(
+    "error,reason",
+    [(errno.ENOSPC, "no room left to store this file"), (errno.EIO, "fault of its storage")],
+)
+def test_a_disk_that_fails_while_the_upload_is_copied_keeps_no_partial_file(
+    error: int,
+    reason: str,
+    site: Path,
+    clients,
+    finished,
+    users,
+    media_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The site's disk filling up (or failing) halfway through the copy into
+    staging is the site's fault: 503 with a reason, no partial copy left in
+    staging/ (nothing ever cleans it), not counted against the hourly limit.
+    It was a bare 500 that left the partial file."""
+    from django.core.files import File
+    from django.core.files.uploadedfile import InMemoryUploadedFile
+
+    from analyses.services.quotas import refused_uploads
+
+    other = finished(users["other"])
+    before = _files_under(site)
+
+    def failing_chunks(self, chunk_size=None):
+        self.seek(0)
+        yield self.read(1024)
+        raise OSError(error, os.strerror(error))
+
+    for cls in (File, InMemoryUploadedFile):  # what the form's file reads through
+        monkeypatch.setattr(cls, "chunks", failing_chunks)
+    with (media_dir / "face.png").open("rb") as fh:
+        response = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
+    assert response.status_code == 503
+    assert reason in response.content.decode()
+    assert _files_under(site) == before
+    assert list(Submission.objects.values_list("pk", flat=True)) == [other.pk]
+    assert refused_uploads(users["submitter"]) == 0
 
 
 def test_upload_over_the_size_limit_is_refused_before_saving(site: Path, clients, settings) -> None:

@@ -27,6 +27,7 @@ from analyses.services.errors import (
     QuotaExceeded,
     Refusal,
     RerunRefused,
+    StorageUnavailable,
     UploadRejected,
     http_status,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "Refusal",
     "RerunRefused",
     "RuntimeStatus",
+    "StorageUnavailable",
     "UploadRejected",
     "_accept",
     "_analyzer",

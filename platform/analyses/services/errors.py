@@ -51,6 +51,13 @@ class QuotaExceeded(UploadRejected):
     code = "quota"
 
 
+class StorageUnavailable(UploadRejected):
+    """The site could not store the upload (its disk is full, or failed):
+    the site's fault, not the file's; nothing is kept."""
+
+    code = "storage_unavailable"
+
+
 class QueueUnavailable(Refusal):
     """The broker refused the message. The submission and its file are kept
     (``pending``, never queued); the reaper queues it once the broker is back."""
@@ -86,6 +93,7 @@ HTTP_STATUS: dict[type[Refusal], HTTPStatus] = {
     UploadRejected: HTTPStatus.BAD_REQUEST,
     QuotaExceeded: HTTPStatus.TOO_MANY_REQUESTS,
     ModelsUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    StorageUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     QueueUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     RerunRefused: HTTPStatus.CONFLICT,
     DecisionError: HTTPStatus.BAD_REQUEST,

@@ -29,7 +29,7 @@ def _mib(n: int) -> str:
 # hour: a refusal counts for an hour at least, a little more at most).
 REFUSED_BUCKET_S = 300
 # Refusals that are the site's fault, not the file's: not counted.
-NOT_COUNTED_CODES = frozenset({"probe_failed"})
+NOT_COUNTED_CODES = frozenset({"probe_failed", "storage_unavailable"})
 
 
 def _refused_keys(owner: User, now: float) -> list[str]:

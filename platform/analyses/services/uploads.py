@@ -3,6 +3,7 @@ stored under a random name, then queued."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import uuid
@@ -19,7 +20,7 @@ from django.db.models import F
 from analyses.config import trusttrace_settings
 from analyses.models import Submission
 from analyses.services import queue
-from analyses.services.errors import QuotaExceeded, UploadRejected
+from analyses.services.errors import QuotaExceeded, StorageUnavailable, UploadRejected
 from analyses.services.members import record_weights_versions, require_models
 from analyses.services.probing import probe_upload
 from analyses.services.quotas import check_quotas, note_unsaved_upload, previous_result
@@ -93,18 +94,38 @@ def probe(path: Path) -> Probed:
     return Probed(info.kind, info.format, info.sha256, info.size_bytes, outcome.provenance)
 
 
+STORAGE_FULL_REASON = (
+    "The site has no room left to store this file. This is the site's fault, not your "
+    "file's; it was logged. Please try again later."
+)
+STORAGE_FAULT_REASON = (
+    "The site could not store this file (a fault of its storage, not of your file); it was "
+    "logged. Please try again later."
+)
+
+
 def _stage(upload: UploadedFile) -> Path:
+    """A copy of ``upload`` under ``staging/``, or :class:`StorageUnavailable`
+    (with nothing left behind) when the site's disk cannot take it."""
     folder = media_root() / STAGING_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / uuid.uuid4().hex
     # Created with the configured mode (0640): open() would give 0644 under
     # the usual umask, and the file keeps its mode when moved into uploads/.
     mode = int(settings.FILE_UPLOAD_PERMISSIONS or 0o640)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    os.fchmod(fd, mode)
-    with os.fdopen(fd, "wb") as fh:
-        for chunk in upload.chunks(_COPY_CHUNK):
-            fh.write(chunk)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in upload.chunks(_COPY_CHUNK):
+                fh.write(chunk)
+    except BaseException as e:
+        path.unlink(missing_ok=True)  # no partial copy stays behind
+        if not isinstance(e, OSError):
+            raise
+        logger.error("could not stage an upload in %s", folder, exc_info=True)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StorageUnavailable(STORAGE_FULL_REASON if full else STORAGE_FAULT_REASON) from e
     return path
 
 
