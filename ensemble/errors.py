@@ -104,6 +104,14 @@ class NoVideoStreamError(UnreadableMediaError):
     code = "no_video_stream"
 
 
+class MediaReadFaultError(TrusttraceError):
+    """Reading the media stopped for a fault of the machine (memory ran out,
+    the disk failed to read), not of the file: never reported as bad input,
+    so the analysis fails and may be run again instead of being rejected."""
+
+    code = "read_fault"
+
+
 # --- Models and weights ----------------------------------------------------
 
 

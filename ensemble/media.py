@@ -23,6 +23,7 @@ size as RGB (see :class:`~ensemble.config.MediaLimits`).
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import logging
 import math
@@ -47,6 +48,7 @@ from ensemble.errors import (
     FrameCountLimitError,
     FrameRateLimitError,
     MediaLimitError,
+    MediaReadFaultError,
     NoVideoStreamError,
     PictureShapeError,
     UnreadableMediaError,
@@ -57,6 +59,29 @@ logger = logging.getLogger(__name__)
 
 MediaKind = Literal["image", "video"]
 RGBImage = npt.NDArray[np.uint8]
+
+# What a decoder's or the disk's error number says about the machine, not
+# the file: memory ran out, the disk failed a read, a network volume went
+# away, the process ran out of file handles.
+_MACHINE_ERRNOS = frozenset(
+    {errno.ENOMEM, errno.EIO, errno.ESTALE, errno.ENXIO, errno.EMFILE, errno.ENFILE}
+)
+
+
+def _machine_fault(e: BaseException) -> None:
+    """Raise :class:`MediaReadFaultError` from ``e`` when it is the machine's fault
+    (see ``_MACHINE_ERRNOS``; Pillow's decoders say "out of memory" without an
+    error number); a damaged file's error returns, to be reported as such."""
+    fault = isinstance(e, MemoryError) or getattr(e, "errno", None) in _MACHINE_ERRNOS
+    if not fault and isinstance(e, OSError) and "out of memory" in str(e):
+        fault = True
+    if fault:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "out of memory"
+        raise MediaReadFaultError(
+            f"The site could not finish reading the file ({why}). This is a fault of the "
+            "site, not of your file; it was logged, and the analysis can be run again."
+        ) from e
+
 
 IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp")
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
@@ -289,6 +314,7 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
             f"{limits.max_pixels / 1e6:.0f} megapixels."
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
+        _machine_fault(e)
         raise UnreadableMediaError(
             f"The {media_type.format.upper()} image could not be decoded: "
             "it is corrupt or truncated."
@@ -334,6 +360,7 @@ def _open_container(path: Path) -> Any:
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as e:
+        _machine_fault(e)
         raise UnreadableMediaError(
             "The video could not be opened: the file is corrupt, truncated or not really a video."
         ) from e
@@ -413,6 +440,7 @@ def read_video(
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, stats = _decode_targets(container, stream, index, targets, limits)
     except av.error.FFmpegError as e:
+        _machine_fault(e)
         raise UnreadableMediaError(
             "The video could not be read: the file is corrupt or truncated."
         ) from e
@@ -826,11 +854,13 @@ def _decode_targets(
             missing += 1  # behind damaged data already met in this stretch
             i += 1
             continue
-        container.seek(key, stream=stream, backward=True, any_frame=False)
-        seeks += 1
         progressed = damaged = False
         reached = key - 1
         try:
+            # Inside the try: a seek that fails on damaged data costs this
+            # target, not the whole video.
+            container.seek(key, stream=stream, backward=True, any_frame=False)
+            seeks += 1
             for frame in container.decode(stream):
                 decoded += 1
                 check(frame)
@@ -847,7 +877,8 @@ def _decode_targets(
                 next_key = index.keyframes[bisect.bisect_right(index.keyframes, targets[i]) - 1]
                 if next_key > frame.pts:
                     break  # a key frame lies between: seeking skips the stretch
-        except av.error.FFmpegError:
+        except av.error.FFmpegError as e:
+            _machine_fault(e)
             # Damaged data: keep what we have and go on at the next target.
             logger.warning("decoding stopped at a damaged packet", exc_info=True)
             damaged = True
@@ -937,6 +968,7 @@ def frames_at_times(
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, _ = _decode_targets(container, stream, index, sorted(set(wanted.values())), limits)
     except av.error.FFmpegError as e:
+        _machine_fault(e)
         raise UnreadableMediaError(
             "The video could not be read: the file is corrupt or truncated."
         ) from e

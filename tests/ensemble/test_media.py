@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from ensemble.errors import (
     FrameCountLimitError,
     FrameRateLimitError,
     MediaLimitError,
+    MediaReadFaultError,
     NoVideoStreamError,
     PictureShapeError,
     UnreadableMediaError,
@@ -639,3 +641,71 @@ def test_a_video_with_most_sampled_frames_damaged_is_refused(
     assert refused.value.code == "damaged"
     loaded = load_media(path, LIMITS, 2)  # frames 0 and 99: one of two missing, not most
     assert loaded.info.frames_missing == 1 and len(loaded.frames) == 1
+
+
+class _DecodeFails:
+    """A real container whose decoding raises ``error`` (what FFmpeg raises
+    when an allocation fails or the disk fails a read)."""
+
+    def __init__(self, real: Any, error: Exception) -> None:
+        self._real, self._error = real, error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def decode(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._error
+
+
+@pytest.mark.parametrize(
+    "error,why",
+    [
+        (av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory"), "out of memory"),
+        (av.error.OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    ],
+    ids=["out_of_memory", "disk_read_error"],
+)
+def test_a_machine_fault_while_decoding_a_video_is_not_reported_as_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, why: str
+) -> None:
+    """FFmpeg's out-of-memory and I/O errors are FFmpegErrors like a damaged
+    packet's: they were counted as damaged frames and the good file was
+    rejected for good as "damaged" or "corrupt"."""
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=20)
+    real_open = media._open_container
+    monkeypatch.setattr(media, "_open_container", lambda p: _DecodeFails(real_open(p), error))
+    with pytest.raises(MediaReadFaultError, match=f"\\({why}\\). This is a fault of the site"):
+        load_media(path, LIMITS, 8)
+
+
+def test_damaged_data_is_still_the_files_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = mf.write_clip(tmp_path / "clip.mp4", frames=20)
+    real_open = media._open_container
+    damaged = av.error.InvalidDataError(-1094995529, "Invalid data found when processing input")
+    monkeypatch.setattr(media, "_open_container", lambda p: _DecodeFails(real_open(p), damaged))
+    with pytest.raises(UnreadableMediaError):
+        load_media(path, LIMITS, 8)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EIO, "Input/output error"),
+        OSError("out of memory error when reading image file"),
+    ],
+    ids=["disk_read_error", "decoder_out_of_memory"],
+)
+def test_a_machine_fault_while_decoding_an_image_is_not_reported_as_a_corrupt_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError
+) -> None:
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(96), "PNG")
+
+    def load(self: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", load)
+    with pytest.raises(MediaReadFaultError, match="This is a fault of the site"):
+        load_media(path, LIMITS, 8)

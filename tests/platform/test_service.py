@@ -142,6 +142,36 @@ def test_a_stored_file_that_is_not_what_was_received_fails_and_can_run_again(
     assert sub.status == Status.DONE, sub.reason
 
 
+def test_a_disk_that_fails_while_the_video_is_decoded_fails_the_job_and_it_can_run_again(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error (or memory running out) inside FFmpeg was reported as a
+    corrupt file, rejected for good; it is the site's fault."""
+    import errno
+
+    import av
+
+    from analyses.services import reruns
+
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    real_open = av.open
+
+    def failing_disk(*args: Any, **kwargs: Any) -> Any:
+        raise av.error.OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(av, "open", failing_disk)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.reason_code == "read_fault", sub.reason
+    assert "(Input/output error)" in sub.reason and "not of your file" in sub.reason
+    assert sub.score is None and sub.verdict == ""
+    monkeypatch.setattr(av, "open", real_open)  # the disk is back
+    reruns.rerun(sub)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
+
+
 def test_crash_is_failed_with_logged_traceback_never_a_score(
     site: Path, users, media_dir: Path, monkeypatch, caplog
 ) -> None:

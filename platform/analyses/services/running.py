@@ -28,7 +28,7 @@ from analyses.config import analysis_config, analysis_registry, trusttrace_setti
 from analyses.models import Artifact, ArtifactKind, Status, Submission
 from analyses.services.errors import Refusal
 from analyses.services.storage import attempt_dir, drop_partial_files, media_root
-from ensemble.errors import TrusttraceError
+from ensemble.errors import MediaReadFaultError, TrusttraceError
 
 if TYPE_CHECKING:
     # Loaded in the worker child on the first job, never by the web process.
@@ -442,6 +442,11 @@ def run_submission(submission_id: UUID | str) -> None:
             except _ModelsFailedError as e:
                 logger.error("submission %s: %s", sub.pk, e.__cause__, exc_info=e.__cause__)
                 _finish_without_result(sub, Status.FAILED, str(e), MODELS_FAILED_CODE)
+            except MediaReadFaultError as e:
+                # Memory or the disk failed while decoding: the site's fault,
+                # so failed (a moderator may run it again), never "rejected".
+                logger.error("submission %s: %s", sub.pk, e.__cause__, exc_info=e.__cause__)
+                _finish_without_result(sub, Status.FAILED, str(e), e.code)
             except (Submission.DoesNotExist, _ClaimLost):
                 raise
             except SoftTimeLimitExceeded as e:
