@@ -31,6 +31,7 @@ from ensemble.crops import CropPolicy
 from ensemble.errors import (
     IncompatibleCheckpointError,
     MissingWeightsError,
+    WeightsError,
     WeightsIntegrityError,
 )
 from ensemble.media import file_sha256
@@ -202,7 +203,15 @@ def read_manifest(weights_dir: Path, member: str) -> Manifest:
     path = member_dir(weights_dir, member) / MANIFEST_NAME
     if not path.is_file():
         raise MissingWeightsError(install_hint(member, weights_dir))
-    manifest = Manifest.from_json(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IncompatibleCheckpointError(
+            f"{path} is not a valid weights manifest: it is not UTF-8 text"
+        ) from e
+    except OSError as e:  # unreadable (permissions, a disk error)
+        raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
+    manifest = Manifest.from_json(text, path)
     if manifest.member != member:
         raise IncompatibleCheckpointError(f"{path} describes '{manifest.member}', not '{member}'")
     return manifest

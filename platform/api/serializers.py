@@ -169,8 +169,10 @@ def _empty(f: serializers.Field[Any, Any, Any, Any]) -> Any:
 class SubmitSerializer(serializers.Serializer[Any]):
     """Multipart upload: ``file`` (required), ``reference``, ``title``, ``reuse``."""
 
-    file = serializers.FileField()
-    reference = serializers.FileField(required=False)
+    # Empty files are the service's to refuse, as on the upload page: the same
+    # reason and code, and counted against the hourly limit.
+    file = serializers.FileField(allow_empty_file=True)
+    reference = serializers.FileField(required=False, allow_empty_file=True)
     title = serializers.CharField(required=False, allow_blank=True, max_length=200)
     reuse = serializers.BooleanField(
         required=False,

@@ -184,6 +184,19 @@ def test_manifest_with_a_malformed_crop_policy_is_refused(
         load_member("tiny", tmp_path, registry=registry)
 
 
+def test_a_manifest_that_is_not_utf8_text_is_a_weights_error(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Its UnicodeDecodeError escaped the manifest's checks: a worker reported
+    an internal error instead of "models unavailable"."""
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    path = tmp_path / "tiny" / MANIFEST_NAME
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())  # saved as UTF-16 by an editor, say
+    with pytest.raises(IncompatibleCheckpointError, match="not UTF-8 text"):
+        load_member("tiny", tmp_path, registry=registry)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "said"),
     [

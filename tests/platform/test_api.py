@@ -77,6 +77,25 @@ def test_bad_upload_is_400_with_reason(api: Client, site: Path, tmp_path: Path) 
     assert "text file" in response.json()["detail"]
 
 
+def test_an_empty_file_is_refused_as_on_the_upload_page(
+    api: Client, clients, site: Path, tmp_path: Path
+) -> None:
+    """DRF refused it itself ("The submitted file is empty.", code "empty"),
+    so the API said otherwise than the site and did not count it."""
+    from django.urls import reverse
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with empty.open("rb") as fh:
+        response = api.post("/api/submissions/", {"file": fh})
+    assert response.status_code == 400
+    with empty.open("rb") as fh:
+        page = clients["submitter"].post(reverse("analyses:submit"), {"file": fh})
+    assert page.status_code == 400
+    assert response.json()["code"] == "unreadable"
+    assert response.json()["detail"] in page.content.decode()
+
+
 def test_no_weights_is_503(api: Client, no_weights_site: Path, media_dir: Path) -> None:
     with (media_dir / "face.png").open("rb") as fh:
         response = api.post("/api/submissions/", {"file": fh})

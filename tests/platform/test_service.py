@@ -297,6 +297,24 @@ def test_detectors_that_no_longer_load_fail_the_job_for_the_site_and_are_tried_a
     assert broken.status == Status.DONE and broken.reason_code == ""
 
 
+def test_a_worker_whose_backend_setting_cannot_be_met_fails_the_job_as_models_unavailable(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRUSTTRACE_BACKEND=openvino on a worker without OpenVINO: the site's
+    configuration, said so, instead of "internal error (ConfigError)"."""
+    from ensemble.errors import ConfigError
+
+    def misconfigured() -> Any:
+        raise ConfigError("backend 'openvino' was asked for but openvino is not installed")
+
+    monkeypatch.setattr(services.running, "_explainer", misconfigured)
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.reason_code == "models_unavailable", sub.reason
+    assert "the worker's detector settings are invalid" in sub.reason
+
+
 def test_missing_weights_refuse_uploads_clearly_and_save_nothing(
     no_weights_site: Path, site: Path, users, media_dir: Path
 ) -> None:

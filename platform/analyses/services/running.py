@@ -100,6 +100,7 @@ def _brief(e: Exception) -> str:
     """Why the detectors did not load, in words that name no server path (the
     full error goes to the log)."""
     from ensemble.errors import (
+        ConfigError,
         IncompatibleCheckpointError,
         MissingWeightsError,
         RegistryError,
@@ -114,6 +115,8 @@ def _brief(e: Exception) -> str:
         return "installed weights do not fit their detector"
     if isinstance(e, RegistryError):
         return "a configured detector is unknown to this version of the site"
+    if isinstance(e, ConfigError):
+        return "the worker's detector settings are invalid"
     return "their manifest or calibration cannot be used"
 
 
@@ -204,12 +207,12 @@ def _analyze(
     dict) when there is one (only for a "done" result). An unusable
     reference is bad input: :class:`_RejectedInput` with its reason.
     """
-    from ensemble.errors import RegistryError, WeightsError
+    from ensemble.errors import ConfigError, RegistryError, WeightsError
     from explain import InvalidReferenceError
 
     try:
         explainer = _explainer()
-    except (WeightsError, RegistryError) as e:
+    except (WeightsError, RegistryError, ConfigError) as e:
         raise _ModelsFailedError(MODELS_FAILED_REASON.format(why=_brief(e))) from e
     try:
         result, index = explainer.run(path, out_dir, reference=reference, progress=progress)
