@@ -198,7 +198,20 @@ def _replayed_maps(
             chunk_act = np.ascontiguousarray(activations[start : start + batch_size])
             replay.activations = torch.from_numpy(chunk_act).requires_grad_(True)
             x = member.to_tensor(chunk)
-            grayscale, outputs = cam(x)
+            try:
+                grayscale, outputs = cam(x)
+            except RuntimeError:
+                # Later layers that join an earlier tensor (a concat, a
+                # residual over the target) fail on the replay's stand-in
+                # input instead of giving other logits: the same fallback.
+                replay.activations = None
+                logger.warning(
+                    "Grad-CAM replay of %s cannot be replayed from %s; using PyTorch",
+                    member.name,
+                    member.spec.gradcam_layer,
+                    exc_info=True,
+                )
+                break
             matched = logits_match(outputs, expected, member.compute_precision)
             replay.activations = None
             if not matched:

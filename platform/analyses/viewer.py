@@ -229,9 +229,11 @@ def score_bars(sub: Submission) -> list[Bar]:
     out = []
     for name in sorted(sub.members):
         score = float(sub.members[name])
+        # The verdict's own rule (ensemble.scoring.verdict_for): fake at or
+        # above the band's top edge, real below its bottom edge.
         side = (
             "fake"
-            if score > threshold + band
+            if score >= threshold + band
             else "real"
             if score < threshold - band
             else ("uncertain")

@@ -339,6 +339,39 @@ def test_a_replay_that_cannot_reproduce_the_logits_falls_back_to_pytorch(caplog)
         np.testing.assert_allclose(a, b, atol=2e-3)
 
 
+def test_a_replay_that_raises_falls_back_to_pytorch_for_that_member_only(caplog) -> None:
+    """A head that joins an earlier tensor to the target's output (a concat,
+    not a broadcast) makes the replay raise instead of differ: that cost the
+    whole Grad-CAM kind, every member's maps."""
+
+    class JoinsAnEarlierTensor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+            self.fc = nn.Linear(7, 1)
+
+        def forward(self, x):
+            joined = torch.cat([self.features(x).mean(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
+            return self.fc(joined)
+
+    spec = MemberSpec(
+        name="join",
+        build=JoinsAnEarlierTensor,
+        crop=CropPolicy("square", 0.2),
+        input_size=32,
+        gradcam_layer="features.0",
+        description="",
+    )
+    torch.manual_seed(0)
+    member = _member(JoinsAnEarlierTensor(), spec, 32)
+    crops = _crops(3, 32, 5)
+    reference = gradcam_maps(member, crops, batch_size=3)
+    replayed = gradcam_maps(_onnx_twin(member), crops, batch_size=3)
+    assert "cannot be replayed" in caplog.text
+    for a, b in zip(replayed, reference, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+
+
 def test_gradcam_still_works_after_an_attention_export_under_inference_mode() -> None:
     from explain.attention import attention_maps
     from tests.tiny_registry import tiny_attention_spec

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from analyses.models import Artifact, Submission
 from analyses.viewer import TOP_K, band_percent, build_viewer, most_suspicious, score_bars
 
@@ -79,6 +81,29 @@ def test_member_bars_say_which_side_of_the_band_each_score_is_on() -> None:
         ("c", "uncertain", 55.0),
     ]
     assert band_percent(sub) == (40.0, 20.0, 50.0)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "band", "scores"),
+    [(0.5, 0.1, [0.4, 0.6, 0.5, 0.39, 0.61]), (0.5, 0.0, [0.5, 0.49]), (0.3, 0.05, [0.35, 0.25])],
+)
+def test_a_member_bar_at_the_band_edge_takes_the_side_the_verdict_would(
+    threshold: float, band: float, scores: list[float]
+) -> None:
+    """A member at exactly the band's top edge showed "uncertain" while the
+    verdict's rule calls that score fake."""
+    from ensemble.config import ScoringConfig
+    from ensemble.scoring import verdict_for
+
+    config = ScoringConfig(threshold=threshold, uncertain_band=band)
+    sub = Submission(
+        threshold=threshold,
+        uncertain_band=band,
+        members={f"m{i}": s for i, s in enumerate(scores)},
+    )
+    assert {b.name: b.side for b in score_bars(sub)} == {
+        f"m{i}": verdict_for(s, config) for i, s in enumerate(scores)
+    }
 
 
 def test_most_suspicious_point_of_a_series() -> None:
