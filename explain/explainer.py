@@ -216,7 +216,12 @@ class Explainer:
             ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
         )
         index = ExplanationIndex(tuple(writer.artifacts), series, timings=timings, missing=missing)
-        index.write(out_dir)
+        try:
+            index.write(out_dir)
+        except OSError:
+            # A full disk costs the file on disk, not the verdict: the caller
+            # has the index in memory (the site stores it in its database).
+            logger.warning("could not write %s's explanation index", path, exc_info=True)
         report("done", 1.0)
         return result, index
 

@@ -172,6 +172,26 @@ def test_a_disk_that_fails_while_the_video_is_decoded_fails_the_job_and_it_can_r
     assert sub.status == Status.DONE, sub.reason
 
 
+def test_an_explanation_index_that_cannot_be_written_costs_the_file_not_the_verdict(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at the last write (index.json) threw away a finished
+    verdict: the whole job failed."""
+    import errno
+
+    from explain.index import ExplanationIndex
+
+    def disk_full(self: Any, out_dir: Path) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ExplanationIndex, "write", disk_full)
+    sub = _submit(users["submitter"], media_dir / "person.mp4")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE and sub.score is not None, sub.reason
+    assert sub.artifacts.exists() and sub.series
+
+
 def test_crash_is_failed_with_logged_traceback_never_a_score(
     site: Path, users, media_dir: Path, monkeypatch, caplog
 ) -> None:

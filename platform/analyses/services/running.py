@@ -220,8 +220,8 @@ def _analyze(
         raise _RejectedInput(str(e), e.code) from e
     if index is None:
         return result, None
-    index_path = index.write(out_dir)
-    return result, json.loads(Path(index_path).read_text(encoding="utf-8"))
+    # As index.json holds it (the explainer wrote it when the disk let it).
+    return result, json.loads(json.dumps(index.to_dict()))
 
 
 def _progress_writer(sub: Submission) -> Callable[[str, float], None]:
