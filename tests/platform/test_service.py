@@ -434,12 +434,8 @@ class _FakeIndex:
 
         self.data = write_index(out_dir, frames)
 
-    def write(self, out_dir: Path) -> Path:
-        import json
-
-        path = out_dir / "index.json"
-        path.write_text(json.dumps(self.data))
-        return path
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
 
 
 def test_explainer_output_is_stored_as_artifacts(
