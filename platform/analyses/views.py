@@ -199,6 +199,8 @@ def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
         "filmstrip": shown.filmstrip(current.person if current else None, everything),
         "all_frames": everything,
         "frame_count": shown.count(current.person if current else None),
+        # The most frames any one person has: the filmstrip is there when it is over one.
+        "strip_frames": max((shown.count(p) for p in shown.persons), default=0),
         "heat_note": HEAT_NOTE,
         "viewer_data": shown.as_json(),
         # Types the browser may not show inline (SVG can carry scripts) are links.

@@ -86,11 +86,16 @@
   function filmstrip() {
     if (!strip) { return; }
     var everything = ofPerson(state.person);
+    // A person seen in one frame only has nothing to pick from: no filmstrip.
+    var block = $("filmstrip-block");
+    if (block) { block.hidden = everything.length <= 1; }
     var link = $("all-frames");
     if (link) {
       link.textContent = "Show all " + everything.length + " frames of person " + state.person;
       link.href = "?frames=all&person=" + state.person + "#filmstrip";
     }
+    var back = $("top-frames");
+    if (back) { back.href = "?person=" + state.person; }
     var picks = showAll ? everything : (data.top[String(state.person)] || []);
     strip.textContent = "";
     picks.forEach(function (i) {
