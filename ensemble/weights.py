@@ -134,6 +134,8 @@ class Manifest:
     def from_json(cls, text: str, source: Path) -> Manifest:
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
             if data.get("version") not in READABLE_MANIFEST_VERSIONS:
                 raise ValueError(
                     f"manifest version {data.get('version')} is not one of "
@@ -169,6 +171,14 @@ class Manifest:
                 raise ValueError(
                     f"temperature must be a positive number, got {data['temperature']}"
                 )
+            if manifest.input_size <= 0:
+                raise ValueError(
+                    f"input_size must be a positive number of pixels, got {data['input_size']}"
+                )
+            if not all(math.isfinite(v) and v > 0 for v in manifest.std):
+                raise ValueError(f"std must be three positive numbers, got {data['std']}")
+            if not all(math.isfinite(v) for v in manifest.mean):
+                raise ValueError(f"mean must be three finite numbers, got {data['mean']}")
             if not math.isfinite(manifest.bias):
                 raise ValueError(f"bias must be a finite number, got {data['bias']}")
             if not (math.isfinite(manifest.threshold) and 0 < manifest.threshold < 1):
@@ -237,15 +247,53 @@ def installed_stamp(weights_dir: Path, members: Sequence[str]) -> tuple[str | No
             stamp.append(hashlib.sha256(path.read_bytes()).hexdigest())
         except (FileNotFoundError, NotADirectoryError):
             stamp.append(None)
+        except OSError as e:  # unreadable: the worker cannot load what is installed
+            raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
     return tuple(stamp)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """What a pickled numpy scalar refers to, allowed beside tensors when a
+    checkpoint is read with ``weights_only=True``.
+
+    Published training scripts save numbers beside the weights, often numpy
+    scalars (selimsef's ``bce_best`` is a ``numpy.float64`` from scikit-learn's
+    log loss); torch's safe unpickler refuses those unless allowed. The scalar
+    constructor only builds a number from a dtype and its bytes. numpy 1.x
+    pickled it as ``numpy.core.multiarray.scalar``, numpy 2 as
+    ``numpy._core.multiarray.scalar``: both names are allowed."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar  # type: ignore[attr-defined]
+    dtypes = [
+        type(np.dtype(code)) for code in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")
+    ]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def read_checkpoint(source: Path | bytes) -> Any:
+    """``torch.load(weights_only=True)`` of a ``.pth`` file (or its bytes):
+    tensors, containers, plain numbers and numpy scalars, never arbitrary
+    objects. Raise :class:`IncompatibleCheckpointError` when it is refused or
+    not a checkpoint."""
+    name = source.name if isinstance(source, Path) else "the checkpoint"
+    stream: Any = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(stream, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise IncompatibleCheckpointError(
+            f"{name} could not be read as a PyTorch checkpoint with weights_only=True: {e}"
+        ) from e
 
 
 def normalize_checkpoint(obj: Any) -> dict[str, Tensor]:
     """A state_dict from what published training scripts save: a bare
-    state_dict, or one under 'state_dict' / 'model'; DataParallel's 'module.'
+    state_dict, or one under 'state_dict' (selimsef), 'net' (polimi's
+    ``bestval.pth``), 'model' or 'model_state_dict'; DataParallel's 'module.'
     prefix removed."""
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
+        for key in ("state_dict", "net", "model", "model_state_dict"):
             inner = obj.get(key)
             if (
                 isinstance(inner, Mapping)
@@ -293,6 +341,8 @@ def _read_verified(path: Path, expected: WeightFile) -> bytes:
         data = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         raise MissingWeightsError(f"weights file {path} listed in the manifest is missing") from e
+    except OSError as e:  # unreadable: permissions (safetensors writes 0600), a disk error
+        raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected.sha256:
         raise WeightsIntegrityError(
@@ -323,15 +373,8 @@ def load_state(weights_dir: Path, manifest: Manifest) -> dict[str, Tensor]:
             part: dict[str, Tensor] = load(data)
         elif manifest.format == "pytorch":
             try:
-                part = normalize_checkpoint(
-                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                )
-            except (
-                RuntimeError,
-                OSError,
-                EOFError,
-                pickle.UnpicklingError,
-            ) as e:  # refused or bad file
+                part = normalize_checkpoint(read_checkpoint(data))
+            except IncompatibleCheckpointError as e:  # refused or bad file
                 raise IncompatibleCheckpointError(f"{path} could not be read safely: {e}") from e
         else:
             raise IncompatibleCheckpointError(f"unknown weights format {manifest.format!r}")
@@ -577,13 +620,11 @@ def import_checkpoint(
     checkpoint loads strictly."""
     if not source.is_file():
         raise MissingWeightsError(f"{source} does not exist")
-    try:
-        raw = torch.load(source, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+    if input_size is not None and input_size <= 0:
         raise IncompatibleCheckpointError(
-            f"{source.name} could not be read as a PyTorch checkpoint with weights_only=True: {e}"
-        ) from e
-    state = normalize_checkpoint(raw)
+            f"the input size must be a positive number of pixels, got {input_size}"
+        )
+    state = normalize_checkpoint(read_checkpoint(source))
     model = spec.build()
     check_fits(model, state, source.name)
     model.load_state_dict(state, strict=True)

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ensemble.errors import TrainingError, TrusttraceError
+from ensemble.errors import IncompatibleCheckpointError, TrainingError, TrusttraceError
 from ensemble.evaluation import log_loss, roc_auc
 from ensemble.registry import MemberSpec
 from ensemble.training.batches import CropStore, FaceDataset, epoch_plan
@@ -908,20 +908,21 @@ def initial_model(spec: MemberSpec, source: Path) -> nn.Module:
         model, manifest = load_model(spec, source)
         logger.info("starting from %s (weights %s)", source, manifest.weights_sha256)
         return model
+    from ensemble.weights import normalize_checkpoint, read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file gets the same refusal
+        ckpt = read_checkpoint(path)
+    except IncompatibleCheckpointError as exc:  # any unreadable file gets the same refusal
         raise TrainingError(f"{path} is not a training checkpoint: {exc}") from exc
     # best.pt keeps the validated weights as state_dict; last.pt keeps the
-    # trained ones as model and the EMA (what was validated) apart.
-    state = (
-        ckpt.get("ema") or ckpt.get("state_dict") or ckpt.get("model")
-        if isinstance(ckpt, dict)
-        else None
-    )
-    if not state:
-        raise TrainingError(f"{path} is not a training checkpoint (no weights in it)")
-    member = ckpt.get("member")
+    # trained ones as model and the EMA (what was validated) apart. A
+    # published checkpoint (selimsef's, polimi's) is read as an import would.
+    weights = ckpt["ema"] if isinstance(ckpt, dict) and ckpt.get("ema") else ckpt
+    try:
+        state = normalize_checkpoint(weights)
+    except IncompatibleCheckpointError as exc:
+        raise TrainingError(f"{path} is not a training checkpoint (no weights in it)") from exc
+    member = ckpt.get("member") if isinstance(ckpt, dict) else None
     if member is not None and member != spec.name:
         raise TrainingError(f"{path} holds {member} weights, not {spec.name}")
     model = spec.build()
@@ -947,9 +948,11 @@ def describe_init(spec: MemberSpec, source: Path) -> dict[str, Any]:
         except TrusttraceError as exc:
             record["unreadable"] = str(exc)
         return record
+    from ensemble.weights import read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the record says so; the run itself already loaded it
+        ckpt = read_checkpoint(path)
+    except IncompatibleCheckpointError as exc:  # the record says so; the run already loaded it
         record["unreadable"] = str(exc)
         return record
     if isinstance(ckpt, dict):

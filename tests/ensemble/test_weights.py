@@ -4,11 +4,17 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ensemble.crops import CropPolicy
-from ensemble.errors import IncompatibleCheckpointError, MissingWeightsError, WeightsIntegrityError
+from ensemble.errors import (
+    IncompatibleCheckpointError,
+    MissingWeightsError,
+    WeightsError,
+    WeightsIntegrityError,
+)
 from ensemble.members import load_member
 from ensemble.registry import Registry, tiny_spec
 from ensemble.weights import (
@@ -121,6 +127,90 @@ def test_import_accepts_dataparallel_checkpoint_under_state_dict(
         assert torch.allclose(member.model(x), model.eval()(x))
 
 
+def _numpy1_pickle(ckpt: Path) -> None:
+    """Rewrite a legacy-format checkpoint's numpy scalars the way numpy 1.x
+    pickled them (``numpy.core.multiarray``), as in checkpoints published
+    before numpy 2."""
+    data = ckpt.read_bytes()
+    assert b"numpy._core.multiarray\nscalar" in data
+    ckpt.write_bytes(data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+@pytest.mark.parametrize(
+    ("layout", "wrap"),
+    [
+        # selimsef's train_classifier.py: bce_best is scikit-learn's log loss, a numpy.float64.
+        ("selimsef", lambda sd: {"epoch": 40, "state_dict": sd, "bce_best": np.float64(0.21)}),
+        # polimi's train_binclass.py bestval.pth: the weights under "net", numbers beside.
+        ("polimi", lambda sd: {"net": sd, "iteration": 9000, "val_loss": np.float32(0.3)}),
+    ],
+)
+def test_import_reads_published_checkpoints_with_numpy_numbers_beside_the_weights(
+    tmp_path: Path, registry: Registry, layout: str, wrap, numpy_names: str
+) -> None:
+    """torch's weights_only unpickler refused numpy scalars, so a checkpoint
+    saved by selimsef's or polimi's training script could not be imported."""
+    spec = registry.get("tiny")
+    torch.manual_seed(3)
+    model = spec.build()
+    ckpt = tmp_path / f"{layout}.pth"
+    torch.save(
+        wrap(model.state_dict()), ckpt, _use_new_zipfile_serialization=numpy_names != "numpy 1"
+    )
+    if numpy_names == "numpy 1":
+        _numpy1_pickle(ckpt)
+    import_checkpoint(spec, ckpt, tmp_path / "weights")
+    member = load_member("tiny", tmp_path / "weights", registry=registry)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(member.model(x), model.eval()(x))
+
+
+def test_numpy_arrays_in_a_checkpoint_stay_refused(tmp_path: Path, registry: Registry) -> None:
+    """Only numpy scalars are allowed beside tensors, not numpy's other globals."""
+    ckpt = tmp_path / "arrays.pth"
+    torch.save({"state_dict": registry.get("tiny").build().state_dict(), "a": np.zeros(3)}, ckpt)
+    with pytest.raises(IncompatibleCheckpointError, match="weights_only"):
+        import_checkpoint(registry.get("tiny"), ckpt, tmp_path / "weights")
+
+
+def test_import_refuses_an_input_size_that_is_not_positive(
+    tmp_path: Path, registry: Registry
+) -> None:
+    ckpt = tmp_path / "published.pth"
+    torch.save(registry.get("tiny").build().state_dict(), ckpt)
+    with pytest.raises(IncompatibleCheckpointError, match="positive number of pixels"):
+        import_checkpoint(registry.get("tiny"), ckpt, tmp_path / "weights", input_size=-5)
+    assert not (tmp_path / "weights").exists()
+
+
+def test_an_unreadable_weights_file_is_a_weights_error(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard the worker may not read (safetensors writes 0600; ``tar x``
+    keeps it) raised PermissionError: every analysis failed as the site's
+    internal error instead of "models unavailable"."""
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    real = Path.read_bytes
+
+    def refuse(self: Path) -> bytes:
+        if self.suffix == ".safetensors" or (
+            self.name == MANIFEST_NAME and self.parent.name == "x"
+        ):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(WeightsError, match="cannot be read: Permission denied"):
+        load_member("tiny", tmp_path, registry=registry)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / MANIFEST_NAME).write_text("{}")
+    with pytest.raises(WeightsError, match="cannot be read: Permission denied"):
+        installed_stamp(tmp_path, ["tiny", "x"])
+
+
 def test_import_of_wrong_architecture_names_the_mismatch_and_writes_nothing(
     tmp_path: Path, registry: Registry
 ) -> None:
@@ -221,6 +311,43 @@ def test_a_manifest_whose_calibration_is_not_a_usable_number_is_refused_at_load(
     data = json.loads(path.read_text())
     data[field] = value
     path.write_text(json.dumps(data))  # json writes NaN and Infinity, and reads them back
+    with pytest.raises(IncompatibleCheckpointError, match=said):
+        load_member("tiny", tmp_path, registry=registry)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "3", '"manifest"'])
+def test_a_manifest_that_is_not_a_json_object_is_refused(
+    tmp_path: Path, registry: Registry, text: str
+) -> None:
+    """Its AttributeError escaped the manifest's checks: the models page and
+    every upload answered 500."""
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    (tmp_path / "tiny" / MANIFEST_NAME).write_text(text)
+    with pytest.raises(IncompatibleCheckpointError, match="not a valid weights manifest"):
+        read_manifest(tmp_path, "tiny")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("input_size", 0, "input_size must be a positive"),
+        ("input_size", -5, "input_size must be a positive"),
+        ("std", [0.2, 0.0, 0.2], "std must be three positive"),
+        ("std", [0.2, float("nan"), 0.2], "std must be three positive"),
+        ("mean", [0.4, float("inf"), 0.4], "mean must be three finite"),
+    ],
+)
+def test_a_manifest_whose_preprocessing_cannot_work_is_refused_at_load(
+    tmp_path: Path, registry: Registry, field: str, value: object, said: str
+) -> None:
+    """These failed later, in the crop's resize or as NaN scores."""
+    spec = registry.get("tiny")
+    save_weights(spec.build().state_dict(), spec, tmp_path)
+    path = tmp_path / "tiny" / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
     with pytest.raises(IncompatibleCheckpointError, match=said):
         load_member("tiny", tmp_path, registry=registry)
 

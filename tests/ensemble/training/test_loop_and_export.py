@@ -744,3 +744,18 @@ def test_a_resumed_limited_run_draws_its_samples_as_it_was_first_drawn(
         train(again, SPEC, progress=False, clock=StepClock())
     info_path.write_text(json.dumps(info))
     assert not train(again, SPEC, progress=False, clock=StepClock()).interrupted
+
+
+def test_init_from_a_published_checkpoint_reads_it_as_an_import_would(tmp_path: Path):
+    """A selimsef-style file (DataParallel's 'module.' prefix, a numpy number
+    beside the weights) was refused: neither was understood by --init-from."""
+    import numpy as np
+
+    torch.manual_seed(4)
+    published = SPEC.build()
+    path = tmp_path / "final_111_DeepFakeClassifier.pth"
+    state = {f"module.{k}": v for k, v in published.state_dict().items()}
+    torch.save({"epoch": 40, "state_dict": state, "bce_best": np.float64(0.2)}, path)
+    model = initial_model(SPEC, path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, published.state_dict()[key]), key
