@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -60,6 +62,26 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     under ``errors``."""
     if isinstance(exc, services.Refusal):
         return Response(exc.payload(), status=services.http_status(exc))
+    # Django's own refusals of a request's size or shape, raised when the view reads it.
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {
+                "detail": "The request's fields other than files are over the "
+                f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE / 2**20:.1f} MiB they may take.",
+                "code": "too_large",
+            },
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        what, limit = (
+            ("fields (query or form parameters)", settings.DATA_UPLOAD_MAX_NUMBER_FIELDS)
+            if isinstance(exc, TooManyFieldsSent)
+            else ("files", settings.DATA_UPLOAD_MAX_NUMBER_FILES)
+        )
+        return Response(
+            {"detail": f"The request has more than {limit} {what}.", "code": "parse_error"},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     # As DRF's handler does, so that their codes are known here.
     if isinstance(exc, Http404):
         exc = NotFound(*exc.args)

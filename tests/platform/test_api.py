@@ -333,3 +333,60 @@ def test_the_list_takes_the_csv_exports_filters_and_refuses_bad_ones(
     bad = api.get("/api/submissions/?verdict=FAKE")
     assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
     assert "verdict" in bad.json()["detail"]
+
+
+def test_requests_django_refuses_by_their_size_or_shape_are_json(
+    api: Client, users, site: Path, media_dir: Path
+) -> None:
+    """Django raises these while a view reads the request; DRF's handler left
+    them to Django, which answered with its HTML "Bad Request (400)" page."""
+    many = api.get("/api/submissions/", {f"x{i}": "1" for i in range(1001)})
+    assert many.status_code == 400 and many.json()["code"] == "parse_error"
+    assert "fields" in many.json()["detail"]
+    with (media_dir / "face.png").open("rb") as fh:
+        big = api.post("/api/submissions/", {"file": fh, "title": "t" * (3 * 2**20)})
+    assert big.status_code == 413 and big.json()["code"] == "too_large"
+    assert "2.5 MiB" in big.json()["detail"]
+    assert not any(p.is_file() for p in site.rglob("*"))
+    fields = {f"f{i}": "1" for i in range(1001)}
+    token = Client().post("/api/token/", {"username": "alice", "password": "x", **fields})
+    assert token.status_code == 400 and token.json()["code"] == "parse_error"
+
+
+def test_with_debug_on_api_errors_are_json_too(users, settings) -> None:
+    """``make run`` runs with DEBUG on, where Django skips the site's 404 and
+    500 handlers and answers with its debug pages (every route, a traceback)."""
+    from api import views
+
+    settings.DEBUG = True
+    token = Token.objects.create(user=users["submitter"])
+    client = Client(HTTP_AUTHORIZATION=f"Token {token.key}", raise_request_exception=False)
+    unknown = client.get("/api/no-such-thing/")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "Not found.", "code": "not_found"}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/srv/secret/path exploded")
+
+    original = views.drf_exception_handler
+    views.drf_exception_handler = broken
+    try:
+        response = client.get("/api/submissions/not-a-uuid/")
+    finally:
+        views.drf_exception_handler = original
+    assert response.status_code == 500
+    assert response.json() == {"detail": "A server error occurred.", "code": "server_error"}
+    assert b"/srv/secret" not in response.content
+    # The site's own pages keep Django's.
+    assert client.get("/no-such-page/")["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "99"])
+def test_a_page_that_is_not_one_of_the_lists_is_400(api: Client, users, finished, page) -> None:
+    """DRF answers 404 "Invalid page.", which reads as a missing resource."""
+    finished(users["submitter"])
+    response = api.get("/api/submissions/", {"page": page})
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["code"] == "bad_page" and "pages are 1 to 1" in body["detail"]
+    assert api.get("/api/submissions/", {"page": "1"}).status_code == 200

@@ -47,6 +47,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: an /api/ error that is a page (Django's 400, DEBUG's 404/500) becomes JSON.
+    "trusttrace.errors.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before CsrfViewMiddleware, which reads the whole body of every POST.
     "analyses.limits.UploadLimitMiddleware",
@@ -208,7 +210,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pages",
     "PAGE_SIZE": 50,
     # Requests per signed-in user (uploads have their own limits: quotas).
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
