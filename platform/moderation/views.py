@@ -186,13 +186,27 @@ def _reports_seen(request: HttpRequest) -> int:
     return int(value) if value.isascii() and value.isdecimal() and len(value) <= 18 else 0
 
 
+GONE = "That submission no longer exists (its owner deleted it); nothing was recorded."
+
+
+def _gone(request: HttpRequest, filters: QueueFilters | None = None) -> HttpResponse:
+    """Back to the queue, saying why, for an action on a submission deleted
+    while its page was open (its own page would be a 404)."""
+    messages.error(request, GONE)
+    query = filters.query() if filters is not None else ""
+    return redirect(f"{reverse('moderation:queue')}?{query}" if query else "moderation:queue")
+
+
 @moderator_required
 @require_POST
 def decide(request: HttpRequest, pk: str) -> HttpResponse:
     """Record a decision (a note is required for overrides), then open the
     next queue item (the queue when there is none)."""
-    sub = get_visible(request.user, pk)
     filters = QueueFilters.of(request)
+    try:
+        sub = get_visible(request.user, pk)
+    except Http404:
+        return _gone(request, filters)
     following = services.next_in_queue(sub, filters.items())
     try:
         services.decide(
@@ -209,6 +223,8 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
             ),
         )
     except services.DecisionError as e:
+        if not Submission.objects.filter(pk=sub.pk).exists():  # deleted meanwhile
+            return _gone(request, filters)
         messages.error(request, str(e))
         return redirect(f"{reverse('moderation:review', args=[sub.pk])}?{filters.query()}")
     messages.success(request, f"Decision recorded on {sub.display_title}.")
@@ -221,10 +237,15 @@ def decide(request: HttpRequest, pk: str) -> HttpResponse:
 @require_POST
 def rerun(request: HttpRequest, pk: str) -> HttpResponse:
     """Analyse again with the current models."""
-    sub = get_visible(request.user, pk)
+    try:
+        sub = get_visible(request.user, pk)
+    except Http404:
+        return _gone(request)
     try:
         analyses_services.rerun(sub)
     except (analyses_services.UploadRejected, analyses_services.RerunRefused) as e:
+        if not Submission.objects.filter(pk=sub.pk).exists():  # deleted meanwhile
+            return _gone(request)
         messages.error(request, str(e))
     except analyses_services.QueueUnavailable as e:
         messages.warning(request, str(e))

@@ -585,3 +585,41 @@ def test_the_migration_copies_each_decisions_submission_id_and_hash() -> None:
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_deciding_or_rerunning_a_submission_deleted_meanwhile_says_so(
+    clients, users, finished, monkeypatch
+) -> None:
+    """The review page was open when the owner deleted the upload: pressing C
+    (or re-run) answered a bare 404, and the service's own "deleted meanwhile"
+    sent the moderator on to the deleted item's page, a 404 again."""
+    from moderation import services as moderation_services
+    from moderation import views
+
+    moderator = clients["moderator"]
+    sub = finished(users["submitter"], verdict="fake")
+    pk = sub.pk
+    assert clients["submitter"].post(reverse("analyses:delete", args=[pk])).status_code == 302
+    form = {"action": "confirm", "state": "todo", "verdict": "fake"}
+    for response in (
+        moderator.post(reverse("moderation:decide", args=[pk]), form, follow=True),
+        moderator.post(reverse("moderation:rerun", args=[pk]), follow=True),
+    ):
+        assert response.status_code == 200
+        assert response.redirect_chain[-1][0].startswith(reverse("moderation:queue"))
+        assert views.GONE in response.content.decode()
+    assert not Decision.objects.exists()
+    # Deleted between the page's lookup and the decision's locked read.
+    other = finished(users["submitter"], verdict="fake")
+    real_decide = moderation_services.decide
+
+    def delete_first(sub, *args, **kwargs):
+        type(sub).objects.filter(pk=sub.pk).delete()
+        return real_decide(sub, *args, **kwargs)
+
+    monkeypatch.setattr(moderation_services, "decide", delete_first)
+    response = moderator.post(reverse("moderation:decide", args=[other.pk]), form)
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('moderation:queue')}?state=todo&verdict=fake"
+    # A submitter posting to a moderator's address still gets the 404.
+    assert clients["submitter"].post(reverse("moderation:decide", args=[pk])).status_code == 404
