@@ -59,7 +59,9 @@ def _choice(params: QueryDict, key: str, allowed: list[str]) -> str | None:
 def filtered_submissions(user: object, params: QueryDict) -> QuerySet[Submission]:
     """The submissions ``user`` may see (own for submitters, all for
     moderators), filtered by ``from``/``to`` (ISO dates, inclusive),
-    ``verdict``, ``status`` and ``decision`` (a decision label, or ``none``).
+    ``verdict``, ``status``, ``decision`` (a decision label, or ``none``) and
+    ``mine`` (``1``: only ``user``'s own, which for a submitter is everything
+    they see anyway; "My submissions" links its export so for moderators too).
 
     A filter value that does not parse raises :class:`FilterError`: asking
     for a subset and getting everything is worse than an error."""
@@ -68,11 +70,12 @@ def filtered_submissions(user: object, params: QueryDict) -> QuerySet[Submission
     verdict = _choice(params, "verdict", list(Verdict.values))
     status = _choice(params, "status", list(Status.values))
     decision = _choice(params, "decision", [*(v for v in Label.values if v), "none"])
+    mine = _choice(params, "mine", ["1", "0"]) == "1"
     latest = latest_decisions(for_submitter=not moderator)
     qs = annotated(for_submitter=not moderator).annotate(
         decision_note=Subquery(latest.values("note")[:1])
     )
-    if not moderator:
+    if mine or not moderator:
         qs = qs.filter(owner_id=getattr(user, "pk", None))
     if start:
         qs = qs.filter(created__date__gte=start)

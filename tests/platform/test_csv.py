@@ -105,6 +105,22 @@ def test_submitters_filter_their_own_rows_only(clients, users, finished) -> None
     assert {r["title"] for r in _rows(clients["submitter"].get(url))} == {"mine", "mine too"}
 
 
+def test_my_submissions_exports_the_callers_own_rows_for_moderators_too(
+    clients, users, finished
+) -> None:
+    """The export link of "My submissions" gave a moderator everyone's rows."""
+    finished(users["submitter"], title="alice's")
+    finished(users["moderator"], title="mona's")
+    page = clients["moderator"].get(reverse("analyses:list")).content.decode()
+    link = f'href="{reverse("reports:submissions")}?mine=1" id="export-mine"'
+    assert link in page
+    url = reverse("reports:submissions")
+    assert [r["title"] for r in _rows(clients["moderator"].get(url, {"mine": "1"}))] == ["mona's"]
+    assert {r["title"] for r in _rows(clients["moderator"].get(url))} == {"alice's", "mona's"}
+    assert [r["title"] for r in _rows(clients["submitter"].get(url, {"mine": "1"}))] == ["alice's"]
+    assert [r["title"] for r in _rows(clients["submitter"].get(url, {"mine": "0"}))] == ["alice's"]
+
+
 @pytest.mark.parametrize(
     ("params", "said"),
     [
@@ -113,6 +129,7 @@ def test_submitters_filter_their_own_rows_only(clients, users, finished) -> None
         ({"verdict": "FAKE"}, "verdict='FAKE' is not one of"),
         ({"status": "finished"}, "status='finished' is not one of"),
         ({"decision": "maybe"}, "decision='maybe' is not one of"),
+        ({"mine": "yes"}, "mine='yes' is not one of"),
     ],
 )
 def test_a_filter_that_does_not_parse_is_a_400_naming_it_not_everything(
