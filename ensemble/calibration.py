@@ -60,6 +60,25 @@ def logit(p: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return out
 
 
+def input_record(
+    input_size: int,
+    crop: Mapping[str, Any] | None,
+    mean: Collection[float],
+    std: Collection[float],
+) -> dict[str, Any]:
+    """How a member prepares a face (input size, crop policy or ``None`` for
+    the registry's, normalisation), as JSON keeps it: what changes a member's
+    scores without changing its weights' hash, so an ensemble fit records it."""
+    record = {
+        "input_size": int(input_size),
+        "crop": None if crop is None else dict(crop),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
+    normal: dict[str, Any] = json.loads(json.dumps(record, sort_keys=True))
+    return normal
+
+
 @dataclass(frozen=True)
 class EnsembleCalibration:
     """The fitted combination of the members in ``members`` (name -> weights
@@ -87,6 +106,11 @@ class EnsembleCalibration:
     # ``ensemble.scoring.calibrate``). ``None``: a file written before members
     # had a bias, when every bias was 0; a member missing from it had 0.
     member_biases: Mapping[str, float] | None = None
+    # How each member prepared faces for the fit (name -> :func:`input_record`).
+    # An import again with another --input-size, or an export of the same run
+    # with another --crop, keeps the weights' hash but changes the scores.
+    # ``None``: a file written before this was kept.
+    inputs: Mapping[str, Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -140,11 +164,12 @@ class EnsembleCalibration:
         temperatures: Mapping[str, float] | None = None,
         mirrored: Collection[str] | None = None,
         biases: Mapping[str, float] | None = None,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> str | None:
         """Why this calibration does not fit the members analysing
         (name -> weights sha256; name -> temperature, the names of those
-        that score faces mirrored too and name -> bias, when known), or
-        ``None`` when it does."""
+        that score faces mirrored too, name -> bias and name ->
+        :func:`input_record`, when known), or ``None`` when it does."""
         if set(installed) != set(self.members):
             return (
                 f"fitted for {', '.join(sorted(self.members))}, not {', '.join(sorted(installed))}"
@@ -171,6 +196,17 @@ class EnsembleCalibration:
             )
             if shifted:
                 return f"fitted with another calibration bias of {', '.join(shifted)}"
+        if self.inputs is not None and inputs is not None:
+            reprepared = sorted(
+                n
+                for n, record in inputs.items()
+                if n in self.inputs and dict(record) != dict(self.inputs[n])
+            )
+            if reprepared:
+                return (
+                    f"fitted on faces prepared otherwise (input size, crop or normalisation) "
+                    f"for {', '.join(reprepared)}"
+                )
         if mirrored is not None:
             fitted = set(self.mirrored or ())
             now = set(mirrored) & set(installed)
@@ -200,6 +236,8 @@ class EnsembleCalibration:
             out["mirrored"] = sorted(self.mirrored)
         if self.member_biases is not None:
             out["member_biases"] = dict(sorted(self.member_biases.items()))
+        if self.inputs is not None:
+            out["inputs"] = {n: dict(r) for n, r in sorted(self.inputs.items())}
         return out | {
             "slope": self.slope,
             "bias": self.bias,
@@ -219,6 +257,11 @@ class EnsembleCalibration:
             temps = data.get("temperatures")
             mirrored = data.get("mirrored")
             biases = data.get("member_biases")
+            inputs = data.get("inputs")
+            if inputs is not None and not (
+                isinstance(inputs, dict) and all(isinstance(r, dict) for r in inputs.values())
+            ):
+                raise ValueError(f"inputs must map member names to objects, not {inputs!r}")
             if mirrored is not None and not (
                 isinstance(mirrored, list) and all(isinstance(m, str) for m in mirrored)
             ):
@@ -240,6 +283,14 @@ class EnsembleCalibration:
                 mirrored=None if mirrored is None else tuple(sorted(mirrored)),
                 member_biases=(
                     None if biases is None else {str(k): float(v) for k, v in biases.items()}
+                ),
+                inputs=(
+                    None
+                    if inputs is None
+                    else {
+                        str(k): input_record(r["input_size"], r["crop"], r["mean"], r["std"])
+                        for k, r in inputs.items()
+                    }
                 ),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -293,10 +344,11 @@ class Combiner:
         temperatures: Mapping[str, float] | None = None,
         mirrored: Collection[str] | None = None,
         biases: Mapping[str, float] | None = None,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Combiner:
         if calibration is None:
             return cls()
-        reason = calibration.mismatch(installed, temperatures, mirrored, biases)
+        reason = calibration.mismatch(installed, temperatures, mirrored, biases, inputs)
         return cls(None, reason) if reason else cls(calibration)
 
     def __call__(self, probs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:

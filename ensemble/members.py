@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from ensemble.calibration import input_record
 from ensemble.crops import CropPolicy
 from ensemble.errors import WeightsError
 from ensemble.media import RGBImage
@@ -199,6 +200,13 @@ class LoadedMember:
     compute_precision: str = field(init=False, default="fp32")
     # Whether ``model`` holds only the weights after the Grad-CAM layer.
     head_only: bool = field(init=False, default=False)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """How it prepares faces (:func:`ensemble.calibration.input_record`),
+        as its manifest says (``crop`` ``None``: the registry's policy)."""
+        crop = None if self.crop_override is None else self.crop_override.to_dict()
+        return input_record(self.input_size, crop, self.mean, self.std)
 
     def __post_init__(self) -> None:
         # Outside inference mode even when made inside it: converting the

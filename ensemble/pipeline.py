@@ -355,6 +355,7 @@ class Analyzer:
                 {n: self._members[n].temperature for n in self.config.members},
                 [n for n in self.config.members if self._members[n].mirror],
                 {n: self._members[n].bias for n in self.config.members},
+                {n: self._members[n].inputs for n in self.config.members},
             )
             if self._combiner.skipped:
                 logger.warning("ensemble calibration not applied: %s", self._combiner.skipped)

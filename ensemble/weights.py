@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from ensemble.calibration import calibration_path
+from ensemble.calibration import calibration_path, input_record
 from ensemble.crops import CropPolicy
 from ensemble.errors import (
     IncompatibleCheckpointError,
@@ -107,6 +107,12 @@ class Manifest:
     def crop_policy(self, default: CropPolicy) -> CropPolicy:
         """The manifest's crop policy, or ``default`` when it names none."""
         return default if self.crop is None else CropPolicy.from_dict(self.crop)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """How this member prepares faces (:func:`ensemble.calibration.input_record`)."""
+        crop = None if self.crop is None else CropPolicy.from_dict(self.crop).to_dict()
+        return input_record(self.input_size, crop, self.mean, self.std)
 
     @property
     def weights_sha256(self) -> str:

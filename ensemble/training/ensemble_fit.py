@@ -255,6 +255,7 @@ def fit_ensemble(
     method: str = WEIGHTED_METHOD,
     temperatures: Mapping[str, float] | None = None,
     biases: Mapping[str, float] | None = None,
+    inputs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EnsembleFit:
     """Fit the combination ``method`` (:mod:`ensemble.calibration`) of
     ``members`` on ``table``; cross-validate it over ``k`` folds by group."""
@@ -293,6 +294,7 @@ def fit_ensemble(
         temperatures=None if temperatures is None else {m: temperatures[m] for m in members},
         mirrored=tuple(sorted(table.mirrored & set(members))),
         member_biases=None if biases is None else {m: biases[m] for m in members},
+        inputs=None if inputs is None else {m: inputs[m] for m in members if m in inputs},
     )
     in_sample = binary_metrics(calibration.apply(probs), y).to_dict()
     return EnsembleFit(calibration, before, in_sample, cv)

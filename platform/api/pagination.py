@@ -4,7 +4,6 @@ parameters are (400 with a code), not as a missing resource (DRF's 404)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from rest_framework.exceptions import NotFound, ValidationError
@@ -15,7 +14,7 @@ from rest_framework.request import Request
 class Pages(PageNumberPagination):
     def paginate_queryset(
         self, queryset: Any, request: Request, view: Any = None
-    ) -> Sequence[Any] | None:
+    ) -> list[Any] | None:
         try:
             return super().paginate_queryset(queryset, request, view)
         except NotFound:

@@ -103,6 +103,31 @@ def test_mismatch_names_a_member_whose_temperature_changed() -> None:
     assert skipped.describe()["calibration_not_applied"] == "fitted with another temperature of b"
 
 
+def test_mismatch_names_a_member_that_prepares_faces_otherwise() -> None:
+    from ensemble.calibration import input_record
+
+    installed = {"a": "sha-a", "b": "sha-b"}
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    crop = {"kind": "square", "margin": 0.048, "shift": -0.058}
+    fitted = {"a": input_record(224, None, mean, std), "b": input_record(224, crop, mean, std)}
+    cal = _cal(inputs=fitted)
+    again = EnsembleCalibration.from_dict(json.loads(json.dumps(cal.to_dict())), "test")
+    assert again == cal
+    assert cal.mismatch(installed, inputs=dict(fitted)) is None
+    now = {**fitted, "a": input_record(380, None, mean, std)}
+    assert cal.mismatch(installed, inputs=now) == (
+        "fitted on faces prepared otherwise (input size, crop or normalisation) for a"
+    )
+    now = {**fitted, "b": input_record(224, None, mean, std)}
+    assert "for b" in str(Combiner.for_members(cal, installed, inputs=now).skipped)
+    assert cal.mismatch(installed) is None  # unknown: the hash decides
+    assert _cal().mismatch(installed, inputs=now) is None  # a file from before
+    assert "inputs" not in _cal().to_dict()
+    broken = {**cal.to_dict(), "inputs": {"a": 224}}
+    with pytest.raises(EnsembleCalibrationError, match="inputs must map member names"):
+        EnsembleCalibration.from_dict(broken, "test")
+
+
 def test_mismatch_names_a_member_whose_calibration_bias_changed() -> None:
     """A member recalibrated (calibrate_member) or re-exported with a bias
     keeps its weights' hash, but its calibrated logits all move by the bias."""

@@ -251,6 +251,38 @@ def test_evaluate_scores_feed_calibrate_ensemble(site: Path, tmp_path: Path, cap
     }
 
 
+def test_an_ensemble_fit_is_not_applied_once_a_member_prepares_faces_otherwise(
+    site: Path, tmp_path: Path
+):
+    """Imported again with another --input-size, or exported again with
+    another --crop, a member keeps its weights' hash, temperature and bias,
+    but its scores change: the old fit was applied to them."""
+    from ensemble.crops import CropPolicy
+
+    state = BRIGHTNESS.build().state_dict()
+    save_weights(state, BRIGHTNESS, site, quantization="fp32")
+    data = _grey_dataset(tmp_path / "greys", tuple(range(10, 170, 8)), tuple(range(90, 250, 8)))
+    scores = tmp_path / "scores.csv"
+    call_command("evaluate", "--faces", str(data), "--scores", str(scores))
+    call_command("calibrate_ensemble", "--scores", str(scores))
+    fitted = json.loads((site / "ensemble.json").read_text())
+    size = read_manifest(site, "bright").input_size
+    assert fitted["inputs"]["bright"]["input_size"] == size
+    assert fitted["inputs"]["bright"]["crop"] is None
+    call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "applied.json"))
+    applied = json.loads((tmp_path / "applied.json").read_text())["combination"]
+    assert "calibration_not_applied" not in applied
+    for changed in ({"input_size": size * 2}, {"crop": CropPolicy("square", 0.1)}):
+        save_weights(state, BRIGHTNESS, site, quantization="fp32", **changed)
+        call_command("evaluate", "--faces", str(data), "--json", str(tmp_path / "after.json"))
+        after = json.loads((tmp_path / "after.json").read_text())["combination"]
+        assert after == {
+            "method": "mean",
+            "calibration_not_applied": "fitted on faces prepared otherwise (input size, crop "
+            "or normalisation) for bright",
+        }, changed
+
+
 def test_the_ensemble_fit_is_for_the_members_mirroring_as_analyses_do(
     site: Path, tmp_path: Path, capsys
 ):

@@ -110,6 +110,7 @@ def runtime_status() -> RuntimeStatus:
             {n: m.temperature for n, m in manifests.items()},
             [n for n in config.members if n in config.mirror],
             {n: m.bias for n, m in manifests.items()},
+            {n: m.inputs for n, m in manifests.items()},
         )
     except TrusttraceError as e:
         return RuntimeStatus(backend, precision, "mean of the members", str(e))

@@ -124,6 +124,7 @@ class Command(BaseCommand):
                 table, candidates[name] = with_candidate(table, name, run)
             temperatures: dict[str, float] = {}
             biases: dict[str, float] = {}
+            inputs: dict[str, dict[str, Any]] = {}
             for name in config.members:
                 registry.get(name)
                 if name in candidates:
@@ -142,6 +143,7 @@ class Command(BaseCommand):
                     )
                 temperatures[name] = manifest.temperature
                 biases[name] = manifest.bias
+                inputs[name] = manifest.inputs
                 raw = table.logits.get(name)
                 # A re-export of the same checkpoint (or calibrate_member)
                 # keeps the weights' hash but may change the temperature and
@@ -188,6 +190,7 @@ class Command(BaseCommand):
                 method=method,
                 temperatures=temperatures,
                 biases=biases,
+                inputs=inputs,
             )
         except TrusttraceError as e:
             raise CommandError(str(e)) from e

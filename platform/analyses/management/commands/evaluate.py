@@ -214,6 +214,7 @@ class Command(BaseCommand):
         shas: dict[str, str | None] = {}
         temperatures: dict[str, float] = {}
         biases: dict[str, float] = {}
+        inputs: dict[str, dict[str, Any]] = {}
         for name in config.members:
             member = load_member(
                 name,
@@ -260,12 +261,14 @@ class Command(BaseCommand):
             shas[name] = member.weights_sha256
             temperatures[name] = member.temperature
             biases[name] = member.bias
+            inputs[name] = member.inputs
         combiner = Combiner.for_members(
             read_calibration(config.weights_dir),
             shas,
             temperatures,
             [n for n in config.members if n in config.mirror],
             biases,
+            inputs,
         )
         return probs, labels, rows, combiner
 
