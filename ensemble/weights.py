@@ -54,6 +54,8 @@ SHARD_HEADER_BYTES = 16
 SAFETENSORS_ENTRY_BYTES = 64
 MAX_DIGITS = 21  # an int64 written in decimal, with its separator
 _DATAPARALLEL_PREFIX = "module."
+# A weights file being written, before it takes its name.
+PART_SUFFIX = ".part"
 # int8 shards store each quantised tensor's per-output-channel scales beside it
 # under this suffix (":" never occurs in a PyTorch state_dict key).
 INT8_SCALE_SUFFIX = ":int8_scale"
@@ -560,8 +562,9 @@ def save_weights(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quant!r}")
     folder = member_dir(weights_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"{spec.name}-*.safetensors"):
-        old.unlink()
+    # What an interrupted save left behind.
+    for stale in folder.glob(f"{spec.name}-*.safetensors{PART_SUFFIX}"):
+        stale.unlink()
     shards: list[dict[str, Tensor]] = [{}]
     size = SHARD_HEADER_BYTES
     for key, value in state.items():
@@ -574,25 +577,41 @@ def save_weights(
             size = SHARD_HEADER_BYTES
         shards[-1].update(stored)
         size += nbytes
+    # Every shard is written beside the installed ones first: a full disk or
+    # a kill while writing leaves the installed member as it was. Then the
+    # shards take their names, the manifest is replaced (atomically), and
+    # shards it no longer lists go. A worker that loads in the moment between
+    # the renames and the manifest finds a hash mismatch and reports the
+    # models unavailable for that job; the next loads the new weights.
     files = []
-    for i, shard in enumerate(shards):
-        path = folder / f"{spec.name}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
-        save_file(shard, str(path))
-        # safetensors (0.8) creates its files readable by their owner only:
-        # a worker running as another user could not load what an export
-        # installed. Give them the mode any new file gets (the umask's).
-        path.chmod(new_file_mode())
-        nbytes = path.stat().st_size
-        if nbytes > max_shard_bytes:
-            # Only a single state_dict entry larger than the limit gets here.
-            logger.warning(
-                "%s is %d bytes, over the %d-byte shard limit: tensor %s alone is that large",
-                path.name,
-                nbytes,
-                max_shard_bytes,
-                sorted(shard)[0],
-            )
-        files.append(WeightFile(path.name, file_sha256(path), nbytes))
+    written: list[Path] = []
+    try:
+        for i, shard in enumerate(shards):
+            name = f"{spec.name}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
+            part = folder / (name + PART_SUFFIX)
+            written.append(part)
+            save_file(shard, str(part))
+            # safetensors (0.8) creates its files readable by their owner
+            # only: a worker running as another user could not load what an
+            # export installed. Give them the mode any new file gets (the umask's).
+            part.chmod(new_file_mode())
+            nbytes = part.stat().st_size
+            if nbytes > max_shard_bytes:
+                # Only a single state_dict entry larger than the limit gets here.
+                logger.warning(
+                    "%s is %d bytes, over the %d-byte shard limit: tensor %s alone is that large",
+                    name,
+                    nbytes,
+                    max_shard_bytes,
+                    sorted(shard)[0],
+                )
+            files.append(WeightFile(name, file_sha256(part), nbytes))
+    except BaseException:
+        for part in written:
+            part.unlink(missing_ok=True)
+        raise
+    for part in written:
+        part.replace(folder / part.name.removesuffix(PART_SUFFIX))
     manifest = Manifest(
         member=spec.name,
         architecture=spec.build.__name__,
@@ -610,6 +629,10 @@ def save_weights(
         bias=bias,
     )
     _write_manifest(folder, manifest)
+    listed = {f.path for f in files}
+    for old in folder.glob(f"{spec.name}-*.safetensors"):
+        if old.name not in listed:
+            old.unlink()
     return manifest
 
 

@@ -197,7 +197,14 @@ def build_viewer(
         ranked = top.setdefault(entries[i].person, [])
         if len(ranked) < TOP_K:
             ranked.append(i)
-    selected = min(range(len(entries)), key=lambda i: (-entries[i].score, i)) if entries else None
+    selected = (
+        min(
+            range(len(entries)),
+            key=lambda i: _rank(entries[i].score, entries[i].person, entries[i].frame),
+        )
+        if entries
+        else None
+    )
     return Viewer(
         entries=entries,
         tabs=ordered,
@@ -265,14 +272,21 @@ def badge(sub: Submission) -> tuple[str, str]:
 
 
 def most_suspicious(series: dict[str, Any]) -> tuple[int, int] | None:
-    """``(person, frame)`` of the highest-scoring point of a chart series."""
+    """``(person, frame)`` of the highest-scoring point of a chart series:
+    the face the result and review pages open on (ties as :func:`_rank`)."""
     best: tuple[float, int, int] | None = None
     for person in series.get("persons", []) if isinstance(series, dict) else []:
         for pt in person.get("points", []):
-            key = (float(pt["score"]), -int(pt["frame"]), int(person["id"]))
-            if best is None or key > best:
+            key = _rank(float(pt["score"]), int(person["id"]), int(pt["frame"]))
+            if best is None or key < best:
                 best = key
-    return None if best is None else (best[2], -best[1])
+    return None if best is None else (best[2], best[1])
+
+
+def _rank(score: float, person: int, frame: int) -> tuple[float, int, int]:
+    """Most suspicious first; among equal scores the earlier frame, then the
+    lower person: one order for the viewer's first face and the thumbnails."""
+    return (-score, frame, person)
 
 
 def thumbnails(subs: Sequence[Submission]) -> dict[UUID, int]:

@@ -456,3 +456,45 @@ def test_installed_stamp_changes_with_what_is_installed_and_only_then(
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_size == before.st_size
     assert installed_stamp(tmp_path, ["tiny"])[1] != with_ensemble[1]
+
+
+def test_a_save_that_fails_midway_leaves_the_installed_member_as_it_was(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export deleted the installed shards first and wrote the new ones in
+    place: a full disk or a kill meanwhile left a member that loads nowhere."""
+    import safetensors.torch
+
+    spec = registry.get("tiny")
+    torch.manual_seed(5)
+    before = spec.build().state_dict()
+    installed = save_weights(before, spec, tmp_path, quantization="fp32", max_shard_bytes=256)
+    assert len(installed.files) > 2
+    real = safetensors.torch.save_file
+    calls = []
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:
+            real(tensors, filename, *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    torch.manual_seed(6)
+    with pytest.raises(OSError, match="No space left"):
+        save_weights(
+            spec.build().state_dict(), spec, tmp_path, quantization="fp32", max_shard_bytes=256
+        )
+    monkeypatch.undo()
+    assert read_manifest(tmp_path, "tiny") == installed
+    member = load_member("tiny", tmp_path, registry=registry)
+    for key, value in member.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not list((tmp_path / "tiny").glob("*.part"))
+    # A later save with fewer shards leaves only the ones its manifest lists.
+    fewer = save_weights(before, spec, tmp_path, quantization="fp32")
+    assert sorted(p.name for p in (tmp_path / "tiny").glob("*.safetensors")) == sorted(
+        f.path for f in fewer.files
+    )
+    load_member("tiny", tmp_path, registry=registry)

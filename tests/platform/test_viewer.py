@@ -109,3 +109,22 @@ def test_a_member_bar_at_the_band_edge_takes_the_side_the_verdict_would(
 def test_most_suspicious_point_of_a_series() -> None:
     assert most_suspicious(_series({0: [0.2, 0.4], 1: [0.9, 0.1]})) == (1, 0)
     assert most_suspicious({}) is None
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        {0: [0.2, 0.9], 1: [0.9, 0.1]},  # a tie: person 1's earlier frame
+        {0: [0.9, 0.1], 1: [0.9, 0.3]},  # a tie in the same frame: person 0
+        {0: [0.5, 0.5, 0.7], 1: [0.7, 0.2]},
+        {3: [0.4], 1: [0.4, 0.4]},
+    ],
+)
+def test_the_thumbnail_and_the_page_open_on_the_same_face_when_scores_tie(scores) -> None:
+    """The queue's thumbnail broke ties by the earlier frame, the viewer by the
+    lower person: a moderator saw one face in the queue and another on opening it."""
+    series = _series(scores)
+    viewer = build_viewer(series, [], lambda a: "")
+    current = viewer.current
+    assert current is not None
+    assert most_suspicious(series) == (current.person, current.frame)
