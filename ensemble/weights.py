@@ -203,6 +203,12 @@ def _triple(values: Any) -> tuple[float, float, float]:
     return (a, b, c)
 
 
+def _unreadable(path: Path, error: OSError) -> WeightsError:
+    """A weights file or manifest the worker may not read (permissions, a
+    disk error): the models are unavailable, not an internal error."""
+    return WeightsError(f"{path} cannot be read: {error.strerror or type(error).__name__}")
+
+
 def member_dir(weights_dir: Path, member: str) -> Path:
     return weights_dir / member
 
@@ -228,7 +234,7 @@ def read_manifest(weights_dir: Path, member: str) -> Manifest:
             f"{path} is not a valid weights manifest: it is not UTF-8 text"
         ) from e
     except OSError as e:  # unreadable (permissions, a disk error)
-        raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
+        raise _unreadable(path, e) from e
     manifest = Manifest.from_json(text, path)
     if manifest.member != member:
         raise IncompatibleCheckpointError(f"{path} describes '{manifest.member}', not '{member}'")
@@ -256,7 +262,7 @@ def installed_stamp(weights_dir: Path, members: Sequence[str]) -> tuple[str | No
         except (FileNotFoundError, NotADirectoryError):
             stamp.append(None)
         except OSError as e:  # unreadable: the worker cannot load what is installed
-            raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
+            raise _unreadable(path, e) from e
     return tuple(stamp)
 
 
@@ -350,7 +356,7 @@ def _read_verified(path: Path, expected: WeightFile) -> bytes:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         raise MissingWeightsError(f"weights file {path} listed in the manifest is missing") from e
     except OSError as e:  # unreadable: permissions (safetensors writes 0600), a disk error
-        raise WeightsError(f"{path} cannot be read: {e.strerror or type(e).__name__}") from e
+        raise _unreadable(path, e) from e
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected.sha256:
         raise WeightsIntegrityError(
