@@ -24,16 +24,14 @@ def _is_api(request: HttpRequest) -> bool:
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+        return _json_error(404)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
         # Nothing about the failure itself: it is in the log, not for clients.
-        return JsonResponse(
-            {"detail": "A server error occurred.", "code": "server_error"}, status=500
-        )
+        return _json_error(500)
     return defaults.server_error(request)
 
 
@@ -46,6 +44,11 @@ PAGE_ERRORS = {
     413: ("The request is too large.", "too_large"),
     500: ("A server error occurred.", "server_error"),
 }
+
+
+def _json_error(status: int, reason: str = "Error") -> JsonResponse:
+    detail, code = PAGE_ERRORS.get(status, (reason + ".", "error"))
+    return JsonResponse({"detail": detail, "code": code}, status=status)
 
 
 class ApiErrorsMiddleware:
@@ -64,10 +67,7 @@ class ApiErrorsMiddleware:
             and response.status_code >= 400
             and not kind.startswith(("application/json", "application/problem+json"))
         ):
-            detail, code = PAGE_ERRORS.get(
-                response.status_code, (response.reason_phrase + ".", "error")
-            )
-            replaced = JsonResponse({"detail": detail, "code": code}, status=response.status_code)
+            replaced = _json_error(response.status_code, response.reason_phrase)
             for header in ("Allow", "WWW-Authenticate", "Retry-After", "Content-Range"):
                 if response.has_header(header):
                     replaced[header] = response[header]
