@@ -153,8 +153,9 @@ class Explainer:
         """
         report = progress or (lambda stage, fraction: None)
         limits = self.analyzer.config.limits
+        still_reference = False
         if reference is not None and "ssim_reference" in self.config.kinds:
-            check_reference(reference, limits)
+            still_reference = check_reference(reference, limits).info.kind == "image"
 
         def analysis_progress(stage: str, fraction: float) -> None:
             if stage != "done":
@@ -193,7 +194,7 @@ class Explainer:
                     elif kind == "ssim_temporal":
                         self._ssim_temporal(writer, result, data)
                     elif kind == "ssim_reference" and reference is not None:
-                        self._ssim_reference(writer, result, data, reference)
+                        self._ssim_reference(writer, result, data, reference, still_reference)
             except Exception as e:
                 if isinstance(e, self.interrupts):
                     raise
@@ -409,8 +410,15 @@ class Explainer:
                 )
 
     def _ssim_reference(
-        self, writer: _Writer, result: AnalysisResult, data: AnalysisData, reference: Path
+        self,
+        writer: _Writer,
+        result: AnalysisResult,
+        data: AnalysisData,
+        reference: Path,
+        still: bool,
     ) -> None:
+        """``still``: the reference is an image, compared with every face (its
+        captions name no time)."""
         limits = self.analyzer.config.limits
         times = sorted({round(result.frames[f.position].time_s, 4) for f in result.faces})
         # The reference passed its check before the analysis; what fails now
@@ -436,6 +444,7 @@ class Explainer:
             mask = ssim_mask(
                 full, face.keypoints, ref_image, match.keypoints, self.config.ssim_size
             )
+            where = "reference image" if still else f"reference at {t:.2f} s"
             writer.image(
                 "ssim_reference",
                 f"ssim_reference/p{face.person}_f{frame:06d}",
@@ -445,7 +454,7 @@ class Explainer:
                 person=face.person,
                 member=None,
                 caption=(
-                    f"SSIM: submitted | reference at {t:.2f} s | where they differ (red), "
+                    f"SSIM: submitted | {where} | where they differ (red), "
                     f"aligned by landmarks (mean {mask.mean:.3f})."
                 ),
             )

@@ -69,6 +69,9 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
     assert {a.member for a in index.artifacts if a.kind == "attention"} == {"tiny_att"}
     assert counts["ssim_temporal"] == n_faces - persons
     assert counts["ssim_reference"] == n_faces
+    for art in index.artifacts:
+        if art.kind == "ssim_reference":
+            assert f"reference at {art.time:.2f} s |" in art.caption
     assert counts["chart"] == 2
     assert counts["face"] == n_faces
     assert counts["frame"] == len({f.position for f in result.faces})
@@ -91,6 +94,26 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
     assert {"gradcam", "attention", "ssim_temporal", "ssim_reference", "chart"} <= {
         s for s, _ in stages
     }
+
+
+def test_a_still_reference_is_compared_with_every_face_and_named_without_a_time(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    clip = mf.write_clip(
+        tmp_path / "person.mp4", frames=24, width=320, height=240, face_at=(60, 30, 170)
+    )
+    still = np.zeros((240, 320, 3), np.uint8)
+    still[30:200, 60:230] = mf.face_image(170)
+    reference = mf.write_image(tmp_path / "original.png", still, "PNG")
+    config = ExplainConfig(kinds=("ssim_reference",))
+    result, index = Explainer(tiny_analyzer, config).run(clip, tmp_path / "out", reference=reference)
+    assert index is not None and index.missing == {}
+    masks = [a for a in index.artifacts if a.kind == "ssim_reference"]
+    assert len(masks) == len(result.faces) > 1
+    assert {a.time for a in masks} == {result.frames[f.position].time_s for f in result.faces}
+    for art in masks:
+        assert art.caption.startswith("SSIM: submitted | reference image | where they differ")
+        assert " s |" not in art.caption
 
 
 def test_an_image_gets_overlays_but_no_temporal_masks(
