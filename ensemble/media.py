@@ -290,6 +290,18 @@ def _rgb_array(im: Image.Image) -> npt.NDArray[np.uint8]:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation says. The EXIF block is parsed
+    only now, after the pixels decoded: a damaged one (a truncated or
+    malformed TIFF header) costs the orientation, not the picture, which is
+    then taken as stored."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except (SyntaxError, struct.error, ValueError, TypeError, KeyError, OSError) as e:
+        logger.warning("the image's EXIF block is unreadable (%s); taken as stored", e)
+        return im
+
+
 def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = None) -> LoadedMedia:
     """Decode an image, with EXIF orientation applied, as RGB."""
     media_type = media_type or sniff(path)
@@ -307,7 +319,7 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                     )
                 _check_pixels(im.width, im.height, limits)
                 im.load()
-                rgb = _rgb_array(ImageOps.exif_transpose(im))
+                rgb = _rgb_array(_upright(im))
     except Image.DecompressionBombError as e:
         raise MediaLimitError(
             f"The image declares an enormous picture size; the limit is "
@@ -699,6 +711,14 @@ def _index_video(container: Any, stream: Any, limits: MediaLimits) -> _VideoInde
             ts = packet.dts
             if ts is None:
                 continue
+        if packet.is_discard:
+            # Hidden by an edit list (a video cut without re-encoding starts
+            # at a key frame before its first shown frame): the decoder
+            # drops its frame, so it is no frame of the video and its time
+            # is not the start. A key frame stays a seek point.
+            if packet.is_keyframe:
+                keys.append(ts)
+            continue
         n = len(pts)
         if n == max_frames:
             raise _count_error(f"more than {limits.max_video_frames}", limits)

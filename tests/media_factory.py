@@ -92,6 +92,30 @@ def write_clip(
 MARKER_STEP = 8
 
 
+def cut_clip(src: Path, path: Path, first: int) -> Path:
+    """``src`` (a :func:`write_clip` MP4) cut without re-encoding to start at
+    its frame ``first``, as ``ffmpeg -ss ... -c copy`` cuts: the packets from
+    the key frame before ``first`` are kept, those before ``first`` get
+    negative times, and the muxer writes an edit list that hides them."""
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        tb = stream.time_base
+        fps = stream.average_rate
+        lead = round(first / fps / tb)
+        packets = [p for p in inp.demux(stream) if p.size]
+        key = max(p.pts for p in packets if p.is_keyframe and p.pts <= lead)
+        with av.open(str(path), mode="w") as out:
+            o = out.add_stream_from_template(stream)
+            for p in packets:
+                if p.pts < key:
+                    continue
+                p.pts -= lead
+                p.dts -= lead
+                p.stream = o
+                out.mux(p)
+    return path
+
+
 def marker(image: np.ndarray) -> int:
     """The frame number (0-1023) a :func:`write_clip` frame carries."""
     low = round(float(image[4:12, 4:12, 0].mean()) / MARKER_STEP)

@@ -87,6 +87,25 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert frame[:40].mean() > 200 and frame[40:].mean() < 50
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("exif", [b"MM\x00*\x00\x00", b"abcdefgh"], ids=["short", "not-tiff"])
+def test_a_damaged_exif_block_costs_the_orientation_not_the_picture(
+    tmp_path: Path, fmt: str, exif: bytes
+) -> None:
+    """The pixels decode; only the EXIF block (parsed after them) is damaged:
+    a truncated TIFF header raised struct.error, which escaped as a crash, and
+    a foreign one got the picture called corrupt."""
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[:, :40] = 255
+    path = tmp_path / f"face.{fmt.lower()}"
+    prefix = b"Exif\x00\x00" if fmt == "JPEG" else b""
+    # A JPEG with a resolution in its JFIF header skips Pillow's own EXIF check.
+    Image.fromarray(image).save(path, fmt, exif=prefix + exif, dpi=(72, 72))
+    frame = load_media(path, LIMITS, 1).frames[0].image
+    assert frame.shape[:2] == (40, 80)
+    assert frame[:, :40].mean() > 200 and frame[:, 40:].mean() < 50
+
+
 @pytest.mark.parametrize("ext", ["mp4", "mov", "webm", "avi", "mkv"])
 def test_each_video_container_is_sampled_evenly_with_timestamps(tmp_path: Path, ext: str) -> None:
     path = mf.write_clip(tmp_path / f"clip.{ext}", frames=40, fps=10, gop=10)
@@ -102,6 +121,28 @@ def test_each_video_container_is_sampled_evenly_with_timestamps(tmp_path: Path, 
     assert [mf.marker(f.image) for f in media.frames] == indices
     for f in media.frames:
         assert f.time_s == pytest.approx(f.index / 10, abs=1e-6)
+
+
+def test_a_video_cut_without_re_encoding_starts_at_its_first_shown_frame(tmp_path: Path) -> None:
+    """An edit list hides the frames between the key frame before the cut and
+    the cut: they are no frames of the video (the decoder drops them), and
+    time 0 is the first frame shown, as players show it. Counted in, they
+    made every time late by their length and pulled samples onto frame 0."""
+    src = mf.write_clip(tmp_path / "src.mp4", frames=40, fps=10, gop=10)
+    path = mf.cut_clip(src, tmp_path / "cut.mp4", first=15)
+    whole = load_media(path, LIMITS, 25)
+    assert whole.info.frame_count == 25
+    assert whole.info.duration_s == pytest.approx(2.5, abs=0.15)
+    assert [f.index for f in whole.frames] == list(range(25))
+    assert [mf.marker(f.image) for f in whole.frames] == list(range(15, 40))
+    for f in whole.frames:
+        assert f.time_s == pytest.approx(f.index / 10, abs=1e-6)
+    sparse = load_media(path, LIMITS, 4)
+    assert [mf.marker(f.image) - 15 for f in sparse.frames] == [f.index for f in sparse.frames]
+    assert sparse.frames[0].index == 0 and sparse.frames[-1].index == 24
+    # A reference cut so is compared at the moments a player shows.
+    at = media.frames_at_times(path, LIMITS, [0.0, 1.0])
+    assert {t: mf.marker(im) for t, im in at.items()} == {0.0: 15, 1.0: 25}
 
 
 def test_short_video_yields_all_its_frames(tmp_path: Path) -> None:
