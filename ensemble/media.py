@@ -785,18 +785,66 @@ def upright(image: RGBImage, rotation: int) -> RGBImage:
     return np.ascontiguousarray(np.rot90(image, k=turns))
 
 
-def _to_rgb(frame: Any, max_pixels: int, size: tuple[int, int] | None = None) -> RGBImage:
-    """A decoded frame as RGB, upright, downscaled in the same swscale pass when
-    it has more than ``max_pixels`` pixels: no full-size RGB copy is ever made.
-    ``size`` (width, height before turning upright) scales it to that size instead."""
-    width, height = size or fit_pixels(frame.width, frame.height, max_pixels)
-    if (width, height) == (frame.width, frame.height):
+def shown_size(width: int, height: int, sar: Fraction | None) -> tuple[int, int]:
+    """A picture's size as players show it: a stored ``width`` stretched by the
+    sample aspect ratio (non-square pixels: 720x576 shown as 16:9, for one)."""
+    if sar is None or sar <= 0 or sar == 1:
+        return width, height
+    return max(round(width * sar), 1), height
+
+
+def fit_inside(shown: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The size at which a picture of size ``shown`` fills ``box`` keeping its
+    shape: ``box`` itself when the shapes agree (within 1%), else the largest
+    size of ``shown``'s shape that fits inside it."""
+    (sw, sh), (w, h) = shown, box
+    if abs(sw * h - sh * w) <= 0.01 * sw * h:
+        return box
+    scale = min(w / sw, h / sh)
+    return max(round(sw * scale), 1), max(round(sh * scale), 1)
+
+
+def _to_rgb(
+    frame: Any,
+    max_pixels: int,
+    size: tuple[int, int] | None = None,
+    sar: Fraction | None = None,
+) -> RGBImage:
+    """A decoded frame as RGB, upright, at the shape it is shown at (``sar``:
+    the stream's sample aspect ratio), downscaled in the same swscale pass
+    when it has more than ``max_pixels`` pixels: no full-size RGB copy is
+    ever made. ``size`` (width, height before turning upright) scales it to
+    that size instead; a frame of another shape (a stream that turned, or
+    changed format) is scaled to fit inside it keeping its shape, centred
+    on black, never stretched."""
+    shown = shown_size(frame.width, frame.height, sar)
+    width, height = size or fit_pixels(*shown, max_pixels)
+    inner_w, inner_h = fit_inside(shown, (width, height))
+    if (inner_w, inner_h) == (frame.width, frame.height):
         image: RGBImage = frame.to_ndarray(format="rgb24")
     else:
         image = frame.to_ndarray(
-            format="rgb24", width=width, height=height, interpolation=DOWNSCALE_INTERPOLATION
+            format="rgb24", width=inner_w, height=inner_h, interpolation=DOWNSCALE_INTERPOLATION
         )
+    if (inner_w, inner_h) != (width, height):
+        canvas = np.zeros((height, width, 3), np.uint8)
+        top, left = (height - inner_h) // 2, (width - inner_w) // 2
+        canvas[top : top + inner_h, left : left + inner_w] = image
+        image = canvas
     return upright(image, display_rotation(frame))
+
+
+def _sample_aspect(stream: Any) -> Fraction | None:
+    """The stream's sample aspect ratio (the decoder's, else the container's);
+    ``None`` when unset or unreadable (square pixels)."""
+    for source in (stream.codec_context, stream):
+        try:
+            sar = source.sample_aspect_ratio
+        except (AttributeError, ValueError):
+            continue
+        if sar:
+            return Fraction(sar)
+    return None
 
 
 def _decode_targets(
@@ -812,7 +860,9 @@ def _decode_targets(
     Every decoded frame is held to the picture limits (``_check_pixels``): a
     stream may change its size after the first frame, which is all the
     declared size describes. Frames after the first are scaled to the first
-    one's size, so face boxes of every frame are in one frame size. The
+    one's size (one of another shape fitted inside it, see :func:`_to_rgb`),
+    so face boxes of every frame are in one frame size. Non-square pixels
+    are shown square (the stream's sample aspect ratio). The
     pixels decoded are counted as they are, against ``DECODE_SLACK`` times
     the read's budget (:func:`decode_budget`; the index's estimate was
     checked before, at the declared size). A target whose data is damaged
@@ -839,6 +889,7 @@ def _decode_targets(
     last: Any = None
     checked: tuple[int, int] | None = None
     size: tuple[int, int] | None = None  # of the first converted frame
+    sar: Fraction | None = None  # the stream's sample aspect ratio, read then
     # key frame -> pts of the last frame decoded before damaged data after it
     damaged_after: dict[int, int] = {}
 
@@ -856,10 +907,12 @@ def _decode_targets(
             )
 
     def take(frame: Any) -> None:
-        nonlocal i, converted, rotation, size
+        nonlocal i, converted, rotation, size, sar
         if size is None:
-            size = fit_pixels(frame.width, frame.height, limits.max_video_pixels)
-        image = _to_rgb(frame, limits.max_video_pixels, size)
+            sar = _sample_aspect(stream)
+            shown = shown_size(frame.width, frame.height, sar)
+            size = fit_pixels(*shown, limits.max_video_pixels)
+        image = _to_rgb(frame, limits.max_video_pixels, size, sar)
         rotation = display_rotation(frame)
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)

@@ -50,6 +50,7 @@ def write_clip(
     audio: bool = False,
     more_faces: tuple[tuple[int, int, int], ...] = (),
     display_rotation: int | None = None,
+    sample_aspect: Fraction | None = None,
 ) -> Path:
     """A clip of moving noise, optionally with a face of ``size`` pixels at
     ``(x, y, size)`` (and one more at each of ``more_faces``), moving slightly
@@ -57,7 +58,8 @@ def write_clip(
     top left encodes ``i`` (see :func:`marker`). With ``display_rotation``
     (degrees counterclockwise) the clip is stored as phones store portrait
     video: the picture described above, turned the other way, with a display
-    matrix that turns it back upright."""
+    matrix that turns it back upright. ``sample_aspect``: its pixels are
+    that much wider than tall when shown (non-square pixels)."""
     turns = (display_rotation or 0) // 90 % 4
     coded_width, coded_height = (height, width) if turns % 2 else (width, height)
     fmt = path.suffix.lstrip(".")
@@ -73,6 +75,8 @@ def write_clip(
     stream.codec_context.time_base = Fraction(1, fps)
     if display_rotation is not None:
         stream.set_display_rotation(display_rotation)
+    if sample_aspect is not None:
+        stream.codec_context.sample_aspect_ratio = sample_aspect
     placed = [(at, face_image(at[2])) for at in ((face_at,) if face_at else ()) + more_faces]
 
     def frame(i: int) -> av.VideoFrame:

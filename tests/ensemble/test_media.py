@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import itertools
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -525,6 +526,39 @@ def test_frames_that_change_size_come_out_at_the_first_frames_size(tmp_path: Pat
     assert len(loaded.frames) == 10
     assert {f.image.shape for f in loaded.frames} == {(240, 320, 3)}
     assert loaded.frames[-1].image.mean() > loaded.frames[0].image.mean() + 20  # the later part
+
+
+def test_a_frame_of_another_shape_is_fitted_inside_not_stretched(tmp_path: Path) -> None:
+    """A stream that turns from landscape to portrait halfway (a screen
+    recording, a call): the later frames keep their shape inside the first
+    one's size, centred on black. They were stretched to it, faces squashed
+    to a third of their width."""
+    path = mf.size_change_mkv(tmp_path / "turn.mkv", (320, 240), (240, 320))
+    loaded = load_media(path, LIMITS, 10)
+    assert {f.image.shape for f in loaded.frames} == {(240, 320, 3)}
+    first, last = loaded.frames[0].image.astype(int), loaded.frames[-1].image.astype(int)
+    assert abs(first.mean() - 60) < 8
+    # 240x320 fitted inside 320x240: 180 wide, columns 70 to 249.
+    assert last[:, :65].max() < 20 and last[:, 255:].max() < 20
+    assert abs(last[:, 75:245].mean() - 100) < 8
+
+
+def test_non_square_pixels_are_analysed_as_shown(tmp_path: Path) -> None:
+    """A stream whose pixels are twice as wide as tall when shown (anamorphic
+    video): its frames come out at the shape players show, not squeezed."""
+    plain = mf.write_clip(tmp_path / "plain.mp4", frames=6, width=160, height=120)
+    wide = mf.write_clip(
+        tmp_path / "wide.mp4", frames=6, width=160, height=120, sample_aspect=Fraction(2, 1)
+    )
+    shown = load_media(wide, LIMITS, 3).frames
+    stored = load_media(plain, LIMITS, 3).frames
+    assert {f.image.shape for f in shown} == {(120, 320, 3)}
+    for a, b in zip(shown, stored, strict=True):
+        squeezed = cv2.resize(a.image, (160, 120), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(squeezed - b.image.astype(int)).mean() < 12
+    # Bounded by the pixel limit at the shape shown.
+    small = load_media(wide, MediaLimits(max_video_pixels=320 * 120 // 4), 1).frames[0]
+    assert small.image.shape == (60, 160, 3)
 
 
 def _video_index(path: Path) -> Any:
