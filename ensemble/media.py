@@ -777,10 +777,37 @@ def display_rotation(frame: Any) -> int:
     return round(degrees / 90.0) % 4 * 90
 
 
-def upright(image: RGBImage, rotation: int) -> RGBImage:
-    """``image`` turned ``rotation`` degrees counterclockwise (a multiple of 90)."""
+def display_mirrored(frame: Any) -> tuple[bool, int]:
+    """Whether a decoded frame's display matrix mirrors it, and then the
+    quarter turn (degrees counterclockwise, as :func:`display_rotation`)
+    that shows it upright after it is mirrored left to right. A matrix that
+    mirrors (negative determinant: a selfie app's left-right flip) read as a
+    plain rotation gives a half turn, and the faces came out upside down."""
+    matrix = None
+    try:
+        for side in frame.side_data:
+            if side.type.name == "DISPLAYMATRIX":
+                matrix = struct.unpack("<9i", bytes(side))
+    except (AttributeError, TypeError, ValueError, struct.error):  # none, or unreadable
+        matrix = None
+    if matrix is None:
+        return False, display_rotation(frame)
+    a, b, _, c, d = matrix[:5]
+    if a * d - b * c >= 0:
+        return False, display_rotation(frame)
+    # Mirrored first, what is left is a rotation: the matrix with its first
+    # row negated, read as FFmpeg's av_display_rotation_get reads one.
+    degrees = -math.degrees(math.atan2(-b / (math.hypot(b, d) or 1), -a / (math.hypot(a, c) or 1)))
+    return True, round(degrees / 90.0) % 4 * 90
+
+
+def upright(image: RGBImage, rotation: int, mirrored: bool = False) -> RGBImage:
+    """``image`` mirrored left to right if ``mirrored``, then turned
+    ``rotation`` degrees counterclockwise (a multiple of 90)."""
     turns = rotation // 90 % 4
-    if not turns:
+    if mirrored:
+        image = image[:, ::-1]
+    elif not turns:
         return image
     return np.ascontiguousarray(np.rot90(image, k=turns))
 
@@ -831,7 +858,8 @@ def _to_rgb(
         top, left = (height - inner_h) // 2, (width - inner_w) // 2
         canvas[top : top + inner_h, left : left + inner_w] = image
         image = canvas
-    return upright(image, display_rotation(frame))
+    mirrored, rotation = display_mirrored(frame)
+    return upright(image, rotation, mirrored)
 
 
 def _sample_aspect(stream: Any) -> Fraction | None:
@@ -913,7 +941,7 @@ def _decode_targets(
             shown = shown_size(frame.width, frame.height, sar)
             size = fit_pixels(*shown, limits.max_video_pixels)
         image = _to_rgb(frame, limits.max_video_pixels, size, sar)
-        rotation = display_rotation(frame)
+        rotation = display_mirrored(frame)[1]
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
         time_s = float((frame.pts - index.start_pts) * index.time_base)

@@ -51,6 +51,7 @@ def write_clip(
     more_faces: tuple[tuple[int, int, int], ...] = (),
     display_rotation: int | None = None,
     sample_aspect: Fraction | None = None,
+    mirrored: bool = False,
 ) -> Path:
     """A clip of moving noise, optionally with a face of ``size`` pixels at
     ``(x, y, size)`` (and one more at each of ``more_faces``), moving slightly
@@ -59,7 +60,9 @@ def write_clip(
     (degrees counterclockwise) the clip is stored as phones store portrait
     video: the picture described above, turned the other way, with a display
     matrix that turns it back upright. ``sample_aspect``: its pixels are
-    that much wider than tall when shown (non-square pixels)."""
+    that much wider than tall when shown (non-square pixels). ``mirrored``
+    (with ``display_rotation``): the display matrix also mirrors it left to
+    right (a selfie app's), and the picture is stored mirrored to match."""
     turns = (display_rotation or 0) // 90 % 4
     coded_width, coded_height = (height, width) if turns % 2 else (width, height)
     fmt = path.suffix.lstrip(".")
@@ -74,7 +77,7 @@ def write_clip(
         stream.bit_rate = 20_000_000
     stream.codec_context.time_base = Fraction(1, fps)
     if display_rotation is not None:
-        stream.set_display_rotation(display_rotation)
+        stream.set_display_rotation(display_rotation, hflip=mirrored)
     if sample_aspect is not None:
         stream.codec_context.sample_aspect_ratio = sample_aspect
     placed = [(at, face_image(at[2])) for at in ((face_at,) if face_at else ()) + more_faces]
@@ -86,7 +89,9 @@ def write_clip(
             img[y : y + s, x + dx : x + dx + s] = face
         img[:16, :16] = (i % 32) * MARKER_STEP
         img[:16, 16:32] = (i // 32) * MARKER_STEP
-        coded = np.ascontiguousarray(np.rot90(img, k=-turns)) if turns else img
+        # Shown: the stored picture turned, then mirrored (FFmpeg's matrix).
+        shown = img[:, ::-1] if mirrored else img
+        coded = np.ascontiguousarray(np.rot90(shown, k=-turns))
         return av.VideoFrame.from_ndarray(coded, format="rgb24")
 
     _write(container, stream, (frame(i) for i in range(frames)))

@@ -471,6 +471,25 @@ def test_phone_video_is_turned_upright_as_its_display_matrix_asks(
         assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 8
 
 
+@pytest.mark.parametrize("rotation", [0, 90, 180])
+def test_a_mirroring_display_matrix_is_mirrored_not_turned_upside_down(
+    tmp_path: Path, rotation: int
+) -> None:
+    """A display matrix that mirrors the picture left to right (a selfie
+    app's), alone or with a turn: shown as players show it. Read as a plain
+    rotation, a mirror alone was a half turn: faces upside down, none found."""
+    upright = load_media(mf.write_clip(tmp_path / "upright.mp4", frames=12), LIMITS, 4)
+    selfie = mf.write_clip(
+        tmp_path / "selfie.mp4", frames=12, display_rotation=rotation, mirrored=True
+    )
+    media = load_media(selfie, LIMITS, 4)
+    assert (media.info.width, media.info.height) == (320, 240) == media.info.frame_size
+    for a, b in zip(media.frames, upright.frames, strict=True):
+        assert a.image.shape == (240, 320, 3)
+        assert mf.marker(a.image) == a.index  # the marker is back at the top left
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 8
+
+
 def test_downscaled_phone_video_is_upright_at_the_bounded_size(tmp_path: Path) -> None:
     phone = mf.write_clip(tmp_path / "phone.mp4", frames=12, display_rotation=-90)
     media = load_media(phone, MediaLimits(max_video_pixels=160 * 120), 4)
