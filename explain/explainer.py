@@ -118,6 +118,15 @@ class _Writer:
         )
 
 
+def _files_under(folder: Path) -> set[Path] | None:
+    """Everything under ``folder``, or ``None`` when it cannot be listed."""
+    try:
+        return set(folder.rglob("*"))
+    except OSError as e:
+        logger.warning("could not list %s: %s", folder, e)
+        return None
+
+
 class Explainer:
     """Analyses a file with an :class:`Analyzer` and writes its explanations.
 
@@ -166,19 +175,27 @@ class Explainer:
         if result.status != "done":
             report("done", 1.0)
             return result, None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(out_dir, self.config)
         series = score_series(result)
+        kinds = [k for k in self.config.kinds if k != "ssim_reference" or reference is not None]
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            # No folder for the files (a full disk, no permission): every
+            # kind is missing, and the verdict stands.
+            logger.error("no folder for %s's explanations: %s", path, e)
+            reason = f"{type(e).__name__}: {e.strerror or e}"[:200]
+            report("done", 1.0)
+            return result, ExplanationIndex((), series, missing=dict.fromkeys(kinds, reason))
+        writer = _Writer(out_dir, self.config)
         members = [self.analyzer.members[m] for m in self.analyzer.config.members]
         timings: dict[str, float] = {}
-        kinds = [k for k in self.config.kinds if k != "ssim_reference" or reference is not None]
         total = sum(_STAGE_WEIGHT[k] for k in kinds) or 1.0
         done = 0.0
         missing: dict[str, str] = {}
         for kind in kinds:
             report(kind, ANALYSIS_SHARE + (1 - ANALYSIS_SHARE) * done / total)
             started = time.perf_counter()
-            kept, files = len(writer.artifacts), set(out_dir.rglob("*"))
+            kept, files = len(writer.artifacts), _files_under(out_dir)
             try:
                 if kind == "chart":
                     self._chart(writer, series, [m.name for m in members])
@@ -203,7 +220,9 @@ class Explainer:
                 logger.exception("explanation %s of %s failed", kind, path)
                 missing[kind] = f"{type(e).__name__}: {e}"[:200]
                 del writer.artifacts[kept:]
-                for made in sorted(set(out_dir.rglob("*")) - files, reverse=True):
+                # (Nothing is removed when a listing failed: what is new is unknown.)
+                after = _files_under(out_dir) if files is not None else None
+                for made in sorted((after or set()) - (files or set()), reverse=True):
                     if made.is_file():
                         made.unlink(missing_ok=True)
                     elif made.is_dir():

@@ -14,6 +14,7 @@ from PIL import Image
 from ensemble.config import MediaLimits
 from ensemble.pipeline import Analyzer
 from explain import ExplainConfig, Explainer, ExplanationIndex, InvalidReferenceError
+from explain.charts import score_series
 from explain.explainer import select_faces
 from explain.reference import frames_at
 from explain.render import cut_square, face_square, resized
@@ -106,7 +107,9 @@ def test_a_still_reference_is_compared_with_every_face_and_named_without_a_time(
     still[30:200, 60:230] = mf.face_image(170)
     reference = mf.write_image(tmp_path / "original.png", still, "PNG")
     config = ExplainConfig(kinds=("ssim_reference",))
-    result, index = Explainer(tiny_analyzer, config).run(clip, tmp_path / "out", reference=reference)
+    result, index = Explainer(tiny_analyzer, config).run(
+        clip, tmp_path / "out", reference=reference
+    )
     assert index is not None and index.missing == {}
     masks = [a for a in index.artifacts if a.kind == "ssim_reference"]
     assert len(masks) == len(result.faces) > 1
@@ -114,6 +117,25 @@ def test_a_still_reference_is_compared_with_every_face_and_named_without_a_time(
     for art in masks:
         assert art.caption.startswith("SSIM: submitted | reference image | where they differ")
         assert " s |" not in art.caption
+
+
+def test_no_folder_for_the_explanations_costs_them_not_the_verdict(
+    tiny_analyzer: Analyzer, tmp_path: Path
+) -> None:
+    """The folder cannot be made (here a file is in the way; a full disk or a
+    missing permission alike): every kind is missing, with the reason, and
+    the finished analysis is returned. It raised, and the job failed."""
+    clip = mf.write_clip(tmp_path / "person.mp4", frames=12, face_at=(60, 30, 170))
+    (tmp_path / "artifacts").write_text("not a folder")
+    config = ExplainConfig(kinds=("face", "gradcam", "chart"))
+    result, index = Explainer(tiny_analyzer, config).run(clip, tmp_path / "artifacts" / "run-1")
+    assert result.status == "done" and result.verdict in ("fake", "real", "uncertain")
+    assert index is not None and index.artifacts == ()
+    assert set(index.missing) == {"face", "gradcam", "chart"}
+    assert all(
+        r.startswith(("NotADirectoryError", "FileExistsError")) for r in index.missing.values()
+    )
+    assert index.series == score_series(result)
 
 
 def test_an_image_gets_overlays_but_no_temporal_masks(
