@@ -18,6 +18,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 from kombu.exceptions import OperationalError
 
 from analyses import services, tasks
@@ -83,6 +84,9 @@ def test_upload_while_the_broker_is_down_is_503_keeps_the_file_and_is_queued_lat
     assert sub.heartbeat is None and sub.reason_code == "queue_unavailable"
     progress = clients["submitter"].get(reverse("analyses:progress", args=[sub.pk])).json()
     assert "queued automatically" in progress["reason"]
+    # The result page says so too (it said "Queued" only).
+    page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk])).content.decode()
+    assert f'<p class="muted" id="wait-reason">{escape(sub.reason)}</p>' in page
 
     _age(sub, created=_ago(60))
     assert services.reap().broker_down  # still down: kept for the next pass
@@ -155,7 +159,14 @@ def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
 
     # The next worker claims it and dies too: the second loss is final, and
     # the files the two runs began are removed (before: kept for good).
-    _age(sub, status=Status.RUNNING, heartbeat=_ago(stale + 1), attempts=2)
+    _age(
+        sub,
+        status=Status.RUNNING,
+        heartbeat=_ago(stale + 1),
+        attempts=2,
+        stage="detect",
+        percent=40,
+    )
     for attempt in (1, 2):
         begun = services.artifact_dir(sub) / f"run-{attempt}"
         begun.mkdir(parents=True)
@@ -164,6 +175,7 @@ def test_reaper_requeues_a_job_whose_worker_died_then_fails_it_the_second_time(
     sub.refresh_from_db()
     assert out.failed == [str(sub.pk)] and sub.status == Status.FAILED
     assert sub.reason == services.WORKER_LOST_REASON and sub.score is None
+    assert (sub.stage, sub.percent) == ("", 0)
     assert not services.artifact_dir(sub).exists()
 
 
@@ -329,10 +341,36 @@ def test_soft_time_limit_fails_the_job_with_a_time_limit_reason(
 
 
 @pytest.mark.django_db
+def test_a_time_limit_after_the_result_is_stored_keeps_it_and_its_files(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit arrives while earlier runs' folders are removed, after the
+    result was stored: the job stays done. It was failed, and this run's
+    files removed under its artifact rows."""
+    sub = _pending(users["submitter"], media_dir)
+
+    def out_of_time(out_dir: Path) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(services.running, "_drop_other_runs", out_of_time)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE, sub.reason
+    files = [Path(a.file.path) for a in sub.artifacts.all()]
+    assert files and all(f.is_file() for f in files)
+
+
+@pytest.mark.django_db
 def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_dir: Path) -> None:
     sub = _pending(users["submitter"], media_dir)
     here = services.running._LOCAL
-    _age(sub, status=Status.RUNNING, heartbeat=timezone.now(), worker=f"{here}:1:1")
+    _age(
+        sub,
+        status=Status.RUNNING,
+        heartbeat=timezone.now(),
+        started=_ago(1900),
+        worker=f"{here}:1:1",
+    )
     # What the worker parent calls when it kills the child at the hard limit.
     begun = services.artifact_dir(sub) / "run-1"
     begun.mkdir(parents=True)
@@ -352,6 +390,12 @@ def test_hard_time_limit_marks_the_running_job_failed(site: Path, users, media_d
     other.worker = f"{socket.gethostname()}/1:7:9"
     other.save(update_fields=["worker"])
     tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "t3", [str(other.pk)], {}, None)
+    other.refresh_from_db()
+    assert other.status == Status.RUNNING
+    # And a run of this host that began a minute ago (a re-run in another
+    # child took the job over from the stuck one): not the run killed.
+    _age(other, worker=f"{here}:1:2", started=_ago(60), attempts=2)
+    tasks.analyze_submission.on_failure(TimeLimitExceeded(1900), "t4", [str(other.pk)], {}, None)
     other.refresh_from_db()
     assert other.status == Status.RUNNING
 

@@ -94,6 +94,8 @@ def test_input_that_fails_in_analysis_is_rejected_with_reason_and_not_retried(
     sub.refresh_from_db()
     assert sub.status == Status.REJECTED and sub.score is None and sub.verdict == ""
     assert "text file" in sub.reason and sub.reason_code == "unsupported_format"
+    # No progress stands (it said stage "done", 100%, of a rejected job).
+    assert (sub.stage, sub.percent) == ("", 0)
     services.run_submission(sub.pk)  # a redelivered message does nothing
     sub.refresh_from_db()
     assert sub.attempts == 1
@@ -229,6 +231,40 @@ def test_failed_submission_can_be_rerun_and_then_succeeds(
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == Status.DONE and sub.attempts == 2
+
+
+def test_a_rerun_that_is_rolled_back_keeps_the_results_files(
+    site: Path, users, media_dir: Path, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    """The folder went at once, inside the re-run's transaction: a re-run that
+    failed to commit (the database gone at save) restored the done row and
+    its artifact rows, with their files deleted."""
+    from django.db import DatabaseError
+
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    files = [Path(a.file.path) for a in sub.artifacts.all()]
+    assert sub.status == Status.DONE and files
+
+    def connection_lost(*args: Any, **kwargs: Any) -> None:
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as m:
+        m.setattr(Submission, "save", connection_lost)
+        with django_capture_on_commit_callbacks(execute=True), pytest.raises(DatabaseError):
+            services.rerun(sub)
+    sub.refresh_from_db()
+    assert sub.status == Status.DONE and sub.artifacts.count() == len(files)
+    assert all(f.is_file() for f in files)
+    # Committed, it removes them, before the message goes out.
+    sent: list[tuple[str, bool]] = []
+    monkeypatch.setattr(
+        services.queue, "send", lambda pk: sent.append((pk, any(f.exists() for f in files)))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.rerun(sub)
+    assert sent == [(str(sub.pk), False)]
 
 
 def test_models_are_loaded_once_per_process(site: Path, users, media_dir: Path) -> None:
@@ -697,6 +733,7 @@ def test_a_failed_or_rejected_run_leaves_no_files(
     services.run_submission(sub.pk)
     sub.refresh_from_db()
     assert sub.status == (Status.FAILED if outcome == "crash" else Status.REJECTED)
+    assert (sub.stage, sub.percent) == ("", 0)
     assert not services.artifact_dir(sub).exists()
 
 

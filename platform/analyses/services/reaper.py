@@ -89,6 +89,8 @@ def reap(now: datetime | None = None) -> Reaped:
                 reason=WORKER_LOST_REASON,
                 verdict="",
                 score=None,
+                stage="",
+                percent=0,
                 finished=now,
             ):
                 logger.error("submission %s: worker lost twice; failed by the reaper", sub.pk)

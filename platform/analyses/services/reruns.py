@@ -45,7 +45,10 @@ def rerun(sub: Submission) -> Submission:
         if not claimed:
             raise RerunRefused("This submission changed meanwhile; reload the page.")
         sub.artifacts.all().delete()
-        shutil.rmtree(artifact_dir(sub), ignore_errors=True)
+        # Once committed (and before the message goes out: on_commit keeps
+        # order): a re-run rolled back keeps its rows and their files alike.
+        folder = artifact_dir(sub)
+        transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
         sub.status, sub.stage, sub.percent = Status.PENDING, "", 0
         sub.reason = sub.reason_code = sub.verdict = ""
         sub.score = None

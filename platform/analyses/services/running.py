@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -434,7 +434,6 @@ def run_submission(submission_id: UUID | str) -> None:
                     Path(sub.file.path), out_dir, reference, _progress_writer(sub)
                 )
                 _store(sub, result.to_dict(), index, out_dir)
-                _drop_other_runs(out_dir)
                 stored = True
             except _RejectedInput as e:
                 logger.info("submission %s rejected: %s", sub.pk, e)
@@ -467,7 +466,18 @@ def run_submission(submission_id: UUID | str) -> None:
                     INTERNAL_ERROR_REASON.format(name=type(e).__name__),
                     "internal_error",
                 )
-            if not stored:
+            if stored:
+                # Outside the handlers above: the result is in, so a time
+                # limit now must not fail it (and remove its files).
+                try:
+                    _drop_other_runs(out_dir)
+                except SoftTimeLimitExceeded:
+                    logger.warning(
+                        "submission %s: time limit reached while removing earlier runs' "
+                        "files; its result is stored",
+                        sub.pk,
+                    )
+            else:
                 # Rejected or failed: no artifact rows point at any run's
                 # files, so no run's folder is worth keeping.
                 shutil.rmtree(out_dir.parent, ignore_errors=True)
@@ -505,8 +515,17 @@ def job_timed_out(submission_id: UUID | str) -> None:
     parent): mark it failed, never leave it ``running``. Only while it is
     still a run of this host and PID namespace (the killed child's): one
     another host's or container's worker has claimed since is left alone,
-    files included."""
-    running = Submission.objects.filter(pk=submission_id, status=Status.RUNNING)
+    files included, and so is one that started less than half the limit ago
+    (a re-run in another child of this host took the job over: not the run
+    that was killed, which ran the whole limit)."""
+    from django.conf import settings
+
+    now = timezone.now()
+    running = Submission.objects.filter(
+        pk=submission_id,
+        status=Status.RUNNING,
+        started__lte=now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT / 2),
+    )
     worker = running.values_list("worker", flat=True).first()
     if worker is None or not _runs_here(worker):
         return
@@ -516,7 +535,9 @@ def job_timed_out(submission_id: UUID | str) -> None:
         reason_code=TIMED_OUT_CODE,
         verdict="",
         score=None,
-        finished=timezone.now(),
+        stage="",
+        percent=0,
+        finished=now,
     )
     if done:
         logger.error("submission %s: hard time limit reached; marked failed", submission_id)
@@ -592,6 +613,7 @@ def _finish_without_result(sub: Submission, status: Status, reason: str, code: s
         row = _owned(sub)
         row.status, row.reason, row.reason_code = status, reason, code
         row.verdict, row.score = "", None
+        row.stage, row.percent = "", 0  # no progress stands for a job that ended so
         row.finished = timezone.now()
         _save_existing(row)
 
@@ -629,10 +651,9 @@ def _fill(sub: Submission, result: dict[str, Any]) -> None:
         sub.score = result.get("score")
         sub.members = result.get("members", {})
         sub.stage, sub.percent = "done", 100
-    elif status == "rejected":
-        sub.status = Status.REJECTED
     else:
-        sub.status = Status.FAILED
+        sub.status = Status.REJECTED if status == "rejected" else Status.FAILED
+        sub.stage, sub.percent = "", 0
 
 
 def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[Artifact]:

@@ -1,5 +1,5 @@
-// Polls the submission's progress JSON and updates the bar and the stage
-// name; reloads when the analysis is finished.
+// Polls the submission's progress JSON and updates the bar, the stage name
+// and why the job waits (if it says); reloads when the analysis is finished.
 (function () {
   "use strict";
   var box = document.getElementById("status-box");
@@ -9,6 +9,7 @@
   var percent = document.getElementById("percent");
   var status = document.getElementById("status");
   var stage = document.getElementById("stage");
+  var reason = document.getElementById("wait-reason");
   var POLL_MS = 1000;
   function label(s) { return s ? s.charAt(0).toUpperCase() + s.slice(1) : ""; }
   function poll() {
@@ -22,6 +23,10 @@
           status.className = "badge badge-" + p.status;
         }
         if (stage) { stage.textContent = p.stage || ""; }
+        if (reason) {
+          reason.textContent = p.reason || "";
+          reason.hidden = !p.reason;
+        }
         if (p.finished) { window.location.reload(); } else { window.setTimeout(poll, POLL_MS); }
       })
       .catch(function () { window.setTimeout(poll, POLL_MS * 3); });
