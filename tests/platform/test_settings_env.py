@@ -148,6 +148,25 @@ def test_a_bad_variable_stops_django_from_starting(name: str, value: str, says: 
     assert "ImproperlyConfigured" in out.stderr and f"{name}={value!r} {says}" in out.stderr
 
 
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"TRUSTTRACE_HEARTBEAT_S": "0"}, "TRUSTTRACE_HEARTBEAT_S (0.0) must be above 0"),
+        ({"TRUSTTRACE_REAPER_INTERVAL_S": "-1"}, "TRUSTTRACE_REAPER_INTERVAL_S (-1.0) must be"),
+        (
+            {"TRUSTTRACE_HEARTBEAT_S": "60", "TRUSTTRACE_STALE_RUNNING_S": "90"},
+            "TRUSTTRACE_STALE_RUNNING_S (90.0) must be at least twice TRUSTTRACE_HEARTBEAT_S",
+        ),
+    ],
+)
+def test_reaper_clocks_that_would_reap_live_jobs_stop_django_from_starting(
+    env: dict[str, str], says: str
+) -> None:
+    out = _start(**env)
+    assert out.returncode != 0 and "started" not in out.stdout
+    assert "ImproperlyConfigured" in out.stderr and says in out.stderr
+
+
 def test_good_variables_reach_the_typed_settings() -> None:
     code = (
         "import django; django.setup(); from analyses.config import trusttrace_settings as t; "

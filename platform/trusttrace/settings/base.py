@@ -348,3 +348,15 @@ TRUSTTRACE = {
     # logged and the defaults are used (analyses.services.probing).
     "C2PA_TRUST_ANCHORS": env_path("TRUSTTRACE_C2PA_TRUST_ANCHORS", None),
 }
+# The reaper's clocks, checked here like the time limits above: a heartbeat
+# at or past the stale age made live jobs look dead between beats (taken
+# from their worker and run twice), and 0 made a loop of database writes.
+for _name in ("HEARTBEAT_S", "STALE_PENDING_S", "REAPER_INTERVAL_S"):
+    if not TRUSTTRACE[_name] > 0:
+        raise ImproperlyConfigured(f"TRUSTTRACE_{_name} ({TRUSTTRACE[_name]}) must be above 0.")
+if not TRUSTTRACE["STALE_RUNNING_S"] >= 2 * TRUSTTRACE["HEARTBEAT_S"]:
+    raise ImproperlyConfigured(
+        f"TRUSTTRACE_STALE_RUNNING_S ({TRUSTTRACE['STALE_RUNNING_S']}) must be at least twice "
+        f"TRUSTTRACE_HEARTBEAT_S ({TRUSTTRACE['HEARTBEAT_S']}): a running job writes a "
+        "heartbeat that often, and one silent that long is taken for a dead worker's."
+    )
