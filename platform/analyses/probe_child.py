@@ -24,7 +24,8 @@ def probe(
 ) -> None:
     """``load_media`` on ``path`` (decoding ``n_frames``, the decoding work
     checked for the analysis's ``plan_frames``); sends ``("ok", MediaInfo)``, ``("invalid",
-    reason, code)`` or ``("error", text)``.
+    reason, code)``, ``("fault", text)`` (the machine failed to read it:
+    memory ran out, the disk returned an error) or ``("error", text)``.
 
     With ``provenance`` (the reader's options: ``trust_anchors``), a file that
     decodes also gets its C2PA Content Credentials read, after the media
@@ -32,7 +33,7 @@ def probe(
     upload on the media answer alone, so however that read ends (an error, a
     crash, past a cap) it cannot refuse the file.
     """
-    from ensemble.errors import InvalidMediaError
+    from ensemble.errors import InvalidMediaError, MediaReadFaultError
     from ensemble.media import load_media
 
     try:
@@ -41,8 +42,13 @@ def probe(
         except InvalidMediaError as e:
             conn.send(("invalid", str(e), e.code))
             return
+        except MediaReadFaultError as e:
+            conn.send(("fault", str(e)))
+            return
         except MemoryError:
-            conn.send(("error", "MemoryError"))
+            # The probe's own cap is the parent's to enforce ("cap"): this is
+            # the machine's memory running out.
+            conn.send(("fault", "MemoryError"))
             return
         except Exception as e:  # reported by the parent; the child just ends
             conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -95,6 +95,38 @@ def test_probe_child_reports_the_decoders_reason(
     _refused(_post(clients, notes), site, "text file")
 
 
+def test_a_machine_fault_while_probing_is_the_sites_503_not_the_files_400(
+    site: Path, clients: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk failed or memory ran out while the probe read the upload: said
+    as the site's fault (503, try again), as the worker says it (read_fault),
+    not "the decoder failed" on the file (400)."""
+    import multiprocessing
+
+    from analyses import probe_child
+    from analyses.services import probing
+    from ensemble import media
+    from ensemble.config import MediaLimits
+    from ensemble.errors import MediaReadFaultError
+
+    def disk_fault(*args: Any, **kwargs: Any) -> None:
+        raise MediaReadFaultError("Reading the file failed: Input/output error.")
+
+    monkeypatch.setattr(media, "load_media", disk_fault)
+    receive, send = multiprocessing.Pipe(duplex=False)
+    probe_child.probe(str(tmp_path / "a.png"), MediaLimits(), 1, send)
+    assert receive.recv() == ("fault", "Reading the file failed: Input/output error.")
+    # The parent's answer to it (the child runs in its own process).
+    monkeypatch.setattr(probing._Child, "answer", lambda self, deadline: ("fault", "MemoryError"))
+    response = _post(clients, flat_png(tmp_path / "a.png", 64, 64))
+    page = response.content.decode()
+    assert response.status_code == 503 and "not your file" in page, page[-2000:]
+    assert "Upload refused" not in page
+    assert not Submission.objects.exists()
+    assert not any(p.is_file() for p in (site / "uploads").rglob("*"))
+    assert not any(p.is_file() for p in (site / "staging").rglob("*"))
+
+
 def test_worker_refuses_a_stored_video_over_the_frame_rate_limit(
     site: Path, users: Any, media_dir: Path, tmp_path: Path
 ) -> None:

@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analyses.config import analysis_config, trusttrace_settings
-from analyses.services.errors import UploadRejected
+from analyses.services.errors import StorageUnavailable, UploadRejected
 
 if TYPE_CHECKING:
     from ensemble.media import MediaInfo
 
 logger = logging.getLogger(__name__)
+
+PROBE_FAULT_REASON = (
+    "The site could not read this file just now (its memory or disk failed, not your "
+    "file); it was logged and nothing was kept. Please try again later."
+)
 
 POLL_S = 0.05
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -162,6 +167,10 @@ def _run_probe(path: Path, n_frames: int, *, provenance: bool) -> ProbeOutcome:
     )
     if message[0] == "invalid":
         raise UploadRejected(message[1], message[2])
+    if message[0] == "fault":
+        # The site's fault, as the worker counts it (read_fault): not the file's.
+        logger.error("upload probe: the machine failed to read the file: %s", message[1])
+        raise StorageUnavailable(PROBE_FAULT_REASON)
     if message[0] != "ok":
         logger.error("upload probe failed: %s", message[1])
         raise UploadRejected(
