@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import django_stubs_ext
 import environ
@@ -351,12 +352,16 @@ TRUSTTRACE = {
 # The reaper's clocks, checked here like the time limits above: a heartbeat
 # at or past the stale age made live jobs look dead between beats (taken
 # from their worker and run twice), and 0 made a loop of database writes.
+_clocks = {
+    name: cast(float, TRUSTTRACE[name])
+    for name in ("HEARTBEAT_S", "STALE_RUNNING_S", "STALE_PENDING_S", "REAPER_INTERVAL_S")
+}
 for _name in ("HEARTBEAT_S", "STALE_PENDING_S", "REAPER_INTERVAL_S"):
-    if not TRUSTTRACE[_name] > 0:
-        raise ImproperlyConfigured(f"TRUSTTRACE_{_name} ({TRUSTTRACE[_name]}) must be above 0.")
-if not TRUSTTRACE["STALE_RUNNING_S"] >= 2 * TRUSTTRACE["HEARTBEAT_S"]:
+    if not _clocks[_name] > 0:
+        raise ImproperlyConfigured(f"TRUSTTRACE_{_name} ({_clocks[_name]}) must be above 0.")
+if not _clocks["STALE_RUNNING_S"] >= 2 * _clocks["HEARTBEAT_S"]:
     raise ImproperlyConfigured(
-        f"TRUSTTRACE_STALE_RUNNING_S ({TRUSTTRACE['STALE_RUNNING_S']}) must be at least twice "
-        f"TRUSTTRACE_HEARTBEAT_S ({TRUSTTRACE['HEARTBEAT_S']}): a running job writes a "
+        f"TRUSTTRACE_STALE_RUNNING_S ({_clocks['STALE_RUNNING_S']}) must be at least twice "
+        f"TRUSTTRACE_HEARTBEAT_S ({_clocks['HEARTBEAT_S']}): a running job writes a "
         "heartbeat that often, and one silent that long is taken for a dead worker's."
     )
