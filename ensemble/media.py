@@ -812,10 +812,15 @@ def upright(image: RGBImage, rotation: int, mirrored: bool = False) -> RGBImage:
     return np.ascontiguousarray(np.rot90(image, k=turns))
 
 
+# Sample aspect ratios outside this range are no video's (anamorphic ones are
+# within 1/2 and 2): taken as square, so a crafted one cannot blow a frame up.
+MAX_SAMPLE_ASPECT = 4
+
+
 def shown_size(width: int, height: int, sar: Fraction | None) -> tuple[int, int]:
     """A picture's size as players show it: a stored ``width`` stretched by the
     sample aspect ratio (non-square pixels: 720x576 shown as 16:9, for one)."""
-    if sar is None or sar <= 0 or sar == 1:
+    if sar is None or sar == 1 or not 1 / MAX_SAMPLE_ASPECT <= sar <= MAX_SAMPLE_ASPECT:
         return width, height
     return max(round(width * sar), 1), height
 

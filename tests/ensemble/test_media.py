@@ -578,6 +578,10 @@ def test_non_square_pixels_are_analysed_as_shown(tmp_path: Path) -> None:
     # Bounded by the pixel limit at the shape shown.
     small = load_media(wide, MediaLimits(max_video_pixels=320 * 120 // 4), 1).frames[0]
     assert small.image.shape == (60, 160, 3)
+    assert media.shown_size(720, 576, Fraction(64, 45)) == (1024, 576)  # PAL 16:9
+    # One no video has is taken as square: it cannot blow a frame up.
+    assert media.shown_size(1920, 1080, Fraction(255, 1)) == (1920, 1080)
+    assert media.shown_size(1920, 1080, Fraction(1, 255)) == (1920, 1080)
 
 
 def _video_index(path: Path) -> Any:
