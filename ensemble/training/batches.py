@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +154,8 @@ class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
         blackout_prob: float = 0.0,
         use_augment: bool = True,
         store: CropStore | None = None,
+        teacher: Mapping[Path, float] | None = None,
+        distill: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.size = size
@@ -167,6 +169,10 @@ class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.store = store
         self.compose = build_augment() if train and use_augment else None
         self.keypoints: dict[Path, Keypoints | None] = {s.path: s.keypoints for s in self.samples}
+        # Knowledge distillation (ensemble.training.teacher): each crop's
+        # teacher probability and the teacher's share in its target.
+        self.teacher = teacher
+        self.distill = distill if teacher is not None else 0.0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -214,21 +220,34 @@ class FaceDataset(Dataset[tuple[Tensor, Tensor, int]]):
         x = (img.transpose(2, 0, 1).astype(np.float32) - self.mean) / self.std
         return torch.from_numpy(x), torch.tensor(float(label)), index
 
+    def target(self, index: int, label: int) -> float:
+        """The training target of sample ``index`` seen with ``label``: the
+        label, mixed with the teacher's probability when there is a teacher
+        and the crop is still of its dataset label (a self-blended real is a
+        new image the teacher never scored)."""
+        s = self.samples[index]
+        if self.teacher is None or label != s.label:
+            return float(label)
+        return (1.0 - self.distill) * label + self.distill * self.teacher[s.path]
+
     def batch(
         self, indices: Sequence[int], slots: Sequence[int], aug_keys: Sequence[int]
-    ) -> tuple[Tensor, Tensor]:
-        """Normalised ``[B, 3, S, S]`` (channels_last memory) and labels."""
-        images, labels = [], []
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised ``[B, 3, S, S]`` (channels_last memory), the labels
+        and the training targets (:meth:`target`; the labels without a
+        teacher)."""
+        images, labels, targets = [], [], []
         for index, slot, key in zip(indices, slots, aug_keys, strict=True):
             img, label = self.image(index, slot, key)
             images.append(img)
             labels.append(float(label))
+            targets.append(self.target(index, label))
         # NHWC uint8 permuted to NCHW is already in channels_last memory order.
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
         mean = torch.from_numpy(self.mean).reshape(1, 3, 1, 1)
         std = torch.from_numpy(self.std).reshape(1, 3, 1, 1)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        return x, torch.tensor(labels)
+        return x, torch.tensor(labels), torch.tensor(targets)
 
 
 # Augmentation seeds are drawn from (seed, epoch, key + this), apart from the

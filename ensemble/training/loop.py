@@ -36,6 +36,7 @@ when EMA is on), ``val_predictions.csv`` (best epoch), ``log.csv``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -81,6 +82,7 @@ from ensemble.training.runfiles import (
     write_logs,
     write_predictions,
 )
+from ensemble.training.teacher import check_coverage, check_share, dataset_root, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,12 @@ class TrainConfig:
     compile: bool = False
     # Paired real/fake batches (None: the recipe's choice).
     paired: bool | None = None
+    # Knowledge distillation (ensemble.training.teacher): score tables of the
+    # training crops, the weights folder whose ensemble.json combines them,
+    # and the teacher's share in each target (0: no teacher).
+    teacher_scores: tuple[Path, ...] = ()
+    teacher_weights: Path | None = None
+    distill: float = 0.0
 
 
 @dataclass
@@ -295,6 +303,8 @@ class _Data:
     val_loader: DataLoader[Any]
     digest: str
     keep_pairs: bool  # how --limit drew the training samples
+    # The teacher's share and the digest of its targets (None: no teacher).
+    teacher_record: dict[str, Any] | None = None
 
 
 def _prepare_data(
@@ -340,6 +350,7 @@ def _prepare_data(
             "SBI would turn the real crop of a real/fake pair into a pseudo-fake; "
             "use --sbi with --no-paired"
         )
+    teacher, teacher_record = _teacher(config, train_samples)
     if detect is not None and (recipe.sbi_prob > 0 or recipe.blackout_prob > 0):
         train_samples = attach_keypoints(train_samples, detect, config.out / "keypoints.json")
 
@@ -365,6 +376,8 @@ def _prepare_data(
         blackout_prob=recipe.blackout_prob,
         use_augment=config.augment,
         store=store(train_samples),
+        teacher=teacher,
+        distill=config.distill,
     )
     val_ds = FaceDataset(
         val_samples, recipe.input_size, spec.mean, spec.std, train=False, store=store(val_samples)
@@ -372,7 +385,35 @@ def _prepare_data(
     val_loader = DataLoader(
         val_ds, batch_size=recipe.batch_size, shuffle=False, num_workers=config.num_workers
     )
-    return _Data(train_samples, val_samples, train_ds, val_loader, digest, keep_pairs)
+    return _Data(
+        train_samples, val_samples, train_ds, val_loader, digest, keep_pairs, teacher_record
+    )
+
+
+def _teacher(
+    config: TrainConfig, train_samples: Sequence[Sample]
+) -> tuple[dict[Path, float] | None, dict[str, Any] | None]:
+    """The teacher's probability of each training crop and what run.json
+    and a resume record of it; ``(None, None)`` without a teacher."""
+    if not config.teacher_scores:
+        if config.distill:
+            raise TrainingError("--distill needs the teacher's scores (--teacher SCORES...)")
+        return None, None
+    share = check_share(config.distill)
+    if config.teacher_weights is None:
+        raise TrainingError("--teacher needs the weights folder whose ensemble.json combines them")
+    teacher = load_teacher(config.teacher_scores, config.teacher_weights, dataset_root(config.data))
+    check_coverage(teacher, train_samples)
+    ours = {s.path: teacher[s.path] for s in train_samples}
+    digest = hashlib.sha256(
+        "\n".join(f"{p.as_posix()},{v:.9g}" for p, v in sorted(ours.items())).encode()
+    ).hexdigest()
+    return ours, {
+        "share": share,
+        "digest": digest,
+        "scores": [str(p) for p in config.teacher_scores],
+        "weights": str(config.teacher_weights),
+    }
 
 
 @dataclass
@@ -588,9 +629,9 @@ def train_one_epoch(
     try:
         while state.done_steps < len(plan):
             batch = plan[state.done_steps]
-            x, y = data.train_ds.batch(batch.indices, batch.slots, batch.aug_keys)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits = _step(trainee, recipe, x, y, device=device, precision=precision)
+            x, y, t = data.train_ds.batch(batch.indices, batch.slots, batch.aug_keys)
+            x, y, t = (v.to(device, non_blocking=True) for v in (x, y, t))
+            loss, logits = _step(trainee, recipe, x, t, device=device, precision=precision)
             state.done_steps += 1
             sums[0] += len(y)
             sums[1] += int(((logits >= 0) == (y >= 0.5)).sum())
@@ -632,7 +673,8 @@ def train_one_epoch(
 def _step(
     trainee: _Trainee, recipe: Recipe, x: Tensor, y: Tensor, *, device: str, precision: str
 ) -> tuple[float, Tensor]:
-    """One optimisation step on a batch; returns its loss and detached logits."""
+    """One optimisation step on a batch with targets ``y`` (labels, or soft
+    targets from a teacher); returns its loss and detached logits."""
     target = smooth_targets(y, recipe.label_smoothing)
     with _autocast(device, precision):
         logits = trainee.step_model(x).reshape(-1)
@@ -730,12 +772,14 @@ def _run_info(
         "n_train": classes(data.train_samples),
         "n_val": classes(data.val_samples),
         "recipe": asdict(recipe),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": {k: _jsonable(v) for k, v in asdict(config).items()},
         "device": device,
         "amp": precision,
         "precision": precision,
         "cpu_bf16": cpu_has_bf16(),
         "paired": paired,
+        # Knowledge distillation: the teacher's share and its scores' digest.
+        "teacher": data.teacher_record,
         # How --limit chose the training samples (export chooses them again).
         "limit_keeps_pairs": data.keep_pairs,
         "channels_last": True,
@@ -744,6 +788,15 @@ def _run_info(
         "drop_path_applied": trainee.drop_path_applied,
         "torch": torch.__version__,
     }
+
+
+def _jsonable(value: Any) -> Any:
+    """A config value as JSON holds it (paths as strings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _progress_info(state: RunState, status: str) -> dict[str, Any]:
@@ -801,6 +854,9 @@ def train(
         "precision": precision,
         "paired": paired,
     }
+    if data.teacher_record is not None:
+        # Only with a teacher, so runs from before distillation still resume.
+        settings["teacher"] = {k: data.teacher_record[k] for k in ("share", "digest")}
     last = out / LAST
     if not config.resume and last.is_file():
         raise TrainingError(
@@ -892,6 +948,8 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             changed.append("data")
         elif saved.get(key) != value:
             changed.append(f"{key} {saved.get(key)!r} -> {value!r}")
+    if "teacher" in saved and "teacher" not in now:
+        changed.append(f"teacher {saved['teacher']!r} -> None")
     return changed
 
 

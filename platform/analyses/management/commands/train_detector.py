@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SBI_PROB = 0.5
 DEFAULT_BLACKOUT_PROB = 0.5
+# The teacher's share in a target with --teacher and no --distill (mirrors
+# ensemble.training.teacher.DEFAULT_SHARE, which is not imported at start-up).
+DEFAULT_TEACHER_SHARE = 0.5
 
 
 class Command(BaseCommand):
@@ -155,6 +158,29 @@ class Command(BaseCommand):
         parser.add_argument(
             "--compile", action="store_true", help="torch.compile the model for training"
         )
+        parser.add_argument(
+            "--teacher",
+            type=Path,
+            nargs="+",
+            metavar="SCORES",
+            help="distil from the ensemble: score tables of the training crops "
+            "(evaluate --faces DATA --split train --scores FILE), combined by the "
+            "ensemble.json under --teacher-weights",
+        )
+        parser.add_argument(
+            "--teacher-weights",
+            type=Path,
+            metavar="WEIGHTS_DIR",
+            help="the weights folder whose ensemble.json combines the teacher's scores "
+            "(default: the installed weights)",
+        )
+        parser.add_argument(
+            "--distill",
+            type=float,
+            metavar="SHARE",
+            help=f"the teacher's share in each target, above 0 and at most 1 "
+            f"(default with --teacher: {DEFAULT_TEACHER_SHARE})",
+        )
         pairing = parser.add_mutually_exclusive_group()
         pairing.add_argument(
             "--paired",
@@ -239,6 +265,19 @@ class Command(BaseCommand):
                     init_from=o["init_from"],
                     compile=o["compile"],
                     paired=o["paired"],
+                    teacher_scores=tuple(o["teacher"] or ()),
+                    teacher_weights=(
+                        (o["teacher_weights"] or _trusttrace().weights_dir)
+                        if o["teacher"]
+                        else None
+                    ),
+                    distill=(
+                        o["distill"]
+                        if o["distill"] is not None
+                        else DEFAULT_TEACHER_SHARE
+                        if o["teacher"]
+                        else 0.0
+                    ),
                 )
                 # Keypoints are needed whenever the run uses SBI or the
                 # blackout, from a flag or from the recipe (B7's blackout).

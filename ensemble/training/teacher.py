@@ -1,0 +1,115 @@
+"""Soft targets from a teacher: training a member towards what the installed
+ensemble says of each training crop (knowledge distillation).
+
+The teacher is the fitted ensemble (``weights/ensemble.json``) applied to
+per-crop member scores of the *training* crops, written by
+``evaluate --faces DATA --split train --scores FILE``. A crop's target is
+then ``(1 - share) * label + share * teacher`` instead of its 0/1 label. Binary
+cross-entropy is linear in the target, so this is the label's loss and the
+teacher's loss mixed in that proportion.
+
+Why: the labels of face crops from fake videos are noisy (a crop from a fake
+video whose face was barely touched is labelled fake all the same), and an
+ensemble ranks crops better than any one member. A target that says "fake,
+but the members are unsure" carries that, where a hard 1 does not.
+
+The teacher's members were trained on these crops, so its scores of them are
+surer than its scores of unseen ones; the label keeps the rest of the
+target. A crop the dataset transforms into another class during training
+(a self-blended real becomes a fake) keeps its hard label: the teacher never
+saw that image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.calibration import EnsembleCalibration, EnsembleCalibrationError, read_calibration
+from ensemble.errors import TrainingError
+from ensemble.training.data import DatasetError, Sample
+from ensemble.training.ensemble_fit import read_scores
+
+# The share of the teacher in a target when --distill is given without a value.
+DEFAULT_SHARE = 0.5
+
+
+def teacher_probabilities(
+    scores: Sequence[Path], calibration: EnsembleCalibration, root: Path
+) -> dict[Path, float]:
+    """Each scored crop's ensemble probability (path under ``root`` -> p).
+
+    The score tables must hold every member ``calibration`` combines, scored
+    by the weights it was fitted for and mirrored as it was fitted: anything
+    else would be another teacher than the one named.
+    """
+    try:
+        table = read_scores(list(scores), any_split=True)
+    except DatasetError as e:
+        raise TrainingError(f"teacher scores: {e}") from e
+    members = set(calibration.members)
+    if set(table.probs) != members:
+        raise TrainingError(
+            f"the teacher scores hold {', '.join(sorted(table.probs))}; the ensemble "
+            f"combines {', '.join(sorted(members))}: score the crops with every member"
+        )
+    stale = sorted(m for m in members if table.weights[m] != calibration.members[m])
+    if stale:
+        raise TrainingError(
+            f"the teacher scores were made with other weights of {', '.join(stale)} than "
+            "the ensemble was fitted for: score the crops again with the installed members"
+        )
+    fitted_mirrored = set(calibration.mirrored or ())
+    if set(table.mirrored) != fitted_mirrored:
+        raise TrainingError(
+            "the teacher scores mirror other members "
+            f"({', '.join(sorted(table.mirrored)) or 'none'}) than the ensemble was fitted "
+            f"with ({', '.join(sorted(fitted_mirrored)) or 'none'}): score them with the "
+            "installed settings"
+        )
+    probs = calibration.apply(table.probs)
+    if not np.isfinite(probs).all():
+        raise TrainingError("the teacher scores hold values that are not finite numbers")
+    return {root / f: float(p) for f, p in zip(table.files, probs, strict=True)}
+
+
+def load_teacher(scores: Sequence[Path], weights_dir: Path, root: Path) -> dict[Path, float]:
+    """:func:`teacher_probabilities` with the calibration installed under
+    ``weights_dir``."""
+    try:
+        calibration = read_calibration(weights_dir)
+    except EnsembleCalibrationError as e:
+        raise TrainingError(f"the teacher: {e}") from e
+    if calibration is None:
+        raise TrainingError(
+            f"{weights_dir} has no ensemble calibration (ensemble.json) to combine the "
+            "teacher's members with"
+        )
+    return teacher_probabilities(scores, calibration, root)
+
+
+def check_coverage(teacher: Mapping[Path, float], samples: Sequence[Sample]) -> None:
+    """Refuse a teacher that has not scored every training crop."""
+    missing = [s.path for s in samples if s.path not in teacher]
+    if missing:
+        raise TrainingError(
+            f"the teacher scores lack {len(missing)} of the {len(samples)} training crops "
+            f"(e.g. {missing[0]}): score the same dataset's train split "
+            "(evaluate --faces DATA --split train --scores FILE)"
+        )
+
+
+def check_share(share: float) -> float:
+    """The teacher's share in a target, which must lie in (0, 1]."""
+    if not (math.isfinite(share) and 0.0 < share <= 1.0):
+        raise TrainingError(f"--distill must be above 0 and at most 1, not {share}")
+    return share
+
+
+def dataset_root(data: Path) -> Path:
+    """The folder a dataset's crop paths are relative to (as
+    :func:`ensemble.training.data.load_samples` resolves them)."""
+    return data.parent if data.is_file() else data
