@@ -51,10 +51,8 @@ def write_scores(
         )
         for r, p in zip(rows, probs, strict=True):
             label = 1 if r["label"] == "FAKE" else 0
-            w.writerow(
-                [r["file"], label, r["file"], r["split"], float(logit(p)), p]
-                + [sha or SHAS[member], mirrored]
-            )
+            row = [r["file"], label, r["file"], r["split"], float(logit(p)), p]
+            w.writerow([*row, sha or SHAS[member], mirrored])
     return path
 
 
@@ -184,7 +182,7 @@ def test_a_run_learns_what_the_teacher_says_not_only_the_labels(dataset: Path, t
     assert run["config"]["teacher_scores"] == [str(f) for f in files]
     # Resuming it without the teacher, or with another share, is refused.
     for other in ({}, {"teacher_scores": tuple(files), "teacher_weights": weights, "distill": 0.5}):
-        with pytest.raises(TrainingError, match="other settings.*teacher"):
+        with pytest.raises(TrainingError, match=r"other settings.*teacher"):
             train(
                 replace(_config(dataset, tmp_path / "taught", resume=True), **other),
                 SPEC,
@@ -192,9 +190,7 @@ def test_a_run_learns_what_the_teacher_says_not_only_the_labels(dataset: Path, t
             )
 
 
-def test_distill_without_teacher_scores_or_a_calibration_is_refused(
-    dataset: Path, tmp_path: Path
-):
+def test_distill_without_teacher_scores_or_a_calibration_is_refused(dataset: Path, tmp_path: Path):
     with pytest.raises(TrainingError, match="--teacher"):
         train(_config(dataset, tmp_path / "r1", distill=0.5), SPEC, progress=False)
     rows = _rows(dataset)
