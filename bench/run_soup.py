@@ -17,7 +17,9 @@ scores the split's crops in fp32 with torch, as a run's validation does
 first run trained at). Printed: AUC, log loss and accuracy of the raw logits
 (before any temperature, as a run's own validation reports them), the seconds
 of the pass, and whether other processes shared the CPU. ``--predictions``
-writes the logits as a run's ``val_predictions.csv`` is written.
+writes the logits as a run's ``val_predictions.csv`` is written; ``--save
+FILE`` writes the averaged weights as a checkpoint that ``train_detector
+--init-from FILE`` starts a new run from.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ def soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_soup(
+    path: Path, member: str, input_size: int, state: dict[str, torch.Tensor], runs: list[Path]
+) -> None:
+    """Write a soup as a checkpoint ``train_detector --init-from FILE`` starts
+    a new run from (the layout of a run's ``best.pt``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "member": member,
+            "input_size": input_size,
+            "state_dict": state,
+            "soup_of": [str(r) for r in runs],
+        },
+        path,
+    )
+
+
 def _best(run: Path, member: str) -> tuple[dict[str, torch.Tensor], int]:
     path = run / BEST
     if not path.is_file():
@@ -85,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=0, help="input size (0: the first run's)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--predictions", type=Path, help="write the logits as a CSV")
+    parser.add_argument(
+        "--save", type=Path, help="write the averaged weights here (for train_detector --init-from)"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -94,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     trained_sizes = [size for _, size in loaded]
     size = args.size or trained_sizes[0]
     model = spec.build()
-    model.load_state_dict(soup([state for state, _ in loaded]))
+    averaged = soup([state for state, _ in loaded])
+    model.load_state_dict(averaged)
+    if args.save is not None:
+        save_soup(args.save, spec.name, trained_sizes[0], averaged, list(args.runs))
     model = model.eval().to(memory_format=torch.channels_last)
 
     samples = select_split(load_samples(args.data), args.split)

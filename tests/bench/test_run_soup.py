@@ -38,3 +38,22 @@ def test_a_run_of_another_member_or_without_best_pt_is_refused(tmp_path: Path) -
         _best(tmp_path, "effnet_b7")
     state, size = _best(tmp_path, "resnet50")
     assert size == 128 and torch.equal(state["w"], torch.zeros(1))
+
+
+def test_a_saved_soup_starts_a_new_run_with_the_averaged_weights(tmp_path: Path) -> None:
+    from bench.run_soup import save_soup
+    from ensemble.training.loop import initial_model
+    from tests.tiny_registry import REGISTRY
+
+    spec = REGISTRY.get("toy_a")
+    torch.manual_seed(0)
+    states = [spec.build().state_dict() for _ in range(2)]
+    averaged = soup(states)
+    save_soup(tmp_path / "soup.pt", spec.name, 32, averaged, [tmp_path / "a", tmp_path / "b"])
+    model = initial_model(spec, tmp_path / "soup.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, averaged[k]), k
+    float_keys = [k for k, v in states[0].items() if v.is_floating_point() and v.numel() > 1]
+    assert not torch.equal(model.state_dict()[float_keys[0]], states[0][float_keys[0]])
+    with pytest.raises(TrainingError, match="holds toy_a"):
+        initial_model(REGISTRY.get("toy_b"), tmp_path / "soup.pt")
