@@ -28,8 +28,11 @@ def _mib(n: int) -> str:
 # hour's count is the sum of the buckets it covers (one bucket more than the
 # hour: a refusal counts for an hour at least, a little more at most).
 REFUSED_BUCKET_S = 300
-# Refusals that are the site's fault, not the file's: not counted.
-NOT_COUNTED_CODES = frozenset({"probe_failed", "storage_unavailable"})
+# Refusals that are the site's fault, not the file's: not counted. A probe
+# that crashed on the file (``probe_failed``) is counted like one that ran out
+# of time or memory on it: a file crafted to crash the decoder costs a probe
+# each time it is sent.
+NOT_COUNTED_CODES = frozenset({"storage_unavailable"})
 
 
 def _refused_keys(owner: User, now: float) -> list[str]:
