@@ -402,11 +402,16 @@ def _teacher(
     share = check_share(config.distill)
     if config.teacher_weights is None:
         raise TrainingError("--teacher needs the weights folder whose ensemble.json combines them")
-    teacher = load_teacher(config.teacher_scores, config.teacher_weights, dataset_root(config.data))
+    root = dataset_root(config.data)
+    teacher = load_teacher(config.teacher_scores, config.teacher_weights, root)
     check_coverage(teacher, train_samples)
-    ours = {s.path: teacher[s.path] for s in train_samples}
+    ours = {s.path: teacher[s.path].probability for s in train_samples}
+    # Named relative to the dataset, as the data digest does not depend on
+    # where the dataset lies: a resume with --data spelled otherwise matches.
     digest = hashlib.sha256(
-        "\n".join(f"{p.as_posix()},{v:.9g}" for p, v in sorted(ours.items())).encode()
+        "\n".join(
+            f"{p.relative_to(root).as_posix()},{v:.9g}" for p, v in sorted(ours.items())
+        ).encode()
     ).hexdigest()
     return ours, {
         "share": share,
@@ -1014,7 +1019,7 @@ def describe_init(spec: MemberSpec, source: Path) -> dict[str, Any]:
         record["unreadable"] = str(exc)
         return record
     if isinstance(ckpt, dict):
-        for key in ("epoch", "grown_from"):
+        for key in ("epoch", "grown_from", "soup_of"):
             if ckpt.get(key) is not None:
                 record[key] = ckpt[key]
     return record

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -891,3 +892,39 @@ def test_calibrate_member_refuses_scores_that_do_not_fit(site: Path, tmp_path: P
     with pytest.raises(CommandError, match=r"bright was scored with weights .* are installed"):
         call_command("calibrate_member", "--member", "bright", "--scores", str(scores))
     assert "calibrations" not in read_manifest(site, "bright").provenance
+
+
+def test_train_detector_distils_from_the_installed_ensemble(site: Path, tmp_path: Path):
+    from ensemble.calibration import EnsembleCalibration, write_calibration
+
+    save_weights(BRIGHTNESS.build().state_dict(), BRIGHTNESS, site, quantization="fp32")
+    manifest = read_manifest(site, "bright")
+    fitted = EnsembleCalibration(
+        members={"bright": manifest.weights_sha256},
+        slope=2.0,
+        bias=0.1,
+        member_weights={"bright": 1.0},
+        temperatures={"bright": manifest.temperature},
+        member_biases={"bright": manifest.bias},
+        mirrored=(),
+    )
+    write_calibration(site, fitted)
+    data = write_dataset(tmp_path / "toy", n_train=8, n_val=4, originals=True)
+    scores = tmp_path / "train-scores.csv"
+    call_command("evaluate", "--faces", str(data), "--split", "train", "--scores", str(scores))
+    assert {r["split"] for r in csv.DictReader(scores.open())} == {"train"}
+    argv = ["--member", "toy_b", "--data", str(data), "--epochs", "1", "--batch-size", "4"]
+    call_command("train_detector", *argv, "--precision", "fp32", "--teacher", str(scores))
+    run_info = json.loads((tmp_path / "runs" / "toy_b" / "run.json").read_text())
+    assert run_info["teacher"]["share"] == 0.5  # the default share
+    assert run_info["teacher"]["weights"] == str(site)  # the installed ensemble
+    assert run_info["teacher"]["scores"] == [str(scores)]
+    for stray in (["--distill", "0.3"], ["--teacher-weights", str(site)]):
+        with pytest.raises(CommandError, match="go with --teacher"):
+            call_command("train_detector", *argv, "--out", str(tmp_path / "r2"), *stray)
+    # A member recalibrated since the fit: its scores are another teacher.
+    write_calibration(site, replace(fitted, temperatures={"bright": manifest.temperature * 2}))
+    with pytest.raises(CommandError, match="another temperature or bias"):
+        call_command(
+            "train_detector", *argv, "--out", str(tmp_path / "r3"), "--teacher", str(scores)
+        )

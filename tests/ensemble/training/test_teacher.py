@@ -15,7 +15,13 @@ from ensemble.errors import TrainingError
 from ensemble.training.batches import FaceDataset
 from ensemble.training.data import load_samples, select
 from ensemble.training.loop import TrainConfig, train
-from ensemble.training.teacher import check_coverage, check_share, teacher_probabilities
+from ensemble.training.teacher import (
+    TeacherScore,
+    check_coverage,
+    check_share,
+    dataset_root,
+    teacher_probabilities,
+)
 from tests.tiny_registry import REGISTRY
 from tests.training_toys import write_dataset
 
@@ -86,7 +92,14 @@ def test_the_teacher_is_the_fitted_ensemble_of_the_members_scores(dataset: Path,
     assert set(teacher) == {dataset / r["file"] for r in rows}
     for r, a, b in zip(rows, p_a, p_b, strict=True):
         z = 1.5 * (0.8 * float(logit(a)) + 0.2 * float(logit(b))) - 0.2
-        assert teacher[dataset / r["file"]] == pytest.approx(1 / (1 + np.exp(-z)))
+        score = teacher[dataset / r["file"]]
+        assert score.probability == pytest.approx(1 / (1 + np.exp(-z)))
+        assert score.label == (r["label"] == "FAKE")
+    # A metadata CSV given as --data names its crops relative to its folder.
+    assert dataset_root(dataset / "metadata.csv") == dataset_root(dataset) == dataset
+    # Fitted with the members' temperatures and biases the tables used: the same.
+    same = _calibration(temperatures={"a": 1.0, "b": 1.0}, member_biases={"a": 0.0, "b": 0.0})
+    assert teacher_probabilities(files, same, dataset) == teacher
 
 
 def test_a_teacher_other_than_the_installed_ensemble_is_refused(dataset: Path, tmp_path: Path):
@@ -105,14 +118,28 @@ def test_a_teacher_other_than_the_installed_ensemble_is_refused(dataset: Path, t
     with pytest.raises(TrainingError, match="other crops"):
         short = write_scores(tmp_path / "short.csv", rows[:-1], "b", half[:-1])
         teacher_probabilities([a, short], _calibration(), dataset)
+    # A member re-exported with another temperature (or recalibrated with
+    # another bias) since the fit keeps its hash; its probabilities differ.
+    a = write_scores(tmp_path / "a.csv", rows, "a", [0.3] * len(rows), mirrored=1)
+    b = write_scores(tmp_path / "b.csv", rows, "b", [0.8] * len(rows))
+    for fitted in (
+        {"temperatures": {"a": 1.0, "b": 2.0}},
+        {"temperatures": {"a": 1.0, "b": 1.0}, "member_biases": {"a": 0.3}},
+    ):
+        with pytest.raises(TrainingError, match="another temperature or bias"):
+            teacher_probabilities([a, b], _calibration(**fitted), dataset)
 
 
 def test_every_training_crop_needs_a_teacher_score_and_the_share_a_sane_value(dataset: Path):
     samples = select(load_samples(dataset), "train")
-    teacher = {s.path: 0.5 for s in samples[1:]}
+    teacher = {s.path: TeacherScore(0.5, s.label) for s in samples[1:]}
     with pytest.raises(TrainingError, match=r"lack 1 of the 24"):
         check_coverage(teacher, samples)
-    check_coverage({**teacher, samples[0].path: 0.1}, samples)
+    check_coverage({**teacher, samples[0].path: TeacherScore(0.1, samples[0].label)}, samples)
+    with pytest.raises(TrainingError, match="label 1 training crops otherwise"):
+        check_coverage(
+            {**teacher, samples[0].path: TeacherScore(0.1, 1 - samples[0].label)}, samples
+        )
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(TrainingError, match="--distill"):
             check_share(bad)
@@ -180,14 +207,42 @@ def test_a_run_learns_what_the_teacher_says_not_only_the_labels(dataset: Path, t
     run = json.loads((tmp_path / "taught" / "run.json").read_text())
     assert run["teacher"]["share"] == 1.0 and len(run["teacher"]["digest"]) == 64
     assert run["config"]["teacher_scores"] == [str(f) for f in files]
-    # Resuming it without the teacher, or with another share, is refused.
-    for other in ({}, {"teacher_scores": tuple(files), "teacher_weights": weights, "distill": 0.5}):
+    # Resuming it without the teacher, with another share or with other
+    # scores is refused.
+    rescored = _teacher_files(dataset, tmp_path / "rescored", [0.5] * len(rows), inverted)
+    for other in (
+        {},
+        {"teacher_scores": tuple(files), "teacher_weights": weights, "distill": 0.5},
+        {"teacher_scores": tuple(rescored), "teacher_weights": weights, "distill": 1.0},
+    ):
         with pytest.raises(TrainingError, match=r"other settings.*teacher"):
             train(
                 replace(_config(dataset, tmp_path / "taught", resume=True), **other),
                 SPEC,
                 progress=False,
             )
+
+
+def test_a_teacher_cannot_join_a_run_begun_without_one(dataset: Path, tmp_path: Path):
+    rows = _rows(dataset)
+    weights = tmp_path / "weights"
+    write_calibration(weights, _calibration())
+    files = _teacher_files(dataset, tmp_path / "scores", [0.5] * len(rows), [0.5] * len(rows))
+    train(_config(dataset, tmp_path / "run", epochs=1), SPEC, progress=False)
+    with pytest.raises(TrainingError, match=r"other settings.*teacher"):
+        train(
+            _config(
+                dataset,
+                tmp_path / "run",
+                epochs=2,
+                resume=True,
+                teacher_scores=tuple(files),
+                teacher_weights=weights,
+                distill=0.5,
+            ),
+            SPEC,
+            progress=False,
+        )
 
 
 def test_distill_without_teacher_scores_or_a_calibration_is_refused(dataset: Path, tmp_path: Path):

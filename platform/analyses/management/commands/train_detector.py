@@ -28,8 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SBI_PROB = 0.5
 DEFAULT_BLACKOUT_PROB = 0.5
-# The teacher's share in a target with --teacher and no --distill (mirrors
-# ensemble.training.teacher.DEFAULT_SHARE, which is not imported at start-up).
+# The teacher's share in a target with --teacher and no --distill.
 DEFAULT_TEACHER_SHARE = 0.5
 
 
@@ -222,6 +221,8 @@ class Command(BaseCommand):
         if o["data"] is None:
             raise CommandError("--data is required (to train or export a run)")
         # Checked before hours of training, not after.
+        if (o["teacher_weights"] is not None or o["distill"] is not None) and not o["teacher"]:
+            raise CommandError("--teacher-weights and --distill go with --teacher SCORES...")
         crop = None
         if o["crop"]:
             if not (o["export"] or o["export_only"]):
