@@ -52,7 +52,10 @@ class Decision(models.Model):
     analysis_finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ("-created", "-pk")
+        # Newest first by insertion (decisions on one submission are
+        # serialised by its row lock; ``created`` is a web server's clock,
+        # which several servers need not agree on).
+        ordering = ("-pk",)
 
     @property
     def on_earlier_analysis(self) -> bool:

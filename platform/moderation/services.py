@@ -51,6 +51,20 @@ def decides_own(sub: Submission, moderator: User) -> bool:
     return sub.owner_id == moderator.pk and not moderator.is_superuser
 
 
+def overridden_by(sub: Submission) -> Decision | None:
+    """The override a confirmation would reverse: the latest decision other
+    than an escalation, when it is an override."""
+    last = sub.decisions.exclude(action=Action.ESCALATE).select_related("moderator").first()
+    return last if last is not None and last.action in OVERRIDES else None
+
+
+def confirm_needs_note(sub: Submission) -> bool:
+    """Whether confirming the verdict would reverse a moderator's override
+    (which then takes a note, as the override did)."""
+    last = overridden_by(sub)
+    return last is not None and last.to_label != (sub.verdict or "")
+
+
 def decide(
     sub: Submission,
     moderator: User,
@@ -118,6 +132,16 @@ def decide(
             Action.OVERRIDE_FAKE: Label.FAKE,
             Action.ESCALATE: Label.ESCALATED,
         }[Action(action)]
+        if action == Action.CONFIRM and not note and confirm_needs_note(sub):
+            # A moderator's override, argued in a note, is not reversed
+            # without one: the submitter would see the label flip unexplained.
+            earlier = overridden_by(sub)
+            assert earlier is not None
+            who = earlier.moderator.get_username() if earlier.moderator else "another moderator"
+            raise DecisionError(
+                f"Confirming the verdict reverses {who}'s override "
+                f"({earlier.get_action_display()}): a note is required to say why."
+            )
         decision = Decision.objects.create(
             submission=sub,
             submission_key=sub.pk,
@@ -168,8 +192,16 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
         # The submission's row first: on Postgres, two disputes posted at once
         # with different reasons would otherwise each count the open ones
         # before the other's insert, and both pass the cap (SQLite's
-        # IMMEDIATE transactions serialise them anyway).
-        Submission.objects.select_for_update().filter(pk=sub.pk).first()
+        # IMMEDIATE transactions serialise them anyway). The locked row is
+        # the one judged: deleted or re-run since the check above, it has
+        # nothing to dispute (and a report on a deleted row would be a 500).
+        row = Submission.objects.select_for_update().filter(pk=sub.pk).first()
+        if row is None:
+            raise DecisionError("This submission was deleted meanwhile; nothing was recorded.")
+        if row.status != Status.DONE:
+            raise DecisionError(
+                "This submission is being analysed again; dispute its verdict once it is done."
+            )
         same = (
             Report.objects.select_for_update()
             .filter(submission=sub, reporter=reporter, resolved=False)
@@ -196,7 +228,9 @@ def latest_decisions(*, for_submitter: bool = False) -> QuerySet[Decision]:
     qs = Decision.objects.filter(submission=OuterRef("pk"))
     if for_submitter:
         qs = qs.exclude(action=Action.ESCALATE)
-    return qs.order_by("-created", "-pk")
+    # Insertion order: decisions on one submission are serialised by its
+    # row lock, while ``created`` comes from whichever web server's clock.
+    return qs.order_by("-pk")
 
 
 def annotated(*, for_submitter: bool = False) -> QuerySet[Submission]:

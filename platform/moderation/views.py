@@ -147,6 +147,8 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
     following = services.next_in_queue(sub, filters.items())
     reports = list(sub.reports.select_related("reporter"))
     own = services.decides_own(sub, signed_in(request.user))
+    # Confirming reverses a moderator's override: it takes a note too.
+    confirm_note = services.confirm_needs_note(sub)
     context = {
         **result_context(request, sub),
         "review": True,
@@ -160,7 +162,12 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "decisions_seen": max((d.pk for d in sub.decisions.all()), default=0),
         "analysis_seen": sub.finished.isoformat() if sub.finished else "",
         "actions": [
-            (value, label, SHORTCUTS[Action(value)], value in NEEDS_NOTE)
+            (
+                value,
+                label,
+                SHORTCUTS[Action(value)],
+                value in NEEDS_NOTE or (value == Action.CONFIRM and confirm_note),
+            )
             for value, label in Action.choices
             if not own or value == Action.ESCALATE
         ],

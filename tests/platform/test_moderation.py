@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -357,12 +359,56 @@ def test_a_decision_recorded_while_the_review_page_was_open_is_not_reversed_unse
     )
     assert Decision.objects.count() == 1  # the override stands
     assert "recorded a decision (Override" in late.content.decode()
-    # Reloaded, the page shows the override, and the decision goes in.
-    fields = _decide_fields(clients["moderator"].get(url).content.decode())
+    # Reloaded, the page shows the override; reversing it takes a note, as
+    # the override did (the submitter would see the label flip unexplained).
+    page = clients["moderator"].get(url).content.decode()
+    assert re.search(r'value="confirm" data-key="c" data-needs-note="1"', page)
+    fields = _decide_fields(page)
+    bare = clients["moderator"].post(
+        reverse("moderation:decide", args=[sub.pk]), {"action": "confirm", **fields}, follow=True
+    )
+    assert Decision.objects.count() == 1
+    admin = users["admin"].get_username()
+    assert f"reverses {admin}&#x27;s override (Override: real)" in bare.content.decode()
     clients["moderator"].post(
-        reverse("moderation:decide", args=[sub.pk]), {"action": "confirm", **fields}
+        reverse("moderation:decide", args=[sub.pk]),
+        {"action": "confirm", "note": "the lips are pasted", **fields},
     )
     assert Decision.objects.count() == 2
+    assert Decision.objects.first().to_label == "fake"
+
+
+def test_only_a_confirmation_that_reverses_an_override_needs_a_note(users, finished) -> None:
+    from moderation import services
+    from moderation.models import Decision
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    services.decide(sub, users["moderator"], "confirm", "")  # nothing to reverse
+    services.decide(sub, users["admin"], "override_fake", "sure")  # the verdict's own label
+    services.decide(sub, users["moderator"], "confirm", "")
+    services.decide(sub, users["admin"], "override_real", "a known actor")
+    services.decide(sub, users["admin"], "escalate", "ask the team")
+    # An escalation in between does not hide the override it would reverse.
+    with pytest.raises(services.DecisionError, match="a note is required"):
+        services.decide(sub, users["moderator"], "confirm", "  ")
+    services.decide(sub, users["moderator"], "confirm", "checked the frames")
+    assert [d.action for d in Decision.objects.all()][:2] == ["confirm", "escalate"]
+
+
+def test_the_latest_decision_is_the_last_recorded_whatever_the_clocks_said(users, finished) -> None:
+    """Several web servers need not agree on the time: a decision stamped
+    earlier by a lagging clock is still the later one."""
+    import datetime as dt
+
+    from moderation import services
+    from moderation.models import Decision
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    first = services.decide(sub, users["moderator"], "confirm", "")
+    second = services.decide(sub, users["admin"], "override_real", "known actor")
+    Decision.objects.filter(pk=second.pk).update(created=first.created - dt.timedelta(minutes=5))
+    assert services.final_decision(sub).pk == second.pk
+    assert services.annotated().get(pk=sub.pk).decision_label == "real"
 
 
 def test_a_decision_on_a_page_opened_before_a_rerun_asks_for_a_reload(
@@ -623,3 +669,23 @@ def test_deciding_or_rerunning_a_submission_deleted_meanwhile_says_so(
     assert response["Location"] == f"{reverse('moderation:queue')}?state=todo&verdict=fake"
     # A submitter posting to a moderator's address still gets the 404.
     assert clients["submitter"].post(reverse("moderation:decide", args=[pk])).status_code == 404
+
+
+def test_a_dispute_of_a_submission_deleted_or_rerun_meanwhile_is_refused_in_words(
+    users, finished
+) -> None:
+    """The row is judged as locked: a dispute posted as the owner deleted the
+    upload (in another tab) was a report on a missing row, a 500."""
+    from analyses.models import Status, Submission
+    from moderation.models import Report
+    from moderation.services import file_report
+
+    sub = finished(users["submitter"], verdict="fake")
+    Submission.objects.filter(pk=sub.pk).delete()
+    with pytest.raises(DecisionError, match="deleted meanwhile"):
+        file_report(sub, users["submitter"], "it is me")
+    again = finished(users["submitter"], verdict="fake")
+    Submission.objects.filter(pk=again.pk).update(status=Status.PENDING, verdict="")
+    with pytest.raises(DecisionError, match="analysed again"):
+        file_report(again, users["submitter"], "it is me")
+    assert not Report.objects.exists()

@@ -1,6 +1,6 @@
 // Keyboard shortcuts of the review page: each decision's key (on its radio
-// button's data-key) picks it; confirm records at once, a decision that needs
-// a note focuses the note and Ctrl+Enter records it; N opens the next item.
+// button's data-key) picks it; one that needs no note records at once, one that
+// needs a note focuses the note and Ctrl+Enter records it; N opens the next item.
 (function () {
   "use strict";
   var form = document.getElementById("decide-form");
