@@ -1,11 +1,11 @@
-"""Admin: the decision audit log is read-only."""
+"""Admin: the audit log (decisions and re-runs) is read-only."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest
 
-from moderation.models import Decision, Report
+from moderation.models import Decision, Report, Rerun
 
 
 @admin.register(Decision)
@@ -30,6 +30,29 @@ class DecisionAdmin(admin.ModelAdmin[Decision]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Decision | None = None) -> bool:
+        return False
+
+
+@admin.register(Rerun)
+class RerunAdmin(admin.ModelAdmin[Rerun]):
+    list_display = (
+        "submission_key",
+        "submission",
+        "moderator",
+        "previous_status",
+        "previous_verdict",
+        "previous_score",
+        "created",
+    )
+    search_fields = ("submission_key",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Rerun | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Rerun | None = None) -> bool:
         return False
 
 

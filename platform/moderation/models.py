@@ -1,4 +1,4 @@
-"""Moderator decisions (an append-only audit log) and user reports."""
+"""Moderator decisions and re-runs (an append-only audit log) and user reports."""
 
 from __future__ import annotations
 
@@ -67,6 +67,34 @@ class Decision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.moderator_id} on {self.submission_key}"
+
+
+class Rerun(models.Model):
+    """A moderator's re-run of a submission's analysis: who, when, and what
+    the analysis it replaced said (a re-run wipes the verdict, score and
+    explanations, so this row is what remains of them). Kept, like a
+    decision, when the submission is deleted."""
+
+    submission = models.ForeignKey(
+        Submission, on_delete=models.SET_NULL, null=True, related_name="reruns"
+    )
+    submission_key = models.UUIDField(db_index=True)
+    moderator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reruns"
+    )
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    previous_status = models.CharField(max_length=16)
+    previous_verdict = models.CharField(max_length=16, blank=True)
+    previous_score = models.FloatField(null=True, blank=True)
+    previous_finished = models.DateTimeField(null=True, blank=True)
+    # Each member's weights version the replaced analysis ran with.
+    previous_model_versions = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-pk",)
+
+    def __str__(self) -> str:
+        return f"re-run by {self.moderator_id} of {self.submission_key}"
 
 
 class Report(models.Model):

@@ -12,7 +12,7 @@ from django.db.models.functions import Abs
 from accounts.roles import AnyUser, is_moderator
 from analyses.models import Status, Submission, Verdict
 from analyses.services.errors import DecisionError as DecisionError  # re-exported
-from moderation.models import Action, Decision, Label, Report
+from moderation.models import Action, Decision, Label, Report, Rerun
 
 # The annotation carrying a submission's latest decision label (see annotated()).
 DECISION = "decision_label"
@@ -159,6 +159,22 @@ def decide(
                 seen = seen.filter(pk__lte=reports_seen)
             seen.update(resolved=True)
     return decision
+
+
+def record_rerun(sub: Submission, moderator: User) -> Rerun:
+    """The audit row of ``moderator``'s re-run of ``sub``, which is still as
+    the replaced analysis left it (:func:`analyses.services.reruns.rerun`
+    calls this in the transaction that claims it)."""
+    return Rerun.objects.create(
+        submission=sub,
+        submission_key=sub.pk,
+        moderator=moderator,
+        previous_status=sub.status,
+        previous_verdict=sub.verdict or "",
+        previous_score=sub.score,
+        previous_finished=sub.finished,
+        previous_model_versions=dict(sub.model_versions or {}),
+    )
 
 
 # Disputes one user may have open on one submission: each new reason is a

@@ -156,6 +156,7 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
         "queue_query": filters.query(),
         "next_sub": following,
         "decisions": sub.decisions.select_related("moderator"),
+        "reruns": sub.reruns.select_related("moderator"),
         "reports": reports,
         "reports_seen": max((r.pk for r in reports), default=0),
         # What the decision is about: checked again when it is recorded.
@@ -248,8 +249,9 @@ def rerun(request: HttpRequest, pk: str) -> HttpResponse:
         sub = get_visible(request.user, pk)
     except Http404:
         return _gone(request)
+    moderator = signed_in(request.user)
     try:
-        analyses_services.rerun(sub)
+        analyses_services.rerun(sub, lambda old: services.record_rerun(old, moderator))
     except (analyses_services.UploadRejected, analyses_services.RerunRefused) as e:
         if not Submission.objects.filter(pk=sub.pk).exists():  # deleted meanwhile
             return _gone(request)

@@ -129,11 +129,33 @@ def test_moderator_rerun_queues_with_current_models(clients, users, finished, mo
 
     queued = []
     monkeypatch.setattr(services.queue, "enqueue", queued.append)
-    sub = finished(users["submitter"])
+    sub = finished(users["submitter"], verdict="fake", score=0.83)
+    before = sub.finished
+    type(sub).objects.filter(pk=sub.pk).update(model_versions={"resnet50": "ab" * 32})
     clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]))
     sub.refresh_from_db()
     assert sub.status == "pending" and sub.score is None and not sub.artifacts.exists()
     assert [s.pk for s in queued] == [sub.pk]
+    # The re-run wiped the verdict; the audit log keeps who did it and what
+    # the replaced analysis said.
+    from moderation.models import Rerun
+
+    (record,) = Rerun.objects.all()
+    assert record.submission_id == sub.pk and record.moderator == users["moderator"]
+    assert (record.previous_status, record.previous_verdict) == ("done", "fake")
+    assert record.previous_score == pytest.approx(0.83) and record.previous_finished == before
+    assert record.previous_model_versions == {"resnet50": "ab" * 32}
+    page = clients["admin"].get(reverse("moderation:review", args=[sub.pk])).content.decode()
+    rows = re.search(r'<table class="grid" id="reruns">.*?</table>', page, re.S)
+    assert rows is not None
+    assert users["moderator"].get_username() in rows.group(0) and "0.830" in rows.group(0)
+    # A re-run refused (the job is pending and alive) records nothing.
+    refused = clients["moderator"].post(reverse("moderation:rerun", args=[sub.pk]), follow=True)
+    assert "only finished" in refused.content.decode()
+    assert Rerun.objects.count() == 1
+    # Deleting the submission keeps the record.
+    type(sub).objects.filter(pk=sub.pk).delete()
+    assert Rerun.objects.get().submission_key == sub.pk
 
 
 def test_submitter_sees_the_last_real_decision_not_an_escalation_note(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.db import transaction
@@ -19,8 +20,12 @@ from analyses.services.storage import artifact_dir
 RERUNNABLE = (Status.DONE, Status.FAILED)
 
 
-def rerun(sub: Submission) -> Submission:
+def rerun(sub: Submission, record: Callable[[Submission], object] | None = None) -> Submission:
     """Analyse again with the current models (moderators).
+
+    ``record`` is called with the submission as it was, in the transaction
+    that claims it (before its result is wiped): the caller's audit record
+    goes in with the re-run or not at all.
 
     Allowed for finished jobs (done or failed) and for stuck ones (pending or
     running but stale, see :func:`.reaper.is_stale`). Refused
@@ -44,6 +49,8 @@ def rerun(sub: Submission) -> Submission:
         ).update(status=Status.PENDING, heartbeat=None)
         if not claimed:
             raise RerunRefused("This submission changed meanwhile; reload the page.")
+        if record is not None:
+            record(sub)
         sub.artifacts.all().delete()
         # Once committed (and before the message goes out: on_commit keeps
         # order): a re-run rolled back keeps its rows and their files alike.
