@@ -258,7 +258,7 @@ def annotated(*, for_submitter: bool = False) -> QuerySet[Submission]:
     )
 
 
-QUEUE_STATES = ("todo", "escalated", "reviewed", "all")
+QUEUE_STATES = ("todo", "escalated", "reviewed", "all", "failed")
 SORTS = {"score": "score", "-score": "-score", "date": "created", "-date": "-created"}
 # What needs a human most comes first: uncertain verdicts, then scores closest
 # to the threshold, then the longest waiting.
@@ -276,12 +276,18 @@ def review_queue(
     *, state: str = "todo", verdict: str = "", sort: str = PRIORITY
 ) -> QuerySet[Submission]:
     """The moderation queue. ``todo``: fake/uncertain verdicts and open reports
-    without a decision; ``escalated``; ``reviewed``; ``all`` of them. Sorted
-    by priority (uncertain first, then by the score's distance to the
-    threshold, then oldest first) unless ``sort`` names another order."""
-    qs = annotated().filter(
-        Q(status=Status.DONE) & (Q(verdict__in=REVIEW_VERDICTS) | Q(has_open_report=True))
-    )
+    without a decision; ``escalated``; ``reviewed``; ``all`` of them;
+    ``failed``: analyses that failed (the site's fault, not the file's: their
+    owners are told a moderator can run them again), a dispute left open by a
+    re-run that failed among them. Sorted by priority (uncertain first, then
+    by the score's distance to the threshold, then oldest first) unless
+    ``sort`` names another order."""
+    if state == "failed":
+        qs = annotated().filter(status=Status.FAILED)
+    else:
+        qs = annotated().filter(
+            Q(status=Status.DONE) & (Q(verdict__in=REVIEW_VERDICTS) | Q(has_open_report=True))
+        )
     if state == "todo":
         qs = qs.filter(Q(**{f"{DECISION}__isnull": True}) | Q(has_open_report=True))
     elif state == "escalated":

@@ -711,3 +711,27 @@ def test_a_dispute_of_a_submission_deleted_or_rerun_meanwhile_is_refused_in_word
     with pytest.raises(DecisionError, match="analysed again"):
         file_report(again, users["submitter"], "it is me")
     assert not Report.objects.exists()
+
+
+def test_failed_analyses_have_a_queue_of_their_own(clients, users, finished) -> None:
+    """A failed job tells its owner a moderator can run it again: the
+    moderator finds it under "failed" (a dispute stranded by a re-run that
+    failed too), and nowhere else."""
+    from analyses.models import Status, Submission
+
+    done = finished(users["submitter"], verdict="fake", title="done one")
+    failed = finished(users["submitter"], verdict="fake", title="failed one")
+    Submission.objects.filter(pk=failed.pk).update(
+        status=Status.FAILED, verdict="", score=None, reason_code="internal_error"
+    )
+    clients["submitter"].post(reverse("analyses:report", args=[done.pk]), {"reason": "me"})
+    assert [s.pk for s in review_queue(state="failed")] == [failed.pk]
+    for state in ("todo", "all"):
+        assert failed.pk not in {s.pk for s in review_queue(state=state)}
+    page = clients["moderator"].get(reverse("moderation:queue") + "?state=failed")
+    html = page.content.decode()
+    assert '<option value="failed" selected>' in html
+    assert "failed one" in html and "done one" not in html
+    assert (
+        clients["submitter"].get(reverse("moderation:queue") + "?state=failed").status_code == 404
+    )
