@@ -113,7 +113,10 @@ class SubmissionSerializer(serializers.ModelSerializer[Submission]):
         from moderation.services import decision_for
 
         request = self.context.get("request")
-        d = decision_for(obj, getattr(request, "user", None))
+        # A list view says once whether the caller moderates (one lookup a page).
+        d = decision_for(
+            obj, getattr(request, "user", None), moderator=self.context.get("viewer_is_moderator")
+        )
         if d is None:
             return None
         return {

@@ -33,7 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from accounts.roles import signed_in
+from accounts.roles import is_moderator, signed_in
 from analyses import services
 from analyses.access import get_visible, visible_submissions
 from analyses.config import trusttrace_settings
@@ -47,6 +47,7 @@ from api.serializers import (
     SubmitSerializer,
     provenance_payload,
 )
+from moderation.services import with_decisions
 from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
 from reports.csvexport import submission_rows as csv_rows
 from reports.views import FilterError, filtered_submissions, frame_members
@@ -143,6 +144,11 @@ class SubmissionViewSet(
     serializer_class = SubmissionSerializer
     parser_classes = (MultiPartParser, FormParser)
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        context["viewer_is_moderator"] = is_moderator(self.request.user)
+        return context
+
     def get_queryset(self) -> QuerySet[Submission]:
         # -pk breaks ties, so a page boundary never repeats or skips a row.
         return visible_submissions(self.request.user).order_by("-created", "-pk")
@@ -167,7 +173,9 @@ class SubmissionViewSet(
             return Response(
                 {"detail": str(e), "code": "bad_filter"}, status=status.HTTP_400_BAD_REQUEST
             )
-        page = self.paginate_queryset(qs.order_by("-created", "-pk"))
+        # Each row's decision and the caller's role are read once for the page,
+        # not once a row.
+        page = self.paginate_queryset(with_decisions(qs.order_by("-created", "-pk")))
         assert page is not None  # the site's settings always paginate
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 

@@ -6,7 +6,18 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    Case,
+    Exists,
+    F,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Abs
 
 from accounts.roles import AnyUser, is_moderator
@@ -25,11 +36,36 @@ def final_decision(sub: Submission) -> Decision | None:
     return sub.decisions.select_related("moderator").first()
 
 
-def decision_for(sub: Submission, viewer: AnyUser | None) -> Decision | None:
+# The attribute :func:`with_decisions` loads a submission's decisions into.
+PREFETCHED_DECISIONS = "prefetched_decisions"
+
+
+def with_decisions(qs: QuerySet[Submission]) -> QuerySet[Submission]:
+    """``qs`` with every row's decisions loaded in one query for the lot, so
+    :func:`decision_for` over a page of rows asks the database nothing more."""
+    return qs.prefetch_related(
+        Prefetch(
+            "decisions",
+            queryset=Decision.objects.select_related("moderator").order_by("-pk"),
+            to_attr=PREFETCHED_DECISIONS,
+        )
+    )
+
+
+def decision_for(
+    sub: Submission, viewer: AnyUser | None, *, moderator: bool | None = None
+) -> Decision | None:
     """The decision ``viewer`` may see: the latest for moderators; for the
     submitter the latest that is not an escalation (an escalation is not a
-    decision yet, and its note is addressed to other moderators)."""
-    if viewer is not None and is_moderator(viewer):
+    decision yet, and its note is addressed to other moderators).
+    ``moderator`` says whether ``viewer`` is one, for a caller that asks once
+    for many rows (otherwise it is looked up)."""
+    if moderator is None:
+        moderator = viewer is not None and is_moderator(viewer)
+    loaded: list[Decision] | None = getattr(sub, PREFETCHED_DECISIONS, None)
+    if loaded is not None:
+        return next((d for d in loaded if moderator or d.action != Action.ESCALATE), None)
+    if moderator:
         return final_decision(sub)
     return sub.decisions.exclude(action=Action.ESCALATE).select_related("moderator").first()
 
