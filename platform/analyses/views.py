@@ -218,7 +218,12 @@ def result_context(request: HttpRequest, sub: Submission) -> dict[str, Any]:
 @login_required
 def detail(request: HttpRequest, pk: str) -> HttpResponse:
     """The result page (or the progress bar while running)."""
-    from moderation.services import MAX_OPEN_REPORTS, decision_for, open_reports_of
+    from moderation.services import (
+        MAX_OPEN_REPORTS,
+        decision_for,
+        disputes_of,
+        open_reports_of,
+    )
 
     sub = get_visible(request.user, pk)
     is_owner = sub.owner_id == request.user.pk
@@ -226,6 +231,8 @@ def detail(request: HttpRequest, pk: str) -> HttpResponse:
         **result_context(request, sub),
         "decision": decision_for(sub, request.user),
         "is_owner": is_owner,
+        # The owner's requests for review, and which decision answered each.
+        "disputes": disputes_of(sub, signed_in(request.user)) if is_owner else [],
         # At the cap the form would only take a reason to refuse it.
         "disputes_full": is_owner
         and open_reports_of(sub, signed_in(request.user)) >= MAX_OPEN_REPORTS,

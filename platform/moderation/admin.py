@@ -58,4 +58,4 @@ class RerunAdmin(admin.ModelAdmin[Rerun]):
 
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin[Report]):
-    list_display = ("submission", "reporter", "resolved", "created")
+    list_display = ("submission", "reporter", "resolved", "resolved_by", "created")

@@ -107,9 +107,19 @@ class Report(models.Model):
     reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
     resolved = models.BooleanField(default=False)
+    # The decision that answered the dispute (who, when, what label, the
+    # note). Null while open, and on reports resolved before it was recorded.
+    resolved_by = models.ForeignKey(
+        Decision,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="resolved_reports",
+    )
 
     class Meta:
-        ordering = ("-created",)
+        # Insertion order, as decisions: ``created`` is a web server's clock.
+        ordering = ("-pk",)
 
     def __str__(self) -> str:
         return f"report on {self.submission_id}"

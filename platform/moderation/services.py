@@ -193,7 +193,7 @@ def decide(
             seen = sub.reports.filter(resolved=False)
             if reports_seen is not None:
                 seen = seen.filter(pk__lte=reports_seen)
-            seen.update(resolved=True)
+            seen.update(resolved=True, resolved_by=decision)
     return decision
 
 
@@ -217,6 +217,20 @@ def record_rerun(sub: Submission, moderator: User) -> Rerun:
 # new report, and without a cap one user could make the review page's list
 # of reports as long as they like.
 MAX_OPEN_REPORTS = 3
+
+
+# Disputes listed on a submitter's result page, newest first.
+DISPUTES_SHOWN = 10
+
+
+def disputes_of(sub: Submission, reporter: User) -> list[Report]:
+    """``reporter``'s latest disputes of ``sub``, newest first, each with the
+    decision that answered it (``resolved_by``) when it has been."""
+    return list(
+        Report.objects.filter(submission=sub, reporter=reporter)
+        .select_related("resolved_by__moderator")
+        .order_by("-pk")[:DISPUTES_SHOWN]
+    )
 
 
 def open_reports_of(sub: Submission, reporter: User) -> int:

@@ -145,7 +145,7 @@ def review(request: HttpRequest, pk: str) -> HttpResponse:
     sub = get_visible(request.user, pk)
     filters = QueueFilters.of(request)
     following = services.next_in_queue(sub, filters.items())
-    reports = list(sub.reports.select_related("reporter"))
+    reports = list(sub.reports.select_related("reporter", "resolved_by__moderator"))
     own = services.decides_own(sub, signed_in(request.user))
     # Confirming reverses a moderator's override: it takes a note too.
     confirm_note = services.confirm_needs_note(sub)

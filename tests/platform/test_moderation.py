@@ -735,3 +735,56 @@ def test_failed_analyses_have_a_queue_of_their_own(clients, users, finished) -> 
     assert (
         clients["submitter"].get(reverse("moderation:queue") + "?state=failed").status_code == 404
     )
+
+
+def test_a_dispute_records_the_decision_that_answered_it_and_its_owner_sees_it(
+    clients, users, finished
+) -> None:
+    """Before, a resolved dispute was a flag: neither its submitter nor the
+    review page could tell who answered it, when, or with what."""
+    from moderation.models import Report
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    detail = reverse("analyses:detail", args=[sub.pk])
+    clients["submitter"].post(reverse("analyses:report", args=[sub.pk]), {"reason": "it is me"})
+    page = clients["submitter"].get(detail).content.decode()
+    assert 'id="disputes"' in page and "it is me" in page and "waiting for a moderator" in page
+
+    # An escalation is not an answer: the dispute stays open.
+    decide_url = reverse("moderation:decide", args=[sub.pk])
+    clients["moderator"].post(decide_url, {"action": "escalate", "note": "unsure"})
+    report = Report.objects.get()
+    assert not report.resolved and report.resolved_by is None
+    answer = clients["admin"].post(
+        decide_url,
+        {"action": "override_real", "note": "known person", "reports_seen": str(report.pk)},
+    )
+    assert answer.status_code == 302
+    report.refresh_from_db()
+    assert report.resolved and report.resolved_by is not None
+    assert report.resolved_by.action == "override_real"
+    assert report.resolved_by.moderator == users["admin"]
+
+    page = clients["submitter"].get(detail).content.decode()
+    assert "waiting for a moderator" not in page
+    assert "answered" in page and "Override: real" in page
+    assert "unsure" not in page  # the escalation's note is for moderators
+    review = clients["moderator"].get(reverse("moderation:review", args=[sub.pk]))
+    assert "resolved by ada's override: real" in review.content.decode()
+    # Other users see neither the form nor anyone's disputes.
+    other = clients["moderator"].get(detail).content.decode()
+    assert 'id="disputes"' not in other
+
+
+def test_deleting_the_answering_decision_keeps_the_dispute_resolved(users, finished) -> None:
+    """A decision row is the audit log and the site never deletes one; should
+    an administrator do so in the database, the dispute stays answered."""
+    from moderation.models import Decision, Report
+    from moderation.services import decide, file_report
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    report = file_report(sub, users["submitter"], "no")
+    decision = decide(sub, users["moderator"], "confirm", "")
+    Decision.objects.filter(pk=decision.pk).delete()
+    report = Report.objects.get(pk=report.pk)
+    assert report.resolved and report.resolved_by is None
