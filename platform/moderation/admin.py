@@ -59,3 +59,8 @@ class RerunAdmin(admin.ModelAdmin[Rerun]):
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin[Report]):
     list_display = ("submission", "reporter", "resolved", "resolved_by", "created")
+    list_select_related = ("submission", "reporter", "resolved_by")
+    # Which decision answered a report is the site's record, not an admin's
+    # choice (a dropdown would list the whole audit log, and could point a
+    # report at an escalation or at another submission's decision).
+    readonly_fields = ("resolved_by",)

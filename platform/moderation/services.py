@@ -42,11 +42,12 @@ PREFETCHED_DECISIONS = "prefetched_decisions"
 
 def with_decisions(qs: QuerySet[Submission]) -> QuerySet[Submission]:
     """``qs`` with every row's decisions loaded in one query for the lot, so
-    :func:`decision_for` over a page of rows asks the database nothing more."""
+    :func:`decision_for` over a page of rows asks the database nothing more.
+    For reading only: the loaded list is not refreshed by :func:`decide`."""
     return qs.prefetch_related(
         Prefetch(
             "decisions",
-            queryset=Decision.objects.select_related("moderator").order_by("-pk"),
+            queryset=Decision.objects.order_by("-pk"),
             to_attr=PREFETCHED_DECISIONS,
         )
     )
@@ -228,7 +229,7 @@ def disputes_of(sub: Submission, reporter: User) -> list[Report]:
     decision that answered it (``resolved_by``) when it has been."""
     return list(
         Report.objects.filter(submission=sub, reporter=reporter)
-        .select_related("resolved_by__moderator")
+        .select_related("resolved_by")
         .order_by("-pk")[:DISPUTES_SHOWN]
     )
 

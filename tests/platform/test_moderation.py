@@ -766,8 +766,12 @@ def test_a_dispute_records_the_decision_that_answered_it_and_its_owner_sees_it(
     assert report.resolved_by.moderator == users["admin"]
 
     page = clients["submitter"].get(detail).content.decode()
-    assert "waiting for a moderator" not in page
-    assert "answered" in page and "Override: real" in page
+    card = re.search(r'<div class="card" id="disputes">.*?</div>', page, re.S)
+    assert card is not None
+    card_text = re.sub(r"<[^>]+>", "", card.group(0))
+    assert "waiting for a moderator" not in card_text
+    assert "answered " in card_text and "Override: real → Real" in card_text
+    assert "ada" not in card_text  # who answered is not the submitter's to know
     assert "unsure" not in page  # the escalation's note is for moderators
     review = clients["moderator"].get(reverse("moderation:review", args=[sub.pk]))
     assert "resolved by ada's override: real" in review.content.decode()
@@ -788,3 +792,20 @@ def test_deleting_the_answering_decision_keeps_the_dispute_resolved(users, finis
     Decision.objects.filter(pk=decision.pk).delete()
     report = Report.objects.get(pk=report.pk)
     assert report.resolved and report.resolved_by is None
+
+
+def test_the_admin_shows_which_decision_answered_a_report_but_cannot_change_it(
+    clients, users, finished
+) -> None:
+    from moderation.services import file_report
+
+    sub = finished(users["submitter"], verdict="fake", score=0.8)
+    report = file_report(sub, users["submitter"], "no")
+    decide(sub, users["moderator"], "confirm", "")
+    change = clients["admin"].get(reverse("admin:moderation_report_change", args=[report.pk]))
+    assert change.status_code == 200
+    page = change.content.decode()
+    assert 'name="resolved_by"' not in page  # shown, not a field to pick from
+    assert "confirm by" in page  # the decision's own description
+    listing = clients["admin"].get(reverse("admin:moderation_report_changelist"))
+    assert listing.status_code == 200
