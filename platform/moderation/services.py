@@ -142,7 +142,7 @@ def decide(
         # the decision is in (SQLite's IMMEDIATE transactions serialise too).
         row = Submission.objects.select_for_update().filter(pk=sub.pk).first()
         if row is None:
-            raise DecisionError("This submission was deleted by its owner meanwhile.")
+            raise DecisionError("This submission was deleted meanwhile.")
         if row.status != Status.DONE:
             raise DecisionError("Only finished analyses can be decided.")
         finished = row.finished.isoformat() if row.finished else ""

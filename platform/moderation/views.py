@@ -194,7 +194,7 @@ def _reports_seen(request: HttpRequest) -> int:
     return int(value) if value.isascii() and value.isdecimal() and len(value) <= 18 else 0
 
 
-GONE = "That submission no longer exists (its owner deleted it); nothing was recorded."
+GONE = "That submission does not exist (deleted, or never there); nothing was recorded."
 
 
 def _gone(request: HttpRequest, filters: QueueFilters | None = None) -> HttpResponse:
