@@ -214,3 +214,26 @@ class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
 
     def get_url(self, obj: Artifact) -> str:
         return reverse("api:submission-artifact-file", args=[obj.submission_id, obj.pk])
+
+
+class DisputeSerializer(serializers.Serializer[Any]):
+    """``POST /api/submissions/<id>/disputes/``: why the verdict is wrong."""
+
+    reason = serializers.CharField(
+        max_length=2000, required=False, allow_blank=True, trim_whitespace=True
+    )
+
+
+def dispute_payload(report: Any) -> dict[str, Any]:
+    """One of the owner's disputes: open, or answered by a decision (its
+    action, label and time; not who made it, as on the result page)."""
+    answer = report.resolved_by
+    return {
+        "id": report.pk,
+        "reason": report.reason,
+        "created": report.created,
+        "status": "answered" if report.resolved else "open",
+        "answer": None
+        if answer is None
+        else {"action": answer.action, "label": answer.to_label, "at": answer.created},
+    }

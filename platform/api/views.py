@@ -27,7 +27,7 @@ from rest_framework.exceptions import (
     ValidationError,
 )
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
+from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -42,9 +42,11 @@ from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
 from api.serializers import (
     ArtifactSerializer,
+    DisputeSerializer,
     ResultSerializer,
     SubmissionSerializer,
     SubmitSerializer,
+    dispute_payload,
     provenance_payload,
 )
 from moderation.services import with_decisions
@@ -232,6 +234,41 @@ class SubmissionViewSet(
             raise Http404("No such submission.")
         services.delete_submission(sub)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=DisputeSerializer,
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, "GET: {disputes}; POST: the open one"),
+            201: OpenApiResponse(OpenApiTypes.OBJECT, "the new dispute"),
+            400: OpenApiResponse(OpenApiTypes.OBJECT, "refused: {detail, code}"),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        parser_classes=(JSONParser, FormParser, MultiPartParser),
+    )
+    def disputes(self, request: Request, pk: str | None = None) -> Response:
+        """The owner's requests for review of the verdict (GET, newest first,
+        each open or answered), or a new one (POST ``reason``): the same rules
+        as the result page's "Ask for review"."""
+        from moderation.services import disputes_of, file_report
+
+        sub = self.get_object()
+        user = signed_in(request.user)
+        if sub.owner_id != user.pk:
+            # Only the owner disputes a verdict; a moderator decides instead.
+            raise NotFound("No such submission among yours.")
+        if request.method == "POST":
+            form = DisputeSerializer(data=request.data)
+            form.is_valid(raise_exception=True)
+            earlier = {r.pk for r in disputes_of(sub, user)}
+            report = file_report(sub, user, form.validated_data.get("reason", ""))
+            return Response(
+                dispute_payload(report),
+                status=status.HTTP_200_OK if report.pk in earlier else status.HTTP_201_CREATED,
+            )
+        return Response({"disputes": [dispute_payload(r) for r in disputes_of(sub, user)]})
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"])

@@ -441,3 +441,50 @@ def test_the_list_asks_the_database_the_same_number_of_times_for_any_number_of_r
         for row in many[who][1]:
             detail = c.get(f"/api/submissions/{row['id']}/").json()
             assert detail["decision"] == row["decision"], who
+
+
+def test_the_owner_disputes_a_verdict_and_follows_the_answer_through_the_api(
+    api: Client, users, finished
+) -> None:
+    """Before, a program could not ask for review: only the result page could."""
+    from moderation.services import decide
+
+    sub = finished(users["submitter"], verdict="fake")
+    url = f"/api/submissions/{sub.pk}/disputes/"
+    first = api.post(url, {"reason": "it is me"}, content_type="application/json")
+    assert first.status_code == 201, first.content
+    body = first.json()
+    assert body["status"] == "open" and body["reason"] == "it is me" and body["answer"] is None
+    again = api.post(url, {"reason": "it is me"})  # form-encoded: the same open dispute
+    assert again.status_code == 200 and again.json()["id"] == body["id"]
+
+    decide(sub, users["moderator"], "escalate", "not sure")
+    assert api.get(url).json()["disputes"][0]["status"] == "open"
+    decide(sub, users["moderator"], "override_real", "known person")
+    listed = api.get(url).json()["disputes"]
+    assert [d["id"] for d in listed] == [body["id"]]
+    assert listed[0]["status"] == "answered"
+    answer = listed[0]["answer"]
+    assert answer["action"] == "override_real" and answer["label"] == "real"
+    assert "mona" not in json.dumps(listed)  # not who answered
+
+    too_long = api.post(url, {"reason": "x" * 2001}, content_type="application/json")
+    assert too_long.status_code == 400 and "reason" in too_long.json()["detail"]
+    waiting = finished(users["submitter"])
+    type(waiting).objects.filter(pk=waiting.pk).update(status="pending")
+    refused = api.post(f"/api/submissions/{waiting.pk}/disputes/", {"reason": "x"})
+    assert refused.status_code == 400 and refused.json()["code"] == "decision_refused"
+    assert "still waiting" in refused.json()["detail"]
+
+
+def test_only_the_owner_has_disputes_of_a_submission(users, finished) -> None:
+    sub = finished(users["submitter"], verdict="fake")
+    url = f"/api/submissions/{sub.pk}/disputes/"
+    for who in ("other", "moderator"):
+        token = Token.objects.create(user=users[who])
+        client = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+        assert client.get(url).status_code == 404, who
+        assert client.post(url, {"reason": "no"}).status_code == 404, who
+    from moderation.models import Report
+
+    assert not Report.objects.exists()
