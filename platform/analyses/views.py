@@ -326,13 +326,18 @@ def delete(request: HttpRequest, pk: str) -> HttpResponse:
 @require_POST
 def report(request: HttpRequest, pk: str) -> HttpResponse:
     """The owner disputes a verdict: the submission joins the moderation queue."""
-    from moderation.services import DecisionError, file_report
+    from moderation.services import DecisionError, dispute
 
     sub = get_owned(request.user, pk)
     try:
-        file_report(sub, signed_in(request.user), str(request.POST.get("reason", "")))
+        _, new = dispute(sub, signed_in(request.user), str(request.POST.get("reason", "")))
     except DecisionError as e:
         messages.error(request, str(e))
         return redirect("analyses:detail", pk=sub.pk)
-    messages.success(request, "Thank you; a moderator will review this submission.")
+    messages.success(
+        request,
+        "Thank you; a moderator will review this submission."
+        if new
+        else "That request for review is already waiting for a moderator.",
+    )
     return redirect("analyses:detail", pk=sub.pk)

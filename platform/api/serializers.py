@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from analyses.models import PROVENANCE_STATES, Artifact, Submission
@@ -221,6 +221,26 @@ class DisputeSerializer(serializers.Serializer[Any]):
 
     reason = serializers.CharField(
         max_length=2000, required=False, allow_blank=True, trim_whitespace=True
+    )
+
+
+class DisputeOutSerializer(serializers.Serializer[Any]):
+    """One of the owner's disputes, as :func:`dispute_payload` gives it."""
+
+    id = serializers.IntegerField()
+    reason = serializers.CharField()
+    created = serializers.DateTimeField()
+    status = serializers.ChoiceField(choices=["open", "answered"])
+    # A field called ``label`` cannot be a class attribute (Field.label).
+    answer = inline_serializer(
+        "DisputeAnswer",
+        {
+            "action": serializers.CharField(help_text="the decision: confirm, override_real, ..."),
+            "label": serializers.CharField(help_text="what the media is now: fake or real"),
+            "at": serializers.DateTimeField(),
+        },
+        allow_null=True,
+        help_text="the decision that answered it; null while open",
     )
 
 

@@ -17,7 +17,12 @@ from django.db.models import QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
@@ -42,6 +47,7 @@ from analyses.models import Submission
 from analyses.views import declared_too_large, progress_payload, serve_private
 from api.serializers import (
     ArtifactSerializer,
+    DisputeOutSerializer,
     DisputeSerializer,
     ResultSerializer,
     SubmissionSerializer,
@@ -236,10 +242,17 @@ class SubmissionViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
+        methods=["GET"],
+        responses={
+            200: inline_serializer("Disputes", {"disputes": DisputeOutSerializer(many=True)})
+        },
+    )
+    @extend_schema(
+        methods=["POST"],
         request=DisputeSerializer,
         responses={
-            200: OpenApiResponse(OpenApiTypes.OBJECT, "GET: {disputes}; POST: the open one"),
-            201: OpenApiResponse(OpenApiTypes.OBJECT, "the new dispute"),
+            201: OpenApiResponse(DisputeOutSerializer, "a new dispute"),
+            200: OpenApiResponse(DisputeOutSerializer, "the same reason is open already"),
             400: OpenApiResponse(OpenApiTypes.OBJECT, "refused: {detail, code}"),
         },
     )
@@ -252,7 +265,7 @@ class SubmissionViewSet(
         """The owner's requests for review of the verdict (GET, newest first,
         each open or answered), or a new one (POST ``reason``): the same rules
         as the result page's "Ask for review"."""
-        from moderation.services import disputes_of, file_report
+        from moderation.services import dispute, disputes_of
 
         sub = self.get_object()
         user = signed_in(request.user)
@@ -262,11 +275,10 @@ class SubmissionViewSet(
         if request.method == "POST":
             form = DisputeSerializer(data=request.data)
             form.is_valid(raise_exception=True)
-            earlier = {r.pk for r in disputes_of(sub, user)}
-            report = file_report(sub, user, form.validated_data.get("reason", ""))
+            report, new = dispute(sub, user, form.validated_data.get("reason", ""))
             return Response(
                 dispute_payload(report),
-                status=status.HTTP_200_OK if report.pk in earlier else status.HTTP_201_CREATED,
+                status=status.HTTP_201_CREATED if new else status.HTTP_200_OK,
             )
         return Response({"disputes": [dispute_payload(r) for r in disputes_of(sub, user)]})
 

@@ -240,9 +240,17 @@ def open_reports_of(sub: Submission, reporter: User) -> int:
 
 
 def file_report(sub: Submission, reporter: User, reason: str) -> Report:
+    """A user disputes a verdict (:func:`dispute`, without saying whether
+    the report is new)."""
+    return dispute(sub, reporter, reason)[0]
+
+
+def dispute(sub: Submission, reporter: User, reason: str) -> tuple[Report, bool]:
     """A user disputes a verdict: only a finished analysis has one. While the
     user has a report open, the same reason again (or none) adds nothing; a
-    new reason is a new report, up to ``MAX_OPEN_REPORTS`` open ones."""
+    new reason is a new report, up to ``MAX_OPEN_REPORTS`` open ones. Returns
+    the report and whether it is new (decided under the row lock, so two
+    identical requests at once make one report, and only one says it is new)."""
     if sub.status != Status.DONE:
         state = {
             Status.PENDING: "is still waiting to be analysed",
@@ -277,7 +285,7 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
             .first()
         )
         if same is not None:
-            return same
+            return same, False
         open_reports = open_reports_of(sub, reporter)
         if open_reports >= MAX_OPEN_REPORTS:
             raise DecisionError(
@@ -286,7 +294,7 @@ def file_report(sub: Submission, reporter: User, reason: str) -> Report:
             )
         # A new reason is a new report: a moderator whose page showed the
         # earlier one (``reports_seen``) has not seen this one.
-        return Report.objects.create(submission=sub, reporter=reporter, reason=reason)
+        return Report.objects.create(submission=sub, reporter=reporter, reason=reason), True
 
 
 def latest_decisions(*, for_submitter: bool = False) -> QuerySet[Decision]:

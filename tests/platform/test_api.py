@@ -144,9 +144,11 @@ def test_schema_documents_the_endpoints(api: Client) -> None:
         "/api/submissions/{id}/result/",
         "/api/submissions/{id}/frames-csv/",
         "/api/submissions/{id}/artifacts/",
+        "/api/submissions/{id}/disputes/",
         "/api/token/",
     ):
         assert path in schema
+    assert "DisputeAnswer" in schema
 
 
 def test_huge_request_is_413_before_reading(api: Client, site: Path) -> None:
@@ -455,8 +457,12 @@ def test_the_owner_disputes_a_verdict_and_follows_the_answer_through_the_api(
     assert first.status_code == 201, first.content
     body = first.json()
     assert body["status"] == "open" and body["reason"] == "it is me" and body["answer"] is None
-    again = api.post(url, {"reason": "it is me"})  # form-encoded: the same open dispute
+    again = api.post(  # form-encoded: the same open dispute
+        url, "reason=it+is+me", content_type="application/x-www-form-urlencoded"
+    )
     assert again.status_code == 200 and again.json()["id"] == body["id"]
+    blank = api.post(url, {"reason": "  "}, content_type="application/json")
+    assert blank.status_code == 200 and blank.json()["id"] == body["id"]  # the open one
 
     decide(sub, users["moderator"], "escalate", "not sure")
     assert api.get(url).json()["disputes"][0]["status"] == "open"
@@ -467,6 +473,13 @@ def test_the_owner_disputes_a_verdict_and_follows_the_answer_through_the_api(
     answer = listed[0]["answer"]
     assert answer["action"] == "override_real" and answer["label"] == "real"
     assert "mona" not in json.dumps(listed)  # not who answered
+    assert "not sure" not in json.dumps(listed)  # nor the escalation's note
+
+    for n in range(3):  # three open at most, as on the page
+        assert api.post(url, {"reason": f"reason {n}"}).status_code == 201
+    full = api.post(url, {"reason": "a fourth"})
+    assert full.status_code == 400 and full.json()["code"] == "decision_refused"
+    assert "3 open disputes" in full.json()["detail"]
 
     too_long = api.post(url, {"reason": "x" * 2001}, content_type="application/json")
     assert too_long.status_code == 400 and "reason" in too_long.json()["detail"]

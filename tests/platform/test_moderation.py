@@ -535,7 +535,8 @@ def test_open_disputes_of_one_verdict_are_capped_until_a_moderator_answers(
     assert Report.objects.filter(submission=sub).count() == MAX_OPEN_REPORTS
     # A reason already open is no new report, so it is not refused.
     again = clients["submitter"].post(url, {"reason": "reason 0"}, follow=True)
-    assert "a moderator will review" in again.content.decode()
+    assert "already waiting for a moderator" in again.content.decode()
+    assert "Thank you" not in again.content.decode()
     # Once a moderator has answered them, the owner may dispute again.
     newest = Report.objects.order_by("-pk").first()
     assert newest is not None
