@@ -358,6 +358,38 @@ def sample_indices(frame_count: int, n: int) -> list[int]:
     return sorted({round(x) for x in np.linspace(0, frame_count - 1, n)})
 
 
+def sample_positions(pts: Sequence[int], n: int) -> list[int]:
+    """Positions in ``pts`` (a video's sorted presentation timestamps) of
+    ``n`` frames spread evenly over its time, from the first frame to the
+    last: the frame nearest each of ``n`` evenly spaced moments.
+
+    A constant-rate video is sampled as :func:`sample_indices` samples it
+    (there, time and frame count agree). A variable-rate one (phones drop
+    their rate in dim light; screen recordings add frames only when the
+    screen changes) is not sampled by frame count, which would crowd the
+    samples into its busy stretches and pass over its slow ones. A frame
+    shown for longer than the samples' spacing is nearest to several
+    moments and is sampled once, so such a video may give fewer than ``n``.
+    """
+    count = len(pts)
+    if count == 0 or n <= 0:
+        return []
+    if n >= count:
+        return list(range(count))
+    steps = np.diff(np.asarray(pts, dtype=np.int64))
+    if n == 1 or bool((steps == steps[0]).all()):
+        return sample_indices(count, n)
+    first, span = pts[0], pts[-1] - pts[0]
+    chosen: set[int] = set()
+    for k in range(n):
+        moment = first + Fraction(span * k, n - 1)  # exact: no rounding ties
+        i = bisect.bisect_left(pts, moment)
+        if i == count or (i > 0 and moment - pts[i - 1] <= pts[i] - moment):
+            i -= 1  # the earlier frame is nearer, or as near
+        chosen.add(i)
+    return sorted(chosen)
+
+
 @dataclass(frozen=True)
 class _VideoIndex:
     pts: tuple[int, ...]  # presentation timestamps of every frame, sorted
@@ -412,7 +444,8 @@ def read_video(
     *,
     plan_frames: int = 0,
 ) -> LoadedMedia:
-    """Sample ``n_frames`` frames evenly over the video, as RGB.
+    """Sample ``n_frames`` frames evenly over the video's time
+    (:func:`sample_positions`), as RGB.
 
     The decoding work is checked (``MediaLimits.max_decode_pixels_per_frame``) for
     ``plan_frames`` sampled frames when that is more than ``n_frames``: the
@@ -444,8 +477,8 @@ def read_video(
         span = float((index.pts[-1] - index.start_pts) * index.time_base)
         if span > limits.max_duration_s:
             raise _duration_error(span, limits)
-        targets = [index.pts[i] for i in sample_indices(len(index.pts), n_frames)]
-        planned = [index.pts[i] for i in sample_indices(len(index.pts), plan_frames)]
+        targets = [index.pts[i] for i in sample_positions(index.pts, n_frames)]
+        planned = [index.pts[i] for i in sample_positions(index.pts, plan_frames)]
         # Priced at the declared size; _decode_targets counts what it decodes.
         _check_decode_work(index, max(targets, planned, key=len), width * height, limits)
         stream.thread_type = "AUTO"

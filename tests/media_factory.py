@@ -101,6 +101,30 @@ def write_clip(
 MARKER_STEP = 8
 
 
+def vfr_clip(path: Path, times_ms: Iterable[int], width: int = 160, height: int = 120) -> Path:
+    """A variable-frame-rate MP4 (H.264): frame ``i`` (marked ``i``, see
+    :func:`marker`) is shown from ``times_ms[i]`` milliseconds, as a phone
+    records when it drops its rate in dim light."""
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264")
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.gop_size = 10
+    stream.options = {"preset": "ultrafast", "crf": "18"}
+    stream.codec_context.time_base = Fraction(1, 1000)
+
+    def frame(i: int, ms: int) -> av.VideoFrame:
+        img = noise_frame(width, height, seed=i % 7)
+        img[:16, :16] = (i % 32) * MARKER_STEP
+        img[:16, 16:32] = (i // 32) * MARKER_STEP
+        out = av.VideoFrame.from_ndarray(img, format="rgb24")
+        out.pts, out.time_base = ms, Fraction(1, 1000)
+        return out
+
+    _write(container, stream, (frame(i, ms) for i, ms in enumerate(times_ms)))
+    return path
+
+
 def cut_clip(src: Path, path: Path, first: int) -> Path:
     """``src`` (a :func:`write_clip` MP4) cut without re-encoding to start at
     its frame ``first``, as ``ffmpeg -ss ... -c copy`` cuts: the packets from

@@ -167,6 +167,44 @@ def test_sample_indices_are_even_and_unique() -> None:
     assert sample_indices(0, 4) == []
 
 
+def test_a_constant_rate_video_is_sampled_by_time_as_by_frame_count() -> None:
+    """Evenly spaced timestamps: the same frames as before, ties included
+    (index 3.5 of 0-7 rounds to 4, as ``sample_indices`` rounds it)."""
+    for count, n in [(8, 3), (300, 4), (396, 32), (40, 8), (588, 7)]:
+        pts = [512 * i + 1024 for i in range(count)]
+        assert media.sample_positions(pts, n) == sample_indices(count, n)
+    assert media.sample_positions([5, 6, 7], 10) == [0, 1, 2]
+    assert media.sample_positions([], 4) == []
+    assert media.sample_positions([0, 1, 2, 3, 100], 1) == [0]
+
+
+def test_a_variable_rate_video_is_sampled_at_evenly_spaced_moments() -> None:
+    """The frame nearest each moment; a frame held past the spacing is
+    sampled once, not repeated."""
+    assert media.sample_positions([0, 1, 2, 3, 100], 4) == [0, 3, 4]
+    # 50 frames in the first second, then one every 100 ticks until 1,000.
+    pts = list(range(0, 50)) + list(range(100, 1001, 100))
+    assert media.sample_positions(pts, 6) == [0, 51, 53, 55, 57, 59]
+    assert sample_indices(len(pts), 6) == [0, 12, 24, 35, 47, 59]  # what frame count gave
+
+
+def test_a_variable_frame_rate_video_is_sampled_evenly_over_its_time(tmp_path: Path) -> None:
+    """Two seconds at 50 fps, then eight at 5 fps (a phone in dim light):
+    sampled by frame count, six of eight samples fell in the first two
+    seconds; sampled by time, they are about 1.4 s apart throughout."""
+    times = [20 * i for i in range(100)] + [2000 + 200 * i for i in range(40)]
+    path = mf.vfr_clip(tmp_path / "vfr.mp4", times)
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.info.frame_count == 140
+    assert [mf.marker(f.image) for f in loaded.frames] == [f.index for f in loaded.frames]
+    seconds = [f.time_s for f in loaded.frames]
+    assert len(seconds) == 8 and seconds[0] == 0.0 and seconds[-1] == pytest.approx(9.8, abs=1e-3)
+    spacing = 9.8 / 7
+    for a, b in itertools.pairwise(seconds):
+        assert abs((b - a) - spacing) <= 0.2 + 1e-6, seconds  # within one slow frame
+    assert sum(t < 2.0 for t in seconds) == 2
+
+
 def test_folder_expands_to_media_files_only(tmp_path: Path) -> None:
     (tmp_path / "a.mp4").write_bytes(b"x")
     (tmp_path / "b.JPG").write_bytes(b"x")
