@@ -5,13 +5,31 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.http import StreamingHttpResponse
 
 from analyses.models import PROVENANCE_INTACT, Submission
+from moderation.models import Report
+
+logger = logging.getLogger(__name__)
+
+
+# The last row of an export that failed after its first rows had been sent
+# (a streaming response cannot turn into an error page then): the file must
+# not pass for the whole export.
+def incomplete_notice(rows: int) -> str:
+    """The last row of an export that failed after ``rows`` rows."""
+    return (
+        f"# INCOMPLETE: the export stopped after {rows} row{'' if rows == 1 else 's'} "
+        "because of an error on the server. This file is not the whole export; "
+        "download it again."
+    )
+
 
 # A cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -40,6 +58,9 @@ SUBMISSION_COLUMNS = (
     "combination",
     "decision",
     "decision_note",
+    # Requests for review of the verdict: all of them, and those waiting.
+    "disputes",
+    "disputes_open",
     # The file's C2PA Content Credentials as read at upload (empty: never read).
     "provenance",
     "provenance_reason",
@@ -85,8 +106,17 @@ def stream_csv(
 
     def lines() -> Iterator[str]:
         yield writer.writerow([safe_cell(h) for h in header])
-        for row in rows:
-            yield writer.writerow([safe_cell(c) for c in row])
+        sent = 0
+        try:
+            for row in rows:
+                yield writer.writerow([safe_cell(c) for c in row])
+                sent += 1
+        except Exception:
+            logger.exception("CSV export %s failed after %d rows", filename, sent)
+            # Said in the file, then raised: the server ends the response as
+            # failed (a chunked download is then marked as failed by the client).
+            yield writer.writerow([incomplete_notice(sent)])
+            raise
 
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -96,9 +126,24 @@ def stream_csv(
     return response
 
 
+def _reports_counted(**filters: object) -> Coalesce:
+    """How many of the outer submission's reports match ``filters`` (a
+    subquery: no join, so no grouping of the export's rows)."""
+    counted = (
+        Report.objects.filter(submission=OuterRef("pk"), **filters)
+        .order_by()
+        .values("submission")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
 def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[object]]:
     """One row per submission, in :data:`SUBMISSION_COLUMNS` order (``qs`` must
-    carry the moderation annotations ``decision_label`` and ``decision_note``)."""
+    carry the moderation annotations ``decision_label`` and ``decision_note``).
+    Each row counts the submission's requests for review, all and open."""
+    qs = qs.annotate(disputes=_reports_counted(), disputes_open=_reports_counted(resolved=False))
     for s in qs.iterator(chunk_size=500):
         yield [
             str(s.pk),
@@ -124,6 +169,8 @@ def submission_rows(qs: QuerySet[Submission]) -> Iterator[list[object]]:
             json.dumps((s.result or {}).get("combination", {}), sort_keys=True),
             getattr(s, "decision_label", None) or "",
             getattr(s, "decision_note", None) or "",
+            s.disputes,
+            s.disputes_open,
             *provenance_cells(s.provenance),
         ]
 

@@ -11,8 +11,9 @@ from django.test import Client
 from django.urls import reverse
 
 from analyses.models import Submission
-from moderation.services import decide
-from reports.csvexport import SUBMISSION_COLUMNS, model_calibrations, safe_cell
+from moderation.services import decide, file_report
+from reports import csvexport
+from reports.csvexport import SUBMISSION_COLUMNS, model_calibrations, safe_cell, stream_csv
 
 pytestmark = pytest.mark.django_db
 
@@ -186,3 +187,65 @@ def test_submissions_csv_has_the_content_credentials_columns(
     assert rows["absent"]["provenance"] == "absent"
     assert rows["absent"]["provenance_ai_generated"] == "false"
     assert rows["before"]["provenance"] == "" and rows["before"]["provenance_ai_generated"] == ""
+
+
+def test_submissions_csv_counts_each_verdicts_requests_for_review(clients, users, finished) -> None:
+    disputed = finished(users["submitter"], title="disputed")
+    file_report(disputed, users["submitter"], "that is me, filmed by my phone")
+    decide(disputed, users["moderator"], "override_real", "checked the source")
+    file_report(disputed, users["submitter"], "the chart is wrong too")
+    finished(users["submitter"], title="quiet")
+    for who in ("submitter", "moderator"):
+        rows = {r["title"]: r for r in _rows(clients[who].get(reverse("reports:submissions")))}
+        assert (rows["disputed"]["disputes"], rows["disputed"]["disputes_open"]) == ("2", "1")
+        assert (rows["quiet"]["disputes"], rows["quiet"]["disputes_open"]) == ("0", "0")
+    # The API's export is the same table.
+    api = _rows(clients["submitter"].get("/api/submissions/export-csv/"))
+    assert {r["title"]: r["disputes_open"] for r in api} == {"disputed": "1", "quiet": "0"}
+
+
+def test_an_export_that_fails_midway_ends_with_a_row_saying_it_is_incomplete(caplog) -> None:
+    """Rows already sent cannot become an error page: the file's last row
+    says it is not the whole export, and the error still reaches the server
+    (which ends the response as failed) and the log."""
+
+    def rows():
+        yield ["a", 1]
+        yield ["b", 2]
+        raise RuntimeError("database went away")
+
+    response = stream_csv("x.csv", ["name", "n"], rows())
+    chunks = []
+    with pytest.raises(RuntimeError, match="database went away"):
+        for chunk in response.streaming_content:
+            chunks.append(chunk)
+    lines = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert lines[:3] == [["name", "n"], ["a", "1"], ["b", "2"]]
+    assert lines[3] == [csvexport.incomplete_notice(2)] and "stopped after 2 rows" in lines[3][0]
+    assert "CSV export x.csv failed after 2 rows" in caplog.text
+
+
+def test_a_submissions_export_failing_on_the_database_says_so_in_the_file(
+    clients, users, finished, monkeypatch
+) -> None:
+    finished(users["submitter"], title="first")
+    finished(users["submitter"], title="second")
+    real_rows = csvexport.submission_rows
+
+    def failing(qs):
+        rows = real_rows(qs)
+        yield next(rows)
+        from django.db import OperationalError
+
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("reports.views.submission_rows", failing)
+    response = clients["submitter"].get(reverse("reports:submissions"))
+    assert response.status_code == 200  # the header went out before the failure
+    chunks = []
+    with pytest.raises(Exception, match="closed the connection"):
+        for chunk in response.streaming_content:
+            chunks.append(chunk)
+    lines = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert len(lines) == 3
+    assert lines[-1][0].startswith("# INCOMPLETE: the export stopped after 1 row ")
