@@ -40,14 +40,16 @@ lint: install
 typecheck: install
 	$(BIN)/mypy ensemble explain platform manage.py
 
-# The worker and browser tests need redis-server and Debian's chromium: installed
-# here when missing and running as root (CI); otherwise those tests skip and say why.
-SYSTEM_PACKAGES := redis-server chromium
+# The worker and browser tests need redis-server and Debian's chromium, the proxy
+# test nginx (docker/nginx.conf in front of gunicorn): installed here when missing
+# and running as root (CI); otherwise those tests skip and say why.
+SYSTEM_PACKAGES := redis-server chromium nginx-light
 
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -358,13 +358,19 @@ def sample_indices(frame_count: int, n: int) -> list[int]:
     return sorted({round(x) for x in np.linspace(0, frame_count - 1, n)})
 
 
+# Ticks by which a constant-rate video's frame spacing may vary: timestamps
+# rounded to a coarse time base (30 fps in milliseconds: 33, 33, 34, ...).
+TIMESTAMP_JITTER = 1
+
+
 def sample_positions(pts: Sequence[int], n: int) -> list[int]:
     """Positions in ``pts`` (a video's sorted presentation timestamps) of
     ``n`` frames spread evenly over its time, from the first frame to the
     last: the frame nearest each of ``n`` evenly spaced moments.
 
     A constant-rate video is sampled as :func:`sample_indices` samples it
-    (there, time and frame count agree). A variable-rate one (phones drop
+    (there, time and frame count agree; its frame spacing may vary by
+    ``TIMESTAMP_JITTER``). A variable-rate one (phones drop
     their rate in dim light; screen recordings add frames only when the
     screen changes) is not sampled by frame count, which would crowd the
     samples into its busy stretches and pass over its slow ones. A frame
@@ -374,10 +380,10 @@ def sample_positions(pts: Sequence[int], n: int) -> list[int]:
     count = len(pts)
     if count == 0 or n <= 0:
         return []
-    if n >= count:
-        return list(range(count))
+    if n >= count or n == 1:
+        return sample_indices(count, n)
     steps = np.diff(np.asarray(pts, dtype=np.int64))
-    if n == 1 or bool((steps == steps[0]).all()):
+    if int(steps.max()) - int(steps.min()) <= TIMESTAMP_JITTER:
         return sample_indices(count, n)
     first, span = pts[0], pts[-1] - pts[0]
     chosen: set[int] = set()

@@ -19,11 +19,10 @@ from moderation.models import Report
 logger = logging.getLogger(__name__)
 
 
-# The last row of an export that failed after its first rows had been sent
-# (a streaming response cannot turn into an error page then): the file must
-# not pass for the whole export.
 def incomplete_notice(rows: int) -> str:
-    """The last row of an export that failed after ``rows`` rows."""
+    """The last row of an export that failed after ``rows`` rows had been
+    sent (a streaming response cannot become an error page then): the file
+    must not pass for the whole export."""
     return (
         f"# INCOMPLETE: the export stopped after {rows} row{'' if rows == 1 else 's'} "
         "because of an error on the server. This file is not the whole export; "

@@ -173,6 +173,11 @@ def test_a_constant_rate_video_is_sampled_by_time_as_by_frame_count() -> None:
     for count, n in [(8, 3), (300, 4), (396, 32), (40, 8), (588, 7)]:
         pts = [512 * i + 1024 for i in range(count)]
         assert media.sample_positions(pts, n) == sample_indices(count, n)
+    # 30 fps in milliseconds (33, 33, 34, ...): constant rate too; by time,
+    # a tie at 293.5 would have gone to 293.
+    jittered = [round(1000 * i / 30) for i in range(588)]
+    assert media.sample_positions(jittered, 7) == sample_indices(588, 7)
+    assert 294 in sample_indices(588, 7)
     assert media.sample_positions([5, 6, 7], 10) == [0, 1, 2]
     assert media.sample_positions([], 4) == []
     assert media.sample_positions([0, 1, 2, 3, 100], 1) == [0]

@@ -5,19 +5,26 @@ production settings with the compose defaults pass ``check --deploy``."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from tests.platform import stack
+from tests.platform.failing_stream import BODY_SENT
 from tests.platform.stack import ROOT
 
 COMPOSE = ROOT / "docker" / "compose.yml"
 NGINX = ROOT / "docker" / "nginx.conf"
+NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 SECRET = "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz-_+=!"
 
 
@@ -53,6 +60,77 @@ def test_nginx_terminates_tls_limits_and_buffers_bodies() -> None:
     assert "resolver 127.0.0.11 valid=10s" in conf
     assert "set $trusttrace_web http://web:8000;" in conf
     assert "proxy_pass $trusttrace_web;" in conf
+
+
+def _site_proxy_directives() -> list[str]:
+    """The HTTPS site's ``proxy_*`` directives (server and ``location /``),
+    but its ``proxy_pass`` (Docker's service name and resolver)."""
+    site = NGINX.read_text().split("listen 443 ssl;", 1)[1]
+    lines = [line.strip() for line in site.splitlines()]
+    return [d for d in lines if d.startswith("proxy_") and not d.startswith("proxy_pass ")]
+
+
+def _fetch_through_nginx(tmp: Path, directives: list[str]) -> tuple[bytes, bool]:
+    """GET from nginx (``directives`` in front of gunicorn running
+    :mod:`tests.platform.failing_stream`): what the client received, and
+    whether it could tell the response was cut short."""
+    tmp.mkdir(parents=True)
+    upstream, port = stack.free_port(), stack.free_port()
+    temp = " ".join(
+        f"{kind}_temp_path {tmp / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"daemon off; pid {tmp / 'nginx.pid'}; error_log {tmp / 'nginx-error.log'};\n"
+        "events {}\n"
+        f"http {{ access_log off; {temp}\n"
+        f"  server {{ listen 127.0.0.1:{port}; {' '.join(directives)}\n"
+        f"    location / {{ proxy_pass http://127.0.0.1:{upstream}; }} }} }}\n"
+    )
+    gunicorn = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{upstream}", "-w", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with (
+        stack.process([*gunicorn, "tests.platform.failing_stream:app"], env, tmp / "gunicorn.log"),
+        stack.process([NGINX_BIN, "-c", str(conf)], env, tmp / "nginx.log"),
+    ):
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+                conn.request("GET", "/reports/submissions.csv")
+                response = conn.getresponse()
+                if response.status == 200:
+                    break
+                response.read()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError((tmp / "nginx-error.log").read_text())
+            time.sleep(0.2)
+        try:
+            return response.read(), False
+        except http.client.IncompleteRead as cut:
+            return cut.partial, True
+
+
+def test_a_download_that_fails_midway_fails_through_the_proxy_too(tmp_path: Path) -> None:
+    """A CSV export whose database goes away after some rows: the client of
+    the shipped proxy sees the download fail. Before (HTTP/1.0 to gunicorn),
+    nginx passed the cut-off body on as a complete response."""
+    if not Path(NGINX_BIN).exists():
+        pytest.skip("nginx is not installed (make test installs it as root)")
+    directives = _site_proxy_directives()
+    assert "proxy_http_version 1.1;" in directives
+    received, failed = _fetch_through_nginx(tmp_path / "shipped", directives)
+    assert failed and received == BODY_SENT
+    older = [
+        d
+        for d in directives
+        if not d.startswith(("proxy_http_version", "proxy_set_header Connection"))
+    ]
+    received, failed = _fetch_through_nginx(tmp_path / "http10", older)
+    assert not failed and received == BODY_SENT  # what the test guards against
 
 
 def test_the_body_limit_leaves_room_for_a_file_and_its_reference() -> None:
