@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import errno
 import hashlib
+import io
 import logging
 import math
 import os
@@ -236,6 +237,15 @@ def sniff(path: Path) -> MediaType:
         return MediaType("video", "mov" if brand == b"qt  " else "mp4")
     if box in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
         return MediaType("video", "mov")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        raise UnsupportedMediaError(
+            "GIF images are not supported: please upload an animation as a video "
+            "(MP4 or WebM) and a still picture as JPEG or PNG."
+        )
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        raise UnsupportedMediaError(
+            "TIFF images are not supported; please convert the picture to JPEG or PNG."
+        )
     what = "a text file" if _looks_like_text(head[:512]) else "an unknown format"
     raise UnsupportedMediaError(
         f"The file is not a supported image or video (it looks like {what}). "
@@ -282,12 +292,51 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
+# What a transparent part of a picture is analysed as: the white of the
+# site's pages it is shown on. Dropping the alpha channel instead analysed
+# whatever colour the encoder left under it (PNG keeps it; WebP zeroes it).
+TRANSPARENT_SHOWN_ON = (255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Profiles whose pictures are sRGB already (nothing to convert).
+_SRGB_DESCRIPTIONS = ("sRGB",)
+
+
 def _rgb_array(im: Image.Image) -> npt.NDArray[np.uint8]:
-    """``im`` as an ``[H, W, 3]`` uint8 RGB array; 16-bit grey scaled to 8."""
+    """``im`` as an ``[H, W, 3]`` uint8 sRGB array, as a browser shows it:
+    transparency over :data:`TRANSPARENT_SHOWN_ON`, colours converted from
+    the picture's ICC profile (a phone's Display P3, Adobe RGB, a printer's
+    CMYK) to sRGB; 16-bit grey scaled to 8."""
     if im.mode in _WIDE_GREY_MODES:
         grey = np.clip(np.asarray(im).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
+    icc = im.info.get("icc_profile")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        shown = Image.new("RGBA", rgba.size, (*TRANSPARENT_SHOWN_ON, 255))
+        shown.alpha_composite(rgba)
+        im = shown.convert("RGB")
+    if icc:
+        im = _to_srgb(im, icc)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """``im`` converted from the colour space its ICC profile describes to
+    sRGB (as browsers show it). A profile that does not parse, or does not
+    fit the picture's mode, is ignored: the colours are taken as sRGB."""
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(source).strip().startswith(_SRGB_DESCRIPTIONS):
+            return im
+        converted = ImageCms.profileToProfile(
+            im, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        logger.warning("the image's ICC profile was ignored: %s", e)
+        return im
+    return converted if converted is not None else im
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -318,6 +367,15 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                         f"Supported: {SUPPORTED_TEXT}."
                     )
                 _check_pixels(im.width, im.height, limits)
+                frames = getattr(im, "n_frames", 1)
+                if fmt in ("png", "webp") and frames > 1:
+                    # An MPO's second picture is a camera's preview, not a
+                    # frame: only PNG and WebP animate.
+                    raise UnsupportedMediaError(
+                        f"The {fmt.upper()} image is animated ({frames} frames); animated "
+                        "images are not supported. Please upload the animation as a video "
+                        "(MP4 or WebM), or one of its frames as a still picture."
+                    )
                 im.load()
                 rgb = _rgb_array(_upright(im))
     except Image.DecompressionBombError as e:
@@ -432,7 +490,9 @@ def _video_stream(container: Any) -> Any:
                 f"The file has only audio{cover}; there is no video to analyse."
             )
         raise EmptyMediaError("The video contains no frames.")
-    stream = pictures[0]
+    # The stream a player shows: the one flagged default, else the first.
+    default = [s for s in pictures if s.disposition & av.stream.Disposition.default]
+    stream = (default or pictures)[0]
     if stream.codec_context is None:
         # FFmpeg knows no decoder for the stream's codec (an unknown FourCC).
         raise UnsupportedMediaError(
@@ -508,7 +568,8 @@ def read_video(
         )
     count = len(index.pts)
     if duration is None or duration <= 0:
-        duration = span
+        # From the timestamps: the last frame is shown for a frame's time too.
+        duration = span + (span / (count - 1) if count > 1 else 0.0)
     fps = float(rate) if rate else (count / duration if duration else None)
     if stats.rotation in (90, 270):
         width, height = height, width  # the upright picture's size
@@ -706,8 +767,12 @@ def _declared_duration(container: object, stream: object) -> float | None:
     tb = getattr(stream, "time_base", None)
     if dur and tb:
         return float(dur * tb)
+    # Matroska gives no duration per stream; the file's covers every stream,
+    # so it is the video's only when the video is all the file holds (a short
+    # clip with a long soundtrack is not a long video).
     cdur = getattr(container, "duration", None)
-    if cdur:
+    streams = getattr(container, "streams", ())
+    if cdur and len(streams) == 1:
         return float(cdur) / 1_000_000  # AV_TIME_BASE
     return None
 

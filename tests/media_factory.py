@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -318,3 +319,122 @@ def unknown_codec_avi(path: Path) -> Path:
     assert data.count(b"FMP4") == 2, "the muxer wrote another FourCC"
     path.write_bytes(data.replace(b"FMP4", b"QQQQ"))
     return path
+
+
+def clip_with_long_audio(path: Path, video_frames: int, audio_s: float, fps: int = 10) -> Path:
+    """A Matroska clip of ``video_frames`` frames whose soundtrack runs on
+    to ``audio_s`` seconds (its last audio packets are that late): the
+    file's duration is the soundtrack's, not the video's."""
+    container = av.open(str(path), mode="w")
+    audio = container.add_stream("aac", rate=8000)
+    audio.layout = "mono"
+    video = container.add_stream("libx264", rate=fps)
+    video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+    for i in range(video_frames):
+        frame = av.VideoFrame.from_ndarray(noise_frame(160, 120, seed=i % 7), format="rgb24")
+        frame.pts = i
+        for packet in video.encode(frame):
+            container.mux(packet)
+    for packet in video.encode():
+        container.mux(packet)
+    packets = []
+    for k in range(8):
+        samples = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        samples.sample_rate, samples.pts = 8000, k * 1024
+        packets += audio.encode(samples)
+    packets += audio.encode()
+    late = round(8000 * audio_s) - 8 * 1024
+    for j, packet in enumerate(packets):
+        if j >= len(packets) // 2:
+            packet.pts = packet.dts = packet.pts + late
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def two_video_streams_mkv(path: Path, default_size: tuple[int, int]) -> Path:
+    """A Matroska file with two video streams: the first 80x60 and not the
+    default, the second ``default_size`` and flagged default (the one a
+    player shows)."""
+    container = av.open(str(path), mode="w")
+    sizes = ((80, 60), default_size)
+    streams = []
+    for width, height in sizes:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        streams.append(stream)
+    streams[0].disposition = av.stream.Disposition(0)
+    streams[1].disposition = av.stream.Disposition.default
+    for i in range(10):
+        for stream, (width, height) in zip(streams, sizes, strict=True):
+            frame = av.VideoFrame.from_ndarray(noise_frame(width, height, i), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+    for stream in streams:
+        for packet in stream.encode():
+            container.mux(packet)
+    container.close()
+    return path
+
+
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def rgb_icc_profile(
+    description: str, primaries: tuple[tuple[float, float, float], ...], gamma: float
+) -> bytes:
+    """A matrix/TRC RGB ICC profile (v2): ``primaries`` are the red, green
+    and blue colorants' XYZ (D50), ``gamma`` the curve of each channel."""
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+    text = description.encode() + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 81
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    white = (0.9642, 1.0, 0.82491)
+    tags = [
+        (b"desc", desc),
+        (b"cprt", b"text\0\0\0\0none\0"),
+        (b"wtpt", xyz(*white)),
+        *((tag, xyz(*p)) for tag, p in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries, strict=True)),
+        *((tag, curve) for tag in (b"rTRC", b"gTRC", b"bTRC")),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table = data = b""
+    for sig, body in tags:
+        data += b"\0" * (-(offset + len(data)) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    body = struct.pack(">I", len(tags)) + table + data
+    header = (
+        struct.pack(">I", 128 + len(body))
+        + b"none"
+        + bytes([2, 0x10, 0, 0])
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"APPL"
+        + b"\0" * 4
+        + b"none"  # manufacturer
+        + b"\0" * 16  # model, attributes, rendering intent
+        + _s15(white[0])
+        + _s15(white[1])
+        + _s15(white[2])
+        + b"none"
+        + b"\0" * 44
+    )
+    assert len(header) == 128
+    return header + body
+
+
+# Adobe RGB (1998)'s colorants (D50-adapted) and gamma: a wider gamut than sRGB.
+ADOBE_RGB_LIKE = rgb_icc_profile(
+    "Adobe RGB (1998) compatible",
+    ((0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087), (0.14919, 0.06322, 0.74457)),
+    2.19921875,
+)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 from collections.abc import Iterator
 from fractions import Fraction
@@ -850,3 +851,99 @@ def test_a_machine_fault_while_decoding_an_image_is_not_reported_as_a_corrupt_fi
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", load)
     with pytest.raises(MediaReadFaultError, match="This is a fault of the site"):
         load_media(path, LIMITS, 8)
+
+
+def test_a_wide_gamut_picture_is_read_in_srgb_as_a_browser_shows_it(tmp_path: Path) -> None:
+    """An Adobe RGB (or a phone's Display P3) picture's numbers mean more
+    saturated colours than the same numbers in sRGB; taken as sRGB, they
+    were analysed duller than they are shown."""
+    from PIL import ImageCms
+
+    pixels = np.zeros((32, 48, 3), np.uint8)
+    pixels[:, :24] = (200, 0, 0)
+    pixels[:, 24:] = (200, 150, 120)
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(mf.ADOBE_RGB_LIKE))
+    shown = np.asarray(
+        ImageCms.profileToProfile(Image.fromarray(pixels), profile, ImageCms.createProfile("sRGB"))
+    )
+    assert shown[0, 0].tolist() != [200, 0, 0]  # the profile changes the colours
+    for ext, fmt in (("png", "PNG"), ("jpg", "JPEG")):
+        path = tmp_path / f"adobe.{ext}"
+        Image.fromarray(pixels).save(path, fmt, icc_profile=mf.ADOBE_RGB_LIKE, quality=100)
+        read = load_media(path, LIMITS, 1).frames[0].image
+        assert np.abs(read.astype(int) - shown.astype(int))[:, 2:22].max() <= 3, ext
+        assert np.abs(read.astype(int) - shown.astype(int))[:, 26:46].max() <= 3, ext
+
+
+def test_an_unreadable_icc_profile_costs_the_profile_not_the_picture(tmp_path: Path) -> None:
+    path = tmp_path / "broken-profile.png"
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(path, icc_profile=b"not a profile at all")
+    assert load_media(path, LIMITS, 1).frames[0].image[8, 8].tolist() == [10, 200, 30]
+
+
+def test_transparent_parts_are_analysed_as_shown_on_the_white_page(tmp_path: Path) -> None:
+    """Dropping the alpha channel analysed whatever the encoder left under
+    it: the hidden colour in a PNG, black in a WebP."""
+    rgba = np.zeros((48, 96, 4), np.uint8)
+    rgba[..., :3] = (30, 30, 220)
+    rgba[:, :24, 3] = 255  # left quarter opaque
+    rgba[:, 24:48, 3] = 128  # then half see-through, then transparent
+    for name, options in (("a.png", {}), ("a.webp", {"lossless": True})):
+        path = tmp_path / name
+        Image.fromarray(rgba).save(path, **options)
+        image = load_media(path, LIMITS, 1).frames[0].image
+        assert image[8, 2].tolist() == [30, 30, 220], name
+        assert image[8, 80].tolist() == [255, 255, 255], name
+        assert np.abs(image[8, 36].astype(int) - [142, 142, 237]).max() <= 2, name
+    # A palette picture with a transparent entry, and grey with alpha.
+    palette = Image.new("P", (48, 48), 0)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0, 0, 0] * 254)
+    palette.paste(1, (0, 0, 24, 48))
+    palette.save(tmp_path / "p.png", transparency=0)
+    image = load_media(tmp_path / "p.png", LIMITS, 1).frames[0].image
+    assert image[4, 1].tolist() == [250, 10, 10] and image[4, 40].tolist() == [255, 255, 255]
+    Image.new("LA", (48, 48), (40, 0)).save(tmp_path / "la.png")
+    assert load_media(tmp_path / "la.png", LIMITS, 1).frames[0].image[4, 4].tolist() == [255] * 3
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_an_animated_png_or_webp_is_refused_not_read_as_its_first_frame(
+    tmp_path: Path, fmt: str
+) -> None:
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ("black", "red", "blue")]
+    path = tmp_path / f"animated.{fmt.lower()}"
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    with pytest.raises(UnsupportedMediaError, match=r"animated \(3 frames\).*as a video"):
+        load_media(path, LIMITS, 8)
+    # One frame saved as an animation is a still.
+    frames[1].save(tmp_path / f"one.{fmt.lower()}", fmt, save_all=True)
+    assert load_media(tmp_path / f"one.{fmt.lower()}", LIMITS, 8).info.kind == "image"
+
+
+@pytest.mark.parametrize(("fmt", "named"), [("GIF", "GIF images"), ("TIFF", "TIFF images")])
+def test_gif_and_tiff_are_refused_by_name_with_what_to_upload(
+    tmp_path: Path, fmt: str, named: str
+) -> None:
+    path = tmp_path / f"picture.{fmt.lower()}"
+    Image.new("RGB", (16, 16), "red").save(path, fmt)
+    with pytest.raises(UnsupportedMediaError, match=f"{named} are not supported.*JPEG or PNG"):
+        load_media(path, LIMITS, 1)
+
+
+def test_a_short_clip_with_a_long_soundtrack_is_as_long_as_its_video(tmp_path: Path) -> None:
+    """Matroska gives no duration per stream, and the file's is the
+    soundtrack's: a 2 s clip with 20 minutes of audio was refused as a
+    20-minute video."""
+    path = mf.clip_with_long_audio(tmp_path / "talk.mkv", video_frames=20, audio_s=1200)
+    with av.open(str(path)) as container:
+        assert container.duration / 1e6 > 1000  # what the file says
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.info.duration_s == pytest.approx(2.0, abs=0.05)
+    assert loaded.info.frame_count == 20 and len(loaded.frames) == 8
+
+
+def test_the_video_stream_a_player_shows_is_the_one_analysed(tmp_path: Path) -> None:
+    path = mf.two_video_streams_mkv(tmp_path / "two.mkv", default_size=(160, 120))
+    loaded = load_media(path, LIMITS, 4)
+    assert (loaded.info.width, loaded.info.height) == (160, 120)
+    assert loaded.frames[0].image.shape[:2] == (120, 160)
