@@ -351,10 +351,53 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+# JPEG start-of-frame markers of codings libjpeg cannot decode: lossless
+# (SOF3, SOF7, SOF11, SOF15; medical and scientific cameras write it) and
+# JPEG-LS (SOF55).
+_LOSSLESS_JPEG_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF, 0xF7})
+# Markers without a length: TEM, RST0-7, SOI, EOI.
+_BARE_JPEG_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+_JPEG_SEGMENTS_READ = 64
+
+
+def _jpeg_frame_marker(path: Path) -> int | None:
+    """The JPEG's start-of-frame marker (0xC0 baseline, 0xC2 progressive,
+    ...), read from the segment headers; None when it is not among the
+    first segments or the headers do not parse (decoding then says what
+    is wrong)."""
+    with path.open("rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return None
+        for _ in range(_JPEG_SEGMENTS_READ):
+            head = fh.read(2)
+            while head[:1] == b"\xff" and head[1:2] == b"\xff":  # fill bytes
+                head = head[1:] + fh.read(1)
+            if len(head) < 2 or head[0] != 0xFF:
+                return None
+            marker = head[1]
+            if marker in _BARE_JPEG_MARKERS:
+                continue
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                return marker
+            if marker == 0xDA:  # start of scan before any frame header
+                return None
+            length = fh.read(2)
+            if len(length) < 2:
+                return None
+            fh.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+    return None
+
+
 def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = None) -> LoadedMedia:
     """Decode an image, with EXIF orientation applied, as RGB."""
     media_type = media_type or sniff(path)
     size = _check_size(path, limits)
+    if media_type.format == "jpeg" and _jpeg_frame_marker(path) in _LOSSLESS_JPEG_SOF:
+        raise UnsupportedMediaError(
+            "The JPEG is coded losslessly (lossless JPEG or JPEG-LS, as medical and "
+            "scientific cameras write it), which this site cannot decode; please save "
+            "it as a standard JPEG or as PNG."
+        )
     try:
         with warnings.catch_warnings():
             # We enforce our own (lower) pixel limit before decoding.

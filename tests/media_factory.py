@@ -438,3 +438,16 @@ ADOBE_RGB_LIKE = rgb_icc_profile(
     ((0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087), (0.14919, 0.06322, 0.74457)),
     2.19921875,
 )
+
+
+def lossless_jpeg(path: Path, codec: str) -> Path:
+    """A lossless JPEG (``codec`` "ljpeg", SOF3) or a JPEG-LS (``"jpegls"``,
+    SOF55) picture of 64x48, encoded by FFmpeg."""
+    context = av.codec.CodecContext.create(codec, "w")
+    context.width, context.height = 64, 48
+    context.pix_fmt = {"ljpeg": "bgr24", "jpegls": "rgb24"}[codec]
+    context.time_base = Fraction(1, 25)
+    frame = av.VideoFrame.from_ndarray(noise_frame(64, 48), format="rgb24")
+    frame = frame.reformat(format=context.pix_fmt)
+    path.write_bytes(b"".join(bytes(p) for p in [*context.encode(frame), *context.encode()]))
+    return path

@@ -947,3 +947,21 @@ def test_the_video_stream_a_player_shows_is_the_one_analysed(tmp_path: Path) -> 
     loaded = load_media(path, LIMITS, 4)
     assert (loaded.info.width, loaded.info.height) == (160, 120)
     assert loaded.frames[0].image.shape[:2] == (120, 160)
+
+
+@pytest.mark.parametrize("codec", ["ljpeg", "jpegls"])
+def test_a_lossless_jpeg_is_unsupported_not_called_corrupt(tmp_path: Path, codec: str) -> None:
+    path = mf.lossless_jpeg(tmp_path / f"{codec}.jpg", codec)
+    with pytest.raises(UnsupportedMediaError, match=r"coded losslessly.*standard JPEG or as PNG"):
+        load_media(path, LIMITS, 1)
+
+
+def test_the_frame_marker_of_baseline_and_progressive_jpegs_is_found(tmp_path: Path) -> None:
+    """Past APP segments (EXIF, ICC) to the frame header; the files read."""
+    picture = Image.fromarray(mf.noise_frame(64, 48))
+    for progressive, marker in ((False, 0xC0), (True, 0xC2)):
+        path = tmp_path / f"p{progressive}.jpg"
+        picture.save(path, progressive=progressive, icc_profile=mf.ADOBE_RGB_LIKE, exif=b"")
+        assert media._jpeg_frame_marker(path) == marker
+        assert load_media(path, LIMITS, 1).info.format == "jpeg"
+    assert media._jpeg_frame_marker(mf.write_clip(tmp_path / "c.mp4", frames=2)) is None
