@@ -242,7 +242,7 @@ def sniff(path: Path) -> MediaType:
             "GIF images are not supported: please upload an animation as a video "
             "(MP4 or WebM) and a still picture as JPEG or PNG."
         )
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         raise UnsupportedMediaError(
             "TIFF images are not supported; please convert the picture to JPEG or PNG."
         )
@@ -303,20 +303,30 @@ _SRGB_DESCRIPTIONS = ("sRGB",)
 
 def _rgb_array(im: Image.Image) -> npt.NDArray[np.uint8]:
     """``im`` as an ``[H, W, 3]`` uint8 sRGB array, as a browser shows it:
-    transparency over :data:`TRANSPARENT_SHOWN_ON`, colours converted from
-    the picture's ICC profile (a phone's Display P3, Adobe RGB, a printer's
-    CMYK) to sRGB; 16-bit grey scaled to 8."""
+    colours converted from the picture's ICC profile (a phone's Display P3,
+    Adobe RGB, a CMYK picture's profile) to sRGB, then transparency over
+    :data:`TRANSPARENT_SHOWN_ON`; 16-bit grey scaled to 8."""
     if im.mode in _WIDE_GREY_MODES:
         grey = np.clip(np.asarray(im).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     icc = im.info.get("icc_profile")
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        shown = Image.new("RGBA", rgba.size, (*TRANSPARENT_SHOWN_ON, 255))
-        shown.alpha_composite(rgba)
-        im = shown.convert("RGB")
+        if im.mode not in ("RGBA", "LA"):
+            im = im.convert("RGBA")  # palette or a transparent colour: small pictures
+        mask = im
+        if icc:
+            # The profile describes the colours, not the alpha: converted
+            # apart, in the mode the profile fits (grey or RGB).
+            mask = im.getchannel("A")
+            im = _to_srgb(im.convert("L" if im.mode == "LA" else "RGB"), icc)
+        # Pasted through the alpha onto the page's white: one copy of the
+        # picture, where compositing in RGBA made three (a transparent
+        # picture at the pixel limit went past the upload probe's memory).
+        shown = Image.new("RGB", im.size, TRANSPARENT_SHOWN_ON)
+        shown.paste(im, mask=mask)
+        return np.asarray(shown, dtype=np.uint8)
     if icc:
-        im = _to_srgb(im, icc)
+        im = _to_srgb(im.convert("RGB") if im.mode == "P" else im, icc)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -352,9 +362,9 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 # JPEG start-of-frame markers of codings libjpeg cannot decode: lossless
-# (SOF3, SOF7, SOF11, SOF15; medical and scientific cameras write it) and
-# JPEG-LS (SOF55).
-_LOSSLESS_JPEG_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF, 0xF7})
+# (SOF3, SOF11; medical and scientific cameras write it), hierarchical
+# (SOF5-7, SOF13-15) and JPEG-LS (SOF55).
+_UNDECODABLE_JPEG_SOF = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
 # Markers without a length: TEM, RST0-7, SOI, EOI.
 _BARE_JPEG_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 _JPEG_SEGMENTS_READ = 64
@@ -392,11 +402,11 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
     """Decode an image, with EXIF orientation applied, as RGB."""
     media_type = media_type or sniff(path)
     size = _check_size(path, limits)
-    if media_type.format == "jpeg" and _jpeg_frame_marker(path) in _LOSSLESS_JPEG_SOF:
+    if media_type.format == "jpeg" and _jpeg_frame_marker(path) in _UNDECODABLE_JPEG_SOF:
         raise UnsupportedMediaError(
-            "The JPEG is coded losslessly (lossless JPEG or JPEG-LS, as medical and "
-            "scientific cameras write it), which this site cannot decode; please save "
-            "it as a standard JPEG or as PNG."
+            "The JPEG uses a coding this site cannot decode (lossless, JPEG-LS or "
+            "hierarchical, as medical and scientific cameras write); please save it "
+            "as a standard JPEG or as PNG."
         )
     try:
         with warnings.catch_warnings():
@@ -410,7 +420,8 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                         f"Supported: {SUPPORTED_TEXT}."
                     )
                 _check_pixels(im.width, im.height, limits)
-                frames = getattr(im, "n_frames", 1)
+                # An APNG's default image may stand outside its animation.
+                frames = getattr(im, "n_frames", 1) - bool(im.info.get("default_image"))
                 if fmt in ("png", "webp") and frames > 1:
                     # An MPO's second picture is a camera's preview, not a
                     # frame: only PNG and WebP animate.

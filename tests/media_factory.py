@@ -384,25 +384,26 @@ def _s15(x: float) -> bytes:
     return struct.pack(">i", round(x * 65536))
 
 
-def rgb_icc_profile(
-    description: str, primaries: tuple[tuple[float, float, float], ...], gamma: float
-) -> bytes:
-    """A matrix/TRC RGB ICC profile (v2): ``primaries`` are the red, green
-    and blue colorants' XYZ (D50), ``gamma`` the curve of each channel."""
+_D50_WHITE = (0.9642, 1.0, 0.82491)
 
-    def xyz(x: float, y: float, z: float) -> bytes:
-        return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
 
+def _xyz_tag(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _curve_tag(gamma: float) -> bytes:
+    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+
+
+def _icc_profile(colour_space: bytes, description: str, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC profile (v2, display class, XYZ connection space) of ``tags``
+    besides its description, copyright and white point."""
     text = description.encode() + b"\0"
-    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 81
-    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
-    white = (0.9642, 1.0, 0.82491)
     tags = [
-        (b"desc", desc),
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 81),
         (b"cprt", b"text\0\0\0\0none\0"),
-        (b"wtpt", xyz(*white)),
-        *((tag, xyz(*p)) for tag, p in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries, strict=True)),
-        *((tag, curve) for tag in (b"rTRC", b"gTRC", b"bTRC")),
+        (b"wtpt", _xyz_tag(*_D50_WHITE)),
+        *tags,
     ]
     offset = 128 + 4 + 12 * len(tags)
     table = data = b""
@@ -415,21 +416,46 @@ def rgb_icc_profile(
         struct.pack(">I", 128 + len(body))
         + b"none"
         + bytes([2, 0x10, 0, 0])
-        + b"mntrRGB XYZ "
+        + b"mntr"
+        + colour_space
+        + b"XYZ "
         + b"\0" * 12
         + b"acsp"
         + b"APPL"
         + b"\0" * 4
         + b"none"  # manufacturer
         + b"\0" * 16  # model, attributes, rendering intent
-        + _s15(white[0])
-        + _s15(white[1])
-        + _s15(white[2])
+        + b"".join(_s15(v) for v in _D50_WHITE)
         + b"none"
         + b"\0" * 44
     )
     assert len(header) == 128
     return header + body
+
+
+def rgb_icc_profile(
+    description: str, primaries: tuple[tuple[float, float, float], ...], gamma: float
+) -> bytes:
+    """A matrix/TRC RGB ICC profile: ``primaries`` are the red, green and
+    blue colorants' XYZ (D50), ``gamma`` the curve of each channel."""
+    colorants = zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries, strict=True)
+    return _icc_profile(
+        b"RGB ",
+        description,
+        [
+            *((tag, _xyz_tag(*xyz)) for tag, xyz in colorants),
+            *((tag, _curve_tag(gamma)) for tag in (b"rTRC", b"gTRC", b"bTRC")),
+        ],
+    )
+
+
+def grey_icc_profile(description: str, gamma: float) -> bytes:
+    """A grey ICC profile whose tone curve is ``gamma``."""
+    return _icc_profile(b"GRAY", description, [(b"kTRC", _curve_tag(gamma))])
+
+
+# A linear grey: its 100 is a lighter grey than sRGB's 100.
+LINEAR_GREY = grey_icc_profile("Linear grey", 1.0)
 
 
 # Adobe RGB (1998)'s colorants (D50-adapted) and gamma: a wider gamut than sRGB.

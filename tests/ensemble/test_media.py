@@ -11,6 +11,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
@@ -952,7 +953,9 @@ def test_the_video_stream_a_player_shows_is_the_one_analysed(tmp_path: Path) -> 
 @pytest.mark.parametrize("codec", ["ljpeg", "jpegls"])
 def test_a_lossless_jpeg_is_unsupported_not_called_corrupt(tmp_path: Path, codec: str) -> None:
     path = mf.lossless_jpeg(tmp_path / f"{codec}.jpg", codec)
-    with pytest.raises(UnsupportedMediaError, match=r"coded losslessly.*standard JPEG or as PNG"):
+    with pytest.raises(
+        UnsupportedMediaError, match=r"cannot decode \(lossless, JPEG-LS.*standard JPEG or as PNG"
+    ):
         load_media(path, LIMITS, 1)
 
 
@@ -965,3 +968,91 @@ def test_the_frame_marker_of_baseline_and_progressive_jpegs_is_found(tmp_path: P
         assert media._jpeg_frame_marker(path) == marker
         assert load_media(path, LIMITS, 1).info.format == "jpeg"
     assert media._jpeg_frame_marker(mf.write_clip(tmp_path / "c.mp4", frames=2)) is None
+
+
+def _in_srgb(pixels: npt.NDArray[np.uint8], icc: bytes, mode: str) -> npt.NDArray[np.uint8]:
+    """What LittleCMS makes of ``pixels`` under the profile ``icc``, in sRGB."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    srgb = ImageCms.createProfile("sRGB")
+    image = Image.fromarray(pixels).convert(mode)
+    return np.asarray(ImageCms.profileToProfile(image, profile, srgb, outputMode="RGB"))
+
+
+def test_the_profile_is_applied_whatever_the_pictures_mode(tmp_path: Path) -> None:
+    """Palette, grey, grey with alpha, RGBA and a turned JPEG: each gets its
+    profile's colours; before, palette and grey-with-alpha pictures kept
+    their numbers (the transform did not fit their mode and was dropped)."""
+    red = np.full((48, 48, 3), (200, 0, 0), np.uint8)
+    want = _in_srgb(red, mf.ADOBE_RGB_LIKE, "RGB")[0, 0].tolist()
+    assert want != [200, 0, 0]
+    Image.fromarray(red).quantize(2).save(tmp_path / "p.png", icc_profile=mf.ADOBE_RGB_LIKE)
+    rgba = np.dstack([red, np.full((48, 48), 255, np.uint8)])
+    rgba[:, 24:, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png", icc_profile=mf.ADOBE_RGB_LIKE)
+    for name in ("p.png", "rgba.png"):
+        image = load_media(tmp_path / name, LIMITS, 1).frames[0].image
+        assert np.abs(image[4, 4].astype(int) - want).max() <= 1, name
+    assert load_media(tmp_path / "rgba.png", LIMITS, 1).frames[0].image[4, 40].tolist() == [255] * 3
+    grey = np.full((48, 48, 3), 100, np.uint8)
+    want_grey = _in_srgb(grey, mf.LINEAR_GREY, "L")[0, 0].tolist()
+    assert want_grey[0] > 150  # linear 100 is a light grey
+    Image.fromarray(grey).convert("L").save(tmp_path / "l.png", icc_profile=mf.LINEAR_GREY)
+    Image.fromarray(grey).convert("LA").save(tmp_path / "la.png", icc_profile=mf.LINEAR_GREY)
+    for name in ("l.png", "la.png"):
+        image = load_media(tmp_path / name, LIMITS, 1).frames[0].image
+        assert np.abs(image[4, 4].astype(int) - want_grey).max() <= 1, name
+    # Turned upright by its EXIF orientation, and converted.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tall = np.zeros((48, 64, 3), np.uint8)
+    tall[:] = (200, 0, 0)
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(tall).save(
+        path, exif=exif.tobytes(), icc_profile=mf.ADOBE_RGB_LIKE, quality=100
+    )
+    image = load_media(path, LIMITS, 1).frames[0].image
+    assert image.shape[:2] == (64, 48) and np.abs(image[30, 20].astype(int) - want).max() <= 3
+
+
+def test_an_srgb_profile_is_not_converted_again(tmp_path: Path, monkeypatch: Any) -> None:
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path = tmp_path / "srgb.png"
+    Image.new("RGB", (48, 48), (200, 150, 120)).save(path, icc_profile=srgb)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an sRGB picture was transformed")
+
+    monkeypatch.setattr(ImageCms, "profileToProfile", never)
+    assert load_media(path, LIMITS, 1).frames[0].image[8, 8].tolist() == [200, 150, 120]
+
+
+def test_an_apng_whose_default_image_stands_outside_one_frame_is_a_still(tmp_path: Path) -> None:
+    still, frame = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    path = tmp_path / "default.png"
+    still.save(path, save_all=True, append_images=[frame], default_image=True)
+    with Image.open(path) as im:
+        assert im.n_frames == 2 and im.info.get("default_image")
+    assert load_media(path, LIMITS, 1).frames[0].image[4, 4].tolist() == [255, 0, 0]
+
+
+def test_bigtiff_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "big.tif"
+    path.write_bytes(b"II+\x00\x08\x00\x00\x00" + bytes(64))
+    with pytest.raises(UnsupportedMediaError, match="TIFF images are not supported"):
+        load_media(path, LIMITS, 1)
+
+
+def test_fill_bytes_before_a_jpeg_marker_are_skipped(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(mf.noise_frame(64, 48)).save(plain)
+    data = plain.read_bytes()
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data[:2] + b"\xff\xff\xff" + data[2:])
+    assert media._jpeg_frame_marker(padded) == 0xC0
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[:40])
+    assert media._jpeg_frame_marker(truncated) is None
