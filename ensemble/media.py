@@ -1098,7 +1098,7 @@ def _decode_targets(
             )
 
     def take(frame: Any) -> None:
-        nonlocal i, converted, rotation, size, sar
+        nonlocal i, converted, rotation, size, sar, missing
         if size is None:
             sar = _sample_aspect(stream)
             shown = shown_size(frame.width, frame.height, sar)
@@ -1110,6 +1110,11 @@ def _decode_targets(
         time_s = float((frame.pts - index.start_pts) * index.time_base)
         frames.append(Frame(pos, time_s, image))
         while i < len(targets) and targets[i] <= frame.pts:
+            if _frames_between(index, targets[i], frame.pts) > SERVED_WITHIN:
+                # Not a skipped non-reference frame: this target's data could
+                # not be decoded (a stream cut before its first key frame, or
+                # damage), and a frame this much later is another moment.
+                missing += 1
             i += 1
 
     while i < len(targets):

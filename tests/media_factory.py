@@ -150,6 +150,22 @@ def cut_clip(src: Path, path: Path, first: int) -> Path:
     return path
 
 
+def cut_mid_gop(src: Path, path: Path, drop: int) -> Path:
+    """``src`` (a :func:`write_clip` clip) with its first ``drop`` packets
+    left out and no edit list: the stream starts inside a key-frame
+    stretch, as a capture joined mid-broadcast does, and its first frames
+    cannot be decoded."""
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        packets = [p for p in inp.demux(stream) if p.size]
+        with av.open(str(path), mode="w") as out:
+            o = out.add_stream_from_template(stream)
+            for p in packets[drop:]:
+                p.stream = o
+                out.mux(p)
+    return path
+
+
 def marker(image: np.ndarray) -> int:
     """The frame number (0-1023) a :func:`write_clip` frame carries."""
     low = round(float(image[4:12, 4:12, 0].mean()) / MARKER_STEP)

@@ -1056,3 +1056,21 @@ def test_fill_bytes_before_a_jpeg_marker_are_skipped(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data[:40])
     assert media._jpeg_frame_marker(truncated) is None
+
+
+def test_frames_before_the_first_key_frame_are_counted_missing_not_folded(tmp_path: Path) -> None:
+    """A stream cut inside a key-frame stretch: its first frames cannot be
+    decoded. Their sampled moments were served by the first key frame,
+    seconds later, and counted as read; they are missing."""
+    src = mf.write_clip(tmp_path / "src.mkv", frames=60, fps=10, gop=30)
+    path = mf.cut_mid_gop(src, tmp_path / "joined.mkv", drop=5)
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.info.frame_count == 55
+    first_key = 25  # frame 30 of the source
+    assert loaded.frames[0].index == first_key
+    assert [mf.marker(f.image) - 5 for f in loaded.frames] == [f.index for f in loaded.frames]
+    targets = media.sample_positions(list(range(55)), 8)
+    assert targets[:5] == [0, 8, 15, 23, 31]
+    # 23 is as near the key frame as a skipped non-reference frame would be.
+    assert first_key - 23 <= media.SERVED_WITHIN
+    assert loaded.info.frames_missing == 3 and len(loaded.frames) == 5
