@@ -1,5 +1,5 @@
-"""Account pages: the account, sign up and e-mail verification, log in/out,
-password change and reset."""
+"""Account pages: the account and its deletion, sign up and e-mail
+verification, log in/out, password change and reset."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ app_name = "accounts"
 
 urlpatterns = [
     path("", views.account, name="account"),
+    path("delete/", views.delete_account, name="delete_account"),
     path("signup/", views.signup, name="signup"),
     path("verify/<str:token>/", views.verify_email, name="verify_email"),
     path("login/", views.ThrottledLoginView.as_view(), name="login"),

@@ -7,7 +7,7 @@ import hashlib
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.models import User
@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from accounts import throttle, verification
+from accounts import erasure, throttle, verification
 from accounts.forms import SignUpForm, ThrottledAuthenticationForm, VerifiedPasswordResetForm
 
 RESET_WINDOW_S = 3600
@@ -163,3 +163,30 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     response = render(request, "accounts/verify_email.html", context)
     response.status_code = _LINK_STATUS[checked.outcome]
     return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def delete_account(request: HttpRequest) -> HttpResponse:
+    """The signed-in user deletes their account and every upload of theirs,
+    after giving their password again (a session left open is not enough)."""
+    user = request.user
+    assert isinstance(user, User)  # login_required
+    planned = erasure.plan(user)
+    error = ""
+    if request.method == "POST" and not planned.blocked:
+        if not user.check_password(str(request.POST.get("password", ""))):
+            error = "That is not your password; nothing was deleted."
+        else:
+            username = user.username
+            deleted = erasure.erase(user)
+            logout(request)
+            messages.success(
+                request,
+                f"The account {username} and its {deleted} upload"
+                f"{'' if deleted == 1 else 's'} were deleted, with their files.",
+            )
+            return redirect(settings.LOGOUT_REDIRECT_URL)
+    status = 403 if planned.blocked and request.method == "POST" else (400 if error else 200)
+    context = {"plan": planned, "error": error}
+    return render(request, "accounts/delete_account.html", context, status=status)

@@ -85,6 +85,13 @@ class DecisionError(Refusal):
     code = "decision_refused"
 
 
+class ErasureRefused(Refusal):
+    """An account that may not delete itself (an administrator's, or one whose
+    moderation decisions the audit log keeps); ``str(error)`` says why."""
+
+    code = "erasure_refused"
+
+
 # The one error-to-status table. The most specific class of an error found
 # here wins (its MRO is searched), so ``Refusal`` is the fallback; every public
 # refusal is listed on its own (tests/platform/test_error_table.py checks).
@@ -97,6 +104,7 @@ HTTP_STATUS: dict[type[Refusal], HTTPStatus] = {
     QueueUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     RerunRefused: HTTPStatus.CONFLICT,
     DecisionError: HTTPStatus.BAD_REQUEST,
+    ErasureRefused: HTTPStatus.FORBIDDEN,
 }
 
 
