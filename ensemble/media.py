@@ -1099,6 +1099,23 @@ def _decode_targets(
 
     def take(frame: Any) -> None:
         nonlocal i, converted, rotation, size, sar, missing
+        consumed = served = 0
+        while i < len(targets) and targets[i] <= frame.pts:
+            consumed += 1
+            if targets[i] < index.keyframes[0] and (
+                _frames_between(index, targets[i], frame.pts) > SERVED_WITHIN
+            ):
+                # Before the stream's first key frame (a capture joined
+                # inside a key-frame stretch): its data cannot be decoded,
+                # and a frame this much later is another moment. Further on,
+                # a target is only passed over as a skipped non-reference
+                # frame, whatever the run of them.
+                missing += 1
+            else:
+                served += 1
+            i += 1
+        if consumed and not served:
+            return  # the first decodable frame, no sampled moment's
         if size is None:
             sar = _sample_aspect(stream)
             shown = shown_size(frame.width, frame.height, sar)
@@ -1109,13 +1126,6 @@ def _decode_targets(
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
         time_s = float((frame.pts - index.start_pts) * index.time_base)
         frames.append(Frame(pos, time_s, image))
-        while i < len(targets) and targets[i] <= frame.pts:
-            if _frames_between(index, targets[i], frame.pts) > SERVED_WITHIN:
-                # Not a skipped non-reference frame: this target's data could
-                # not be decoded (a stream cut before its first key frame, or
-                # damage), and a frame this much later is another moment.
-                missing += 1
-            i += 1
 
     while i < len(targets):
         key = index.keyframes[max(bisect.bisect_right(index.keyframes, targets[i]) - 1, 0)]

@@ -1074,3 +1074,8 @@ def test_frames_before_the_first_key_frame_are_counted_missing_not_folded(tmp_pa
     # 23 is as near the key frame as a skipped non-reference frame would be.
     assert first_key - 23 <= media.SERVED_WITHIN
     assert loaded.info.frames_missing == 3 and len(loaded.frames) == 5
+    # Sparser: the first decodable frame serves no sampled moment and is
+    # not analysed as if it were one.
+    sparse = load_media(path, LIMITS, 4)
+    assert media.sample_positions(list(range(55)), 4) == [0, 18, 36, 54]
+    assert [f.index for f in sparse.frames] == [36, 54] and sparse.info.frames_missing == 2
