@@ -12,8 +12,14 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import ProtectedError
 
 from analyses.services.errors import ErasureRefused
+
+BLOCKED_BY_AUDIT_LOG = (
+    "Your account made moderation decisions or re-runs, which the audit log keeps "
+    "under its name; ask an administrator to deactivate it."
+)
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,7 @@ def plan(user: User) -> Erasure:
         Decision.objects.filter(moderator=user).exists()
         or Rerun.objects.filter(moderator=user).exists()
     ):
-        blocked = (
-            "Your account made moderation decisions or re-runs, which the audit log keeps "
-            "under its name; ask an administrator to deactivate it."
-        )
+        blocked = BLOCKED_BY_AUDIT_LOG
     return Erasure(uploads=uploads, reports=reports, blocked=blocked)
 
 
@@ -53,7 +56,12 @@ def erase(user: User) -> int:
     """Delete ``user``'s uploads (each as its owner's delete button does:
     its files go once the delete is committed, after a worker storing its
     result) and then the account with what cascades from it (requests for
-    review, API token, e-mail verifications). Returns the uploads deleted."""
+    review, API token, e-mail verifications). Returns the uploads deleted.
+
+    Raises :class:`ErasureRefused` when the account may not delete itself,
+    also when it made a moderation decision while its uploads were being
+    deleted (the audit log protects it): the uploads are gone then, the
+    account is not."""
     from analyses.models import Submission
     from analyses.services import delete_submission
 
@@ -61,11 +69,23 @@ def erase(user: User) -> int:
     if refused:
         raise ErasureRefused(refused)
     deleted = 0
-    for sub in Submission.objects.filter(owner=user).order_by("created"):
-        delete_submission(sub)
-        deleted += 1
-    with transaction.atomic():
-        # An upload that arrived meanwhile (another tab, the API) goes with
-        # the account: its files by the same signal.
-        User.objects.filter(pk=user.pk).delete()
+    while True:
+        # Again until none is left: an upload may arrive meanwhile (another
+        # tab, the API).
+        left = list(Submission.objects.filter(owner=user).order_by("created"))
+        if not left:
+            break
+        for sub in left:
+            delete_submission(sub)
+            deleted += 1
+    try:
+        with transaction.atomic():
+            # One arriving now is locked as delete_submission locks it (a
+            # worker storing its result is waited for) and goes with the
+            # account, its files by the same signal.
+            late = Submission.objects.select_for_update().filter(owner=user)
+            deleted += len(list(late.values_list("pk")))
+            User.objects.filter(pk=user.pk).delete()
+    except ProtectedError as e:
+        raise ErasureRefused(BLOCKED_BY_AUDIT_LOG) from e
     return deleted

@@ -9,6 +9,7 @@ from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import (
     AuthenticationForm,
+    PasswordChangeForm,
     PasswordResetForm,
     UserCreationForm,
     UsernameField,
@@ -85,3 +86,20 @@ class VerifiedPasswordResetForm(PasswordResetForm):
         for user in super().get_users(self.cleaned_data["email"]):
             if not verification.is_verified(user):
                 verification.send_link(request, user)
+
+
+class ThrottledPasswordChangeForm(PasswordChangeForm):
+    """Password change whose old-password check counts against the log-in
+    throttle: a stolen session cannot guess the password here either."""
+
+    def __init__(self, user: User, *args: Any, request: HttpRequest | None = None, **kwargs: Any):
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        ip = throttle.client_ip(self.request) if self.request else "unknown"
+        if not throttle.begin_attempt(self.user.username, ip):
+            raise ValidationError(throttle.locked_message(), code="throttled")
+        old: str = super().clean_old_password()
+        throttle.succeeded(self.user.username, ip)
+        return old

@@ -138,5 +138,10 @@ LOCKED_MESSAGE = (
 )
 
 
+def lockout_minutes() -> int:
+    """How long a lock lasts, in whole minutes (at least one)."""
+    return max(1, _window() // 60)
+
+
 def locked_message() -> str:
-    return LOCKED_MESSAGE.format(minutes=max(1, _window() // 60))
+    return LOCKED_MESSAGE.format(minutes=lockout_minutes())

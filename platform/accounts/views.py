@@ -4,6 +4,7 @@ and password reset views."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,14 +12,20 @@ from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.models import User
-from django.contrib.auth.views import LoginView, PasswordResetView
+from django.contrib.auth.views import LoginView, PasswordChangeView, PasswordResetView
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from accounts import erasure, throttle, verification
-from accounts.forms import SignUpForm, ThrottledAuthenticationForm, VerifiedPasswordResetForm
+from accounts.forms import (
+    SignUpForm,
+    ThrottledAuthenticationForm,
+    ThrottledPasswordChangeForm,
+    VerifiedPasswordResetForm,
+)
+from analyses.services.errors import ErasureRefused
 
 RESET_WINDOW_S = 3600
 # Verification links one account may ask for per hour from its account page.
@@ -165,28 +172,62 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     return response
 
 
+TOO_MANY_GUESSES = (
+    "Too many wrong passwords for this account or from your address; try again in "
+    "{minutes} minutes."
+)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def delete_account(request: HttpRequest) -> HttpResponse:
     """The signed-in user deletes their account and every upload of theirs,
-    after giving their password again (a session left open is not enough)."""
+    after giving their password again (a session left open is not enough).
+    Wrong passwords count against the log-in throttle (``accounts.throttle``):
+    a stolen session cannot guess its way through this form."""
     user = request.user
     assert isinstance(user, User)  # login_required
     planned = erasure.plan(user)
-    error = ""
-    if request.method == "POST" and not planned.blocked:
-        if not user.check_password(str(request.POST.get("password", ""))):
-            error = "That is not your password; nothing was deleted."
+    error, status = "", 200
+    if request.method == "POST" and planned.blocked:
+        status = 403
+    elif request.method == "POST":
+        ip = throttle.client_ip(request)
+        if not throttle.begin_attempt(user.username, ip):
+            error, status = TOO_MANY_GUESSES.format(minutes=throttle.lockout_minutes()), 429
+        elif not user.check_password(str(request.POST.get("password", ""))):
+            error, status = "That is not your password; nothing was deleted.", 400
         else:
+            throttle.succeeded(user.username, ip)
             username = user.username
-            deleted = erasure.erase(user)
+            try:
+                deleted = erasure.erase(user)
+            except ErasureRefused as e:
+                # Blocked meanwhile (a decision made in another tab).
+                planned = erasure.plan(user)
+                return render(
+                    request,
+                    "accounts/delete_account.html",
+                    {"plan": planned, "error": str(e)},
+                    status=403,
+                )
             logout(request)
-            messages.success(
-                request,
-                f"The account {username} and its {deleted} upload"
-                f"{'' if deleted == 1 else 's'} were deleted, with their files.",
-            )
+            if deleted:
+                done = f"and its {deleted} upload{'' if deleted == 1 else 's'} were deleted"
+            else:
+                done = "was deleted"
+            messages.success(request, f"The account {username} {done}.")
             return redirect(settings.LOGOUT_REDIRECT_URL)
-    status = 403 if planned.blocked and request.method == "POST" else (400 if error else 200)
     context = {"plan": planned, "error": error}
     return render(request, "accounts/delete_account.html", context, status=status)
+
+
+class ThrottledPasswordChangeView(PasswordChangeView):
+    """Django's password change, with the old password's check throttled."""
+
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = super().get_form_kwargs()
+        kwargs["request"] = self.request
+        return kwargs

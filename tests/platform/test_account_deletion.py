@@ -45,10 +45,14 @@ def test_a_user_deletes_their_account_with_every_upload_and_its_files(
     assert page.status_code == 200
     assert "your 2 uploads" in text and "your 1 request for review" in text
     assert "Delete my account and my 2 uploads" in text
+    session_before = clients["submitter"].session.session_key
     with django_capture_on_commit_callbacks(execute=True):
         done = clients["submitter"].post(URL, {"password": PASSWORD}, follow=True)
     assert done.redirect_chain[-1][0] == reverse("accounts:login")
-    assert "The account alice and its 2 uploads were deleted" in done.content.decode()
+    assert "The account alice and its 2 uploads were deleted." in done.content.decode()
+    # Signed out: the session is flushed, not only pointing at a missing user.
+    assert clients["submitter"].session.session_key != session_before
+    assert "_auth_user_id" not in clients["submitter"].session
     assert not User.objects.filter(username="alice").exists()
     assert not Submission.objects.filter(owner_id=alice.pk).exists()
     assert not Report.objects.filter(reporter_id=alice.pk).exists()
@@ -86,8 +90,68 @@ def test_an_administrator_or_a_moderator_with_decisions_cannot_delete_themselves
     assert 'id="delete-form"' not in page.content.decode()
     refused = clients[who].post(URL, {"password": PASSWORD})
     assert refused.status_code == 403
-    assert "audit log" in refused.content.decode() or "administrator" in refused.content.decode()
+    why = {"admin": "deleted by another administrator", "moderator": "the audit log keeps"}
+    assert why[who] in refused.content.decode()
     assert User.objects.filter(pk=users[who].pk).exists()
+
+
+def test_a_decision_made_while_the_uploads_are_deleted_stops_at_the_account(
+    clients: dict[str, Any], users: dict[str, User], finished: Any, monkeypatch: Any
+) -> None:
+    """A moderator deletes their account in one tab and decides in another:
+    the audit log protects the account, so it stays (a 403 saying why, not a
+    500), while the uploads already deleted are gone."""
+    from analyses import services as analyses_services
+
+    mona = users["moderator"]
+    own = finished(mona, title="mona's")
+    real_delete = analyses_services.delete_submission
+
+    def delete_and_decide_elsewhere(sub: Submission) -> None:
+        real_delete(sub)
+        decide(finished(users["submitter"]), mona, "confirm", "")
+
+    monkeypatch.setattr(analyses_services, "delete_submission", delete_and_decide_elsewhere)
+    refused = clients["moderator"].post(URL, {"password": PASSWORD})
+    assert refused.status_code == 403 and "the audit log keeps" in refused.content.decode()
+    assert User.objects.filter(pk=mona.pk).exists()
+    assert not Submission.objects.filter(pk=own.pk).exists()
+
+
+def test_wrong_passwords_count_against_the_log_in_throttle(
+    clients: dict[str, Any], users: dict[str, User], settings: Any
+) -> None:
+    """A stolen session cannot guess the password through this form (nor
+    through the password change form)."""
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        assert clients["submitter"].post(URL, {"password": "guess"}).status_code == 400
+    locked = clients["submitter"].post(URL, {"password": PASSWORD})
+    assert locked.status_code == 429 and "Too many wrong passwords" in locked.content.decode()
+    assert User.objects.filter(pk=users["submitter"].pk).exists()
+    change = clients["submitter"].post(
+        reverse("accounts:password_change"),
+        {
+            "old_password": PASSWORD,
+            "new_password1": "n3w-Secret-2026",
+            "new_password2": "n3w-Secret-2026",
+        },
+    )
+    assert change.status_code == 200 and "Too many failed log-ins" in change.content.decode()
+    assert User.objects.get(pk=users["submitter"].pk).check_password(PASSWORD)
+
+
+def test_an_account_without_uploads_is_deleted_without_counting_them(
+    clients: dict[str, Any], users: dict[str, User]
+) -> None:
+    page = clients["other"].get(URL).content.decode()
+    assert (
+        "Delete my account</button>" in page
+        and "upload" not in page.split('id="what-goes"')[1].split("</ul>")[0]
+    )
+    done = clients["other"].post(URL, {"password": PASSWORD}, follow=True)
+    assert "The account bob was deleted." in done.content.decode()
+    assert not User.objects.filter(pk=users["other"].pk).exists()
 
 
 def test_a_moderator_who_never_decided_may_delete_their_account(
