@@ -10,7 +10,10 @@ init and random inputs, which cost the same as real ones):
 - ``bf16``: bf16 autocast and channels_last (what ``--precision auto`` picks
   on a CPU with AMX or AVX-512 BF16, see ``ensemble.training.loop``);
 - ``bf16-compile``: the same under ``torch.compile`` (compile time reported
-  apart, with the two warm-up steps, and not counted in img/s).
+  apart, with the two warm-up steps, and not counted in img/s);
+- ``fp32-cl``: fp32 with channels_last (what ``--precision fp32`` trains
+  with, on a CPU without bf16 kernels), and ``fp32-cl-compile`` the same
+  under ``torch.compile``.
 
 The data side is measured too: crops per second read from JPEG files
 (decode and resize per step, as before) and from the in-memory crop store,
@@ -42,6 +45,7 @@ from ensemble.training.data import load_samples, read_rgb, resize_to, select
 from ensemble.training.loop import cpu_has_bf16
 
 MODES = ("fp32", "bf16", "bf16-compile")
+OTHER_MODES = ("fp32-cl", "fp32-cl-compile")
 DEFAULT_SIZES = {"resnet50": (128, 224), "effnet_autoatt_b4": (160, 224), "effnet_b7": (128, 224)}
 DEFAULT_BATCH = {"resnet50": 32, "effnet_autoatt_b4": 16, "effnet_b7": 8}
 WARMUP_STEPS = 2
@@ -53,13 +57,16 @@ def step_speed(
     """Images per second of ``steps`` optimizer steps after a warm-up."""
     torch.manual_seed(0)
     model: nn.Module = REGISTRY.get(name).build().train()
+    if mode not in MODES + OTHER_MODES:
+        raise SystemExit(f"unknown mode {mode!r}; known: {', '.join(MODES + OTHER_MODES)}")
     bf16 = mode.startswith("bf16")
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    compiled = mode.endswith("-compile")
+    fmt = torch.channels_last if bf16 or mode.startswith("fp32-cl") else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     run: nn.Module = model
     compile_s = None
-    if mode == "bf16-compile":
+    if compiled:
         run = torch.compile(model)  # type: ignore[assignment]
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     y = (torch.arange(batch) % 2).float()
@@ -75,7 +82,7 @@ def step_speed(
     started = time.perf_counter()
     for _ in range(WARMUP_STEPS):
         one_step()
-    if mode == "bf16-compile":
+    if compiled:
         compile_s = round(time.perf_counter() - started, 1)
     times = []
     for _ in range(steps):
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="comma-separated input sizes (default per member)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, help="batch size (default per member)")
     parser.add_argument("--data", type=Path, default=common.DFDC_FACES, help="face-crop dataset")
     args = parser.parse_args(argv)
     load = os.getloadavg()
@@ -134,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             fp32 = None
             for mode in args.modes.split(","):
-                row = step_speed(name, size, mode, DEFAULT_BATCH.get(name, 16), args.steps)
+                batch = args.batch or DEFAULT_BATCH.get(name, 16)
+                row = step_speed(name, size, mode, batch, args.steps)
                 if mode == "fp32":
                     fp32 = row["img_per_s"]
                 if fp32 and mode != "fp32":
