@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from analyses.services.storage import ARTIFACT_DIR
 from tests import media_factory as mf
 from tests.e2e.conftest import FRAMES
 
@@ -447,3 +448,36 @@ def test_content_credentials_panel_for_each_state(
     rows = page.locator("#queue .queue-item")
     absent = {rows.nth(i).get_attribute("data-id") for i in range(rows.count())}
     assert ids["absent"] in absent and ids["untrusted"] not in absent
+
+
+def test_a_user_deletes_their_account_and_its_uploads_go_with_it(
+    live_stack, browser_page, screenshots: Path, media_dir: Path
+) -> None:
+    """From the account page, with the password given again: the upload's
+    file leaves the site's storage, the user is signed out, and the name no
+    longer signs in."""
+    page, url = browser_page, live_stack.url
+    media = live_stack.var / "media"
+    before = {p for p in (media / "uploads").rglob("*") if p.is_file()}
+    sign_up(page, url, "frank")
+    sub_id = upload(page, url, media_dir / "face.png", "frank's photo")
+    stored = {p for p in (media / "uploads").rglob("*") if p.is_file()} - before
+    explanations = media / ARTIFACT_DIR / sub_id
+    assert len(stored) == 1 and explanations.is_dir()
+    page.goto(url + "/accounts/")
+    page.click("#delete-account")
+    assert "your 1 upload," in page.inner_text("#what-goes")
+    page.fill("#password", "not my password")
+    page.click("#delete")
+    assert "nothing was deleted" in page.inner_text("#error")
+    page.fill("#password", PASSWORD)
+    page.click("#delete")
+    page.wait_for_url(re.compile(r".*/accounts/login/.*"))
+    assert "The account frank and its 1 upload were deleted." in page.inner_text("main")
+    page.screenshot(path=str(screenshots / "08-account-deleted.png"))
+    assert not any(p.exists() for p in stored) and not explanations.exists()
+    assert all(p.exists() for p in before)  # the other users' uploads stay
+    page.fill("#id_username", "frank")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    assert page.url.rstrip("/").endswith("/accounts/login")
