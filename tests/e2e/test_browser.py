@@ -1,7 +1,7 @@
 """Headless chromium against the real stack: sign up, upload, watch progress,
 the result page (verdict header, member bars, the chart as navigation, the
 frame viewer, the person selector, the filmstrip), CSV download, the review
-page's keyboard decisions and "next item". Screenshots of the result and
+page's keyboard decisions and "next item", deleting one's account. Screenshots of the result and
 review pages at 1280x800 and 390x844 go to test-artifacts/ on every run; the
 browser fixture fails a test whose page asked any other host than the site.
 """
