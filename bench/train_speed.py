@@ -20,8 +20,10 @@ The data side is measured too: crops per second read from JPEG files
 each followed by the training augmentation.
 
 Two cores are shared with anything else running; the JSON says what else
-was running (the load average before the run) and the thread count. Stop
-training before benchmarking.
+was running (the load average before the run) and the thread count. End
+a training run before benchmarking (SIGINT writes its checkpoint): one
+paused with SIGSTOP keeps its memory, and B7's (20 GB with its crop store)
+and a compiled model do not fit in 24 GB together.
 """
 
 from __future__ import annotations

@@ -364,7 +364,8 @@ def _upright(im: Image.Image) -> Image.Image:
 # JPEG start-of-frame markers of codings libjpeg cannot decode: lossless
 # (SOF3, SOF11; medical and scientific cameras write it), hierarchical
 # (SOF5-7, SOF13-15) and JPEG-LS (SOF55).
-_UNDECODABLE_JPEG_SOF = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+_DHP = 0xDE  # define hierarchical progression: the segment a hierarchical JPEG starts with
+_UNDECODABLE_JPEG_SOF = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7, _DHP})
 # Markers without a length: TEM, RST0-7, SOI, EOI.
 _BARE_JPEG_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 _JPEG_SEGMENTS_READ = 64
@@ -372,7 +373,8 @@ _JPEG_SEGMENTS_READ = 64
 
 def _jpeg_frame_marker(path: Path) -> int | None:
     """The JPEG's start-of-frame marker (0xC0 baseline, 0xC2 progressive,
-    ...), read from the segment headers; None when it is not among the
+    ...), or its DHP marker (0xDE) for a hierarchical one, read from the
+    segment headers; None when it is not among the
     first segments or the headers do not parse (decoding then says what
     is wrong)."""
     with path.open("rb") as fh:
@@ -387,7 +389,10 @@ def _jpeg_frame_marker(path: Path) -> int | None:
             marker = head[1]
             if marker in _BARE_JPEG_MARKERS:
                 continue
-            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker in (
+                0xF7,
+                _DHP,  # a hierarchical JPEG's frames follow its DHP segment
+            ):
                 return marker
             if marker == 0xDA:  # start of scan before any frame header
                 return None

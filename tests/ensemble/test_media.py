@@ -959,6 +959,20 @@ def test_a_lossless_jpeg_is_unsupported_not_called_corrupt(tmp_path: Path, codec
         load_media(path, LIMITS, 1)
 
 
+def test_a_hierarchical_jpeg_is_known_by_its_dhp_segment(tmp_path: Path) -> None:
+    """A hierarchical JPEG starts with a DHP segment; its first frame may
+    carry an ordinary (baseline or progressive) frame header after it."""
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(mf.noise_frame(64, 48)).save(plain)
+    data = plain.read_bytes()
+    dhp = b"\xff\xde\x00\x0b\x08\x00\x30\x00\x40\x01\x01\x11\x00"  # 8 bits, 48x64, 1 component
+    path = tmp_path / "hierarchical.jpg"
+    path.write_bytes(data[:2] + dhp + data[2:])
+    assert media._jpeg_frame_marker(path) == 0xDE
+    with pytest.raises(UnsupportedMediaError, match="hierarchical"):
+        load_media(path, LIMITS, 1)
+
+
 def test_the_frame_marker_of_baseline_and_progressive_jpegs_is_found(tmp_path: Path) -> None:
     """Past APP segments (EXIF, ICC) to the frame header; the files read."""
     picture = Image.fromarray(mf.noise_frame(64, 48))
