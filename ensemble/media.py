@@ -55,6 +55,7 @@ from ensemble.errors import (
     UnreadableMediaError,
     UnsupportedMediaError,
 )
+from ensemble.hdr import display_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -1011,16 +1012,25 @@ def _to_rgb(
     ever made. ``size`` (width, height before turning upright) scales it to
     that size instead; a frame of another shape (a stream that turned, or
     changed format) is scaled to fit inside it keeping its shape, centred
-    on black, never stretched."""
+    on black, never stretched. HDR and BT.2020 video is tone-mapped to SDR
+    BT.709 (:mod:`ensemble.hdr`)."""
     shown = shown_size(frame.width, frame.height, sar)
     width, height = size or fit_pixels(*shown, max_pixels)
     inner_w, inner_h = fit_inside(shown, (width, height))
+    # HDR (PQ, HLG) and BT.2020 frames are converted at 16 bits and then
+    # mapped to SDR BT.709, as a screen shows them (ensemble.hdr).
+    mapping = display_mapping(frame)
+    pixel_format = "rgb24" if mapping is None else "rgb48le"
     if (inner_w, inner_h) == (frame.width, frame.height):
-        image: RGBImage = frame.to_ndarray(format="rgb24")
+        decoded = frame.to_ndarray(format=pixel_format)
     else:
-        image = frame.to_ndarray(
-            format="rgb24", width=inner_w, height=inner_h, interpolation=DOWNSCALE_INTERPOLATION
+        decoded = frame.to_ndarray(
+            format=pixel_format,
+            width=inner_w,
+            height=inner_h,
+            interpolation=DOWNSCALE_INTERPOLATION,
         )
+    image: RGBImage = decoded if mapping is None else mapping.to_sdr(decoded)
     if (inner_w, inner_h) != (width, height):
         canvas = np.zeros((height, width, 3), np.uint8)
         top, left = (height - inner_h) // 2, (width - inner_w) // 2

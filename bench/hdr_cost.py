@@ -1,0 +1,121 @@
+"""What reading an HDR video costs over reading the same video as SDR.
+
+    python -m bench.hdr_cost --json var/hdr_cost.json
+
+Writes one 10-bit H.264 clip (``--width`` x ``--height``, default 3840x2160,
+``--frames`` frames of a moving colour gradient) three times, identical but
+for its colour tags: BT.709 (SDR, read as 8-bit RGB as always), HLG in
+BT.2020 (an iPhone's HDR) and PQ in BT.2020 (HDR10). Then samples
+``--sample`` frames of each with ``ensemble.media.load_media`` (what the
+worker runs), ``--repeats`` times interleaved, and reports each tag's median
+seconds and its peak traced memory (numpy's arrays, by ``tracemalloc``) over
+one read. The HDR clips are tone-mapped to SDR BT.709 (``ensemble.hdr``);
+the difference is what that costs. The CPU snapshot says what else ran.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import av
+import numpy as np
+
+from bench import common
+
+TAGS = {
+    "bt709": (1, 1, 1),  # transfer, primaries, matrix
+    "hlg-bt2020": (18, 9, 9),
+    "pq-bt2020": (16, 9, 9),
+}
+
+
+def write_clip(
+    path: Path, width: int, height: int, frames: int, tags: tuple[int, int, int]
+) -> None:
+    """A 10-bit 4:2:0 H.264 clip of a gradient that drifts, tagged ``tags``."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
+    ctx = stream.codec_context
+    ctx.color_trc, ctx.color_primaries, ctx.colorspace = tags
+    ctx.color_range = 1
+    ys, xs = np.mgrid[0:height, 0:width]
+    for pts in range(frames):
+        rgb = np.stack(
+            [(xs + 8 * pts) % 256, (ys + 4 * pts) % 256, ((xs + ys) // 2) % 256], axis=-1
+        ).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p10le")
+        frame.pts = pts
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    container.close()
+
+
+def read_once(path: Path, sample: int) -> tuple[float, float]:
+    """Seconds and peak traced MiB of one ``load_media`` of ``sample`` frames."""
+    from ensemble.config import MediaLimits
+    from ensemble.media import load_media
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    loaded = load_media(path, MediaLimits(), sample)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(loaded.frames) == sample, (path, len(loaded.frames))
+    return seconds, peak / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
+    parser.add_argument("--width", type=int, default=3840)
+    parser.add_argument("--height", type=int, default=2160)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--sample", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    snapshot = common.cpu_snapshot()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = {}
+        for name, tags in TAGS.items():
+            clips[name] = Path(tmp) / f"{name}.mp4"
+            write_clip(clips[name], args.width, args.height, args.frames, tags)
+        seconds: dict[str, list[float]] = {name: [] for name in TAGS}
+        peaks: dict[str, float] = dict.fromkeys(TAGS, 0.0)
+        for _ in range(args.repeats):
+            for name, clip in clips.items():
+                s, mib = read_once(clip, args.sample)
+                seconds[name].append(s)
+                peaks[name] = max(peaks[name], mib)
+        base = statistics.median(seconds["bt709"])
+        for name in TAGS:
+            median = statistics.median(seconds[name])
+            rows.append(
+                {
+                    "tags": name,
+                    "median_s": round(median, 3),
+                    "s_per_frame_over_sdr": round((median - base) / args.sample, 3),
+                    "peak_traced_mib": round(peaks[name], 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    report = {
+        "width": args.width,
+        "height": args.height,
+        "sample": args.sample,
+        "repeats": args.repeats,
+        "rows": rows,
+        "cpu": snapshot,
+    }
+    common.write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
