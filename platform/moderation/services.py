@@ -335,7 +335,10 @@ def review_queue(
     *, state: str = "todo", verdict: str = "", sort: str = PRIORITY
 ) -> QuerySet[Submission]:
     """The moderation queue. ``todo``: fake/uncertain verdicts and open reports
-    without a decision; ``escalated``; ``reviewed``; ``all`` of them;
+    without a decision; ``escalated``; ``reviewed``; ``all`` of them, and
+    every decided submission whatever its verdict now (a re-run or an
+    override can leave a decided item with a ``real`` verdict and no open
+    report: it stays in its tab instead of vanishing from every one);
     ``failed``: analyses that failed (the site's fault, not the file's: their
     owners are told a moderator can run them again), a dispute left open by a
     re-run that failed among them. Sorted by priority (uncertain first, then
@@ -345,7 +348,12 @@ def review_queue(
         qs = annotated().filter(status=Status.FAILED)
     else:
         qs = annotated().filter(
-            Q(status=Status.DONE) & (Q(verdict__in=REVIEW_VERDICTS) | Q(has_open_report=True))
+            Q(status=Status.DONE)
+            & (
+                Q(verdict__in=REVIEW_VERDICTS)
+                | Q(has_open_report=True)
+                | Q(**{f"{DECISION}__isnull": False})
+            )
         )
     if state == "todo":
         qs = qs.filter(Q(**{f"{DECISION}__isnull": True}) | Q(has_open_report=True))

@@ -64,6 +64,31 @@ def test_confirm_and_escalate(users, finished) -> None:
     assert Decision.objects.filter(submission=sub).count() == 2
 
 
+def test_decided_items_stay_in_their_tab_whatever_their_verdict_now(
+    clients, users, finished
+) -> None:
+    from analyses.models import Submission
+
+    # An escalated fake that a re-run turned real: the escalation still
+    # waits for an answer (before, it was in no tab at all).
+    escalated = finished(users["submitter"], verdict="fake", title="escalated")
+    decide(escalated, users["moderator"], "escalate", "needs an expert")
+    Submission.objects.filter(pk=escalated.pk).update(verdict="real", score=0.2)
+    # A disputed real verdict overridden to fake, its report resolved.
+    disputed = finished(users["submitter"], verdict="real", title="disputed")
+    clients["submitter"].post(reverse("analyses:report", args=[disputed.pk]), {"reason": "fake!"})
+    decide(disputed, users["moderator"], "override_fake", "a face swap")
+    assert not disputed.reports.filter(resolved=False).exists()
+    # A real verdict nobody decided on or disputed stays out of every tab.
+    finished(users["submitter"], verdict="real", title="plain")
+    assert [s.pk for s in review_queue(state="escalated")] == [escalated.pk]
+    assert [s.pk for s in review_queue(state="reviewed")] == [disputed.pk]
+    assert {s.pk for s in review_queue(state="all")} == {escalated.pk, disputed.pk}
+    assert list(review_queue()) == []
+    page = clients["moderator"].get(reverse("moderation:queue"), {"state": "escalated"})
+    assert f'data-id="{escalated.pk}"' in page.content.decode()
+
+
 def test_a_moderator_does_not_decide_their_own_upload(clients, users, finished) -> None:
     mine = finished(users["moderator"], verdict="fake")
     # Before: a moderator could confirm or override the verdict on their own upload.
