@@ -56,7 +56,7 @@ class ThrottledLoginMixin:
 
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
-        ip = throttle.client_ip(self.request) if self.request else "unknown"
+        ip = throttle.client_network(self.request) if self.request else "unknown"
         if not throttle.begin_attempt(username, ip):
             raise ValidationError(throttle.locked_message(), code="throttled")
         cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
@@ -97,7 +97,7 @@ class ThrottledPasswordChangeForm(PasswordChangeForm):
         self.request = request
 
     def clean_old_password(self) -> str:
-        ip = throttle.client_ip(self.request) if self.request else "unknown"
+        ip = throttle.client_network(self.request) if self.request else "unknown"
         if not throttle.begin_attempt(self.user.username, ip):
             raise ValidationError(throttle.locked_message(), code="throttled")
         old: str = super().clean_old_password()

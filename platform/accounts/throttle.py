@@ -11,7 +11,11 @@ names) counts failures only: a success takes its own attempt back.
 The client address is ``REMOTE_ADDR``, or, behind a reverse proxy, the
 entry of ``TRUSTED_PROXY_HEADER`` (e.g. ``X-Forwarded-For``) that the
 ``TRUSTED_PROXY_COUNT``-th proxy from the site appended: entries further
-left are written by the client and cannot be trusted.
+left are written by the client and cannot be trusted. Every limit (log-in,
+token, password change and reset, sign-up, account deletion) counts by
+:func:`client_network`: an IPv4 address, or an IPv6 address's /64, since one
+IPv6 subscriber holds a whole /64 and could take fresh attempts from each of
+its addresses.
 """
 
 from __future__ import annotations

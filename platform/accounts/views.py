@@ -48,7 +48,7 @@ class ThrottledPasswordResetView(PasswordResetView):
     form_class = VerifiedPasswordResetForm
 
     def form_valid(self, form: PasswordResetForm) -> HttpResponse:
-        ip = throttle.client_ip(self.request)
+        ip = throttle.client_network(self.request)
         if throttle.count(f"reset-ip:{ip}", RESET_WINDOW_S) > settings.PASSWORD_RESET_MAX_PER_IP:
             form.add_error(
                 None, "Too many password reset requests from your address; try again in an hour."
@@ -67,9 +67,9 @@ class ThrottledPasswordResetView(PasswordResetView):
 
 def signup(request: HttpRequest) -> HttpResponse:
     """Create a submitter account, sign it in and mail its address a
-    verification link. One client address creates at most
-    ``SIGNUP_MAX_PER_IP`` accounts an hour (then 429): the upload quotas are
-    per account. The form says when an e-mail address already has an
+    verification link. One client network (the address; an IPv6 address's
+    /64) creates at most ``SIGNUP_MAX_PER_IP`` accounts an hour (then 429):
+    the upload quotas are per account. The form says when an e-mail address already has an
     account; once a client network (the address; an IPv6 address's /64) has
     been told so for ``SIGNUP_TAKEN_MAX_PER_IP`` different addresses within
     an hour's window, every sign-up from it is refused (429) until the window
@@ -77,7 +77,6 @@ def signup(request: HttpRequest) -> HttpResponse:
     address tried again does not count: a person retrying their own is not
     locked out."""
     if request.method == "POST":
-        ip_digest = hashlib.sha256(throttle.client_ip(request).encode()).hexdigest()
         network = hashlib.sha256(throttle.client_network(request).encode()).hexdigest()
         taken_key = "signup-taken-net:" + network
         if throttle.peek(taken_key) >= settings.SIGNUP_TAKEN_MAX_PER_IP:
@@ -95,7 +94,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             ):
                 return _too_many_taken(request)
         if form.is_valid():
-            key = "signup-ip:" + ip_digest
+            key = "signup-ip:" + network
             if throttle.count(key, RESET_WINDOW_S) > settings.SIGNUP_MAX_PER_IP:
                 form.add_error(
                     None, "Too many accounts created from your address; try again in an hour."
@@ -192,7 +191,7 @@ def delete_account(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and planned.blocked:
         status = 403
     elif request.method == "POST":
-        ip = throttle.client_ip(request)
+        ip = throttle.client_network(request)
         if not throttle.begin_attempt(user.username, ip):
             error, status = TOO_MANY_GUESSES.format(minutes=throttle.lockout_minutes()), 429
         elif not user.check_password(str(request.POST.get("password", ""))):

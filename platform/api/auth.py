@@ -34,7 +34,7 @@ class ThrottledAuthTokenSerializer(AuthTokenSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         request = self.context.get("request")
         username = str(attrs.get("username", ""))
-        ip = throttle.client_ip(request._request) if request is not None else "unknown"
+        ip = throttle.client_network(request._request) if request is not None else "unknown"
         if not throttle.begin_attempt(username, ip):
             raise Throttled(wait=int(settings.LOGIN_LOCKOUT_S), detail=throttle.locked_message())
         validated: dict[str, Any] = super().validate(attrs)

@@ -98,6 +98,41 @@ def test_one_address_is_limited_across_user_names(users: dict[str, User], settin
     assert _logged_in(elsewhere)
 
 
+def test_an_ipv6_subscriber_s_whole_64_shares_one_allowance(
+    users: dict[str, User], settings: Any
+) -> None:
+    # Before: every address of the /64 had its own five attempts at a
+    # password, and its own sign-ups, so a client walking through its
+    # addresses was never limited.
+    settings.LOGIN_MAX_FAILURES = 3
+    settings.SIGNUP_MAX_PER_IP = 1
+    url = reverse("accounts:login")
+    for host in (1, 2, 3):
+        Client(REMOTE_ADDR=f"2001:db8:0:7::{host}").post(
+            url, {"username": "alice", "password": "wrong"}
+        )
+    same_net = Client(REMOTE_ADDR="2001:db8:0:7:ffff::9")
+    locked = same_net.post(url, {"username": "alice", "password": PASSWORD})
+    assert not _logged_in(same_net) and "Too many failed log-ins" in locked.content.decode()
+    token = same_net.post("/api/token/", {"username": "alice", "password": PASSWORD})
+    assert token.status_code == 429
+    other_net = Client(REMOTE_ADDR="2001:db8:0:8::1")
+    other_net.post(url, {"username": "alice", "password": PASSWORD})
+    assert _logged_in(other_net)
+
+    def signup(ip: str, n: int) -> int:
+        form = {
+            "username": f"v6user{n}",
+            "email": f"v6user{n}@example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        }
+        return Client(REMOTE_ADDR=ip).post(reverse("accounts:signup"), form).status_code
+
+    assert [signup(f"2001:db8:0:9::{n}", n) for n in (1, 2)] == [302, 429]
+    assert signup("2001:db8:0:a::1", 3) == 302
+
+
 def test_successful_log_ins_do_not_use_up_the_address_limit(
     users: dict[str, User], settings: Any
 ) -> None:
