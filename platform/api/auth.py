@@ -8,6 +8,7 @@ would let anyone bypass the log-in throttle by guessing through the API.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import throttle
-from api.authentication import token_expired
+from api.authentication import token_expired, token_expires
 
 
 class ThrottledAuthTokenSerializer(AuthTokenSerializer):
@@ -54,12 +55,15 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
     authentication_classes = ()
 
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """The user's token; an expired one is replaced by a new one."""
+        """The user's token and when it expires (``expires``, ISO 8601, null
+        when tokens never do). A token that has expired, or would within
+        :func:`renewal_window`, is replaced by a new one: a client logging in
+        should not get a token that stops working minutes later."""
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = serializer.validated_data["user"]
         token, _ = Token.objects.get_or_create(user=user)
-        if token_expired(token):
+        if token_expired(token, within=renewal_window()):
             # By key: a token another request has just issued stays.
             Token.objects.filter(pk=token.pk).delete()
             try:
@@ -69,8 +73,19 @@ class ThrottledObtainAuthToken(ObtainAuthToken):
                 # Another request renewed it at the same moment (one token
                 # per user): that one is fresh, both callers get it.
                 token = Token.objects.get(user=user)
+        expires = token_expires(token)
+        body = {"token": token.key, "expires": expires.isoformat() if expires else None}
         # A credential: never stored by a cache (RFC 6749, 5.1).
-        return Response({"token": token.key}, headers={"Cache-Control": "no-store"})
+        return Response(body, headers={"Cache-Control": "no-store"})
+
+
+def renewal_window() -> timedelta:
+    """How close to its expiry a token is renewed when its owner logs in:
+    a day, or a tenth of ``API_TOKEN_TTL_S`` when that is shorter. Renewing
+    ends the old token for every client of the account (one token per
+    user), so it is not done earlier than that."""
+    ttl = int(settings.API_TOKEN_TTL_S)
+    return min(timedelta(days=1), timedelta(seconds=ttl / 10))
 
 
 obtain_auth_token = ThrottledObtainAuthToken.as_view()

@@ -6,7 +6,7 @@ Kept apart from the views: DRF imports its authentication classes while
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -16,10 +16,17 @@ from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 
-def token_expired(token: Token) -> bool:
-    """Whether ``token`` is older than ``API_TOKEN_TTL_S`` (0: tokens never expire)."""
+def token_expires(token: Token) -> datetime | None:
+    """When ``token`` expires (``None``: ``API_TOKEN_TTL_S`` is 0, tokens never do)."""
     ttl = int(settings.API_TOKEN_TTL_S)
-    return bool(ttl) and token.created < timezone.now() - timedelta(seconds=ttl)
+    return token.created + timedelta(seconds=ttl) if ttl else None
+
+
+def token_expired(token: Token, *, within: timedelta = timedelta(0)) -> bool:
+    """Whether ``token`` is older than ``API_TOKEN_TTL_S``, or will be
+    ``within`` from now."""
+    expires = token_expires(token)
+    return expires is not None and expires <= timezone.now() + within
 
 
 class ExpiringTokenAuthentication(TokenAuthentication):

@@ -243,6 +243,36 @@ def test_an_expired_token_is_refused_and_a_new_one_issued(
     assert again.status_code == 200 and again.json()["token"] == fresh["token"]
 
 
+def test_a_token_about_to_expire_is_renewed_and_its_expiry_is_told(
+    users: dict[str, User], settings: Any
+) -> None:
+    from datetime import datetime
+
+    settings.API_TOKEN_TTL_S = 30 * 86400
+    c = Client()
+    first = c.post("/api/token/", {"username": "alice", "password": PASSWORD}).json()
+    expires = datetime.fromisoformat(first["expires"])
+    assert abs(expires - (timezone.now() + timedelta(days=30))) < timedelta(minutes=1)
+    # Two days left: the same token, with its expiry.
+    token = Token.objects.get(key=first["token"])
+    Token.objects.filter(pk=token.pk).update(created=timezone.now() - timedelta(days=28))
+    same = c.post("/api/token/", {"username": "alice", "password": PASSWORD}).json()
+    assert same["token"] == first["token"]
+    assert datetime.fromisoformat(same["expires"]) < timezone.now() + timedelta(days=2)
+    # Minutes left: before, the login answered with that token, which
+    # answered 401 soon after.
+    Token.objects.filter(pk=token.pk).update(
+        created=timezone.now() - timedelta(days=30) + timedelta(minutes=5)
+    )
+    renewed = c.post("/api/token/", {"username": "alice", "password": PASSWORD}).json()
+    assert renewed["token"] != first["token"]
+    assert datetime.fromisoformat(renewed["expires"]) > timezone.now() + timedelta(days=29)
+    # Tokens that never expire say so.
+    settings.API_TOKEN_TTL_S = 0
+    forever = c.post("/api/token/", {"username": "alice", "password": PASSWORD}).json()
+    assert forever == {"token": renewed["token"], "expires": None}
+
+
 def test_password_reset_is_rate_limited_per_address(users: dict[str, User], settings: Any) -> None:
     settings.PASSWORD_RESET_MAX_PER_IP = 2
     c = Client(REMOTE_ADDR="10.1.0.6")
@@ -298,8 +328,8 @@ def test_two_renewals_of_an_expired_token_at_once_both_get_the_new_one(
     issued: list[str] = []
     real_expired = auth.token_expired
 
-    def another_request_renews_first(token: Token) -> bool:
-        expired = real_expired(token)
+    def another_request_renews_first(token: Token, **kwargs: Any) -> bool:
+        expired = real_expired(token, **kwargs)
         if expired and not issued:  # the other request deletes and re-issues now
             Token.objects.filter(pk=token.pk).delete()
             issued.append(Token.objects.create(user=users["submitter"]).key)
