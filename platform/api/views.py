@@ -27,6 +27,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
     APIException,
+    ErrorDetail,
     NotFound,
     PermissionDenied,
     ValidationError,
@@ -59,6 +60,11 @@ from moderation.services import with_decisions
 from reports.csvexport import SUBMISSION_COLUMNS, frame_header, frame_rows, stream_csv
 from reports.csvexport import submission_rows as csv_rows
 from reports.views import FilterError, filtered_submissions, frame_members
+
+NO_FILE_ARRIVED_API = (
+    "No file arrived. Send the media as the multipart field 'file'; a part whose file "
+    "name is not valid UTF-8 is dropped by the server, so rename such a file and try again."
+)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -219,6 +225,11 @@ class SubmissionViewSet(
                 {"detail": too_large_message(request._request), "code": "too_large"},
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
+        if not request.FILES:
+            # Django drops a part whose headers are not UTF-8 (a non-UTF-8
+            # file name): say that it may have been sent and how, rather than
+            # only "No file was submitted." (the upload page does the same).
+            raise ValidationError({"file": [ErrorDetail(NO_FILE_ARRIVED_API, code="required")]})
         form.is_valid(raise_exception=True)
         # A refusal (services.Refusal) becomes its answer in exception_handler.
         sub, reused = services.submit(

@@ -306,6 +306,20 @@ def test_every_api_error_has_a_detail_and_a_code(api: Client, users, site: Path)
     body = missing_file.json()
     assert body["code"] == "required" and body["detail"].startswith("file: ")
     assert "file" in body["errors"]
+    # A file part with a file name that is not UTF-8 is dropped by Django:
+    # before, the answer was the same bare "No file was submitted.".
+    dropped = api.generic(
+        "POST",
+        "/api/submissions/",
+        data=(
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9\xff.png"'
+            b"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--B--\r\n"
+        ),
+        content_type="multipart/form-data; boundary=B",
+    )
+    assert dropped.status_code == 400 and dropped.json()["code"] == "required"
+    assert "not valid UTF-8" in dropped.json()["detail"]
+    assert api.get("/api/submissions/").json()["count"] == 0
     not_found = api.get("/api/submissions/00000000-0000-0000-0000-000000000000/")
     assert not_found.status_code == 404 and not_found.json()["code"] == "not_found"
     anonymous = Client().get("/api/submissions/")
