@@ -7,27 +7,37 @@ RGB with the right matrix but nothing else, such a frame is analysed flatter,
 darker (PQ) and less saturated (BT.2020 read as BT.709) than any viewer shows
 it. FFmpeg's ``zscale`` filter is not in PyAV's build and its ``colorspace``
 filter knows neither transfer, so this module does the conversion itself, on
-the 16-bit R'G'B' that swscale gives for the frame (its matrix and range
-already applied):
+the 16-bit R'G'B' that swscale gives for the frame (its Y'CbCr matrix and
+range already applied, from the frame's own tags):
 
-1. The transfer is undone to display light in cd/m2: PQ's EOTF; for HLG the
-   inverse OETF and then the OOTF of ITU-R BT.2100 for a 1,000 cd/m2 display
-   (system gamma 1.2). An SDR BT.2020 frame is taken through BT.1886 (gamma
-   2.4), scaled so its white is reference white.
-2. BT.2020 primaries become BT.709 ones (the linear-light matrix of ITU-R
-   BT.2087).
-3. Tone mapping: HDR reference white (203 cd/m2, ITU-R BT.2408) is SDR white
-   before the curve. Up to 75% of it nothing changes; above, the rest of the
-   range up to the format's peak (1,000 cd/m2 for HLG, 10,000 for PQ, so no
-   highlight is ever cut) is compressed smoothly into the remaining quarter
-   (an extended Reinhard curve whose slope is 1 at the knee). The curve is
-   applied to each pixel's largest channel and the pixel scaled by it, so
-   hues do not shift. Reference white lands at 95% of SDR's code range, as
-   in broadcast HDR-to-SDR conversion.
+1. The transfer is undone to display light: PQ's EOTF; for HLG the inverse
+   OETF and then the OOTF of ITU-R BT.2100 for a 1,000 cd/m2 display
+   (system gamma 1.2, on the luminance of the frame's primaries). An SDR
+   wide-gamut frame is taken through BT.1886 (gamma 2.4), its white at
+   reference white.
+2. BT.2020 or Display P3 primaries become BT.709 ones (a linear-light
+   matrix from the primaries' chromaticities; for BT.2020 it is ITU-R
+   BT.2087's).
+3. Tone mapping: HDR reference white (203 cd/m2, ITU-R BT.2408) is SDR
+   white before the curve. Up to 75% of it nothing changes; above, the rest
+   of the range up to the format's peak (1,000 cd/m2 for HLG, 10,000 for
+   PQ, so no highlight short of it is cut, and white at the peak is SDR
+   white) is compressed smoothly into the remaining quarter (an extended
+   Reinhard curve whose slope is 1 at the knee). The curve is applied to
+   each pixel's largest channel and the pixel scaled by it, so hues do not
+   shift. Reference white lands at 95% of SDR's code range, as in
+   broadcast HDR-to-SDR conversion.
 4. Colours outside BT.709 are clipped to it, and the light is encoded for
    a BT.1886 display (gamma 1/2.4) into 8 bits.
 
-The work goes in bands of rows so a 4K frame never needs more than a few
+HDR tagged with no primaries is taken as BT.2020, as players take it.
+Colour this cannot read correctly is refused with a reason rather than
+analysed wrong: BT.2020 constant luminance and ICtCp (swscale has no
+matrix for them, and the frames used to be reported as damaged), and Dolby
+Vision profile 5, whose IPTPQc2 pictures carry no colour tags and would be
+read as green and magenta Y'CbCr.
+
+The work goes in bands of rows, so a 4K frame never needs more than a few
 tens of MB of float scratch space.
 """
 
@@ -40,49 +50,84 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-# FFmpeg's AVColorTransferCharacteristic / AVColorPrimaries codes (as PyAV's
-# VideoFrame.color_trc and color_primaries give them).
+from ensemble.errors import UnsupportedMediaError
+
+# FFmpeg's AVColorTransferCharacteristic / AVColorPrimaries / AVColorSpace
+# codes (as PyAV's VideoFrame.color_trc, color_primaries and colorspace give them).
 TRC_PQ = 16  # SMPTE ST 2084: HDR10, Dolby Vision
 TRC_HLG = 18  # ARIB STD-B67: phones' and broadcast HDR
+PRIMARIES_BT709 = 1
+PRIMARIES_UNSPECIFIED = 2
 PRIMARIES_BT2020 = 9
+PRIMARIES_P3_D65 = 12  # SMPTE EG 432-1: Display P3
+SPACE_UNSPECIFIED = 2
+SPACE_BT2020_CL = 10  # BT.2020 constant luminance
+SPACE_ICTCP = 14
 
 REFERENCE_WHITE = 203.0  # cd/m2, ITU-R BT.2408: HDR's reference (graphics) white
 HLG_PEAK = 1000.0  # cd/m2: the nominal display the HLG OOTF is computed for
 PQ_PEAK = 10000.0  # cd/m2: the most PQ can encode
 KNEE = 0.75  # of reference white: below it light is passed unchanged
 
-# ITU-R BT.2087: linear BT.2020 RGB to linear BT.709 RGB.
-_BT2020_TO_BT709 = np.array(
-    [
-        [1.6605, -0.5876, -0.0728],
-        [-0.1246, 1.1329, -0.0083],
-        [-0.0182, -0.1006, 1.1187],
-    ],
-    dtype=np.float32,
-)
-# BT.2020 luminance weights, for the HLG OOTF.
-_BT2020_LUMA = np.array([0.2627, 0.6780, 0.0593], dtype=np.float32)
-# BT.709 luminance weights, for HLG in BT.709 primaries (rare, but legal).
-_BT709_LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+# CIE 1931 xy of the red, green and blue primaries; all with a D65 white.
+_D65 = (0.3127, 0.3290)
+_CHROMATICITIES = {
+    PRIMARIES_BT709: ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060)),
+    PRIMARIES_BT2020: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046)),
+    PRIMARIES_P3_D65: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060)),
+}
 _ROWS_PER_BAND = 128
+_ENCODE_STEPS = 65535  # of the square root of light, for the 8-bit encoding table
+
+UNSUPPORTED_COLOUR = (
+    "This video's colour is coded in a way this site cannot read correctly ({what}). "
+    "Export it as standard (SDR) video, or as HDR10 or HLG, and upload that."
+)
 
 RGB16 = npt.NDArray[np.uint16]
 RGB8 = npt.NDArray[np.uint8]
 
 
+def rgb_to_xyz(primaries: int) -> npt.NDArray[np.float64]:
+    """The linear RGB to CIE XYZ matrix of ``primaries`` (D65 white, Y of
+    white 1); its middle row is the primaries' luminance weights."""
+    xy = np.array(_CHROMATICITIES[primaries], np.float64)
+    columns = np.stack([xy[:, 0] / xy[:, 1], np.ones(3), (1 - xy.sum(axis=1)) / xy[:, 1]])
+    white = np.array([_D65[0] / _D65[1], 1.0, (1 - sum(_D65)) / _D65[1]])
+    return columns * np.linalg.solve(columns, white)
+
+
+@cache
+def to_bt709(primaries: int) -> npt.NDArray[np.float32]:
+    """The linear-light matrix from ``primaries`` to BT.709's."""
+    matrix = np.linalg.solve(rgb_to_xyz(PRIMARIES_BT709), rgb_to_xyz(primaries))
+    out = matrix.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+@cache
+def _luma(primaries: int) -> npt.NDArray[np.float32]:
+    out = rgb_to_xyz(primaries)[1].astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 @dataclass(frozen=True)
 class DisplayMapping:
     """How a frame's colours are brought to SDR BT.709: its transfer
-    (``"pq"``, ``"hlg"`` or ``"sdr"``) and whether its primaries are
-    BT.2020."""
+    (``"pq"``, ``"hlg"`` or ``"sdr"``) and its primaries (an FFmpeg code:
+    BT.709, BT.2020 or Display P3)."""
 
     transfer: str
-    bt2020: bool
+    primaries: int = PRIMARIES_BT2020
 
     @property
     def peak(self) -> float:
-        """The brightest light the transfer can carry, in cd/m2."""
-        return {"pq": PQ_PEAK, "hlg": HLG_PEAK}.get(self.transfer, REFERENCE_WHITE)
+        """The brightest light the transfer can carry, relative to reference white."""
+        return {"pq": PQ_PEAK, "hlg": HLG_PEAK}.get(self.transfer, REFERENCE_WHITE) / (
+            REFERENCE_WHITE
+        )
 
     def to_sdr(self, rgb16: RGB16) -> RGB8:
         """``rgb16``, (H, W, 3) 16-bit R'G'B' of the frame, as 8-bit SDR
@@ -97,18 +142,23 @@ class DisplayMapping:
         return out
 
     def _band(self, light: npt.NDArray[np.float32]) -> RGB8:
-        # light: display light relative to reference white for PQ and SDR;
-        # scene light (0-1) for HLG, which the OOTF makes display light
+        # light (a copy, never the table): display light relative to
+        # reference white for PQ and SDR; scene light (0-1) for HLG, which
+        # the OOTF makes display light
         if self.transfer == "hlg":
-            luma = light @ (_BT2020_LUMA if self.bt2020 else _BT709_LUMA)
+            luma = light @ _luma(self.primaries)
             gain = np.power(np.maximum(luma, 0.0), 0.2) * np.float32(HLG_PEAK / REFERENCE_WHITE)
             light *= gain[..., None]
-        relative = light @ _BT2020_TO_BT709.T if self.bt2020 else light
+        if self.primaries != PRIMARIES_BT709:
+            light = light @ to_bt709(self.primaries).T
         if self.transfer != "sdr":
-            relative = tone_map(relative, self.peak / REFERENCE_WHITE)
-        np.clip(relative, 0.0, 1.0, out=relative)
-        coded = np.power(relative, np.float32(1 / 2.4))
-        return np.rint(coded * 255.0).astype(np.uint8)
+            # after the primaries: the curve sees the channels the picture
+            # is shown with (only a saturated colour brighter than the
+            # source's peak on its BT.709 channel is clipped)
+            light = tone_map(light, self.peak)
+        np.clip(light, 0.0, 1.0, out=light)
+        steps = np.rint(np.sqrt(light) * np.float32(_ENCODE_STEPS)).astype(np.uint16)
+        return _encode_lut()[steps]
 
 
 def tone_map(relative: npt.NDArray[np.float32], peak: float) -> npt.NDArray[np.float32]:
@@ -148,7 +198,7 @@ def hlg_inverse_oetf(coded: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 def _linear_lut(transfer: str) -> npt.NDArray[np.float32]:
     """Every 16-bit code value's light: display light relative to reference
     white for PQ and SDR (whose white is reference white), scene light 0-1
-    for HLG."""
+    for HLG. Read-only: it is shared by every frame."""
     coded = np.arange(65536, dtype=np.float64) / 65535.0
     if transfer == "pq":
         light = pq_eotf(coded) / REFERENCE_WHITE
@@ -156,19 +206,56 @@ def _linear_lut(transfer: str) -> npt.NDArray[np.float32]:
         light = hlg_inverse_oetf(coded)
     else:
         light = np.power(coded, 2.4)
-    return light.astype(np.float32)
+    out = light.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+@cache
+def _encode_lut() -> RGB8:
+    """8-bit BT.1886 code values of light given as its square root in
+    ``_ENCODE_STEPS`` steps (fine enough in the shadows: 8-bit code 1 is
+    step 85)."""
+    root = np.arange(_ENCODE_STEPS + 1, dtype=np.float64) / _ENCODE_STEPS
+    out = np.rint(np.power(root * root, 1 / 2.4) * 255).astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def _has_dolby_vision(frame: Any) -> bool:
+    side_data = getattr(frame, "side_data", None)
+    if side_data is None:
+        return False
+    try:
+        keys = side_data.keys()
+        kinds = {str(getattr(kind, "name", kind)) for kind in keys}
+    except (TypeError, AttributeError):
+        return False
+    return bool(kinds & {"DOVI_METADATA", "DOVI_RPU_BUFFER"})
 
 
 def display_mapping(frame: Any) -> DisplayMapping | None:
     """The conversion a decoded frame needs before it is analysed, from its
     colour tags; ``None`` for ordinary SDR BT.709 (or untagged) video, which
-    is read as it always was."""
+    is read as it always was.
+
+    Raises :class:`~ensemble.errors.UnsupportedMediaError` for colour that
+    cannot be read correctly (see the module's docstring)."""
+    space = getattr(frame, "colorspace", None)
+    if space == SPACE_BT2020_CL:
+        raise UnsupportedMediaError(UNSUPPORTED_COLOUR.format(what="BT.2020 constant luminance"))
+    if space == SPACE_ICTCP:
+        raise UnsupportedMediaError(UNSUPPORTED_COLOUR.format(what="ICtCp"))
     trc = getattr(frame, "color_trc", None)
-    bt2020 = getattr(frame, "color_primaries", None) == PRIMARIES_BT2020
-    if trc == TRC_PQ:
-        return DisplayMapping("pq", bt2020)
-    if trc == TRC_HLG:
-        return DisplayMapping("hlg", bt2020)
-    if bt2020:
-        return DisplayMapping("sdr", True)
+    primaries = getattr(frame, "color_primaries", None)
+    if space == SPACE_UNSPECIFIED and _has_dolby_vision(frame):
+        raise UnsupportedMediaError(
+            UNSUPPORTED_COLOUR.format(what="Dolby Vision profile 5, without a standard base layer")
+        )
+    if trc in (TRC_PQ, TRC_HLG):
+        if primaries not in _CHROMATICITIES:
+            primaries = PRIMARIES_BT2020  # HDR is BT.2020 unless it says otherwise
+        return DisplayMapping("pq" if trc == TRC_PQ else "hlg", int(primaries))
+    if primaries in (PRIMARIES_BT2020, PRIMARIES_P3_D65):
+        return DisplayMapping("sdr", int(primaries))
     return None

@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 
 from ensemble.config import MediaLimits
+from ensemble.errors import UnsupportedMediaError
 from ensemble.hdr import (
+    PRIMARIES_BT709,
     PRIMARIES_BT2020,
+    PRIMARIES_P3_D65,
     TRC_HLG,
     TRC_PQ,
     DisplayMapping,
     display_mapping,
     hlg_inverse_oetf,
     pq_eotf,
+    rgb_to_xyz,
+    to_bt709,
 )
 from ensemble.media import load_media
 
@@ -26,9 +31,13 @@ BT709_TO_BT2020 = np.array(
     [[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]]
 )
 
-HLG = DisplayMapping("hlg", bt2020=True)
-PQ = DisplayMapping("pq", bt2020=True)
-SDR2020 = DisplayMapping("sdr", bt2020=True)
+HLG = DisplayMapping("hlg", PRIMARIES_BT2020)
+PQ = DisplayMapping("pq", PRIMARIES_BT2020)
+SDR2020 = DisplayMapping("sdr", PRIMARIES_BT2020)
+# ITU-R BT.2087: linear BT.2020 RGB to linear BT.709 RGB (published, 4 places).
+BT2087 = np.array(
+    [[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]
+)
 
 
 def flat(value: float | tuple[float, float, float], size: int = 4) -> np.ndarray:
@@ -67,8 +76,6 @@ def test_reference_white_is_the_same_in_pq_and_hlg() -> None:
     assert abs(hlg[0] - pq[0]) <= 1
     assert 236 <= hlg[0] <= 246
     assert hlg[0] == hlg[1] == hlg[2]
-    # Read as 8-bit code values with nothing done, HLG's white was 191.
-    assert round(0.75 * 255) == 191
 
 
 @pytest.mark.parametrize("mapping", [HLG, PQ, SDR2020], ids=["hlg", "pq", "sdr-bt2020"])
@@ -94,10 +101,45 @@ def test_sdr_bt2020_colours_come_back_as_their_bt709_code_values() -> None:
 def test_a_pure_bt709_red_in_bt2020_is_pure_red_again() -> None:
     linear2020 = BT709_TO_BT2020 @ np.array([1.0, 0.0, 0.0])
     red = pixel(SDR2020, tuple(linear2020 ** (1 / 2.4)))
+    # (read as BT.709 with no conversion it was (210, 84, 46), duller and pinker)
     assert red[0] >= 253 and red[1] <= 3 and red[2] <= 3
-    # Read as BT.709 with no conversion it was a duller, pinker red: (210, 84, 46).
-    naive = np.rint(linear2020 ** (1 / 2.4) * 255)
-    assert naive[0] < 220 and naive[1] > 60 and naive[2] > 30
+
+
+def test_primaries_matrices_come_from_the_chromaticities() -> None:
+    assert np.abs(to_bt709(PRIMARIES_BT2020) - BT2087).max() < 1e-4
+    assert np.abs(rgb_to_xyz(PRIMARIES_BT2020)[1] - [0.2627, 0.6780, 0.0593]).max() < 1e-4
+    assert np.abs(rgb_to_xyz(PRIMARIES_BT709)[1] - [0.2126, 0.7152, 0.0722]).max() < 1e-4
+    assert np.allclose(to_bt709(PRIMARIES_BT709), np.eye(3), atol=1e-6)
+    # Display P3 (a phone's): white stays white, its red lies outside BT.709.
+    p3 = to_bt709(PRIMARIES_P3_D65)
+    assert np.allclose(p3.sum(axis=1), 1.0, atol=1e-5)
+    assert p3[0, 0] == pytest.approx(1.2249, abs=1e-3) and p3[1, 0] < 0
+
+
+def _hlg_reference(coded: np.ndarray) -> np.ndarray:
+    """One HLG BT.2020 pixel to 8-bit BT.709, written out step by step from
+    the standards, apart from the module: BT.2100's inverse OETF and OOTF
+    (1,000 cd/m2, gamma 1.2, BT.2020 luminance), the tone curve, BT.2087,
+    BT.1886."""
+    a, b = 0.17883277, 0.28466892
+    c = 0.55991073
+    scene = np.array([e * e / 3 if e <= 0.5 else (np.exp((e - c) / a) + b) / 12 for e in coded])
+    luminance = 0.2627 * scene[0] + 0.6780 * scene[1] + 0.0593 * scene[2]
+    light = 1000.0 * luminance**0.2 * scene / 203.0
+    light709 = BT2087 @ light
+    largest, room = light709.max(), (1000 / 203 - 0.75) / 0.25
+    if largest > 0.75:
+        x = (largest - 0.75) / 0.25
+        light709 = light709 * (0.75 + 0.25 * x * (1 + x / room**2) / (1 + x)) / largest
+    return np.rint(np.clip(light709, 0, 1) ** (1 / 2.4) * 255)
+
+
+def test_coloured_hlg_pixels_match_the_standards_step_by_step() -> None:
+    rng = np.random.default_rng(1)
+    codes = np.vstack([rng.uniform(0, 1, (40, 3)), [[0.2, 0.75, 0.3], [0.9, 0.4, 0.1]]])
+    for coded in codes:
+        got = pixel(HLG, tuple(coded))
+        assert np.abs(got - _hlg_reference(coded)).max() <= 1, coded
 
 
 def test_tone_mapping_keeps_a_bright_colour_s_hue() -> None:
@@ -123,17 +165,51 @@ def test_to_sdr_refuses_what_is_not_16_bit_rgb() -> None:
         HLG.to_sdr(np.zeros((4, 4, 3), np.uint8))
 
 
+def test_a_4k_frame_is_mapped_in_bands_exactly_as_row_by_row() -> None:
+    frame = np.random.default_rng(2).integers(0, 65536, (300, 40, 3), dtype=np.uint16)
+    for mapping in (HLG, PQ, SDR2020):
+        whole = mapping.to_sdr(frame)
+        rows = np.concatenate([mapping.to_sdr(frame[r : r + 1]) for r in range(300)])
+        assert np.array_equal(whole, rows)
+        # the shared tables were not written to by the first call
+        assert np.array_equal(mapping.to_sdr(frame), whole)
+
+
 def test_display_mapping_reads_the_frame_s_tags() -> None:
-    def frame(trc: int, primaries: int) -> SimpleNamespace:
-        return SimpleNamespace(color_trc=trc, color_primaries=primaries)
+    def frame(trc: int, primaries: int, space: int = 9, **more: object) -> SimpleNamespace:
+        return SimpleNamespace(color_trc=trc, color_primaries=primaries, colorspace=space, **more)
 
     assert display_mapping(frame(TRC_HLG, PRIMARIES_BT2020)) == HLG
     assert display_mapping(frame(TRC_PQ, PRIMARIES_BT2020)) == PQ
-    assert display_mapping(frame(TRC_PQ, 1)) == DisplayMapping("pq", bt2020=False)
+    assert display_mapping(frame(TRC_PQ, 1)) == DisplayMapping("pq", PRIMARIES_BT709)
+    # HDR without primaries is BT.2020, as players take it
+    assert display_mapping(frame(TRC_HLG, 2, 2)) == HLG
     assert display_mapping(frame(14, PRIMARIES_BT2020)) == SDR2020  # bt2020-10
-    assert display_mapping(frame(1, 1)) is None  # BT.709
-    assert display_mapping(frame(2, 2)) is None  # untagged
+    assert display_mapping(frame(1, PRIMARIES_P3_D65, 1)) == DisplayMapping("sdr", PRIMARIES_P3_D65)
+    assert display_mapping(frame(1, 1, 1)) is None  # BT.709
+    assert display_mapping(frame(14, 1, 1)) is None  # BT.2020's transfer is BT.709's
+    assert display_mapping(frame(2, 2, 2)) is None  # untagged
     assert display_mapping(object()) is None
+    # An iPhone's Dolby Vision 8.4 has a standard HLG base layer.
+    dovi = {"DOVI_RPU_BUFFER": b"", "DOVI_METADATA": b""}
+    assert display_mapping(frame(TRC_HLG, PRIMARIES_BT2020, side_data=dovi)) == HLG
+
+
+@pytest.mark.parametrize(
+    ("space", "side_data", "what"),
+    [
+        (10, {}, "constant luminance"),
+        (14, {}, "ICtCp"),
+        (2, {"DOVI_RPU_BUFFER": b""}, "Dolby Vision profile 5"),
+    ],
+)
+def test_colour_that_cannot_be_read_correctly_is_refused_with_a_reason(
+    space: int, side_data: dict[str, bytes], what: str
+) -> None:
+    frame = SimpleNamespace(color_trc=2, color_primaries=2, colorspace=space, side_data=side_data)
+    with pytest.raises(UnsupportedMediaError, match=what) as refused:
+        display_mapping(frame)
+    assert "Export it as standard (SDR) video, or as HDR10 or HLG" in str(refused.value)
 
 
 def _pq_encode(nits: np.ndarray) -> np.ndarray:
@@ -143,21 +219,26 @@ def _pq_encode(nits: np.ndarray) -> np.ndarray:
     return ((c1 + c2 * y) / (1 + c3 * y)) ** m2
 
 
-def _grey_video(path: Path, signal: float, trc: int, primaries: int, space: int) -> Path:
-    """Four lossless 10-bit frames of one grey (limited range), tagged."""
+def _video(
+    path: Path, rgb16: tuple[int, int, int], trc: int, primaries: int, space: int, full: bool
+) -> Path:
+    """Four lossless 10-bit 4:4:4 frames of one colour (16-bit R'G'B',
+    turned into Y'CbCr by the ``space`` matrix in ``full`` or limited range), tagged."""
     container = av.open(str(path), "w")
     stream = container.add_stream("libx264", rate=10, options={"qp": "0"})
-    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv444p10le"
     context = stream.codec_context
     context.color_trc, context.color_primaries, context.colorspace = trc, primaries, space
-    context.color_range = 1
-    luma = round(64 + signal * 876)
+    context.color_range = 2 if full else 1
+    rgb = av.VideoFrame.from_ndarray(np.full((64, 64, 3), rgb16, np.uint16), format="rgb48le")
+    yuv = rgb.reformat(
+        format="yuv444p10le",
+        dst_colorspace="bt2020" if space == 9 else "itu709",
+        dst_color_range=2 if full else 1,
+    )
     for pts in range(4):
-        frame = av.VideoFrame(64, 64, "yuv420p10le")
-        for plane, value in zip(frame.planes, (luma, 512, 512), strict=True):
-            plane.update(np.full(plane.buffer_size // 2, value, np.uint16).tobytes())
-        frame.pts = pts
-        container.mux(stream.encode(frame))
+        yuv.pts = pts
+        container.mux(stream.encode(yuv))
     container.mux(stream.encode())
     container.close()
     return path
@@ -175,9 +256,32 @@ def _grey_video(path: Path, signal: float, trc: int, primaries: int, space: int)
 def test_videos_are_analysed_as_a_screen_shows_them(
     tmp_path: Path, signal: float, trc: int, primaries: int, space: int, expected: int
 ) -> None:
-    video = _grey_video(tmp_path / "grey.mp4", signal, trc, primaries, space)
+    grey = (round(signal * 65535),) * 3
+    video = _video(tmp_path / "grey.mp4", grey, trc, primaries, space, full=False)  # type: ignore[arg-type]
     loaded = load_media(video, MediaLimits(), 2)
     assert len(loaded.frames) == 2
     for frame in loaded.frames:
         assert frame.image.dtype == np.uint8 and frame.image.shape == (64, 64, 3)
         assert np.abs(frame.image.astype(int) - expected).max() <= 2
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["limited", "full-range"])
+def test_a_coloured_hlg_video_is_read_through_the_bt2020_matrix(tmp_path: Path, full: bool) -> None:
+    # A skin tone and a saturated green, each its own clip.
+    for coded in ((0.62, 0.45, 0.35), (0.2, 0.75, 0.3)):
+        rgb16 = tuple(round(v * 65535) for v in coded)
+        video = _video(tmp_path / f"c{full}{coded[0]}.mp4", rgb16, TRC_HLG, 9, 9, full)  # type: ignore[arg-type]
+        (frame,) = load_media(video, MediaLimits(), 1).frames
+        expected = _hlg_reference(np.array(coded))
+        assert np.abs(frame.image[32, 32].astype(int) - expected).max() <= 3, (coded, full)
+
+
+def test_unreadable_colour_in_a_video_is_refused_not_called_damaged(tmp_path: Path) -> None:
+    # Tagged BT.2020 constant luminance (the Y'CbCr written as non-constant:
+    # only the tag matters). Before, swscale refused each frame and the video
+    # was reported as damaged data.
+    video = _video(tmp_path / "cl.mp4", (30000,) * 3, TRC_HLG, 9, 10, full=False)
+    with av.open(str(video)) as container:
+        assert next(container.decode(video=0)).colorspace == 10
+    with pytest.raises(UnsupportedMediaError, match="constant luminance"):
+        load_media(video, MediaLimits(), 2)
