@@ -108,7 +108,7 @@ def to_bt709(primaries: int) -> npt.NDArray[np.float32]:
 
 @cache
 def _luma(primaries: int) -> npt.NDArray[np.float32]:
-    out = rgb_to_xyz(primaries)[1].astype(np.float32)
+    out: npt.NDArray[np.float32] = rgb_to_xyz(primaries)[1].astype(np.float32)
     out.setflags(write=False)
     return out
 
@@ -217,7 +217,7 @@ def _encode_lut() -> RGB8:
     ``_ENCODE_STEPS`` steps (fine enough in the shadows: 8-bit code 1 is
     step 85)."""
     root = np.arange(_ENCODE_STEPS + 1, dtype=np.float64) / _ENCODE_STEPS
-    out = np.rint(np.power(root * root, 1 / 2.4) * 255).astype(np.uint8)
+    out: RGB8 = np.rint(np.power(root * root, 1 / 2.4) * 255).astype(np.uint8)
     out.setflags(write=False)
     return out
 
