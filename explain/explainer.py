@@ -20,7 +20,7 @@ from explain.charts import chart_size, render_png, render_svg, score_figure, sco
 from explain.config import ArtifactKind, ExplainConfig
 from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
-from explain.index import Artifact, ExplanationIndex
+from explain.index import OUT_OF_TIME, Artifact, ExplanationIndex
 from explain.reference import check_reference, frames_at
 from explain.render import (
     cut_square,
@@ -140,12 +140,18 @@ class Explainer:
         config: ExplainConfig | None = None,
         *,
         interrupts: tuple[type[BaseException], ...] = (),
+        deadlines: tuple[type[BaseException], ...] = (),
     ) -> None:
-        """``interrupts``: exceptions that stop the run (a task's soft time
-        limit) instead of costing only the kind that was being made."""
+        """``interrupts``: exceptions that stop the run (the job is no longer
+        this run's) instead of costing only the kind that was being made.
+        ``deadlines``: exceptions that mean time is up (a task's soft time
+        limit). Raised while the media is scored, they stop the run; raised
+        while explanations are made, the verdict stands and the kind being
+        made and those not yet made are listed missing (:data:`OUT_OF_TIME`)."""
         self.analyzer = analyzer
         self.config = config or ExplainConfig()
         self.interrupts = interrupts
+        self.deadlines = deadlines
 
     def run(
         self,
@@ -212,13 +218,21 @@ class Explainer:
                         self._ssim_temporal(writer, result, data)
                     elif kind == "ssim_reference" and reference is not None:
                         self._ssim_reference(writer, result, data, reference, still_reference)
-            except Exception as e:
-                if isinstance(e, self.interrupts):
+            except BaseException as e:
+                out_of_time = isinstance(e, self.deadlines)
+                if isinstance(e, self.interrupts) or not (out_of_time or isinstance(e, Exception)):
                     raise
-                # One kind's failure (out of memory, a full disk, a bug) costs
-                # that kind's files, not the verdict or the other kinds.
-                logger.exception("explanation %s of %s failed", kind, path)
-                missing[kind] = f"{type(e).__name__}: {e}"[:200]
+                if out_of_time:
+                    # The verdict is made: it is kept, with what was explained
+                    # in time, rather than lost with the job.
+                    logger.warning("time limit reached explaining %s during %s", path, kind)
+                    for late in kinds[kinds.index(kind) :]:
+                        missing[late] = OUT_OF_TIME
+                else:
+                    # One kind's failure (out of memory, a full disk, a bug)
+                    # costs that kind's files, not the verdict or the other kinds.
+                    logger.exception("explanation %s of %s failed", kind, path)
+                    missing[kind] = f"{type(e).__name__}: {e}"[:200]
                 del writer.artifacts[kept:]
                 # (Nothing is removed when a listing failed: what is new is unknown.)
                 after = _files_under(out_dir) if files is not None else None
@@ -227,6 +241,9 @@ class Explainer:
                         made.unlink(missing_ok=True)
                     elif made.is_dir():
                         shutil.rmtree(made, ignore_errors=True)
+                if out_of_time:
+                    timings[kind] = time.perf_counter() - started
+                    break
             timings[kind] = time.perf_counter() - started
             done += _STAGE_WEIGHT[kind]
         logger.info(

@@ -35,6 +35,10 @@ from typing import Any
 
 from explain.config import ALL_KINDS, ArtifactKind
 
+# Why an explanation is missing when the job's time ran out before it was
+# made (as the other reasons: "Class: message"; programs see the class).
+OUT_OF_TIME = "TimedOut: the analysis reached its time limit before this was made"
+
 INDEX_VERSION = 2
 INDEX_NAME = "index.json"
 

@@ -16,6 +16,7 @@ from ensemble.pipeline import Analyzer
 from explain import ExplainConfig, Explainer, ExplanationIndex, InvalidReferenceError
 from explain.charts import score_series
 from explain.explainer import select_faces
+from explain.index import OUT_OF_TIME
 from explain.reference import frames_at
 from explain.render import cut_square, face_square, resized
 from tests import media_factory as mf
@@ -338,6 +339,50 @@ def test_an_interrupt_is_not_taken_for_a_failed_kind(
     clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
     with pytest.raises(StopError):
         Explainer(tiny_analyzer, interrupts=(StopError,)).run(clip, tmp_path / "out")
+
+
+def test_time_running_out_while_explaining_keeps_the_verdict_and_what_was_made(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OutOfTimeError(Exception):
+        pass
+
+    real = Explainer._gradcam
+
+    def half_then_time_up(self: Explainer, writer: Any, *args: Any) -> None:
+        real(self, writer, *args)  # some of its files are written
+        raise OutOfTimeError
+
+    monkeypatch.setattr(Explainer, "_gradcam", half_then_time_up)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    out = tmp_path / "out"
+    explainer = Explainer(tiny_analyzer, deadlines=(OutOfTimeError,))
+    result, index = explainer.run(clip, out)
+    # Before: the time limit lost the verdict that was already made.
+    assert result.status == "done" and result.score is not None and index is not None
+    kinds = explainer.config.kinds
+    # (no reference video, so no masks against one were to be made)
+    late = [k for k in kinds[kinds.index("gradcam") :] if k != "ssim_reference"]
+    assert index.missing == dict.fromkeys(late, OUT_OF_TIME)
+    made = {a.kind for a in index.artifacts}
+    assert made and made <= set(kinds[: kinds.index("gradcam")])
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {a.path for a in index.artifacts} | {"index.json"}
+
+
+def test_time_running_out_while_scoring_stops_the_run(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OutOfTimeError(Exception):
+        pass
+
+    def time_up(*_: Any, **__: Any) -> None:
+        raise OutOfTimeError
+
+    monkeypatch.setattr(tiny_analyzer, "analyze_with_data", time_up)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    with pytest.raises(OutOfTimeError):
+        Explainer(tiny_analyzer, deadlines=(OutOfTimeError,)).run(clip, tmp_path / "out")
 
 
 def test_captions_say_when_a_score_averages_the_face_and_its_mirror(

@@ -341,6 +341,29 @@ def test_soft_time_limit_fails_the_job_with_a_time_limit_reason(
 
 
 @pytest.mark.django_db
+def test_a_soft_time_limit_while_explaining_keeps_the_verdict(
+    site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explain import Explainer
+
+    sub = _pending(users["submitter"], media_dir)
+
+    def time_up(*_: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(Explainer, "_attention", time_up)
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    # Before: failed, timed_out, the verdict already made thrown away.
+    assert sub.status == Status.DONE and sub.score is not None, sub.reason
+    assert "reached its time limit while making explanations" in sub.reason
+    assert "attention maps" in sub.reason and "could not be made" not in sub.reason
+    assert sub.result["explanations_missing"]["attention"] == "TimedOut"
+    assert sub.artifacts.filter(kind="face").exists()
+    assert not sub.artifacts.filter(kind="attention").exists()
+
+
+@pytest.mark.django_db
 def test_a_time_limit_after_the_result_is_stored_keeps_it_and_its_files(
     site: Path, users, media_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -187,13 +187,17 @@ def _explainer() -> Explainer:
     explainer = _EXPLAINERS.get(id(analyzer))
     if explainer is None:
         _EXPLAINERS.clear()
-        # The soft time limit, or the job no longer being this run's, stops
-        # the job; any other failure while making one kind of explanation
-        # costs only that kind (the index says which).
+        # The job no longer being this run's stops the job. The soft time
+        # limit stops it while the media is scored; once the verdict is
+        # made, it ends the explanations and the verdict is stored (the
+        # hard limit is TRUSTTRACE_TASK_LIMIT_S - SOFT_LIMIT_S later). Any
+        # other failure while making one kind of explanation costs only
+        # that kind (the index says which).
         explainer = _EXPLAINERS[id(analyzer)] = Explainer(
             analyzer,
             ExplainConfig(),
-            interrupts=(SoftTimeLimitExceeded, Submission.DoesNotExist, _ClaimLost),
+            interrupts=(Submission.DoesNotExist, _ClaimLost),
+            deadlines=(SoftTimeLimitExceeded,),
         )
     return explainer
 
@@ -704,13 +708,26 @@ def store_index(sub: Submission, index: dict[str, Any], out_dir: Path) -> list[A
                 str(k): str(v).split(":", 1)[0].strip() or "error" for k, v in missing.items()
             },
         }
-        names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in missing)
-        note = (
-            f"Some explanations could not be made ({names}); this was logged. The verdict does "
-            "not depend on them, and a moderator can run the analysis again."
-        )
-        if note not in sub.reason:
-            sub.reason = f"{sub.reason} {note}".strip()
+        from explain.index import OUT_OF_TIME
+
+        late = [k for k, v in missing.items() if v == OUT_OF_TIME]
+        failed = [k for k in missing if k not in late]
+        notes = []
+        if failed:
+            names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in failed)
+            notes.append(
+                f"Some explanations could not be made ({names}); this was logged. The verdict "
+                "does not depend on them, and a moderator can run the analysis again."
+            )
+        if late:
+            names = ", ".join(MISSING_LABELS.get(str(k), str(k)) for k in late)
+            notes.append(
+                f"The analysis reached its time limit while making explanations, so some were "
+                f"not made ({names}). The verdict was made before and does not depend on them."
+            )
+        for note in notes:
+            if note not in sub.reason:
+                sub.reason = f"{sub.reason} {note}".strip()
     return rows
 
 
