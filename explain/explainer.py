@@ -74,6 +74,11 @@ def select_faces(result: AnalysisResult, top_k: int, include_least: bool) -> dic
     return out
 
 
+class _PartlyMadeError(Exception):
+    """Some members' explanations of one kind failed; the others' were made
+    and stay. The message lists the failures, each "Class: member: message"."""
+
+
 class _Writer:
     """Writes artifact files under ``out_dir`` and collects their entries."""
 
@@ -218,6 +223,8 @@ class Explainer:
                         self._ssim_temporal(writer, result, data)
                     elif kind == "ssim_reference" and reference is not None:
                         self._ssim_reference(writer, result, data, reference, still_reference)
+            except _PartlyMadeError as e:
+                missing[kind] = str(e)[:200]
             except BaseException as e:
                 out_of_time = isinstance(e, self.deadlines)
                 if isinstance(e, self.interrupts) or not (out_of_time or isinstance(e, Exception)):
@@ -354,7 +361,8 @@ class Explainer:
             and result.faces[idx[-1]].score
             == min(f.score for f in result.faces if f.person == person)
         }
-        for member in members:
+
+        def one(member: LoadedMember) -> None:
             crops = [data.crops[member.name][i] for i in faces]
             activations = data.taps.get(member.name, {}).get(TAP_GRADCAM)
             logits = data.logits.get(member.name)
@@ -382,6 +390,34 @@ class Explainer:
 
             self._overlays(writer, "gradcam", result, data, member, faces, maps, caption)
 
+        self._each_member(writer, members, one)
+
+    def _each_member(
+        self,
+        writer: _Writer,
+        members: Sequence[LoadedMember],
+        make: Callable[[LoadedMember], None],
+    ) -> None:
+        """``make(member)`` for each member. One member's failure (out of
+        memory in a fallback to the full network, a bug) costs that member's
+        files of this kind, not the other members'; the failures are raised
+        together at the end (:class:`_PartlyMadeError`)."""
+        failures = []
+        for member in members:
+            kept = len(writer.artifacts)
+            try:
+                make(member)
+            except Exception as e:
+                if isinstance(e, self.interrupts + self.deadlines):
+                    raise
+                logger.exception("explanation by %s failed", member.name)
+                for made in writer.artifacts[kept:]:
+                    (writer.out_dir / made.path).unlink(missing_ok=True)
+                del writer.artifacts[kept:]
+                failures.append(f"{type(e).__name__}: {member.name}: {e}")
+        if failures:
+            raise _PartlyMadeError("; ".join(failures))
+
     def _attention(
         self,
         writer: _Writer,
@@ -390,9 +426,8 @@ class Explainer:
         members: Sequence[LoadedMember],
     ) -> None:
         faces = list(range(len(result.faces)))
-        for member in members:
-            if not has_attention(member):
-                continue
+
+        def one(member: LoadedMember) -> None:
             maps = attention_maps(
                 member,
                 data.crops[member.name],
@@ -414,6 +449,8 @@ class Explainer:
                 )
 
             self._overlays(writer, "attention", result, data, member, faces, maps, caption)
+
+        self._each_member(writer, [m for m in members if has_attention(m)], one)
 
     def _ssim_temporal(self, writer: _Writer, result: AnalysisResult, data: AnalysisData) -> None:
         by_person: dict[int, list[FaceResult]] = defaultdict(list)

@@ -326,6 +326,31 @@ def test_a_kind_that_fails_costs_its_own_files_not_the_result(
     assert ExplanationIndex.read(out).missing == index.missing
 
 
+def test_one_member_s_failed_heatmaps_cost_only_that_member_s(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explain import explainer as module
+
+    real = module.gradcam_maps
+
+    def fails_for_one(member: Any, *args: Any, **kwargs: Any) -> Any:
+        if member.name == "tiny_att":
+            raise MemoryError("out of memory in the full network")
+        return real(member, *args, **kwargs)
+
+    monkeypatch.setattr(module, "gradcam_maps", fails_for_one)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    out = tmp_path / "out"
+    result, index = Explainer(tiny_analyzer).run(clip, out)
+    assert result.status == "done" and index is not None
+    # Before: every member's heatmaps were removed with the one that failed.
+    by = {a.member for a in index.artifacts if a.kind == "gradcam"}
+    assert by == {"tiny_a"}
+    assert index.missing == {"gradcam": "MemoryError: tiny_att: out of memory in the full network"}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {a.path for a in index.artifacts} | {"index.json"}
+
+
 def test_an_interrupt_is_not_taken_for_a_failed_kind(
     tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
