@@ -8,9 +8,10 @@ for its colour tags: BT.709 (SDR, read as 8-bit RGB as always), HLG in
 BT.2020 (an iPhone's HDR) and PQ in BT.2020 (HDR10). Then samples
 ``--sample`` frames of each with ``ensemble.media.load_media`` (what the
 worker runs), ``--repeats`` times interleaved, and reports each tag's median
-seconds and its peak traced memory (numpy's arrays, by ``tracemalloc``) over
-one read. The HDR clips are tone-mapped to SDR BT.709 (``ensemble.hdr``);
-the difference is what that costs. The CPU snapshot says what else ran.
+seconds and its peak traced memory (numpy's arrays, by ``tracemalloc``, in
+a read of its own: tracing slows the reads it traces). The HDR clips are
+tone-mapped to SDR BT.709 (``ensemble.hdr``); the difference is what that
+costs. The CPU snapshot says what else ran.
 """
 
 from __future__ import annotations
@@ -56,19 +57,23 @@ def write_clip(
     container.close()
 
 
-def read_once(path: Path, sample: int) -> tuple[float, float]:
-    """Seconds and peak traced MiB of one ``load_media`` of ``sample`` frames."""
+def read_once(path: Path, sample: int, traced: bool = False) -> float:
+    """Seconds of one ``load_media`` of ``sample`` frames; with ``traced``,
+    its peak traced MiB instead (tracemalloc slows what it traces, so the
+    two are measured in separate reads)."""
     from ensemble.config import MediaLimits
     from ensemble.media import load_media
 
-    tracemalloc.start()
+    if traced:
+        tracemalloc.start()
     started = time.perf_counter()
     loaded = load_media(path, MediaLimits(), sample)
     seconds = time.perf_counter() - started
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    if traced:
+        seconds = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
     assert len(loaded.frames) == sample, (path, len(loaded.frames))
-    return seconds, peak / 2**20
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             write_clip(clips[name], args.width, args.height, args.frames, tags)
         seconds: dict[str, list[float]] = {name: [] for name in TAGS}
         peaks: dict[str, float] = dict.fromkeys(TAGS, 0.0)
+        for name, clip in clips.items():
+            peaks[name] = read_once(clip, args.sample, traced=True)
         for _ in range(args.repeats):
             for name, clip in clips.items():
-                s, mib = read_once(clip, args.sample)
-                seconds[name].append(s)
-                peaks[name] = max(peaks[name], mib)
+                seconds[name].append(read_once(clip, args.sample))
         base = statistics.median(seconds["bt709"])
         for name in TAGS:
             median = statistics.median(seconds[name])

@@ -63,6 +63,7 @@ PRIMARIES_P3_D65 = 12  # SMPTE EG 432-1: Display P3
 SPACE_UNSPECIFIED = 2
 SPACE_BT2020_CL = 10  # BT.2020 constant luminance
 SPACE_ICTCP = 14
+SPACE_IPT_C2 = 15  # Dolby Vision profile 5's IPTPQc2, as newer FFmpeg tags it
 
 REFERENCE_WHITE = 203.0  # cd/m2, ITU-R BT.2408: HDR's reference (graphics) white
 HLG_PEAK = 1000.0  # cd/m2: the nominal display the HLG OOTF is computed for
@@ -223,15 +224,16 @@ def _encode_lut() -> RGB8:
 
 
 def _has_dolby_vision(frame: Any) -> bool:
-    side_data = getattr(frame, "side_data", None)
-    if side_data is None:
-        return False
+    """Whether the frame carries Dolby Vision metadata. PyAV yields side data
+    objects whose ``type`` has the name; a type PyAV does not know (newer
+    FFmpeg) raises ValueError while the container is read, and is no
+    reason to fail the frame."""
     try:
-        keys = side_data.keys()
-        kinds = {str(getattr(kind, "name", kind)) for kind in keys}
-    except (TypeError, AttributeError):
+        return any(
+            side.type.name in ("DOVI_METADATA", "DOVI_RPU_BUFFER") for side in frame.side_data
+        )
+    except (AttributeError, TypeError, ValueError):  # none, or unreadable
         return False
-    return bool(kinds & {"DOVI_METADATA", "DOVI_RPU_BUFFER"})
 
 
 def display_mapping(frame: Any) -> DisplayMapping | None:
@@ -248,7 +250,7 @@ def display_mapping(frame: Any) -> DisplayMapping | None:
         raise UnsupportedMediaError(UNSUPPORTED_COLOUR.format(what="ICtCp"))
     trc = getattr(frame, "color_trc", None)
     primaries = getattr(frame, "color_primaries", None)
-    if space == SPACE_UNSPECIFIED and _has_dolby_vision(frame):
+    if space == SPACE_IPT_C2 or (space == SPACE_UNSPECIFIED and _has_dolby_vision(frame)):
         raise UnsupportedMediaError(
             UNSUPPORTED_COLOUR.format(what="Dolby Vision profile 5, without a standard base layer")
         )

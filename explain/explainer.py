@@ -123,6 +123,18 @@ class _Writer:
         )
 
 
+def _remove_new(folder: Path, before: set[Path] | None) -> None:
+    """Remove what is under ``folder`` now and was not in ``before`` (a
+    :func:`_files_under` listing); nothing when a listing failed: what is
+    new is unknown."""
+    after = _files_under(folder) if before is not None else None
+    for made in sorted((after or set()) - (before or set()), reverse=True):
+        if made.is_file():
+            made.unlink(missing_ok=True)
+        elif made.is_dir():
+            shutil.rmtree(made, ignore_errors=True)
+
+
 def _files_under(folder: Path) -> set[Path] | None:
     """Everything under ``folder``, or ``None`` when it cannot be listed."""
     try:
@@ -204,10 +216,12 @@ class Explainer:
         done = 0.0
         missing: dict[str, str] = {}
         for kind in kinds:
-            report(kind, ANALYSIS_SHARE + (1 - ANALYSIS_SHARE) * done / total)
             started = time.perf_counter()
-            kept, files = len(writer.artifacts), _files_under(out_dir)
+            kept, files = len(writer.artifacts), None
             try:
+                # (inside: time may run out while progress is written)
+                report(kind, ANALYSIS_SHARE + (1 - ANALYSIS_SHARE) * done / total)
+                files = _files_under(out_dir)
                 if kind == "chart":
                     self._chart(writer, series, [m.name for m in members])
                 elif data is not None:
@@ -241,13 +255,7 @@ class Explainer:
                     logger.exception("explanation %s of %s failed", kind, path)
                     missing[kind] = f"{type(e).__name__}: {e}"[:200]
                 del writer.artifacts[kept:]
-                # (Nothing is removed when a listing failed: what is new is unknown.)
-                after = _files_under(out_dir) if files is not None else None
-                for made in sorted((after or set()) - (files or set()), reverse=True):
-                    if made.is_file():
-                        made.unlink(missing_ok=True)
-                    elif made.is_dir():
-                        shutil.rmtree(made, ignore_errors=True)
+                _remove_new(out_dir, files)
                 if out_of_time:
                     timings[kind] = time.perf_counter() - started
                     break
@@ -404,16 +412,15 @@ class Explainer:
         together at the end (:class:`_PartlyMadeError`)."""
         failures = []
         for member in members:
-            kept = len(writer.artifacts)
+            kept, files = len(writer.artifacts), _files_under(writer.out_dir)
             try:
                 make(member)
             except Exception as e:
                 if isinstance(e, self.interrupts + self.deadlines):
                     raise
                 logger.exception("explanation by %s failed", member.name)
-                for made in writer.artifacts[kept:]:
-                    (writer.out_dir / made.path).unlink(missing_ok=True)
                 del writer.artifacts[kept:]
+                _remove_new(writer.out_dir, files)
                 failures.append(f"{type(e).__name__}: {member.name}: {e}")
         if failures:
             raise _PartlyMadeError("; ".join(failures))

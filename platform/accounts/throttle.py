@@ -53,7 +53,11 @@ def client_network(request: HttpRequest) -> str:
     ip = client_ip(request)
     with contextlib.suppress(ValueError):
         address = ipaddress.ip_address(ip)
-        if address.version == 6:
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                # an IPv4 client of a dual-stack listener ("::ffff:a.b.c.d"):
+                # its own address, not the /64 every such client shares
+                return str(address.ipv4_mapped)
             return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return ip
 

@@ -225,7 +225,7 @@ class SubmissionViewSet(
                 {"detail": too_large_message(request._request), "code": "too_large"},
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
-        if not request.FILES:
+        if "file" not in request.FILES and "file" not in request.data:
             # Django drops a part whose headers are not UTF-8 (a non-UTF-8
             # file name): say that it may have been sent and how, rather than
             # only "No file was submitted." (the upload page does the same).

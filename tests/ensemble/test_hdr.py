@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import av
 import numpy as np
@@ -191,20 +192,34 @@ def test_display_mapping_reads_the_frame_s_tags() -> None:
     assert display_mapping(frame(2, 2, 2)) is None  # untagged
     assert display_mapping(object()) is None
     # An iPhone's Dolby Vision 8.4 has a standard HLG base layer.
-    dovi = {"DOVI_RPU_BUFFER": b"", "DOVI_METADATA": b""}
+    dovi = _side_data("DOVI_RPU_BUFFER", "DOVI_METADATA")
     assert display_mapping(frame(TRC_HLG, PRIMARIES_BT2020, side_data=dovi)) == HLG
+    # Side data PyAV cannot name (a newer FFmpeg's) is no reason to fail an SDR frame.
+    assert display_mapping(frame(2, 2, 2, side_data=_Unreadable())) is None
+    assert display_mapping(frame(2, 2, 2, side_data=_side_data("DISPLAYMATRIX"))) is None
+
+
+def _side_data(*names: str) -> list[SimpleNamespace]:
+    """Side data as PyAV 18 yields it: objects whose ``type`` has a ``name``."""
+    return [SimpleNamespace(type=SimpleNamespace(name=name)) for name in names]
+
+
+class _Unreadable:
+    def __iter__(self) -> Any:
+        raise ValueError("18 is not a valid Type")
 
 
 @pytest.mark.parametrize(
     ("space", "side_data", "what"),
     [
-        (10, {}, "constant luminance"),
-        (14, {}, "ICtCp"),
-        (2, {"DOVI_RPU_BUFFER": b""}, "Dolby Vision profile 5"),
+        (10, [], "constant luminance"),
+        (14, [], "ICtCp"),
+        (2, _side_data("DOVI_RPU_BUFFER"), "Dolby Vision profile 5"),
+        (15, [], "Dolby Vision profile 5"),  # IPT-C2, as newer FFmpeg tags it
     ],
 )
 def test_colour_that_cannot_be_read_correctly_is_refused_with_a_reason(
-    space: int, side_data: dict[str, bytes], what: str
+    space: int, side_data: list[SimpleNamespace], what: str
 ) -> None:
     frame = SimpleNamespace(color_trc=2, color_primaries=2, colorspace=space, side_data=side_data)
     with pytest.raises(UnsupportedMediaError, match=what) as refused:

@@ -395,6 +395,32 @@ def test_time_running_out_while_explaining_keeps_the_verdict_and_what_was_made(
     assert written == {a.path for a in index.artifacts} | {"index.json"}
 
 
+def test_time_running_out_inside_one_member_is_not_taken_for_that_member_s_failure(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explain import explainer as module
+
+    class OutOfTimeError(Exception):
+        pass
+
+    real = module.gradcam_maps
+
+    def time_up_at_the_second(member: Any, *args: Any, **kwargs: Any) -> Any:
+        if member.name == "tiny_att":
+            raise OutOfTimeError
+        return real(member, *args, **kwargs)
+
+    monkeypatch.setattr(module, "gradcam_maps", time_up_at_the_second)
+    clip = mf.write_clip(tmp_path / "p.mp4", frames=12, face_at=(60, 40, 150))
+    out = tmp_path / "out"
+    result, index = Explainer(tiny_analyzer, deadlines=(OutOfTimeError,)).run(clip, out)
+    assert result.status == "done" and index is not None
+    assert index.missing["gradcam"] == OUT_OF_TIME
+    assert not [a for a in index.artifacts if a.kind == "gradcam"]
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {a.path for a in index.artifacts} | {"index.json"}
+
+
 def test_time_running_out_while_scoring_stops_the_run(
     tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

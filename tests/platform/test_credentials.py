@@ -131,6 +131,11 @@ def test_an_ipv6_subscriber_s_whole_64_shares_one_allowance(
 
     assert [signup(f"2001:db8:0:9::{n}", n) for n in (1, 2)] == [302, 429]
     assert signup("2001:db8:0:a::1", 3) == 302
+    # IPv4 clients of a dual-stack listener ("::ffff:a.b.c.d") are each their
+    # own address, not all one ::/64.
+    assert signup("::ffff:192.0.2.1", 4) == 302
+    assert signup("::ffff:192.0.2.2", 5) == 302
+    assert signup("192.0.2.1", 6) == 429
 
 
 def test_successful_log_ins_do_not_use_up_the_address_limit(
