@@ -8,8 +8,8 @@ for its colour tags: BT.709 (SDR, read as 8-bit RGB as always), HLG in
 BT.2020 (an iPhone's HDR) and PQ in BT.2020 (HDR10). Then samples
 ``--sample`` frames of each with ``ensemble.media.load_media`` (what the
 worker runs), ``--repeats`` times interleaved, and reports each tag's median
-seconds and its peak traced memory (numpy's arrays, by ``tracemalloc``, in
-a read of its own: tracing slows the reads it traces). The HDR clips are
+seconds and its peak resident memory over one read (the returned frames
+included), each in a fresh process of its own (Linux). The HDR clips are
 tone-mapped to SDR BT.709 (``ensemble.hdr``); the difference is what that
 costs. The CPU snapshot says what else ran.
 """
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import av
@@ -57,23 +58,36 @@ def write_clip(
     container.close()
 
 
-def read_once(path: Path, sample: int, traced: bool = False) -> float:
-    """Seconds of one ``load_media`` of ``sample`` frames; with ``traced``,
-    its peak traced MiB instead (tracemalloc slows what it traces, so the
-    two are measured in separate reads)."""
+def read_once(path: Path, sample: int) -> float:
+    """Seconds of one ``load_media`` of ``sample`` frames."""
     from ensemble.config import MediaLimits
     from ensemble.media import load_media
 
-    if traced:
-        tracemalloc.start()
     started = time.perf_counter()
     loaded = load_media(path, MediaLimits(), sample)
     seconds = time.perf_counter() - started
-    if traced:
-        seconds = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
     assert len(loaded.frames) == sample, (path, len(loaded.frames))
     return seconds
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_mib(path: Path, sample: int) -> float:
+    """Peak resident MiB of one read over the process's resident memory
+    before it, the returned frames included (Linux: the peak is reset
+    through ``/proc/self/clear_refs`` first, so what the imports took does
+    not hide it)."""
+    import ensemble.media  # noqa: F401  (imported before the baseline)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    read_once(path, sample)
+    return (_status_kib("VmHWM") - base) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--sample", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--one", type=Path, help="(internal) peak memory of reading this clip")
     args = parser.parse_args(argv)
+    if args.one:
+        print(round(peak_mib(args.one, args.sample), 1))
+        return 0
     snapshot = common.cpu_snapshot()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds: dict[str, list[float]] = {name: [] for name in TAGS}
         peaks: dict[str, float] = dict.fromkeys(TAGS, 0.0)
         for name, clip in clips.items():
-            peaks[name] = read_once(clip, args.sample, traced=True)
+            out = subprocess.run(
+                [
+                    *(sys.executable, "-m", "bench.hdr_cost"),
+                    *("--one", str(clip), "--sample", str(args.sample)),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=common.ROOT,
+            )
+            peaks[name] = float(out.stdout.strip().splitlines()[-1])
         for _ in range(args.repeats):
             for name, clip in clips.items():
                 seconds[name].append(read_once(clip, args.sample))
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tags": name,
                     "median_s": round(median, 3),
                     "s_per_frame_over_sdr": round((median - base) / args.sample, 3),
-                    "peak_traced_mib": round(peaks[name], 1),
+                    "peak_rss_mib": round(peaks[name], 1),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
