@@ -18,6 +18,7 @@ from ensemble.results import AnalysisResult, FaceResult
 from explain.attention import attention_maps, has_attention
 from explain.charts import chart_size, render_png, render_svg, score_figure, score_series
 from explain.config import ArtifactKind, ExplainConfig
+from explain.errors import ExplainError
 from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
 from explain.index import OUT_OF_TIME, Artifact, ExplanationIndex
@@ -74,7 +75,7 @@ def select_faces(result: AnalysisResult, top_k: int, include_least: bool) -> dic
     return out
 
 
-class _PartlyMadeError(Exception):
+class _PartlyMadeError(ExplainError):
     """Some members' explanations of one kind failed; the others' were made
     and stay. The message lists the failures, each "Class: member: message"."""
 
