@@ -89,6 +89,11 @@ class EfficientNetAutoAttB4Detector(nn.Module):
         del net._fc
         net.attconv = nn.Conv2d(self.ATTENTION_CHANNELS, 1, kernel_size=1)
         self.efficientnet = net
+        # The head's swish as a module of its own (``net._swish`` also serves
+        # the stem): the Grad-CAM layer, so maps are taken after the
+        # activation, as the other members' are. No weights, so checkpoints
+        # keep polimi's keys.
+        self.head_act = nn.SiLU()
         self.classifier = nn.Linear(1792, 1)
         self._n_blocks = len(net._blocks)
 
@@ -109,7 +114,7 @@ class EfficientNetAutoAttB4Detector(nn.Module):
         net = self.efficientnet
         x, attention = self._to_attention(x)
         x = self._blocks(x * attention, self.ATTENTION_AFTER_BLOCK + 1, self._n_blocks)
-        x = net._swish(net._bn1(net._conv_head(x)))
+        x = self.head_act(net._bn1(net._conv_head(x)))
         return x, attention
 
     def forward(self, x: Tensor) -> Tensor:

@@ -114,7 +114,9 @@ REGISTRY.register(
         build=EfficientNetAutoAttB4Detector,
         crop=CropPolicy("square", margin=0.2),
         input_size=224,
-        gradcam_layer="efficientnet._bn1",
+        # After the head's swish (before it, channels the swish switches off
+        # would still weigh in the map).
+        gradcam_layer="head_act",
         description="EfficientNet-B4 with a learned attention map (after polimi-ispl/icpr2020dfdc)",
         checkpoint_format="polimi",
         has_attention=True,

@@ -9,10 +9,12 @@ about 250 MB (it imports scikit-learn, SciPy and pandas for other methods).
 Hooks exist only inside ``with _grad_cam(...)``, so they are always removed.
 
 Only the gradient with respect to the target layer's output is needed. While
-a map is computed, the parameters of every module except the target layer are
-therefore frozen: autograd then records and back-propagates only from the
-target layer to the logit (the head), not through the whole backbone. The
-maps are identical; the cost of a backward pass through the backbone is saved.
+a map is computed, every parameter is therefore frozen and the forward hook
+hands the later layers a copy of the layer's output that starts a graph of
+its own: autograd records and back-propagates only from the target layer to
+the logit (the head), not through the whole backbone. The maps are
+identical; the cost of a backward pass through the backbone is saved, and a
+layer without weights of its own (an activation) serves as well as any.
 """
 
 from __future__ import annotations
@@ -52,10 +54,14 @@ class GradCam:
         self._gradients: Tensor | None = None
         self._handle: RemovableHandle = layer.register_forward_hook(self._keep)
 
-    def _keep(self, module: nn.Module, inputs: object, output: Tensor) -> None:
-        self._activations = output.detach()
-        if output.requires_grad:
-            output.register_hook(self._keep_gradient)  # type: ignore[no-untyped-call]
+    def _keep(self, module: nn.Module, inputs: object, output: Tensor) -> Tensor:
+        # A leaf of its own: the gradient of the logit with respect to the
+        # layer's output, whatever requires gradients before it (nothing, in
+        # ``_grad_cam``). The clone lets later layers work on it in place.
+        leaf = output.detach().requires_grad_(True)
+        self._activations = leaf.detach()
+        leaf.register_hook(self._keep_gradient)  # type: ignore[no-untyped-call]
+        return leaf.clone()
 
     def _keep_gradient(self, grad: Tensor) -> None:
         self._gradients = grad.detach()
@@ -68,7 +74,8 @@ class GradCam:
         self._activations = self._gradients = None
         outputs = self.model(x)
         self.model.zero_grad()
-        outputs[..., FAKE_LOGIT].sum().backward()
+        if outputs.requires_grad:  # else the layer's output never reached the logit
+            outputs[..., FAKE_LOGIT].sum().backward()
         if self._activations is None or self._gradients is None:
             raise ExplainError("the Grad-CAM layer took no part in the fake-logit")
         acts = self._activations.float().cpu().numpy()
@@ -99,18 +106,14 @@ def target_layer(model: nn.Module, dotted: str) -> nn.Module:
 
 
 @contextmanager
-def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
-    """Only ``layer``'s parameters require gradients inside the block; the
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter of ``model`` requires gradients inside the block; the
     flags are restored and gradients dropped afterwards."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    own = {id(p) for p in layer.parameters()}
-    # A parameter-free layer gives no way to start the graph there: keep every flag.
-    freeze = bool(own)
     try:
-        if freeze:
-            for p in params:
-                p.requires_grad_(id(p) in own)
+        for p in params:
+            p.requires_grad_(False)
         yield
     finally:
         for p, flag in zip(params, flags, strict=True):
@@ -122,8 +125,9 @@ def _gradients_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
 @contextmanager
 def _grad_cam(model: nn.Module, layer: nn.Module, on: nn.Module | None = None) -> Iterator[GradCam]:
     """A ``GradCam`` over ``on`` (default ``model``) at ``layer``, with
-    gradients enabled from ``layer`` only; hook and flags undone on exit."""
-    with torch.inference_mode(False), torch.enable_grad(), _gradients_from(model, layer):
+    gradients recorded from ``layer``'s output only; hook and flags undone on
+    exit."""
+    with torch.inference_mode(False), torch.enable_grad(), _frozen(model):
         cam = GradCam(on if on is not None else model, layer)
         try:
             yield cam

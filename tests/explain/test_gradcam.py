@@ -453,3 +453,60 @@ def test_maps_are_those_of_the_grad_cam_package(name: str, tiny_member) -> None:
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert any(float(np.ptp(m)) > 0.1 for m in ours)  # maps with something in them
+
+
+def test_a_layer_without_weights_is_a_grad_cam_layer_and_the_backbone_is_not_recorded() -> None:
+    """B4's Grad-CAM layer is its head's swish, which has no weights: the
+    maps are those of the grad-cam package at that layer, and autograd
+    records nothing before it (no gradient reaches an earlier layer)."""
+    from pytorch_grad_cam import GradCAM
+
+    class ActLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.act = nn.SiLU()
+            self.fc = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.fc(self.act(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+    spec = MemberSpec(
+        name="act",
+        build=ActLast,
+        crop=CropPolicy("square", 0.2),
+        input_size=32,
+        gradcam_layer="act",
+        description="",
+    )
+    torch.manual_seed(0)
+    member = _member(ActLast().eval(), spec, 32)
+    seen: list[bool] = []
+    member.model.bn.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    crops = _crops(3, 32, seed=3)
+    ours = gradcam_maps(member, crops, batch_size=3)
+    assert seen == [False]  # the layers before the target recorded no graph
+    assert all(p.requires_grad and p.grad is None for p in member.model.parameters())
+    with torch.enable_grad(), GradCAM(model=member.model, target_layers=[member.model.act]) as cam:
+        theirs = cam(input_tensor=member.to_tensor(crops), targets=[_FakeLogit()] * 3)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert any(float(np.ptp(m)) > 0.1 for m in ours)
+
+
+def test_b4_grad_cam_layer_is_after_the_head_activation() -> None:
+    """Taken before the swish, a channel the swish switches off (a large
+    negative pre-activation) still weighed in the map."""
+    import ensemble.members  # noqa: F401 - registers the real members
+    from ensemble.registry import REGISTRY
+
+    spec = REGISTRY.get("effnet_autoatt_b4")
+    model = spec.build()
+    layer = model.get_submodule(spec.gradcam_layer)
+    assert isinstance(layer, nn.SiLU)
+    seen: list[torch.Tensor] = []
+    layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    assert len(seen) == 1 and seen[0].shape[1] == 1792  # the head, once
