@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -281,6 +282,22 @@ class LoadedMember:
                     model = model.to(memory_format=torch.channels_last)
             self.model, self.head_only = model, False
         return self.model
+
+    @contextmanager
+    def whole_model(self) -> Iterator[nn.Module]:
+        """:meth:`full_model` for the block. A member that held only its head
+        holds only its head again afterwards: a fallback to plain PyTorch
+        (rare) reloads the weights each time instead of keeping the whole
+        network (about 260 MB for B7) in the worker for good."""
+        held_head_only = self.head_only
+        model = self.full_model()
+        try:
+            yield model
+        finally:
+            if held_head_only and not self.head_only:
+                keep_head_only(self.model, self.model.get_submodule(self.spec.gradcam_layer))
+                self.head_only = True
+                release_memory()
 
     @property
     def crop(self) -> CropPolicy:

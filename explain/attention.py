@@ -55,17 +55,17 @@ def attention_maps(
             TAP_ATTENTION
         ]
     if raw is None:
-        model = member.full_model()
-        assert isinstance(model, HasAttention)  # the same class, reloaded
         parts = []
-        for start in range(0, len(crops), batch_size):
-            x = member.to_tensor(crops[start : start + batch_size])
-            out = (
-                model.attention_map(x)
-                if isinstance(model, HasAttentionMap)
-                else model.forward_with_attention(x)[1]
-            )
-            parts.append(out.float().cpu().numpy())
+        with member.whole_model() as model:
+            assert isinstance(model, HasAttention)  # the same class, reloaded
+            for start in range(0, len(crops), batch_size):
+                x = member.to_tensor(crops[start : start + batch_size])
+                out = (
+                    model.attention_map(x)
+                    if isinstance(model, HasAttentionMap)
+                    else model.forward_with_attention(x)[1]
+                )
+                parts.append(out.float().cpu().numpy())
         raw = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.float32)
     if len(raw) != len(crops):
         raise ValueError("one attention map per crop is needed")

@@ -173,14 +173,14 @@ def _torch_maps(member: LoadedMember, crops: Sequence[RGBImage], batch_size: int
     """Plain PyTorch Grad-CAM, on the model with all its weights."""
     if not crops:
         return []
-    model = member.full_model()
-    layer = target_layer(model, member.spec.gradcam_layer)
     maps: list[FloatMap] = []
-    with _grad_cam(model, layer) as cam:
-        for start in range(0, len(crops), batch_size):
-            chunk = crops[start : start + batch_size]
-            x = member.to_tensor(chunk)
-            maps += list(cam(x)[0])
+    with member.whole_model() as model:
+        layer = target_layer(model, member.spec.gradcam_layer)
+        with _grad_cam(model, layer) as cam:
+            for start in range(0, len(crops), batch_size):
+                chunk = crops[start : start + batch_size]
+                x = member.to_tensor(chunk)
+                maps += list(cam(x)[0])
     return maps
 
 
