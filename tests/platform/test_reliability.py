@@ -219,6 +219,51 @@ def test_a_worker_is_told_apart_by_pid_namespace_and_process_start(
 
 
 @pytest.mark.django_db
+def test_a_live_process_on_this_host_keeps_its_job_through_a_silent_heartbeat(
+    site: Path, users, media_dir: Path, outbox: Outbox, settings
+) -> None:
+    """A suspended laptop or a database locked for minutes silences every
+    heartbeat while the process still runs the job. Before, the reaper gave
+    the job to another run and the first run's outcome was dropped at its
+    end. Now only a run past the hard time limit is taken from a live
+    process (the limit ends any run)."""
+    running = services.running
+    stale = running.trusttrace_settings().stale_running_s
+    sub = _pending(users["submitter"], media_dir)
+    _age(
+        sub,
+        status=Status.RUNNING,
+        heartbeat=_ago(stale * 10),
+        started=_ago(stale * 10),
+        worker=running.worker_id(),  # this process: alive
+        attempts=1,
+    )
+    assert not running.is_abandoned(sub)
+    out = services.reap()
+    assert out.requeued == out.failed == out.queued == [] and outbox.sent == []
+    sub.refresh_from_db()
+    assert sub.status == Status.RUNNING and sub.attempts == 1
+    # Past the hard limit (and the stale period) nothing can still be running it.
+    limit = settings.CELERY_TASK_TIME_LIMIT
+    _age(sub, started=_ago(limit + stale + 5))
+    assert running.is_abandoned(sub)
+    assert services.reap().requeued == [str(sub.pk)]
+    # A fresh heartbeat keeps even a long run (the limit is the worker's to enforce).
+    again = _pending(users["submitter"], media_dir)
+    _age(
+        again,
+        status=Status.RUNNING,
+        heartbeat=timezone.now(),
+        started=_ago(limit * 2),
+        worker=running.worker_id(),
+    )
+    assert not running.is_abandoned(again)
+    # Another host's worker is judged by its heartbeat alone, as before.
+    _age(again, heartbeat=_ago(stale + 1), started=timezone.now(), worker="other-host/7:99:1")
+    assert running.is_abandoned(again)
+
+
+@pytest.mark.django_db
 def test_reaper_leaves_live_and_recently_queued_jobs_alone(
     site: Path, users, media_dir: Path, outbox: Outbox
 ) -> None:

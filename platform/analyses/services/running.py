@@ -363,14 +363,34 @@ def _pid_alive(pid: int) -> bool:
 
 
 def is_abandoned(sub: Submission, now: datetime | None = None) -> bool:
-    """Whether the worker that claimed this ``running`` job is gone: its
-    heartbeat is older than ``STALE_RUNNING_S``, or it ran on this host (and
-    PID namespace) and its process no longer exists."""
+    """Whether the worker that claimed this ``running`` job is gone.
+
+    On this host (and PID namespace) that is known for sure: its process no
+    longer exists. While it does, a heartbeat older than ``STALE_RUNNING_S``
+    is not enough (the machine was suspended, the database was locked for a
+    while, the process was stopped): the job is still its own until it has
+    run past the hard time limit, which ends any run (plus
+    ``STALE_RUNNING_S``). Elsewhere only the heartbeat can tell: older than
+    ``STALE_RUNNING_S``, the worker is taken for gone."""
     now = now or timezone.now()
     stale_s = trusttrace_settings().stale_running_s
-    if sub.heartbeat is None or (now - sub.heartbeat).total_seconds() > stale_s:
+    stale = sub.heartbeat is None or (now - sub.heartbeat).total_seconds() > stale_s
+    if not _runs_here(sub.worker):
+        return stale
+    if _process_gone(sub.worker):
         return True
-    return _runs_here(sub.worker) and _process_gone(sub.worker)
+    return stale and _past_time_limit(sub, now, stale_s)
+
+
+def _past_time_limit(sub: Submission, now: datetime, slack_s: float) -> bool:
+    """Whether the job started longer ago than the hard time limit plus
+    ``slack_s`` (a run cannot still be going; never started: yes)."""
+    from django.conf import settings
+
+    if sub.started is None:
+        return True
+    limit = float(settings.CELERY_TASK_TIME_LIMIT) + slack_s
+    return (now - sub.started).total_seconds() > limit
 
 
 def run_submission(submission_id: UUID | str) -> None:
