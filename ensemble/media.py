@@ -1281,6 +1281,77 @@ def frames_at_times(
     return out
 
 
+def gray_thumbnails(
+    path: Path, limits: MediaLimits, side: int, max_decode_pixels: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]] | None:
+    """Every frame of a video as a small upright grey picture (``side``
+    pixels square, the whole frame squeezed in): the frames' times (seconds
+    from the first frame, as :func:`frames_at_times` counts them) and the
+    pictures ``[N, side, side]``. For telling which moment of one video
+    another shows (``explain.reference``). ``None`` when decoding every frame
+    would cost more than ``max_decode_pixels`` (frames times pixels). Frames
+    past damaged data are left out."""
+    import av
+
+    _check_size(path, limits)
+    media_type = sniff(path)
+    if media_type.kind != "video":
+        raise UnsupportedMediaError("Frame thumbnails come from a video, not an image.")
+    if media_type.format in ("mp4", "mov"):
+        _check_mp4_tables(path, limits)
+    container = _open_container(path)
+    times: list[float] = []
+    pictures: list[npt.NDArray[np.uint8]] = []
+    try:
+        stream = _video_stream(container)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_pixels(width, height, limits)
+        _check_declared_rate(stream, limits)
+        index = _index_video(container, stream, limits)
+        if not index.pts:
+            raise EmptyMediaError("The video contains no frames.")
+        if len(index.pts) * width * height > max_decode_pixels:
+            return None
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
+        # Scaled in two steps: swscale to a few times the side (cheap, from
+        # the decoder's own planes), then an area average.
+        first = side * 4
+        try:
+            # Back to the start: indexing read every packet.
+            container.seek(
+                index.keyframes[0] if index.keyframes else index.start_pts,
+                stream=stream,
+                backward=True,
+                any_frame=False,
+            )
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                mirrored, rotation = display_mirrored(frame)
+                grey = frame.reformat(width=first, height=first, format="gray").to_ndarray()
+                small = grey.reshape(side, 4, side, 4).mean(axis=(1, 3))
+                pictures.append(upright(np.rint(small).astype(np.uint8), rotation, mirrored))
+                times.append(float((frame.pts - index.start_pts) * index.time_base))
+        except av.error.FFmpegError as e:
+            _machine_fault(e)
+            if not pictures:
+                raise
+            logger.info("thumbnails of %s stop at %.2f s (damaged data)", path.name, times[-1])
+    except av.error.FFmpegError as e:
+        raise UnreadableMediaError(
+            "The video could not be read: the file is corrupt or truncated."
+        ) from e
+    finally:
+        container.close()
+    if not pictures:
+        raise UnreadableMediaError(
+            "No frame of the video could be decoded: the file is corrupt or truncated."
+        )
+    order = np.argsort(np.asarray(times), kind="stable")
+    return np.asarray(times)[order], np.stack(pictures)[order]
+
+
 def load_media(
     path: Path, limits: MediaLimits, n_frames: int, *, plan_frames: int = 0
 ) -> LoadedMedia:

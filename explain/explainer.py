@@ -22,7 +22,7 @@ from explain.errors import ExplainError
 from explain.geometry import FloatMap, placement
 from explain.gradcam import gradcam_maps
 from explain.index import OUT_OF_TIME, Artifact, ExplanationIndex
-from explain.reference import check_reference, frames_at
+from explain.reference import TimeOffset, check_reference, frames_at, reference_offset
 from explain.render import (
     cut_square,
     face_square,
@@ -506,26 +506,41 @@ class Explainer:
         # (damage further in) raises here and costs its masks, not the
         # analysis: run() names the kind in the index's missing, and the
         # result says so (before, the tab just did not appear).
-        ref_frames = frames_at(reference, times, limits)
+        offset = TimeOffset(0.0, False, why="a still image")
+        if not still:
+            offset = self._reference_offset(result, data, reference)
+        # The reference's moment for each of the submission's times; none
+        # before the reference starts.
+        shifted = {t: round(t + offset.seconds, 4) for t in times}
+        shifted = {t: s for t, s in shifted.items() if s >= 0.0}
+        ref_frames = frames_at(reference, sorted(set(shifted.values())), limits)
         keys = list(ref_frames)
         detections = dict(
             zip(keys, self.analyzer.detector.detect([ref_frames[k] for k in keys]), strict=True)
         )
         for face in result.faces:
             frame, t = _when(result, face)
-            if t not in ref_frames:
-                logger.info("no reference frame at %.2f s (damaged); no reference mask there", t)
+            if t not in shifted:
+                logger.info("the reference starts after %.2f s; no reference mask there", t)
                 continue
-            ref_image = ref_frames[t]
+            if shifted[t] not in ref_frames:
+                logger.info(
+                    "no reference frame at %.2f s (damaged, or past its end); no mask there",
+                    shifted[t],
+                )
+                continue
+            ref_image = ref_frames[shifted[t]]
             full = data.media.frames[face.position].image
-            match = matching_face(face.box, full.shape, detections[t], ref_image.shape)
+            match = matching_face(face.box, full.shape, detections[shifted[t]], ref_image.shape)
             if match is None:
-                logger.info("no face in the reference at %.2f s; no reference mask there", t)
+                logger.info(
+                    "no face in the reference at %.2f s; no reference mask there", shifted[t]
+                )
                 continue
             mask = ssim_mask(
                 full, face.keypoints, ref_image, match.keypoints, self.config.ssim_size
             )
-            where = "reference image" if still else f"reference at {t:.2f} s"
+            where = "reference image" if still else _reference_moment(shifted[t], offset)
             writer.image(
                 "ssim_reference",
                 f"ssim_reference/p{face.person}_f{frame:06d}",
@@ -540,6 +555,30 @@ class Explainer:
                 ),
             )
 
+    def _reference_offset(
+        self, result: AnalysisResult, data: AnalysisData, reference: Path
+    ) -> TimeOffset:
+        """Where the submission's sampled frames lie in the reference video
+        (``explain.reference``); no shift when that cannot be told."""
+        frames = data.media.frames
+        if len(frames) != len(result.frames):
+            return TimeOffset(0.0, False, why="the sampled frames are not all at hand")
+        offset = reference_offset(
+            reference,
+            [f.time_s for f in result.frames],
+            [f.image for f in frames],
+            self.analyzer.config.limits,
+        )
+        if offset.aligned:
+            logger.info(
+                "reference aligned in time: %+.2f s (mean correlation %.2f)",
+                offset.seconds,
+                offset.score,
+            )
+        else:
+            logger.info("reference not aligned in time (%s); same times compared", offset.why)
+        return offset
+
     def _chart(self, writer: _Writer, series: dict[str, Any], members: list[str]) -> None:
         fig = score_figure(series, members, self.config)
         size = chart_size(members, self.config)
@@ -550,6 +589,15 @@ class Explainer:
         )
         writer.raw("chart", "chart.png", render_png(fig), "image/png", size, caption)
         writer.raw("chart", "chart.svg", render_svg(fig), "image/svg+xml", size, caption)
+
+
+def _reference_moment(t: float, offset: TimeOffset) -> str:
+    """The caption's name for the reference frame at ``t`` seconds."""
+    if not offset.aligned:
+        return f"reference at {t:.2f} s (the same time: not aligned, {offset.why})"
+    if abs(offset.seconds) < 0.0005:
+        return f"reference at {t:.2f} s (the same moment)"
+    return f"reference at {t:.2f} s (the same moment: {offset.seconds:+.2f} s in the reference)"
 
 
 def _mirror_note(member: LoadedMember) -> str:

@@ -73,7 +73,7 @@ def test_a_video_gets_every_kind_of_artifact_and_an_index(
     assert counts["ssim_reference"] == n_faces
     for art in index.artifacts:
         if art.kind == "ssim_reference":
-            assert f"reference at {art.time:.2f} s |" in art.caption
+            assert f"reference at {art.time:.2f} s (the same" in art.caption
     assert counts["chart"] == 2
     assert counts["face"] == n_faces
     assert counts["frame"] == len({f.position for f in result.faces})
