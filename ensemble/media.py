@@ -88,17 +88,45 @@ def _machine_fault(e: BaseException) -> None:
 IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp")
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
 MEDIA_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".apng",
+        ".webp",
+        ".bmp",
+        ".gif",
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".webm",
+        ".mkv",
+        ".avi",
+    }
 )
-SUPPORTED_TEXT = "JPEG, PNG, WebP or BMP images and MP4, MOV, WebM, MKV or AVI videos"
+SUPPORTED_TEXT = (
+    "JPEG, PNG, WebP, BMP or GIF images, GIF or PNG animations, and MP4, MOV, WebM, MKV "
+    "or AVI videos"
+)
 # Pillow calls a JPEG holding more than one picture (a multi-picture "MPF"
 # block: camera previews, HDR gain maps) MPO; it is read as the JPEG it is,
 # from its first, primary picture.
-_PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
+_PIL_FORMATS = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "GIF": "gif",
+}
 # ISO-BMFF brands that are still images, not videos.
 _IMAGE_BRANDS = (b"heic", b"heix", b"heif", b"mif1", b"msf1", b"avif", b"avis")
 _AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
 _SNIFF_BYTES = 4096
+# Demuxers of animated pictures (GIF, APNG), read as videos.
+_ANIMATION_DEMUXERS = frozenset({"gif", "apng"})
+# Chunks read looking for an animated PNG's acTL before the image data.
+_PNG_CHUNKS_BEFORE_DATA = 4096
 # Mean distance (in frames) between sampled frames from which non-reference
 # frames are skipped while decoding.
 SPARSE_GAP_FRAMES = 3
@@ -217,7 +245,7 @@ def sniff(path: Path) -> MediaType:
     if head.startswith(b"\xff\xd8\xff"):
         return MediaType("image", "jpeg")
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return MediaType("image", "png")
+        return MediaType("video", "apng") if _apng_frames(path) > 1 else MediaType("image", "png")
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return MediaType("image", "webp")
     if head[:2] == b"BM" and len(head) >= 26:
@@ -239,10 +267,7 @@ def sniff(path: Path) -> MediaType:
     if box in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
         return MediaType("video", "mov")
     if head[:6] in (b"GIF87a", b"GIF89a"):
-        raise UnsupportedMediaError(
-            "GIF images are not supported: please upload an animation as a video "
-            "(MP4 or WebM) and a still picture as JPEG or PNG."
-        )
+        return MediaType("video", "gif") if _gif_is_animated(path) else MediaType("image", "gif")
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         raise UnsupportedMediaError(
             "TIFF images are not supported; please convert the picture to JPEG or PNG."
@@ -252,6 +277,63 @@ def sniff(path: Path) -> MediaType:
         f"The file is not a supported image or video (it looks like {what}). "
         f"Supported: {SUPPORTED_TEXT}."
     )
+
+
+def _apng_frames(path: Path) -> int:
+    """The frame count an animated PNG declares (its ``acTL`` chunk, which
+    must come before the image data), or 0 for a still PNG. Reads chunk
+    headers only."""
+    with path.open("rb") as fh:
+        fh.seek(8)
+        for _ in range(_PNG_CHUNKS_BEFORE_DATA):
+            header = fh.read(8)
+            if len(header) < 8:
+                return 0
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"acTL":
+                body = fh.read(8)
+                return struct.unpack(">I", body[:4])[0] if len(body) == 8 else 0
+            if kind in (b"IDAT", b"IEND"):
+                return 0
+            fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return 0
+
+
+def _gif_is_animated(path: Path) -> bool:
+    """Whether a GIF holds more than one picture: its blocks are walked
+    (sizes only, nothing decoded) until a second image descriptor, the
+    trailer, or the end of the data."""
+    with path.open("rb") as fh:
+        screen = fh.read(13)
+        if len(screen) < 13:
+            return False
+        if screen[10] & 0x80:  # a global colour table follows
+            fh.seek(3 * 2 ** ((screen[10] & 0x07) + 1), os.SEEK_CUR)
+        pictures = 0
+        while True:
+            introducer = fh.read(1)
+            if introducer == b"\x2c":  # an image descriptor
+                pictures += 1
+                if pictures > 1:
+                    return True
+                descriptor = fh.read(9)
+                if len(descriptor) < 9:
+                    return False
+                if descriptor[8] & 0x80:  # a local colour table
+                    fh.seek(3 * 2 ** ((descriptor[8] & 0x07) + 1), os.SEEK_CUR)
+                fh.read(1)  # the LZW minimum code size
+            elif introducer == b"\x21":  # an extension: its label
+                fh.read(1)
+            else:  # the trailer, the end of the file, or damage
+                return False
+            # Data sub-blocks, each led by its size, up to an empty one.
+            while True:
+                size = fh.read(1)
+                if not size:
+                    return False
+                if size == b"\x00":
+                    break
+                fh.seek(size[0], os.SEEK_CUR)
 
 
 def _check_size(path: Path, limits: MediaLimits) -> int:
@@ -433,8 +515,8 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                     # frame: only PNG and WebP animate.
                     raise UnsupportedMediaError(
                         f"The {fmt.upper()} image is animated ({frames} frames); animated "
-                        "images are not supported. Please upload the animation as a video "
-                        "(MP4 or WebM), or one of its frames as a still picture."
+                        f"{fmt.upper()} cannot be read here. Please upload the animation as a "
+                        "GIF or a video (MP4 or WebM), or one of its frames as a still picture."
                     )
                 im.load()
                 rgb = _rgb_array(_upright(im))
@@ -904,6 +986,10 @@ def _index_video(container: Any, stream: Any, limits: MediaLimits) -> _VideoInde
     pts.sort()
     keys.sort()
     start = pts[0] if pts else 0
+    if getattr(getattr(container, "format", None), "name", "") in _ANIMATION_DEMUXERS:
+        # Each picture of an animation is drawn over the ones before it:
+        # decoded from the first on, never from a seek.
+        keys = []
     return _VideoIndex(tuple(pts), tuple(keys) or (start,), time_base, start)
 
 
@@ -1020,7 +1106,10 @@ def _to_rgb(
     # HDR (PQ, HLG) and BT.2020 frames are converted at 16 bits and then
     # mapped to SDR BT.709, as a screen shows them (ensemble.hdr).
     mapping = display_mapping(frame)
-    pixel_format = "rgb24" if mapping is None else "rgb48le"
+    # Transparent parts (a GIF's or APNG's, a video with alpha) are shown
+    # on the page's white, as pictures' are.
+    alpha = mapping is None and _has_alpha(frame)
+    pixel_format = "rgba" if alpha else "rgb24" if mapping is None else "rgb48le"
     if (inner_w, inner_h) == (frame.width, frame.height):
         decoded = frame.to_ndarray(format=pixel_format)
     else:
@@ -1030,6 +1119,8 @@ def _to_rgb(
             height=inner_h,
             interpolation=DOWNSCALE_INTERPOLATION,
         )
+    if alpha:
+        decoded = _over_white(decoded)
     image: RGBImage = decoded if mapping is None else mapping.to_sdr(decoded)
     if (inner_w, inner_h) != (width, height):
         canvas = np.zeros((height, width, 3), np.uint8)
@@ -1038,6 +1129,21 @@ def _to_rgb(
         image = canvas
     mirrored, rotation = display_mirrored(frame)
     return upright(image, rotation, mirrored)
+
+
+def _has_alpha(frame: Any) -> bool:
+    try:
+        return any(c.is_alpha for c in frame.format.components)
+    except AttributeError:
+        return False
+
+
+def _over_white(rgba: npt.NDArray[np.uint8]) -> RGBImage:
+    """``[H, W, 4]`` RGBA composited over :data:`TRANSPARENT_SHOWN_ON`, rounded."""
+    a = rgba[..., 3:4].astype(np.uint16)
+    under = np.asarray(TRANSPARENT_SHOWN_ON, np.uint16)
+    mixed = (rgba[..., :3].astype(np.uint16) * a + under * (255 - a) + 127) // 255
+    return np.ascontiguousarray(mixed, dtype=np.uint8)
 
 
 def _sample_aspect(stream: Any) -> Fraction | None:

@@ -65,6 +65,7 @@ TRUST_CODES = frozenset({"signingCredential.untrusted"})
 MIME_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",
+    "apng": "image/png",
     "webp": "image/webp",
     "mp4": "video/mp4",
     "mov": "video/quicktime",

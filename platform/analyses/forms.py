@@ -11,7 +11,10 @@ class SubmissionForm(forms.Form):
     file = forms.FileField(
         allow_empty_file=True,  # the service explains what is wrong with it
         label="Image or video",
-        help_text="JPEG, PNG, WebP or BMP images; MP4, MOV, WebM, MKV or AVI videos.",
+        help_text=(
+            "JPEG, PNG, WebP, BMP or GIF images; GIF or PNG animations; "
+            "MP4, MOV, WebM, MKV or AVI videos."
+        ),
     )
     reference = forms.FileField(
         allow_empty_file=True,

@@ -37,6 +37,10 @@ PROVENANCE_STATES = ("valid", "untrusted", "invalid", "absent", "unchecked")
 PROVENANCE_INTACT = ("valid", "untrusted")
 
 
+# Formats read as videos (frames over time) that browsers show as pictures.
+ANIMATED_PICTURE_FORMATS = frozenset({"gif", "apng"})
+
+
 class Submission(models.Model):
     """One uploaded image or video and the outcome of its analysis.
 
@@ -99,6 +103,12 @@ class Submission(models.Model):
 
     def __str__(self) -> str:
         return f"{self.display_title} ({self.status})"
+
+    @property
+    def plays_in_video_player(self) -> bool:
+        """Whether a page shows the file in ``<video>``: a video, not an
+        animated picture (GIF, APNG), which browsers show in ``<img>``."""
+        return self.kind == Kind.VIDEO and self.media_format not in ANIMATED_PICTURE_FORMATS
 
     @property
     def display_title(self) -> str:

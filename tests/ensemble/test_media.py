@@ -21,6 +21,7 @@ from ensemble.errors import (
     EmptyMediaError,
     FrameCountLimitError,
     FrameRateLimitError,
+    InvalidMediaError,
     MediaLimitError,
     MediaReadFaultError,
     NoVideoStreamError,
@@ -28,7 +29,7 @@ from ensemble.errors import (
     UnreadableMediaError,
     UnsupportedMediaError,
 )
-from ensemble.media import list_media, load_media, sample_indices, sniff
+from ensemble.media import MediaType, list_media, load_media, sample_indices, sniff
 from tests import media_factory as mf
 
 LIMITS = MediaLimits()
@@ -907,28 +908,117 @@ def test_transparent_parts_are_analysed_as_shown_on_the_white_page(tmp_path: Pat
     assert load_media(tmp_path / "la.png", LIMITS, 1).frames[0].image[4, 4].tolist() == [255] * 3
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_an_animated_png_or_webp_is_refused_not_read_as_its_first_frame(
-    tmp_path: Path, fmt: str
-) -> None:
+def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path) -> None:
+    """FFmpeg cannot decode an animated WebP, so it is refused with what to
+    upload instead (GIF and APNG animations are read as videos, below)."""
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("black", "red", "blue")]
-    path = tmp_path / f"animated.{fmt.lower()}"
-    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=200, loop=0)
-    with pytest.raises(UnsupportedMediaError, match=r"animated \(3 frames\).*as a video"):
+    path = tmp_path / "animated.webp"
+    frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    with pytest.raises(UnsupportedMediaError, match=r"animated \(3 frames\).*GIF or a video"):
         load_media(path, LIMITS, 8)
     # One frame saved as an animation is a still.
-    frames[1].save(tmp_path / f"one.{fmt.lower()}", fmt, save_all=True)
-    assert load_media(tmp_path / f"one.{fmt.lower()}", LIMITS, 8).info.kind == "image"
+    frames[1].save(tmp_path / "one.webp", "WEBP", save_all=True)
+    assert load_media(tmp_path / "one.webp", LIMITS, 8).info.kind == "image"
 
 
-@pytest.mark.parametrize(("fmt", "named"), [("GIF", "GIF images"), ("TIFF", "TIFF images")])
-def test_gif_and_tiff_are_refused_by_name_with_what_to_upload(
-    tmp_path: Path, fmt: str, named: str
-) -> None:
-    path = tmp_path / f"picture.{fmt.lower()}"
-    Image.new("RGB", (16, 16), "red").save(path, fmt)
-    with pytest.raises(UnsupportedMediaError, match=f"{named} are not supported.*JPEG or PNG"):
+def test_tiff_is_refused_by_name_with_what_to_upload(tmp_path: Path) -> None:
+    path = tmp_path / "picture.tiff"
+    Image.new("RGB", (16, 16), "red").save(path, "TIFF")
+    with pytest.raises(UnsupportedMediaError, match=r"TIFF images are not supported.*JPEG or PNG"):
         load_media(path, LIMITS, 1)
+
+
+def _animation(n: int) -> list[Image.Image]:
+    """``n`` RGBA pictures where only a small square moves over a fixed
+    scene (so encoders store each picture as the rectangle that changed),
+    with a transparent corner."""
+    yy, xx = np.mgrid[:96, :128]
+    scene = np.dstack([xx * 2, yy * 2, 255 - xx]).astype(np.uint8)  # few colours: a GIF's palette
+    scene[60:80, 80:110] = (20, 200, 40)
+    out = []
+    for i in range(n):
+        rgba = np.dstack([scene, np.full((96, 128), 255, np.uint8)])
+        rgba[30:46, 10 + 8 * i : 26 + 8 * i, :3] = (250, 20, 20)
+        rgba[:12, :12, 3] = 0
+        out.append(Image.fromarray(rgba, "RGBA"))
+    return out
+
+
+def _shown(picture: Image.Image) -> np.ndarray:
+    """A picture as a browser shows it: over the page's white."""
+    page = Image.new("RGB", picture.size, (255, 255, 255))
+    page.paste(picture, mask=picture.getchannel("A"))
+    return np.asarray(page)
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "apng")])
+def test_an_animated_gif_or_png_is_read_as_a_video_of_its_pictures(
+    tmp_path: Path, fmt: str, suffix: str
+) -> None:
+    """Before, GIFs were refused and APNGs refused as animated. Each picture
+    is drawn over the ones before it and shown for its own time."""
+    pictures = _animation(8)
+    durations = [100] * 4 + [300] * 4
+    path = tmp_path / f"moving.{'gif' if fmt == 'GIF' else 'png'}"
+    options = {"disposal": 1} if fmt == "GIF" else {}
+    pictures[0].save(
+        path, fmt, save_all=True, append_images=pictures[1:], duration=durations, loop=0, **options
+    )
+    loaded = load_media(path, LIMITS, 8)
+    info = loaded.info
+    assert (info.kind, info.format, info.frame_count) == ("video", suffix, 8)
+    assert (info.width, info.height) == (128, 96)
+    starts = np.cumsum([0, *durations[:-1]]) / 1000
+    if fmt == "GIF":  # the file says; an APNG's last picture's time is estimated
+        assert info.duration_s == pytest.approx(sum(durations) / 1000, abs=0.02)
+    else:
+        assert info.duration_s > starts[-1]
+    assert [f.index for f in loaded.frames] == list(range(8))
+    for frame in loaded.frames:
+        assert frame.time_s == pytest.approx(starts[frame.index], abs=0.011)
+        expected = _shown(pictures[frame.index])
+        if fmt == "GIF":  # a palette of 256 colours: close, not equal
+            assert np.abs(frame.image.astype(int) - expected).mean() < 12
+        else:
+            assert np.array_equal(frame.image, expected)
+        assert frame.image[2, 2].tolist() == [255, 255, 255]  # transparent: the page
+        assert frame.image[38, 18 + 8 * frame.index].tolist() == pytest.approx(
+            [250, 20, 20], abs=12
+        )
+    # Sampled fewer: the frames at those times, decoded from the first on.
+    few = load_media(path, LIMITS, 3)
+    for frame in few.frames:
+        assert np.array_equal(frame.image, loaded.frames[frame.index].image)
+
+
+def test_a_still_gif_is_an_image_and_its_transparency_is_the_page(tmp_path: Path) -> None:
+    picture = _animation(1)[0]
+    path = tmp_path / "still.gif"
+    picture.save(path, "GIF")
+    loaded = load_media(path, LIMITS, 8)
+    assert (loaded.info.kind, loaded.info.format) == ("image", "gif")
+    assert loaded.frames[0].image[2, 2].tolist() == [255, 255, 255]
+    assert np.abs(loaded.frames[0].image.astype(int) - _shown(picture)).mean() < 12
+
+
+def test_a_damaged_animated_gif_is_refused_with_a_reason(tmp_path: Path) -> None:
+    pictures = _animation(6)
+    path = tmp_path / "moving.gif"
+    pictures[0].save(path, "GIF", save_all=True, append_images=pictures[1:], duration=100)
+    data = path.read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[:60])  # the header and little else
+    with pytest.raises(InvalidMediaError) as caught:
+        load_media(tmp_path / "cut.gif", LIMITS, 4)
+    assert "corrupt or truncated" in str(caught.value) or "damaged" in str(caught.value)
+    # Cut in its fourth picture: still a video, the pictures before it read.
+    (tmp_path / "half.gif").write_bytes(data[: int(len(data) * 0.6)])
+    assert sniff(tmp_path / "half.gif") == MediaType("video", "gif")
+    try:
+        loaded = load_media(tmp_path / "half.gif", LIMITS, 4)
+    except InvalidMediaError as e:
+        assert "corrupt or truncated" in str(e) or "damaged" in str(e)
+    else:
+        assert loaded.info.kind == "video" and loaded.frames
 
 
 def test_a_short_clip_with_a_long_soundtrack_is_as_long_as_its_video(tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from analyses.models import Submission
 from tests import media_factory as mf
+from tests.platform.conftest import upload
 
 pytestmark = pytest.mark.django_db
 
@@ -194,6 +196,47 @@ def test_type_comes_from_content_not_extension(
     assert response.status_code == 302
     sub = Submission.objects.get()
     assert sub.kind == "image" and sub.media_format == "png" and sub.file.name.endswith(".png")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "suffix", "stored"), [("GIF", "gif", ".gif"), ("PNG", "apng", ".png")]
+)
+def test_an_animated_gif_or_png_is_kept_as_an_animation_and_shown_as_a_picture(
+    site: Path, clients, tmp_path: Path, monkeypatch, fmt: str, suffix: str, stored: str
+) -> None:
+    """Read as a video (its frames over time), kept under the suffix a
+    browser animates it by, and shown in <img>: a <video> element plays
+    neither."""
+    from PIL import Image
+
+    from analyses import services
+
+    monkeypatch.setattr(services.queue, "enqueue", lambda sub: None)
+    face = mf.face_image(96)
+    pictures = [Image.fromarray(np.roll(face, 4 * i, axis=1)) for i in range(4)]
+    path = tmp_path / f"moving.{fmt.lower()}"
+    pictures[0].save(path, fmt, save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    response = clients["submitter"].post(reverse("analyses:submit"), {"file": upload(path)})
+    assert response.status_code == 302
+    sub = Submission.objects.get()
+    assert (sub.kind, sub.media_format) == ("video", suffix) and sub.file.name.endswith(stored)
+    assert not sub.plays_in_video_player
+    served = clients["submitter"].get(reverse("analyses:file", args=[sub.pk]))
+    assert served["Content-Type"] == f"image/{'gif' if fmt == 'GIF' else 'png'}"
+
+
+def test_a_finished_animation_is_shown_in_img_and_a_video_in_video(
+    site: Path, clients, users, finished
+) -> None:
+    sub = finished(users["submitter"])
+    for media_format, shown in (("gif", "img"), ("apng", "img"), ("mp4", "video")):
+        Submission.objects.filter(pk=sub.pk).update(kind="video", media_format=media_format)
+        page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk]))
+        html = page.content.decode()
+        if shown == "img":
+            assert 'alt="the submitted animation"' in html and "<video" not in html
+        else:
+            assert "<video" in html and "the submitted animation" not in html
 
 
 def test_upload_page_refuses_when_no_weights_are_installed(

@@ -36,6 +36,9 @@ _SUFFIX = {
     "png": ".png",
     "webp": ".webp",
     "bmp": ".bmp",
+    "gif": ".gif",
+    # An animated PNG is a PNG to browsers (they animate it in <img>).
+    "apng": ".png",
     "mp4": ".mp4",
     "mov": ".mov",
     "webm": ".webm",
