@@ -20,9 +20,11 @@ range already applied, from the frame's own tags):
    BT.2087's).
 3. Tone mapping: HDR reference white (203 cd/m2, ITU-R BT.2408) is SDR
    white before the curve. Up to 75% of it nothing changes; above, the rest
-   of the range up to the format's peak (1,000 cd/m2 for HLG, 10,000 for
-   PQ, so no highlight short of it is cut, and white at the peak is SDR
-   white) is compressed smoothly into the remaining quarter (an extended
+   of the range up to the picture's peak (1,000 cd/m2 for HLG; for PQ the
+   brightest light the video says it holds, its MaxCLL, else its mastering
+   display's peak, else the 10,000 PQ can carry: no highlight short of it
+   is cut, and white at the peak is SDR white) is compressed smoothly into
+   the remaining quarter (an extended
    Reinhard curve whose slope is 1 at the knee). The curve is applied to
    each pixel's largest channel and the pixel scaled by it, so hues do not
    shift. Reference white lands at 95% of SDR's code range, as in
@@ -43,6 +45,7 @@ tens of MB of float scratch space.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -122,10 +125,15 @@ class DisplayMapping:
 
     transfer: str
     primaries: int = PRIMARIES_BT2020
+    # PQ only: the brightest light the video holds, in cd/m2, from its
+    # metadata (:func:`pq_peak_nits`); None: the most PQ can carry.
+    peak_nits: float | None = None
 
     @property
     def peak(self) -> float:
-        """The brightest light the transfer can carry, relative to reference white."""
+        """The brightest light the picture can hold, relative to reference white."""
+        if self.transfer == "pq" and self.peak_nits is not None:
+            return self.peak_nits / REFERENCE_WHITE
         return {"pq": PQ_PEAK, "hlg": HLG_PEAK}.get(self.transfer, REFERENCE_WHITE) / (
             REFERENCE_WHITE
         )
@@ -236,6 +244,37 @@ def _has_dolby_vision(frame: Any) -> bool:
         return False
 
 
+def _side_data_bytes(frame: Any) -> dict[str, bytes]:
+    """The frame's side data by type name (unreadable side data: none)."""
+    out: dict[str, bytes] = {}
+    try:
+        for side in frame.side_data:
+            out.setdefault(side.type.name, bytes(side))
+    except (AttributeError, TypeError, ValueError):  # none, or unreadable
+        return {}
+    return out
+
+
+def pq_peak_nits(frame: Any) -> float | None:
+    """The brightest light a PQ frame's video holds (cd/m2), from its HDR10
+    metadata: the content light level's MaxCLL, else the mastering display's
+    peak luminance; ``None`` when it has neither (or they make no sense).
+    FFmpeg attaches both to every decoded frame of a stream that has them."""
+    side = _side_data_bytes(frame)
+    light = side.get("CONTENT_LIGHT_LEVEL", b"")
+    if len(light) >= 8:  # AVContentLightMetadata: MaxCLL, MaxFALL
+        max_cll = struct.unpack_from("<I", light)[0]
+        if REFERENCE_WHITE <= max_cll <= PQ_PEAK:
+            return float(max_cll)
+    mastering = side.get("MASTERING_DISPLAY_METADATA", b"")
+    if len(mastering) >= 88:  # AVMasteringDisplayMetadata: 11 rationals, 2 flags
+        fields = struct.unpack_from("<22i", mastering)
+        num, den, has_luminance = fields[18], fields[19], fields[21]
+        if has_luminance and den > 0 and REFERENCE_WHITE <= num / den <= PQ_PEAK:
+            return float(num) / float(den)
+    return None
+
+
 def display_mapping(frame: Any) -> DisplayMapping | None:
     """The conversion a decoded frame needs before it is analysed, from its
     colour tags; ``None`` for ordinary SDR BT.709 (or untagged) video, which
@@ -257,7 +296,9 @@ def display_mapping(frame: Any) -> DisplayMapping | None:
     if trc in (TRC_PQ, TRC_HLG):
         if primaries not in _CHROMATICITIES:
             primaries = PRIMARIES_BT2020  # HDR is BT.2020 unless it says otherwise
-        return DisplayMapping("pq" if trc == TRC_PQ else "hlg", int(primaries))
+        if trc == TRC_PQ:
+            return DisplayMapping("pq", int(primaries), pq_peak_nits(frame))
+        return DisplayMapping("hlg", int(primaries))
     if primaries in (PRIMARIES_BT2020, PRIMARIES_P3_D65):
         return DisplayMapping("sdr", int(primaries))
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from ensemble.hdr import (
     display_mapping,
     hlg_inverse_oetf,
     pq_eotf,
+    pq_peak_nits,
     rgb_to_xyz,
     to_bt709,
 )
@@ -300,3 +302,78 @@ def test_unreadable_colour_in_a_video_is_refused_not_called_damaged(tmp_path: Pa
         assert next(container.decode(video=0)).colorspace == 10
     with pytest.raises(UnsupportedMediaError, match="constant luminance"):
         load_media(video, MediaLimits(), 2)
+
+
+class _Side:
+    """A side data entry as PyAV gives one: a named type, and its bytes."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.type = SimpleNamespace(name=name)
+        self._data = data
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
+def _mastering(max_nits: float, has_luminance: int = 1) -> _Side:
+    fields = [0] * 16 + [50, 10000, int(max_nits * 10000), 10000, 1, has_luminance]
+    return _Side("MASTERING_DISPLAY_METADATA", struct.pack("<22i", *fields))
+
+
+def _light(max_cll: int, max_fall: int = 400) -> _Side:
+    return _Side("CONTENT_LIGHT_LEVEL", struct.pack("<2I", max_cll, max_fall))
+
+
+def test_a_pq_video_s_peak_comes_from_its_hdr10_metadata() -> None:
+    """Before, every PQ video was tone-mapped as if it held 10,000 cd/m2,
+    so a video mastered at 1,000 had its highlights pressed far below white."""
+
+    def frame(*side: _Side) -> SimpleNamespace:
+        return SimpleNamespace(color_trc=TRC_PQ, color_primaries=9, colorspace=9, side_data=side)
+
+    assert pq_peak_nits(frame(_light(1000), _mastering(4000))) == 1000.0  # the content's own
+    assert pq_peak_nits(frame(_light(0), _mastering(4000))) == 4000.0  # MaxCLL unknown
+    assert pq_peak_nits(frame(_mastering(1000))) == 1000.0
+    assert pq_peak_nits(frame(_mastering(1000, has_luminance=0))) is None
+    assert pq_peak_nits(frame(_light(50_000))) is None  # past what PQ carries: nonsense
+    assert pq_peak_nits(frame(_Side("CONTENT_LIGHT_LEVEL", b"\x01"))) is None  # truncated
+    assert pq_peak_nits(frame()) is None
+    assert display_mapping(frame(_light(1000))) == DisplayMapping("pq", PRIMARIES_BT2020, 1000.0)
+    assert display_mapping(frame()) == PQ
+    # HLG has its nominal 1,000 cd/m2 display whatever the metadata says.
+    hlg = SimpleNamespace(
+        color_trc=TRC_HLG, color_primaries=9, colorspace=9, side_data=[_light(600)]
+    )
+    assert display_mapping(hlg) == HLG
+    # Mastered at 1,000: its peak is white (the 10,000 assumption left it
+    # one code short), and no light comes out darker. The knee curve is
+    # already close to white well below either peak, so that is all it moves.
+    mastered = DisplayMapping("pq", PRIMARIES_BT2020, 1000.0)
+    assert pixel(mastered, _pq_encode(np.array(1000.0))).tolist() == [255, 255, 255]
+    assert pixel(PQ, _pq_encode(np.array(1000.0))).tolist() == [254, 254, 254]
+    for nits in (100.0, 203.0, 400.0, 600.0, 800.0):
+        ours, before = (pixel(m, _pq_encode(np.array(nits)))[0] for m in (mastered, PQ))
+        assert before <= ours <= before + 1, nits
+
+
+@pytest.mark.skipif("libx265" not in av.codecs_available, reason="PyAV's FFmpeg has no libx265")
+def test_the_peak_is_read_from_an_hdr10_hevc_video(tmp_path: Path) -> None:
+    path = tmp_path / "hdr10.mp4"
+    params = (
+        "log-level=error:hdr10=1:colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:"
+        "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)"
+        "L(40000000,50):max-cll=1000,400"
+    )
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=10, options={"x265-params": params})
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
+        grey = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
+        for pts in range(3):
+            frame = grey.reformat(format="yuv420p10le")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    assert frames and all(pq_peak_nits(f) == 1000.0 for f in frames)  # MaxCLL, not the 4,000
+    assert display_mapping(frames[-1]) == DisplayMapping("pq", PRIMARIES_BT2020, 1000.0)
