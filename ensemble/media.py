@@ -125,6 +125,10 @@ _AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
 _SNIFF_BYTES = 4096
 # Demuxers of animated pictures (GIF, APNG), read as videos.
 _ANIMATION_DEMUXERS = frozenset({"gif", "apng"})
+# Data blocks walked looking for a GIF's second picture: an encoder writes
+# 255-byte blocks, so this is over 500 MB of picture data (walked in well
+# under a second); a crafted file of one-byte blocks stops here.
+MAX_GIF_BLOCKS = 2_000_000
 # Chunks read looking for an animated PNG's acTL before the image data.
 _PNG_CHUNKS_BEFORE_DATA = 4096
 # Mean distance (in frames) between sampled frames from which non-reference
@@ -302,38 +306,52 @@ def _apng_frames(path: Path) -> int:
 def _gif_is_animated(path: Path) -> bool:
     """Whether a GIF holds more than one picture: its blocks are walked
     (sizes only, nothing decoded) until a second image descriptor, the
-    trailer, or the end of the data."""
+    trailer, or the end of the data. A GIF whose blocks are too many to walk
+    (a crafted file of one-byte blocks) is refused rather than walked for
+    minutes."""
+    import mmap
+
     with path.open("rb") as fh:
-        screen = fh.read(13)
-        if len(screen) < 13:
+        try:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
             return False
-        if screen[10] & 0x80:  # a global colour table follows
-            fh.seek(3 * 2 ** ((screen[10] & 0x07) + 1), os.SEEK_CUR)
-        pictures = 0
-        while True:
-            introducer = fh.read(1)
-            if introducer == b"\x2c":  # an image descriptor
+    with data:
+        end = len(data)
+        if end < 13:
+            return False
+        pos = 13
+        if data[10] & 0x80:  # a global colour table follows
+            pos += 3 * 2 ** ((data[10] & 0x07) + 1)
+        pictures = blocks = 0
+        while pos < end:
+            introducer = data[pos]
+            if introducer == 0x2C:  # an image descriptor
                 pictures += 1
                 if pictures > 1:
                     return True
-                descriptor = fh.read(9)
-                if len(descriptor) < 9:
+                if pos + 10 >= end:
                     return False
-                if descriptor[8] & 0x80:  # a local colour table
-                    fh.seek(3 * 2 ** ((descriptor[8] & 0x07) + 1), os.SEEK_CUR)
-                fh.read(1)  # the LZW minimum code size
-            elif introducer == b"\x21":  # an extension: its label
-                fh.read(1)
-            else:  # the trailer, the end of the file, or damage
+                packed = data[pos + 9]
+                pos += 10
+                if packed & 0x80:  # a local colour table
+                    pos += 3 * 2 ** ((packed & 0x07) + 1)
+                pos += 1  # the LZW minimum code size
+            elif introducer == 0x21:  # an extension and its label
+                pos += 2
+            else:  # the trailer, or bytes no decoder reads on from
                 return False
             # Data sub-blocks, each led by its size, up to an empty one.
-            while True:
-                size = fh.read(1)
-                if not size:
-                    return False
-                if size == b"\x00":
-                    break
-                fh.seek(size[0], os.SEEK_CUR)
+            while pos < end and data[pos]:
+                pos += data[pos] + 1
+                blocks += 1
+                if blocks > MAX_GIF_BLOCKS:
+                    raise UnsupportedMediaError(
+                        "The GIF is split into more data blocks than any encoder writes "
+                        f"(over {MAX_GIF_BLOCKS:,}); it cannot be read."
+                    )
+            pos += 1
+        return False
 
 
 def _check_size(path: Path, limits: MediaLimits) -> int:
@@ -1388,15 +1406,17 @@ def frames_at_times(
 
 
 def gray_thumbnails(
-    path: Path, limits: MediaLimits, side: int, max_decode_pixels: int
+    path: Path, limits: MediaLimits, side: int, max_decode_pixels: int, max_frames: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]] | None:
     """Every frame of a video as a small upright grey picture (``side``
     pixels square, the whole frame squeezed in): the frames' times (seconds
     from the first frame, as :func:`frames_at_times` counts them) and the
     pictures ``[N, side, side]``. For telling which moment of one video
-    another shows (``explain.reference``). ``None`` when decoding every frame
-    would cost more than ``max_decode_pixels`` (frames times pixels). Frames
-    past damaged data are left out."""
+    another shows (``explain.reference``). ``None`` when the video has more
+    than ``max_frames`` frames, or decoding every frame costs more than
+    ``max_decode_pixels`` (frames times pixels, counted as decoded: a
+    stream may grow past its declared size). Frames past damaged data are
+    left out."""
     import av
 
     _check_size(path, limits)
@@ -1416,7 +1436,7 @@ def gray_thumbnails(
         index = _index_video(container, stream, limits)
         if not index.pts:
             raise EmptyMediaError("The video contains no frames.")
-        if len(index.pts) * width * height > max_decode_pixels:
+        if len(index.pts) > max_frames or len(index.pts) * width * height > max_decode_pixels:
             return None
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
@@ -1431,7 +1451,11 @@ def gray_thumbnails(
                 backward=True,
                 any_frame=False,
             )
+            spent = 0
             for frame in container.decode(stream):
+                spent += frame.width * frame.height
+                if spent > max_decode_pixels or len(pictures) >= max_frames:
+                    return None
                 if frame.pts is None:
                     continue
                 mirrored, rotation = display_mirrored(frame)

@@ -295,7 +295,10 @@ class LoadedMember:
             yield model
         finally:
             if held_head_only and not self.head_only:
-                keep_head_only(self.model, self.model.get_submodule(self.spec.gradcam_layer))
+                # Outside inference mode (a caller may be inside it): the
+                # placeholders must stay ordinary tensors for Grad-CAM.
+                with torch.inference_mode(False):
+                    keep_head_only(self.model, self.model.get_submodule(self.spec.gradcam_layer))
                 self.head_only = True
                 release_memory()
 

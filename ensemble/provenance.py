@@ -67,6 +67,7 @@ MIME_TYPES = {
     "png": "image/png",
     "apng": "image/png",
     "webp": "image/webp",
+    "gif": "image/gif",
     "mp4": "video/mp4",
     "mov": "video/quicktime",
     "avi": "video/x-msvideo",

@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from ensemble.errors import TrusttraceError
 from ensemble.media import RGBImage
 from ensemble.members import TAP_ATTENTION, TAP_GRADCAM, LoadedMember
 from ensemble.pipeline import AnalysisData, Analyzer, ProgressFn
@@ -563,12 +564,18 @@ class Explainer:
         frames = data.media.frames
         if len(frames) != len(result.frames):
             return TimeOffset(0.0, False, why="the sampled frames are not all at hand")
-        offset = reference_offset(
-            reference,
-            [f.time_s for f in result.frames],
-            [f.image for f in frames],
-            self.analyzer.config.limits,
-        )
+        try:
+            offset = reference_offset(
+                reference,
+                [f.time_s for f in result.frames],
+                [f.image for f in frames],
+                self.analyzer.config.limits,
+            )
+        except (TrusttraceError, ValueError, OSError) as e:
+            # Placing it is a refinement: the comparison at equal times
+            # still runs (a reference frames_at cannot read fails there).
+            logger.warning("reference not searched in time: %s", e, exc_info=True)
+            return TimeOffset(0.0, False, why="the reference could not be searched")
         if offset.aligned:
             logger.info(
                 "reference aligned in time: %+.2f s (mean correlation %.2f)",

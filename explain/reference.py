@@ -39,8 +39,11 @@ MIN_PROBES = 4
 MIN_SCORE = 0.5
 MIN_GAIN = 0.05
 # Decoding every frame of a longer reference costs more than it is worth
-# (frames times pixels: about 1,200 frames of 1080p, a few seconds).
+# (frames times pixels: about 1,200 frames of 1080p, a few seconds), and
+# so does comparing with more frames than this (3 minutes at 30 fps; the
+# pictures and their correlations then take a few tens of MB).
 ALIGN_MAX_DECODE_PIXELS = 2_500_000_000
+ALIGN_MAX_FRAMES = 5_400
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,17 @@ def signature(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def _normalised(pictures: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+def _normalised(pictures: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
     """Each picture, blurred, less the video's mean picture, as a unit vector
     (a picture equal to the mean becomes zeros: it matches nothing)."""
-    blurred = np.stack([cv2.GaussianBlur(p.astype(np.float32), (3, 3), 0) for p in pictures])
-    flat = blurred.reshape(len(pictures), -1).astype(np.float64)
-    flat -= flat.mean(axis=0)
+    flat = np.empty((len(pictures), pictures[0].size), np.float32)
+    for i, p in enumerate(pictures):
+        flat[i] = cv2.GaussianBlur(p.astype(np.float32), (3, 3), 0).ravel()
+    flat -= flat.mean(axis=0, dtype=np.float64).astype(np.float32)
     flat -= flat.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
-    out: npt.NDArray[np.float64] = np.divide(
-        flat, norms, out=np.zeros_like(flat), where=norms > 1e-9
+    out: npt.NDArray[np.float32] = np.divide(
+        flat, norms, out=np.zeros_like(flat), where=norms > 1e-6
     )
     return out
 
@@ -161,13 +165,14 @@ def reference_offset(
     probe_images: Sequence[RGBImage],
     limits: MediaLimits,
     max_decode_pixels: int = ALIGN_MAX_DECODE_PIXELS,
+    max_frames: int = ALIGN_MAX_FRAMES,
 ) -> TimeOffset:
     """Where the submission's sampled frames (at ``probe_times``) lie in the
     reference video (:func:`estimate_offset`), or no shift and why not."""
     if len(probe_times) < MIN_PROBES:
         return TimeOffset(0.0, False, why="too few frames were sampled to place them in time")
     try:
-        thumbs = gray_thumbnails(path, limits, SIGNATURE_SIDE, max_decode_pixels)
+        thumbs = gray_thumbnails(path, limits, SIGNATURE_SIDE, max_decode_pixels, max_frames)
     except InvalidMediaError as e:
         raise InvalidReferenceError(f"The reference could not be used: {e}", e.code) from e
     if thumbs is None:

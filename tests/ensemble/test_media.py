@@ -1001,6 +1001,19 @@ def test_a_still_gif_is_an_image_and_its_transparency_is_the_page(tmp_path: Path
     assert np.abs(loaded.frames[0].image.astype(int) - _shown(picture)).mean() < 12
 
 
+def test_a_gif_of_millions_of_tiny_blocks_is_refused_without_walking_them_all(
+    tmp_path: Path,
+) -> None:
+    """Finding a second picture walks the first one's data blocks: a crafted
+    file of one-byte blocks used to cost minutes of a web worker's CPU."""
+    screen = bytes([10, 0, 10, 0, 0, 0, 0])
+    picture = b"\x2c" + bytes(9) + b"\x02" + b"\x01\x00" * 3_000_000 + b"\x00"
+    path = tmp_path / "blocks.gif"
+    path.write_bytes(b"GIF89a" + screen + picture + b"\x3b")
+    with pytest.raises(UnsupportedMediaError, match="more data blocks than any encoder"):
+        sniff(path)
+
+
 def test_a_damaged_animated_gif_is_refused_with_a_reason(tmp_path: Path) -> None:
     pictures = _animation(6)
     path = tmp_path / "moving.gif"

@@ -79,3 +79,22 @@ def test_plain_gradcam_fallback_reloads_the_weights(
     for a, b in zip(gradcam_maps(member, crops, 2), reference, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert member.head_only
+
+
+def test_a_fallback_inside_inference_mode_leaves_a_member_grad_cam_can_use(
+    tmp_path: Path,
+) -> None:
+    """The attention fallback runs under inference mode: the head-only
+    placeholders made there must not be inference tensors, or the next
+    Grad-CAM fails."""
+    import torch
+
+    plain, member = _pair(tmp_path, "tiny_a", "onnxruntime")
+    with torch.inference_mode(), member.whole_model():
+        pass
+    assert member.head_only
+    assert not any(p.is_inference() for p in member.model.parameters())
+    crops = _crops(2, member.input_size)
+    maps = gradcam_maps(member, crops, 2)
+    for a, b in zip(maps, gradcam_maps(plain, crops, 2), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

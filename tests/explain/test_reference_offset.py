@@ -103,7 +103,7 @@ def test_thumbnails_are_every_frame_upright_at_the_times_frames_are_read(tmp_pat
     clip = mf.write_clip(
         tmp_path / "phone.mp4", frames=20, width=160, height=240, display_rotation=90, gop=4
     )
-    thumbs = gray_thumbnails(clip, MediaLimits(), 32, 10**12)
+    thumbs = gray_thumbnails(clip, MediaLimits(), 32, 10**12, 10**6)
     assert thumbs is not None
     times, pictures = thumbs
     assert pictures.shape == (20, 32, 32)
@@ -118,7 +118,8 @@ def test_thumbnails_are_every_frame_upright_at_the_times_frames_are_read(tmp_pat
         turned = np.rot90(signature(frame.image)).astype(float).ravel()
         assert np.corrcoef(ours, turned)[0, 1] < 0.8
     # Decoding every frame of a longer reference is not attempted.
-    assert gray_thumbnails(clip, MediaLimits(), 32, 20 * 160 * 240 - 1) is None
+    assert gray_thumbnails(clip, MediaLimits(), 32, 20 * 160 * 240 - 1, 10**6) is None
+    assert gray_thumbnails(clip, MediaLimits(), 32, 10**12, 19) is None
 
 
 def _mask_means(index) -> list[float]:
@@ -157,6 +158,29 @@ def test_a_submission_cut_from_the_reference_is_compared_at_the_same_moment(
     # same times from each start compare other frames.
     assert max(aligned) < 0.001
     assert min(unaligned) > 0.002
+
+
+def test_a_reference_that_cannot_be_searched_is_still_compared_at_equal_times(
+    tiny_analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Placing the reference in time is a refinement: its failure must not
+    cost the masks the comparison at equal times makes."""
+    from ensemble.errors import UnreadableMediaError
+    from explain import reference
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise UnreadableMediaError("No frame of the video could be decoded")
+
+    monkeypatch.setattr(reference, "gray_thumbnails", fails)
+    original = mf.write_clip(tmp_path / "original.mp4", frames=30, face_at=(60, 30, 170), gop=5)
+    result, index = Explainer(tiny_analyzer, ExplainConfig(kinds=("ssim_reference",))).run(
+        original, tmp_path / "out", reference=original
+    )
+    assert index is not None and result.status == "done"
+    masks = [a for a in index.artifacts if a.kind == "ssim_reference"]
+    assert len(masks) == len(result.faces) > 0
+    assert all("not aligned, the reference could not be searched" in a.caption for a in masks)
+    assert "ssim_reference" not in index.missing
 
 
 def _recode_from(src: Path, dst: Path, start_s: float) -> Path:
