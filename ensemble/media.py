@@ -31,7 +31,7 @@ import math
 import os
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -105,7 +105,7 @@ MEDIA_SUFFIXES = frozenset(
     }
 )
 SUPPORTED_TEXT = (
-    "JPEG, PNG, WebP, BMP or GIF images, GIF or PNG animations, and MP4, MOV, WebM, MKV "
+    "JPEG, PNG, WebP, BMP or GIF images, GIF, PNG or WebP animations, and MP4, MOV, WebM, MKV "
     "or AVI videos"
 )
 # Pillow calls a JPEG holding more than one picture (a multi-picture "MPF"
@@ -251,7 +251,8 @@ def sniff(path: Path) -> MediaType:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return MediaType("video", "apng") if _apng_frames(path) > 1 else MediaType("image", "png")
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return MediaType("image", "webp")
+        animated = len(_webp_delays(path)) > 1
+        return MediaType("video", "webp") if animated else MediaType("image", "webp")
     if head[:2] == b"BM" and len(head) >= 26:
         return MediaType("image", "bmp")
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
@@ -301,6 +302,61 @@ def _apng_frames(path: Path) -> int:
                 return 0
             fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
     return 0
+
+
+def _png_chunks(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """Each chunk of a PNG as (type, the first 26 bytes of its data): headers
+    only, the data skipped."""
+    with path.open("rb") as fh:
+        fh.seek(8)
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return
+            length, kind = struct.unpack(">I4s", header)
+            head = fh.read(min(length, 26))
+            yield kind, head
+            if kind == b"IEND":
+                return
+            fh.seek(length - len(head) + 4, os.SEEK_CUR)  # the rest and the CRC
+
+
+def _shown_for(seconds: float) -> float:
+    """How long browsers show an animation frame given ``seconds``: 10 ms
+    or less is shown for 100 ms (so a zero delay does not stack frames)."""
+    return 0.1 if seconds <= 0.01 else seconds
+
+
+def _apng_delays(path: Path) -> list[float]:
+    """How long each frame of an animated PNG is shown (seconds), from its
+    ``fcTL`` chunks (a default image before the first one is no frame)."""
+    delays: list[float] = []
+    for kind, head in _png_chunks(path):
+        if kind == b"fcTL" and len(head) >= 26:
+            num, den = struct.unpack(">HH", head[20:24])
+            delays.append(_shown_for(num / (den or 100)))
+    return delays
+
+
+def _webp_delays(path: Path) -> list[float]:
+    """How long each frame of an animated WebP is shown (seconds), from its
+    ``ANMF`` chunks; one entry or none for a still."""
+    delays: list[float] = []
+    with path.open("rb") as fh:
+        fh.seek(12)
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return delays
+            kind, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if kind == b"ANMF":
+                head = fh.read(16)
+                if len(head) < 16:
+                    return delays
+                delays.append(_shown_for(int.from_bytes(head[12:15], "little") / 1000))
+                fh.seek(length - 16 + (length & 1), os.SEEK_CUR)
+            else:
+                fh.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def _gif_is_animated(path: Path) -> bool:
@@ -532,9 +588,10 @@ def read_image(path: Path, limits: MediaLimits, media_type: MediaType | None = N
                     # An MPO's second picture is a camera's preview, not a
                     # frame: only PNG and WebP animate.
                     raise UnsupportedMediaError(
-                        f"The {fmt.upper()} image is animated ({frames} frames); animated "
-                        f"{fmt.upper()} cannot be read here. Please upload the animation as a "
-                        "GIF or a video (MP4 or WebM), or one of its frames as a still picture."
+                        f"The {fmt.upper()} image is animated ({frames} frames), but its "
+                        "animation is not laid out as the format requires. Please upload the "
+                        "animation as a GIF or a video (MP4 or WebM), or one of its frames as a "
+                        "still picture."
                     )
                 im.load()
                 rgb = _rgb_array(_upright(im))
@@ -1358,6 +1415,8 @@ def frames_at_times(
     media_type = sniff(path)
     if media_type.kind != "video":
         raise UnsupportedMediaError("Frames at given times come from a video, not an image.")
+    if media_type.format in _PILLOW_ANIMATIONS:
+        return _animation_at_times(path, media_type, limits, times)
     if media_type.format in ("mp4", "mov"):
         _check_mp4_tables(path, limits)
     container = _open_container(path)
@@ -1405,6 +1464,162 @@ def frames_at_times(
     return out
 
 
+# Animated pictures FFmpeg cannot read whole (it cannot decode an animated
+# WebP, nor an opaque APNG that blends its frames over the last), read with
+# Pillow, which composes every frame as a browser does.
+_PILLOW_ANIMATIONS = frozenset({"apng", "webp"})
+
+
+def _animation_times(path: Path, media_type: MediaType, limits: MediaLimits) -> list[float]:
+    """When each frame of an APNG or animated WebP starts (seconds), within
+    the video limits."""
+    _check_size(path, limits)
+    delays = _apng_delays(path) if media_type.format == "apng" else _webp_delays(path)
+    if not delays:
+        raise UnreadableMediaError("The animation has no frames: the file is corrupt or truncated.")
+    if limits.max_video_frames and len(delays) > limits.max_video_frames:
+        raise _count_error(f"{len(delays):,}", limits)
+    starts = np.concatenate([[0.0], np.cumsum(delays)])
+    if starts[-1] > limits.max_duration_s:
+        raise _duration_error(float(starts[-1]), limits)
+    return [float(t) for t in starts]  # one more than the frames: the end
+
+
+def _open_animation(path: Path, limits: MediaLimits) -> Image.Image:
+    """The animation opened with Pillow (nothing decoded yet), its picture
+    size within the limits."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise MediaLimitError(
+            f"The animation declares an enormous picture size; the limit is "
+            f"{limits.max_pixels / 1e6:.0f} megapixels."
+        ) from e
+    try:
+        _check_pixels(im.width, im.height, limits)
+    except MediaLimitError:
+        im.close()
+        raise
+    return im
+
+
+def _animation_frames(
+    path: Path, media_type: MediaType, limits: MediaLimits, wanted: Collection[int]
+) -> Iterator[tuple[int, Image.Image]]:
+    """The animation's frames at ``wanted`` indices, as Pillow composes them
+    (RGBA), decoding from the first frame on; the decoding work is bounded
+    as a video's is."""
+    with _open_animation(path, limits) as im:
+        # A default image before an APNG's animation is Pillow's frame 0.
+        skip = 1 if media_type.format == "apng" and im.info.get("default_image") else 0
+        last = max(wanted)
+        budget = decode_budget(limits, len(wanted))
+        if budget and (last + 1) * im.width * im.height > budget:
+            allowed = max(budget // max(im.width * im.height, 1), 1)
+            raise DecodeWorkLimitError(
+                f"Reaching the {len(wanted)} frames sampled over this animation means decoding "
+                f"{last + 1:,} frames; the limit at its picture size is {allowed:,}. "
+                "Re-encoded as a video (MP4 or WebM), it can be analysed."
+            )
+        if getattr(im, "n_frames", 1) - skip <= last:
+            raise UnreadableMediaError(
+                "The animation holds fewer frames than it declares: the file is corrupt "
+                "or truncated."
+            )
+        for i in range(last + 1):
+            im.seek(i + skip)
+            if i in wanted:
+                yield i, im.convert("RGBA")
+
+
+def _animation_rgb(frame: Image.Image, limits: MediaLimits) -> RGBImage:
+    """An animation frame over the page's white, bounded as video frames are."""
+    width, height = fit_pixels(frame.width, frame.height, limits.max_video_pixels)
+    if (width, height) != frame.size:
+        frame = frame.resize((width, height), Image.Resampling.BOX)
+    return _rgb_array(frame)
+
+
+def read_animation(
+    path: Path, limits: MediaLimits, n_frames: int, media_type: MediaType, plan_frames: int = 0
+) -> LoadedMedia:
+    """An APNG or animated WebP sampled as :func:`read_video` samples a video:
+    ``n_frames`` frames evenly over its time, from each frame's own delay."""
+    if n_frames > limits.max_frames:
+        raise MediaLimitError(f"{n_frames} frames requested; the limit is {limits.max_frames}.")
+    starts = _animation_times(path, media_type, limits)
+    ticks = [round(t * 1000) for t in starts[:-1]]  # milliseconds: whole ticks
+    targets = sample_positions(ticks, n_frames)
+    planned = sample_positions(ticks, plan_frames)
+    wanted = set(targets if len(targets) >= len(planned) else planned)
+    frames: list[Frame] = []
+    try:
+        for i, picture in _animation_frames(path, media_type, limits, wanted):
+            if i in targets:
+                frames.append(Frame(i, starts[i], _animation_rgb(picture, limits)))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        _machine_fault(e)
+        raise UnreadableMediaError(
+            "The animation could not be read: the file is corrupt or truncated."
+        ) from e
+    with _open_animation(path, limits) as im:
+        width, height = im.size
+    decoded_h, decoded_w = frames[0].image.shape[:2]
+    downscaled = (decoded_w, decoded_h) != (width, height)
+    count = len(starts) - 1
+    info = MediaInfo(
+        kind="video",
+        format=media_type.format,
+        width=width,
+        height=height,
+        size_bytes=path.stat().st_size,
+        sha256=file_sha256(path),
+        duration_s=starts[-1],
+        fps=count / starts[-1] if starts[-1] else None,
+        frame_count=count,
+        decoded_width=decoded_w if downscaled else None,
+        decoded_height=decoded_h if downscaled else None,
+        frames_requested=len(targets),
+        frames_missing=0,
+    )
+    stats = DecodeStats(
+        packets=count,
+        decoded=max(wanted) + 1,
+        converted=len(frames),
+        seeks=0,
+        requested=len(targets),
+    )
+    return LoadedMedia(info, tuple(frames), stats)
+
+
+def _animation_at_times(
+    path: Path, media_type: MediaType, limits: MediaLimits, times: Sequence[float]
+) -> dict[float, RGBImage]:
+    """:func:`frames_at_times` for an APNG or animated WebP: the frame shown at
+    each time; none past the animation's end."""
+    starts = _animation_times(path, media_type, limits)
+    shown = {
+        t: min(bisect.bisect_right(starts, t) - 1, len(starts) - 2)
+        for t in times
+        if 0 <= t <= starts[-1]
+    }
+    if not shown:
+        return {}
+    try:
+        pictures = {
+            i: _animation_rgb(p, limits)
+            for i, p in _animation_frames(path, media_type, limits, set(shown.values()))
+        }
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        _machine_fault(e)
+        raise UnreadableMediaError(
+            "The animation could not be read: the file is corrupt or truncated."
+        ) from e
+    return {t: pictures[i] for t, i in shown.items()}
+
+
 def gray_thumbnails(
     path: Path, limits: MediaLimits, side: int, max_decode_pixels: int, max_frames: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]] | None:
@@ -1423,6 +1638,25 @@ def gray_thumbnails(
     media_type = sniff(path)
     if media_type.kind != "video":
         raise UnsupportedMediaError("Frame thumbnails come from a video, not an image.")
+    if media_type.format in _PILLOW_ANIMATIONS:
+        starts = _animation_times(path, media_type, limits)
+        count = len(starts) - 1
+        with _open_animation(path, limits) as im:
+            area = im.width * im.height
+        if count > max_frames or count * area > max_decode_pixels:
+            return None
+        try:
+            frames = _animation_frames(path, media_type, limits, range(count))
+            thumbs = [
+                np.asarray(p.convert("L").resize((side, side), Image.Resampling.BOX), np.uint8)
+                for _, p in frames
+            ]
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            _machine_fault(e)
+            raise UnreadableMediaError(
+                "The animation could not be read: the file is corrupt or truncated."
+            ) from e
+        return np.asarray(starts[:-1]), np.stack(thumbs)
     if media_type.format in ("mp4", "mov"):
         _check_mp4_tables(path, limits)
     container = _open_container(path)
@@ -1492,6 +1726,8 @@ def load_media(
     media_type = sniff(path)
     if media_type.kind == "image":
         return read_image(path, limits, media_type)
+    if media_type.format in _PILLOW_ANIMATIONS:
+        return read_animation(path, limits, n_frames, media_type, plan_frames)
     return read_video(path, limits, n_frames, media_type, plan_frames=plan_frames)
 
 

@@ -12,7 +12,7 @@ class SubmissionForm(forms.Form):
         allow_empty_file=True,  # the service explains what is wrong with it
         label="Image or video",
         help_text=(
-            "JPEG, PNG, WebP, BMP or GIF images; GIF or PNG animations; "
+            "JPEG, PNG, WebP, BMP or GIF images; GIF, PNG or WebP animations; "
             "MP4, MOV, WebM, MKV or AVI videos."
         ),
     )

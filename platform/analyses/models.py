@@ -38,7 +38,7 @@ PROVENANCE_INTACT = ("valid", "untrusted")
 
 
 # Formats read as videos (frames over time) that browsers show as pictures.
-ANIMATED_PICTURE_FORMATS = frozenset({"gif", "apng"})
+ANIMATED_PICTURE_FORMATS = frozenset({"gif", "apng", "webp"})
 
 
 class Submission(models.Model):

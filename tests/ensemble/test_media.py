@@ -908,17 +908,11 @@ def test_transparent_parts_are_analysed_as_shown_on_the_white_page(tmp_path: Pat
     assert load_media(tmp_path / "la.png", LIMITS, 1).frames[0].image[4, 4].tolist() == [255] * 3
 
 
-def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path) -> None:
-    """FFmpeg cannot decode an animated WebP, so it is refused with what to
-    upload instead (GIF and APNG animations are read as videos, below)."""
-    frames = [Image.new("RGB", (64, 48), colour) for colour in ("black", "red", "blue")]
-    path = tmp_path / "animated.webp"
-    frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:], duration=200, loop=0)
-    with pytest.raises(UnsupportedMediaError, match=r"animated \(3 frames\).*GIF or a video"):
-        load_media(path, LIMITS, 8)
-    # One frame saved as an animation is a still.
-    frames[1].save(tmp_path / "one.webp", "WEBP", save_all=True)
-    assert load_media(tmp_path / "one.webp", LIMITS, 8).info.kind == "image"
+def test_one_frame_saved_as_an_animation_is_a_still(tmp_path: Path) -> None:
+    for fmt in ("PNG", "WEBP", "GIF"):
+        path = tmp_path / f"one.{fmt.lower()}"
+        Image.new("RGB", (64, 48), "red").save(path, fmt, save_all=True)
+        assert load_media(path, LIMITS, 8).info.kind == "image", fmt
 
 
 def test_tiff_is_refused_by_name_with_what_to_upload(tmp_path: Path) -> None:
@@ -951,16 +945,17 @@ def _shown(picture: Image.Image) -> np.ndarray:
     return np.asarray(page)
 
 
-@pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "apng")])
-def test_an_animated_gif_or_png_is_read_as_a_video_of_its_pictures(
+@pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "apng"), ("WEBP", "webp")])
+def test_an_animated_gif_png_or_webp_is_read_as_a_video_of_its_pictures(
     tmp_path: Path, fmt: str, suffix: str
 ) -> None:
-    """Before, GIFs were refused and APNGs refused as animated. Each picture
-    is drawn over the ones before it and shown for its own time."""
+    """Before, GIFs were refused, and APNGs and animated WebPs refused as
+    animated. Each picture is drawn over the ones before it and shown for
+    its own time."""
     pictures = _animation(8)
     durations = [100] * 4 + [300] * 4
-    path = tmp_path / f"moving.{'gif' if fmt == 'GIF' else 'png'}"
-    options = {"disposal": 1} if fmt == "GIF" else {}
+    path = tmp_path / f"moving.{'gif' if fmt == 'GIF' else fmt.lower()}"
+    options: dict[str, Any] = {"GIF": {"disposal": 1}, "WEBP": {"lossless": True}}.get(fmt, {})
     pictures[0].save(
         path, fmt, save_all=True, append_images=pictures[1:], duration=durations, loop=0, **options
     )
@@ -969,10 +964,7 @@ def test_an_animated_gif_or_png_is_read_as_a_video_of_its_pictures(
     assert (info.kind, info.format, info.frame_count) == ("video", suffix, 8)
     assert (info.width, info.height) == (128, 96)
     starts = np.cumsum([0, *durations[:-1]]) / 1000
-    if fmt == "GIF":  # the file says; an APNG's last picture's time is estimated
-        assert info.duration_s == pytest.approx(sum(durations) / 1000, abs=0.02)
-    else:
-        assert info.duration_s > starts[-1]
+    assert info.duration_s == pytest.approx(sum(durations) / 1000, abs=0.02)
     assert [f.index for f in loaded.frames] == list(range(8))
     for frame in loaded.frames:
         assert frame.time_s == pytest.approx(starts[frame.index], abs=0.011)
@@ -989,6 +981,18 @@ def test_an_animated_gif_or_png_is_read_as_a_video_of_its_pictures(
     few = load_media(path, LIMITS, 3)
     for frame in few.frames:
         assert np.array_equal(frame.image, loaded.frames[frame.index].image)
+
+
+def test_an_opaque_apng_that_blends_its_frames_over_the_last_is_read(tmp_path: Path) -> None:
+    """FFmpeg refuses to blend frames without alpha (APNG_BLEND_OP_OVER on
+    RGB or grey), so such files were called corrupt; Pillow composes them."""
+    for mode, shape in (("RGB", (48, 64, 3)), ("L", (48, 64))):
+        frames = [Image.fromarray(np.full(shape, v, np.uint8), mode) for v in (10, 120, 240)]
+        path = tmp_path / f"over-{mode}.png"
+        frames[0].save(path, "PNG", save_all=True, append_images=frames[1:], duration=100, blend=1)
+        loaded = load_media(path, LIMITS, 3)
+        assert (loaded.info.kind, loaded.info.format) == ("video", "apng")
+        assert [f.image[0, 0, 0] for f in loaded.frames] == [10, 120, 240]
 
 
 def test_a_still_gif_is_an_image_and_its_transparency_is_the_page(tmp_path: Path) -> None:
@@ -1012,6 +1016,30 @@ def test_a_gif_of_millions_of_tiny_blocks_is_refused_without_walking_them_all(
     path.write_bytes(b"GIF89a" + screen + picture + b"\x3b")
     with pytest.raises(UnsupportedMediaError, match="more data blocks than any encoder"):
         sniff(path)
+
+
+def test_a_truncated_apng_or_animated_webp_is_read_as_far_as_it_goes_or_refused(
+    tmp_path: Path,
+) -> None:
+    """An APNG cut short is read as the frames it still holds whole, as a
+    cut video is; an animated WebP cut short (its frame index is up front)
+    is refused as corrupt, never reported as a crash."""
+    pictures = _animation(6)
+    for fmt in ("PNG", "WEBP"):
+        path = tmp_path / f"moving.{fmt.lower()}"
+        pictures[0].save(path, fmt, save_all=True, append_images=pictures[1:], duration=100)
+        data = path.read_bytes()
+        cut = tmp_path / f"cut.{fmt.lower()}"
+        cut.write_bytes(data[: int(len(data) * 0.7)])
+        if fmt == "PNG":
+            loaded = load_media(cut, LIMITS, 6)
+            assert loaded.info.kind == "video" and 1 < loaded.info.frame_count < 6
+            whole = load_media(path, LIMITS, 6)
+            for frame in loaded.frames:
+                assert np.array_equal(frame.image, whole.frames[frame.index].image)
+        else:
+            with pytest.raises(UnreadableMediaError, match="corrupt or truncated"):
+                load_media(cut, LIMITS, 6)
 
 
 def test_a_damaged_animated_gif_is_refused_with_a_reason(tmp_path: Path) -> None:

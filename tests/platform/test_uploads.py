@@ -199,7 +199,8 @@ def test_type_comes_from_content_not_extension(
 
 
 @pytest.mark.parametrize(
-    ("fmt", "suffix", "stored"), [("GIF", "gif", ".gif"), ("PNG", "apng", ".png")]
+    ("fmt", "suffix", "stored"),
+    [("GIF", "gif", ".gif"), ("PNG", "apng", ".png"), ("WEBP", "webp", ".webp")],
 )
 def test_an_animated_gif_or_png_is_kept_as_an_animation_and_shown_as_a_picture(
     site: Path, clients, tmp_path: Path, monkeypatch, fmt: str, suffix: str, stored: str
@@ -222,14 +223,14 @@ def test_an_animated_gif_or_png_is_kept_as_an_animation_and_shown_as_a_picture(
     assert (sub.kind, sub.media_format) == ("video", suffix) and sub.file.name.endswith(stored)
     assert not sub.plays_in_video_player
     served = clients["submitter"].get(reverse("analyses:file", args=[sub.pk]))
-    assert served["Content-Type"] == f"image/{'gif' if fmt == 'GIF' else 'png'}"
+    assert served["Content-Type"] == f"image/{fmt.lower()}"
 
 
 def test_a_finished_animation_is_shown_in_img_and_a_video_in_video(
     site: Path, clients, users, finished
 ) -> None:
     sub = finished(users["submitter"])
-    for media_format, shown in (("gif", "img"), ("apng", "img"), ("mp4", "video")):
+    for media_format, shown in (("gif", "img"), ("apng", "img"), ("webp", "img"), ("mp4", "video")):
         Submission.objects.filter(pk=sub.pk).update(kind="video", media_format=media_format)
         page = clients["submitter"].get(reverse("analyses:detail", args=[sub.pk]))
         html = page.content.decode()
