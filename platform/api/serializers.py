@@ -240,7 +240,10 @@ class DisputeOutSerializer(serializers.Serializer[Any]):
             "at": serializers.DateTimeField(),
         },
         allow_null=True,
-        help_text="the decision that answered it; null while open",
+        help_text=(
+            "the decision that answered it; null while open, and for a dispute answered "
+            "before the site recorded which decision answered it (before 2 Dec 2026)"
+        ),
     )
 
 
