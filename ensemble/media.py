@@ -129,6 +129,20 @@ _ANIMATION_DEMUXERS = frozenset({"gif", "apng"})
 # 255-byte blocks, so this is over 500 MB of picture data (walked in well
 # under a second); a crafted file of one-byte blocks stops here.
 MAX_GIF_BLOCKS = 2_000_000
+_TOO_MANY_BLOCKS = (
+    f"The GIF is split into more blocks than any encoder writes (over {MAX_GIF_BLOCKS:,}); "
+    "it cannot be read."
+)
+# Chunks walked in a PNG or WebP (an animation's frames are a few chunks
+# each; the frame limit is 216,000).
+MAX_CHUNKS = 2_000_000
+_TOO_MANY_CHUNKS = (
+    f"The {{what}} is split into more chunks than any encoder writes (over {MAX_CHUNKS:,}); "
+    "it cannot be read."
+)
+# An animated WebP is read whole into memory, twice, by its decoder: a larger
+# one would not fit beside the analysis.
+MAX_ANIMATED_WEBP_BYTES = 200 * 1024**2
 # Chunks read looking for an animated PNG's acTL before the image data.
 _PNG_CHUNKS_BEFORE_DATA = 4096
 # Mean distance (in frames) between sampled frames from which non-reference
@@ -251,7 +265,7 @@ def sniff(path: Path) -> MediaType:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return MediaType("video", "apng") if _apng_frames(path) > 1 else MediaType("image", "png")
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        animated = len(_webp_delays(path)) > 1
+        animated = len(_webp_delays(path, enough=2)) > 1
         return MediaType("video", "webp") if animated else MediaType("image", "webp")
     if head[:2] == b"BM" and len(head) >= 26:
         return MediaType("image", "bmp")
@@ -309,7 +323,7 @@ def _png_chunks(path: Path) -> Iterator[tuple[bytes, bytes]]:
     only, the data skipped."""
     with path.open("rb") as fh:
         fh.seek(8)
-        while True:
+        for _ in range(MAX_CHUNKS):
             header = fh.read(8)
             if len(header) < 8:
                 return
@@ -319,6 +333,7 @@ def _png_chunks(path: Path) -> Iterator[tuple[bytes, bytes]]:
             if kind == b"IEND":
                 return
             fh.seek(length - len(head) + 4, os.SEEK_CUR)  # the rest and the CRC
+        raise UnsupportedMediaError(_TOO_MANY_CHUNKS.format(what="PNG"))
 
 
 def _shown_for(seconds: float) -> float:
@@ -329,34 +344,51 @@ def _shown_for(seconds: float) -> float:
 
 def _apng_delays(path: Path) -> list[float]:
     """How long each frame of an animated PNG is shown (seconds), from its
-    ``fcTL`` chunks (a default image before the first one is no frame)."""
+    ``fcTL`` chunks (a default image before the first one is no frame), for
+    as many frames as its ``acTL`` declares (viewers play no more)."""
     delays: list[float] = []
+    declared = None
     for kind, head in _png_chunks(path):
-        if kind == b"fcTL" and len(head) >= 26:
+        if kind == b"acTL" and len(head) >= 8 and declared is None:
+            declared = struct.unpack(">I", head[:4])[0]
+        elif kind == b"fcTL" and len(head) >= 26:
             num, den = struct.unpack(">HH", head[20:24])
             delays.append(_shown_for(num / (den or 100)))
+            if declared is not None and len(delays) >= declared:
+                break
     return delays
 
 
-def _webp_delays(path: Path) -> list[float]:
+def _webp_delays(path: Path, enough: int = 0) -> list[float]:
     """How long each frame of an animated WebP is shown (seconds), from its
-    ``ANMF`` chunks; one entry or none for a still."""
+    ``ANMF`` chunks inside the RIFF size, as libwebp reads them: none for a
+    still (no ``VP8X`` chunk first with the animation flag). Stops after
+    ``enough`` frames when given (0: all)."""
     delays: list[float] = []
     with path.open("rb") as fh:
+        riff = fh.read(12)
+        if len(riff) < 12:
+            return delays
+        end = 8 + struct.unpack("<I", riff[4:8])[0]
+        first = fh.read(9)
+        if len(first) < 9 or first[:4] != b"VP8X" or not first[8] & 0x02:
+            return delays
         fh.seek(12)
-        while True:
+        for _ in range(MAX_CHUNKS):
+            start = fh.tell()
             header = fh.read(8)
-            if len(header) < 8:
+            if len(header) < 8 or start + 8 > end:
                 return delays
             kind, length = header[:4], struct.unpack("<I", header[4:])[0]
             if kind == b"ANMF":
                 head = fh.read(16)
-                if len(head) < 16:
-                    return delays
+                if len(head) < 16 or length < 16:
+                    return delays  # cut short: the frames before it
                 delays.append(_shown_for(int.from_bytes(head[12:15], "little") / 1000))
-                fh.seek(length - 16 + (length & 1), os.SEEK_CUR)
-            else:
-                fh.seek(length + (length & 1), os.SEEK_CUR)
+                if enough and len(delays) >= enough:
+                    return delays
+            fh.seek(start + 8 + length + (length & 1))
+        raise UnsupportedMediaError(_TOO_MANY_CHUNKS.format(what="WebP"))
 
 
 def _gif_is_animated(path: Path) -> bool:
@@ -372,6 +404,9 @@ def _gif_is_animated(path: Path) -> bool:
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file
             return False
+        except OSError as e:
+            _machine_fault(e)
+            raise UnreadableMediaError("The GIF could not be read.") from e
     with data:
         end = len(data)
         if end < 13:
@@ -381,6 +416,9 @@ def _gif_is_animated(path: Path) -> bool:
             pos += 3 * 2 ** ((data[10] & 0x07) + 1)
         pictures = blocks = 0
         while pos < end:
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise UnsupportedMediaError(_TOO_MANY_BLOCKS)
             introducer = data[pos]
             if introducer == 0x2C:  # an image descriptor
                 pictures += 1
@@ -402,10 +440,7 @@ def _gif_is_animated(path: Path) -> bool:
                 pos += data[pos] + 1
                 blocks += 1
                 if blocks > MAX_GIF_BLOCKS:
-                    raise UnsupportedMediaError(
-                        "The GIF is split into more data blocks than any encoder writes "
-                        f"(over {MAX_GIF_BLOCKS:,}); it cannot be read."
-                    )
+                    raise UnsupportedMediaError(_TOO_MANY_BLOCKS)
             pos += 1
         return False
 
@@ -1473,7 +1508,13 @@ _PILLOW_ANIMATIONS = frozenset({"apng", "webp"})
 def _animation_times(path: Path, media_type: MediaType, limits: MediaLimits) -> list[float]:
     """When each frame of an APNG or animated WebP starts (seconds), within
     the video limits."""
-    _check_size(path, limits)
+    size = _check_size(path, limits)
+    if media_type.format == "webp" and size > MAX_ANIMATED_WEBP_BYTES:
+        raise MediaLimitError(
+            f"The animated WebP is {size / 1024**2:,.0f} MB; animated WebP is read whole into "
+            f"memory, so the limit for it is {MAX_ANIMATED_WEBP_BYTES / 1024**2:,.0f} MB. "
+            "Upload the animation as a video (MP4 or WebM)."
+        )
     delays = _apng_delays(path) if media_type.format == "apng" else _webp_delays(path)
     if not delays:
         raise UnreadableMediaError("The animation has no frames: the file is corrupt or truncated.")
@@ -1505,24 +1546,35 @@ def _open_animation(path: Path, limits: MediaLimits) -> Image.Image:
     return im
 
 
+def _check_animation_work(wanted: Collection[int], area: int, limits: MediaLimits) -> None:
+    """Reaching the ``wanted`` frames decodes every frame up to the last of
+    them: bounded as a video's sampling is (``decode_budget``)."""
+    if not wanted:
+        return
+    last = max(wanted)
+    budget = decode_budget(limits, len(wanted))
+    if budget and (last + 1) * area > budget:
+        allowed = max(budget // max(area, 1), 1)
+        raise DecodeWorkLimitError(
+            f"Reaching the {len(wanted)} frames sampled over this animation means decoding "
+            f"{last + 1:,} frames; the limit at its picture size is {allowed:,}. "
+            "Re-encoded as a video (MP4 or WebM), it can be analysed."
+        )
+
+
 def _animation_frames(
     path: Path, media_type: MediaType, limits: MediaLimits, wanted: Collection[int]
 ) -> Iterator[tuple[int, Image.Image]]:
     """The animation's frames at ``wanted`` indices, as Pillow composes them
     (RGBA), decoding from the first frame on; the decoding work is bounded
     as a video's is."""
+    if not wanted:
+        return
     with _open_animation(path, limits) as im:
         # A default image before an APNG's animation is Pillow's frame 0.
         skip = 1 if media_type.format == "apng" and im.info.get("default_image") else 0
         last = max(wanted)
-        budget = decode_budget(limits, len(wanted))
-        if budget and (last + 1) * im.width * im.height > budget:
-            allowed = max(budget // max(im.width * im.height, 1), 1)
-            raise DecodeWorkLimitError(
-                f"Reaching the {len(wanted)} frames sampled over this animation means decoding "
-                f"{last + 1:,} frames; the limit at its picture size is {allowed:,}. "
-                "Re-encoded as a video (MP4 or WebM), it can be analysed."
-            )
+        _check_animation_work(wanted, im.width * im.height, limits)
         if getattr(im, "n_frames", 1) - skip <= last:
             raise UnreadableMediaError(
                 "The animation holds fewer frames than it declares: the file is corrupt "
@@ -1553,19 +1605,19 @@ def read_animation(
     ticks = [round(t * 1000) for t in starts[:-1]]  # milliseconds: whole ticks
     targets = sample_positions(ticks, n_frames)
     planned = sample_positions(ticks, plan_frames)
-    wanted = set(targets if len(targets) >= len(planned) else planned)
     frames: list[Frame] = []
     try:
-        for i, picture in _animation_frames(path, media_type, limits, wanted):
-            if i in targets:
-                frames.append(Frame(i, starts[i], _animation_rgb(picture, limits)))
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        with _open_animation(path, limits) as im:
+            width, height = im.size
+        # The upload probe decodes one frame but answers for the analysis's sampling.
+        _check_animation_work(planned, width * height, limits)
+        for i, picture in _animation_frames(path, media_type, limits, set(targets)):
+            frames.append(Frame(i, starts[i], _animation_rgb(picture, limits)))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         _machine_fault(e)
         raise UnreadableMediaError(
             "The animation could not be read: the file is corrupt or truncated."
         ) from e
-    with _open_animation(path, limits) as im:
-        width, height = im.size
     decoded_h, decoded_w = frames[0].image.shape[:2]
     downscaled = (decoded_w, decoded_h) != (width, height)
     count = len(starts) - 1
@@ -1586,7 +1638,7 @@ def read_animation(
     )
     stats = DecodeStats(
         packets=count,
-        decoded=max(wanted) + 1,
+        decoded=max(targets) + 1,
         converted=len(frames),
         seeks=0,
         requested=len(targets),
@@ -1600,10 +1652,12 @@ def _animation_at_times(
     """:func:`frames_at_times` for an APNG or animated WebP: the frame shown at
     each time; none past the animation's end."""
     starts = _animation_times(path, media_type, limits)
+    # As frames_at_times serves a video: the first frame before the start,
+    # nothing past the end.
     shown = {
-        t: min(bisect.bisect_right(starts, t) - 1, len(starts) - 2)
+        t: min(max(bisect.bisect_right(starts, t) - 1, 0), len(starts) - 2)
         for t in times
-        if 0 <= t <= starts[-1]
+        if t <= starts[-1]
     }
     if not shown:
         return {}
@@ -1612,7 +1666,7 @@ def _animation_at_times(
             i: _animation_rgb(p, limits)
             for i, p in _animation_frames(path, media_type, limits, set(shown.values()))
         }
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         _machine_fault(e)
         raise UnreadableMediaError(
             "The animation could not be read: the file is corrupt or truncated."
@@ -1641,17 +1695,18 @@ def gray_thumbnails(
     if media_type.format in _PILLOW_ANIMATIONS:
         starts = _animation_times(path, media_type, limits)
         count = len(starts) - 1
-        with _open_animation(path, limits) as im:
-            area = im.width * im.height
-        if count > max_frames or count * area > max_decode_pixels:
-            return None
         try:
-            frames = _animation_frames(path, media_type, limits, range(count))
-            thumbs = [
-                np.asarray(p.convert("L").resize((side, side), Image.Resampling.BOX), np.uint8)
-                for _, p in frames
-            ]
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            with _open_animation(path, limits) as im:
+                area = im.width * im.height
+            if count > max_frames or count * area > max_decode_pixels:
+                return None
+            thumbs = []
+            for _, picture in _animation_frames(path, media_type, limits, range(count)):
+                # Over the page's white first, as the compared frames are.
+                shown = Image.fromarray(_over_white(np.asarray(picture)), "RGB")
+                small = shown.convert("L").resize((side, side), Image.Resampling.BOX)
+                thumbs.append(np.asarray(small, np.uint8))
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             _machine_fault(e)
             raise UnreadableMediaError(
                 "The animation could not be read: the file is corrupt or truncated."

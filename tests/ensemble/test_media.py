@@ -3,7 +3,10 @@ from __future__ import annotations
 import errno
 import io
 import itertools
+import struct
+import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -1014,7 +1017,7 @@ def test_a_gif_of_millions_of_tiny_blocks_is_refused_without_walking_them_all(
     picture = b"\x2c" + bytes(9) + b"\x02" + b"\x01\x00" * 3_000_000 + b"\x00"
     path = tmp_path / "blocks.gif"
     path.write_bytes(b"GIF89a" + screen + picture + b"\x3b")
-    with pytest.raises(UnsupportedMediaError, match="more data blocks than any encoder"):
+    with pytest.raises(UnsupportedMediaError, match="more blocks than any encoder"):
         sniff(path)
 
 
@@ -1040,6 +1043,84 @@ def test_a_truncated_apng_or_animated_webp_is_read_as_far_as_it_goes_or_refused(
         else:
             with pytest.raises(UnreadableMediaError, match="corrupt or truncated"):
                 load_media(cut, LIMITS, 6)
+
+
+def test_crafted_block_and_chunk_floods_are_refused_quickly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extensions without data did not count towards the GIF walk's cap;
+    PNG and WebP chunk walks had none."""
+    screen = bytes([10, 0, 10, 0, 0, 0, 0])
+    gif = tmp_path / "extensions.gif"
+    gif.write_bytes(b"GIF89a" + screen + b"\x21\xf9\x00" * 2_100_000 + b"\x3b")
+    with pytest.raises(UnsupportedMediaError, match="more blocks than any encoder"):
+        sniff(gif)
+    monkeypatch.setattr(media, "MAX_CHUNKS", 1000)
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x02]) + bytes(9)
+    empty = b"JUNK" + struct.pack("<I", 0)
+    body = b"WEBP" + vp8x + empty * 2000
+    webp = tmp_path / "chunks.webp"
+    webp.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(UnsupportedMediaError, match="more chunks than any encoder"):
+        sniff(webp)
+
+
+def test_webp_and_apng_frames_are_those_their_headers_declare(tmp_path: Path) -> None:
+    """A still WebP (no animation flag) is a still whatever follows it; an
+    APNG plays the frames its acTL declares, not every fcTL it carries."""
+    still = tmp_path / "still.webp"
+    Image.new("RGB", (32, 32), "red").save(still, "WEBP")
+    data = still.read_bytes()
+    anmf = b"ANMF" + struct.pack("<I", 16) + bytes(16)
+    still.write_bytes(data + anmf * 3)  # past the RIFF size, as libwebp reads it
+    assert sniff(still) == MediaType("image", "webp")
+    pictures = _animation(3)
+    path = tmp_path / "three.png"
+    pictures[0].save(path, "PNG", save_all=True, append_images=pictures[1:], duration=100)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"acTL")
+    raw[at + 4 : at + 8] = struct.pack(">I", 2)  # declares 2 frames of the 3
+    raw[at + 12 : at + 16] = struct.pack(">I", zlib.crc32(bytes(raw[at : at + 12])))
+    path.write_bytes(bytes(raw))
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.info.frame_count == 2 and [f.index for f in loaded.frames] == [0, 1]
+
+
+def test_an_animation_over_its_size_limit_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pictures = _animation(4)
+    path = tmp_path / "big.webp"
+    pictures[0].save(path, "WEBP", save_all=True, append_images=pictures[1:], duration=100)
+    monkeypatch.setattr(media, "MAX_ANIMATED_WEBP_BYTES", path.stat().st_size - 1)
+    with pytest.raises(MediaLimitError, match="animated WebP is read whole into memory"):
+        load_media(path, LIMITS, 4)
+
+
+def test_the_upload_probe_decodes_one_frame_of_an_animation(tmp_path: Path) -> None:
+    """It answers for the analysis's sampling from the frames' count and
+    size, as for a video, without decoding the whole animation."""
+    pictures = _animation(8)
+    path = tmp_path / "moving.png"
+    pictures[0].save(path, "PNG", save_all=True, append_images=pictures[1:], duration=100)
+    probed = load_media(path, LIMITS, 1, plan_frames=8)
+    assert len(probed.frames) == 1 and probed.stats.decoded == 1
+    tight = replace(LIMITS, max_decode_pixels_per_frame=128 * 96)
+    with pytest.raises(MediaLimitError, match="decoding 8 frames"):
+        load_media(path, tight, 1, plan_frames=2)
+
+
+def test_thumbnails_of_a_transparent_animation_are_over_the_page_white(tmp_path: Path) -> None:
+    pictures = _animation(3)
+    path = tmp_path / "moving.webp"
+    pictures[0].save(
+        path, "WEBP", save_all=True, append_images=pictures[1:], duration=100, lossless=True
+    )
+    thumbs = media.gray_thumbnails(path, LIMITS, 32, 10**12, 10**6)
+    assert thumbs is not None
+    times, grey = thumbs
+    assert times.tolist() == pytest.approx([0.0, 0.1, 0.2])
+    assert (grey[:, 0, 0] >= 250).all()  # the transparent corner, shown on white
 
 
 def test_a_damaged_animated_gif_is_refused_with_a_reason(tmp_path: Path) -> None:
