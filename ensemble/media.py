@@ -754,6 +754,65 @@ def _video_stream(container: Any) -> Any:
     return stream
 
 
+# FFmpeg's own VP8 and VP9 decoders drop a WebM's alpha channel: WebM keeps
+# it beside the picture, as a second VP8/VP9 picture in each block's
+# BlockAdditional, which only the libvpx decoders read. A browser plays such a
+# video transparent, over the page; decoded without it, the transparent parts
+# come out as whatever colour the encoder left under them (often black).
+_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+class _Decoder:
+    """The frames of one video stream, from where the container was last
+    sought to: decoded by the stream's own decoder, or, for a WebM with an
+    alpha channel (its ``alpha_mode`` tag), by libvpx into frames that keep
+    the alpha (``yuva420p``), which :func:`_to_rgb` shows on the page's white.
+    Such frames carry no display matrix (the stream's is FFmpeg's own
+    decoder's to attach): a WebM with both an alpha channel and a rotation is
+    analysed unturned. Decoding uses ``DECODE_THREADS_PER_CORE`` threads a
+    core."""
+
+    def __init__(self, container: Any, stream: Any) -> None:
+        self.container, self.stream = container, stream
+        self.context = _alpha_context(stream) or stream.codec_context
+        self.alpha = self.context is not stream.codec_context
+        self.context.thread_type = "AUTO"
+        self.context.thread_count = DECODE_THREADS_PER_CORE * _cores()
+
+    def seek(self, pts: int) -> None:
+        """To the key frame at or before ``pts``."""
+        self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
+        if self.alpha:
+            self.context.flush_buffers()  # the container flushes only its streams' own
+
+    def frames(self) -> Iterator[Any]:
+        if not self.alpha:
+            yield from self.container.decode(self.stream)
+            return
+        # demux ends with an empty packet per stream, which drains the decoder.
+        for packet in self.container.demux(self.stream):
+            yield from self.context.decode(packet)
+
+
+def _alpha_context(stream: Any) -> Any:
+    """A libvpx decoder for a VP8/VP9 stream that declares an alpha channel,
+    else None (as when this FFmpeg lacks libvpx: the alpha is then lost, and
+    the transparent parts are analysed as the encoder left them)."""
+    import av
+
+    name = _ALPHA_DECODERS.get(getattr(stream.codec_context, "name", ""))
+    tags = {str(k).lower(): str(v) for k, v in (getattr(stream, "metadata", None) or {}).items()}
+    if name is None or tags.get("alpha_mode") != "1":
+        return None
+    try:
+        context = av.CodecContext.create(name, "r")
+    except (ValueError, av.error.FFmpegError):
+        logger.warning("no %s decoder: the video's alpha channel is not read", name)
+        return None
+    context.extradata = stream.codec_context.extradata
+    return context
+
+
 def read_video(
     path: Path,
     limits: MediaLimits,
@@ -799,8 +858,6 @@ def read_video(
         planned = [index.pts[i] for i in sample_positions(index.pts, plan_frames)]
         # Priced at the declared size; _decode_targets counts what it decodes.
         _check_decode_work(index, max(targets, planned, key=len), width * height, limits)
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, stats = _decode_targets(container, stream, index, targets, limits)
     except av.error.FFmpegError as e:
         _machine_fault(e)
@@ -1300,10 +1357,11 @@ def _decode_targets(
     """
     import av
 
+    decoder = _Decoder(container, stream)
     positions = [bisect.bisect_left(index.pts, t) for t in targets]
     gaps = np.diff(positions) if len(positions) > 1 else np.array([])
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
-        stream.codec_context.skip_frame = "NONREF"
+        decoder.context.skip_frame = "NONREF"
     frames: list[Frame] = []
     decoded = converted = seeks = rotation = missing = spent = 0
     budget = int(decode_budget(limits, len(targets)) * DECODE_SLACK)
@@ -1369,9 +1427,9 @@ def _decode_targets(
         try:
             # Inside the try: a seek that fails on damaged data costs this
             # target, not the whole video.
-            container.seek(key, stream=stream, backward=True, any_frame=False)
+            decoder.seek(key)
             seeks += 1
-            for frame in container.decode(stream):
+            for frame in decoder.frames():
                 decoded += 1
                 check(frame)
                 if frame.pts is None:
@@ -1476,8 +1534,6 @@ def frames_at_times(
         # one-frame video serves every time, as a still image does.
         last_s = seconds[-1] - seconds[-2] if len(seconds) > 1 else math.inf
         wanted = {t: index.pts[nearest(t)] for t in times if t <= seconds[-1] + last_s}
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
         frames, _ = _decode_targets(container, stream, index, sorted(set(wanted.values())), limits)
     except av.error.FFmpegError as e:
         _machine_fault(e)
@@ -1727,28 +1783,28 @@ def gray_thumbnails(
             raise EmptyMediaError("The video contains no frames.")
         if len(index.pts) > max_frames or len(index.pts) * width * height > max_decode_pixels:
             return None
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = DECODE_THREADS_PER_CORE * _cores()
+        decoder = _Decoder(container, stream)
         # Scaled in two steps: swscale to a few times the side (cheap, from
         # the decoder's own planes), then an area average.
         first = side * 4
         try:
             # Back to the start: indexing read every packet.
-            container.seek(
-                index.keyframes[0] if index.keyframes else index.start_pts,
-                stream=stream,
-                backward=True,
-                any_frame=False,
-            )
+            decoder.seek(index.keyframes[0] if index.keyframes else index.start_pts)
             spent = 0
-            for frame in container.decode(stream):
+            for frame in decoder.frames():
                 spent += frame.width * frame.height
                 if spent > max_decode_pixels or len(pictures) >= max_frames:
                     return None
                 if frame.pts is None:
                     continue
                 mirrored, rotation = display_mirrored(frame)
-                grey = frame.reformat(width=first, height=first, format="gray").to_ndarray()
+                if _has_alpha(frame):
+                    # Over the page's white first, as the compared frames are.
+                    rgba = frame.reformat(width=first, height=first, format="rgba")
+                    shown = Image.fromarray(_over_white(rgba.to_ndarray()), "RGB")
+                    grey = np.asarray(shown.convert("L"), np.uint8)
+                else:
+                    grey = frame.reformat(width=first, height=first, format="gray").to_ndarray()
                 small = grey.reshape(side, 4, side, 4).mean(axis=(1, 3))
                 pictures.append(upright(np.rint(small).astype(np.uint8), rotation, mirrored))
                 times.append(float((frame.pts - index.start_pts) * index.time_base))

@@ -1305,3 +1305,78 @@ def test_frames_before_the_first_key_frame_are_counted_missing_not_folded(tmp_pa
     sparse = load_media(path, LIMITS, 4)
     assert media.sample_positions(list(range(55)), 4) == [0, 18, 36, 54]
     assert [f.index for f in sparse.frames] == [36, 54] and sparse.info.frames_missing == 2
+
+
+def _alpha_webm(path: Path, codec: str, frames: int = 12, pix_fmt: str = "yuva420p") -> Path:
+    """A WebM (or a MOV, by ``path``'s suffix) whose left half is opaque blue
+    and right half transparent, over a red the encoder keeps under the
+    transparency (what is seen when the alpha channel is dropped)."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
+    if codec.startswith("libvpx"):
+        stream.options = {"auto-alt-ref": "0"}  # VP8 encodes no alpha with alt-ref frames
+    elif codec == "prores_ks":
+        stream.options = {"profile": "4"}  # 4444, the ProRes that holds alpha
+    for _ in range(frames):
+        rgba = np.zeros((64, 96, 4), np.uint8)
+        rgba[..., :3] = (200, 0, 0)
+        rgba[:, :48] = (0, 0, 220, 255)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize("codec", ["libvpx", "libvpx-vp9"], ids=["vp8", "vp9"])
+def test_a_webm_with_alpha_is_analysed_as_shown_on_the_white_page(
+    tmp_path: Path, codec: str
+) -> None:
+    """FFmpeg's own VP8/VP9 decoders drop WebM's alpha (the encoder's red
+    came through); libvpx reads it, for the analysis, the frames at given
+    times and the reference thumbnails alike."""
+    path = _alpha_webm(tmp_path / "a.webm", codec)
+    loaded = load_media(path, LIMITS, 4)
+    assert len(loaded.frames) == 4
+    for frame in loaded.frames:
+        assert np.abs(frame.image[32, 10].astype(int) - [0, 0, 220]).max() <= 6
+        assert np.abs(frame.image[32, 86].astype(int) - [255, 255, 255]).max() <= 3
+    at = media.frames_at_times(path, LIMITS, [0.0, 0.55])
+    assert sorted(at) == [0.0, 0.55]
+    assert all(np.abs(im[32, 86].astype(int) - 255).max() <= 3 for im in at.values())
+    thumbs = media.gray_thumbnails(path, LIMITS, 8, 10**12, 10**6)
+    assert thumbs is not None and len(thumbs[0]) == 12
+    assert (thumbs[1][:, 4, 7] >= 250).all()  # the transparent half: white, not red
+
+
+def test_without_libvpx_a_webms_alpha_is_lost_not_the_video(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9")
+    monkeypatch.setattr(media, "_ALPHA_DECODERS", {})
+    image = load_media(path, LIMITS, 2).frames[0].image
+    assert np.abs(image[32, 86].astype(int) - [200, 0, 0]).max() <= 12
+
+
+def test_a_truncated_webm_with_alpha_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9", frames=40)
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
+    loaded = load_media(cut, LIMITS, 4)
+    assert 0 < len(loaded.frames) <= 4
+    assert loaded.info.frame_count < 40
+    assert np.abs(loaded.frames[-1].image[32, 86].astype(int) - 255).max() <= 3
+
+
+@pytest.mark.parametrize(
+    "codec,pix_fmt", [("prores_ks", "yuva444p10le"), ("qtrle", "argb"), ("png", "rgba")]
+)
+def test_a_mov_with_alpha_is_analysed_as_shown_on_the_white_page(
+    tmp_path: Path, codec: str, pix_fmt: str
+) -> None:
+    path = _alpha_webm(tmp_path / "a.mov", codec, frames=4, pix_fmt=pix_fmt)
+    image = load_media(path, LIMITS, 2).frames[0].image
+    assert np.abs(image[32, 10].astype(int) - [0, 0, 220]).max() <= 3
+    assert np.abs(image[32, 86].astype(int) - [255, 255, 255]).max() <= 3
