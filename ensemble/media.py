@@ -800,17 +800,35 @@ def _alpha_context(stream: Any) -> Any:
     the transparent parts are analysed as the encoder left them)."""
     import av
 
-    name = _ALPHA_DECODERS.get(getattr(stream.codec_context, "name", ""))
-    tags = {str(k).lower(): str(v) for k, v in (getattr(stream, "metadata", None) or {}).items()}
-    if name is None or tags.get("alpha_mode") != "1":
+    name = _alpha_decoder_name(stream)
+    if name is None:
         return None
     try:
         context = av.CodecContext.create(name, "r")
     except (ValueError, av.error.FFmpegError):
         logger.warning("no %s decoder: the video's alpha channel is not read", name)
         return None
-    context.extradata = stream.codec_context.extradata
+    native = stream.codec_context
+    context.extradata = native.extradata
+    # The container's colour description (an HDR or wide-gamut WebM's), which
+    # FFmpeg hands its own decoder and libvpx's frames otherwise lack.
+    for tag in ("color_primaries", "color_trc", "colorspace", "color_range"):
+        setattr(context, tag, getattr(native, tag))
     return context
+
+
+def _alpha_decoder_name(stream: Any) -> str | None:
+    """The libvpx decoder for a VP8/VP9 stream that declares an alpha
+    channel (WebM's ``alpha_mode`` tag), else None."""
+    name = _ALPHA_DECODERS.get(getattr(stream.codec_context, "name", ""))
+    tags = {str(k).lower(): str(v) for k, v in (getattr(stream, "metadata", None) or {}).items()}
+    return name if tags.get("alpha_mode") == "1" else None
+
+
+def _pictures_per_frame(stream: Any) -> int:
+    """Pictures decoded for each frame: two for a WebM with alpha (the alpha
+    is a second VP8/VP9 picture), else one. The decoding work counts both."""
+    return 2 if _alpha_decoder_name(stream) is not None else 1
 
 
 def read_video(
@@ -857,7 +875,8 @@ def read_video(
         targets = [index.pts[i] for i in sample_positions(index.pts, n_frames)]
         planned = [index.pts[i] for i in sample_positions(index.pts, plan_frames)]
         # Priced at the declared size; _decode_targets counts what it decodes.
-        _check_decode_work(index, max(targets, planned, key=len), width * height, limits)
+        area = width * height * _pictures_per_frame(stream)
+        _check_decode_work(index, max(targets, planned, key=len), area, limits)
         frames, stats = _decode_targets(container, stream, index, targets, limits)
     except av.error.FFmpegError as e:
         _machine_fault(e)
@@ -1275,8 +1294,11 @@ def _to_rgb(
     mapping = display_mapping(frame)
     # Transparent parts (a GIF's or APNG's, a video with alpha) are shown
     # on the page's white, as pictures' are.
-    alpha = mapping is None and _has_alpha(frame)
-    pixel_format = "rgba" if alpha else "rgb24" if mapping is None else "rgb48le"
+    alpha = _has_alpha(frame)
+    if mapping is None:
+        pixel_format = "rgba" if alpha else "rgb24"
+    else:
+        pixel_format = "rgba64le" if alpha else "rgb48le"
     if (inner_w, inner_h) == (frame.width, frame.height):
         decoded = frame.to_ndarray(format=pixel_format)
     else:
@@ -1286,9 +1308,16 @@ def _to_rgb(
             height=inner_h,
             interpolation=DOWNSCALE_INTERPOLATION,
         )
-    if alpha:
-        decoded = _over_white(decoded)
-    image: RGBImage = decoded if mapping is None else mapping.to_sdr(decoded)
+    if mapping is not None:
+        # Mapped to SDR first, then over the white, as a browser composites.
+        shown = mapping.to_sdr(np.ascontiguousarray(decoded[..., :3]))
+        if alpha:
+            # The high byte: swscale widens 8-bit alpha as a << 8 (opaque is 65280).
+            opacity = (decoded[..., 3:4] >> 8).astype(np.uint8)
+            decoded = np.concatenate([shown, opacity], axis=2)
+        else:
+            decoded = shown
+    image: RGBImage = _over_white(decoded) if alpha else decoded
     if (inner_w, inner_h) != (width, height):
         canvas = np.zeros((height, width, 3), np.uint8)
         top, left = (height - inner_h) // 2, (width - inner_w) // 2
@@ -1358,6 +1387,7 @@ def _decode_targets(
     import av
 
     decoder = _Decoder(container, stream)
+    pictures = 2 if decoder.alpha else 1  # an alpha WebM decodes two pictures a frame
     positions = [bisect.bisect_left(index.pts, t) for t in targets]
     gaps = np.diff(positions) if len(positions) > 1 else np.array([])
     if len(gaps) and float(np.mean(gaps)) >= SPARSE_GAP_FRAMES:
@@ -1378,7 +1408,7 @@ def _decode_targets(
         if (frame.width, frame.height) != checked:
             _check_pixels(frame.width, frame.height, limits)
             checked = (frame.width, frame.height)
-        spent += frame.width * frame.height
+        spent += frame.width * frame.height * pictures
         if budget and spent > budget:
             raise DecodeWorkLimitError(
                 f"Decoding this video to reach its {len(targets)} sampled frames went past "
@@ -1781,7 +1811,8 @@ def gray_thumbnails(
         index = _index_video(container, stream, limits)
         if not index.pts:
             raise EmptyMediaError("The video contains no frames.")
-        if len(index.pts) > max_frames or len(index.pts) * width * height > max_decode_pixels:
+        area = width * height * _pictures_per_frame(stream)
+        if len(index.pts) > max_frames or len(index.pts) * area > max_decode_pixels:
             return None
         decoder = _Decoder(container, stream)
         # Scaled in two steps: swscale to a few times the side (cheap, from
@@ -1792,7 +1823,7 @@ def gray_thumbnails(
             decoder.seek(index.keyframes[0] if index.keyframes else index.start_pts)
             spent = 0
             for frame in decoder.frames():
-                spent += frame.width * frame.height
+                spent += frame.width * frame.height * (2 if decoder.alpha else 1)
                 if spent > max_decode_pixels or len(pictures) >= max_frames:
                     return None
                 if frame.pts is None:

@@ -1307,13 +1307,24 @@ def test_frames_before_the_first_key_frame_are_counted_missing_not_folded(tmp_pa
     assert [f.index for f in sparse.frames] == [36, 54] and sparse.info.frames_missing == 2
 
 
-def _alpha_webm(path: Path, codec: str, frames: int = 12, pix_fmt: str = "yuva420p") -> Path:
+def _alpha_webm(
+    path: Path,
+    codec: str,
+    frames: int = 12,
+    pix_fmt: str = "yuva420p",
+    gop: int = 0,
+    colour: dict[str, int] | None = None,
+) -> Path:
     """A WebM (or a MOV, by ``path``'s suffix) whose left half is opaque blue
     and right half transparent, over a red the encoder keeps under the
     transparency (what is seen when the alpha channel is dropped)."""
     out = av.open(str(path), "w")
     stream = out.add_stream(codec, rate=10)
     stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
+    if gop:
+        stream.codec_context.gop_size = gop
+    for tag, value in (colour or {}).items():
+        setattr(stream.codec_context, tag, value)
     if codec.startswith("libvpx"):
         stream.options = {"auto-alt-ref": "0"}  # VP8 encodes no alpha with alt-ref frames
     elif codec == "prores_ks":
@@ -1322,6 +1333,7 @@ def _alpha_webm(path: Path, codec: str, frames: int = 12, pix_fmt: str = "yuva42
         rgba = np.zeros((64, 96, 4), np.uint8)
         rgba[..., :3] = (200, 0, 0)
         rgba[:, :48] = (0, 0, 220, 255)
+        rgba[:, 40:48, :3] = 128  # an opaque grey stripe
         for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
             out.mux(packet)
     for packet in stream.encode():
@@ -1380,3 +1392,82 @@ def test_a_mov_with_alpha_is_analysed_as_shown_on_the_white_page(
     image = load_media(path, LIMITS, 2).frames[0].image
     assert np.abs(image[32, 10].astype(int) - [0, 0, 220]).max() <= 3
     assert np.abs(image[32, 86].astype(int) - [255, 255, 255]).max() <= 3
+
+
+def test_a_webm_with_alpha_is_sought_frame_by_frame_through_its_key_frames(
+    tmp_path: Path,
+) -> None:
+    """A key frame every 4 frames: every sampled frame is reached by its own
+    seek, and the decoder (libvpx, outside the container's own flushing) gives
+    that moment's frame, not one left over from before the seek."""
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9", frames=40, gop=4)
+    loaded = load_media(path, LIMITS, 8)
+    assert loaded.stats.seeks >= 4
+    assert [round(f.time_s, 1) for f in loaded.frames] == [
+        round(f.index / 10, 1) for f in loaded.frames
+    ]
+    assert len({f.index for f in loaded.frames}) == 8
+    assert all(np.abs(f.image[32, 86].astype(int) - 255).max() <= 3 for f in loaded.frames)
+    # Times asked for out of order, the last frame among them.
+    at = media.frames_at_times(path, LIMITS, [3.9, 0.2, 2.1])
+    assert sorted(at) == [0.2, 2.1, 3.9]
+
+
+def test_an_hdr_webm_with_alpha_is_tone_mapped_then_shown_on_white(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvpx's frames lacked the container's colour description (BT.2020,
+    PQ here), so such a WebM was analysed without its tone mapping."""
+    hdr = {"color_primaries": 9, "color_trc": 16, "colorspace": 9}
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9", frames=4, colour=hdr)
+    image = load_media(path, LIMITS, 1).frames[0].image
+    assert np.abs(image[32, 86].astype(int) - 255).max() <= 3
+    with monkeypatch.context() as m:
+        m.setattr(media, "_ALPHA_DECODERS", {})  # FFmpeg's own decoder: tags, no alpha
+        mapped = load_media(path, LIMITS, 1).frames[0].image
+    assert np.abs(mapped[32, 44].astype(int) - 128).min() > 20  # the grey was tone-mapped
+    # swscale's RGBA and RGB paths round differently (0.6% at 16 bits here).
+    assert np.abs(image[32, 44].astype(int) - mapped[32, 44]).max() <= 6
+    assert np.abs(image[32, 10].astype(int) - mapped[32, 10]).max() <= 6  # opaque: unmixed
+
+
+def test_a_machine_fault_in_the_alpha_decoder_is_not_reported_as_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9")
+    real = media._alpha_context
+
+    class Failing:
+        def __init__(self, context: Any) -> None:
+            self._context = context
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._context, name)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "_context":
+                object.__setattr__(self, name, value)
+            else:
+                setattr(self._context, name, value)
+
+        def decode(self, packet: Any) -> Any:
+            raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(media, "_alpha_context", lambda stream: Failing(real(stream)))
+    with pytest.raises(MediaReadFaultError, match="out of memory"):
+        load_media(path, LIMITS, 4)
+
+
+def test_an_alpha_webm_counts_its_alpha_pictures_in_the_decoding_work(tmp_path: Path) -> None:
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9", frames=12)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert media._pictures_per_frame(stream) == 2
+    # A budget that the frames' pixels fit once but not twice.
+    area = 96 * 64
+    limits = replace(LIMITS, max_decode_pixels_per_frame=area * 12 // 4 * 3 // 2)
+    with pytest.raises(media.DecodeWorkLimitError):
+        load_media(path, limits, 4)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(media, "_ALPHA_DECODERS", {})
+        assert len(load_media(path, limits, 4).frames) == 4
