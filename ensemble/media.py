@@ -1310,13 +1310,13 @@ def _to_rgb(
         )
     if mapping is not None:
         # Mapped to SDR first, then over the white, as a browser composites.
-        shown = mapping.to_sdr(np.ascontiguousarray(decoded[..., :3]))
+        sdr = mapping.to_sdr(np.ascontiguousarray(decoded[..., :3]))
         if alpha:
             # The high byte: swscale widens 8-bit alpha as a << 8 (opaque is 65280).
             opacity = (decoded[..., 3:4] >> 8).astype(np.uint8)
-            decoded = np.concatenate([shown, opacity], axis=2)
+            decoded = np.concatenate([sdr, opacity], axis=2)
         else:
-            decoded = shown
+            decoded = sdr
     image: RGBImage = _over_white(decoded) if alpha else decoded
     if (inner_w, inner_h) != (width, height):
         canvas = np.zeros((height, width, 3), np.uint8)
