@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -96,6 +97,10 @@ def _logits(
     model: nn.Module, samples: list[Sample], spec: MemberSpec, size: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     ds = FaceDataset(samples, size, spec.mean, spec.std, train=False)
+    # In the memory format predict feeds the crops in: fp32 B7 on 2 cores took
+    # 116 ms a crop instead of 174 (16 crops, once, beside a training run), so
+    # a pass over the 2,560 val crops about 5 minutes instead of 7.
+    model = model.to(memory_format=torch.channels_last)
     return predict(model, DataLoader(ds, batch_size=EVAL_BATCH), "cpu", amp=False)
 
 
@@ -181,17 +186,16 @@ def export_run(
     measured: dict[str, npt.NDArray[np.float64]] = {}
     transfer = run_info.get("transfer") or {}
     transferred_int8 = transfer.get("quantization") == "int8"
-    for quant in ("int8", "fp16"):
-        if transferred_int8:
-            # Weights that are int8 already round to themselves (max |w| of
-            # each channel is 127 steps): the same logits, not worth a pass;
-            # fp16 is measured below only if int8 is refused.
-            if quant == "int8":
-                measured[quant], auc[quant] = logits32, auc["fp32"]
-            continue
-        model.load_state_dict(roundtrip(state, quant))
-        measured[quant], _ = _logits(model, samples, spec, size)
-        auc[quant] = _auc(measured[quant], labels)
+    # fp16 is measured below only if int8 is refused (a pass of B7 over the
+    # val crops is minutes on a CPU).
+    if transferred_int8:
+        # Weights that are int8 already round to themselves (max |w| of
+        # each channel is 127 steps): the same logits, not worth a pass.
+        measured["int8"], auc["int8"] = logits32, auc["fp32"]
+    else:
+        model.load_state_dict(roundtrip(state, "int8"))
+        measured["int8"], _ = _logits(model, samples, spec, size)
+        auc["int8"] = _auc(measured["int8"], labels)
     ref = auc["fp32"]
     int8_auc = auc["int8"]
     if transferred_int8:
