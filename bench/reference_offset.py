@@ -30,9 +30,11 @@ DFDC = "aaronchong888_abofeumbvv.mp4"
 FRAMES = 32
 
 
-def recode(src: Path, dst: Path, start_s: float, end_s: float | None = None) -> Path:
+def recode(
+    src: Path, dst: Path, start_s: float, end_s: float | None = None, preset: str = "veryfast"
+) -> Path:
     """``src`` from ``start_s`` to ``end_s`` (seconds from its first frame),
-    decoded and encoded again (H.264, CRF 26)."""
+    decoded and encoded again (H.264, CRF 26, x264's ``preset``)."""
     import av
 
     with av.open(str(src)) as inp, av.open(str(dst), mode="w") as out:
@@ -40,7 +42,7 @@ def recode(src: Path, dst: Path, start_s: float, end_s: float | None = None) -> 
         o = out.add_stream("libx264", rate=stream.average_rate)
         o.width, o.height = stream.codec_context.width, stream.codec_context.height
         o.pix_fmt = "yuv420p"
-        o.options = {"preset": "veryfast", "crf": "26"}
+        o.options = {"preset": preset, "crf": "26"}
         first = None
         for frame in inp.decode(stream):
             t = float(frame.pts * stream.time_base)

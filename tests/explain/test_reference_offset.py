@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
+from bench.reference_offset import recode
 from ensemble.config import MediaLimits
 from ensemble.media import gray_thumbnails, load_media
 from ensemble.pipeline import Analyzer
@@ -183,35 +183,14 @@ def test_a_reference_that_cannot_be_searched_is_still_compared_at_equal_times(
     assert "ssim_reference" not in index.missing
 
 
-def _recode_from(src: Path, dst: Path, start_s: float) -> Path:
-    """``src`` from ``start_s`` on, decoded and encoded again (H.264)."""
-    with av.open(str(src)) as inp, av.open(str(dst), mode="w") as out:
-        stream = inp.streams.video[0]
-        o = out.add_stream("libx264", rate=stream.average_rate)
-        o.width, o.height = stream.codec_context.width, stream.codec_context.height
-        o.pix_fmt = "yuv420p"
-        o.options = {"preset": "ultrafast", "crf": "26"}
-        first = None
-        for frame in inp.decode(stream):
-            t = float(frame.pts * stream.time_base)
-            first = t if first is None else first
-            if t - first < start_s - 1e-6:
-                continue
-            for packet in o.encode(
-                av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
-            ):
-                out.mux(packet)
-        for packet in o.encode():
-            out.mux(packet)
-    return dst
-
-
 @pytest.mark.shared
 def test_the_ffpp_fake_cut_three_seconds_in_is_placed_in_its_original(
     shared: Path, tmp_path: Path
 ) -> None:
     videos = shared / "media" / "videos"
-    cut = _recode_from(videos / "tranthuhoai3786_000_003.mp4", tmp_path / "cut.mp4", 3.0)
+    cut = recode(
+        videos / "tranthuhoai3786_000_003.mp4", tmp_path / "cut.mp4", 3.0, preset="ultrafast"
+    )
     read = load_media(cut, MediaLimits(), 16)
     found = reference_offset(
         videos / "cyshih704_real.mp4",
