@@ -760,6 +760,10 @@ def _video_stream(container: Any) -> Any:
 # video transparent, over the page; decoded without it, the transparent parts
 # come out as whatever colour the encoder left under them (often black).
 _ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+# Packets offered to FFmpeg's own decoder to learn an alpha WebM's display
+# matrix before it is taken as upright (a seek lands on a key frame, so the
+# first one normally tells).
+_ORIENTATION_PACKETS = 4
 
 
 class _Decoder:
@@ -767,10 +771,10 @@ class _Decoder:
     sought to: decoded by the stream's own decoder, or, for a WebM with an
     alpha channel (its ``alpha_mode`` tag), by libvpx into frames that keep
     the alpha (``yuva420p``), which :func:`_to_rgb` shows on the page's white.
-    Such frames carry no display matrix (the stream's is FFmpeg's own
-    decoder's to attach): a WebM with both an alpha channel and a rotation is
-    analysed unturned. Decoding uses ``DECODE_THREADS_PER_CORE`` threads a
-    core."""
+    libvpx's frames carry no display matrix (FFmpeg attaches the stream's to
+    its own decoder's frames only), so :meth:`orientation` answers for them
+    from the first frame FFmpeg's decoder gives. Decoding uses
+    ``DECODE_THREADS_PER_CORE`` threads a core."""
 
     def __init__(self, container: Any, stream: Any) -> None:
         self.container, self.stream = container, stream
@@ -778,6 +782,33 @@ class _Decoder:
         self.alpha = self.context is not stream.codec_context
         self.context.thread_type = "AUTO"
         self.context.thread_count = DECODE_THREADS_PER_CORE * _cores()
+        # An alpha WebM's (mirrored, quarter turns), once FFmpeg's decoder has told.
+        self._shown: tuple[bool, int] | None = None
+
+    def orientation(self, frame: Any) -> tuple[bool, int]:
+        """How ``frame`` is turned to be shown upright, as
+        :func:`display_mirrored` answers: from its own display matrix, or for
+        libvpx's frames the stream's (upright when that could not be read)."""
+        if not self.alpha:
+            return display_mirrored(frame)
+        return self._shown or (False, 0)
+
+    def _learn_orientation(self, packet: Any) -> None:
+        """The stream's display matrix, from FFmpeg's own decoder's frame
+        for ``packet``; a packet that gives none (damaged, or not a key
+        frame's) leaves it to the next."""
+        import av
+
+        native = self.stream.codec_context
+        try:
+            frames = native.decode(packet) or native.decode(None)
+        except av.error.FFmpegError as e:
+            _machine_fault(e)
+            frames = []
+        finally:
+            native.flush_buffers()
+        if frames:
+            self._shown = display_mirrored(frames[0])
 
     def seek(self, pts: int) -> None:
         """To the key frame at or before ``pts``."""
@@ -790,7 +821,11 @@ class _Decoder:
             yield from self.container.decode(self.stream)
             return
         # demux ends with an empty packet per stream, which drains the decoder.
+        learnt = 0
         for packet in self.container.demux(self.stream):
+            if self._shown is None and packet.size and learnt < _ORIENTATION_PACKETS:
+                learnt += 1
+                self._learn_orientation(packet)
             yield from self.context.decode(packet)
 
 
@@ -1277,6 +1312,7 @@ def _to_rgb(
     max_pixels: int,
     size: tuple[int, int] | None = None,
     sar: Fraction | None = None,
+    orientation: tuple[bool, int] | None = None,
 ) -> RGBImage:
     """A decoded frame as RGB, upright, at the shape it is shown at (``sar``:
     the stream's sample aspect ratio), downscaled in the same swscale pass
@@ -1285,7 +1321,8 @@ def _to_rgb(
     that size instead; a frame of another shape (a stream that turned, or
     changed format) is scaled to fit inside it keeping its shape, centred
     on black, never stretched. HDR and BT.2020 video is tone-mapped to SDR
-    BT.709 (:mod:`ensemble.hdr`)."""
+    BT.709 (:mod:`ensemble.hdr`). ``orientation`` (mirrored, quarter turns)
+    stands in for a frame's missing display matrix (:meth:`_Decoder.orientation`)."""
     shown = shown_size(frame.width, frame.height, sar)
     width, height = size or fit_pixels(*shown, max_pixels)
     inner_w, inner_h = fit_inside(shown, (width, height))
@@ -1323,7 +1360,7 @@ def _to_rgb(
         top, left = (height - inner_h) // 2, (width - inner_w) // 2
         canvas[top : top + inner_h, left : left + inner_w] = image
         image = canvas
-    mirrored, rotation = display_mirrored(frame)
+    mirrored, rotation = orientation or display_mirrored(frame)
     return upright(image, rotation, mirrored)
 
 
@@ -1439,8 +1476,9 @@ def _decode_targets(
             sar = _sample_aspect(stream)
             shown = shown_size(frame.width, frame.height, sar)
             size = fit_pixels(*shown, limits.max_video_pixels)
-        image = _to_rgb(frame, limits.max_video_pixels, size, sar)
-        rotation = display_mirrored(frame)[1]
+        turned = decoder.orientation(frame)
+        image = _to_rgb(frame, limits.max_video_pixels, size, sar, turned)
+        rotation = turned[1]
         converted += 1
         pos = min(bisect.bisect_left(index.pts, frame.pts), len(index.pts) - 1)
         time_s = float((frame.pts - index.start_pts) * index.time_base)
@@ -1828,7 +1866,7 @@ def gray_thumbnails(
                     return None
                 if frame.pts is None:
                     continue
-                mirrored, rotation = display_mirrored(frame)
+                mirrored, rotation = decoder.orientation(frame)
                 if _has_alpha(frame):
                     # Over the page's white first, as the compared frames are.
                     rgba = frame.reformat(width=first, height=first, format="rgba")

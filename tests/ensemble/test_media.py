@@ -1314,13 +1314,18 @@ def _alpha_webm(
     pix_fmt: str = "yuva420p",
     gop: int = 0,
     colour: dict[str, int] | None = None,
+    rotation: int = 0,
+    mirrored: bool = False,
 ) -> Path:
     """A WebM (or a MOV, by ``path``'s suffix) whose left half is opaque blue
     and right half transparent, over a red the encoder keeps under the
-    transparency (what is seen when the alpha channel is dropped)."""
+    transparency (what is seen when the alpha channel is dropped); shown
+    turned by ``rotation`` degrees and mirrored by its display matrix."""
     out = av.open(str(path), "w")
     stream = out.add_stream(codec, rate=10)
     stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
+    if rotation or mirrored:
+        stream.set_display_rotation(rotation, hflip=mirrored)
     if gop:
         stream.codec_context.gop_size = gop
     for tag, value in (colour or {}).items():
@@ -1361,6 +1366,40 @@ def test_a_webm_with_alpha_is_analysed_as_shown_on_the_white_page(
     thumbs = media.gray_thumbnails(path, LIMITS, 8, 10**12, 10**6)
     assert thumbs is not None and len(thumbs[0]) == 12
     assert (thumbs[1][:, 4, 7] >= 250).all()  # the transparent half: white, not red
+
+
+@pytest.mark.parametrize(
+    "codec,rotation,mirrored",
+    [("libvpx", 90, False), ("libvpx-vp9", -90, False), ("libvpx-vp9", 180, True)],
+    ids=["vp8-90", "vp9-270", "vp9-180-mirrored"],
+)
+def test_a_turned_webm_with_alpha_is_shown_upright_as_its_display_matrix_asks(
+    tmp_path: Path, codec: str, rotation: int, mirrored: bool
+) -> None:
+    """libvpx's frames carry no display matrix (FFmpeg attaches the stream's
+    to its own decoder's frames only): a phone's WebM with alpha was analysed
+    lying on its side. It is turned as FFmpeg's own decoder turns it, with
+    the transparent parts on white where that decoder shows the encoder's red."""
+    path = _alpha_webm(tmp_path / "a.webm", codec, rotation=rotation, mirrored=mirrored)
+    loaded = load_media(path, LIMITS, 2)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(media, "_ALPHA_DECODERS", {})
+        native = load_media(path, LIMITS, 2)
+    assert loaded.info.rotation == native.info.rotation == rotation % 360
+    assert (loaded.info.width, loaded.info.height) == (native.info.width, native.info.height)
+    for ours, theirs in zip(loaded.frames, native.frames, strict=True):
+        assert ours.image.shape == theirs.image.shape == native.frames[0].image.shape
+        red = np.all(np.abs(theirs.image.astype(int) - [200, 0, 0]) <= 12, axis=2)
+        assert 0.3 < red.mean() < 0.6  # the transparent half, wherever it was turned to
+        assert (ours.image[red] >= 250).all()
+        assert np.abs(ours.image[~red].astype(int) - theirs.image[~red]).mean() < 4
+    thumbs = media.gray_thumbnails(path, LIMITS, 8, 10**12, 10**6)
+    assert thumbs is not None
+    small_red = cv2.resize(red.astype(np.uint8), (8, 8), interpolation=cv2.INTER_AREA) == 1
+    assert (thumbs[1][0][small_red] >= 250).all()
+    if rotation % 180:
+        # The transparent half is the top or bottom one once turned: not a column.
+        assert not (thumbs[1][0][:, 7] >= 250).all()
 
 
 def test_without_libvpx_a_webms_alpha_is_lost_not_the_video(
