@@ -26,6 +26,8 @@ COMPOSE = ROOT / "docker" / "compose.yml"
 NGINX = ROOT / "docker" / "nginx.conf"
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 SECRET = "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz-_+=!"
+# What the operator puts in trusttrace.env besides: the server that sends mail.
+MAIL = {"DJANGO_EMAIL_HOST": "smtp.example.org", "DJANGO_DEFAULT_FROM_EMAIL": "tt@example.org"}
 
 
 def _compose() -> dict[str, Any]:
@@ -141,7 +143,7 @@ def test_the_body_limit_leaves_room_for_a_file_and_its_reference() -> None:
 
 
 def test_production_settings_with_the_compose_defaults_pass_check_deploy() -> None:
-    env = {**os.environ, **_defaults(_compose()["x-env"]), "DJANGO_SECRET_KEY": SECRET}
+    env = {**os.environ, **_defaults(_compose()["x-env"]), "DJANGO_SECRET_KEY": SECRET, **MAIL}
     env["DJANGO_ALLOWED_HOSTS"] = "trusttrace.example.org"
     out = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
@@ -250,6 +252,7 @@ def test_a_stopped_worker_finishes_its_analysis_and_static_files_follow_the_imag
         **_dockerfile_env(),
         "DJANGO_SECRET_KEY": SECRET,
         "DJANGO_ALLOWED_HOSTS": "trusttrace.example.org",
+        **MAIL,
     }
     limit, static_root = _settings_under(env, "CELERY_TASK_TIME_LIMIT", "STATIC_ROOT")
     # Before: Docker's 10 s default killed the running analysis on every stop.

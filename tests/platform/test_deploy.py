@@ -29,14 +29,32 @@ def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _prod_env(**extra: str) -> dict[str, str]:
+# What an operator sets besides the secret key: the shared cache and a mail server.
+OPERATOR = {
+    "REDIS_CACHE_URL": "redis://cache.example.org:6379/1",
+    "DJANGO_EMAIL_HOST": "smtp.example.org",
+    "DJANGO_DEFAULT_FROM_EMAIL": "trusttrace@example.org",
+}
+_MAIL_AND_CACHE = (
+    "REDIS_CACHE_URL",
+    "DJANGO_EMAIL_BACKEND",
+    "DJANGO_EMAIL_HOST",
+    "DJANGO_DEFAULT_FROM_EMAIL",
+    "TRUSTTRACE_EMAIL_TO_LOG",
+    "DJANGO_EMAIL_USE_TLS",
+    "DJANGO_EMAIL_USE_SSL",
+)
+
+
+def _prod_env(*, operator: bool = True, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "trusttrace.settings.production",
         "DJANGO_ALLOWED_HOSTS": "trusttrace.example.org",
-        **extra,
     }
-    env.pop("DJANGO_SECRET_KEY", None)
+    for name in ("DJANGO_SECRET_KEY", *_MAIL_AND_CACHE):
+        env.pop(name, None)
+    env.update(OPERATOR if operator else {})
     env.update(extra)
     return env
 
@@ -52,6 +70,77 @@ def test_production_settings_pass_check_deploy() -> None:
 def test_production_refuses_to_start_without_a_secret_key() -> None:
     out = _manage(_prod_env(), "check")
     assert out.returncode != 0 and "DJANGO_SECRET_KEY must be set" in out.stderr
+
+
+def _setting(env: dict[str, str], expr: str) -> str:
+    out = _manage(env, "shell", "-c", f"from django.conf import settings; print({expr})")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_production_refuses_a_per_process_cache() -> None:
+    """Without Redis each gunicorn worker kept its own log-in and upload
+    counts: three workers, three times the guesses before a lockout."""
+    env = _prod_env(DJANGO_SECRET_KEY=SECRET)
+    del env["REDIS_CACHE_URL"]
+    out = _manage(env, "check")
+    assert out.returncode != 0 and "REDIS_CACHE_URL must be set" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "mail,refusal",
+    [
+        ({}, "DJANGO_EMAIL_HOST must name the SMTP server"),
+        (
+            {"DJANGO_EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"},
+            "sends no mail",
+        ),
+        ({"DJANGO_EMAIL_HOST": "smtp.example.org"}, "must be a real sender address"),
+        (
+            {"DJANGO_EMAIL_HOST": "smtp.example.org", "DJANGO_DEFAULT_FROM_EMAIL": "a@b.org"}
+            | {"DJANGO_EMAIL_USE_TLS": "1", "DJANGO_EMAIL_USE_SSL": "1"},
+            "both set",
+        ),
+    ],
+    ids=["no-server", "console", "localhost-sender", "tls-and-ssl"],
+)
+def test_production_refuses_to_start_without_a_way_to_send_mail(
+    mail: dict[str, str], refusal: str
+) -> None:
+    """The console backend printed live password-reset links in the web log
+    while users were told they had been mailed; SMTP read no server from the
+    environment and mailed localhost:25 inside the container."""
+    env = _prod_env(operator=False, DJANGO_SECRET_KEY=SECRET, REDIS_CACHE_URL="redis://r:6379/1")
+    env.update(mail)
+    out = _manage(env, "check")
+    assert out.returncode != 0 and refusal in out.stderr, out.stderr
+
+
+def test_production_reads_the_smtp_server_from_the_environment() -> None:
+    env = _prod_env(
+        DJANGO_SECRET_KEY=SECRET,
+        DJANGO_EMAIL_PORT="587",
+        DJANGO_EMAIL_HOST_USER="mailer",
+        DJANGO_EMAIL_HOST_PASSWORD="$ecret",
+        DJANGO_EMAIL_USE_TLS="yes",
+    )
+    shown = _setting(
+        env,
+        "settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT, "
+        "settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD, settings.EMAIL_USE_TLS",
+    )
+    assert shown == (
+        "django.core.mail.backends.smtp.EmailBackend smtp.example.org 587 mailer $ecret True"
+    )
+    # A trial install may print its mail to the log, when it says so.
+    trial = _prod_env(
+        operator=False,
+        DJANGO_SECRET_KEY=SECRET,
+        REDIS_CACHE_URL="redis://r:6379/1",
+        DJANGO_EMAIL_BACKEND="django.core.mail.backends.console.EmailBackend",
+        TRUSTTRACE_EMAIL_TO_LOG="1",
+    )
+    assert _setting(trial, "settings.EMAIL_BACKEND").endswith("console.EmailBackend")
 
 
 def test_database_url_selects_postgres(tmp_path) -> None:

@@ -164,6 +164,20 @@ LOGIN_REDIRECT_URL = "analyses:list"
 LOGOUT_REDIRECT_URL = "accounts:login"
 EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "trusttrace@localhost")
+# The SMTP server the smtp backend hands mail to (verification and
+# password-reset links); production settings refuse to start without one.
+EMAIL_HOST = env_str("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("DJANGO_EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("DJANGO_EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+EMAIL_USE_SSL = env_bool("DJANGO_EMAIL_USE_SSL", False)  # implicit TLS, usually port 465
+EMAIL_TIMEOUT = env_int("DJANGO_EMAIL_TIMEOUT", 30)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured(
+        "DJANGO_EMAIL_USE_TLS and DJANGO_EMAIL_USE_SSL are both set: choose one "
+        "(TLS: STARTTLS, usually port 587; SSL: implicit TLS, usually port 465)"
+    )
 
 # Login throttling (accounts.throttle): failures per username+IP in a window.
 LOGIN_MAX_FAILURES = env_int("TRUSTTRACE_LOGIN_MAX_FAILURES", 5)
