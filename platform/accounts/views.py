@@ -14,6 +14,7 @@ from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView, PasswordChangeView, PasswordResetView
 from django.core.cache import cache
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -100,7 +101,16 @@ def signup(request: HttpRequest) -> HttpResponse:
                     None, "Too many accounts created from your address; try again in an hour."
                 )
                 return render(request, "accounts/signup.html", {"form": form}, status=429)
-            user = form.save()
+            try:
+                with transaction.atomic():
+                    user = form.save()
+            except IntegrityError:
+                # Another sign-up took the address (or the name) between the
+                # form's check and this insert; checked again, the form says which.
+                form = SignUpForm(request.POST)
+                if form.is_valid():
+                    form.add_error(None, "The account could not be created; please try again.")
+                return render(request, "accounts/signup.html", {"form": form})
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {user.username}. You can submit media now.")
             _say_sent(request, user, verification.send_link(request, user))

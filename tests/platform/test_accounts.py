@@ -331,3 +331,45 @@ def test_accounts_created_by_operators_count_as_verified(users, settings) -> Non
     assert "(verified)" in page and 'id="resend"' not in page
     # Like users made with create_user (the admin, createsuperuser).
     assert verification.is_verified(users["submitter"])
+
+
+def test_one_address_one_account_is_kept_by_the_database_too(site, monkeypatch) -> None:
+    """Two sign-ups posted at once both passed the form's check (the other's
+    row did not exist yet) and made two accounts for one address; a reset
+    for it then mailed links for both. The database refuses the second, and
+    the form says why instead of failing."""
+    from django.db import IntegrityError, transaction
+
+    from accounts.forms import SignUpForm
+
+    User.objects.create_user("first", "Shared@Example.org", PASSWORD)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        User.objects.create_user("second", "shared@example.ORG", PASSWORD)
+    # Accounts without an address (createsuperuser's) are not each other's duplicates.
+    User.objects.create_user("root1", "", PASSWORD)
+    User.objects.create_user("root2", "", PASSWORD)
+
+    # The race: the form's check ran before the other sign-up's row existed.
+    original = SignUpForm.clean_email
+    calls = 0
+
+    def late_check(form: SignUpForm) -> str:
+        nonlocal calls
+        calls += 1
+        return str(form.cleaned_data["email"]).strip() if calls == 1 else original(form)
+
+    monkeypatch.setattr(SignUpForm, "clean_email", late_check)
+    response = Client().post(
+        reverse("accounts:signup"),
+        {
+            "username": "racer",
+            "email": "SHARED@example.org",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
+    assert response.status_code == 200
+    assert "already uses this e-mail address" in response.content.decode()
+    assert not User.objects.filter(username="racer").exists()
+    assert User.objects.filter(email__iexact="shared@example.org").count() == 1
+    assert calls == 2  # checked again after the refused insert
