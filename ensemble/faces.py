@@ -40,7 +40,7 @@ from ensemble.blazeface import (
 )
 from ensemble.config import FaceConfig
 from ensemble.media import RGBImage
-from ensemble.runtime import resolve_backend, runner_for_module
+from ensemble.runtime import check_device, resolve_backend, runner_for_module
 
 # The finest tiles are half the frame's short side, but never smaller than this.
 MIN_TILE = 400
@@ -229,6 +229,7 @@ class FaceDetector:
         weights_sha256: str | None = None,
         threads: int = 0,
     ) -> None:
+        check_device(device)
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
         self.config = config
         self.device = device

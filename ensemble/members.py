@@ -21,6 +21,7 @@ from ensemble.registry import REGISTRY, MemberSpec, Registry
 from ensemble.runtime import (
     OnnxRunner,
     OpenVinoRunner,
+    check_device,
     exported_graph,
     release_memory,
     resolve_backend,
@@ -217,6 +218,7 @@ class LoadedMember:
             self._prepare()
 
     def _prepare(self) -> None:
+        check_device(self.device)
         backend = resolve_backend(self.backend, self.device)
         precision = resolve_precision(self.precision, backend, self.device)
         self.backend, self.compute_precision = backend, precision

@@ -59,6 +59,29 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless this process can compute on the
+    torch ``device`` (``TRUSTTRACE_DEVICE``): a worker told ``cuda`` that sees
+    no GPU (its container was not given one) failed every analysis at the
+    first tensor moved there, with torch's own message. The web process does
+    not call this: it may run without the workers' GPU."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"TRUSTTRACE_DEVICE={device!r} is not a device: {e}") from e
+    if where.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"TRUSTTRACE_DEVICE={device!r} but this process sees no CUDA GPU (no driver, "
+            "a CPU build of torch, or a container not given the GPU: compose's "
+            "deploy.resources.reservations.devices); set TRUSTTRACE_DEVICE=cpu or pass the GPU"
+        )
+    count = torch.cuda.device_count()
+    if where.index is not None and where.index >= count:
+        raise ConfigError(f"TRUSTTRACE_DEVICE={device!r} but this process sees {count} GPU(s)")
+
+
 def resolve_backend(backend: str, device: str) -> Literal["torch", "onnxruntime", "openvino"]:
     """``auto`` means OpenVINO on CPU when it is installed, else ONNX Runtime
     when that is, else torch (on CUDA torch runs the models; the CUDA builds

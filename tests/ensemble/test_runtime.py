@@ -64,6 +64,30 @@ def test_auto_backend_is_openvino_then_onnxruntime_on_cpu_and_torch_elsewhere(
         resolve_backend("tensorrt", "cpu")
 
 
+def test_a_device_this_process_cannot_use_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checked where members and BlazeFace load, so a worker told ``cuda``
+    without a GPU says so instead of failing on torch's first transfer."""
+    import torch
+
+    from ensemble.errors import ConfigError
+    from ensemble.runtime import check_device
+
+    check_device("cpu")
+    with pytest.raises(ConfigError, match="is not a device"):
+        check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"sees no CUDA GPU.*TRUSTTRACE_DEVICE=cpu"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda")
+    check_device("cuda:0")
+    with pytest.raises(ConfigError, match="sees 1 GPU"):
+        check_device("cuda:1")
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_precision_is_bf16_only_on_openvino_with_bf16_kernels(
     monkeypatch: pytest.MonkeyPatch, has_bf16: bool

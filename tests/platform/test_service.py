@@ -371,6 +371,26 @@ def test_a_worker_whose_backend_setting_cannot_be_met_fails_the_job_as_models_un
     assert "the worker's detector settings are invalid" in sub.reason
 
 
+def test_a_worker_told_to_use_a_gpu_it_cannot_see_fails_the_job_as_its_settings(
+    site: Path, users, media_dir: Path, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRUSTTRACE_DEVICE=cuda in a container not given the GPU: every job
+    failed at the first tensor moved there, as an internal error with torch's
+    message. Now the job says the worker's settings are at fault, and the log
+    says what to change; the upload was accepted (the web has no GPU to check)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings.TRUSTTRACE = {**settings.TRUSTTRACE, "DEVICE": "cuda"}
+    services._ANALYZERS.clear()
+    sub = _submit(users["submitter"], media_dir / "face.png")
+    services.run_submission(sub.pk)
+    sub.refresh_from_db()
+    assert sub.status == Status.FAILED and sub.reason_code == "models_unavailable", sub.reason
+    assert "the worker's detector settings are invalid" in sub.reason
+    assert services._ANALYZERS == {}
+
+
 def test_missing_weights_refuse_uploads_clearly_and_save_nothing(
     no_weights_site: Path, site: Path, users, media_dir: Path
 ) -> None:
