@@ -72,10 +72,20 @@ def _site_proxy_directives() -> list[str]:
     return [d for d in lines if d.startswith("proxy_") and not d.startswith("proxy_pass ")]
 
 
-def _fetch_through_nginx(tmp: Path, directives: list[str]) -> tuple[bytes, bool]:
-    """GET from nginx (``directives`` in front of gunicorn running
-    :mod:`tests.platform.failing_stream`): what the client received, and
-    whether it could tell the response was cut short."""
+def _site_maps() -> str:
+    """The ``map`` blocks the site's directives read variables from."""
+    return " ".join(re.findall(r"^map [^{]+\{[^}]*\}", NGINX.read_text(), re.MULTILINE))
+
+
+def _fetch_through_nginx(
+    tmp: Path,
+    directives: list[str],
+    path: str = "/reports/submissions.csv",
+    headers: dict[str, str] | None = None,
+) -> tuple[bytes, bool]:
+    """GET ``path`` from nginx (``directives``, and the site's maps, in front
+    of gunicorn running :mod:`tests.platform.failing_stream`): what the client
+    received, and whether it could tell the response was cut short."""
     tmp.mkdir(parents=True)
     upstream, port = stack.free_port(), stack.free_port()
     temp = " ".join(
@@ -86,7 +96,7 @@ def _fetch_through_nginx(tmp: Path, directives: list[str]) -> tuple[bytes, bool]
     conf.write_text(
         f"daemon off; pid {tmp / 'nginx.pid'}; error_log {tmp / 'nginx-error.log'};\n"
         "events {}\n"
-        f"http {{ access_log off; {temp}\n"
+        f"http {{ access_log off; {temp} {_site_maps()}\n"
         f"  server {{ listen 127.0.0.1:{port}; {' '.join(directives)}\n"
         f"    location / {{ proxy_pass http://127.0.0.1:{upstream}; }} }} }}\n"
     )
@@ -100,7 +110,7 @@ def _fetch_through_nginx(tmp: Path, directives: list[str]) -> tuple[bytes, bool]
         while True:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-                conn.request("GET", "/reports/submissions.csv")
+                conn.request("GET", path, headers=headers or {})
                 response = conn.getresponse()
                 if response.status == 200:
                     break
@@ -114,6 +124,22 @@ def _fetch_through_nginx(tmp: Path, directives: list[str]) -> tuple[bytes, bool]
             return response.read(), False
         except http.client.IncompleteRead as cut:
             return cut.partial, True
+
+
+def test_the_proxy_passes_the_host_on_with_its_port(tmp_path: Path) -> None:
+    """Published on 8443, the browser's Origin is https://host:8443; nginx's
+    $host dropped the port, so Django's CSRF check refused every form."""
+    if not Path(NGINX_BIN).exists():
+        pytest.skip("nginx is not installed (make test installs it as root)")
+    directives = _site_proxy_directives()
+    received, _ = _fetch_through_nginx(
+        tmp_path / "port", directives, "/echo-host", {"Host": "trusttrace.example.org:8443"}
+    )
+    assert received == b"trusttrace.example.org:8443"
+    received, _ = _fetch_through_nginx(
+        tmp_path / "plain", directives, "/echo-host", {"Host": "trusttrace.example.org"}
+    )
+    assert received == b"trusttrace.example.org"
 
 
 def test_a_download_that_fails_midway_fails_through_the_proxy_too(tmp_path: Path) -> None:
