@@ -1,5 +1,6 @@
 """A deleted submission takes its files with it, however it is deleted (the
-owner's button, the API, the admin, or its owner's account being deleted)."""
+owner's button, the API, the admin, or its owner's account being deleted);
+so does an explanation's file deleted alone (in the admin)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-from analyses.models import Submission
+from analyses.models import Artifact, Submission
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +35,13 @@ def remove_submission_files(sender: type[Submission], instance: Submission, **kw
         logger.info("submission %s deleted with its files", pk)
 
     transaction.on_commit(remove, using=kwargs.get("using"))
+
+
+@receiver(post_delete, sender=Artifact, dispatch_uid="analyses.remove_artifact_file")
+def remove_artifact_file(sender: type[Artifact], instance: Artifact, **kwargs: Any) -> None:
+    """Remove one explanation file once its row's delete is committed (the
+    admin deletes one alone; a submission's delete removes its whole folder)."""
+    if not instance.file:
+        return
+    path = Path(instance.file.path)
+    transaction.on_commit(lambda: path.unlink(missing_ok=True), using=kwargs.get("using"))

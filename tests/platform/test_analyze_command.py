@@ -128,3 +128,19 @@ def test_import_weights_command_installs_a_checkpoint(
         and manifest["provenance"]["original_file"] == "external.pth"
     )
     assert "Imported external.pth for tiny_a" in capsys.readouterr().out
+
+
+def test_a_file_name_that_reads_as_a_formula_is_not_one_in_the_csv(
+    tiny_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV is opened in spreadsheets: a file named like a formula used to
+    be written as one (the web's CSV exports already neutralised it)."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    mf.write_image(folder / "=HYPERLINK(1).png", mf.face_image(256), "PNG")
+    monkeypatch.chdir(folder)
+    out_csv = tmp_path / "out.csv"
+    call_command("analyze", "=HYPERLINK(1).png", "--csv", str(out_csv))
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["file"] for r in rows] == ["'=HYPERLINK(1).png"]
+    assert rows[0]["status"] == "done"

@@ -211,6 +211,13 @@ def test_the_admin_deletes_a_submission_with_its_files(
     page = admin.get(f"/admin/analyses/submission/{sub.pk}/change/")
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
     upload, folder = Path(sub.file.path), services.artifact_dir(sub)
+    # An explanation deleted alone takes its file (it used to stay, unlisted).
+    artifact = Artifact.objects.filter(submission=sub).first()
+    assert artifact is not None and Path(artifact.file.path).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        gone = admin.post(f"/admin/analyses/artifact/{artifact.pk}/delete/", {"post": "yes"})
+    assert gone.status_code == 302 and not Artifact.objects.filter(pk=artifact.pk).exists()
+    assert not Path(artifact.file.path).exists()
     with django_capture_on_commit_callbacks(execute=True):
         deleted = admin.post(f"/admin/analyses/submission/{sub.pk}/delete/", {"post": "yes"})
     assert deleted.status_code == 302

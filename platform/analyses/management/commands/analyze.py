@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from reports.csvexport import safe_cell
+
 if TYPE_CHECKING:
     # Loaded in handle(): web processes that import the commands never load torch.
     from ensemble.pipeline import Analyzer
@@ -227,6 +229,14 @@ class Command(BaseCommand):
         for r in results:
             score = "" if r.score is None else f"{r.score:.6f}"
             member_cells = [f"{r.members[m]:.6f}" if m in r.members else "" for m in members]
+            # The file name is the user's and may read as a formula (=HYPERLINK(...).mp4).
             writer.writerow(
-                [r.file, r.status, r.verdict or "", score, r.reason or "", *member_cells]
+                [
+                    safe_cell(r.file),
+                    r.status,
+                    r.verdict or "",
+                    score,
+                    safe_cell(r.reason or ""),
+                    *member_cells,
+                ]
             )
