@@ -543,3 +543,54 @@ def test_moderator_can_rerun_a_stuck_running_job_but_not_a_live_one(
     # Before: "This submission is running; only finished ... can be run again".
     assert sub.status == Status.PENDING and sub.percent == 0
     assert outbox.sent == [str(sub.pk)]
+
+
+def test_files_a_killed_upload_left_are_swept_and_held_ones_kept(
+    site: Path, users: dict[str, Any], finished: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web process killed (SIGKILL, out of memory) between staging an upload
+    and saving its row runs no clean-up: its copy stayed in staging/ or
+    uploads/ for good. The reaper's hourly sweep removes what no row holds,
+    once old enough that no upload in progress can own it."""
+    import time
+    import uuid
+
+    from analyses.services import reaper, storage
+
+    sub = finished(users["submitter"])
+    held, folder = Path(sub.file.path), storage.artifact_dir(sub)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+
+    def made(path: Path, age_s: float, folder: bool = False) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if folder else path.write_bytes(b"x")
+        os.utime(path, (now - age_s, now - age_s))
+        return path
+
+    day = storage.ORPHAN_MIN_AGE_S
+    old_staged = made(site / "staging" / "a1", storage.STAGED_MAX_AGE_S + 60)
+    new_staged = made(site / "staging" / "a2", 60)  # an upload being probed now
+    orphan = made(site / "uploads" / "b1.mp4", day + 60)
+    young = made(site / "uploads" / "b2.mp4", 600)  # its row is being saved
+    os.utime(held, (now - day - 60, now - day - 60))
+    os.utime(folder, (now - day - 60, now - day - 60))
+    lost = made(site / "artifacts" / str(uuid.uuid4()), day + 60, folder=True)
+    foreign = made(site / "artifacts" / "not-a-submission", day + 60, folder=True)
+
+    removed = storage.sweep_orphans(now)
+    assert sorted(removed) == sorted(["staging/a1", "uploads/b1.mp4", f"artifacts/{lost.name}"])
+    assert not old_staged.exists() and not orphan.exists() and not lost.exists()
+    assert new_staged.exists() and young.exists() and held.exists() and folder.exists()
+    assert foreign.exists()
+    assert storage.sweep_orphans(now) == []
+
+    # The reaper thread sweeps at its first pass, then hourly.
+    swept: list[float] = []
+    monkeypatch.setattr(reaper, "reap", lambda: None)  # the test's database is not shared
+    monkeypatch.setattr(reaper, "sweep_orphans", lambda: swept.append(1.0) or [])
+    thread = reaper.start_reaper(0.05)
+    time.sleep(0.5)
+    reaper.stop_reaper()
+    thread.join(5)
+    assert swept == [1.0]

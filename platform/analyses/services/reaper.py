@@ -9,6 +9,8 @@ workers themselves can race without running one job twice.
   heartbeat older than ``STALE_RUNNING_S``, or its process died on this
   host) is queued again once, with the reason shown to its owner; if its
   worker had already died once it is ``failed`` (``worker_lost``).
+- Once an hour, files no submission holds (a web process killed mid-upload
+  leaves them) are removed (:func:`.storage.sweep_orphans`).
 - A ``pending`` job that was never queued (the broker was down at upload) is
   queued; one whose message went out more than ``STALE_PENDING_S`` ago is
   queued again (a message can be lost; the duplicate is dropped).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -34,7 +37,7 @@ from analyses.services.running import (
     WORKER_LOST_REASON,
     is_abandoned,
 )
-from analyses.services.storage import drop_partial_files
+from analyses.services.storage import drop_partial_files, sweep_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ WORKER_STOPPED_REASON = (
 )
 # A row committed a moment ago may not have had its message sent yet.
 UNQUEUED_GRACE_S = 10.0
+# How often a reaper looks for files no submission holds (storage.sweep_orphans).
+SWEEP_INTERVAL_S = 3600.0
 _STOP = threading.Event()
 
 
@@ -138,11 +143,17 @@ def start_reaper(interval_s: float | None = None) -> threading.Thread:
     _STOP.clear()
 
     def loop() -> None:
+        swept = float("-inf")
         while True:
             try:
                 reap()
+                if time.monotonic() - swept >= SWEEP_INTERVAL_S:
+                    swept = time.monotonic()
+                    sweep_orphans()
             except DatabaseError:
                 logger.exception("reaper pass failed; trying again in %.0f s", interval)
+            except OSError:
+                logger.exception("sweeping files no submission holds failed")
             finally:
                 connection.close()
             _STOP.wait(interval)
