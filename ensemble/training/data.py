@@ -238,6 +238,13 @@ def split_leaks(samples: Iterable[Sample]) -> list[str]:
     return sorted(g for g, found in splits.items() if len(found) > 1)
 
 
+def dataset_root(data: Path) -> Path:
+    """The folder a dataset's crop paths are relative to (as
+    :func:`load_samples` resolves them): ``data``, or the folder of its
+    ``metadata.csv``."""
+    return data.parent if data.is_file() else data
+
+
 def load_samples(source: Path) -> list[Sample]:
     """Every sample of a dataset (CSV file, folder with metadata.csv, or a
     real/fake folder tree). Raises :class:`DatasetError` for bad layouts."""

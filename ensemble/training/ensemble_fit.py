@@ -32,7 +32,7 @@ from ensemble.calibration import MEAN_METHOD, WEIGHTED_METHOD, EnsembleCalibrati
 from ensemble.evaluation import binary_metrics
 from ensemble.scoring import calibrate
 from ensemble.training.calibrate import fit_member_calibration, fit_platt, fit_weighted_platt
-from ensemble.training.data import DatasetError
+from ensemble.training.data import DatasetError, dataset_root
 
 CV_FOLDS = 5
 
@@ -150,6 +150,24 @@ class Candidate:
     metrics: Mapping[str, Any]
 
 
+def _table_key(path: PurePath, root: PurePath, known: frozenset[str]) -> str:
+    """The score table's name for a crop a run listed at ``path``: relative
+    to the run's data, or else the longest tail of the path the table holds
+    (the epoch that wrote the predictions may have been trained in a session
+    that spelled --data otherwise, or on a machine that kept the dataset
+    elsewhere); a path neither places is listed under its own name, which
+    the comparison with the table then reports."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    for start in range(len(path.parts)):
+        tail = PurePath(*path.parts[start:]).as_posix()
+        if tail in known:
+            return tail
+    return path.as_posix()
+
+
 def with_candidate(table: ScoreTable, member: str, run: Path) -> tuple[ScoreTable, Candidate]:
     """``table`` with ``member``'s scores taken from the training run in
     ``run`` instead: its best epoch's logits on the validation crops
@@ -171,14 +189,15 @@ def with_candidate(table: ScoreTable, member: str, run: Path) -> tuple[ScoreTabl
         raise DatasetError(f"cannot read the training run {run}: {e}") from e
     if info.get("member") != member:
         raise DatasetError(f"{run} trained {info.get('member')!r}, not {member}")
-    # The run wrote each crop's path under its --data; the tables name them
-    # relative to the dataset's root.
-    root = PurePath(str(info.get("data", "")))
+    # The run wrote each crop's path under its --data (a folder, or its
+    # metadata.csv); the tables name them relative to the dataset's root.
+    root = PurePath(dataset_root(Path(str(info.get("data", "")))))
+    known = frozenset(table.files)
     logits: dict[str, float] = {}
     labels: dict[str, int] = {}
     try:
         for r in rows:
-            key = PurePath(r["file"]).relative_to(root).as_posix()
+            key = _table_key(PurePath(r["file"]), root, known)
             logits[key], labels[key] = float(r["logit"]), int(r["label"])
     except (KeyError, ValueError) as e:
         raise DatasetError(

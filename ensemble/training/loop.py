@@ -61,6 +61,7 @@ from ensemble.training.data import (
     Sample,
     attach_keypoints,
     data_digest,
+    dataset_root,
     limit_balanced,
     load_samples,
     select,
@@ -82,7 +83,7 @@ from ensemble.training.runfiles import (
     write_logs,
     write_predictions,
 )
-from ensemble.training.teacher import check_coverage, check_share, dataset_root, load_teacher
+from ensemble.training.teacher import check_coverage, check_share, load_teacher
 
 logger = logging.getLogger(__name__)
 

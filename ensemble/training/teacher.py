@@ -159,9 +159,3 @@ def check_share(share: float) -> float:
     if not (math.isfinite(share) and 0.0 < share <= 1.0):
         raise TrainingError(f"--distill must be above 0 and at most 1, not {share}")
     return share
-
-
-def dataset_root(data: Path) -> Path:
-    """The folder a dataset's crop paths are relative to (as
-    :func:`ensemble.training.data.load_samples` resolves them)."""
-    return data.parent if data.is_file() else data

@@ -730,10 +730,28 @@ def test_calibrate_ensemble_measures_a_candidate_run_without_installing_it(
     rows[1] = ",".join([name, str(1 - int(label)), z])
     (flipped / "val_predictions.csv").write_text("\n".join(rows) + "\n")
     refused("labels crops differently", "--candidate", f"bright={flipped}")
+
+    # --data given as the dataset's metadata.csv (the crops lie beside it), or
+    # the predictions written in a session that kept the dataset elsewhere:
+    # the same crops, found by their names in the dataset. Both were refused
+    # as "not under the run's data".
+    def accepted(candidate: Path) -> None:
+        call_command("calibrate_ensemble", "--scores", str(scores), "--dry-run",
+                     "--candidate", f"bright={candidate}")  # fmt: skip
+        assert "cross-validated: AUC 1.0000" in capsys.readouterr().out
+
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data": str(data / "metadata.csv")}))
+    accepted(run)
     (run / "val_predictions.csv").write_text(
         (run / "val_predictions.csv").read_text().replace(str(data), str(tmp_path / "elsewhere"))
     )
-    refused("does not list crops under the run's data", "--candidate", f"bright={run}")
+    accepted(run)
+    # Crops the dataset does not hold are not taken for others.
+    (run / "val_predictions.csv").write_text(
+        (run / "val_predictions.csv").read_text().replace(".png", "-x.png")
+    )
+    refused("of the run's not among them", "--candidate", f"bright={run}")
     from django.conf import settings
 
     with override_settings(TRUSTTRACE={**settings.TRUSTTRACE, "MIRROR": ("bright",)}):

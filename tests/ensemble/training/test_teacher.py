@@ -13,13 +13,12 @@ import pytest
 from ensemble.calibration import EnsembleCalibration, logit, write_calibration
 from ensemble.errors import TrainingError
 from ensemble.training.batches import FaceDataset
-from ensemble.training.data import load_samples, select
+from ensemble.training.data import dataset_root, load_samples, select
 from ensemble.training.loop import TrainConfig, train
 from ensemble.training.teacher import (
     TeacherScore,
     check_coverage,
     check_share,
-    dataset_root,
     teacher_probabilities,
 )
 from tests.tiny_registry import REGISTRY
