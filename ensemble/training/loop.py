@@ -183,19 +183,37 @@ def resolve_recipe(config: TrainConfig, spec: MemberSpec) -> Recipe:
         raise TrainingError(f"--drop-path must be in [0, 1), got {config.drop_path}")
     if config.weight_decay is not None and not config.weight_decay >= 0.0:
         raise TrainingError(f"--weight-decay must be 0 or more, got {config.weight_decay}")
+    # Checked, not read with `or`: a 0 used to stand for "the recipe's"
+    # (--ema-decay 0 trained with 0.999, --patience 0 with 3).
+    if config.batch_size is not None and config.batch_size < 1:
+        raise TrainingError(f"--batch-size must be 1 or more, got {config.batch_size}")
+    if config.lr is not None and not 0.0 < config.lr < math.inf:
+        raise TrainingError(f"--lr must be a positive number, got {config.lr}")
+    if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
+        raise TrainingError(
+            f"--ema-decay must be in [0, 1), got {config.ema_decay} (--no-ema turns it off)"
+        )
+    if config.patience is not None and config.patience < 1:
+        raise TrainingError(f"--patience must be 1 epoch or more, got {config.patience}")
+    if config.input_size is not None and config.input_size < 32:
+        raise TrainingError(f"--input-size must be 32 pixels or more, got {config.input_size}")
+
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
     return replace(
         r,
         epochs=config.epochs if config.epochs is not None else r.epochs,
-        batch_size=config.batch_size or r.batch_size,
-        lr=config.lr or r.lr,
+        batch_size=given(config.batch_size, r.batch_size),
+        lr=given(config.lr, r.lr),
         sbi_prob=config.sbi_prob if config.sbi_prob is not None else r.sbi_prob,
         blackout_prob=config.blackout_prob if config.blackout_prob is not None else r.blackout_prob,
-        ema_decay=None if config.no_ema else (config.ema_decay or r.ema_decay),
+        ema_decay=None if config.no_ema else given(config.ema_decay, r.ema_decay),
         warmup_epochs=(
             config.warmup_epochs if config.warmup_epochs is not None else r.warmup_epochs
         ),
-        patience=config.patience or r.patience,
-        input_size=config.input_size or r.input_size,
+        patience=given(config.patience, r.patience),
+        input_size=given(config.input_size, r.input_size),
         drop_path=config.drop_path if config.drop_path is not None else r.drop_path,
         weight_decay=config.weight_decay if config.weight_decay is not None else r.weight_decay,
     )

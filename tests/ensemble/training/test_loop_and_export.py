@@ -5,6 +5,7 @@ import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -207,7 +208,20 @@ def test_run_overrides_replace_the_recipes_warmup_ema_and_regularisation(tmp_pat
     assert (r.drop_path, r.weight_decay) == (0.0, 0.01)  # 0 turns drop path off
     off = resolve_recipe(replace(config, no_ema=True), spec)
     assert off.ema_decay is None
-    for bad in ({"drop_path": 1.0}, {"drop_path": -0.1}, {"weight_decay": -0.01}):
+    # A 0 is a value, not "the recipe's": --ema-decay 0 used to train with 0.999.
+    assert resolve_recipe(replace(config, ema_decay=0.0), spec).ema_decay == 0.0
+    bad_values: list[dict[str, Any]] = [
+        {"drop_path": 1.0},
+        {"drop_path": -0.1},
+        {"weight_decay": -0.01},
+        {"patience": 0},  # stopped after the first epoch whatever it scored
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"ema_decay": 1.0},
+        {"input_size": 0},
+    ]
+    for bad in bad_values:
         with pytest.raises(TrainingError, match="must be"):
             resolve_recipe(replace(config, **bad), spec)
 
