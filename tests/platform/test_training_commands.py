@@ -131,8 +131,19 @@ def test_evaluate_writes_figures_and_ece_beside_the_json(site: Path, tmp_path: P
         assert (out_json.parent / name).is_file(), name
     assert (out_json.parent / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (out_json.parent / "reliability.svg").read_bytes()[:2000]
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "ECE " in printed and f"figures in {out_json.parent}" in printed
+    # Chosen on every split, training crops included: said, in the file too.
+    chosen = json.loads((out_json.parent / "threshold.json").read_text())
+    assert chosen["chosen_on"] == "faces, every split"
+    assert "training crops included" in captured.err
+    call_command("evaluate", "--faces", str(data), "--split", "val", "--json", str(out_json))
+    captured = capsys.readouterr()
+    assert json.loads((out_json.parent / "threshold.json").read_text())["chosen_on"] == (
+        "faces, split val"
+    )
+    assert "training crops included" not in captured.err
 
 
 def test_evaluate_videos_goes_through_the_pipeline(site: Path, tmp_path: Path):

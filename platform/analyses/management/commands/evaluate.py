@@ -156,8 +156,16 @@ class Command(BaseCommand):
             # Registry, weights, dataset and metrics errors, and a backend or
             # precision this machine cannot run (ConfigError).
             raise CommandError(str(e)) from e
+        # What the threshold was chosen on goes with it: chosen on crops the
+        # members trained on, it would be set from scores they have memorised.
+        if o["faces"]:
+            chosen_on = f"faces, split {o['split']}" if o["split"] else "faces, every split"
+        else:
+            chosen_on = "videos"
+        trained_on = bool(o["faces"]) and o["split"] not in ("val", "test")
         (out / "threshold.json").write_text(
-            json.dumps(choice.__dict__, indent=2) + "\n", encoding="utf-8"
+            json.dumps({**choice.__dict__, "chosen_on": chosen_on}, indent=2) + "\n",
+            encoding="utf-8",
         )
         text = json.dumps(result, indent=2) + "\n"
         if o["json"] == "-":
@@ -184,6 +192,11 @@ class Command(BaseCommand):
             f"n: {result['n']['real']} real, {result['n']['fake']} fake; figures in {out}; "
             f"validation rule: threshold {choice.threshold}, band {choice.uncertain_band}"
         )
+        if trained_on:
+            self.stderr.write(
+                f"threshold.json was chosen on {chosen_on}, training crops included: set "
+                "TRUSTTRACE_THRESHOLD from a run with --split val"
+            )
 
     def _faces(
         self, config: AnalysisConfig, registry: Registry, o: dict[str, Any]
