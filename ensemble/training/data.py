@@ -406,7 +406,11 @@ def attach_keypoints(
     """
     cache: dict[str, list[list[float]] | None] = {}
     if cache_path is not None and cache_path.is_file():
-        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        try:
+            cache = dict(json.loads(cache_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as e:  # a cache: detected again
+            logger.warning("keypoint cache %s unreadable (%s); detecting again", cache_path, e)
+            cache = {}
 
     def key(path: Path) -> str:
         return f"{path}:{path.stat().st_size}"
@@ -422,7 +426,9 @@ def attach_keypoints(
         logger.info("detected keypoints on %d crops", len(todo))
         if cache_path is not None:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache), encoding="utf-8")
+            staged = cache_path.with_name(cache_path.name + ".part")
+            staged.write_text(json.dumps(cache), encoding="utf-8")
+            staged.replace(cache_path)  # whole or not at all
 
     def lookup(path: Path) -> Keypoints | None:
         value = cache.get(key(path))

@@ -14,7 +14,6 @@ installs it in the weights folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from ensemble.training.batches import FaceDataset
 from ensemble.training.calibrate import fit_member_calibration
 from ensemble.training.data import Sample, data_digest, limit_balanced, load_samples, select
 from ensemble.training.loop import describe_init, load_best, predict
+from ensemble.training.runfiles import read_run_info
 from ensemble.weights import (
     MANIFEST_NAME,
     MAX_SHARD_BYTES,
@@ -140,9 +140,7 @@ def export_run(
     framing of the training crops); None keeps the policy of the member
     installed in ``weights_dir``, if it records one, else the registry's."""
     model, size = load_best(run_dir, spec)
-    run_info: dict[str, Any] = {}
-    if (run_dir / "run.json").is_file():
-        run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run_info = read_run_info(run_dir)
     run_config = run_info.get("config", {})
     seed = int(run_config.get("seed", 0))
     every = load_samples(data)

@@ -77,7 +77,7 @@ from ensemble.training.optim import (
     set_head_dropout,
     smooth_targets,
 )
-from ensemble.training.runfiles import code_version
+from ensemble.training.runfiles import code_version, write_text_atomic
 from ensemble.training.ssim_blackout import DIFF_THRESHOLD, MIN_REGION_FRACTION, OPEN_KERNEL
 
 logger = logging.getLogger(__name__)
@@ -750,7 +750,7 @@ def train_gpu(
         "runs": runs,
         "best_epoch": head.best_point["epochs"] if head.best_point else None,
     }
-    (out / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(out / "run.json", json.dumps(info, indent=2, default=str) + "\n")
     return info
 
 

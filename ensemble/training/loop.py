@@ -79,9 +79,10 @@ from ensemble.training.recipes import Recipe, recipe_for
 from ensemble.training.runfiles import (
     EpochLog,
     code_version,
+    read_run_info,
     save_atomic,
+    save_best,
     write_logs,
-    write_predictions,
 )
 from ensemble.training.teacher import check_coverage, check_share, load_teacher
 
@@ -342,9 +343,8 @@ def _prepare_data(
     # a resumed run draws as it was first drawn (runs from before the flag
     # drew reals and fakes apart).
     keep_pairs = paired
-    info = config.out / "run.json"
-    if config.resume and info.is_file():
-        keep_pairs = bool(json.loads(info.read_text(encoding="utf-8")).get("limit_keeps_pairs"))
+    if config.resume and (config.out / "run.json").is_file():
+        keep_pairs = bool(read_run_info(config.out).get("limit_keeps_pairs"))
     train_samples = limit_balanced(
         select(samples, "train"), config.limit, config.seed, keep_pairs=keep_pairs
     )
@@ -761,8 +761,7 @@ def validate(
             "input_size": recipe.input_size,
             "state_dict": evaluated.state_dict(),
         }
-        save_atomic(best, out / BEST)
-        write_predictions(out / "val_predictions.csv", data.val_samples, val_logits)
+        save_best(best, out / BEST, out / "val_predictions.csv", data.val_samples, val_logits)
     else:
         state.bad_epochs += 1
     return row

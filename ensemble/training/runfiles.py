@@ -4,6 +4,7 @@ version, per-epoch logs and curves, validation predictions; and atomic saves."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ensemble.errors import TrainingError
 from ensemble.evaluation import save_figure
 from ensemble.training.data import Sample
 
@@ -67,14 +69,59 @@ def save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_predictions(
-    path: Path, samples: Sequence[Sample], logits: npt.NDArray[np.float64]
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` in ``path``, whole or not at all: a run stopped mid-write
+    (its session's end, out of memory) left a truncated run.json that resume
+    and export could not read."""
+    tmp = _staged(path)
+    tmp.write_text(text, encoding="utf-8", newline="")
+    tmp.replace(path)
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _predictions_text(samples: Sequence[Sample], logits: npt.NDArray[np.float64]) -> str:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["file", "label", "logit"])
+    for s, z in zip(samples, logits, strict=True):
+        writer.writerow([str(s.path), s.label, f"{z:.6f}"])
+    return out.getvalue()
+
+
+def save_best(
+    best: Any,
+    path: Path,
+    predictions: Path,
+    samples: Sequence[Sample],
+    logits: npt.NDArray[np.float64],
 ) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "label", "logit"])
-        for s, z in zip(samples, logits, strict=True):
-            writer.writerow([str(s.path), s.label, f"{z:.6f}"])
+    """The best epoch's checkpoint and its validation predictions, each
+    written whole, the predictions moved into place right after the
+    checkpoint: a stop while the checkpoint was written used to leave it
+    beside an earlier epoch's predictions, which --summary and --candidate
+    then described as this epoch's."""
+    staged = _staged(predictions)
+    staged.write_text(_predictions_text(samples, logits), encoding="utf-8", newline="")
+    save_atomic(best, path)
+    staged.replace(predictions)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``run_dir``'s run.json (empty when it has none), or
+    :class:`TrainingError` when it cannot be read."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path} cannot be read ({e}): the run's record is damaged") from e
+    if not isinstance(info, dict):
+        raise TrainingError(f"{path} does not hold a run's record")
+    return info
 
 
 def read_predictions(path: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -93,10 +140,8 @@ def write_logs(out: Path, history: Sequence[EpochLog], run_info: dict[str, Any])
         writer.writeheader()
         for h in history:
             writer.writerow(asdict(h))
-    (out / "log.json").write_text(
-        json.dumps([asdict(h) for h in history], indent=2) + "\n", encoding="utf-8"
-    )
-    (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "log.json", json.dumps([asdict(h) for h in history], indent=2) + "\n")
+    write_text_atomic(out / "run.json", json.dumps(run_info, indent=2) + "\n")
     save_figure(curves_figure(history), out / "curves.png")
 
 

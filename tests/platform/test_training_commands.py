@@ -578,6 +578,15 @@ def test_train_detector_runs_outside_the_work_tree_and_exports_the_crop(site: Pa
         str(site),
     )
     assert read_manifest(site, "toy_b").crop == {"kind": "square", "margin": 0.05, "shift": -0.06}
+    assert not list(run.glob("*.part"))  # run files are written whole, then moved
+    # A run.json cut short (by a stop mid-write, before it was written whole)
+    # is named, not a JSONDecodeError traceback.
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text[: len(text) // 2])
+    for extra in (["--resume", "--epochs", "1", "--batch-size", "4", "--paired"],
+                  ["--export-only", "--export", str(site)]):  # fmt: skip
+        with pytest.raises(CommandError, match=r"run\.json cannot be read"):
+            call_command("train_detector", "--member", "toy_b", "--data", str(data), *extra)
 
 
 def test_train_detector_refuses_a_malformed_crop_before_training(site: Path, tmp_path: Path):

@@ -775,3 +775,46 @@ def test_init_from_a_published_checkpoint_reads_it_as_an_import_would(tmp_path: 
     model = initial_model(SPEC, path)
     for key, value in model.state_dict().items():
         assert torch.equal(value, published.state_dict()[key]), key
+
+
+def test_the_best_checkpoint_and_its_predictions_are_replaced_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while best.pt was written left it beside the last epoch's
+    predictions, which --summary and --candidate then described; a stop
+    while the predictions were written left them cut short."""
+    from ensemble.training import runfiles
+    from ensemble.training.data import Sample
+
+    samples = [Sample(tmp_path / f"{i}.png", i % 2, "val") for i in range(4)]
+    best, predictions = tmp_path / "best.pt", tmp_path / "val_predictions.csv"
+    runfiles.save_best({"epoch": 1}, best, predictions, samples, np.array([0.1, 0.2, 0.3, 0.4]))
+    first = predictions.read_text()
+    assert first.splitlines()[1].endswith(",0,0.100000")
+
+    def interrupted(obj: object, path: object) -> None:
+        raise KeyboardInterrupt  # the session's end, mid-checkpoint
+
+    monkeypatch.setattr(runfiles.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runfiles.save_best({"epoch": 2}, best, predictions, samples, np.zeros(4))
+    assert predictions.read_text() == first
+    assert torch.load(best)["epoch"] == 1
+
+
+def test_a_damaged_keypoint_cache_is_detected_again_not_a_crash(tmp_path: Path) -> None:
+    from ensemble.training.data import Sample, attach_keypoints
+
+    crop = tmp_path / "a.png"
+    cv2.imwrite(str(crop), np.zeros((8, 8, 3), np.uint8))
+    cache = tmp_path / "keypoints.json"
+    cache.write_text('{"cut sh')  # a stop mid-write, before writes were atomic
+    seen: list[int] = []
+
+    def detect(images: list[object]) -> list[None]:
+        seen.append(len(images))
+        return [None] * len(images)
+
+    assert attach_keypoints([Sample(crop, 0, "train")], detect, cache)[0].keypoints is None
+    assert seen == [1] and json.loads(cache.read_text()) == {f"{crop}:{crop.stat().st_size}": None}
+    assert not list(tmp_path.glob("*.part"))
