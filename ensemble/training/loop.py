@@ -513,6 +513,9 @@ class RunState:
     bad_epochs: int = 0
     trained_seconds: float = 0.0
     images_seen: int = 0  # in finished epochs
+    # The last validation's seconds: the time budget's margin at the end of
+    # a resumed session's first epoch, before it has validated itself.
+    validation_seconds: float = 0.0
 
     def next_epoch(self) -> None:
         self.images_seen += int(self.sums[0])
@@ -529,6 +532,7 @@ class RunState:
             "history": [asdict(h) for h in self.history],
             "trained_seconds": self.trained_seconds,
             "images_seen": self.images_seen,
+            "validation_seconds": self.validation_seconds,
         }
 
     @classmethod
@@ -543,6 +547,7 @@ class RunState:
             bad_epochs=int(ckpt["bad_epochs"]),
             trained_seconds=float(ckpt.get("trained_seconds", 0.0)),
             images_seen=int(ckpt["images_seen"]),
+            validation_seconds=float(ckpt.get("validation_seconds", 0.0)),
         )
 
 
@@ -615,9 +620,20 @@ class _Timing:
     last_saved: float
     slowest: float = 0.0  # seconds of the slowest training step so far (the budget's margin)
     validating: float = 0.0  # seconds the last validation and epoch checkpoint took
+    val_batches: int = 0  # batches a validation runs
 
     def out_of_time(self, now: float, margin: float) -> bool:
         return self.budget is not None and (now - self.began) + margin > self.budget
+
+    def validation_margin(self) -> float:
+        """What the validation at an epoch's end will take: the last one's
+        seconds, or, before any has run (a new run's first epoch; a run
+        from before these were kept), its batches at a third of the slowest
+        training step each (a forward pass, against a training step's
+        forward and backward). It was 0 then, so a budget nearly spent still
+        started a validation (about 5 minutes for B7 on two cores) after the
+        epoch's last checkpoint."""
+        return self.validating or self.val_batches * self.slowest / 3.0
 
 
 def train_one_epoch(
@@ -670,7 +686,7 @@ def train_one_epoch(
             # The margin: the slowest step, plus this epoch's validation when
             # the epoch is about to end.
             ending = state.done_steps == len(plan)
-            margin = timing.slowest + (timing.validating if ending else 0.0)
+            margin = timing.slowest + (timing.validation_margin() if ending else 0.0)
             out_of_time = timing.out_of_time(now, margin)
             if stop.received is not None or out_of_time:
                 # At the epoch's last batch too: a resumed run then validates
@@ -899,6 +915,7 @@ def train(
 
     budget = None if config.time_budget is None else config.time_budget * 60.0
     timing = _Timing(clock, began, budget, config.checkpoint_minutes * 60.0, clock())
+    timing.validating, timing.val_batches = state.validation_seconds, len(data.val_loader)
     stopped_early = state.bad_epochs >= recipe.patience
     if stopped_early:
         logger.info("%s had stopped early at epoch %d; nothing to resume", out, state.epoch)
@@ -927,6 +944,7 @@ def train(
             row = validate(
                 trainee, data, recipe, state, spec, out, device=device, precision=precision
             )
+            state.validation_seconds = clock() - validation_started
             stopped_early = state.bad_epochs >= recipe.patience
             state.next_epoch()
             save("early-stopped" if stopped_early else "running")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -700,6 +701,36 @@ def test_run_stopped_after_an_epoch_s_last_batch_validates_that_epoch_on_resume(
     assert [(h.train_loss, h.val_loss) for h in resumed.history] == [
         (h.train_loss, h.val_loss) for h in whole.history
     ]
+
+
+def test_a_session_s_first_validation_is_in_the_budget_s_margin(
+    paired_dataset: Path, tmp_path: Path
+) -> None:
+    """Before a session had validated once, the last batch's margin was the
+    slowest step alone: a budget nearly spent still started the validation
+    (minutes for B7 on two cores) past its end. Now it is estimated from the
+    validation's batches, and a resumed run keeps the last one's seconds."""
+    spec = REGISTRY.get("toy_drop")
+    settings: dict = dict(
+        member=spec.name, epochs=2, batch_size=4, paired=True, checkpoint_minutes=100.0
+    )
+    val_batches = math.ceil(len(select(load_samples(paired_dataset), "val")) / 4)
+    assert val_batches >= 3  # so the estimate (a third of a step each) is a minute or more
+    # As above: epoch 1's last batch ends 8 minutes in, its slowest step took
+    # a minute; 9.5 minutes left room for the step, not for the validation.
+    cut_config = _config(paired_dataset, tmp_path / "cut", **settings)
+    cut = train(replace(cut_config, time_budget=9.5), spec, progress=False, clock=StepClock())
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert cut.interrupted and not cut.history and (ckpt["epoch"], ckpt["step"]) == (0, 6)
+    assert ckpt["validation_seconds"] == 0.0
+    # Resumed with room for one epoch: it validates, and the checkpoint it
+    # leaves in epoch 2 holds that validation's seconds for the next session.
+    resumed = train(
+        replace(cut_config, resume=True, time_budget=12.5), spec, progress=False, clock=StepClock()
+    )
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert resumed.interrupted and len(resumed.history) == 1 and ckpt["epoch"] == 1
+    assert ckpt["validation_seconds"] > 0.0
 
 
 def test_paired_batches_refuse_sbi_and_data_without_fakes(paired_dataset: Path, tmp_path: Path):
