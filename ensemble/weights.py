@@ -65,6 +65,15 @@ Quantization = Literal["fp16", "fp32", "int8", "none"]
 QUANTIZATIONS: tuple[Quantization, ...] = get_args(Quantization)
 
 
+def files_digest(files: Sequence[WeightFile]) -> str:
+    """One hash naming this exact set of weight files (a manifest's
+    ``weights_sha256``)."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        digest.update(f"{f.path}:{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
 def parse_quantization(value: str) -> Quantization:
     """``value`` as a :data:`Quantization`, or ``ValueError`` naming the known ones."""
     for known in QUANTIZATIONS:
@@ -119,10 +128,7 @@ class Manifest:
     @property
     def weights_sha256(self) -> str:
         """One hash naming this exact set of weight files."""
-        digest = hashlib.sha256()
-        for f in sorted(self.files, key=lambda f: f.path):
-            digest.update(f"{f.path}:{f.sha256}\n".encode())
-        return digest.hexdigest()
+        return files_digest(self.files)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -555,11 +561,15 @@ def save_weights(
     metrics: Mapping[str, Any] | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     crop: CropPolicy | None = None,
+    expect_sha256: str | None = None,
 ) -> Manifest:
     """Write a state_dict as safetensors shards plus a manifest.
 
     ``quantization`` ("fp16", "fp32" or "int8") wins over ``dtype``; without
-    it ``dtype`` float16/float32 selects fp16/fp32.
+    it ``dtype`` float16/float32 selects fp16/fp32. With ``expect_sha256``
+    (the weights of a copy written and checked elsewhere), shards that hash
+    otherwise are removed before anything is installed
+    (:class:`WeightsIntegrityError`).
     """
     from safetensors.torch import save_file
 
@@ -612,6 +622,11 @@ def save_weights(
                     sorted(shard)[0],
                 )
             files.append(WeightFile(name, file_sha256(part), nbytes))
+        if expect_sha256 is not None and files_digest(files) != expect_sha256:
+            raise WeightsIntegrityError(
+                f"the {spec.name} weights written to {folder} differ from the copy that "
+                "was checked; nothing was installed"
+            )
     except BaseException:
         for part in written:
             part.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ensemble.crops import CropPolicy
-from ensemble.errors import TrusttraceError
+from ensemble.errors import TrusttraceError, WeightsIntegrityError
 from ensemble.evaluation import binary_metrics, choose_threshold
 from ensemble.registry import MemberSpec
 from ensemble.scoring import calibrate
@@ -279,9 +279,12 @@ def export_run(
                 f"the exported {spec.name} does not reproduce the measured validation logits "
                 f"(max difference {np.abs(again - logits).max():.2e}); nothing was installed"
             )
-    manifest = save_weights(state, spec, weights_dir, **written)
-    if manifest.weights_sha256 != staged.weights_sha256:
-        raise ExportError(f"{weights_dir / spec.name} differs from the checked export")
+    try:
+        manifest = save_weights(
+            state, spec, weights_dir, expect_sha256=staged.weights_sha256, **written
+        )
+    except WeightsIntegrityError as e:  # checked before anything was installed
+        raise ExportError(str(e)) from e
     total = installed_bytes(weights_dir)
     if total > COMMITTED_WEIGHTS_LIMIT:
         logger.warning(

@@ -498,3 +498,31 @@ def test_a_save_that_fails_midway_leaves_the_installed_member_as_it_was(
         f.path for f in fewer.files
     )
     load_member("tiny", tmp_path, registry=registry)
+
+
+def test_a_save_that_differs_from_the_checked_copy_installs_nothing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """The export checks a staged copy, then writes the member in place; a
+    difference used to be found after the installed member was replaced."""
+    spec = registry.get("tiny")
+    torch.manual_seed(7)
+    before = spec.build().state_dict()
+    installed = save_weights(before, spec, tmp_path / "w", quantization="fp32")
+    checked = save_weights(before, spec, tmp_path / "staged", quantization="fp32")
+    assert checked.weights_sha256 == installed.weights_sha256  # deterministic
+    torch.manual_seed(8)
+    other = spec.build().state_dict()
+    with pytest.raises(WeightsIntegrityError, match="nothing was installed"):
+        save_weights(
+            other, spec, tmp_path / "w", quantization="fp32", expect_sha256=checked.weights_sha256
+        )
+    assert read_manifest(tmp_path / "w", "tiny") == installed
+    assert not list((tmp_path / "w" / "tiny").glob("*.part"))
+    member = load_member("tiny", tmp_path / "w", registry=registry)
+    for key, value in member.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    same = save_weights(
+        before, spec, tmp_path / "w", quantization="fp32", expect_sha256=checked.weights_sha256
+    )
+    assert same.weights_sha256 == checked.weights_sha256
