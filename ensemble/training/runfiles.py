@@ -91,6 +91,13 @@ def _predictions_text(samples: Sequence[Sample], logits: npt.NDArray[np.float64]
     return out.getvalue()
 
 
+def write_predictions(
+    path: Path, samples: Sequence[Sample], logits: npt.NDArray[np.float64]
+) -> None:
+    """``val_predictions.csv``'s rows (file, label, logit), written whole."""
+    write_text_atomic(path, _predictions_text(samples, logits))
+
+
 def save_best(
     best: Any,
     path: Path,
