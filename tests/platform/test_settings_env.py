@@ -136,7 +136,7 @@ def _start(**env: str) -> subprocess.CompletedProcess[str]:
     "name, value, says",
     [
         ("TRUSTTRACE_FRAMES", "thirty-two", "is not a whole number"),
-        ("DJANGO_DEBUG", "yes-please", "is not true or false"),
+        ("DJANGO_EMAIL_USE_TLS", "yes-please", "is not true or false"),
         ("TRUSTTRACE_THRESHOLD", "0.5abc", "is not a number"),
         ("TRUSTTRACE_PRECISION", "fp16", "is not one of auto, fp32, bf16"),
         ("TRUSTTRACE_AGGREGATION", "median", "is not one of mean, confident"),

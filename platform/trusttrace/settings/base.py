@@ -27,7 +27,9 @@ django_stubs_ext.monkeypatch()
 BASE_DIR = Path(__file__).resolve().parents[3]  # the repository root
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
-DEBUG = env_bool("DJANGO_DEBUG", False)
+# Set by the settings module, not the environment: local.py debugs (one
+# machine), production.py never does.
+DEBUG = False
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [])
 
 INSTALLED_APPS = [

@@ -127,7 +127,8 @@ class Command(BaseCommand):
             "--crop",
             metavar="KIND:MARGIN[:SHIFT]",
             help="the face crop analysis cuts for the exported weights, framed like the "
-            "training crops (python -m bench.crop_framing measures it; default: the registry's)",
+            "training crops (python -m bench.crop_framing measures it; default: the crop the "
+            "installed member's manifest records, else the registry's)",
         )
         parser.add_argument(
             "--precision",
