@@ -43,5 +43,12 @@ def remove_artifact_file(sender: type[Artifact], instance: Artifact, **kwargs: A
     admin deletes one alone; a submission's delete removes its whole folder)."""
     if not instance.file:
         return
-    path = Path(instance.file.path)
-    transaction.on_commit(lambda: path.unlink(missing_ok=True), using=kwargs.get("using"))
+    name, path = instance.file.name, Path(instance.file.path)
+
+    def remove() -> None:
+        # Rows replaced by rows for the same files (an index loaded again)
+        # keep them: only a file no row names any more goes.
+        if not Artifact.objects.filter(file=name).exists():
+            path.unlink(missing_ok=True)
+
+    transaction.on_commit(remove, using=kwargs.get("using"))

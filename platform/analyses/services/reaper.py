@@ -143,7 +143,9 @@ def start_reaper(interval_s: float | None = None) -> threading.Thread:
     _STOP.clear()
 
     def loop() -> None:
-        swept = float("-inf")
+        # First an hour in: a worker started against a database still being
+        # restored does not judge the files at once.
+        swept = time.monotonic()
         while True:
             try:
                 reap()

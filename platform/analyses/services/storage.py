@@ -24,6 +24,12 @@ STAGED_MAX_AGE_S = 3600.0
 # A stored file no row names yet is a moment old (moved into place, then its
 # row saved); one a day old belongs to a process killed in between.
 ORPHAN_MIN_AGE_S = 86400.0
+# Orphans are rare (one per killed upload). A pass that finds more than this
+# share of the old files unowned (and more than a few) is looking at the wrong
+# or an empty database (a restore in progress, a wrong DATABASE_URL): it
+# removes nothing and says so.
+ORPHAN_MAX_SHARE = 0.2
+ORPHAN_ALWAYS_OK = 5
 
 
 def media_root() -> Path:
@@ -67,12 +73,28 @@ def _older(folder: Path, age_s: float, now: float) -> list[os.DirEntry[str]]:
         return []
 
 
+def _implausible(what: str, unowned: int, old: int) -> bool:
+    if unowned <= ORPHAN_ALWAYS_OK or unowned <= old * ORPHAN_MAX_SHARE:
+        return False
+    logger.error(
+        "%d of %d %s older than a day belong to no submission in this database: too many "
+        "to be left by killed uploads (is it the right database, or being restored?); "
+        "none removed",
+        unowned,
+        old,
+        what,
+    )
+    return True
+
+
 def sweep_orphans(now: float | None = None) -> list[str]:
     """Remove files no submission holds, which a process killed mid-upload
     (SIGKILL, out of memory: no clean-up code runs) leaves behind: staged
     copies older than ``STAGED_MAX_AGE_S``, and stored uploads and artifact
-    folders older than ``ORPHAN_MIN_AGE_S`` that no row names. Returns what
-    was removed, relative to MEDIA_ROOT (the reaper runs this hourly)."""
+    folders older than ``ORPHAN_MIN_AGE_S`` that no row names, unless they
+    are too many to be orphans (``ORPHAN_MAX_SHARE``: the database is not the
+    one the files belong to). Returns what was removed, relative to
+    MEDIA_ROOT (the reaper runs this hourly, first an hour after it starts)."""
     now = time.time() if now is None else now
     root, removed = media_root(), []
     for entry in _older(root / STAGING_DIR, STAGED_MAX_AGE_S, now):
@@ -91,6 +113,8 @@ def sweep_orphans(now: float | None = None) -> list[str]:
         for file, reference in held.values_list("file", "reference_file"):
             uploads.pop(file, None)
             uploads.pop(reference, None)
+    if _implausible("uploads", len(uploads), len(names)):
+        return removed
     for name, entry in uploads.items():
         Path(entry.path).unlink(missing_ok=True)
         removed.append(name)
@@ -106,6 +130,8 @@ def sweep_orphans(now: float | None = None) -> list[str]:
             "pk", flat=True
         ):
             folders.pop(pk, None)
+    if _implausible("artifact folders", len(folders), len(ids)):
+        return removed
     for entry in folders.values():
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(f"{ARTIFACT_DIR}/{entry.name}")
