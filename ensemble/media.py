@@ -793,18 +793,27 @@ class _Decoder:
             return display_mirrored(frame)
         return self._shown or (False, 0)
 
+    def _native(self) -> Any:
+        """FFmpeg's own decoder of the stream (the container's context)."""
+        return self.stream.codec_context
+
     def _learn_orientation(self, packet: Any) -> None:
         """The stream's display matrix, from FFmpeg's own decoder's frame
         for ``packet``; a packet that gives none (damaged, or not a key
         frame's) leaves it to the next."""
         import av
 
-        native = self.stream.codec_context
+        native = self._native()
         try:
+            if not native.is_open:
+                native.thread_count = 1  # one key frame: no thread pool for it
             frames = native.decode(packet) or native.decode(None)
         except av.error.FFmpegError as e:
             _machine_fault(e)
             frames = []
+        except ValueError:  # this FFmpeg has no decoder of its own for the codec
+            self._shown = (False, 0)
+            return
         finally:
             native.flush_buffers()
         if frames:

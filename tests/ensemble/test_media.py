@@ -1402,6 +1402,30 @@ def test_a_turned_webm_with_alpha_is_shown_upright_as_its_display_matrix_asks(
         assert not (thumbs[1][0][:, 7] >= 250).all()
 
 
+def test_without_ffmpegs_own_decoder_a_turned_alpha_webm_is_read_upright(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FFmpeg built with libvpx alone has no decoder of its own to read
+    the display matrix from (PyAV says ValueError, not an FFmpeg error): the
+    video is still analysed, as stored, rather than failing."""
+    path = _alpha_webm(tmp_path / "a.webm", "libvpx-vp9", rotation=90)
+
+    class NoDecoder:
+        is_open = False
+        thread_count = 0
+
+        def decode(self, packet: Any = None) -> Any:
+            raise ValueError("cannot decode unknown codec")
+
+        def flush_buffers(self) -> None:
+            pass
+
+    monkeypatch.setattr(media._Decoder, "_native", lambda self: NoDecoder())
+    loaded = load_media(path, LIMITS, 2)
+    assert loaded.info.rotation == 0 and loaded.frames[0].image.shape == (64, 96, 3)
+    assert np.abs(loaded.frames[0].image[32, 86].astype(int) - 255).max() <= 3
+
+
 def test_without_libvpx_a_webms_alpha_is_lost_not_the_video(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -373,3 +373,26 @@ def test_one_address_one_account_is_kept_by_the_database_too(site, monkeypatch) 
     assert not User.objects.filter(username="racer").exists()
     assert User.objects.filter(email__iexact="shared@example.org").count() == 1
     assert calls == 2  # checked again after the refused insert
+
+
+def test_the_admin_refuses_an_address_another_account_has(users, clients) -> None:
+    """Django's own user form does not know the unique index: saving another
+    account's address (in another case) was an IntegrityError, a 500 page."""
+    alice, bob = users["submitter"], users["moderator"]
+    url = reverse("admin:auth_user_change", args=[bob.pk])
+    form = {
+        "username": bob.username,
+        "email": alice.email.upper(),
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "is_active": "on",
+    }
+    answer = clients["admin"].post(url, form)
+    assert answer.status_code == 200
+    assert "Another account already uses this e-mail address" in answer.content.decode()
+    bob.refresh_from_db()
+    assert bob.email.lower() != alice.email.lower()
+    form["email"] = "bob-new@example.org"
+    assert clients["admin"].post(url, form).status_code == 302
+    bob.refresh_from_db()
+    assert bob.email == "bob-new@example.org"

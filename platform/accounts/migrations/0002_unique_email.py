@@ -6,7 +6,8 @@ and a password reset for it then mailed links for both. A unique index on
 the lower-cased address (empty addresses left out: accounts made by
 ``createsuperuser`` may have none) closes that race on SQLite and Postgres
 alike. A database that already holds such duplicates stops the migration
-with their addresses, for an administrator to resolve.
+with their addresses, for an administrator to resolve (the admin's user form
+checks the same rule, accounts/admin.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def create(apps: Any, schema_editor: Any) -> None:
     if shared:
         raise RuntimeError(
             f"{len(shared)} e-mail address(es) belong to more than one account "
-            f"({', '.join(shared[:10])}); give each account its own address (or none) "
-            "in the admin, then migrate again."
+            f"({', '.join(shared[:10])}); give each account its own address (or none), "
+            "e.g. in `python manage.py shell` (Docker: `docker compose run --rm web python "
+            "manage.py shell`), then migrate again."
         )
     schema_editor.execute(
         f"CREATE UNIQUE INDEX {quote(INDEX)} ON {table} (LOWER(email)) WHERE email <> ''"
