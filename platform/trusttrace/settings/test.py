@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+
+import environ
 
 from ensemble.config import BACKENDS
 
@@ -14,6 +17,11 @@ from .env import env_choice
 SECRET_KEY = "test-only-not-secret"  # noqa: S105
 DEBUG = False
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# The suite on Postgres, as production runs (README, "Tests of the site"):
+# TRUSTTRACE_TEST_DATABASE_URL=postgres://user@host:5432/db (pytest-django
+# creates and drops test_<db> beside it).
+if os.environ.get("TRUSTTRACE_TEST_DATABASE_URL"):
+    DATABASES = {"default": environ.Env().db("TRUSTTRACE_TEST_DATABASE_URL")}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 _TMP = Path(tempfile.gettempdir()) / "trusttrace-test"
 # The in-process tests run the members on ONNX Runtime: this one process
