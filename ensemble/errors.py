@@ -139,8 +139,9 @@ class IncompatibleCheckpointError(WeightsError):
 
 
 class NonFiniteScoreError(TrusttraceError, ArithmeticError):
-    """A member returned a logit that is not a finite number (a numerical fault
-    of the model or its runtime). Our fault, never a score: the analysis fails."""
+    """A member returned a logit that is not a finite number, or the face
+    detector a box or score that is not (a numerical fault of the model or its
+    runtime). Our fault, never a score nor "no face": the analysis fails."""
 
     code = "non_finite_score"
 

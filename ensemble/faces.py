@@ -39,6 +39,7 @@ from ensemble.blazeface import (
     weighted_nms,
 )
 from ensemble.config import FaceConfig
+from ensemble.errors import NonFiniteScoreError
 from ensemble.media import RGBImage
 from ensemble.runtime import check_device, resolve_backend, runner_for_module
 
@@ -307,6 +308,13 @@ class FaceDetector:
             # NHWC uint8 viewed as NCHW is already channels_last.
             x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             boxes, scores = self._run_net(x)
+            if not (torch.isfinite(boxes).all() and torch.isfinite(scores).all()):
+                # NaN scores fail every threshold: a broken detector (a damaged
+                # weights cache, a faulty runtime) would read as "no face".
+                raise NonFiniteScoreError(
+                    "the face detector returned values that are not finite numbers (a fault "
+                    "of its weights or runtime): no face could be looked for"
+                )
             out += decode(
                 boxes.float().cpu(), scores.float().cpu(), self.anchors, self.config.min_score
             )

@@ -147,6 +147,23 @@ def test_matches_independent_pytorch_conversion_on_real_frames(
     assert compared >= len(frames)
 
 
+def test_a_detector_that_returns_nan_fails_instead_of_finding_no_face(
+    blazeface_cache: Path,
+) -> None:
+    """NaN scores fail every threshold, so a broken detector (a damaged
+    converted-weights cache, a faulty runtime) reported every upload as "no
+    face": a crash read as a result."""
+    from ensemble.errors import NonFiniteScoreError
+
+    broken = FaceDetector.load(FaceConfig(), blazeface_cache)
+    with torch.no_grad():
+        for parameter in broken.net.parameters():
+            parameter.fill_(float("nan"))
+    frame = np.ascontiguousarray(astronaut())
+    with pytest.raises(NonFiniteScoreError, match="face detector"):
+        broken.detect([frame])
+
+
 def test_detection_is_frozen_dataclass() -> None:
     d = Detection((0, 0, 10, 20), 0.9, ((0, 0),) * 6)
     assert (d.width, d.height) == (10, 20)
