@@ -54,6 +54,14 @@ class CropPolicy:
             raise ConfigError(f"margin must be in [{MIN_MARGIN}, {MAX_MARGIN}], got {self.margin}")
         if not -MAX_SHIFT <= self.shift <= MAX_SHIFT:
             raise ConfigError(f"shift must be in [-{MAX_SHIFT}, {MAX_SHIFT}], got {self.shift}")
+        if abs(self.shift) > 0.5 + self.margin + 1e-9:
+            # The region would leave the face box's centre out (up to all of
+            # the face, past the frame's edge an empty region): something
+            # other than the face would be scored.
+            raise ConfigError(
+                f"shift {self.shift} moves the crop off the face with margin {self.margin}: "
+                "keep |shift| at most 0.5 + margin"
+            )
 
     def to_dict(self) -> dict[str, float | str]:
         return {"kind": self.kind, "margin": self.margin, "shift": self.shift}
@@ -93,13 +101,12 @@ def _resize(image: RGBImage, width: int, height: int, upscale: int) -> RGBImage:
 
 
 def _grow(box: Box, dx: float, dy: float, h: int, w: int) -> tuple[int, int, int, int]:
+    """The box grown by ``dx``, ``dy`` on each side, inside the frame: every
+    edge clamped to it (a negative end used to slice from the far side)."""
     x0, y0, x1, y1 = box
-    return (
-        max(round(x0 - dx), 0),
-        max(round(y0 - dy), 0),
-        min(round(x1 + dx), w),
-        min(round(y1 + dy), h),
-    )
+    gx0 = min(max(round(x0 - dx), 0), w)
+    gy0 = min(max(round(y0 - dy), 0), h)
+    return gx0, gy0, max(min(round(x1 + dx), w), gx0), max(min(round(y1 + dy), h), gy0)
 
 
 def crop_region(

@@ -116,6 +116,25 @@ def test_shift_moves_the_crop_up_by_box_heights_and_negative_margin_tightens() -
 
 
 @pytest.mark.parametrize(
+    "policy", [CropPolicy("square", -0.3, -0.2), CropPolicy("isotropic", -0.4, 0.1)]
+)
+@pytest.mark.parametrize("box", [(100.0, 0.0, 160.0, 60.0), (100.0, 340.0, 160.0, 400.0)])
+def test_a_crop_at_the_frame_edge_holds_the_face_not_another_part_of_the_frame(
+    policy: CropPolicy, box: tuple[float, float, float, float]
+) -> None:
+    """Shifted and tightened at the top or bottom edge, the region's far end
+    went negative and numpy sliced from the other side of the frame (or an
+    empty region gave a black crop, which was scored)."""
+    frame = np.zeros((400, 400, 3), np.uint8)
+    frame[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = 200  # the face
+    x0, y0, x1, y1 = crop_region(frame.shape, box, policy)
+    if policy.kind == "isotropic":
+        assert 0 <= x0 < x1 <= 400 and 0 <= y0 < y1 <= 400
+    crop = crop_face(frame, box, policy, 32)
+    assert (crop == 200).mean() > 0.3
+
+
+@pytest.mark.parametrize(
     ("text", "policy"),
     [
         ("square:0.05:-0.06", CropPolicy("square", 0.05, -0.06)),
@@ -128,8 +147,28 @@ def test_crop_policy_parses_from_the_command_line(text: str, policy: CropPolicy)
 
 
 @pytest.mark.parametrize(
-    "text", ["square", "square:x", "square:0.1:0.2:0.3", "oval:0.1", "square:-0.9", "square:0.1:3"]
+    "text",
+    [
+        "square",
+        "square:x",
+        "square:0.1:0.2:0.3",
+        "oval:0.1",
+        "square:-0.9",
+        "square:0.1:3",
+        "square:-0.3:-0.5",  # off the face: shift past 0.5 + margin
+        "isotropic:0:0.6",
+    ],
 )
 def test_malformed_crop_policies_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"crop policy|margin|shift"):
         CropPolicy.parse(text)
+
+
+def test_a_grown_box_is_clamped_inside_the_frame_at_both_ends() -> None:
+    """An end past the far side used to stay negative (numpy then sliced
+    from the other side of the frame) or beyond the start (an inverted box)."""
+    from ensemble.crops import _grow
+
+    assert _grow((10.0, -100.0, 50.0, -20.0), 0.0, 0.0, 400, 400) == (10, 0, 50, 0)
+    assert _grow((10.0, 420.0, 50.0, 500.0), 0.0, 0.0, 400, 400) == (10, 400, 50, 400)
+    assert _grow((-30.0, 10.0, 430.0, 50.0), 5.0, 5.0, 400, 400) == (0, 5, 400, 55)
