@@ -321,7 +321,14 @@ class FaceDetector:
         return out
 
     def detect(self, frames: Sequence[RGBImage]) -> list[list[Detection]]:
-        """Faces in each frame, best first, in frame pixel coordinates.
+        """Faces in each frame, best first, in frame pixel coordinates, at
+        most ``max_faces_per_frame`` a frame (:meth:`detect_all` says how
+        many there were)."""
+        limit = self.config.max_faces_per_frame
+        return [faces[:limit] for faces in self.detect_all(frames)]
+
+    def detect_all(self, frames: Sequence[RGBImage]) -> list[list[Detection]]:
+        """Every face in each frame, best first, in frame pixel coordinates.
 
         The finest tiles (on frames large enough to have them) are most of
         the views: 15 of a 1080p frame's 19. They matter only for faces too
@@ -418,4 +425,4 @@ class FaceDetector:
             kps = tuple((float(row[4 + 2 * k]), float(row[5 + 2 * k])) for k in range(6))
             faces.append(Detection((x0, y0, x1, y1), score, kps))
         faces.sort(key=lambda d: -d.score)
-        return faces[: self.config.max_faces_per_frame]
+        return faces

@@ -40,7 +40,7 @@ from ensemble.results import (
 )
 from ensemble.runtime import release_memory
 from ensemble.scoring import aggregate, calibrate, verdict_for
-from ensemble.tracks import link_tracks
+from ensemble.tracks import all_tracks, face_look, keep_tracks
 from ensemble.weights import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -164,15 +164,28 @@ def analyze_with_data(
 
     images = [f.image for f in media.frames]
     with clock.stage("detect"):
-        detections = detector.detect(images)
+        found = detector.detect_all(images)
+    limit = config.faces.max_faces_per_frame
+    detections = [faces[:limit] for faces in found]
     report("track", _PROGRESS["detect"])
     with clock.stage("track"):
-        tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction)
+        looks = [
+            [face_look(image, d.box) for d in dets]
+            for image, dets in zip(images, detections, strict=True)
+        ]
+        every = all_tracks(detections, config.faces.track_iou, looks)
+        tracks = keep_tracks(every, len(detections), config.faces.min_track_fraction)
     frames = tuple(
         FrameInfo(pos, f.index, f.time_s, len(detections[pos]))
         for pos, f in enumerate(media.frames)
     )
     damage = _damage_note(media.info.frames_missing, media.info.frames_requested, len(frames))
+    # Faces seen in two sampled frames or more that keep_tracks left out as
+    # strays beside steadier ones: said, not dropped in silence.
+    kept = {t.detections for t in tracks}
+    brief = sum(1 for t in every if len(t.detections) >= 2 and t.detections not in kept)
+    crowded = sum(1 for faces in found if len(faces) > limit)
+    notes = " ".join(filter(None, (damage, _faces_note(brief, crowded, limit, len(frames)))))
     if not tracks:
         what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
         return finish(
@@ -278,8 +291,25 @@ def analyze_with_data(
         members=dict(worst.members),
         score=worst.score,
         verdict=worst.verdict,
-        reason=damage,
+        reason=notes or None,
     )
+
+
+def _faces_note(brief: int, crowded: int, limit: int, sampled: int) -> str | None:
+    """What a result says of faces it did not score (``None``: none)."""
+    parts = []
+    if brief:
+        parts.append(
+            f"{brief} face{'s' if brief > 1 else ''} seen in only a few of the {sampled} "
+            "sampled frames (beside faces seen throughout) "
+            f"{'were' if brief > 1 else 'was'} not analysed."
+        )
+    if crowded:
+        parts.append(
+            f"{crowded} sampled frame{'s' if crowded > 1 else ''} held more than {limit} faces; "
+            f"the {limit} found most surely in each were analysed."
+        )
+    return " ".join(parts) or None
 
 
 def _damage_note(missing: int, requested: int, decoded: int) -> str | None:

@@ -337,3 +337,45 @@ def test_prepare_finds_missing_weights_before_loading_anything(
     assert loaded == ["detector"]
     assert caplog.text.count("TRUSTTRACE_MIRROR names no detector of this registry: tiny_aa") == 1
     assert not analyzer.members["tiny_a"].mirror
+
+
+def test_faces_left_out_are_said_not_dropped_in_silence(
+    tmp_path: Path, detector: FaceDetector, tiny_member
+) -> None:
+    """A face seen in a few sampled frames beside a steady one, and faces
+    past the per-frame limit, used to vanish from the result without a word:
+    one of them could be the manipulated face."""
+    import av
+
+    path = tmp_path / "brief.mp4"
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 640, 320, "yuv420p"
+    face = mf.face_image(240)
+    for i in range(32):
+        img = np.full((320, 640, 3), 90, np.uint8)
+        img[40:280, 20:260] = face
+        if 10 <= i < 13:  # 3 of 32 samples: under 15%, so not scored
+            img[40:280, 380:620] = face
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    members = {"a": tiny_member("a")}
+    result = analyze(path, config("a", frames=32), members=members, detector=detector)
+    assert result.status == "done" and len(result.persons) == 1
+    assert "1 face seen in only a few of the 32 sampled frames" in (result.reason or "")
+
+    # Ten faces in one picture, eight analysed: said.
+    size, gap = 200, 20
+    crowd = np.full((2 * (size + gap) + gap, 5 * (size + gap) + gap, 3), 90, np.uint8)
+    small = mf.face_image(size)
+    for r in range(2):
+        for c in range(5):
+            y, x = gap + r * (size + gap), gap + c * (size + gap)
+            crowd[y : y + size, x : x + size] = small
+    picture = mf.write_image(tmp_path / "crowd.png", crowd, "PNG")
+    many = analyze(picture, config("a"), members=members, detector=detector)
+    assert many.status == "done" and len(many.persons) == 8
+    assert "1 sampled frame held more than 8 faces" in (many.reason or "")

@@ -5,7 +5,14 @@ import pytest
 
 from ensemble.blazeface import Detection
 from ensemble.crops import CropPolicy, crop_face, crop_region
-from ensemble.tracks import link_tracks
+from ensemble.tracks import (
+    all_tracks,
+    different_people,
+    face_look,
+    link_tracks,
+    max_track_gap,
+)
+from tests import media_factory as mf
 
 KP = ((0.0, 0.0),) * 6
 
@@ -28,6 +35,54 @@ def test_track_survives_a_missed_frame() -> None:
     frames = [[det(10, 10)], [], [det(12, 10)], [det(14, 11)]]
     tracks = link_tracks(frames, 0.25, 0.15)
     assert len(tracks) == 1 and tracks[0].frames == (0, 2, 3)
+
+
+def _pattern(seed: int, tint: tuple[int, int, int]) -> np.ndarray:
+    """A 'face' of its own: a smooth random pattern in one tint."""
+    grey = mf.noise_frame(64, 64, seed).mean(axis=2, keepdims=True)
+    return np.clip(grey * np.array(tint) / 255.0, 0, 255).astype(np.uint8)
+
+
+def test_faces_that_differ_in_pattern_and_colour_are_two_people() -> None:
+    box = (0.0, 0.0, 64.0, 64.0)
+    a = face_look(_pattern(1, (255, 200, 160)), box)
+    a_later = face_look(np.clip(_pattern(1, (255, 200, 160)) * 1.15, 0, 255).astype(np.uint8), box)
+    b = face_look(_pattern(2, (120, 160, 255)), box)
+    b_same_tint = face_look(_pattern(2, (255, 200, 160)), box)
+    assert not different_people(a, a_later)  # brighter: the same person
+    assert different_people(a, b)
+    assert not different_people(a, b_same_tint)  # unlike, but not in colour: kept together
+    assert not different_people(a, None) and face_look(_pattern(1, (9, 9, 9)), box) is not None
+    assert face_look(_pattern(1, (9, 9, 9)), (10.0, 10.0, 11.0, 40.0)) is None  # no area
+
+
+def test_two_people_filmed_in_turn_at_one_place_are_two_tracks() -> None:
+    """An interview cut between two people framed alike: the box overlaps, the
+    face does not. They were one person, their scores averaged (one
+    manipulated face no longer flagged the video)."""
+    box = (0.0, 0.0, 64.0, 64.0)
+    a = face_look(_pattern(1, (255, 200, 160)), box)
+    b = face_look(_pattern(2, (120, 160, 255)), box)
+    frames = [[det(10, 10)] for _ in range(16)]
+    looks = [[a] for _ in range(8)] + [[b] for _ in range(8)]
+    assert [t.frames for t in all_tracks(frames, 0.25, looks)] == [
+        tuple(range(8)),
+        tuple(range(8, 16)),
+    ]
+    assert len(link_tracks(frames, 0.25, 0.15)) == 1  # without looks: one track, as before
+
+
+def test_a_face_back_at_its_place_after_a_long_absence_starts_another_track() -> None:
+    assert max_track_gap(32) == 8 and max_track_gap(4) == 3
+    frames: list[list[Detection]] = [[det(10, 10)] for _ in range(4)]
+    frames += [[] for _ in range(16)] + [[det(10, 10)] for _ in range(12)]
+    assert [t.frames for t in all_tracks(frames, 0.25)] == [
+        (0, 1, 2, 3),
+        tuple(range(20, 32)),
+    ]
+    # A few frames missed (motion blur, a turned head): the same track.
+    frames[8] = [det(10, 10)]  # seen again after 4 missed samples
+    assert all_tracks(frames, 0.25)[0].frames == (0, 1, 2, 3, 8)
 
 
 def test_one_off_false_positive_is_dropped() -> None:
