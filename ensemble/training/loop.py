@@ -621,6 +621,8 @@ class _Timing:
     slowest: float = 0.0  # seconds of the slowest training step so far (the budget's margin)
     validating: float = 0.0  # seconds the last validation and epoch checkpoint took
     val_batches: int = 0  # batches a validation runs
+    step_seconds: float = 0.0  # training steps' seconds this session, and their count
+    steps: int = 0
 
     def out_of_time(self, now: float, margin: float) -> bool:
         return self.budget is not None and (now - self.began) + margin > self.budget
@@ -628,12 +630,13 @@ class _Timing:
     def validation_margin(self) -> float:
         """What the validation at an epoch's end will take: the last one's
         seconds, or, before any has run (a new run's first epoch; a run
-        from before these were kept), its batches at a third of the slowest
+        from before these were kept), its batches at a third of the mean
         training step each (a forward pass, against a training step's
-        forward and backward). It was 0 then, so a budget nearly spent still
-        started a validation (about 5 minutes for B7 on two cores) after the
-        epoch's last checkpoint."""
-        return self.validating or self.val_batches * self.slowest / 3.0
+        forward and backward; measured, B7's validation takes less). It was
+        0 then, so a budget nearly spent still started a validation (about 5
+        minutes for B7 on two cores) after the epoch's last checkpoint."""
+        mean_step = self.step_seconds / self.steps if self.steps else self.slowest
+        return self.validating or self.val_batches * mean_step / 3.0
 
 
 def train_one_epoch(
@@ -682,6 +685,8 @@ def train_one_epoch(
             state.trained_seconds += now - step_started
             sums[3] += now - step_started
             timing.slowest = max(timing.slowest, now - step_started)
+            timing.step_seconds += now - step_started
+            timing.steps += 1
             step_started = now
             # The margin: the slowest step, plus this epoch's validation when
             # the epoch is about to end.
