@@ -379,3 +379,42 @@ def test_faces_left_out_are_said_not_dropped_in_silence(
     many = analyze(picture, config("a"), members=members, detector=detector)
     assert many.status == "done" and len(many.persons) == 8
     assert "1 sampled frame held more than 8 faces" in (many.reason or "")
+
+
+@pytest.mark.parametrize(("aggregation", "verdict"), [("mean", "uncertain"), ("confident", "fake")])
+def test_confident_aggregation_flags_a_person_with_many_confident_fake_frames(
+    tmp_path: Path, detector: FaceDetector, tiny_member, aggregation: str, verdict: str
+) -> None:
+    """13 of 32 frames confidently fake, the rest mildly real: the mean says
+    uncertain; selimsef's rule (more than n // 2.5 and more than 11
+    confident fakes) says fake. The darker frames stay the same person."""
+    import av
+
+    from ensemble.config import ScoringConfig
+
+    class DarkIsFake(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.where(x.mean(dim=(1, 2, 3)) < -0.2, 4.0, -2.0)[:, None]
+
+    path = tmp_path / "half.mp4"
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
+    face = mf.face_image(240)
+    for i in range(32):
+        img = np.full((320, 320, 3), 90, np.uint8)
+        img[40:280, 40:280] = face // 3 if i < 13 else face
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    member = tiny_member("planted")
+    member.model = DarkIsFake()
+    cfg = AnalysisConfig(
+        members=("planted",), frames=32, scoring=ScoringConfig(aggregation=aggregation)
+    )
+    result = analyze(path, cfg, members={"planted": member}, detector=detector)
+    assert result.status == "done" and len(result.persons) == 1, result.reason
+    assert sum(f.score > 0.8 for f in result.faces) == 13
+    assert result.verdict == verdict
