@@ -327,8 +327,12 @@ class FaceDetector:
         limit = self.config.max_faces_per_frame
         return [faces[:limit] for faces in self.detect_all(frames)]
 
-    def detect_all(self, frames: Sequence[RGBImage]) -> list[list[Detection]]:
-        """Every face in each frame, best first, in frame pixel coordinates.
+    def detect_all(
+        self, frames: Sequence[RGBImage], too_small: list[int] | None = None
+    ) -> list[list[Detection]]:
+        """Every face in each frame, best first, in frame pixel coordinates;
+        ``too_small``, when given, receives each frame's count of faces left
+        out as narrower than ``min_face_px``.
 
         The finest tiles (on frames large enough to have them) are most of
         the views: 15 of a 1080p frame's 19. They matter only for faces too
@@ -350,7 +354,8 @@ class FaceDetector:
         jobs = [(i, coarse[i]) for i in range(n)] + [(i, fine[i]) for i in probes]
         first = self._detect_views(levels, sizes, jobs)
         found = [_flat(hits) for hits in first[:n]]
-        coarse_faces = [self._merge(*found[i], *sizes[i]) for i in range(n)]
+        coarse_small = [0] * n
+        coarse_faces = [self._merge(*found[i], *sizes[i], coarse_small, i) for i in range(n)]
         probed = dict(zip(probes, first[n:], strict=True))
         # The faces only the finest tiles find, in each probe.
         small = {
@@ -362,6 +367,8 @@ class FaceDetector:
             for i, hits in probed.items()
         }
         if not any(small.values()):
+            if too_small is not None:
+                too_small[:] = coarse_small
             return coarse_faces
         near = [
             [v for v in fine[i] if _reaches(v, _faces_near(small, i))] if fine[i] else []
@@ -374,9 +381,14 @@ class FaceDetector:
         rest = [i for i in range(n) if near[i] and i not in probed]
         more = self._detect_views(levels, sizes, [(i, near[i]) for i in rest])
         extra.update((i, _flat(hits)) for i, hits in zip(rest, more, strict=True))
-        return [
-            self._merge(*_joined(found[i], extra.get(i, ([], []))), *sizes[i]) for i in range(n)
+        final_small = [0] * n
+        faces = [
+            self._merge(*_joined(found[i], extra.get(i, ([], []))), *sizes[i], final_small, i)
+            for i in range(n)
         ]
+        if too_small is not None:
+            too_small[:] = final_small
+        return faces
 
     def _detect_views(
         self,
@@ -411,8 +423,16 @@ class FaceDetector:
         return out
 
     def _merge(
-        self, rows: list[npt.NDArray[np.float64]], scores: list[float], h: int, w: int
+        self,
+        rows: list[npt.NDArray[np.float64]],
+        scores: list[float],
+        h: int,
+        w: int,
+        too_small: list[int] | None = None,
+        frame: int = 0,
     ) -> list[Detection]:
+        """The views' detections of one frame merged (weighted NMS), faces
+        narrower than ``min_face_px`` left out (counted in ``too_small[frame]``)."""
         if not rows:
             return []
         merged = weighted_nms(np.stack(rows), np.asarray(scores), self.config.nms_iou)
@@ -421,6 +441,8 @@ class FaceDetector:
             x0, y0, x1, y1 = (float(v) for v in row[:4])
             x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
             if min(x1 - x0, y1 - y0) < self.config.min_face_px:
+                if too_small is not None:
+                    too_small[frame] += 1
                 continue
             kps = tuple((float(row[4 + 2 * k]), float(row[5 + 2 * k])) for k in range(6))
             faces.append(Detection((x0, y0, x1, y1), score, kps))

@@ -164,7 +164,8 @@ def analyze_with_data(
 
     images = [f.image for f in media.frames]
     with clock.stage("detect"):
-        found = detector.detect_all(images)
+        too_small: list[int] = []
+        found = detector.detect_all(images, too_small)
     limit = config.faces.max_faces_per_frame
     detections = [faces[:limit] for faces in found]
     report("track", _PROGRESS["detect"])
@@ -188,10 +189,17 @@ def analyze_with_data(
     notes = " ".join(filter(None, (damage, _faces_note(brief, crowded, limit, len(frames)))))
     if not tracks:
         what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
+        found_none = f"No face was found in the {what}."
+        if any(too_small):
+            # Not "no face": there were faces, too small to judge.
+            found_none = (
+                f"No face large enough to judge was found in the {what}: the faces seen "
+                f"were narrower than {config.faces.min_face_px} pixels."
+            )
         return finish(
             status="done",
             verdict="no_face",
-            reason=" ".join(filter(None, (f"No face was found in the {what}.", damage))),
+            reason=" ".join(filter(None, (found_none, damage))),
             reason_code="no_face",
             media=media.info,
             frames=frames,

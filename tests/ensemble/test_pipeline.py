@@ -418,3 +418,17 @@ def test_confident_aggregation_flags_a_person_with_many_confident_fake_frames(
     assert result.status == "done" and len(result.persons) == 1, result.reason
     assert sum(f.score > 0.8 for f in result.faces) == 13
     assert result.verdict == verdict
+
+
+def test_faces_too_small_to_judge_are_said_so_not_that_there_was_none(
+    tmp_path: Path, blazeface_cache: Path, tiny_member
+) -> None:
+    from ensemble.config import FaceConfig
+
+    faces = FaceConfig(min_face_px=300)  # the 256-pixel face is "too small" here
+    small_detector = FaceDetector.load(faces, blazeface_cache)
+    path = mf.write_image(tmp_path / "face.png", mf.face_image(256), "PNG")
+    cfg = AnalysisConfig(members=("a",), faces=faces)
+    result = analyze(path, cfg, members={"a": tiny_member("a")}, detector=small_detector)
+    assert result.status == "done" and result.verdict == "no_face" and result.score is None
+    assert "narrower than 300 pixels" in (result.reason or "")
