@@ -357,10 +357,12 @@ class FaceDetector:
         coarse_small = [0] * n
         coarse_faces = [self._merge(*found[i], *sizes[i], coarse_small, i) for i in range(n)]
         probed = dict(zip(probes, first[n:], strict=True))
-        # The faces only the finest tiles find, in each probe.
+        # The faces only the finest tiles find, in each probe (and those of
+        # them too small to judge, counted as the coarse views' are).
+        probe_small = [0] * n
         small = {
             i: _new_faces(
-                self._merge(*_joined(found[i], _flat(hits)), *sizes[i]),
+                self._merge(*_joined(found[i], _flat(hits)), *sizes[i], probe_small, i),
                 coarse_faces[i],
                 self.config.nms_iou,
             )
@@ -368,7 +370,7 @@ class FaceDetector:
         }
         if not any(small.values()):
             if too_small is not None:
-                too_small[:] = coarse_small
+                too_small[:] = [max(c, p) for c, p in zip(coarse_small, probe_small, strict=True)]
             return coarse_faces
         near = [
             [v for v in fine[i] if _reaches(v, _faces_near(small, i))] if fine[i] else []
@@ -387,7 +389,7 @@ class FaceDetector:
             for i in range(n)
         ]
         if too_small is not None:
-            too_small[:] = final_small
+            too_small[:] = [max(f, p) for f, p in zip(final_small, probe_small, strict=True)]
         return faces
 
     def _detect_views(

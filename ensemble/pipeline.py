@@ -40,7 +40,7 @@ from ensemble.results import (
 )
 from ensemble.runtime import release_memory
 from ensemble.scoring import aggregate, calibrate, verdict_for
-from ensemble.tracks import all_tracks, face_look, keep_tracks
+from ensemble.tracks import all_tracks, faces_left_out, keep_tracks, looks_of
 from ensemble.weights import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -170,31 +170,26 @@ def analyze_with_data(
     detections = [faces[:limit] for faces in found]
     report("track", _PROGRESS["detect"])
     with clock.stage("track"):
-        looks = [
-            [face_look(image, d.box) for d in dets]
-            for image, dets in zip(images, detections, strict=True)
-        ]
-        every = all_tracks(detections, config.faces.track_iou, looks)
+        every = all_tracks(detections, config.faces.track_iou, looks_of(images, detections))
         tracks = keep_tracks(every, len(detections), config.faces.min_track_fraction)
     frames = tuple(
         FrameInfo(pos, f.index, f.time_s, len(detections[pos]))
         for pos, f in enumerate(media.frames)
     )
     damage = _damage_note(media.info.frames_missing, media.info.frames_requested, len(frames))
-    # Faces seen in two sampled frames or more that keep_tracks left out as
-    # strays beside steadier ones: said, not dropped in silence.
-    kept = {t.detections for t in tracks}
-    brief = sum(1 for t in every if len(t.detections) >= 2 and t.detections not in kept)
+    brief = faces_left_out(every, tracks)
     crowded = sum(1 for faces in found if len(faces) > limit)
-    notes = " ".join(filter(None, (damage, _faces_note(brief, crowded, limit, len(frames)))))
+    where = "image" if media.info.kind == "image" else None
+    notes = " ".join(filter(None, (damage, _faces_note(brief, crowded, limit, len(frames), where))))
     if not tracks:
         what = "image" if media.info.kind == "image" else f"{len(frames)} sampled frames"
         found_none = f"No face was found in the {what}."
         if any(too_small):
             # Not "no face": there were faces, too small to judge.
+            seen = "the face seen was" if sum(too_small) == 1 else "the faces seen were"
             found_none = (
-                f"No face large enough to judge was found in the {what}: the faces seen "
-                f"were narrower than {config.faces.min_face_px} pixels."
+                f"No face large enough to judge was found in the {what}: {seen} smaller "
+                f"than {config.faces.min_face_px} pixels across."
             )
         return finish(
             status="done",
@@ -303,7 +298,9 @@ def analyze_with_data(
     )
 
 
-def _faces_note(brief: int, crowded: int, limit: int, sampled: int) -> str | None:
+def _faces_note(
+    brief: int, crowded: int, limit: int, sampled: int, image: str | None = None
+) -> str | None:
     """What a result says of faces it did not score (``None``: none)."""
     parts = []
     if brief:
@@ -312,7 +309,12 @@ def _faces_note(brief: int, crowded: int, limit: int, sampled: int) -> str | Non
             "sampled frames (beside faces seen throughout) "
             f"{'were' if brief > 1 else 'was'} not analysed."
         )
-    if crowded:
+    if crowded and image:
+        parts.append(
+            f"The {image} held more than {limit} faces; the {limit} found most surely "
+            "were analysed."
+        )
+    elif crowded:
         parts.append(
             f"{crowded} sampled frame{'s' if crowded > 1 else ''} held more than {limit} faces; "
             f"the {limit} found most surely in each were analysed."

@@ -29,6 +29,10 @@ from ensemble.media import RGBImage
 # split in error makes two people of one.
 LOOK_MIN_CORR = 0.5
 LOOK_MAX_COLOUR = 0.35
+# A face back after a long absence continues a person only when it looks like
+# them this much (one person's faces, as above, 0.639 or more; the cuts' at
+# most 0.594).
+LOOK_SAME_CORR = 0.62
 LOOK_SIDE = 24
 
 
@@ -60,6 +64,13 @@ def face_look(image: RGBImage, box: tuple[float, float, float, float]) -> Look |
     return Look(grey, (hist / total if total else hist).astype(np.float32))
 
 
+def same_person(a: Look | None, b: Look | None) -> bool:
+    """Whether two faces surely look alike (grey patterns correlating at
+    ``LOOK_SAME_CORR`` or more): what lets a face continue a person unseen
+    for longer than :func:`max_track_gap`."""
+    return a is not None and b is not None and float(a.grey @ b.grey) >= LOOK_SAME_CORR
+
+
 def different_people(a: Look | None, b: Look | None) -> bool:
     """Whether two faces are surely two people (see ``LOOK_MIN_CORR``)."""
     if a is None or b is None:
@@ -70,9 +81,11 @@ def different_people(a: Look | None, b: Look | None) -> bool:
 
 
 def max_track_gap(n_frames: int) -> int:
-    """Samples a track may go unseen and still continue: a quarter of them,
-    at least 3. A face back at the same place after longer is another
-    person as often as not (shots alternating between two people)."""
+    """Samples in a row a track may go unseen and still continue: a quarter
+    of them, at least 3. A face back at the same place after longer is
+    another person as often as not (shots alternating between two people),
+    so it continues the track only if it surely looks the same
+    (:func:`same_person`)."""
     return max(3, math.ceil(0.25 * n_frames))
 
 
@@ -107,10 +120,11 @@ def all_tracks(
     """Greedy IoU linking: each detection joins the track whose latest box
     overlaps it most (at least ``iou_threshold``), best pairs first; the rest
     start new tracks. A track may skip frames where its face was missed, up
-    to :func:`max_track_gap` of them. With ``looks`` (one per detection), a
-    face that is surely someone else (:func:`different_people`) does not
-    continue a track, however well it overlaps: two people filmed at one
-    place in turn used to become one person, their scores averaged.
+    to :func:`max_track_gap` in a row (more with ``looks`` that match,
+    :func:`same_person`). With ``looks`` (one per detection), a face that is
+    surely someone else (:func:`different_people`) does not continue a
+    track, however well it overlaps: two people filmed at one place in turn
+    used to become one person, their scores averaged.
     """
     gap = max_track_gap(len(per_frame))
     tracks: list[list[tuple[int, Detection]]] = []
@@ -128,8 +142,8 @@ def all_tracks(
                     (float(v), t, d)
                     for t, v in enumerate(ious)
                     if v >= iou_threshold
-                    and f - tracks[t][-1][0] <= gap
                     and not different_people(seen[t], here[d])
+                    and (f - tracks[t][-1][0] - 1 <= gap or same_person(seen[t], here[d]))
                 ]
         used_t: set[int] = set()
         used_d: set[int] = set()
@@ -163,3 +177,29 @@ def keep_tracks(tracks: Sequence[Track], n_frames: int, min_fraction: float) -> 
         kept = [t for t in tracks if len(t.detections) >= 2] or list(tracks)
     kept = sorted(kept, key=lambda t: (t.detections[0][0], t.detections[0][1].box[0]))
     return [Track(i, t.detections) for i, t in enumerate(kept)]
+
+
+def looks_of(
+    images: Sequence[RGBImage], per_frame: Sequence[Sequence[Detection]]
+) -> list[list[Look | None]]:
+    """Each detection's :func:`face_look`, frame by frame (for :func:`all_tracks`)."""
+    return [
+        [face_look(image, d.box) for d in detections]
+        for image, detections in zip(images, per_frame, strict=True)
+    ]
+
+
+def faces_left_out(every: Sequence[Track], kept: Sequence[Track]) -> int:
+    """How many faces :func:`keep_tracks` left out that a result should
+    mention: tracks seen in two sampled frames or more, in frames where a
+    kept person was seen too (someone beside them, not a piece of a kept
+    person seen apart from them, nor a one-frame false positive)."""
+    kept_ids = {id(t.detections) for t in kept}  # keep_tracks reuses the tuples
+    kept_frames = {f for t in kept for f in t.frames}
+    return sum(
+        1
+        for t in every
+        if len(t.detections) >= 2
+        and id(t.detections) not in kept_ids
+        and kept_frames.intersection(t.frames)
+    )

@@ -21,7 +21,7 @@ from ensemble.crops import Box, CropPolicy, crop_face, crop_region
 from ensemble.faces import FaceDetector
 from ensemble.media import RGBImage, load_media
 from ensemble.registry import MemberSpec
-from ensemble.tracks import link_tracks
+from ensemble.tracks import link_tracks, looks_of
 
 Keypoints = tuple[tuple[float, float], ...]
 
@@ -69,7 +69,8 @@ def extract_faces(
     media = load_media(path, config.limits, config.frames)
     images = [f.image for f in media.frames]
     detections = detector.detect(images)
-    tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction)
+    looks = looks_of(images, detections)  # people told apart as the analyses tell them
+    tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction, looks)
     crops = []
     for track in tracks:
         for pos, det in track.detections:

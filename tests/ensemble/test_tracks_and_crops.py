@@ -9,6 +9,8 @@ from ensemble.tracks import (
     all_tracks,
     different_people,
     face_look,
+    faces_left_out,
+    keep_tracks,
     link_tracks,
     max_track_gap,
 )
@@ -80,9 +82,26 @@ def test_a_face_back_at_its_place_after_a_long_absence_starts_another_track() ->
         (0, 1, 2, 3),
         tuple(range(20, 32)),
     ]
-    # A few frames missed (motion blur, a turned head): the same track.
-    frames[8] = [det(10, 10)]  # seen again after 4 missed samples
-    assert all_tracks(frames, 0.25)[0].frames == (0, 1, 2, 3, 8)
+    # Missed in 8 samples in a row (motion blur, a turned head): the same track.
+    missed = [list(dets) for dets in frames]
+    missed[12:20] = [[det(10, 10)] for _ in range(8)]
+    assert [t.frames for t in all_tracks(missed, 0.25)] == [(0, 1, 2, 3, *range(12, 32))]
+    # Back after longer but surely the same face (the looks match): continued.
+    box = (0.0, 0.0, 64.0, 64.0)
+    a = face_look(_pattern(1, (255, 200, 160)), box)
+    looks = [[a] if dets else [] for dets in frames]
+    assert [t.frames for t in all_tracks(frames, 0.25, looks)] == [(0, 1, 2, 3, *range(20, 32))]
+
+
+def test_on_a_short_clip_a_face_seen_every_fourth_sample_is_one_person() -> None:
+    """The gap counts samples unseen: 3 in a row at least, so a second face
+    BlazeFace catches every fourth of 12 samples stays one person, as before
+    the gap limit, and is scored."""
+    frames: list[list[Detection]] = [[det(10, 10)] for _ in range(12)]
+    for f in (1, 5, 9):
+        frames[f].append(det(300, 10))
+    tracks = link_tracks(frames, 0.25, 0.15)
+    assert [t.frames for t in tracks] == [tuple(range(12)), (1, 5, 9)]
 
 
 def test_one_off_false_positive_is_dropped() -> None:
@@ -227,3 +246,15 @@ def test_a_grown_box_is_clamped_inside_the_frame_at_both_ends() -> None:
     assert _grow((10.0, -100.0, 50.0, -20.0), 0.0, 0.0, 400, 400) == (10, 0, 50, 0)
     assert _grow((10.0, 420.0, 50.0, 500.0), 0.0, 0.0, 400, 400) == (10, 400, 50, 400)
     assert _grow((-30.0, 10.0, 430.0, 50.0), 5.0, 5.0, 400, 400) == (0, 5, 400, 55)
+
+
+def test_faces_left_out_are_those_beside_a_kept_person_not_pieces_of_one() -> None:
+    frames: list[list[Detection]] = [[det(10, 10)] for _ in range(20)] + [[] for _ in range(9)]
+    frames += [[det(10, 10)] for _ in range(3)]  # the same person back after a long gap
+    frames[5].append(det(300, 10))
+    frames[6].append(det(300, 10))  # someone beside them, in 2 of 32 samples
+    frames[8].append(det(500, 300))  # a one-frame false positive
+    every = all_tracks(frames, 0.25)
+    kept = keep_tracks(every, len(frames), 0.15)
+    assert [t.frames for t in kept] == [tuple(range(20))]
+    assert faces_left_out(every, kept) == 1
