@@ -17,6 +17,23 @@ def config(*members: str, frames: int = 8) -> AnalysisConfig:
     return AnalysisConfig(members=members, frames=frames)
 
 
+def _clip(path: Path, pictures: list[np.ndarray]) -> Path:
+    """An H.264 clip of ``pictures`` (RGB, all one size) at 10 fps."""
+    import av
+
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.height, stream.width = pictures[0].shape[:2]
+    stream.pix_fmt = "yuv420p"
+    for img in pictures:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
 def test_image_with_a_face_gets_a_calibrated_score(
     tmp_path: Path, detector: FaceDetector, tiny_member
 ) -> None:
@@ -86,22 +103,14 @@ def test_one_manipulated_person_flags_the_video(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return (x.mean(dim=(1, 2, 3)) < -0.2).float()[:, None] * 8 - 4
 
-    path = tmp_path / "two.mp4"
-    import av
-
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 640, 320, "yuv420p"
     face = mf.face_image(240)
+    pictures = []
     for i in range(10):
         img = np.full((320, 640, 3), 90, np.uint8)
         img[40:280, 20 + i : 260 + i] = face
         img[40:280, 380 - i : 620 - i] = face // 3  # darker twin on the right
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        pictures.append(img)
+    path = _clip(tmp_path / "two.mp4", pictures)
 
     member = tiny_member("planted")
     member.model = RightHalfIsFake()
@@ -345,23 +354,15 @@ def test_faces_left_out_are_said_not_dropped_in_silence(
     """A face seen in a few sampled frames beside a steady one, and faces
     past the per-frame limit, used to vanish from the result without a word:
     one of them could be the manipulated face."""
-    import av
-
-    path = tmp_path / "brief.mp4"
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 640, 320, "yuv420p"
     face = mf.face_image(240)
+    pictures = []
     for i in range(32):
         img = np.full((320, 640, 3), 90, np.uint8)
         img[40:280, 20:260] = face
         if 10 <= i < 13:  # 3 of 32 samples: under 15%, so not scored
             img[40:280, 380:620] = face
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        pictures.append(img)
+    path = _clip(tmp_path / "brief.mp4", pictures)
     members = {"a": tiny_member("a")}
     result = analyze(path, config("a", frames=32), members=members, detector=detector)
     assert result.status == "done" and len(result.persons) == 1
@@ -388,7 +389,6 @@ def test_confident_aggregation_flags_a_person_with_many_confident_fake_frames(
     """13 of 32 frames confidently fake, the rest mildly real: the mean says
     uncertain; selimsef's rule (more than n // 2.5 and more than 11
     confident fakes) says fake. The darker frames stay the same person."""
-    import av
 
     from ensemble.config import ScoringConfig
 
@@ -396,19 +396,13 @@ def test_confident_aggregation_flags_a_person_with_many_confident_fake_frames(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.where(x.mean(dim=(1, 2, 3)) < -0.2, 4.0, -2.0)[:, None]
 
-    path = tmp_path / "half.mp4"
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
     face = mf.face_image(240)
+    pictures = []
     for i in range(32):
         img = np.full((320, 320, 3), 90, np.uint8)
         img[40:280, 40:280] = face // 3 if i < 13 else face
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        pictures.append(img)
+    path = _clip(tmp_path / "half.mp4", pictures)
     member = tiny_member("planted")
     member.model = DarkIsFake()
     cfg = AnalysisConfig(

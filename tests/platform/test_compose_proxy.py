@@ -34,6 +34,19 @@ def _compose() -> dict[str, Any]:
     return dict(yaml.safe_load(COMPOSE.read_text()))
 
 
+def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` in a fresh process with ``env``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def _defaults(env: dict[str, Any]) -> dict[str, str]:
     """The environment with each ``${NAME:-default}`` at its default."""
     return {key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)) for key, value in env.items()}
@@ -171,29 +184,13 @@ def test_the_body_limit_leaves_room_for_a_file_and_its_reference() -> None:
 def test_production_settings_with_the_compose_defaults_pass_check_deploy() -> None:
     env = {**os.environ, **_defaults(_compose()["x-env"]), "DJANGO_SECRET_KEY": SECRET, **MAIL}
     env["DJANGO_ALLOWED_HOSTS"] = "trusttrace.example.org"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = _manage(env, "check", "--deploy", "--fail-level", "WARNING")
     assert out.returncode == 0, out.stdout + out.stderr
     code = (
         "from django.conf import settings; print(settings.TRUSTED_PROXY_HEADER, "
         "settings.SECURE_SSL_REDIRECT, settings.SESSION_COOKIE_SECURE)"
     )
-    shown = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    shown = _manage(env, "shell", "-c", code)
     assert shown.stdout.split()[-3:] == ["X-Forwarded-For", "True", "True"], shown.stderr
 
 
@@ -207,15 +204,7 @@ def _settings_under(env: dict[str, str], *names: str) -> list[str]:
     code = "from django.conf import settings; " + "; ".join(
         f"print(settings.{name})" for name in names
     )
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = _manage(env, "shell", "-c", code)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-len(names) :]
 
@@ -244,15 +233,7 @@ def test_the_web_image_s_collectstatic_step_starts_django(tmp_path: Path) -> Non
     env |= dict(re.findall(r"(\w+)=(\S+)", step.group(1)))
     env["TRUSTTRACE_STATIC_ROOT"] = str(tmp_path / "static")
     env["TRUSTTRACE_VAR_DIR"] = str(tmp_path / "data")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "collectstatic", "--noinput", "--dry-run"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = _manage(env, "collectstatic", "--noinput", "--dry-run")
     assert out.returncode == 0, out.stderr[-2000:]
 
 
