@@ -61,7 +61,7 @@ from ensemble.pipeline import Analyzer
 from ensemble.registry import REGISTRY
 from ensemble.runtime import cpu_has_bf16
 from ensemble.scoring import calibrate
-from ensemble.tracks import link_tracks, looks_of
+from ensemble.tracks import link_tracks
 
 
 def peak_rss_mb() -> float:
@@ -128,8 +128,7 @@ def run_naive(
     # again is not part of the naive path's time.
     s = time.perf_counter()
     dets = detector.detect(frames)
-    looks = looks_of(frames, dets)
-    tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction, looks)
+    tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction)
     faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
     untimed = time.perf_counter() - s
     for name, m in members.items():
@@ -569,8 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_options:
         frames = naive_decode(video, args.frames)
         dets = detector.detect(frames)
-        looks = looks_of(frames, dets)
-        tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction, looks)
+        tracks = link_tracks(dets, cfg.faces.track_iou, cfg.faces.min_track_fraction)
         faces = [(pos, d) for tr in tracks for pos, d in tr.detections]
         for n in names:
             m = random_member(models[n], n, channels_last=True)

@@ -12,6 +12,8 @@ It prints each side's range and how many pairs ``different_people`` (the
 thresholds ``LOOK_MIN_CORR`` and ``LOOK_MAX_COLOUR``) calls two people: on
 one person's pairs that is a track split in error, on a cut's pairs the
 split it should make. Only the first (surest) face of each frame is used.
+The samples' spacing is reported too: the look splits people only between
+samples at most ``LOOK_MAX_SECONDS`` apart.
 """
 
 from __future__ import annotations
@@ -36,12 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     from ensemble.config import FaceConfig
     from ensemble.faces import FaceDetector
     from ensemble.media import MediaLimits, load_media
-    from ensemble.tracks import LOOK_MAX_COLOUR, LOOK_MIN_CORR, Look, different_people, face_look
+    from ensemble.tracks import (
+        LOOK_MAX_COLOUR,
+        LOOK_MAX_SECONDS,
+        LOOK_MIN_CORR,
+        Look,
+        different_people,
+        face_look,
+    )
 
     detector = FaceDetector.load(FaceConfig(), args.cache)
     looks: dict[str, list[Look]] = {}
+    steps: dict[str, float] = {}  # seconds between successive samples
     for video in sorted(args.videos.glob("*.mp4")):
         media = load_media(video, MediaLimits(), args.frames)
+        times = [f.time_s for f in media.frames]
+        steps[video.name] = round((times[-1] - times[0]) / max(len(times) - 1, 1), 3)
         found = detector.detect([f.image for f in media.frames])
         faces = [
             face_look(f.image, d[0].box) for f, d in zip(media.frames, found, strict=True) if d
@@ -68,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "thresholds": {"min_corr": LOOK_MIN_CORR, "max_colour": LOOK_MAX_COLOUR},
         "faces": {name: len(v) for name, v in looks.items()},
+        "seconds_between_samples": steps,
         "one_person": {
             "pairs": len(one_person),
             "corr_min": min((p["corr"] for p in one_person), default=None),
@@ -89,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         f"one person: {o['pairs']} successive pairs, corr >= {o['corr_min']}, colour <= "
         f"{o['colour_max']}, split in error {o['split_in_error']}\n"
         f"cuts: {c['pairs']} pairs, corr <= {c['corr_max']}, colour >= {c['colour_min']}, "
-        f"split {c['split']} of {c['pairs']}"
+        f"split {c['split']} of {c['pairs']}\n"
+        f"samples {min(steps.values(), default=0)}-{max(steps.values(), default=0)} s apart "
+        f"(the look splits people only at most {LOOK_MAX_SECONDS} s apart)"
     )
     return 0
 

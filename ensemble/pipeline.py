@@ -170,7 +170,9 @@ def analyze_with_data(
     detections = [faces[:limit] for faces in found]
     report("track", _PROGRESS["detect"])
     with clock.stage("track"):
-        every = all_tracks(detections, config.faces.track_iou, looks_of(images, detections))
+        looks = looks_of(images, detections)
+        times = [f.time_s for f in media.frames]
+        every = all_tracks(detections, config.faces.track_iou, looks, times)
         tracks = keep_tracks(every, len(detections), config.faces.min_track_fraction)
     frames = tuple(
         FrameInfo(pos, f.index, f.time_s, len(detections[pos]))

@@ -29,6 +29,13 @@ from ensemble.media import RGBImage
 # split in error makes two people of one.
 LOOK_MIN_CORR = 0.5
 LOOK_MAX_COLOUR = 0.35
+# The look tells people apart only between samples at most this far apart:
+# the measurements above are of samples 0.32-0.63 s apart, and one person
+# changes more between samples seconds apart (a turned head, other light),
+# while a cut changes the face at once. The same bench at 8 samples (1.4-2.8
+# s apart) would split 2 of one person's 28 successive pairs, at 4 samples
+# (3.3-6.5 s) 2 of 12.
+LOOK_MAX_SECONDS = 1.0
 # A face back after a long absence continues a person only when it looks like
 # them this much (one person's faces, as above, 0.639 or more; the cuts' at
 # most 0.594).
@@ -106,25 +113,30 @@ def link_tracks(
     iou_threshold: float,
     min_fraction: float,
     looks: Sequence[Sequence[Look | None]] | None = None,
+    times: Sequence[float] | None = None,
 ) -> list[Track]:
     """The people of :func:`all_tracks`, without the stray detections
     (:func:`keep_tracks`)."""
-    return keep_tracks(all_tracks(per_frame, iou_threshold, looks), len(per_frame), min_fraction)
+    every = all_tracks(per_frame, iou_threshold, looks, times)
+    return keep_tracks(every, len(per_frame), min_fraction)
 
 
 def all_tracks(
     per_frame: Sequence[Sequence[Detection]],
     iou_threshold: float,
     looks: Sequence[Sequence[Look | None]] | None = None,
+    times: Sequence[float] | None = None,
 ) -> list[Track]:
     """Greedy IoU linking: each detection joins the track whose latest box
     overlaps it most (at least ``iou_threshold``), best pairs first; the rest
     start new tracks. A track may skip frames where its face was missed, up
     to :func:`max_track_gap` in a row (more with ``looks`` that match,
-    :func:`same_person`). With ``looks`` (one per detection), a face that is
-    surely someone else (:func:`different_people`) does not continue a
-    track, however well it overlaps: two people filmed at one place in turn
-    used to become one person, their scores averaged.
+    :func:`same_person`). With ``looks`` (one per detection) and the
+    samples' ``times``, a face that is surely someone else
+    (:func:`different_people`) at most ``LOOK_MAX_SECONDS`` after the
+    track's last does not continue it, however well it overlaps: two people
+    filmed at one place in turn used to become one person, their scores
+    averaged.
     """
     gap = max_track_gap(len(per_frame))
     tracks: list[list[tuple[int, Detection]]] = []
@@ -142,7 +154,11 @@ def all_tracks(
                     (float(v), t, d)
                     for t, v in enumerate(ious)
                     if v >= iou_threshold
-                    and not different_people(seen[t], here[d])
+                    and not (
+                        times is not None
+                        and times[f] - times[tracks[t][-1][0]] <= LOOK_MAX_SECONDS
+                        and different_people(seen[t], here[d])
+                    )
                     and (f - tracks[t][-1][0] - 1 <= gap or same_person(seen[t], here[d]))
                 ]
         used_t: set[int] = set()

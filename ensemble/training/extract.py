@@ -70,7 +70,9 @@ def extract_faces(
     images = [f.image for f in media.frames]
     detections = detector.detect(images)
     looks = looks_of(images, detections)  # people told apart as the analyses tell them
-    tracks = link_tracks(detections, config.faces.track_iou, config.faces.min_track_fraction, looks)
+    times = [f.time_s for f in media.frames]
+    faces = config.faces
+    tracks = link_tracks(detections, faces.track_iou, faces.min_track_fraction, looks, times)
     crops = []
     for track in tracks:
         for pos, det in track.detections:

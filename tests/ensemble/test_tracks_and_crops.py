@@ -67,11 +67,16 @@ def test_two_people_filmed_in_turn_at_one_place_are_two_tracks() -> None:
     b = face_look(_pattern(2, (120, 160, 255)), box)
     frames = [[det(10, 10)] for _ in range(16)]
     looks = [[a] for _ in range(8)] + [[b] for _ in range(8)]
-    assert [t.frames for t in all_tracks(frames, 0.25, looks)] == [
+    times = [0.5 * f for f in range(16)]  # samples half a second apart
+    assert [t.frames for t in all_tracks(frames, 0.25, looks, times)] == [
         tuple(range(8)),
         tuple(range(8, 16)),
     ]
     assert len(link_tracks(frames, 0.25, 0.15)) == 1  # without looks: one track, as before
+    # Samples seconds apart: one person may change as much (a turned head,
+    # other light), so the look does not split them.
+    sparse = [5.0 * f for f in range(16)]
+    assert len(all_tracks(frames, 0.25, looks, sparse)) == 1
 
 
 def test_a_face_back_at_its_place_after_a_long_absence_starts_another_track() -> None:
